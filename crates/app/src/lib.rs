@@ -1,0 +1,3 @@
+//! Stampede's use cases (reserve, checkout, sweep, reconcile, …) over the ports they need.
+
+pub mod ports;

@@ -1,0 +1,459 @@
+//! The ports: what the use cases need from the outside world, as traits. Adapters (embedded
+//! SQLite + in-process gate, or PostgreSQL + Redis + RabbitMQ) implement them; the use cases
+//! never know which ones they run on.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use stampede_core::judge::Refusal;
+use stampede_core::{
+    Currency, Hold, HoldId, Money, Order, OrderId, PaymentId, Sale, SaleId, StockLevels,
+    Timestamp, UserId,
+};
+
+/// A failure of an adapter itself (not a business refusal): the store or a service is down or
+/// broke. Mapped to 503 or 500; the detail is logged, never shown to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Could not reach the backing service, or it timed out: worth a retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else that went wrong inside the adapter.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Result of a port call.
+pub type PortResult<T> = Result<T, PortError>;
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Buyer,
+    Admin,
+}
+
+impl Role {
+    /// The stored and wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Buyer => "buyer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses the stored word.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "buyer" => Some(Role::Buyer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A user as everybody but the login path sees it (no password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    /// Lower-cased and trimmed; unique.
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+}
+
+/// A user with the PHC-format argon2id hash of their password: only the login path sees this.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A live login. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub token_hash: String,
+    pub user_id: UserId,
+    pub role: Role,
+    pub expires_at: Timestamp,
+}
+
+/// One buyer's request for units, as queued for the group commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// Chosen by the caller so a retry after a lost reply can be recognised.
+    pub hold_id: HoldId,
+    pub sale_id: SaleId,
+    pub user_id: UserId,
+    pub quantity: u32,
+    /// The judge's clock reading for this batch: decides liveness and the hold's expiry.
+    pub now: Timestamp,
+}
+
+/// Why a hold could not be changed or used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    /// No such hold for this user (another user's hold is also "not found").
+    #[error("hold not found")]
+    NotFound,
+    /// The hold has ended or its time ran out.
+    #[error("hold expired")]
+    Expired,
+    /// The hold is being paid for by a pending order.
+    #[error("hold is in a pending order")]
+    InPendingOrder,
+    /// Growing the hold was refused by the judge.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+/// A new order over some holds, to be written as `pending_payment` with a `pending` payment.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub order_id: OrderId,
+    pub payment_id: PaymentId,
+    pub user_id: UserId,
+    pub hold_ids: Vec<HoldId>,
+    pub method: String,
+    pub now: Timestamp,
+}
+
+/// Why an order could not be created from its holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("hold not found")]
+    HoldNotFound,
+    #[error("hold expired")]
+    HoldExpired,
+    #[error("hold is already in a pending order")]
+    HoldInPendingOrder,
+    #[error("all holds of one order must share a currency")]
+    MixedCurrencies,
+}
+
+/// How the gateway's answer is recorded on an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentResult {
+    /// Money authorized (or captured): turn the holds into sold units and confirm the order.
+    /// `retake`: if a hold has lapsed meanwhile, take the stock again if it is still there
+    /// (a late asynchronous payment), instead of failing.
+    Authorized { reference: String, retake: bool },
+    /// Declined: order `payment_failed` with the reason; the holds stay for another try.
+    Declined {
+        reference: Option<String>,
+        reason: String,
+    },
+    /// The gateway will answer later through a webhook.
+    Pending { reference: String },
+}
+
+/// What recording a payment result did to the order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentApplied {
+    /// The order is now as returned.
+    Done(Order),
+    /// Authorized, but a hold had lapsed and its stock was gone: the order is `payment_failed`
+    /// with reason `hold_expired` and the payment must be voided (or refunded) at the gateway.
+    HoldLapsed(Order),
+    /// The order had already left `pending_payment` (a replayed or late event): nothing changed.
+    AlreadySettled(Order),
+}
+
+/// What cancelling an order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// A paid order was refunded: the caller refunds `reference` at the gateway.
+    Refunded { order: Order, reference: String },
+    /// An unpaid order was cancelled and its holds let go of the order.
+    Cancelled(Order),
+}
+
+/// Result of starting an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyStart {
+    /// First time (or a lapsed in-progress claim): go ahead, then call `idempotency_finish`.
+    Proceed,
+    /// Same key, same request, already answered: replay this.
+    Replay { status: u16, body: String },
+    /// Same key, another request body.
+    Mismatch,
+    /// Same key, still being worked on by another request.
+    InProgress,
+}
+
+/// An audit log entry to append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: Timestamp,
+    /// The acting user's id, or "system".
+    pub actor: String,
+    /// e.g. `sale.create`, `sale.pause`, `payment.capture`.
+    pub action: String,
+    /// The id of what was acted on.
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// Filters for reading the audit log, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Entries with id strictly greater than this (ids sort by time).
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// The judge's own accounting of one sale, for the metrics endpoint and the invariant check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StockAudit {
+    /// The counters as stored on the sale.
+    pub counters: StockLevels,
+    /// `held` and `sold` recomputed from holds and orders (`available` = total - both).
+    pub recomputed: StockLevels,
+    /// Confirmed orders containing this sale.
+    pub orders: i64,
+    pub holds_expired: i64,
+    /// Buyers whose held + sold units exceed the sale's limit (must be 0).
+    pub users_over_limit: i64,
+}
+
+impl StockAudit {
+    /// Both invariants: counters balanced, counters equal to what the rows say, no buyer over.
+    pub fn invariant_ok(&self) -> bool {
+        self.counters.check().is_ok()
+            && self.recomputed.check().is_ok()
+            && self.counters == self.recomputed
+            && self.users_over_limit == 0
+    }
+}
+
+/// What the gate needs to be rebuilt from the judge: for each sale its available units and the
+/// units each buyer holds or owns (only buyers with units, so this is O(stock), not O(users)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateSeed {
+    pub sale_id: SaleId,
+    pub available: i64,
+    pub user_units: Vec<(UserId, u32)>,
+}
+
+/// The durable system of record and the judge of every reservation. Whatever it commits is
+/// acknowledged; its checks are what make overselling impossible even if the gate is wrong.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies schema migrations. Idempotent.
+    async fn migrate(&self) -> PortResult<()>;
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> PortResult<()>;
+
+    // --- users and sessions
+    /// Inserts a user; `Ok(false)` if the email is taken.
+    async fn insert_user(&self, user: &User, password_hash: &str) -> PortResult<bool>;
+    /// Creates the admin with this email, or makes the existing user an admin with this
+    /// password. Returns the user.
+    async fn upsert_admin(&self, user: &User, password_hash: &str) -> PortResult<User>;
+    async fn credentials_by_email(&self, email: &str) -> PortResult<Option<Credentials>>;
+    async fn user(&self, id: &UserId) -> PortResult<Option<User>>;
+    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<()>;
+    /// The session for this token hash, if it exists (expiry is the caller's to check).
+    async fn session(&self, token_hash: &str) -> PortResult<Option<Session>>;
+    /// Deletes a session; `Ok(false)` if there was none.
+    async fn delete_session(&self, token_hash: &str) -> PortResult<bool>;
+
+    // --- sales
+    async fn insert_sale(&self, sale: &Sale) -> PortResult<()>;
+    /// Writes the sale's configuration (name … control, total). If `total` changed, `available`
+    /// moves by the same amount; `Ok(false)` (nothing written) if that would make it negative
+    /// or the sale does not exist.
+    async fn update_sale(&self, sale: &Sale) -> PortResult<bool>;
+    async fn sale(&self, id: &SaleId) -> PortResult<Option<Sale>>;
+    /// Every sale, oldest first.
+    async fn sales(&self) -> PortResult<Vec<Sale>>;
+
+    // --- holds: the judge
+    /// Judges a batch of reservations in ONE transaction (group commit): each in order gets
+    /// its hold (committed when this returns) or the judge's refusal. The hold's price and
+    /// expiry come from the sale row; `available` and the buyer's units are checked with
+    /// `stampede_core::judge::judge_reserve`. A duplicate `hold_id` returns the existing hold.
+    async fn reserve(
+        &self,
+        batch: &[ReserveRequest],
+    ) -> PortResult<Vec<Result<Hold, Refusal>>>;
+    /// The buyer's holds that are active and not past expiry at `now`, oldest first.
+    async fn live_holds(&self, user: &UserId, now: Timestamp) -> PortResult<Vec<Hold>>;
+    /// Releases a live hold of this user: stock back to available at once.
+    async fn release_hold(
+        &self,
+        user: &UserId,
+        hold: &HoldId,
+        now: Timestamp,
+    ) -> PortResult<Result<Hold, HoldError>>;
+    /// Changes a live hold's quantity (growth judged by `judge_resize`).
+    async fn resize_hold(
+        &self,
+        user: &UserId,
+        hold: &HoldId,
+        quantity: u32,
+        now: Timestamp,
+    ) -> PortResult<Result<Hold, HoldError>>;
+    /// Ends every active hold with `expires_at <= now` (at most `limit`) as expired, returns
+    /// their stock, and returns them. Holds inside a pending order expire too (a late payment
+    /// then retakes the stock if it can).
+    async fn expire_due_holds(&self, now: Timestamp, limit: u32) -> PortResult<Vec<Hold>>;
+
+    // --- orders and payments
+    /// Creates a `pending_payment` order over live holds of this user and marks them as in it.
+    async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>>;
+    /// Records the gateway's answer for a `pending_payment` order, in one transaction with its
+    /// effect on holds and stock.
+    async fn apply_payment(
+        &self,
+        order: &OrderId,
+        result: &PaymentResult,
+        now: Timestamp,
+    ) -> PortResult<Option<PaymentApplied>>;
+    /// The order whose payment has this gateway reference.
+    async fn order_by_payment_reference(&self, reference: &str) -> PortResult<Option<Order>>;
+    /// The buyer's own order.
+    async fn order(&self, user: &UserId, order: &OrderId) -> PortResult<Option<Order>>;
+    /// The buyer's orders, newest first.
+    async fn orders(&self, user: &UserId) -> PortResult<Vec<Order>>;
+    /// Cancels the buyer's order: confirmed → refunded (units back to available), pending →
+    /// cancelled (holds let go of it). `Ok(None)` if not found; `Err`-free conflict as
+    /// `Some(Err(status))` with the order's current status word.
+    async fn cancel_order(
+        &self,
+        user: &UserId,
+        order: &OrderId,
+        now: Timestamp,
+    ) -> PortResult<Option<Result<Cancelled, String>>>;
+
+    // --- idempotency and webhooks
+    /// Claims `(user, key)` for a request whose body hashes to `request_hash`; an in-progress
+    /// claim older than `lease_ms` counts as abandoned and is taken over.
+    async fn idempotency_start(
+        &self,
+        user: &UserId,
+        key: &str,
+        request_hash: &str,
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> PortResult<IdempotencyStart>;
+    /// Stores the answer for a claimed key.
+    async fn idempotency_finish(
+        &self,
+        user: &UserId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> PortResult<()>;
+    /// Drops a claim whose request failed before any effect, so a retry can proceed.
+    async fn idempotency_abandon(&self, user: &UserId, key: &str) -> PortResult<()>;
+    /// Records a webhook event id; `Ok(false)` if it was seen before.
+    async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool>;
+
+    // --- audit, metrics, reconciliation
+    async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()>;
+    async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>>;
+    /// The judge's accounting of a sale; `None` if it does not exist.
+    async fn stock_audit(&self, sale: &SaleId) -> PortResult<Option<StockAudit>>;
+    /// What the gate must be rebuilt to.
+    async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>>;
+}
+
+/// The gate's answer: a cheap, possibly stale filter in front of the judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateVerdict {
+    /// Units taken from the gate's counters: go on to the judge (and give them back if it
+    /// refuses).
+    Pass,
+    SoldOut,
+    LimitExceeded,
+}
+
+/// The fast stock and limit filter in front of the judge. A request it refuses never reaches
+/// the store. It may be wrong for a moment (undersell, healed by reconciliation) but the judge
+/// still decides, so it can never cause an oversell.
+#[async_trait]
+pub trait Gate: Send + Sync + 'static {
+    /// Takes `quantity` units for `user` if the sale has them and the user stays within `limit`.
+    async fn try_take(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        quantity: u32,
+        limit: u32,
+    ) -> PortResult<GateVerdict>;
+    /// Returns units: the judge refused, a hold was released or expired, an order refunded.
+    async fn give_back(&self, sale: &SaleId, user: &UserId, quantity: u32) -> PortResult<()>;
+    /// Replaces the gate's view with the judge's; returns the absolute drift repaired (units).
+    async fn rebuild(&self, seeds: &[GateSeed]) -> PortResult<u64>;
+    /// The gate's idea of a sale's available units (for metrics and drift checks).
+    async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>>;
+}
+
+/// Something that happened, for live updates, notifications and follow-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A sale's stock moved.
+    Stock {
+        sale_id: SaleId,
+        available: i64,
+        held: i64,
+        sold: i64,
+    },
+    /// A sale's status changed by an admin action.
+    SaleStatus { sale_id: SaleId, status: String },
+    /// An order was confirmed.
+    OrderConfirmed { order_id: OrderId, user_id: UserId },
+    /// A payment failed.
+    PaymentFailed { order_id: OrderId, user_id: UserId },
+}
+
+/// Carries events to whoever listens (SSE streams, notifiers). Delivery to live subscribers
+/// is best-effort; durable delivery goes through an outbox in the cluster adapters.
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes without waiting.
+    fn publish(&self, event: Event);
+    /// A stream of events published from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
+}
+
+/// A payment to authorize.
+#[derive(Debug, Clone)]
+pub struct AuthorizeRequest {
+    pub payment_id: PaymentId,
+    pub order_id: OrderId,
+    pub amount: Money,
+    pub currency: Currency,
+    pub method: String,
+    /// The card token from the client (sandbox: `tok_ok`, `tok_decline`, `tok_slow`,
+    /// `tok_async`).
+    pub token: String,
+}
+
+/// The gateway's answer to an authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    Authorized { reference: String },
+    Declined { reference: String, reason: String },
+    /// Will be decided later and reported through a signed webhook.
+    Pending { reference: String },
+}
+
+/// A payment service provider.
+#[async_trait]
+pub trait PaymentGateway: Send + Sync + 'static {
+    async fn authorize(&self, req: &AuthorizeRequest) -> PortResult<Authorization>;
+    /// Takes the authorized money. Idempotent per reference.
+    async fn capture(&self, reference: &str) -> PortResult<()>;
+    /// Releases an authorization that will not be captured. Idempotent per reference.
+    async fn void(&self, reference: &str) -> PortResult<()>;
+    /// Returns captured money. Idempotent per reference.
+    async fn refund(&self, reference: &str) -> PortResult<()>;
+}

@@ -1,0 +1,346 @@
+//! The judge's decisions, as pure functions over what the store has read inside its
+//! transaction. Every store adapter calls these, so the rules that make overselling impossible
+//! are written once and tested here, and the adapters only load and save.
+//!
+//! [`SaleLedger`] is the same rules applied to an in-memory sale: the reference model that
+//! property tests and store conformance tests compare against.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HoldState, InvariantViolation, SaleStatus, StockLevels, Timestamp};
+
+/// Why the judge refused a reservation, in the contract's order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("the sale is not live")]
+    SaleNotLive,
+    #[error("this would take you over the per-buyer limit")]
+    LimitExceeded,
+    #[error("sold out")]
+    SoldOut,
+}
+
+/// May a buyer who already holds or owns `user_units` of a sale reserve `quantity` more?
+/// Checked in the contract's order: live, then the buyer's limit, then stock.
+pub fn judge_reserve(
+    status: SaleStatus,
+    available: i64,
+    user_units: i64,
+    per_user_limit: u32,
+    quantity: u32,
+) -> Result<(), Refusal> {
+    if status != SaleStatus::Live {
+        return Err(Refusal::SaleNotLive);
+    }
+    if user_units + i64::from(quantity) > i64::from(per_user_limit) {
+        return Err(Refusal::LimitExceeded);
+    }
+    if available < i64::from(quantity) {
+        return Err(Refusal::SoldOut);
+    }
+    Ok(())
+}
+
+/// Can a hold of `current` units become `wanted` units? Shrinking always may (while the hold
+/// lives); growing is a reservation of the difference.
+pub fn judge_resize(
+    status: SaleStatus,
+    available: i64,
+    user_units: i64,
+    per_user_limit: u32,
+    current: u32,
+    wanted: u32,
+) -> Result<(), Refusal> {
+    if wanted <= current {
+        return Ok(());
+    }
+    judge_reserve(status, available, user_units, per_user_limit, wanted - current)
+}
+
+/// A hold in the reference model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHold {
+    pub user: u32,
+    pub quantity: u32,
+    pub state: HoldState,
+    pub expires_at: Timestamp,
+    /// Paid and not refunded: counts as sold.
+    pub owned: bool,
+}
+
+/// Why a model operation did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("no such hold")]
+    NotFound,
+    #[error("the hold is not live")]
+    NotLive,
+}
+
+/// The reference model of one live sale: stock counters, holds and per-buyer units, changed
+/// only through the judge functions above.
+#[derive(Debug, Clone)]
+pub struct SaleLedger {
+    pub stock: StockLevels,
+    pub per_user_limit: u32,
+    pub hold_ms: i64,
+    pub holds: BTreeMap<u64, LedgerHold>,
+    next_id: u64,
+    user_units: HashMap<u32, i64>,
+}
+
+impl SaleLedger {
+    /// A live sale of `total` units.
+    pub fn new(total: i64, per_user_limit: u32, hold_ms: i64) -> Self {
+        Self {
+            stock: StockLevels::fresh(total),
+            per_user_limit,
+            hold_ms,
+            holds: BTreeMap::new(),
+            next_id: 0,
+            user_units: HashMap::new(),
+        }
+    }
+
+    /// Units `user` holds or owns.
+    pub fn units_of(&self, user: u32) -> i64 {
+        self.user_units.get(&user).copied().unwrap_or(0)
+    }
+
+    /// Reserves, returning the new hold's id.
+    pub fn reserve(&mut self, user: u32, quantity: u32, now: Timestamp) -> Result<u64, LedgerError> {
+        judge_reserve(
+            SaleStatus::Live,
+            self.stock.available,
+            self.units_of(user),
+            self.per_user_limit,
+            quantity,
+        )?;
+        self.stock.reserve(i64::from(quantity));
+        *self.user_units.entry(user).or_default() += i64::from(quantity);
+        self.next_id += 1;
+        self.holds.insert(
+            self.next_id,
+            LedgerHold {
+                user,
+                quantity,
+                state: HoldState::Active,
+                expires_at: now.plus_millis(self.hold_ms),
+                owned: false,
+            },
+        );
+        Ok(self.next_id)
+    }
+
+    fn end_hold(&mut self, id: u64, to: HoldState, now: Timestamp) -> Result<(), LedgerError> {
+        let hold = self.holds.get_mut(&id).ok_or(LedgerError::NotFound)?;
+        let live = hold.state == HoldState::Active && now < hold.expires_at;
+        // Expiry is the one ending allowed once the clock has passed; the others need a live hold.
+        if !(live || (to == HoldState::Expired && hold.state == HoldState::Active)) {
+            return Err(LedgerError::NotLive);
+        }
+        hold.state = hold.state.end(to).map_err(|_| LedgerError::NotLive)?;
+        let qty = i64::from(hold.quantity);
+        let user = hold.user;
+        if to == HoldState::Converted {
+            hold.owned = true;
+            self.stock.sell(qty);
+        } else {
+            self.stock.unhold(qty);
+            *self.user_units.entry(user).or_default() -= qty;
+        }
+        Ok(())
+    }
+
+    /// The buyer lets go of a live hold.
+    pub fn release(&mut self, id: u64, now: Timestamp) -> Result<(), LedgerError> {
+        self.end_hold(id, HoldState::Released, now)
+    }
+
+    /// The buyer pays for a live hold.
+    pub fn pay(&mut self, id: u64, now: Timestamp) -> Result<(), LedgerError> {
+        self.end_hold(id, HoldState::Converted, now)
+    }
+
+    /// The sweeper: every active hold past its expiry ends as expired. Returns how many.
+    pub fn expire_due(&mut self, now: Timestamp) -> usize {
+        let due: Vec<u64> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.state == HoldState::Active && h.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &due {
+            // Due holds are active by the filter above, so this cannot fail.
+            let _ = self.end_hold(*id, HoldState::Expired, now);
+        }
+        due.len()
+    }
+
+    /// The buyer cancels a paid hold: refunded, units available again.
+    pub fn refund(&mut self, id: u64) -> Result<(), LedgerError> {
+        let hold = self.holds.get_mut(&id).ok_or(LedgerError::NotFound)?;
+        if !hold.owned {
+            return Err(LedgerError::NotLive);
+        }
+        hold.owned = false;
+        let qty = i64::from(hold.quantity);
+        let user = hold.user;
+        self.stock.refund(qty);
+        *self.user_units.entry(user).or_default() -= qty;
+        Ok(())
+    }
+
+    /// Every invariant, recomputed from the holds rather than trusted from the counters.
+    pub fn check(&self) -> Result<(), InvariantViolation> {
+        self.stock.check()?;
+        let held: i64 = self
+            .holds
+            .values()
+            .filter(|h| h.state == HoldState::Active)
+            .map(|h| i64::from(h.quantity))
+            .sum();
+        let sold: i64 = self
+            .holds
+            .values()
+            .filter(|h| h.owned)
+            .map(|h| i64::from(h.quantity))
+            .sum();
+        if held != self.stock.held || sold != self.stock.sold {
+            return Err(InvariantViolation::Unbalanced {
+                total: self.stock.total,
+                available: self.stock.available,
+                held,
+                sold,
+            });
+        }
+        let mut per_user: HashMap<u32, i64> = HashMap::new();
+        for h in self.holds.values() {
+            if h.state == HoldState::Active || h.owned {
+                *per_user.entry(h.user).or_default() += i64::from(h.quantity);
+            }
+        }
+        for units in per_user.values() {
+            if *units > i64::from(self.per_user_limit) {
+                return Err(InvariantViolation::OverUserLimit {
+                    units: *units,
+                    limit: i64::from(self.per_user_limit),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn refusals_follow_the_contract_order() {
+        // Not live beats everything.
+        assert_eq!(
+            judge_reserve(SaleStatus::Paused, 0, 5, 1, 3),
+            Err(Refusal::SaleNotLive)
+        );
+        // Limit beats stock.
+        assert_eq!(
+            judge_reserve(SaleStatus::Live, 0, 2, 2, 1),
+            Err(Refusal::LimitExceeded)
+        );
+        assert_eq!(judge_reserve(SaleStatus::Live, 0, 0, 2, 1), Err(Refusal::SoldOut));
+        assert_eq!(judge_reserve(SaleStatus::Live, 1, 1, 2, 1), Ok(()));
+        assert_eq!(judge_reserve(SaleStatus::Live, 1, 0, 2, 2), Err(Refusal::SoldOut));
+    }
+
+    #[test]
+    fn resize_only_judges_growth() {
+        assert_eq!(judge_resize(SaleStatus::Live, 0, 2, 2, 2, 1), Ok(()));
+        assert_eq!(
+            judge_resize(SaleStatus::Live, 0, 1, 2, 1, 2),
+            Err(Refusal::SoldOut)
+        );
+        assert_eq!(
+            judge_resize(SaleStatus::Live, 9, 2, 2, 2, 3),
+            Err(Refusal::LimitExceeded)
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve { user: u32, qty: u32 },
+        Release { pick: usize },
+        Pay { pick: usize },
+        Cancel { pick: usize },
+        Tick { ms: i64 },
+        Sweep,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0_u32..6, 1_u32..4).prop_map(|(user, qty)| Op::Reserve { user, qty }),
+            1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+            2 => any::<usize>().prop_map(|pick| Op::Pay { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+            2 => (0_i64..4_000).prop_map(|ms| Op::Tick { ms }),
+            1 => Just(Op::Sweep),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of reserve / release / expire / pay / cancel keeps every invariant, and
+        /// a hold that has ended never changes ending.
+        #[test]
+        fn hold_state_machine_keeps_the_invariants(
+            total in 0_i64..20,
+            limit in 1_u32..5,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let mut ledger = SaleLedger::new(total, limit, 3_000);
+            let mut now = Timestamp(0);
+            for op in ops {
+                let before: BTreeMap<u64, HoldState> =
+                    ledger.holds.iter().map(|(id, h)| (*id, h.state)).collect();
+                let ids: Vec<u64> = ledger.holds.keys().copied().collect();
+                let pick = |p: usize| ids.get(p % ids.len().max(1)).copied().unwrap_or(0);
+                match op {
+                    Op::Reserve { user, qty } => {
+                        let available = ledger.stock.available;
+                        let units = ledger.units_of(user);
+                        match ledger.reserve(user, qty, now) {
+                            Ok(_) => prop_assert!(available >= i64::from(qty)),
+                            Err(LedgerError::Refused(Refusal::SoldOut)) => {
+                                prop_assert!(available < i64::from(qty))
+                            }
+                            Err(LedgerError::Refused(Refusal::LimitExceeded)) => {
+                                prop_assert!(units + i64::from(qty) > i64::from(limit))
+                            }
+                            Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                        }
+                    }
+                    Op::Release { pick: p } => { let _ = ledger.release(pick(p), now); }
+                    Op::Pay { pick: p } => { let _ = ledger.pay(pick(p), now); }
+                    Op::Cancel { pick: p } => { let _ = ledger.refund(pick(p)); }
+                    Op::Tick { ms } => now = now.plus_millis(ms),
+                    Op::Sweep => { ledger.expire_due(now); }
+                }
+                prop_assert_eq!(ledger.check(), Ok(()));
+                for (id, state) in before {
+                    if state != HoldState::Active {
+                        prop_assert_eq!(ledger.holds[&id].state, state, "hold {} ended twice", id);
+                    }
+                }
+            }
+            // After the clock passes every expiry and the sweeper runs, nothing is held.
+            ledger.expire_due(now.plus_millis(10_000));
+            prop_assert_eq!(ledger.stock.held, 0);
+            prop_assert_eq!(ledger.check(), Ok(()));
+        }
+    }
+}
