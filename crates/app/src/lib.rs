@@ -1,3 +1,97 @@
-//! Stampede's use cases (reserve, checkout, sweep, reconcile, …) over the ports they need.
+//! Stampede's use cases over the ports they need. One module per use case; [`App`] wires them.
+//!
+//! Dependencies point one way: `core ← app ← {adapters, http} ← stampede`. Nothing here knows
+//! whether it runs on SQLite and in-process counters or on PostgreSQL, Redis and RabbitMQ.
 
+pub mod admission;
+pub mod auth;
+pub mod background;
+pub mod cart;
+pub mod checkout;
+pub mod config;
+pub mod error;
+pub mod group_commit;
 pub mod ports;
+pub mod sales;
+pub mod webhook;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stampede_core::{Clock, SaleId};
+
+pub use auth::Principal;
+pub use config::AppConfig;
+pub use error::AppError;
+
+use admission::Admissions;
+use auth::{PasswordHashing, TokenCache};
+use group_commit::ReserveBatcher;
+use ports::{EventBus, Gate, PaymentGateway, Store};
+use sales::SaleCache;
+
+/// The adapters an [`App`] runs over.
+pub struct Adapters {
+    pub store: Arc<dyn Store>,
+    pub gate: Arc<dyn Gate>,
+    pub bus: Arc<dyn EventBus>,
+    pub gateway: Arc<dyn PaymentGateway>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The application: every use case is a method on it.
+pub struct App {
+    /// The judge and system of record.
+    pub store: Arc<dyn Store>,
+    /// The fast filter in front of the judge.
+    pub gate: Arc<dyn Gate>,
+    /// Live updates and follow-ups.
+    pub bus: Arc<dyn EventBus>,
+    /// Where money moves.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// The only source of "now".
+    pub clock: Arc<dyn Clock>,
+    pub config: AppConfig,
+    hashing: PasswordHashing,
+    tokens: TokenCache,
+    batcher: ReserveBatcher,
+    sales: SaleCache,
+    admissions: Admissions,
+    /// Sales whose stock moved since the last publish.
+    dirty_stock: Mutex<HashSet<SaleId>>,
+}
+
+impl App {
+    /// Builds the application and starts its group-commit writer. Returns the app and the
+    /// writer's task: drop every `Arc<App>` and await the task to flush it on shutdown.
+    pub async fn start(
+        adapters: Adapters,
+        config: AppConfig,
+    ) -> Result<(Arc<App>, tokio::task::JoinHandle<()>), AppError> {
+        adapters.store.migrate().await?;
+        let (batcher, writer) = ReserveBatcher::start(
+            adapters.store.clone(),
+            config.max_batch,
+            config.reserve_queue_depth,
+        );
+        let app = Arc::new(App {
+            store: adapters.store,
+            gate: adapters.gate,
+            bus: adapters.bus,
+            gateway: adapters.gateway,
+            clock: adapters.clock,
+            hashing: PasswordHashing::new(config.argon2, config.hash_concurrency)?,
+            tokens: TokenCache::new(100_000, Duration::from_secs(60)),
+            batcher,
+            sales: SaleCache::default(),
+            admissions: Admissions::default(),
+            dirty_stock: Mutex::new(HashSet::new()),
+            config,
+        });
+        app.load_sales().await?;
+        let drift = app.reconcile().await?;
+        tracing::info!(drift, "gate rebuilt from the store");
+        Ok((app, writer))
+    }
+}

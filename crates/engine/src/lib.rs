@@ -1,1 +1,9 @@
-//! placeholder
+//! The embedded adapters that need no server: the in-process stock gate ([`MemoryGate`]) and the
+//! in-process event bus ([`LocalBus`]). With the SQLite store they make `stampede serve` work on
+//! a machine with nothing installed.
+
+mod bus;
+mod gate;
+
+pub use bus::LocalBus;
+pub use gate::MemoryGate;

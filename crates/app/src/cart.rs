@@ -1,0 +1,270 @@
+//! The cart: reserving units (the hot path), listing, resizing and releasing holds.
+//!
+//! A reserve is judged in the contract's order: authentication and rate limit (HTTP layer),
+//! input, sale exists and is live, admission, the buyer's limit, stock. The gate answers the
+//! overwhelming "sold out" case from memory; only requests it lets through reach the judge,
+//! through the group commit, and a refusal by the judge gives the gate its units back.
+
+use stampede_core::{Hold, HoldId, SaleId, SaleStatus};
+
+use crate::auth::Principal;
+use crate::group_commit::EnqueueError;
+use crate::ports::{Event, GateVerdict, ReserveRequest};
+use crate::{App, AppError};
+
+/// Most units one request may ask for; anything above is a client error, not a refusal.
+pub const MAX_QUANTITY: i64 = 1000;
+
+/// The buyer's live holds and what they add up to.
+#[derive(Debug, Clone)]
+pub struct Cart {
+    pub items: Vec<Hold>,
+    /// Sum of unit price × quantity, in the holds' currency (minor units).
+    pub total: stampede_core::Money,
+    pub currency: Option<stampede_core::Currency>,
+    /// Seconds until the first hold lapses (0 for an empty cart).
+    pub expires_in_seconds: i64,
+}
+
+fn quantity(q: i64) -> Result<u32, AppError> {
+    if !(1..=MAX_QUANTITY).contains(&q) {
+        return Err(AppError::invalid(format!(
+            "quantity must be between 1 and {MAX_QUANTITY}"
+        )));
+    }
+    u32::try_from(q).map_err(|_| AppError::invalid("quantity is out of range"))
+}
+
+fn refusal_label(e: &AppError) -> &'static str {
+    match e {
+        AppError::SoldOut => "sold_out",
+        AppError::LimitExceeded => "limit_exceeded",
+        AppError::SaleNotLive => "sale_not_live",
+        AppError::NotAdmitted => "not_admitted",
+        AppError::NotFound => "not_found",
+        AppError::InvalidInput(_) => "invalid_input",
+        _ => "error",
+    }
+}
+
+impl App {
+    /// Reserves `quantity` units of a sale for the caller.
+    pub async fn reserve(
+        &self,
+        who: &Principal,
+        sale_id: &str,
+        quantity_requested: i64,
+        admission_token: Option<&str>,
+    ) -> Result<Hold, AppError> {
+        let started = std::time::Instant::now();
+        let result = self
+            .reserve_inner(who, sale_id, quantity_requested, admission_token)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "reserved",
+            Err(e) => refusal_label(e),
+        };
+        metrics::counter!("stampede_reserve_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("stampede_reserve_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn reserve_inner(
+        &self,
+        who: &Principal,
+        sale_id: &str,
+        quantity_requested: i64,
+        admission_token: Option<&str>,
+    ) -> Result<Hold, AppError> {
+        let qty = quantity(quantity_requested)?;
+        let sale_id = SaleId::parse(sale_id).ok_or(AppError::NotFound)?;
+        let sale = self.sales.get(&sale_id).ok_or(AppError::NotFound)?;
+        let now = self.clock.now();
+        if sale.status_at(now) != SaleStatus::Live {
+            return Err(AppError::SaleNotLive);
+        }
+        if sale.queue_required {
+            self.admissions
+                .check(who, &sale_id, admission_token, now)
+                .map_err(|_| AppError::NotAdmitted)?;
+        }
+        if qty > sale.per_user_limit {
+            return Err(AppError::LimitExceeded);
+        }
+        match self
+            .gate
+            .try_take(&sale_id, &who.user_id, qty, sale.per_user_limit)
+            .await?
+        {
+            GateVerdict::Pass => {}
+            GateVerdict::SoldOut => return Err(AppError::SoldOut),
+            GateVerdict::LimitExceeded => return Err(AppError::LimitExceeded),
+        }
+        let request = ReserveRequest {
+            hold_id: HoldId::generate(now.millis(), rand::random()),
+            sale_id: sale_id.clone(),
+            user_id: who.user_id.clone(),
+            quantity: qty,
+            now,
+        };
+        let verdict = match self.batcher.reserve(request).await {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(port)) => {
+                // The batch failed as a whole: nothing was committed for this buyer.
+                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
+                return Err(port.into());
+            }
+            Err(EnqueueError::Full) => {
+                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
+                return Err(AppError::Unavailable("too many reservations in flight".into()));
+            }
+            Err(EnqueueError::Closed) => {
+                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
+                return Err(AppError::Unavailable("shutting down".into()));
+            }
+        };
+        match verdict {
+            Ok(hold) => {
+                if sale.queue_required {
+                    self.admissions.spend(who, &sale_id, admission_token);
+                }
+                metrics::counter!("stampede_holds_created_total").increment(1);
+                self.stock_changed(&sale_id);
+                Ok(hold)
+            }
+            Err(refusal) => {
+                metrics::counter!("stampede_judge_refusals_total").increment(1);
+                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
+                Err(refusal.into())
+            }
+        }
+    }
+
+    /// The caller's live holds.
+    pub async fn cart(&self, who: &Principal) -> Result<Cart, AppError> {
+        let now = self.clock.now();
+        let items = self.store.live_holds(&who.user_id, now).await?;
+        let total = stampede_core::Money(
+            items
+                .iter()
+                .map(|h| h.unit_price.times(h.quantity).0)
+                .sum(),
+        );
+        let expires_in_seconds = items
+            .iter()
+            .map(|h| now.secs_until(h.expires_at))
+            .min()
+            .unwrap_or(0);
+        Ok(Cart {
+            currency: items.first().map(|h| h.currency.clone()),
+            items,
+            total,
+            expires_in_seconds,
+        })
+    }
+
+    /// Changes the quantity of one of the caller's holds.
+    pub async fn resize_hold(
+        &self,
+        who: &Principal,
+        hold_id: &str,
+        quantity_requested: i64,
+    ) -> Result<Hold, AppError> {
+        let qty = quantity(quantity_requested)?;
+        let hold_id = HoldId::parse(hold_id).ok_or(AppError::NotFound)?;
+        let now = self.clock.now();
+        let before = self
+            .store
+            .live_holds(&who.user_id, now)
+            .await?
+            .into_iter()
+            .find(|h| h.id == hold_id)
+            .ok_or(AppError::NotFound)?;
+        let sale = self.sales.get(&before.sale_id).ok_or(AppError::NotFound)?;
+        let grow = qty.saturating_sub(before.quantity);
+        if grow > 0 {
+            match self
+                .gate
+                .try_take(&before.sale_id, &who.user_id, grow, sale.per_user_limit)
+                .await?
+            {
+                GateVerdict::Pass => {}
+                GateVerdict::SoldOut => return Err(AppError::SoldOut),
+                GateVerdict::LimitExceeded => return Err(AppError::LimitExceeded),
+            }
+        }
+        let result = self
+            .store
+            .resize_hold(&who.user_id, &hold_id, qty, now)
+            .await;
+        let hold = match result {
+            Ok(Ok(hold)) => hold,
+            Ok(Err(e)) => {
+                if grow > 0 {
+                    self.gate.give_back(&before.sale_id, &who.user_id, grow).await?;
+                }
+                return Err(e.into());
+            }
+            Err(e) => {
+                if grow > 0 {
+                    self.gate.give_back(&before.sale_id, &who.user_id, grow).await?;
+                }
+                return Err(e.into());
+            }
+        };
+        let shrink = before.quantity.saturating_sub(hold.quantity);
+        if shrink > 0 {
+            self.gate.give_back(&hold.sale_id, &who.user_id, shrink).await?;
+        }
+        self.stock_changed(&hold.sale_id);
+        Ok(hold)
+    }
+
+    /// Releases one of the caller's holds: its stock is available again at once.
+    pub async fn release_hold(&self, who: &Principal, hold_id: &str) -> Result<(), AppError> {
+        let hold_id = HoldId::parse(hold_id).ok_or(AppError::NotFound)?;
+        let now = self.clock.now();
+        let hold = self
+            .store
+            .release_hold(&who.user_id, &hold_id, now)
+            .await??;
+        self.gate
+            .give_back(&hold.sale_id, &who.user_id, hold.quantity)
+            .await?;
+        metrics::counter!("stampede_holds_released_total").increment(1);
+        self.stock_changed(&hold.sale_id);
+        Ok(())
+    }
+
+    /// Marks a sale's stock as changed; the publisher sends one coalesced update per interval.
+    pub(crate) fn stock_changed(&self, sale_id: &SaleId) {
+        if let Ok(mut dirty) = self.dirty_stock.lock() {
+            dirty.insert(sale_id.clone());
+        }
+    }
+
+    /// Publishes the current stock of every sale marked as changed. Called by the background
+    /// publisher; public so tests can flush it.
+    pub async fn publish_stock(&self) -> Result<(), AppError> {
+        let dirty: Vec<SaleId> = match self.dirty_stock.lock() {
+            Ok(mut set) => set.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        for sale_id in dirty {
+            if let Some(sale) = self.store.sale(&sale_id).await? {
+                let s = sale.stock;
+                metrics::gauge!("stampede_stock_units", "sale_id" => sale_id.to_string(), "state" => "available").set(s.available as f64);
+                metrics::gauge!("stampede_stock_units", "sale_id" => sale_id.to_string(), "state" => "held").set(s.held as f64);
+                metrics::gauge!("stampede_stock_units", "sale_id" => sale_id.to_string(), "state" => "sold").set(s.sold as f64);
+                self.bus.publish(Event::Stock {
+                    sale_id,
+                    available: s.available,
+                    held: s.held,
+                    sold: s.sold,
+                });
+            }
+        }
+        Ok(())
+    }
+}

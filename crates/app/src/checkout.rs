@@ -1,0 +1,385 @@
+//! Checkout: holds become an order, the gateway authorizes, and capture happens in the same
+//! store transaction that turns held units into sold ones. A hold that lapsed first means the
+//! authorization is voided and nothing is charged. Orders, cancellations and webhooks.
+
+use serde::Deserialize;
+
+use stampede_core::{HoldId, Order, OrderId, PaymentId, SaleId};
+
+use crate::auth::Principal;
+use crate::ports::{
+    Authorization, AuthorizeRequest, Cancelled, Event, IdempotencyStart, NewOrder, PaymentApplied,
+    PaymentResult,
+};
+use crate::{webhook, App, AppError};
+
+/// Most holds one order may name.
+pub const MAX_HOLDS_PER_ORDER: usize = 50;
+
+/// A checkout request after parsing.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub hold_ids: Vec<String>,
+    pub method: String,
+    pub token: String,
+}
+
+/// A gateway event delivered to `POST /api/v1/payments/webhook`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEvent {
+    /// Unique per event: replays are recognised by it.
+    pub id: String,
+    /// `payment.succeeded` or `payment.failed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: WebhookData,
+}
+
+/// The payment a webhook is about.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookData {
+    pub reference: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn check_checkout(req: &CheckoutRequest) -> Result<Vec<HoldId>, AppError> {
+    if req.hold_ids.is_empty() || req.hold_ids.len() > MAX_HOLDS_PER_ORDER {
+        return Err(AppError::invalid(format!(
+            "hold_ids must name 1 to {MAX_HOLDS_PER_ORDER} holds"
+        )));
+    }
+    if req.method.trim().is_empty() || req.method.len() > 32 {
+        return Err(AppError::invalid("payment.method must be 1 to 32 characters"));
+    }
+    if req.token.trim().is_empty() || req.token.len() > 256 {
+        return Err(AppError::invalid("payment.token must be 1 to 256 characters"));
+    }
+    let mut ids = Vec::with_capacity(req.hold_ids.len());
+    for raw in &req.hold_ids {
+        let id = HoldId::parse(raw).ok_or(AppError::NotFound)?;
+        if ids.contains(&id) {
+            return Err(AppError::invalid("hold_ids must not repeat"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+impl App {
+    /// Claims an `Idempotency-Key` for the caller's request (hashed body).
+    pub async fn idempotency_start(
+        &self,
+        who: &Principal,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<IdempotencyStart, AppError> {
+        if key.is_empty() || key.len() > 255 || !key.is_ascii() {
+            return Err(AppError::invalid(
+                "Idempotency-Key must be 1 to 255 ASCII characters",
+            ));
+        }
+        Ok(self
+            .store
+            .idempotency_start(
+                &who.user_id,
+                key,
+                request_hash,
+                self.clock.now(),
+                self.config.idempotency_lease_ms,
+            )
+            .await?)
+    }
+
+    /// Stores the answer sent for a claimed key.
+    pub async fn idempotency_finish(
+        &self,
+        who: &Principal,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), AppError> {
+        Ok(self
+            .store
+            .idempotency_finish(&who.user_id, key, status, body)
+            .await?)
+    }
+
+    /// Lets go of a claimed key whose request had no effect (so a retry may proceed).
+    pub async fn idempotency_abandon(&self, who: &Principal, key: &str) -> Result<(), AppError> {
+        Ok(self.store.idempotency_abandon(&who.user_id, key).await?)
+    }
+
+    /// Turns the caller's holds into an order and pays for it.
+    pub async fn checkout(&self, who: &Principal, req: CheckoutRequest) -> Result<Order, AppError> {
+        let hold_ids = check_checkout(&req)?;
+        let now = self.clock.now();
+        let new = NewOrder {
+            order_id: OrderId::generate(now.millis(), rand::random()),
+            payment_id: PaymentId::generate(now.millis(), rand::random()),
+            user_id: who.user_id.clone(),
+            hold_ids,
+            method: req.method.clone(),
+            now,
+        };
+        let order = self.store.create_order(&new).await??;
+        let auth_req = AuthorizeRequest {
+            payment_id: new.payment_id.clone(),
+            order_id: order.id.clone(),
+            amount: order.total,
+            currency: order.currency.clone(),
+            method: req.method,
+            token: req.token,
+        };
+        let authorization = match self.gateway.authorize(&auth_req).await {
+            Ok(a) => a,
+            Err(e) => {
+                let failed = PaymentResult::Declined {
+                    reference: None,
+                    reason: "gateway_unavailable".into(),
+                };
+                self.store
+                    .apply_payment(&order.id, &failed, self.clock.now())
+                    .await?;
+                return Err(e.into());
+            }
+        };
+        self.audit(who, "payment.authorize", order.id.as_str(), None::<&()>, Some(&authorization_word(&authorization)))
+            .await;
+        match authorization {
+            Authorization::Authorized { reference } => {
+                self.settle(who.user_id.as_str(), &order.id, reference, false)
+                    .await
+            }
+            Authorization::Declined { reference, reason } => {
+                let result = PaymentResult::Declined {
+                    reference: Some(reference),
+                    reason: reason.clone(),
+                };
+                self.store
+                    .apply_payment(&order.id, &result, self.clock.now())
+                    .await?;
+                metrics::counter!("stampede_payments_total", "outcome" => "declined").increment(1);
+                self.bus.publish(Event::PaymentFailed {
+                    order_id: order.id.clone(),
+                    user_id: who.user_id.clone(),
+                });
+                Err(AppError::PaymentDeclined {
+                    order_id: order.id.to_string(),
+                    reason,
+                })
+            }
+            Authorization::Pending { reference } => {
+                let result = PaymentResult::Pending { reference };
+                match self
+                    .store
+                    .apply_payment(&order.id, &result, self.clock.now())
+                    .await?
+                {
+                    Some(
+                        PaymentApplied::Done(o)
+                        | PaymentApplied::AlreadySettled(o)
+                        | PaymentApplied::HoldLapsed(o),
+                    ) => Ok(o),
+                    None => Err(AppError::NotFound),
+                }
+            }
+        }
+    }
+
+    /// Records an authorized payment: capture and confirm if every hold can be honoured, else
+    /// void. `retake` lets a late asynchronous payment take lapsed stock again if it is there.
+    async fn settle(
+        &self,
+        actor: &str,
+        order_id: &OrderId,
+        reference: String,
+        retake: bool,
+    ) -> Result<Order, AppError> {
+        let result = PaymentResult::Authorized {
+            reference: reference.clone(),
+            retake,
+        };
+        let applied = self
+            .store
+            .apply_payment(order_id, &result, self.clock.now())
+            .await?
+            .ok_or(AppError::NotFound)?;
+        match applied {
+            PaymentApplied::Done(order) => {
+                if let Err(e) = self.gateway.capture(&reference).await {
+                    // The order is confirmed in the judge; the capture is retried by the
+                    // gateway reconciliation. Count it so an operator sees it.
+                    metrics::counter!("stampede_capture_failures_total").increment(1);
+                    tracing::error!(error = %e, order = %order.id, "capture failed after confirm");
+                }
+                metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
+                metrics::counter!("stampede_orders_confirmed_total").increment(1);
+                self.audit_as(actor, "payment.capture", order.id.as_str(), None::<&()>, Some(&reference))
+                    .await;
+                for sale_id in sales_of(&order) {
+                    self.stock_changed(&sale_id);
+                }
+                if retake {
+                    // Stock may have been taken again straight into "sold": bring the gate in line.
+                    self.reconcile().await?;
+                }
+                self.bus.publish(Event::OrderConfirmed {
+                    order_id: order.id.clone(),
+                    user_id: order.user_id.clone(),
+                });
+                Ok(order)
+            }
+            PaymentApplied::HoldLapsed(order) => {
+                if let Err(e) = self.gateway.void(&reference).await {
+                    metrics::counter!("stampede_void_failures_total").increment(1);
+                    tracing::error!(error = %e, order = %order.id, "void failed");
+                }
+                metrics::counter!("stampede_payments_total", "outcome" => "voided").increment(1);
+                self.audit_as(actor, "payment.void", order.id.as_str(), None::<&()>, Some(&reference))
+                    .await;
+                Err(AppError::HoldExpired)
+            }
+            PaymentApplied::AlreadySettled(order) => Ok(order),
+        }
+    }
+
+    /// The caller's orders, newest first.
+    pub async fn orders(&self, who: &Principal) -> Result<Vec<Order>, AppError> {
+        Ok(self.store.orders(&who.user_id).await?)
+    }
+
+    /// One of the caller's orders; someone else's is "not found".
+    pub async fn order(&self, who: &Principal, id: &str) -> Result<Order, AppError> {
+        let id = OrderId::parse(id).ok_or(AppError::NotFound)?;
+        self.store
+            .order(&who.user_id, &id)
+            .await?
+            .ok_or(AppError::NotFound)
+    }
+
+    /// Cancels one of the caller's orders: a paid one is refunded and its units return.
+    pub async fn cancel_order(&self, who: &Principal, id: &str) -> Result<Order, AppError> {
+        let id = OrderId::parse(id).ok_or(AppError::NotFound)?;
+        let outcome = self
+            .store
+            .cancel_order(&who.user_id, &id, self.clock.now())
+            .await?
+            .ok_or(AppError::NotFound)?
+            .map_err(|status| AppError::Conflict(format!("a {status} order cannot be cancelled")))?;
+        match outcome {
+            Cancelled::Refunded { order, reference } => {
+                if let Err(e) = self.gateway.refund(&reference).await {
+                    metrics::counter!("stampede_refund_failures_total").increment(1);
+                    tracing::error!(error = %e, order = %order.id, "refund failed");
+                }
+                for item in &order.items {
+                    self.gate
+                        .give_back(&item.sale_id, &who.user_id, item.quantity)
+                        .await?;
+                }
+                for sale_id in sales_of(&order) {
+                    self.stock_changed(&sale_id);
+                }
+                metrics::counter!("stampede_orders_refunded_total").increment(1);
+                self.audit(who, "payment.refund", order.id.as_str(), None::<&()>, Some(&reference))
+                    .await;
+                Ok(order)
+            }
+            Cancelled::Cancelled(order) => {
+                if let Some(reference) = order.payment.as_ref().and_then(|p| p.reference.clone()) {
+                    if let Err(e) = self.gateway.void(&reference).await {
+                        tracing::error!(error = %e, order = %order.id, "void on cancel failed");
+                    }
+                }
+                Ok(order)
+            }
+        }
+    }
+
+    /// A gateway event: verified, de-duplicated by id, then applied.
+    pub async fn payment_webhook(
+        &self,
+        raw_body: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(), AppError> {
+        let now = self.clock.now();
+        let valid = signature.is_some_and(|sig| {
+            webhook::verify(
+                &self.config.webhook_secret,
+                sig,
+                raw_body,
+                now,
+                self.config.webhook_tolerance_secs,
+            )
+        });
+        if !valid {
+            metrics::counter!("stampede_webhooks_total", "outcome" => "bad_signature").increment(1);
+            return Err(AppError::BadSignature);
+        }
+        let event: WebhookEvent = serde_json::from_slice(raw_body)
+            .map_err(|e| AppError::invalid(format!("webhook body: {e}")))?;
+        if event.id.is_empty() || event.id.len() > 255 {
+            return Err(AppError::invalid("webhook id must be 1 to 255 characters"));
+        }
+        // Applying is idempotent by the order's state machine (a settled order ignores further
+        // events), so a replay that races the first delivery still has no second effect; the
+        // event id is recorded after the effect so a crash in between is retried, not lost.
+        let order = self
+            .store
+            .order_by_payment_reference(&event.data.reference)
+            .await?;
+        match (event.kind.as_str(), order) {
+            (_, None) => {
+                tracing::warn!(reference = %event.data.reference, "webhook for unknown payment");
+            }
+            ("payment.succeeded", Some(order)) => {
+                match self
+                    .settle("gateway", &order.id, event.data.reference.clone(), true)
+                    .await
+                {
+                    Ok(_) | Err(AppError::HoldExpired) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            ("payment.failed", Some(order)) => {
+                let result = PaymentResult::Declined {
+                    reference: Some(event.data.reference.clone()),
+                    reason: event.data.reason.clone().unwrap_or_else(|| "declined".into()),
+                };
+                if let Some(PaymentApplied::Done(o)) =
+                    self.store.apply_payment(&order.id, &result, now).await?
+                {
+                    self.bus.publish(Event::PaymentFailed {
+                        order_id: o.id,
+                        user_id: o.user_id,
+                    });
+                }
+            }
+            (other, Some(_)) => {
+                return Err(AppError::invalid(format!("unknown webhook type {other:?}")));
+            }
+        }
+        let first = self.store.record_webhook_event(&event.id, now).await?;
+        let outcome = if first { "applied" } else { "replay" };
+        metrics::counter!("stampede_webhooks_total", "outcome" => outcome).increment(1);
+        Ok(())
+    }
+}
+
+fn sales_of(order: &Order) -> Vec<SaleId> {
+    let mut ids: Vec<SaleId> = order.items.iter().map(|i| i.sale_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn authorization_word(a: &Authorization) -> &'static str {
+    match a {
+        Authorization::Authorized { .. } => "authorized",
+        Authorization::Declined { .. } => "declined",
+        Authorization::Pending { .. } => "pending",
+    }
+}

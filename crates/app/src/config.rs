@@ -1,0 +1,70 @@
+//! Tunables of the use cases, with defaults that suit a real sale. The binary fills this from
+//! flags, environment and file.
+
+/// Cost of the argon2id password hash. The default is OWASP's recommendation
+/// (m = 19 MiB, t = 2, p = 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Cost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Cost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// Everything the use cases can be tuned by.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// How long a login token lives.
+    pub token_ttl_secs: i64,
+    pub argon2: Argon2Cost,
+    /// Password hashes computed at once; more wait (hashing is CPU-bound and must not starve
+    /// the request threads).
+    pub hash_concurrency: usize,
+    /// Shared secret for payment webhooks (`Stampede-Signature`).
+    pub webhook_secret: String,
+    /// Webhooks older than this are refused (replay window).
+    pub webhook_tolerance_secs: i64,
+    /// An in-progress `Idempotency-Key` claim older than this is taken as abandoned (its request
+    /// died with a crash) and may be retried.
+    pub idempotency_lease_ms: i64,
+    /// Most reservations judged in one store transaction.
+    pub max_batch: usize,
+    /// How many reservations may wait for the judge before new ones are turned away (503).
+    pub reserve_queue_depth: usize,
+    /// How often the sweeper looks for lapsed holds.
+    pub sweep_interval_ms: u64,
+    /// How often the gate is checked against the judge and repaired.
+    pub reconcile_interval_secs: u64,
+    /// Hold lifetime when a sale does not set one.
+    pub default_hold_seconds: u32,
+    /// How often live stock updates are published (coalesced per sale).
+    pub stock_publish_interval_ms: u64,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: 24 * 3600,
+            argon2: Argon2Cost::default(),
+            hash_concurrency: 2,
+            webhook_secret: String::new(),
+            webhook_tolerance_secs: 300,
+            idempotency_lease_ms: 60_000,
+            max_batch: 512,
+            reserve_queue_depth: 20_000,
+            sweep_interval_ms: 250,
+            reconcile_interval_secs: 30,
+            default_hold_seconds: 300,
+            stock_publish_interval_ms: 200,
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Sales: what buyers browse, what admins create and control. The reserve path reads sale
+//! configuration from an in-process copy (status is derived from the clock, never stored), and
+//! every admin change updates that copy in the same call; stock counters always come from the
+//! store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use stampede_core::{Currency, Money, Sale, SaleControl, SaleId, SaleStatus, StockLevels, Timestamp};
+
+use crate::auth::Principal;
+use crate::ports::AuditEntry;
+use crate::{App, AppError};
+
+/// A sale as an admin describes it; validated into a [`Sale`].
+#[derive(Debug, Clone)]
+pub struct SaleDraft {
+    pub name: String,
+    pub description: String,
+    pub original_price: String,
+    pub sale_price: String,
+    pub currency: String,
+    pub total_stock: i64,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub per_user_limit: i64,
+    pub queue_required: bool,
+    pub hold_seconds: Option<i64>,
+}
+
+/// Changes to a sale that has not started; absent fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct SalePatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub original_price: Option<String>,
+    pub sale_price: Option<String>,
+    pub currency: Option<String>,
+    pub total_stock: Option<i64>,
+    pub starts_at: Option<Timestamp>,
+    pub ends_at: Option<Timestamp>,
+    pub per_user_limit: Option<i64>,
+    pub queue_required: Option<bool>,
+    pub hold_seconds: Option<i64>,
+}
+
+/// An admin's lever on a sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaleAction {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// The admin's view of one sale's health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SaleMetrics {
+    pub total_stock: i64,
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+    pub orders: i64,
+    pub queue_length: i64,
+    pub admitted: i64,
+    pub holds_expired: i64,
+    /// Confirmed orders over confirmed orders plus holds that lapsed unpaid.
+    pub conversion_rate: f64,
+    pub invariant_ok: bool,
+    /// Units by which the gate's count differs from the judge's (0 when in step).
+    pub gate_drift: i64,
+}
+
+/// Sale configuration by id, for the hot path.
+#[derive(Default)]
+pub struct SaleCache {
+    sales: RwLock<HashMap<SaleId, Arc<Sale>>>,
+}
+
+impl SaleCache {
+    /// The sale's configuration, if it exists.
+    pub fn get(&self, id: &SaleId) -> Option<Arc<Sale>> {
+        self.sales.read().ok()?.get(id).cloned()
+    }
+
+    /// Stores (or replaces) a sale's configuration.
+    pub fn put(&self, sale: Sale) {
+        if let Ok(mut map) = self.sales.write() {
+            map.insert(sale.id.clone(), Arc::new(sale));
+        }
+    }
+}
+
+const MAX_STOCK: i64 = 10_000_000;
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<String, AppError> {
+    let v = value.trim();
+    if (required && v.is_empty()) || v.chars().count() > max {
+        return Err(AppError::invalid(format!(
+            "{field} must be {} to {max} characters",
+            usize::from(required)
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+fn in_range(field: &str, value: i64, lo: i64, hi: i64) -> Result<i64, AppError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(AppError::invalid(format!(
+            "{field} must be between {lo} and {hi}"
+        )))
+    }
+}
+
+fn to_u32(field: &str, value: i64, lo: i64, hi: i64) -> Result<u32, AppError> {
+    let v = in_range(field, value, lo, hi)?;
+    u32::try_from(v).map_err(|_| AppError::invalid(format!("{field} is out of range")))
+}
+
+/// Checks the cross-field rules of a sale: prices, times.
+fn check_sale(sale: &Sale) -> Result<(), AppError> {
+    if sale.sale_price > sale.original_price {
+        return Err(AppError::invalid(
+            "sale_price must not be above original_price",
+        ));
+    }
+    if sale.ends_at <= sale.starts_at {
+        return Err(AppError::invalid("ends_at must be after starts_at"));
+    }
+    Ok(())
+}
+
+fn price(field: &str, text: &str, currency: &Currency) -> Result<Money, AppError> {
+    Money::parse(text, currency).map_err(|e| AppError::invalid(format!("{field}: {e}")))
+}
+
+impl App {
+    /// Every sale, optionally only those whose status at now is in `statuses`.
+    pub async fn list_sales(
+        &self,
+        statuses: Option<&[SaleStatus]>,
+    ) -> Result<Vec<Sale>, AppError> {
+        let now = self.clock.now();
+        let mut sales = self.store.sales().await?;
+        if let Some(wanted) = statuses {
+            sales.retain(|s| wanted.contains(&s.status_at(now)));
+        }
+        Ok(sales)
+    }
+
+    /// One sale with its current stock.
+    pub async fn sale(&self, id: &str) -> Result<Sale, AppError> {
+        let id = SaleId::parse(id).ok_or(AppError::NotFound)?;
+        self.store.sale(&id).await?.ok_or(AppError::NotFound)
+    }
+
+    /// Creates a sale (admin).
+    pub async fn create_sale(&self, who: &Principal, draft: SaleDraft) -> Result<Sale, AppError> {
+        self.require_admin(who)?;
+        let currency = Currency::parse(&draft.currency)
+            .map_err(|e| AppError::invalid(format!("currency: {e}")))?;
+        let now = self.clock.now();
+        let total = in_range("total_stock", draft.total_stock, 0, MAX_STOCK)?;
+        let sale = Sale {
+            id: SaleId::generate(now.millis(), rand::random()),
+            name: check_text("name", &draft.name, 200, true)?,
+            description: check_text("description", &draft.description, 5000, false)?,
+            original_price: price("original_price", &draft.original_price, &currency)?,
+            sale_price: price("sale_price", &draft.sale_price, &currency)?,
+            currency,
+            starts_at: draft.starts_at,
+            ends_at: draft.ends_at,
+            per_user_limit: to_u32("per_user_limit", draft.per_user_limit, 1, 1000)?,
+            queue_required: draft.queue_required,
+            hold_seconds: to_u32(
+                "hold_seconds",
+                draft
+                    .hold_seconds
+                    .unwrap_or(i64::from(self.config.default_hold_seconds)),
+                1,
+                86_400,
+            )?,
+            control: SaleControl::Running,
+            stock: StockLevels::fresh(total),
+            created_at: now,
+            updated_at: now,
+        };
+        check_sale(&sale)?;
+        self.store.insert_sale(&sale).await?;
+        self.gate
+            .rebuild(&[crate::ports::GateSeed {
+                sale_id: sale.id.clone(),
+                available: total,
+                user_units: vec![],
+            }])
+            .await?;
+        self.sales.put(sale.clone());
+        self.audit(who, "sale.create", sale.id.as_str(), None::<&()>, Some(&sale))
+            .await;
+        Ok(sale)
+    }
+
+    /// Changes a sale before it starts (admin). Only name and description may change after.
+    pub async fn patch_sale(
+        &self,
+        who: &Principal,
+        id: &str,
+        patch: SalePatch,
+    ) -> Result<Sale, AppError> {
+        self.require_admin(who)?;
+        let before = self.sale(id).await?;
+        let now = self.clock.now();
+        let touches_terms = patch.original_price.is_some()
+            || patch.sale_price.is_some()
+            || patch.currency.is_some()
+            || patch.total_stock.is_some()
+            || patch.starts_at.is_some()
+            || patch.ends_at.is_some()
+            || patch.per_user_limit.is_some()
+            || patch.queue_required.is_some()
+            || patch.hold_seconds.is_some();
+        if touches_terms && before.status_at(now) != SaleStatus::Scheduled {
+            return Err(AppError::Conflict(
+                "stock, prices, times and limits can only change before the sale starts".into(),
+            ));
+        }
+        let mut sale = before.clone();
+        if let Some(v) = &patch.name {
+            sale.name = check_text("name", v, 200, true)?;
+        }
+        if let Some(v) = &patch.description {
+            sale.description = check_text("description", v, 5000, false)?;
+        }
+        if let Some(v) = &patch.currency {
+            sale.currency =
+                Currency::parse(v).map_err(|e| AppError::invalid(format!("currency: {e}")))?;
+        }
+        // Prices are re-read in the (possibly new) currency, so a currency change without
+        // prices is checked against the old amounts' precision too.
+        let original = patch
+            .original_price
+            .clone()
+            .unwrap_or_else(|| before.original_price.format(&before.currency));
+        let sale_price = patch
+            .sale_price
+            .clone()
+            .unwrap_or_else(|| before.sale_price.format(&before.currency));
+        sale.original_price = price("original_price", &original, &sale.currency)?;
+        sale.sale_price = price("sale_price", &sale_price, &sale.currency)?;
+        if let Some(v) = patch.total_stock {
+            let total = in_range("total_stock", v, 0, MAX_STOCK)?;
+            sale.stock.available += total - sale.stock.total;
+            sale.stock.total = total;
+        }
+        if let Some(v) = patch.starts_at {
+            sale.starts_at = v;
+        }
+        if let Some(v) = patch.ends_at {
+            sale.ends_at = v;
+        }
+        if let Some(v) = patch.per_user_limit {
+            sale.per_user_limit = to_u32("per_user_limit", v, 1, 1000)?;
+        }
+        if let Some(v) = patch.queue_required {
+            sale.queue_required = v;
+        }
+        if let Some(v) = patch.hold_seconds {
+            sale.hold_seconds = to_u32("hold_seconds", v, 1, 86_400)?;
+        }
+        check_sale(&sale)?;
+        sale.updated_at = now;
+        self.save_sale(who, "sale.patch", &before, sale).await
+    }
+
+    /// Pauses, resumes or stops a sale (admin).
+    pub async fn control_sale(
+        &self,
+        who: &Principal,
+        id: &str,
+        action: SaleAction,
+    ) -> Result<Sale, AppError> {
+        self.require_admin(who)?;
+        let before = self.sale(id).await?;
+        let (allowed, to, verb) = match action {
+            SaleAction::Pause => (
+                before.control == SaleControl::Running,
+                SaleControl::Paused,
+                "sale.pause",
+            ),
+            SaleAction::Resume => (
+                before.control == SaleControl::Paused,
+                SaleControl::Running,
+                "sale.resume",
+            ),
+            SaleAction::Stop => (
+                before.control != SaleControl::Stopped,
+                SaleControl::Stopped,
+                "sale.stop",
+            ),
+        };
+        if !allowed {
+            return Err(AppError::Conflict(format!(
+                "a {} sale cannot be {}",
+                before.control.as_str(),
+                match action {
+                    SaleAction::Pause => "paused",
+                    SaleAction::Resume => "resumed",
+                    SaleAction::Stop => "stopped",
+                }
+            )));
+        }
+        let mut sale = before.clone();
+        sale.control = to;
+        sale.updated_at = self.clock.now();
+        let saved = self.save_sale(who, verb, &before, sale).await?;
+        self.bus.publish(crate::ports::Event::SaleStatus {
+            sale_id: saved.id.clone(),
+            status: saved.status_at(self.clock.now()).as_str().to_owned(),
+        });
+        Ok(saved)
+    }
+
+    async fn save_sale(
+        &self,
+        who: &Principal,
+        action: &str,
+        before: &Sale,
+        sale: Sale,
+    ) -> Result<Sale, AppError> {
+        if !self.store.update_sale(&sale).await? {
+            return Err(AppError::Conflict(
+                "the stock cannot shrink below what is already held or sold".into(),
+            ));
+        }
+        let saved = self.store.sale(&sale.id).await?.ok_or(AppError::NotFound)?;
+        if saved.stock.total != before.stock.total {
+            self.reconcile().await?;
+        }
+        self.sales.put(saved.clone());
+        self.audit(who, action, saved.id.as_str(), Some(before), Some(&saved))
+            .await;
+        Ok(saved)
+    }
+
+    /// The admin's figures for one sale, straight from the judge.
+    pub async fn sale_metrics(&self, who: &Principal, id: &str) -> Result<SaleMetrics, AppError> {
+        self.require_admin(who)?;
+        let sale_id = SaleId::parse(id).ok_or(AppError::NotFound)?;
+        let audit = self
+            .store
+            .stock_audit(&sale_id)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let c = audit.counters;
+        let gate = self.gate.available(&sale_id).await?.unwrap_or(c.available);
+        let chances = audit.orders + audit.holds_expired;
+        let invariant_ok = audit.invariant_ok();
+        metrics::gauge!("stampede_invariant_ok", "sale_id" => sale_id.to_string())
+            .set(if invariant_ok { 1.0 } else { 0.0 });
+        Ok(SaleMetrics {
+            total_stock: c.total,
+            available: c.available,
+            held: c.held,
+            sold: c.sold,
+            orders: audit.orders,
+            queue_length: 0,
+            admitted: 0,
+            holds_expired: audit.holds_expired,
+            conversion_rate: if chances > 0 {
+                audit.orders as f64 / chances as f64
+            } else {
+                0.0
+            },
+            invariant_ok,
+            gate_drift: gate - c.available,
+        })
+    }
+
+    /// Appends to the audit log. A failure to write is logged and counted, not returned: the
+    /// action itself has already been committed.
+    pub(crate) async fn audit<B: Serialize, A: Serialize>(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: &str,
+        before: Option<&B>,
+        after: Option<&A>,
+    ) {
+        self.audit_as(who.user_id.as_str(), action, target, before, after)
+            .await;
+    }
+
+    /// Appends to the audit log on behalf of `actor` (a user id or "system").
+    pub(crate) async fn audit_as<B: Serialize, A: Serialize>(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: Option<&B>,
+        after: Option<&A>,
+    ) {
+        let now = self.clock.now();
+        let entry = AuditEntry {
+            id: ulid::Ulid::from_parts(u64::try_from(now.millis()).unwrap_or(0), rand::random())
+                .to_string(),
+            at: now,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            before: before.and_then(|b| serde_json::to_value(b).ok()),
+            after: after.and_then(|a| serde_json::to_value(a).ok()),
+        };
+        if let Err(e) = self.store.append_audit(&entry).await {
+            metrics::counter!("stampede_audit_write_failures_total").increment(1);
+            tracing::error!(error = %e, action, target, "audit entry not written");
+        }
+    }
+
+    /// Reads the audit log (admin).
+    pub async fn audit_log(
+        &self,
+        who: &Principal,
+        filter: crate::ports::AuditFilter,
+    ) -> Result<Vec<AuditEntry>, AppError> {
+        self.require_admin(who)?;
+        Ok(self.store.audit(&filter).await?)
+    }
+}
