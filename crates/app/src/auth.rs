@@ -330,7 +330,10 @@ mod tests {
         };
         let h = PasswordHashing::new(cheap, 1).unwrap();
         let phc = h.hash("correct horse".into()).await.unwrap();
-        assert!(h.verify("correct horse".into(), Some(phc.clone())).await.unwrap());
+        assert!(h
+            .verify("correct horse".into(), Some(phc.clone()))
+            .await
+            .unwrap());
         assert!(!h.verify("wrong horse".into(), Some(phc)).await.unwrap());
         assert!(!h.verify("anything".into(), None).await.unwrap());
     }

@@ -57,7 +57,10 @@ impl App {
     }
 
     /// Runs the sweeper, reconciler and stock publisher until `stop` turns true.
-    pub fn spawn_background(self: &Arc<Self>, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let sweep = Duration::from_millis(self.config.sweep_interval_ms.max(10));
         let reconcile = Duration::from_secs(self.config.reconcile_interval_secs.max(1));
         let publish = Duration::from_millis(self.config.stock_publish_interval_ms.max(10));

@@ -117,7 +117,9 @@ impl App {
             }
             Err(EnqueueError::Full) => {
                 self.gate.give_back(&sale_id, &who.user_id, qty).await?;
-                return Err(AppError::Unavailable("too many reservations in flight".into()));
+                return Err(AppError::Unavailable(
+                    "too many reservations in flight".into(),
+                ));
             }
             Err(EnqueueError::Closed) => {
                 self.gate.give_back(&sale_id, &who.user_id, qty).await?;
@@ -145,12 +147,8 @@ impl App {
     pub async fn cart(&self, who: &Principal) -> Result<Cart, AppError> {
         let now = self.clock.now();
         let items = self.store.live_holds(&who.user_id, now).await?;
-        let total = stampede_core::Money(
-            items
-                .iter()
-                .map(|h| h.unit_price.times(h.quantity).0)
-                .sum(),
-        );
+        let total =
+            stampede_core::Money(items.iter().map(|h| h.unit_price.times(h.quantity).0).sum());
         let expires_in_seconds = items
             .iter()
             .map(|h| now.secs_until(h.expires_at))
@@ -202,20 +200,26 @@ impl App {
             Ok(Ok(hold)) => hold,
             Ok(Err(e)) => {
                 if grow > 0 {
-                    self.gate.give_back(&before.sale_id, &who.user_id, grow).await?;
+                    self.gate
+                        .give_back(&before.sale_id, &who.user_id, grow)
+                        .await?;
                 }
                 return Err(e.into());
             }
             Err(e) => {
                 if grow > 0 {
-                    self.gate.give_back(&before.sale_id, &who.user_id, grow).await?;
+                    self.gate
+                        .give_back(&before.sale_id, &who.user_id, grow)
+                        .await?;
                 }
                 return Err(e.into());
             }
         };
         let shrink = before.quantity.saturating_sub(hold.quantity);
         if shrink > 0 {
-            self.gate.give_back(&hold.sale_id, &who.user_id, shrink).await?;
+            self.gate
+                .give_back(&hold.sale_id, &who.user_id, shrink)
+                .await?;
         }
         self.stock_changed(&hold.sale_id);
         Ok(hold)

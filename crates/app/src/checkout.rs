@@ -52,10 +52,14 @@ fn check_checkout(req: &CheckoutRequest) -> Result<Vec<HoldId>, AppError> {
         )));
     }
     if req.method.trim().is_empty() || req.method.len() > 32 {
-        return Err(AppError::invalid("payment.method must be 1 to 32 characters"));
+        return Err(AppError::invalid(
+            "payment.method must be 1 to 32 characters",
+        ));
     }
     if req.token.trim().is_empty() || req.token.len() > 256 {
-        return Err(AppError::invalid("payment.token must be 1 to 256 characters"));
+        return Err(AppError::invalid(
+            "payment.token must be 1 to 256 characters",
+        ));
     }
     let mut ids = Vec::with_capacity(req.hold_ids.len());
     for raw in &req.hold_ids {
@@ -146,8 +150,14 @@ impl App {
                 return Err(e.into());
             }
         };
-        self.audit(who, "payment.authorize", order.id.as_str(), None::<&()>, Some(&authorization_word(&authorization)))
-            .await;
+        self.audit(
+            who,
+            "payment.authorize",
+            order.id.as_str(),
+            None::<&()>,
+            Some(&authorization_word(&authorization)),
+        )
+        .await;
         match authorization {
             Authorization::Authorized { reference } => {
                 self.settle(who.user_id.as_str(), &order.id, reference, false)
@@ -217,8 +227,14 @@ impl App {
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
                 metrics::counter!("stampede_orders_confirmed_total").increment(1);
-                self.audit_as(actor, "payment.capture", order.id.as_str(), None::<&()>, Some(&reference))
-                    .await;
+                self.audit_as(
+                    actor,
+                    "payment.capture",
+                    order.id.as_str(),
+                    None::<&()>,
+                    Some(&reference),
+                )
+                .await;
                 for sale_id in sales_of(&order) {
                     self.stock_changed(&sale_id);
                 }
@@ -238,8 +254,14 @@ impl App {
                     tracing::error!(error = %e, order = %order.id, "void failed");
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "voided").increment(1);
-                self.audit_as(actor, "payment.void", order.id.as_str(), None::<&()>, Some(&reference))
-                    .await;
+                self.audit_as(
+                    actor,
+                    "payment.void",
+                    order.id.as_str(),
+                    None::<&()>,
+                    Some(&reference),
+                )
+                .await;
                 Err(AppError::HoldExpired)
             }
             PaymentApplied::AlreadySettled(order) => Ok(order),
@@ -268,7 +290,9 @@ impl App {
             .cancel_order(&who.user_id, &id, self.clock.now())
             .await?
             .ok_or(AppError::NotFound)?
-            .map_err(|status| AppError::Conflict(format!("a {status} order cannot be cancelled")))?;
+            .map_err(|status| {
+                AppError::Conflict(format!("a {status} order cannot be cancelled"))
+            })?;
         match outcome {
             Cancelled::Refunded { order, reference } => {
                 if let Err(e) = self.gateway.refund(&reference).await {
@@ -284,8 +308,14 @@ impl App {
                     self.stock_changed(&sale_id);
                 }
                 metrics::counter!("stampede_orders_refunded_total").increment(1);
-                self.audit(who, "payment.refund", order.id.as_str(), None::<&()>, Some(&reference))
-                    .await;
+                self.audit(
+                    who,
+                    "payment.refund",
+                    order.id.as_str(),
+                    None::<&()>,
+                    Some(&reference),
+                )
+                .await;
                 Ok(order)
             }
             Cancelled::Cancelled(order) => {
@@ -347,7 +377,11 @@ impl App {
             ("payment.failed", Some(order)) => {
                 let result = PaymentResult::Declined {
                     reference: Some(event.data.reference.clone()),
-                    reason: event.data.reason.clone().unwrap_or_else(|| "declined".into()),
+                    reason: event
+                        .data
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "declined".into()),
                 };
                 if let Some(PaymentApplied::Done(o)) =
                     self.store.apply_payment(&order.id, &result, now).await?

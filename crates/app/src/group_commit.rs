@@ -68,7 +68,8 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, max_
         metrics::histogram!("stampede_group_commit_batch_size").record(requests.len() as f64);
         let started = std::time::Instant::now();
         let outcome = store.reserve(&requests).await;
-        metrics::histogram!("stampede_group_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("stampede_group_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(verdicts) if verdicts.len() == batch.len() => {
                 for (pending, verdict) in batch.drain(..).zip(verdicts) {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use stampede_core::judge::Refusal;
 use stampede_core::{
-    Currency, Hold, HoldId, Money, Order, OrderId, PaymentId, Sale, SaleId, StockLevels,
-    Timestamp, UserId,
+    Currency, Hold, HoldId, Money, Order, OrderId, PaymentId, Sale, SaleId, StockLevels, Timestamp,
+    UserId,
 };
 
 /// A failure of an adapter itself (not a business refusal): the store or a service is down or
@@ -279,10 +279,7 @@ pub trait Store: Send + Sync + 'static {
     /// its hold (committed when this returns) or the judge's refusal. The hold's price and
     /// expiry come from the sale row; `available` and the buyer's units are checked with
     /// `stampede_core::judge::judge_reserve`. A duplicate `hold_id` returns the existing hold.
-    async fn reserve(
-        &self,
-        batch: &[ReserveRequest],
-    ) -> PortResult<Vec<Result<Hold, Refusal>>>;
+    async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>>;
     /// The buyer's holds that are active and not past expiry at `now`, oldest first.
     async fn live_holds(&self, user: &UserId, now: Timestamp) -> PortResult<Vec<Hold>>;
     /// Releases a live hold of this user: stock back to available at once.
@@ -440,10 +437,17 @@ pub struct AuthorizeRequest {
 /// The gateway's answer to an authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
-    Authorized { reference: String },
-    Declined { reference: String, reason: String },
+    Authorized {
+        reference: String,
+    },
+    Declined {
+        reference: String,
+        reason: String,
+    },
     /// Will be decided later and reported through a signed webhook.
-    Pending { reference: String },
+    Pending {
+        reference: String,
+    },
 }
 
 /// A payment service provider.

@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-use stampede_core::{Currency, Money, Sale, SaleControl, SaleId, SaleStatus, StockLevels, Timestamp};
+use stampede_core::{
+    Currency, Money, Sale, SaleControl, SaleId, SaleStatus, StockLevels, Timestamp,
+};
 
 use crate::auth::Principal;
 use crate::ports::AuditEntry;
@@ -139,10 +141,7 @@ fn price(field: &str, text: &str, currency: &Currency) -> Result<Money, AppError
 
 impl App {
     /// Every sale, optionally only those whose status at now is in `statuses`.
-    pub async fn list_sales(
-        &self,
-        statuses: Option<&[SaleStatus]>,
-    ) -> Result<Vec<Sale>, AppError> {
+    pub async fn list_sales(&self, statuses: Option<&[SaleStatus]>) -> Result<Vec<Sale>, AppError> {
         let now = self.clock.now();
         let mut sales = self.store.sales().await?;
         if let Some(wanted) = statuses {
@@ -198,8 +197,14 @@ impl App {
             }])
             .await?;
         self.sales.put(sale.clone());
-        self.audit(who, "sale.create", sale.id.as_str(), None::<&()>, Some(&sale))
-            .await;
+        self.audit(
+            who,
+            "sale.create",
+            sale.id.as_str(),
+            None::<&()>,
+            Some(&sale),
+        )
+        .await;
         Ok(sale)
     }
 

@@ -57,7 +57,13 @@ pub fn judge_resize(
     if wanted <= current {
         return Ok(());
     }
-    judge_reserve(status, available, user_units, per_user_limit, wanted - current)
+    judge_reserve(
+        status,
+        available,
+        user_units,
+        per_user_limit,
+        wanted - current,
+    )
 }
 
 /// A hold in the reference model.
@@ -113,7 +119,12 @@ impl SaleLedger {
     }
 
     /// Reserves, returning the new hold's id.
-    pub fn reserve(&mut self, user: u32, quantity: u32, now: Timestamp) -> Result<u64, LedgerError> {
+    pub fn reserve(
+        &mut self,
+        user: u32,
+        quantity: u32,
+        now: Timestamp,
+    ) -> Result<u64, LedgerError> {
         judge_reserve(
             SaleStatus::Live,
             self.stock.available,
@@ -254,9 +265,15 @@ mod tests {
             judge_reserve(SaleStatus::Live, 0, 2, 2, 1),
             Err(Refusal::LimitExceeded)
         );
-        assert_eq!(judge_reserve(SaleStatus::Live, 0, 0, 2, 1), Err(Refusal::SoldOut));
+        assert_eq!(
+            judge_reserve(SaleStatus::Live, 0, 0, 2, 1),
+            Err(Refusal::SoldOut)
+        );
         assert_eq!(judge_reserve(SaleStatus::Live, 1, 1, 2, 1), Ok(()));
-        assert_eq!(judge_reserve(SaleStatus::Live, 1, 0, 2, 2), Err(Refusal::SoldOut));
+        assert_eq!(
+            judge_reserve(SaleStatus::Live, 1, 0, 2, 2),
+            Err(Refusal::SoldOut)
+        );
     }
 
     #[test]

@@ -53,9 +53,10 @@ impl HoldState {
     /// hold.
     pub fn end(self, to: HoldState) -> Result<HoldState, TransitionError> {
         match (self, to) {
-            (HoldState::Active, HoldState::Converted | HoldState::Released | HoldState::Expired) => {
-                Ok(to)
-            }
+            (
+                HoldState::Active,
+                HoldState::Converted | HoldState::Released | HoldState::Expired,
+            ) => Ok(to),
             _ => Err(TransitionError {
                 from: self.as_str(),
                 to: to.as_str(),

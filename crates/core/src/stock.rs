@@ -108,13 +108,19 @@ mod tests {
             held: 0,
             sold: 0,
         };
-        assert!(matches!(bad.check(), Err(InvariantViolation::Unbalanced { .. })));
+        assert!(matches!(
+            bad.check(),
+            Err(InvariantViolation::Unbalanced { .. })
+        ));
         let neg = StockLevels {
             total: 10,
             available: -1,
             held: 11,
             sold: 0,
         };
-        assert!(matches!(neg.check(), Err(InvariantViolation::Negative { .. })));
+        assert!(matches!(
+            neg.check(),
+            Err(InvariantViolation::Negative { .. })
+        ));
     }
 }

@@ -206,8 +206,14 @@ mod tests {
     async fn give_back_and_rebuild_report_drift() {
         let (gate, sale) = seeded(3).await;
         let user = UserId::generate(1, 9);
-        assert_eq!(gate.try_take(&sale, &user, 2, 5).await.unwrap(), GateVerdict::Pass);
-        assert_eq!(gate.try_take(&sale, &user, 2, 5).await.unwrap(), GateVerdict::SoldOut);
+        assert_eq!(
+            gate.try_take(&sale, &user, 2, 5).await.unwrap(),
+            GateVerdict::Pass
+        );
+        assert_eq!(
+            gate.try_take(&sale, &user, 2, 5).await.unwrap(),
+            GateVerdict::SoldOut
+        );
         gate.give_back(&sale, &user, 2).await.unwrap();
         assert_eq!(gate.available(&sale).await.unwrap(), Some(3));
         // The judge says 1 is available and the user holds 2: drift 2 (available) + 2 (user).
@@ -220,13 +226,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(drift, 4);
-        assert_eq!(gate.try_take(&sale, &user, 1, 2).await.unwrap(), GateVerdict::LimitExceeded);
+        assert_eq!(
+            gate.try_take(&sale, &user, 1, 2).await.unwrap(),
+            GateVerdict::LimitExceeded
+        );
     }
 
     #[tokio::test]
     async fn unknown_sale_is_sold_out() {
         let gate = MemoryGate::new();
         let (sale, user) = ids(1);
-        assert_eq!(gate.try_take(&sale, &user, 1, 1).await.unwrap(), GateVerdict::SoldOut);
+        assert_eq!(
+            gate.try_take(&sale, &user, 1, 1).await.unwrap(),
+            GateVerdict::SoldOut
+        );
     }
 }

@@ -1,1 +1,206 @@
-//! placeholder
+//! Stampede's HTTP API: the axum router, problem+json errors, extractors, rate limits,
+//! Server-Sent Events, pages, and the OpenAPI document generated from the same route table.
+
+pub mod dto;
+pub mod extract;
+pub mod problem;
+pub mod ratelimit;
+pub mod routes;
+pub mod state;
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use problem::{ApiError, Problem};
+pub use ratelimit::{RateLimitConfig, RateLimits};
+pub use state::AppState;
+
+use routes::{accounts, admin, cart, ops, orders, pages, sales};
+
+/// Largest request body accepted; larger is 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Stampede", description = "Flash-sale engine HTTP API v1", version = "1"),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::login))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::me))
+        .routes(routes!(sales::list))
+        .routes(routes!(sales::detail))
+        .routes(routes!(sales::events))
+        .routes(routes!(cart::reserve))
+        .routes(routes!(cart::get_cart))
+        .routes(routes!(cart::resize, cart::release))
+        .routes(routes!(orders::create, orders::list))
+        .routes(routes!(orders::detail))
+        .routes(routes!(orders::cancel))
+        .routes(routes!(orders::webhook))
+        .routes(routes!(admin::create_sale))
+        .routes(routes!(admin::patch_sale))
+        .routes(routes!(admin::pause))
+        .routes(routes!(admin::resume))
+        .routes(routes!(admin::stop))
+        .routes(routes!(admin::metrics))
+        .routes(routes!(admin::audit))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
+/// The OpenAPI document, generated from the same table the router is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = api().split_for_parts();
+    doc
+}
+
+/// The whole HTTP service.
+pub fn router(state: AppState) -> Router {
+    let (api_router, doc) = api().split_for_parts();
+    let doc_json = doc.to_pretty_json().unwrap_or_default();
+    api_router
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc_json,
+                )
+            }),
+        )
+        .route("/", get(pages::storefront))
+        .route("/admin", get(pages::admin))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), ip_rate_limit))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Counts one request per client IP; past the quota it is 429 with `Retry-After` and the
+/// `RateLimit-Policy` / `RateLimit` headers.
+async fn ip_rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(ip) = extract::client_ip(req.extensions()) {
+        if let Err(refused) = s.limits.check_ip(ip) {
+            metrics::counter!("stampede_rate_limited_total", "scope" => refused.scope).increment(1);
+            return rate_limited(refused);
+        }
+    }
+    let mut res = next.run(req).await;
+    if res.status() == StatusCode::TOO_MANY_REQUESTS {
+        let limit = s.limits.config().per_user_per_sec;
+        add_rate_headers(&mut res, limit, "user");
+    }
+    res
+}
+
+fn rate_limited(refused: ratelimit::Refused) -> Response {
+    let mut res = ApiError::from(stampede_app::AppError::RateLimited {
+        retry_after_secs: refused.retry_after_secs,
+    })
+    .into_response();
+    add_rate_headers(&mut res, refused.limit, refused.scope);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "limit={}, remaining=0, reset={}",
+        refused.limit.saturating_mul(2),
+        refused.retry_after_secs
+    )) {
+        res.headers_mut().insert("ratelimit", v);
+    }
+    res
+}
+
+fn add_rate_headers(res: &mut Response, limit: u32, scope: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{};w=1;burst={};comment=\"per {scope}\"",
+        limit,
+        limit.saturating_mul(2)
+    )) {
+        res.headers_mut().insert("ratelimit-policy", v);
+    }
+    if !res.headers().contains_key("ratelimit") {
+        let reset = res
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("1")
+            .to_owned();
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "limit={}, remaining=0, reset={reset}",
+            limit.saturating_mul(2)
+        )) {
+            res.headers_mut().insert("ratelimit", v);
+        }
+    }
+}
+
+/// Request count and latency per route and status.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("stampede_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("stampede_http_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    res
+}
+
+/// Drops idle rate-limit keys every `every`, until the task is aborted.
+pub fn spawn_rate_limit_janitor(
+    limits: std::sync::Arc<RateLimits>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            limits.forget_idle();
+        }
+    })
+}

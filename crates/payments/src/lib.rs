@@ -245,9 +245,16 @@ mod tests {
         };
         g.capture(&reference).await.unwrap();
         g.capture(&reference).await.unwrap();
-        let c = g.charges().into_iter().find(|c| c.reference == reference).unwrap();
+        let c = g
+            .charges()
+            .into_iter()
+            .find(|c| c.reference == reference)
+            .unwrap();
         assert_eq!((c.state, c.captures), (ChargeState::Captured, 1));
-        assert!(g.void(&reference).await.is_err(), "a capture cannot be voided");
+        assert!(
+            g.void(&reference).await.is_err(),
+            "a capture cannot be voided"
+        );
         g.refund(&reference).await.unwrap();
 
         assert!(matches!(

@@ -1,0 +1,80 @@
+//! Extractors that turn a request into checked input or a problem: JSON bodies (malformed,
+//! wrong types, unknown fields → 422; too large → 413) and the bearer token (→ [`Principal`],
+//! after which the per-user rate limit is counted).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+use stampede_app::{AppError, Principal};
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// A JSON body that must parse into `T`, or the request gets a problem.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+/// Maps a JSON rejection: too large → 413, everything else → 422 with serde's message.
+pub fn json_problem(rejection: &JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large()
+    } else {
+        ApiError::invalid(rejection.body_text())
+    }
+}
+
+/// Parses a JSON body already read as bytes (for routes that also need the raw bytes).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// The authenticated caller. Rejects with 401 without a valid token, 429 past the user's rate.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(AppError::Unauthenticated)?;
+        let principal = state.app.authenticate(token).await?;
+        if let Err(refused) = state.limits.check_user(principal.user_id.as_str()) {
+            metrics::counter!("stampede_rate_limited_total", "scope" => refused.scope).increment(1);
+            return Err(AppError::RateLimited {
+                retry_after_secs: refused.retry_after_secs,
+            }
+            .into());
+        }
+        Ok(Auth(principal))
+    }
+}
+
+/// The client's address as seen on the socket.
+pub fn client_ip(parts_ext: &axum::http::Extensions) -> Option<IpAddr> {
+    parts_ext
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}

@@ -1,0 +1,249 @@
+//! Every error leaves the server here, as `application/problem+json` (RFC 9457) with a stable
+//! `code`. This is the one table from error to status, code and title; a 5xx says little to the
+//! client and logs the whole cause once.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use stampede_app::AppError;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem: `/problems/<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable word; see the contract's list.
+    pub code: String,
+    /// For `payment_declined`: the order that recorded the failed attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// For `payment_declined`: the gateway's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `rate_limited` and `unavailable`: seconds to wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub order_id: Option<String>,
+    pub reason: Option<String>,
+    pub retry_after: Option<u64>,
+    /// Extra kind marker (e.g. no route at all, as opposed to no such resource).
+    pub kind: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A problem with status, code and detail.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            order_id: None,
+            reason: None,
+            retry_after: None,
+            kind: None,
+        }
+    }
+
+    /// 422 invalid_input.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "Invalid input",
+            detail,
+        )
+    }
+
+    /// 413 payload_too_large.
+    pub fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Payload too large",
+            "the request body is larger than the server accepts",
+        )
+    }
+
+    /// 404 for a path no route serves.
+    pub fn no_route() -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "no such route",
+        );
+        e.kind = Some("/problems/no_such_route");
+        e
+    }
+
+    /// 405 method_not_allowed.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "this route does not accept that method",
+        )
+    }
+
+    /// 500 internal; the cause is logged, not sent.
+    pub fn internal(cause: &str) -> Self {
+        tracing::error!(cause, "internal error");
+        metrics::counter!("stampede_internal_errors_total").increment(1);
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "something went wrong on our side; it has been logged",
+        )
+    }
+
+    /// The body as it is sent.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: self
+                .kind
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("/problems/{}", self.code)),
+            title: self.title.to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.to_owned(),
+            order_id: self.order_id.clone(),
+            reason: self.reason.clone(),
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        use StatusCode as S;
+        let detail = e.to_string();
+        match e {
+            AppError::InvalidInput(_) => ApiError::invalid(detail),
+            AppError::Unauthenticated => ApiError::new(
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                detail,
+            ),
+            AppError::BadCredentials => ApiError::new(
+                S::UNAUTHORIZED,
+                "bad_credentials",
+                "Bad credentials",
+                detail,
+            ),
+            AppError::Forbidden => ApiError::new(S::FORBIDDEN, "forbidden", "Forbidden", detail),
+            AppError::NotFound => ApiError::new(S::NOT_FOUND, "not_found", "Not found", detail),
+            AppError::EmailTaken => {
+                ApiError::new(S::CONFLICT, "email_taken", "Email taken", detail)
+            }
+            AppError::SoldOut => ApiError::new(S::CONFLICT, "sold_out", "Sold out", detail),
+            AppError::SaleNotLive => {
+                ApiError::new(S::CONFLICT, "sale_not_live", "Sale not live", detail)
+            }
+            AppError::LimitExceeded => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "limit_exceeded",
+                "Limit exceeded",
+                detail,
+            ),
+            AppError::NotAdmitted => {
+                ApiError::new(S::FORBIDDEN, "not_admitted", "Not admitted", detail)
+            }
+            AppError::HoldExpired => {
+                ApiError::new(S::CONFLICT, "hold_expired", "Hold expired", detail)
+            }
+            AppError::PaymentDeclined { order_id, reason } => {
+                let mut e = ApiError::new(
+                    S::PAYMENT_REQUIRED,
+                    "payment_declined",
+                    "Payment declined",
+                    detail,
+                );
+                e.order_id = Some(order_id);
+                e.reason = Some(reason);
+                e
+            }
+            AppError::RateLimited { retry_after_secs } => {
+                let mut e = ApiError::new(
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many requests",
+                    detail,
+                );
+                e.retry_after = Some(retry_after_secs);
+                e
+            }
+            AppError::BadSignature => {
+                ApiError::new(S::UNAUTHORIZED, "bad_signature", "Bad signature", detail)
+            }
+            AppError::IdempotencyKeyReused => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                detail,
+            ),
+            AppError::IdempotencyInProgress => ApiError::new(
+                S::CONFLICT,
+                "idempotency_in_progress",
+                "Request in progress",
+                detail,
+            ),
+            AppError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", "Conflict", detail),
+            AppError::Unavailable(cause) => {
+                tracing::warn!(cause, "unavailable");
+                let mut e = ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "temporarily unavailable; retry shortly",
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            AppError::Internal(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut res = (self.status, body).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthenticated" {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}

@@ -1,0 +1,72 @@
+//! `/api/v1/cart`: reserve, list, resize, release.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+
+use crate::dto::{CartDto, HoldDto, ReserveBody, ResizeBody};
+use crate::extract::{ApiJson, Auth};
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+/// Reserves units of a sale: the hot path.
+#[utoipa::path(post, path = "/api/v1/cart/items", tag = "cart", request_body = ReserveBody,
+    params(("X-Admission-Token" = Option<String>, Header, description = "required when the sale has queue_required")),
+    responses((status = 201, body = HoldDto), (status = 409, body = Problem, description = "sold_out or sale_not_live"),
+        (status = 422, body = Problem, description = "limit_exceeded or invalid_input"),
+        (status = 403, body = Problem, description = "not_admitted"), (status = 429, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn reserve(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ReserveBody>,
+) -> Result<(StatusCode, Json<HoldDto>), ApiError> {
+    let admission = headers
+        .get("x-admission-token")
+        .and_then(|v| v.to_str().ok());
+    let hold = s
+        .app
+        .reserve(&who, &body.sale_id, body.quantity, admission)
+        .await?;
+    Ok((StatusCode::CREATED, Json(HoldDto::from(&hold))))
+}
+
+/// The caller's live holds.
+#[utoipa::path(get, path = "/api/v1/cart", tag = "cart",
+    responses((status = 200, body = CartDto), (status = 401, body = Problem)), security(("bearer" = [])))]
+pub async fn get_cart(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+) -> Result<Json<CartDto>, ApiError> {
+    let cart = s.app.cart(&who).await?;
+    Ok(Json(CartDto::from(&cart)))
+}
+
+/// Changes a hold's quantity.
+#[utoipa::path(patch, path = "/api/v1/cart/items/{hold_id}", tag = "cart", request_body = ResizeBody,
+    params(("hold_id" = String, Path)),
+    responses((status = 200, body = HoldDto), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn resize(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(hold_id): Path<String>,
+    ApiJson(body): ApiJson<ResizeBody>,
+) -> Result<Json<HoldDto>, ApiError> {
+    let hold = s.app.resize_hold(&who, &hold_id, body.quantity).await?;
+    Ok(Json(HoldDto::from(&hold)))
+}
+
+/// Releases a hold: its stock is back at once.
+#[utoipa::path(delete, path = "/api/v1/cart/items/{hold_id}", tag = "cart",
+    params(("hold_id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn release(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(hold_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.app.release_hold(&who, &hold_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

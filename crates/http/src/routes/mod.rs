@@ -1,0 +1,9 @@
+//! One module per resource of the contract.
+
+pub mod accounts;
+pub mod admin;
+pub mod cart;
+pub mod ops;
+pub mod orders;
+pub mod pages;
+pub mod sales;

@@ -1,0 +1,145 @@
+//! Configuration: flags, then environment variables, then an optional TOML file, then
+//! defaults. `stampede serve --help` lists every setting with its variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Settings of `stampede serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the address in use is printed).
+    #[arg(long, env = "STAMPEDE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where the embedded store keeps its files.
+    #[arg(long, env = "STAMPEDE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seed a demo catalogue: one live sale and one that starts in a few minutes.
+    #[arg(long, env = "STAMPEDE_DEMO")]
+    pub demo: bool,
+    /// Optional TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "STAMPEDE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, env = "STAMPEDE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Email of an admin to create (or reset) at start.
+    #[arg(long, env = "STAMPEDE_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Password of that admin (prefer the environment variable over the flag).
+    #[arg(long, env = "STAMPEDE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Shared secret of payment webhooks; by default one is generated and kept in the data dir.
+    #[arg(long, env = "STAMPEDE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Requests per second allowed per user (bursts of twice that). Also the per-IP rate unless
+    /// that is set. Default 20.
+    #[arg(long, env = "STAMPEDE_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Requests per second allowed per client IP. Default 2000 (many buyers share an address).
+    #[arg(long, env = "STAMPEDE_IP_RATE_LIMIT_PER_SEC")]
+    pub ip_rate_limit_per_sec: Option<u32>,
+    /// argon2id memory cost in KiB (default 19456, OWASP). Lower only for tests.
+    #[arg(long, env = "STAMPEDE_ARGON2_MEMORY_KIB")]
+    pub argon2_memory_kib: Option<u32>,
+    /// argon2id iterations (default 2, OWASP). Lower only for tests.
+    #[arg(long, env = "STAMPEDE_ARGON2_ITERATIONS")]
+    pub argon2_iterations: Option<u32>,
+    /// How often lapsed holds are swept, in milliseconds. Default 250.
+    #[arg(long, env = "STAMPEDE_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+    /// How often the gate is reconciled with the store, in seconds. Default 30.
+    #[arg(long, env = "STAMPEDE_RECONCILE_INTERVAL_SECS")]
+    pub reconcile_interval_secs: Option<u64>,
+    /// Most reservations committed in one store transaction. Default 512.
+    #[arg(long, env = "STAMPEDE_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Delay of the sandbox token `tok_slow`, in milliseconds. Default 2000.
+    #[arg(long, env = "STAMPEDE_SANDBOX_SLOW_MS")]
+    pub sandbox_slow_ms: Option<u64>,
+    /// Delay before the sandbox confirms a `tok_async` payment by webhook, in ms. Default 2000.
+    #[arg(long, env = "STAMPEDE_SANDBOX_ASYNC_MS")]
+    pub sandbox_async_ms: Option<u64>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub demo: Option<bool>,
+    pub log_format: Option<LogFormat>,
+    pub admin_email: Option<String>,
+    pub admin_password: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub rate_limit_per_sec: Option<u32>,
+    pub ip_rate_limit_per_sec: Option<u32>,
+    pub argon2_memory_kib: Option<u32>,
+    pub argon2_iterations: Option<u32>,
+    pub sweep_interval_ms: Option<u64>,
+    pub reconcile_interval_secs: Option<u64>,
+    pub max_batch: Option<usize>,
+    pub sandbox_slow_ms: Option<u64>,
+    pub sandbox_async_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Fills every setting not given by flag or environment from the file.
+    pub fn merge_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
+        let f: FileConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = f.$field; } )* };
+        }
+        fill!(
+            listen,
+            data_dir,
+            log_format,
+            admin_email,
+            admin_password,
+            webhook_secret,
+            rate_limit_per_sec,
+            ip_rate_limit_per_sec,
+            argon2_memory_kib,
+            argon2_iterations,
+            sweep_interval_ms,
+            reconcile_interval_secs,
+            max_batch,
+            sandbox_slow_ms,
+            sandbox_async_ms
+        );
+        self.demo = self.demo || f.demo.unwrap_or(false);
+        Ok(self)
+    }
+
+    /// The listen address (default 127.0.0.1:8080).
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The data directory (default ./stampede-data).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("stampede-data"))
+    }
+}

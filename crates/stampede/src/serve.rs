@@ -1,0 +1,305 @@
+//! Wiring: adapters, the application, background jobs, the HTTP server, and an orderly
+//! shutdown (stop taking connections, finish in-flight requests, flush the group commit).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::sync::{mpsc, watch};
+
+use stampede_app::config::Argon2Cost;
+use stampede_app::ports::Store;
+use stampede_app::{Adapters, App, AppConfig};
+use stampede_core::{Clock, Timestamp};
+use stampede_engine::{LocalBus, MemoryGate};
+use stampede_http::{AppState, RateLimitConfig, RateLimits};
+use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
+use stampede_store_sqlite::SqliteStore;
+
+use crate::config::{LogFormat, ServeArgs};
+
+/// The operating system's clock: the only place the real time is read.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)]
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STAMPEDE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let store = SqliteStore::open(&data_dir.join("stampede.db"))
+        .await
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    Ok(store)
+}
+
+/// `stampede migrate`.
+pub async fn migrate(data_dir: &Path) -> anyhow::Result<()> {
+    init_logs(LogFormat::Text);
+    let store = open_store(data_dir).await?;
+    store.migrate().await.context("migrating")?;
+    tracing::info!(data_dir = %data_dir.display(), "migrations applied");
+    Ok(())
+}
+
+/// The webhook secret: given, or generated once and kept in the data dir.
+fn webhook_secret(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(s) = &args.webhook_secret {
+        return Ok(s.clone());
+    }
+    let path = data_dir.join("webhook-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_owned());
+        }
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+/// `stampede serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format.unwrap_or(LogFormat::Text));
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let data_dir = args.data_dir();
+    let store: Arc<dyn Store> = Arc::new(open_store(&data_dir).await?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let secret = webhook_secret(&args, &data_dir)?;
+    let (webhook_tx, webhook_rx) = mpsc::channel::<SignedEvent>(1024);
+    let gateway = Arc::new(SandboxGateway::new(
+        secret.clone(),
+        clock.clone(),
+        SandboxTimings {
+            slow: Duration::from_millis(args.sandbox_slow_ms.unwrap_or(2000)),
+            async_confirm: Duration::from_millis(args.sandbox_async_ms.unwrap_or(2000)),
+        },
+        webhook_tx,
+    ));
+    let defaults = AppConfig::default();
+    let config = AppConfig {
+        webhook_secret: secret,
+        argon2: Argon2Cost {
+            memory_kib: args.argon2_memory_kib.unwrap_or(defaults.argon2.memory_kib),
+            iterations: args.argon2_iterations.unwrap_or(defaults.argon2.iterations),
+            parallelism: defaults.argon2.parallelism,
+        },
+        sweep_interval_ms: args.sweep_interval_ms.unwrap_or(defaults.sweep_interval_ms),
+        reconcile_interval_secs: args
+            .reconcile_interval_secs
+            .unwrap_or(defaults.reconcile_interval_secs),
+        max_batch: args.max_batch.unwrap_or(defaults.max_batch),
+        hash_concurrency: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        ..defaults
+    };
+    let adapters = Adapters {
+        store,
+        gate: Arc::new(MemoryGate::new()),
+        bus: Arc::new(LocalBus::default()),
+        gateway,
+        clock: clock.clone(),
+    };
+    let (app, writer) = App::start(adapters, config).await?;
+
+    if let (Some(email), Some(password)) = (&args.admin_email, &args.admin_password) {
+        let admin = app.ensure_admin(email, password).await?;
+        tracing::info!(email = %admin.email, "admin account ready");
+    }
+    if args.demo {
+        crate::serve::seed_demo(&app).await?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut jobs = app.spawn_background(stop_rx.clone());
+    jobs.push(spawn_webhook_delivery(app.clone(), webhook_rx, stop_rx));
+
+    let user_rate = args.rate_limit_per_sec.unwrap_or(20);
+    let limits = Arc::new(RateLimits::new(RateLimitConfig {
+        per_user_per_sec: user_rate,
+        per_ip_per_sec: args
+            .ip_rate_limit_per_sec
+            .or(args.rate_limit_per_sec)
+            .unwrap_or(2000),
+    }));
+    let janitor = stampede_http::spawn_rate_limit_janitor(limits.clone(), Duration::from_secs(10));
+    let state = AppState {
+        app: app.clone(),
+        limits,
+        prometheus: Some(prometheus),
+    };
+    let router = stampede_http::router(state);
+    let listener = tokio::net::TcpListener::bind(args.listen())
+        .await
+        .with_context(|| format!("binding {}", args.listen()))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "stampede is serving");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving")?;
+
+    tracing::info!("shutting down: in-flight requests done, flushing the group commit");
+    let _ = stop_tx.send(true);
+    janitor.abort();
+    for job in jobs {
+        let _ = job.await;
+    }
+    drop(app);
+    // The writer ends once the last handle to the app is gone and its queue is drained.
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("group commit writer did not finish within 10 s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Delivers the sandbox gateway's webhooks to the webhook use case, as a real gateway would
+/// by HTTP: verified, retried with backoff while the server answers with an error.
+fn spawn_webhook_delivery(
+    app: Arc<App>,
+    mut rx: mpsc::Receiver<SignedEvent>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = rx.recv() => match e { Some(e) => e, None => break },
+                _ = stop.changed() => break,
+            };
+            let mut delay = Duration::from_millis(100);
+            for attempt in 1..=8 {
+                match app
+                    .payment_webhook(&event.body, Some(&event.signature))
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(attempt, error = %e, "sandbox webhook delivery failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `--demo`: one live sale and one that starts in a few minutes, unless already seeded.
+pub async fn seed_demo(app: &Arc<App>) -> anyhow::Result<()> {
+    use stampede_app::sales::SaleDraft;
+    let existing = app.list_sales(None).await?;
+    if existing.iter().any(|s| s.name.starts_with("Demo:")) {
+        return Ok(());
+    }
+    let admin = app
+        .ensure_admin(
+            "demo-admin@stampede.local",
+            &hex::encode(rand::random::<[u8; 16]>()),
+        )
+        .await?;
+    let who = stampede_app::Principal {
+        user_id: admin.id,
+        role: stampede_app::ports::Role::Admin,
+        expires_at: Timestamp(i64::MAX),
+        token_hash: String::new(),
+    };
+    let now = app.clock.now();
+    for (name, desc, starts_in_secs, stock, price, was) in [
+        (
+            "Demo: Aurora running shoes",
+            "Limited run, 80% off.",
+            -60_i64,
+            1000_i64,
+            "24.00",
+            "120.00",
+        ),
+        (
+            "Demo: Nebula headphones",
+            "Starts in five minutes.",
+            300,
+            500,
+            "59.00",
+            "199.00",
+        ),
+    ] {
+        app.create_sale(
+            &who,
+            SaleDraft {
+                name: name.into(),
+                description: desc.into(),
+                original_price: was.into(),
+                sale_price: price.into(),
+                currency: "EUR".into(),
+                total_stock: stock,
+                starts_at: now.plus_secs(starts_in_secs),
+                ends_at: now.plus_secs(24 * 3600),
+                per_user_limit: 2,
+                queue_required: false,
+                hold_seconds: Some(300),
+            },
+        )
+        .await?;
+    }
+    tracing::info!("demo catalogue seeded");
+    Ok(())
+}
