@@ -31,9 +31,13 @@ pub struct Problem {
     pub retry_after: Option<u64>,
 }
 
-/// An error on its way to the client.
+/// An error on its way to the client. Boxed so that `Result<_, ApiError>` stays small.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Details>);
+
+/// What an [`ApiError`] says.
+#[derive(Debug)]
+pub struct Details {
     pub status: StatusCode,
     pub code: &'static str,
     pub title: &'static str,
@@ -53,7 +57,7 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
-        Self {
+        Self(Box::new(Details {
             status,
             code,
             title,
@@ -62,7 +66,12 @@ impl ApiError {
             reason: None,
             retry_after: None,
             kind: None,
-        }
+        }))
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.0.status
     }
 
     /// 422 invalid_input.
@@ -93,7 +102,7 @@ impl ApiError {
             "Not found",
             "no such route",
         );
-        e.kind = Some("/problems/no_such_route");
+        e.0.kind = Some("/problems/no_such_route");
         e
     }
 
@@ -121,18 +130,19 @@ impl ApiError {
 
     /// The body as it is sent.
     pub fn problem(&self) -> Problem {
+        let d = &self.0;
         Problem {
-            kind: self
+            kind: d
                 .kind
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("/problems/{}", self.code)),
-            title: self.title.to_owned(),
-            status: self.status.as_u16(),
-            detail: self.detail.clone(),
-            code: self.code.to_owned(),
-            order_id: self.order_id.clone(),
-            reason: self.reason.clone(),
-            retry_after: self.retry_after,
+                .unwrap_or_else(|| format!("/problems/{}", d.code)),
+            title: d.title.to_owned(),
+            status: d.status.as_u16(),
+            detail: d.detail.clone(),
+            code: d.code.to_owned(),
+            order_id: d.order_id.clone(),
+            reason: d.reason.clone(),
+            retry_after: d.retry_after,
         }
     }
 }
@@ -183,8 +193,8 @@ impl From<AppError> for ApiError {
                     "Payment declined",
                     detail,
                 );
-                e.order_id = Some(order_id);
-                e.reason = Some(reason);
+                e.0.order_id = Some(order_id);
+                e.0.reason = Some(reason);
                 e
             }
             AppError::RateLimited { retry_after_secs } => {
@@ -194,7 +204,7 @@ impl From<AppError> for ApiError {
                     "Too many requests",
                     detail,
                 );
-                e.retry_after = Some(retry_after_secs);
+                e.0.retry_after = Some(retry_after_secs);
                 e
             }
             AppError::BadSignature => {
@@ -221,7 +231,7 @@ impl From<AppError> for ApiError {
                     "Service unavailable",
                     "temporarily unavailable; retry shortly",
                 );
-                e.retry_after = Some(1);
+                e.0.retry_after = Some(1);
                 e
             }
             AppError::Internal(cause) => ApiError::internal(&cause),
@@ -232,16 +242,17 @@ impl From<AppError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
-        let mut res = (self.status, body).into_response();
+        let d = &self.0;
+        let mut res = (d.status, body).into_response();
         let headers = res.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = d.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthenticated" {
+        if d.status == StatusCode::UNAUTHORIZED && d.code == "unauthenticated" {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res

@@ -86,7 +86,7 @@ impl Rendered {
                 serde_json::to_vec(&dto).unwrap_or_default(),
             ),
             Err(e) => (
-                e.status,
+                e.status(),
                 serde_json::to_vec(&e.problem()).unwrap_or_default(),
             ),
         }
