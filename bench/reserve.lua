@@ -1,0 +1,17 @@
+-- wrk script: POST a reservation of one unit, rotating over the bearer tokens in TOKENS_FILE.
+local tokens = {}
+local sale = os.getenv("SALE_ID")
+for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  local t = tokens[(i % #tokens) + 1]
+  return wrk.format("POST", "/api/v1/cart/items",
+    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. t },
+    '{"sale_id":"' .. sale .. '","quantity":1}')
+end
+local codes = {}
+response = function(status) codes[status] = (codes[status] or 0) + 1 end
+done = function()
+  for k, v in pairs(codes) do io.write(string.format("status %d: %d\n", k, v)) end
+end
