@@ -43,7 +43,32 @@ impl App {
         if drift > 0 {
             tracing::warn!(drift, "gate drift repaired from the judge");
         }
+        self.check_invariants().await?;
         Ok(drift)
+    }
+
+    /// Recomputes every sale's stock from the judge's rows and exports
+    /// `stampede_invariant_ok{sale_id}` (1 or 0) and `stampede_invariant_violations_total`.
+    /// Returns the sales that failed: always empty unless there is a bug.
+    pub async fn check_invariants(&self) -> Result<Vec<stampede_core::SaleId>, AppError> {
+        let mut failed = Vec::new();
+        for sale in self.store.sales().await? {
+            let Some(audit) = self.store.stock_audit(&sale.id).await? else {
+                continue;
+            };
+            let ok = audit.invariant_ok();
+            metrics::gauge!("stampede_invariant_ok", "sale_id" => sale.id.to_string()).set(if ok {
+                1.0
+            } else {
+                0.0
+            });
+            if !ok {
+                metrics::counter!("stampede_invariant_violations_total").increment(1);
+                tracing::error!(sale = %sale.id, ?audit, "stock invariant violated");
+                failed.push(sale.id);
+            }
+        }
+        Ok(failed)
     }
 
     /// Reloads sale configuration into the in-process copy (at start).

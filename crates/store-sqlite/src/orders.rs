@@ -325,7 +325,7 @@ async fn plan_authorization(
             endings.push((line.hold_id.clone(), line.state, HoldState::Converted));
             continue;
         }
-        if line.state == HoldState::Converted {
+        if !retake || line.state == HoldState::Converted {
             return Ok(None);
         }
         if line.state == HoldState::Active {

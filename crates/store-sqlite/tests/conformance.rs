@@ -2,6 +2,10 @@
 //! limits, holds ending once), orders and payments, durability across a reopen, idempotency,
 //! and a seeded randomized run against the reference model `stampede_core::judge::SaleLedger`.
 
+// A test crate: a failed unwrap is a failed test. (`allow-unwrap-in-tests` covers `#[test]`
+// functions but not the helpers they share.)
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
