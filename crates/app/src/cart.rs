@@ -35,6 +35,15 @@ fn quantity(q: i64) -> Result<u32, AppError> {
     u32::try_from(q).map_err(|_| AppError::invalid("quantity is out of range"))
 }
 
+/// The gate's verdict as the use case's answer.
+fn passed(verdict: GateVerdict) -> Result<(), AppError> {
+    match verdict {
+        GateVerdict::Pass => Ok(()),
+        GateVerdict::SoldOut => Err(AppError::SoldOut),
+        GateVerdict::LimitExceeded => Err(AppError::LimitExceeded),
+    }
+}
+
 fn refusal_label(e: &AppError) -> &'static str {
     match e {
         AppError::SoldOut => "sold_out",
@@ -92,15 +101,11 @@ impl App {
         if qty > sale.per_user_limit {
             return Err(AppError::LimitExceeded);
         }
-        match self
-            .gate
-            .try_take(&sale_id, &who.user_id, qty, sale.per_user_limit)
-            .await?
-        {
-            GateVerdict::Pass => {}
-            GateVerdict::SoldOut => return Err(AppError::SoldOut),
-            GateVerdict::LimitExceeded => return Err(AppError::LimitExceeded),
-        }
+        passed(
+            self.gate
+                .try_take(&sale_id, &who.user_id, qty, sale.per_user_limit)
+                .await?,
+        )?;
         let request = ReserveRequest {
             hold_id: HoldId::generate(now.millis(), rand::random()),
             sale_id: sale_id.clone(),
@@ -182,37 +187,29 @@ impl App {
         let sale = self.sales.get(&before.sale_id).ok_or(AppError::NotFound)?;
         let grow = qty.saturating_sub(before.quantity);
         if grow > 0 {
-            match self
-                .gate
-                .try_take(&before.sale_id, &who.user_id, grow, sale.per_user_limit)
-                .await?
-            {
-                GateVerdict::Pass => {}
-                GateVerdict::SoldOut => return Err(AppError::SoldOut),
-                GateVerdict::LimitExceeded => return Err(AppError::LimitExceeded),
-            }
+            passed(
+                self.gate
+                    .try_take(&before.sale_id, &who.user_id, grow, sale.per_user_limit)
+                    .await?,
+            )?;
         }
-        let result = self
+        let result: Result<Hold, AppError> = match self
             .store
             .resize_hold(&who.user_id, &hold_id, qty, now)
-            .await;
+            .await
+        {
+            Ok(judged) => judged.map_err(AppError::from),
+            Err(port) => Err(port.into()),
+        };
         let hold = match result {
-            Ok(Ok(hold)) => hold,
-            Ok(Err(e)) => {
-                if grow > 0 {
-                    self.gate
-                        .give_back(&before.sale_id, &who.user_id, grow)
-                        .await?;
-                }
-                return Err(e.into());
-            }
+            Ok(hold) => hold,
             Err(e) => {
                 if grow > 0 {
                     self.gate
                         .give_back(&before.sale_id, &who.user_id, grow)
                         .await?;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         let shrink = before.quantity.saturating_sub(hold.quantity);

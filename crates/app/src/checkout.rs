@@ -176,6 +176,12 @@ impl App {
                     order_id: order.id.clone(),
                     user_id: who.user_id.clone(),
                 });
+                self.notify(
+                    &who.user_id,
+                    "payment_failed",
+                    serde_json::json!({ "order_id": order.id, "reason": reason }),
+                )
+                .await;
                 Err(AppError::PaymentDeclined {
                     order_id: order.id.to_string(),
                     reason,
@@ -246,6 +252,16 @@ impl App {
                     order_id: order.id.clone(),
                     user_id: order.user_id.clone(),
                 });
+                self.notify(
+                    &order.user_id,
+                    "order_confirmed",
+                    serde_json::json!({
+                        "order_id": order.id,
+                        "total": order.total.format(&order.currency),
+                        "currency": order.currency.as_str(),
+                    }),
+                )
+                .await;
                 Ok(order)
             }
             PaymentApplied::HoldLapsed(order) => {
@@ -260,6 +276,12 @@ impl App {
                     order.id.as_str(),
                     None::<&()>,
                     Some(&reference),
+                )
+                .await;
+                self.notify(
+                    &order.user_id,
+                    "payment_failed",
+                    serde_json::json!({ "order_id": order.id, "reason": "hold_expired" }),
                 )
                 .await;
                 Err(AppError::HoldExpired)
@@ -354,9 +376,14 @@ impl App {
         if event.id.is_empty() || event.id.len() > 255 {
             return Err(AppError::invalid("webhook id must be 1 to 255 characters"));
         }
-        // Applying is idempotent by the order's state machine (a settled order ignores further
-        // events), so a replay that races the first delivery still has no second effect; the
-        // event id is recorded after the effect so a crash in between is retried, not lost.
+        // A seen id has no effect, whatever it carries. The id is recorded only after the
+        // effect, so a crash in between means a retried delivery applies it (not that it is
+        // lost); a replay racing the first delivery is harmless because applying is idempotent
+        // by the order's state machine (a settled order ignores further events).
+        if self.store.webhook_event_seen(&event.id).await? {
+            metrics::counter!("stampede_webhooks_total", "outcome" => "replay").increment(1);
+            return Ok(());
+        }
         let order = self
             .store
             .order_by_payment_reference(&event.data.reference)
@@ -386,6 +413,12 @@ impl App {
                 if let Some(PaymentApplied::Done(o)) =
                     self.store.apply_payment(&order.id, &result, now).await?
                 {
+                    self.notify(
+                        &o.user_id,
+                        "payment_failed",
+                        serde_json::json!({ "order_id": o.id, "reason": event.data.reason }),
+                    )
+                    .await;
                     self.bus.publish(Event::PaymentFailed {
                         order_id: o.id,
                         user_id: o.user_id,

@@ -11,6 +11,7 @@ pub mod checkout;
 pub mod config;
 pub mod error;
 pub mod group_commit;
+pub mod notifications;
 pub mod ports;
 pub mod sales;
 pub mod webhook;

@@ -208,6 +208,18 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// One message in a buyer's in-app feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// A ULID: sorts by time, and is the paging cursor.
+    pub id: String,
+    pub user_id: UserId,
+    /// `order_confirmed`, `payment_failed`, …
+    pub kind: String,
+    pub created_at: Timestamp,
+    pub data: serde_json::Value,
+}
+
 /// The judge's own accounting of one sale, for the metrics endpoint and the invariant check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StockAudit {
@@ -350,8 +362,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> PortResult<()>;
     /// Drops a claim whose request failed before any effect, so a retry can proceed.
     async fn idempotency_abandon(&self, user: &UserId, key: &str) -> PortResult<()>;
+    /// Whether a webhook event id has been recorded.
+    async fn webhook_event_seen(&self, event_id: &str) -> PortResult<bool>;
     /// Records a webhook event id; `Ok(false)` if it was seen before.
     async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool>;
+
+    // --- notifications
+    async fn append_notification(&self, notification: &Notification) -> PortResult<()>;
+    /// The buyer's notifications with id greater than `after`, oldest first, at most `limit`.
+    async fn notifications(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PortResult<Vec<Notification>>;
 
     // --- audit, metrics, reconciliation
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()>;
@@ -410,6 +434,8 @@ pub enum Event {
     OrderConfirmed { order_id: OrderId, user_id: UserId },
     /// A payment failed.
     PaymentFailed { order_id: OrderId, user_id: UserId },
+    /// A notification was added to a buyer's feed.
+    Notified { notification: Notification },
 }
 
 /// Carries events to whoever listens (SSE streams, notifiers). Delivery to live subscribers

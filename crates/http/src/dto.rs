@@ -383,3 +383,38 @@ pub struct AuditDto {
     /// Pass as `after` for the next page; null at the end.
     pub next: Option<String>,
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationsQuery {
+    /// Cursor: the `next` of the previous page.
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationDto {
+    pub id: String,
+    /// order_confirmed | payment_failed | …
+    pub kind: String,
+    pub created_at: String,
+    pub data: serde_json::Value,
+}
+
+impl From<stampede_app::ports::Notification> for NotificationDto {
+    fn from(n: stampede_app::ports::Notification) -> Self {
+        Self {
+            id: n.id,
+            kind: n.kind,
+            created_at: rfc3339(n.created_at),
+            data: n.data,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationsDto {
+    pub notifications: Vec<NotificationDto>,
+    /// Pass as `after` to get only newer ones; null while the feed is empty.
+    pub next: Option<String>,
+}

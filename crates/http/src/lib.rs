@@ -28,7 +28,7 @@ pub use problem::{ApiError, Problem};
 pub use ratelimit::{RateLimitConfig, RateLimits};
 pub use state::AppState;
 
-use routes::{accounts, admin, cart, ops, orders, pages, sales};
+use routes::{accounts, admin, cart, notifications, ops, orders, pages, sales};
 
 /// Largest request body accepted; larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -59,6 +59,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::login))
         .routes(routes!(accounts::logout))
         .routes(routes!(accounts::me))
+        .routes(routes!(notifications::list))
+        .routes(routes!(notifications::stream))
         .routes(routes!(sales::list))
         .routes(routes!(sales::detail))
         .routes(routes!(sales::events))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{
     cents, parse_rfc3339, poll_until, rfc3339, sale_body, unique_email, unix_now, unix_now_millis,
-    TestServer,
+    Resp, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -145,7 +145,7 @@ async fn scheduled_sale_goes_live_by_the_clock() {
     let admin = server.admin_token().await;
     let buyer = server.buyer().await;
     let mut body = sale_body(5, 2, 300);
-    let starts = unix_now() + 3;
+    let starts = unix_now() + 4;
     body["starts_at"] = json!(rfc3339(starts));
     let r = server.create_sale_with(&admin, &body).await;
     let id = r.expect(201)["sale_id"].as_str().unwrap().to_string();
@@ -365,4 +365,167 @@ async fn sessions_and_data_survive_a_restart() {
         .expect_problem(401, "unauthenticated");
     let m = server.metrics(&admin, &sale).await;
     assert_eq!(m["sold"], 2, "{m}");
+}
+
+/// Records what is wrong with a successful JSON answer.
+fn check_json(bad: &mut Vec<String>, what: &str, r: &Resp, status: u16) {
+    if r.status != status {
+        bad.push(format!(
+            "{what}: expected {status}, got {} {}",
+            r.status, r.text
+        ));
+    } else if let Some(e) = r.json_content_type_error() {
+        bad.push(format!("{what}: {e}"));
+    }
+}
+
+/// Records what is wrong with a problem answer.
+fn check_problem(bad: &mut Vec<String>, what: &str, r: &Resp, status: u16, code: &str) {
+    if (r.status, r.code()) != (status, code) {
+        bad.push(format!(
+            "{what}: expected {status} {code}, got {} {}",
+            r.status, r.text
+        ));
+    } else if let Some(e) = r.problem_shape_error() {
+        bad.push(format!("{what}: {e}"));
+    }
+}
+
+/// "JSON in and out", errors as application/problem+json: checked over every kind of answer
+/// in one place, each wrong one listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_declare_their_content_type() {
+    let server = TestServer::start().await;
+    let mut bad = Vec::new();
+    let email = unique_email("ct");
+    let r = server.register(&email, common::PASSWORD, "CT").await;
+    check_json(&mut bad, "POST /auth/register", &r, 201);
+    let r = server.login(&email, common::PASSWORD).await;
+    check_json(&mut bad, "POST /auth/login", &r, 200);
+    let buyer = r.json["token"].as_str().unwrap_or_default().to_string();
+    let r = server.get("/api/v1/me", Some(&buyer)).await;
+    check_json(&mut bad, "GET /me", &r, 200);
+
+    let admin = server.admin_token().await;
+    let r = server
+        .create_sale_with(&admin, &sale_body(10, 10, 300))
+        .await;
+    check_json(&mut bad, "POST /admin/sales", &r, 201);
+    let sale = r.json["sale_id"].as_str().unwrap().to_string();
+    let r = server.get("/api/v1/sales", None).await;
+    check_json(&mut bad, "GET /sales", &r, 200);
+    let r = server.get(&format!("/api/v1/sales/{sale}"), None).await;
+    check_json(&mut bad, "GET /sales/{id}", &r, 200);
+    let r = server.admin_action(&admin, &sale, "pause").await;
+    check_json(&mut bad, "POST /admin/sales/{id}/pause", &r, 200);
+    let r = server.admin_action(&admin, &sale, "resume").await;
+    check_json(&mut bad, "POST /admin/sales/{id}/resume", &r, 200);
+    let r = server
+        .get(&format!("/api/v1/admin/sales/{sale}/metrics"), Some(&admin))
+        .await;
+    check_json(&mut bad, "GET /admin/sales/{id}/metrics", &r, 200);
+    let r = server.get("/api/v1/admin/audit", Some(&admin)).await;
+    check_json(&mut bad, "GET /admin/audit", &r, 200);
+
+    let r = server.reserve(&buyer, &sale, 1).await;
+    check_json(&mut bad, "POST /cart/items", &r, 201);
+    let h1 = r.json["hold_id"].as_str().unwrap_or_default().to_string();
+    let r = server
+        .patch(
+            &format!("/api/v1/cart/items/{h1}"),
+            Some(&buyer),
+            &json!({"quantity": 2}),
+        )
+        .await;
+    check_json(&mut bad, "PATCH /cart/items/{id}", &r, 200);
+    let r = server.get("/api/v1/cart", Some(&buyer)).await;
+    check_json(&mut bad, "GET /cart", &r, 200);
+    let h2 = server.hold(&buyer, &sale, 1).await;
+    let h3 = server.hold(&buyer, &sale, 1).await;
+    let h4 = server.hold(&buyer, &sale, 1).await;
+
+    // Checkout, with and without Idempotency-Key, success and failure.
+    let r = server.order(&buyer, &[&h2], "tok_decline", None).await;
+    check_problem(
+        &mut bad,
+        "POST /orders (declined)",
+        &r,
+        402,
+        "payment_declined",
+    );
+    let r = server
+        .order(&buyer, &[&h2], "tok_decline", Some("ct-key-1"))
+        .await;
+    check_problem(
+        &mut bad,
+        "POST /orders with Idempotency-Key (declined)",
+        &r,
+        402,
+        "payment_declined",
+    );
+    let r = server
+        .order(&buyer, &["01ARZ3NDEKTSV4RRFFQ69G5FAV"], "tok_ok", None)
+        .await;
+    check_problem(
+        &mut bad,
+        "POST /orders (unknown hold)",
+        &r,
+        404,
+        "not_found",
+    );
+    let r = server
+        .post_raw("/api/v1/orders", Some(&buyer), r#"{"hold_ids": []}"#)
+        .await;
+    check_problem(
+        &mut bad,
+        "POST /orders (bad body)",
+        &r,
+        422,
+        "invalid_input",
+    );
+    let r = server.order(&buyer, &[&h1], "tok_ok", None).await;
+    check_json(&mut bad, "POST /orders", &r, 201);
+    let order = r.json["order_id"].as_str().unwrap_or_default().to_string();
+    let r = server
+        .order(&buyer, &[&h2], "tok_ok", Some("ct-key-2"))
+        .await;
+    check_json(&mut bad, "POST /orders with Idempotency-Key", &r, 201);
+    let r = server
+        .order(&buyer, &[&h2], "tok_ok", Some("ct-key-2"))
+        .await;
+    check_json(&mut bad, "POST /orders (idempotent replay)", &r, 201);
+    let r = server
+        .order(&buyer, &[&h3], "tok_ok", Some("ct-key-2"))
+        .await;
+    check_problem(
+        &mut bad,
+        "POST /orders (key reused)",
+        &r,
+        422,
+        "idempotency_key_reused",
+    );
+    let r = server.order(&buyer, &[&h4], "tok_async", None).await;
+    check_json(&mut bad, "POST /orders (tok_async)", &r, 201);
+    let r = server.get("/api/v1/orders", Some(&buyer)).await;
+    check_json(&mut bad, "GET /orders", &r, 200);
+    let r = server
+        .get(&format!("/api/v1/orders/{order}"), Some(&buyer))
+        .await;
+    check_json(&mut bad, "GET /orders/{id}", &r, 200);
+    let r = server
+        .post_empty(&format!("/api/v1/orders/{order}/cancel"), Some(&buyer))
+        .await;
+    check_json(&mut bad, "POST /orders/{id}/cancel", &r, 200);
+    let r = server.get("/openapi.json", None).await;
+    check_json(&mut bad, "GET /openapi.json", &r, 200);
+
+    let r = server.get("/metrics", None).await;
+    if !r.content_type().starts_with("text/plain") {
+        bad.push(format!("GET /metrics: content-type {:?}", r.content_type()));
+    }
+    assert!(
+        bad.is_empty(),
+        "answers with a wrong status or content type:\n  {}",
+        bad.join("\n  ")
+    );
 }

@@ -29,7 +29,9 @@ fn invalid(r: &Resp, what: &str) {
         r.status,
         r.text
     );
-    r.expect_problem_shape();
+    if let Some(e) = r.problem_shape_error() {
+        panic!("{what}: {e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,34 +127,7 @@ async fn malformed_and_mistyped_bodies_are_invalid_input() {
         .await;
     invalid(&r, "login with malformed JSON");
 
-    // Orders.
     let hold = server.hold(&buyer, &sale, 1).await;
-    let order_bodies = [
-        ("malformed JSON", r#"{"hold_ids": ["#.to_string()),
-        (
-            "no holds",
-            json!({"hold_ids": [], "payment": {"method": "card", "token": "tok_ok"}}).to_string(),
-        ),
-        ("missing payment", json!({"hold_ids": [hold]}).to_string()),
-        (
-            "hold_ids not a list",
-            json!({"hold_ids": hold, "payment": {"method": "card", "token": "tok_ok"}}).to_string(),
-        ),
-        (
-            "unknown field",
-            json!({"hold_ids": [hold], "payment": {"method": "card", "token": "tok_ok"},
-                   "coupon": "FREE"})
-            .to_string(),
-        ),
-    ];
-    for (what, body) in order_bodies {
-        let r = server.post_raw("/api/v1/orders", Some(&buyer), body).await;
-        invalid(&r, &format!("order with {what}"));
-    }
-    assert!(
-        server.orders(&buyer).await.is_empty(),
-        "no order from bad input"
-    );
 
     // Changing a hold.
     for (what, body) in [
@@ -193,6 +168,34 @@ async fn malformed_and_mistyped_bodies_are_invalid_input() {
         let r = server.create_sale_with(&admin, &body).await;
         invalid(&r, &format!("create sale with {what}"));
     }
+
+    // Orders.
+    let order_bodies = [
+        ("malformed JSON", r#"{"hold_ids": ["#.to_string()),
+        (
+            "no holds",
+            json!({"hold_ids": [], "payment": {"method": "card", "token": "tok_ok"}}).to_string(),
+        ),
+        ("missing payment", json!({"hold_ids": [hold]}).to_string()),
+        (
+            "hold_ids not a list",
+            json!({"hold_ids": hold, "payment": {"method": "card", "token": "tok_ok"}}).to_string(),
+        ),
+        (
+            "unknown field",
+            json!({"hold_ids": [hold], "payment": {"method": "card", "token": "tok_ok"},
+                   "coupon": "FREE"})
+            .to_string(),
+        ),
+    ];
+    for (what, body) in order_bodies {
+        let r = server.post_raw("/api/v1/orders", Some(&buyer), body).await;
+        invalid(&r, &format!("order with {what}"));
+    }
+    assert!(
+        server.orders(&buyer).await.is_empty(),
+        "no order from bad input"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,18 +282,6 @@ async fn unknown_and_malformed_ids_are_404() {
         ),
         (Method::DELETE, "/api/v1/cart/items/nope".into(), b, None),
         (
-            Method::POST,
-            "/api/v1/orders".into(),
-            b,
-            Some(common::order_body(&[&no_hold], "tok_ok")),
-        ),
-        (
-            Method::POST,
-            "/api/v1/orders".into(),
-            b,
-            Some(common::order_body(&["nope"], "tok_ok")),
-        ),
-        (
             Method::GET,
             format!("/api/v1/admin/sales/{no_sale}/metrics"),
             a,
@@ -303,6 +294,18 @@ async fn unknown_and_malformed_ids_are_404() {
             None,
         ),
         (Method::GET, "/api/v1/no-such-route".into(), b, None),
+        (
+            Method::POST,
+            "/api/v1/orders".into(),
+            b,
+            Some(common::order_body(&[&no_hold], "tok_ok")),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders".into(),
+            b,
+            Some(common::order_body(&["nope"], "tok_ok")),
+        ),
     ];
     for (method, path, token, body) in cases {
         let r = server
@@ -314,7 +317,9 @@ async fn unknown_and_malformed_ids_are_404() {
             r.status,
             r.text
         );
-        r.expect_problem_shape();
+        if let Some(e) = r.problem_shape_error() {
+            panic!("{method} {path}: {e}");
+        }
     }
     // Nothing changed.
     let m = server.metrics(&admin, &sale).await;
@@ -352,10 +357,6 @@ async fn other_users_holds_and_orders_are_404() {
         .await
         .expect_problem(404, "not_found");
     server
-        .order(&thief, &[&hold], "tok_ok", None)
-        .await
-        .expect_problem(404, "not_found");
-    server
         .get(&format!("/api/v1/orders/{order}"), t)
         .await
         .expect_problem(404, "not_found");
@@ -377,6 +378,13 @@ async fn other_users_holds_and_orders_are_404() {
     assert!(server.orders(&thief).await.is_empty());
     let cart = server.cart(&thief).await;
     assert_eq!(cart["items"].as_array().map(Vec::len), Some(0), "{cart}");
+    // Paying with someone else's hold is not found either, and takes nothing.
+    server
+        .order(&thief, &[&hold], "tok_ok", None)
+        .await
+        .expect_problem(404, "not_found");
+    let cart = server.cart(&owner).await;
+    assert_eq!(cart["items"].as_array().map(Vec::len), Some(1), "{cart}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,7 +402,7 @@ async fn authentication_errors() {
             (Method::POST, "/api/v1/cart/items", Some(&reserve)),
             (Method::GET, "/api/v1/orders", None),
             (Method::POST, "/api/v1/auth/logout", None),
-            (Method::GET, "/api/v1/notifications", None),
+            (Method::POST, "/api/v1/orders", None),
         ] {
             let r = server.call(method.clone(), path, token, body).await;
             assert!(
@@ -403,7 +411,9 @@ async fn authentication_errors() {
                 r.status,
                 r.text
             );
-            r.expect_problem_shape();
+            if let Some(e) = r.problem_shape_error() {
+                panic!("{method} {path} with token {token:?}: {e}");
+            }
         }
     }
     let rb = server
@@ -453,6 +463,10 @@ async fn authentication_errors() {
     let again = server.login_token(&email, PASSWORD).await;
     assert_ne!(again, token);
     server.get("/api/v1/me", Some(&again)).await.expect(200);
+    server
+        .get("/api/v1/notifications", None)
+        .await
+        .expect_problem(401, "unauthenticated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,7 +514,9 @@ async fn buyers_are_forbidden_on_admin_routes() {
             r.status,
             r.text
         );
-        r.expect_problem_shape();
+        if let Some(e) = r.problem_shape_error() {
+            panic!("buyer {method} {path}: {e}");
+        }
         let r = server.call(method.clone(), path, None, *body).await;
         assert!(
             r.status == 401 && r.code() == "unauthenticated",
@@ -508,7 +524,9 @@ async fn buyers_are_forbidden_on_admin_routes() {
             r.status,
             r.text
         );
-        r.expect_problem_shape();
+        if let Some(e) = r.problem_shape_error() {
+            panic!("anonymous {method} {path}: {e}");
+        }
     }
     // None of it took effect.
     let s = server.sale(&sale).await;
@@ -540,7 +558,9 @@ async fn wrong_method_is_405() {
             r.status,
             r.text
         );
-        r.expect_problem_shape();
+        if let Some(e) = r.problem_shape_error() {
+            panic!("{method} {path}: {e}");
+        }
     }
 }
 

@@ -113,6 +113,9 @@ async fn release(api: &Api, token: &str, user: usize, hold: &str, l: &Shared) ->
             set_hold(l, hold, user, HoldState::Released, true);
             true
         }
+        // A checkout cut short by an earlier crash can leave the hold in an order still
+        // awaiting payment; the contract lets such a hold be refused with a conflict.
+        Ok(r) if r.status == 409 && r.code() == "conflict" => true,
         Ok(r) => {
             unexpected(l, "DELETE hold", &r);
             true
@@ -501,6 +504,10 @@ async fn kill9_mid_burst_loses_nothing_acknowledged() {
         );
     }
     assert!(total_acks > 0);
+    assert!(
+        !ledger.orders.is_empty(),
+        "the bursts should have placed some orders: the checkout path went untested"
+    );
 
     // The restarted server still sells, and never more than it has.
     let m = server.metrics(&admin, &sale).await;

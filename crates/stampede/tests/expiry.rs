@@ -59,7 +59,7 @@ async fn lapsed_hold_returns_stock_and_cannot_be_paid() {
     server
         .order(&buyer, &[&hold], "tok_ok", None)
         .await
-        .expect_problem(409, "hold_expired");
+        .expect_error(409, "hold_expired");
     let orders = server.orders(&buyer).await;
     assert!(
         orders
@@ -109,7 +109,7 @@ async fn released_hold_returns_stock_at_once() {
     server
         .reserve(&other, &sale, 1)
         .await
-        .expect_problem(409, "sold_out");
+        .expect_error(409, "sold_out");
 
     let r = server
         .delete(&format!("/api/v1/cart/items/{hold}"), Some(&buyer))
@@ -131,7 +131,7 @@ async fn released_hold_returns_stock_at_once() {
     server
         .delete(&format!("/api/v1/cart/items/{hold}"), Some(&buyer))
         .await
-        .expect_problem(404, "not_found");
+        .expect_error(404, "not_found");
     server
         .order(&buyer, &[&hold], "tok_ok", None)
         .await

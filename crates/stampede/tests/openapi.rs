@@ -35,7 +35,11 @@ async fn every_documented_route_is_served() {
     let doc = api.get("/openapi.json", None).await;
     let doc = doc.expect(200).clone();
     let paths = doc["paths"].as_object().expect("paths");
-    assert!(paths.len() >= 20, "expected the whole contract, got {}", paths.len());
+    assert!(
+        paths.len() >= 20,
+        "expected the whole contract, got {}",
+        paths.len()
+    );
     let some_id = "01J00000000000000000000000";
     let mut checked = 0;
     for (path, item) in paths {
@@ -50,7 +54,10 @@ async fn every_documented_route_is_served() {
             }
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = api.send(api.request(m.clone(), &concrete, None)).await;
-            assert_ne!(resp.status, 405, "{m} {concrete} is documented but not routed");
+            assert_ne!(
+                resp.status, 405,
+                "{m} {concrete} is documented but not routed"
+            );
             if resp.status == 404 {
                 assert_ne!(
                     resp.json["type"], "/problems/no_such_route",

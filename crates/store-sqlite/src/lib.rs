@@ -37,7 +37,7 @@ use sqlx::SqlitePool;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
-    IdempotencyStart, NewOrder, PaymentApplied, PaymentResult, PortError, PortResult,
+    IdempotencyStart, NewOrder, Notification, PaymentApplied, PaymentResult, PortError, PortResult,
     ReserveRequest, Session, StockAudit, Store, User,
 };
 use stampede_core::judge::Refusal;
@@ -263,8 +263,25 @@ impl Store for SqliteStore {
         misc::idempotency_abandon(&self.writer, user, key).await
     }
 
+    async fn webhook_event_seen(&self, event_id: &str) -> PortResult<bool> {
+        misc::webhook_event_seen(&self.reader, event_id).await
+    }
+
     async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool> {
         misc::record_webhook_event(&self.writer, event_id, now).await
+    }
+
+    async fn append_notification(&self, notification: &Notification) -> PortResult<()> {
+        misc::append_notification(&self.writer, notification).await
+    }
+
+    async fn notifications(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PortResult<Vec<Notification>> {
+        misc::notifications(&self.reader, user, after, limit).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {

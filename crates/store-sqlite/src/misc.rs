@@ -6,7 +6,7 @@
 
 use sqlx::SqlitePool;
 
-use stampede_app::ports::{AuditEntry, AuditFilter, IdempotencyStart, PortResult};
+use stampede_app::ports::{AuditEntry, AuditFilter, IdempotencyStart, Notification, PortResult};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
@@ -120,6 +120,16 @@ pub(crate) async fn idempotency_abandon(
     Ok(())
 }
 
+/// Whether a webhook event id has been recorded.
+pub(crate) async fn webhook_event_seen(reader: &SqlitePool, event_id: &str) -> PortResult<bool> {
+    let row = sqlx::query("SELECT 1 FROM webhook_events WHERE event_id = ?1")
+        .bind(event_id)
+        .fetch_optional(reader)
+        .await
+        .port()?;
+    Ok(row.is_some())
+}
+
 /// Records a webhook event id; `false` if it was already seen.
 pub(crate) async fn record_webhook_event(
     writer: &SqlitePool,
@@ -191,6 +201,55 @@ pub(crate) async fn audit(reader: &SqlitePool, f: &AuditFilter) -> PortResult<Ve
             target: col(r, "target")?,
             before: json_value(col(r, "before_json")?)?,
             after: json_value(col(r, "after_json")?)?,
+        })
+    })
+    .collect()
+}
+
+/// Adds one notification to a buyer's feed.
+pub(crate) async fn append_notification(writer: &SqlitePool, n: &Notification) -> PortResult<()> {
+    sqlx::query(
+        "INSERT INTO notifications (id, user_id, kind, created_at, data_json) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(&n.id)
+    .bind(n.user_id.as_str())
+    .bind(&n.kind)
+    .bind(n.created_at.0)
+    .bind(n.data.to_string())
+    .execute(writer)
+    .await
+    .port()?;
+    Ok(())
+}
+
+/// A buyer's notifications after a cursor, oldest first.
+pub(crate) async fn notifications(
+    reader: &SqlitePool,
+    user: &UserId,
+    after: Option<&str>,
+    limit: u32,
+) -> PortResult<Vec<Notification>> {
+    sqlx::query(
+        "SELECT id, user_id, kind, created_at, data_json FROM notifications \
+         WHERE user_id = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+    )
+    .bind(user.as_str())
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(reader)
+    .await
+    .port()?
+    .iter()
+    .map(|r| {
+        let data: String = col(r, "data_json")?;
+        Ok(Notification {
+            id: col(r, "id")?,
+            user_id: UserId::from_trusted(col(r, "user_id")?),
+            kind: col(r, "kind")?,
+            created_at: col_ts(r, "created_at")?,
+            data: serde_json::from_str(&data)
+                .map_err(|e| internal(format!("notification json: {e}")))?,
         })
     })
     .collect()

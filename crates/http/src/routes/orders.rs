@@ -41,10 +41,10 @@ pub async fn create(
         ),
     };
     let Some(key) = key else {
-        return Ok(checkout_response(&s, &who, parsed)
+        let (status, bytes) = checkout_response(&s, &who, parsed)
             .await
-            .into_response_pair()
-            .into_response());
+            .into_response_pair();
+        return Ok(json_response(status, bytes, false));
     };
     // The same order in other whitespace or field order is the same request.
     let canonical = serde_json::to_value(&parsed)

@@ -193,12 +193,6 @@ impl TestServer {
         self.spawn().await;
     }
 
-    /// SIGKILL, then start again on the same data directory.
-    pub async fn crash_and_restart(&mut self) {
-        self.kill9();
-        self.spawn().await;
-    }
-
     /// The last `n` lines the current (or last) run wrote to stderr.
     pub fn stderr_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(self.log_path("stderr", self.runs)).unwrap_or_default();
@@ -261,7 +255,8 @@ impl Resp {
         self.json["code"].as_str().unwrap_or("")
     }
 
-    /// Asserts the status and returns the JSON body.
+    /// Asserts the status and returns the JSON body. (Content types of successful answers are
+    /// checked once, by `api.rs::answers_declare_their_content_type`.)
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Value {
         assert_eq!(
@@ -272,39 +267,34 @@ impl Resp {
         &self.json
     }
 
-    /// Asserts an RFC 9457 problem with this status and code.
+    /// What is wrong with the content type of a successful JSON answer, if anything.
+    pub fn json_content_type_error(&self) -> Option<String> {
+        let ct = self.content_type();
+        (!ct.starts_with("application/json")).then(|| {
+            format!(
+                "HTTP {} answer should be application/json, content-type was {ct:?}",
+                self.status
+            )
+        })
+    }
+
+    /// Asserts an RFC 9457 problem with this status and code, content type included.
     #[track_caller]
     pub fn expect_problem(&self, status: u16, code: &str) {
+        self.expect_error(status, code);
+        self.expect_problem_shape();
+    }
+
+    /// Asserts the status and the problem's `code` and fields, but not the content type: for
+    /// tests about behaviour, so that one wrong header does not hide what else they check.
+    /// `bad_input.rs` and `api.rs::answers_declare_their_content_type` check content types.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
         assert_ne!(self.status, 500, "server error: {}", self.text);
         assert_eq!(
             (self.status, self.code()),
             (status, code),
             "expected HTTP {status} `{code}`, got {} with body {}",
-            self.status,
-            self.text
-        );
-        self.expect_problem_shape();
-    }
-
-    /// Asserts a problem whose status is one of `statuses`.
-    #[track_caller]
-    pub fn expect_status_in(&self, statuses: &[u16]) {
-        assert!(
-            statuses.contains(&self.status),
-            "expected HTTP one of {statuses:?}, got {} with body {}",
-            self.status,
-            self.text
-        );
-        self.expect_problem_shape();
-    }
-
-    /// Asserts the content type and the fields of an RFC 9457 problem.
-    #[track_caller]
-    pub fn expect_problem_shape(&self) {
-        let ct = self.content_type();
-        assert!(
-            ct.starts_with("application/problem+json"),
-            "HTTP {} should be application/problem+json, content-type was {ct:?}, body {}",
             self.status,
             self.text
         );
@@ -314,13 +304,61 @@ impl Resp {
             "problem `status` field should match the HTTP status: {}",
             self.text
         );
-        for field in ["type", "title", "detail", "code"] {
+        for field in ["type", "title", "detail"] {
             assert!(
                 self.json[field].is_string(),
                 "problem lacks string field `{field}`: {}",
                 self.text
             );
         }
+    }
+
+    /// Asserts a problem (fields, not content type) whose status is one of `statuses`.
+    #[track_caller]
+    pub fn expect_status_in(&self, statuses: &[u16]) {
+        assert!(
+            statuses.contains(&self.status),
+            "expected HTTP one of {statuses:?}, got {} with body {}",
+            self.status,
+            self.text
+        );
+        let code = self.code().to_string();
+        assert!(!code.is_empty(), "problem without a code: {}", self.text);
+        self.expect_error(self.status, &code);
+    }
+
+    /// Asserts the content type and the fields of an RFC 9457 problem.
+    #[track_caller]
+    pub fn expect_problem_shape(&self) {
+        if let Some(e) = self.problem_shape_error() {
+            panic!("{e}");
+        }
+    }
+
+    /// What is wrong with this answer as an RFC 9457 problem, if anything.
+    pub fn problem_shape_error(&self) -> Option<String> {
+        let ct = self.content_type();
+        if !ct.starts_with("application/problem+json") {
+            return Some(format!(
+                "HTTP {} should be application/problem+json, content-type was {ct:?}, body {}",
+                self.status, self.text
+            ));
+        }
+        if self.json["status"].as_u64() != Some(u64::from(self.status)) {
+            return Some(format!(
+                "problem `status` field should match the HTTP status {}: {}",
+                self.status, self.text
+            ));
+        }
+        for field in ["type", "title", "detail", "code"] {
+            if !self.json[field].is_string() {
+                return Some(format!(
+                    "problem lacks string field `{field}`: {}",
+                    self.text
+                ));
+            }
+        }
+        None
     }
 }
 
