@@ -10,8 +10,3 @@ request = function()
     { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. t },
     '{"sale_id":"' .. sale .. '","quantity":1}')
 end
-local codes = {}
-response = function(status) codes[status] = (codes[status] or 0) + 1 end
-done = function()
-  for k, v in pairs(codes) do io.write(string.format("status %d: %d\n", k, v)) end
-end

@@ -21,7 +21,7 @@ json() { python3 -c "import sys,json; print(json.load(sys.stdin)$1)"; }
 post() { curl -sf -XPOST "$B$1" -H 'content-type: application/json' ${3:+-H "authorization: Bearer $3"} -d "$2"; }
 admin=$(post /api/v1/auth/login '{"email":"bench@example.com","password":"bench-password"}' | json '["token"]')
 sale() { post /api/v1/admin/sales "{\"name\":\"$1\",\"original_price\":\"10.00\",\"sale_price\":\"2.00\",\"currency\":\"EUR\",\"total_stock\":$2,\"starts_at\":\"2020-01-01T00:00:00Z\",\"ends_at\":\"2099-01-01T00:00:00Z\",\"per_user_limit\":1000,\"hold_seconds\":3600}" "$admin" | json '["sale_id"]'; }
-big=$(sale big 100000000); gone=$(sale gone 0)
+big=$(sale big 10000000); gone=$(sale gone 0)
 : >"$work/tokens"
 for i in $(seq "$BUYERS"); do
   post /api/v1/auth/register "{\"email\":\"b$i@example.com\",\"password\":\"bench-password\",\"name\":\"b$i\"}" >/dev/null
@@ -38,7 +38,13 @@ echo "server pid $pid on core 0, wrk on core 1, $CONNS connections, $DURATION x 
 run healthz "$B/healthz" | tee -a "$work/rps"
 TOKENS_FILE="$work/tokens" SALE_ID=$gone run sold_out -s bench/reserve.lua "$B" | tee -a "$work/rps"
 TOKENS_FILE="$work/tokens" SALE_ID=$big run reserve -s bench/reserve.lua "$B" | tee -a "$work/rps"
-grep -h "status\|99%\|50%" "$work"/reserve.* | sort | uniq -c | head -20
+for n in healthz sold_out reserve; do
+  for r in $(seq "$RUNS"); do awk -v n="$n" '/^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF} END {printf "%s run: p50 %s p99 %s non-2xx %s\n", n, p50, p99, bad+0}' "$work/$n.$r"; done
+done
+# What the server itself says happened: every successful reserve is a committed hold.
+curl -sf "$B/api/v1/admin/sales/$big/metrics" -H "authorization: Bearer $admin" | json '' | sed 's/^/big sale metrics: /'
+curl -sf "$B/api/v1/admin/sales/$gone/metrics" -H "authorization: Bearer $admin" | json '' | sed 's/^/sold-out sale metrics: /'
+curl -sf "$B/metrics" | grep -E '^stampede_reserve_total' | sed 's/^/server: /'
 python3 - "$work/rps" <<'PY'
 import sys, statistics, collections
 runs = collections.defaultdict(list)

@@ -14,6 +14,7 @@ impl App {
     pub async fn sweep(&self) -> Result<usize, AppError> {
         let mut total = 0;
         loop {
+            let pair = self.gate_sync.read().await;
             let expired = self.store.expire_due_holds(self.clock.now(), 1000).await?;
             let n = expired.len();
             for hold in &expired {
@@ -22,6 +23,7 @@ impl App {
                     .await?;
                 self.stock_changed(&hold.sale_id);
             }
+            drop(pair);
             total += n;
             if n < 1000 {
                 break;
@@ -36,8 +38,11 @@ impl App {
 
     /// Rebuilds the gate from the judge; returns the units of drift repaired.
     pub async fn reconcile(&self) -> Result<u64, AppError> {
-        let seeds = self.store.gate_seeds().await?;
-        let drift = self.gate.rebuild(&seeds).await?;
+        let drift = {
+            let _quiet = self.gate_sync.write().await;
+            let seeds = self.store.gate_seeds().await?;
+            self.gate.rebuild(&seeds).await?
+        };
         metrics::counter!("stampede_gate_drift_repaired_units_total").increment(drift);
         metrics::gauge!("stampede_gate_last_drift_units").set(drift as f64);
         if drift > 0 {

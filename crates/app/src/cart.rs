@@ -5,6 +5,8 @@
 //! overwhelming "sold out" case from memory; only requests it lets through reach the judge,
 //! through the group commit, and a refusal by the judge gives the gate its units back.
 
+use std::sync::Arc;
+
 use stampede_core::{Hold, HoldId, SaleId, SaleStatus};
 
 use crate::auth::Principal;
@@ -59,7 +61,7 @@ fn refusal_label(e: &AppError) -> &'static str {
 impl App {
     /// Reserves `quantity` units of a sale for the caller.
     pub async fn reserve(
-        &self,
+        self: &Arc<Self>,
         who: &Principal,
         sale_id: &str,
         quantity_requested: i64,
@@ -80,7 +82,7 @@ impl App {
     }
 
     async fn reserve_inner(
-        &self,
+        self: &Arc<Self>,
         who: &Principal,
         sale_id: &str,
         quantity_requested: i64,
@@ -101,11 +103,6 @@ impl App {
         if qty > sale.per_user_limit {
             return Err(AppError::LimitExceeded);
         }
-        passed(
-            self.gate
-                .try_take(&sale_id, &who.user_id, qty, sale.per_user_limit)
-                .await?,
-        )?;
         let request = ReserveRequest {
             hold_id: HoldId::generate(now.millis(), rand::random()),
             sale_id: sale_id.clone(),
@@ -113,39 +110,43 @@ impl App {
             quantity: qty,
             now,
         };
-        let verdict = match self.batcher.reserve(request).await {
-            Ok(Ok(verdict)) => verdict,
-            Ok(Err(port)) => {
-                // The batch failed as a whole: nothing was committed for this buyer.
-                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
-                return Err(port.into());
-            }
-            Err(EnqueueError::Full) => {
-                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
-                return Err(AppError::Unavailable(
-                    "too many reservations in flight".into(),
-                ));
-            }
-            Err(EnqueueError::Closed) => {
-                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
-                return Err(AppError::Unavailable("shutting down".into()));
-            }
-        };
-        match verdict {
-            Ok(hold) => {
-                if sale.queue_required {
-                    self.admissions.spend(who, &sale_id, admission_token);
-                }
-                metrics::counter!("stampede_holds_created_total").increment(1);
-                self.stock_changed(&sale_id);
-                Ok(hold)
-            }
-            Err(refusal) => {
-                metrics::counter!("stampede_judge_refusals_total").increment(1);
-                self.gate.give_back(&sale_id, &who.user_id, qty).await?;
-                Err(refusal.into())
-            }
+        let limit = sale.per_user_limit;
+        let hold = self
+            .paired(move |app| async move { app.take_and_judge(request, limit).await })
+            .await?;
+        if sale.queue_required {
+            self.admissions.spend(who, &sale_id, admission_token);
         }
+        metrics::counter!("stampede_holds_created_total").increment(1);
+        self.stock_changed(&sale_id);
+        Ok(hold)
+    }
+
+    /// The gate, then the judge; a refusal or failure of the judge gives the gate its units
+    /// back. Runs detached from the request (see [`App::paired`]), so a buyer who hangs up
+    /// cannot leave the gate short.
+    async fn take_and_judge(&self, request: ReserveRequest, limit: u32) -> Result<Hold, AppError> {
+        let (sale_id, user, qty) = (
+            request.sale_id.clone(),
+            request.user_id.clone(),
+            request.quantity,
+        );
+        passed(self.gate.try_take(&sale_id, &user, qty, limit).await?)?;
+        let refused = match self.batcher.reserve(request).await {
+            Ok(Ok(Ok(hold))) => return Ok(hold),
+            Ok(Ok(Err(refusal))) => {
+                metrics::counter!("stampede_judge_refusals_total").increment(1);
+                AppError::from(refusal)
+            }
+            // The batch failed as a whole: nothing was committed for this buyer.
+            Ok(Err(port)) => port.into(),
+            Err(EnqueueError::Full) => {
+                AppError::Unavailable("too many reservations in flight".into())
+            }
+            Err(EnqueueError::Closed) => AppError::Unavailable("shutting down".into()),
+        };
+        self.gate.give_back(&sale_id, &user, qty).await?;
+        Err(refused)
     }
 
     /// The caller's live holds.
@@ -169,7 +170,7 @@ impl App {
 
     /// Changes the quantity of one of the caller's holds.
     pub async fn resize_hold(
-        &self,
+        self: &Arc<Self>,
         who: &Principal,
         hold_id: &str,
         quantity_requested: i64,
@@ -184,54 +185,63 @@ impl App {
             .into_iter()
             .find(|h| h.id == hold_id)
             .ok_or(AppError::NotFound)?;
-        let sale = self.sales.get(&before.sale_id).ok_or(AppError::NotFound)?;
-        let grow = qty.saturating_sub(before.quantity);
-        if grow > 0 {
-            passed(
-                self.gate
-                    .try_take(&before.sale_id, &who.user_id, grow, sale.per_user_limit)
-                    .await?,
-            )?;
-        }
-        let result: Result<Hold, AppError> = match self
-            .store
-            .resize_hold(&who.user_id, &hold_id, qty, now)
-            .await
-        {
-            Ok(judged) => judged.map_err(AppError::from),
-            Err(port) => Err(port.into()),
-        };
-        let hold = match result {
-            Ok(hold) => hold,
-            Err(e) => {
+        let limit = self
+            .sales
+            .get(&before.sale_id)
+            .ok_or(AppError::NotFound)?
+            .per_user_limit;
+        let hold = self
+            .paired(move |app| async move {
+                let user = &before.user_id;
+                let grow = qty.saturating_sub(before.quantity);
                 if grow > 0 {
-                    self.gate
-                        .give_back(&before.sale_id, &who.user_id, grow)
-                        .await?;
+                    passed(
+                        app.gate
+                            .try_take(&before.sale_id, user, grow, limit)
+                            .await?,
+                    )?;
                 }
-                return Err(e);
-            }
-        };
-        let shrink = before.quantity.saturating_sub(hold.quantity);
-        if shrink > 0 {
-            self.gate
-                .give_back(&hold.sale_id, &who.user_id, shrink)
-                .await?;
-        }
+                let judged = match app.store.resize_hold(user, &hold_id, qty, now).await {
+                    Ok(judged) => judged.map_err(AppError::from),
+                    Err(port) => Err(port.into()),
+                };
+                let hold = match judged {
+                    Ok(hold) => hold,
+                    Err(e) => {
+                        if grow > 0 {
+                            app.gate.give_back(&before.sale_id, user, grow).await?;
+                        }
+                        return Err(e);
+                    }
+                };
+                let shrink = before.quantity.saturating_sub(hold.quantity);
+                if shrink > 0 {
+                    app.gate.give_back(&hold.sale_id, user, shrink).await?;
+                }
+                Ok(hold)
+            })
+            .await?;
         self.stock_changed(&hold.sale_id);
         Ok(hold)
     }
 
     /// Releases one of the caller's holds: its stock is available again at once.
-    pub async fn release_hold(&self, who: &Principal, hold_id: &str) -> Result<(), AppError> {
+    pub async fn release_hold(
+        self: &Arc<Self>,
+        who: &Principal,
+        hold_id: &str,
+    ) -> Result<(), AppError> {
         let hold_id = HoldId::parse(hold_id).ok_or(AppError::NotFound)?;
         let now = self.clock.now();
+        let user = who.user_id.clone();
         let hold = self
-            .store
-            .release_hold(&who.user_id, &hold_id, now)
-            .await??;
-        self.gate
-            .give_back(&hold.sale_id, &who.user_id, hold.quantity)
+            .paired(move |app| async move {
+                let hold = app.store.release_hold(&user, &hold_id, now).await??;
+                app.gate
+                    .give_back(&hold.sale_id, &user, hold.quantity)
+                    .await?;
+                Ok(hold)
+            })
             .await?;
         metrics::counter!("stampede_holds_released_total").increment(1);
         self.stock_changed(&hold.sale_id);

@@ -305,26 +305,38 @@ impl App {
     }
 
     /// Cancels one of the caller's orders: a paid one is refunded and its units return.
-    pub async fn cancel_order(&self, who: &Principal, id: &str) -> Result<Order, AppError> {
+    pub async fn cancel_order(
+        self: &std::sync::Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<Order, AppError> {
         let id = OrderId::parse(id).ok_or(AppError::NotFound)?;
+        let user = who.user_id.clone();
         let outcome = self
-            .store
-            .cancel_order(&who.user_id, &id, self.clock.now())
-            .await?
-            .ok_or(AppError::NotFound)?
-            .map_err(|status| {
-                AppError::Conflict(format!("a {status} order cannot be cancelled"))
-            })?;
+            .paired(move |app| async move {
+                let outcome = app
+                    .store
+                    .cancel_order(&user, &id, app.clock.now())
+                    .await?
+                    .ok_or(AppError::NotFound)?
+                    .map_err(|status| {
+                        AppError::Conflict(format!("a {status} order cannot be cancelled"))
+                    })?;
+                if let Cancelled::Refunded { order, .. } = &outcome {
+                    for item in &order.items {
+                        app.gate
+                            .give_back(&item.sale_id, &user, item.quantity)
+                            .await?;
+                    }
+                }
+                Ok(outcome)
+            })
+            .await?;
         match outcome {
             Cancelled::Refunded { order, reference } => {
                 if let Err(e) = self.gateway.refund(&reference).await {
                     metrics::counter!("stampede_refund_failures_total").increment(1);
                     tracing::error!(error = %e, order = %order.id, "refund failed");
-                }
-                for item in &order.items {
-                    self.gate
-                        .give_back(&item.sale_id, &who.user_id, item.quantity)
-                        .await?;
                 }
                 for sale_id in sales_of(&order) {
                     self.stock_changed(&sale_id);

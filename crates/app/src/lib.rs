@@ -61,6 +61,10 @@ pub struct App {
     admissions: Admissions,
     /// Sales whose stock moved since the last publish.
     dirty_stock: Mutex<HashSet<SaleId>>,
+    /// Shared by every operation that changes both the judge and the gate; taken exclusively
+    /// by reconciliation, so it never reads the judge between the two halves of a pair (which
+    /// would count in-flight units twice or not at all).
+    gate_sync: tokio::sync::RwLock<()>,
 }
 
 impl App {
@@ -88,11 +92,30 @@ impl App {
             sales: SaleCache::default(),
             admissions: Admissions::default(),
             dirty_stock: Mutex::new(HashSet::new()),
+            gate_sync: tokio::sync::RwLock::new(()),
             config,
         });
         app.load_sales().await?;
         let drift = app.reconcile().await?;
         tracing::info!(drift, "gate rebuilt from the store");
         Ok((app, writer))
+    }
+
+    /// Runs `work`, which changes both the gate and the judge, to completion on its own task:
+    /// a caller that goes away (a buyer hanging up) cannot cancel it between the two halves,
+    /// and reconciliation waits for it.
+    pub(crate) async fn paired<T, F, Fut>(self: &Arc<Self>, work: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<App>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+    {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let _pair = app.gate_sync.read().await;
+            work(app.clone()).await
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("paired task: {e}")))?
     }
 }
