@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use stampede_core::{Hold, HoldId, SaleId, SaleStatus};
+use stampede_core::{Hold, HoldId, SaleId, SaleStatus, UserId};
 
 use crate::auth::Principal;
-use crate::group_commit::EnqueueError;
-use crate::ports::{Event, GateVerdict, ReserveRequest};
+use crate::group_commit::{EnqueueError, Verdict};
+use crate::ports::{Event, Gate, GateVerdict, ReserveRequest};
 use crate::{App, AppError};
 
 /// Most units one request may ask for; anything above is a client error, not a refusal.
@@ -110,10 +110,7 @@ impl App {
             quantity: qty,
             now,
         };
-        let limit = sale.per_user_limit;
-        let hold = self
-            .paired(move |app| async move { app.take_and_judge(request, limit).await })
-            .await?;
+        let hold = self.take_and_judge(request, sale.per_user_limit).await?;
         if sale.queue_required {
             self.admissions.spend(who, &sale_id, admission_token);
         }
@@ -123,29 +120,54 @@ impl App {
     }
 
     /// The gate, then the judge; a refusal or failure of the judge gives the gate its units
-    /// back. Runs detached from the request (see [`App::paired`]), so a buyer who hangs up
-    /// cannot leave the gate short.
+    /// back. Cancel-safe: if the buyer hangs up while the judge is deciding, an
+    /// [`AbandonedVerdict`] finishes the pair on its own task (the common path spawns nothing).
     async fn take_and_judge(&self, request: ReserveRequest, limit: u32) -> Result<Hold, AppError> {
         let (sale_id, user, qty) = (
             request.sale_id.clone(),
             request.user_id.clone(),
             request.quantity,
         );
+        // Reconciliation must not read the judge between our take and our verdict.
+        let pair = self.gate_sync.clone().read_owned().await;
+        let pair = Some(pair);
         passed(self.gate.try_take(&sale_id, &user, qty, limit).await?)?;
-        let refused = match self.batcher.reserve(request).await {
-            Ok(Ok(Ok(hold))) => return Ok(hold),
-            Ok(Ok(Err(refusal))) => {
-                metrics::counter!("stampede_judge_refusals_total").increment(1);
-                AppError::from(refusal)
+        // Held until the gate has its units back, whatever the verdict.
+        let mut pair_held = None;
+        let refused = match self.batcher.submit(request) {
+            Ok(answer) => {
+                let mut pending = AbandonedVerdict {
+                    answer: Some(answer),
+                    gate: self.gate.clone(),
+                    sale_id: sale_id.clone(),
+                    user: user.clone(),
+                    quantity: qty,
+                    pair,
+                };
+                let verdict = match pending.answer.as_mut() {
+                    Some(answer) => answer.await,
+                    None => return Err(AppError::Internal("verdict already taken".into())),
+                };
+                pending.answer = None; // answered: nothing left for the guard to do
+                pair_held = pending.pair.take();
+                match verdict {
+                    Ok(Ok(Ok(hold))) => return Ok(hold),
+                    Ok(Ok(Err(refusal))) => {
+                        metrics::counter!("stampede_judge_refusals_total").increment(1);
+                        AppError::from(refusal)
+                    }
+                    // The batch failed as a whole: nothing was committed for this buyer.
+                    Ok(Err(port)) => port.into(),
+                    Err(_) => AppError::Unavailable("shutting down".into()),
+                }
             }
-            // The batch failed as a whole: nothing was committed for this buyer.
-            Ok(Err(port)) => port.into(),
             Err(EnqueueError::Full) => {
                 AppError::Unavailable("too many reservations in flight".into())
             }
             Err(EnqueueError::Closed) => AppError::Unavailable("shutting down".into()),
         };
         self.gate.give_back(&sale_id, &user, qty).await?;
+        drop(pair_held);
         Err(refused)
     }
 
@@ -277,5 +299,38 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// Units taken from the gate whose verdict nobody is waiting for any more. If dropped before
+/// the verdict arrived (the request was cancelled), it waits for the verdict on its own task
+/// and gives the units back unless a hold was committed, keeping gate and judge in step.
+struct AbandonedVerdict {
+    answer: Option<tokio::sync::oneshot::Receiver<Verdict>>,
+    gate: Arc<dyn Gate>,
+    sale_id: SaleId,
+    user: UserId,
+    quantity: u32,
+    /// Keeps reconciliation out until the pair is finished.
+    pair: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+}
+
+impl Drop for AbandonedVerdict {
+    fn drop(&mut self) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        let gate = self.gate.clone();
+        let (sale_id, user, quantity) = (self.sale_id.clone(), self.user.clone(), self.quantity);
+        let pair = self.pair.take();
+        metrics::counter!("stampede_reserve_abandoned_total").increment(1);
+        tokio::spawn(async move {
+            let _pair = pair;
+            if !matches!(answer.await, Ok(Ok(Ok(_)))) {
+                if let Err(e) = gate.give_back(&sale_id, &user, quantity).await {
+                    tracing::warn!(error = %e, "could not return units of an abandoned reserve");
+                }
+            }
+        });
     }
 }

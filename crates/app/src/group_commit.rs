@@ -12,7 +12,8 @@ use stampede_core::Hold;
 
 use crate::ports::{PortError, PortResult, ReserveRequest, Store};
 
-type Verdict = PortResult<Result<Hold, Refusal>>;
+/// The judge's answer to one reservation, or why its batch failed.
+pub type Verdict = PortResult<Result<Hold, Refusal>>;
 
 struct Pending {
     request: ReserveRequest,
@@ -48,8 +49,12 @@ impl ReserveBatcher {
         (Self { queue: tx }, task)
     }
 
-    /// Queues one reservation and waits for the judge's verdict.
-    pub async fn reserve(&self, request: ReserveRequest) -> Result<Verdict, EnqueueError> {
+    /// Queues one reservation; the receiver yields the judge's verdict once its batch has
+    /// committed (or failed). Dropping the receiver does not withdraw the request.
+    pub fn submit(
+        &self,
+        request: ReserveRequest,
+    ) -> Result<oneshot::Receiver<Verdict>, EnqueueError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Pending { request, reply })
@@ -57,7 +62,7 @@ impl ReserveBatcher {
                 mpsc::error::TrySendError::Full(_) => EnqueueError::Full,
                 mpsc::error::TrySendError::Closed(_) => EnqueueError::Closed,
             })?;
-        answer.await.map_err(|_| EnqueueError::Closed)
+        Ok(answer)
     }
 }
 

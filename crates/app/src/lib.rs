@@ -64,7 +64,7 @@ pub struct App {
     /// Shared by every operation that changes both the judge and the gate; taken exclusively
     /// by reconciliation, so it never reads the judge between the two halves of a pair (which
     /// would count in-flight units twice or not at all).
-    gate_sync: tokio::sync::RwLock<()>,
+    gate_sync: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl App {
@@ -92,7 +92,7 @@ impl App {
             sales: SaleCache::default(),
             admissions: Admissions::default(),
             dirty_stock: Mutex::new(HashSet::new()),
-            gate_sync: tokio::sync::RwLock::new(()),
+            gate_sync: Arc::new(tokio::sync::RwLock::new(())),
             config,
         });
         app.load_sales().await?;

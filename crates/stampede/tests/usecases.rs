@@ -287,8 +287,14 @@ async fn reconciling_during_a_burst_leaves_no_drift() {
     }
     let mut tasks = Vec::new();
     for i in 0..1500 {
-        let (app, who, sale) = (w.app.clone(), buyers[i % buyers.len()].clone(), sale.clone());
-        tasks.push(tokio::spawn(async move { app.reserve(&who, &sale, 1, None).await }));
+        let (app, who, sale) = (
+            w.app.clone(),
+            buyers[i % buyers.len()].clone(),
+            sale.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            app.reserve(&who, &sale, 1, None).await
+        }));
     }
     // Buyers hanging up mid-request: their reservations must still leave gate and judge agreed.
     for t in tasks.iter().skip(1).step_by(7) {
