@@ -15,4 +15,18 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Renders `/metrics`; `None` when no recorder is installed (e.g. in unit tests).
     pub prometheus: Option<PrometheusHandle>,
+    /// Turns true when the server is shutting down: live streams end so that graceful
+    /// shutdown is not held open by viewers.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Resolves once shutdown has begun.
+    pub fn shutting_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.clone();
+        async move {
+            // An error means the sender is gone, which also means shutdown.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
 }

@@ -150,10 +150,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(2000),
     }));
     let janitor = stampede_http::spawn_rate_limit_janitor(limits.clone(), Duration::from_secs(10));
+    let (streams_stop_tx, streams_stop) = watch::channel(false);
     let state = AppState {
         app: app.clone(),
         limits,
         prometheus: Some(prometheus),
+        shutdown: streams_stop,
     };
     let router = stampede_http::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen())
@@ -170,7 +172,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight requests, closing live streams");
+        let _ = streams_stop_tx.send(true);
+    })
     .await
     .context("serving")?;
 

@@ -59,5 +59,6 @@ pub async fn stream(
             }
         }
     });
-    Sse::new(live).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(live.take_until(s.shutting_down()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -92,7 +92,9 @@ pub async fn events(
             }
         }
     });
-    let stream = stream::iter([Ok(first), Ok(first_status)]).chain(live);
+    let stream = stream::iter([Ok(first), Ok(first_status)])
+        .chain(live)
+        .take_until(s.shutting_down());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

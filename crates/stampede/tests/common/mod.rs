@@ -178,6 +178,32 @@ impl TestServer {
         self.api = Api::new(base);
     }
 
+    /// SIGTERM, then waits (up to `within`) for the process to exit on its own; returns its
+    /// exit status, or `None` if it had to be killed.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data directory after it stopped.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     /// SIGKILL: no shutdown hooks, no flush. Safe to call when already dead.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
