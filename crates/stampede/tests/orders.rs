@@ -203,6 +203,11 @@ async fn idempotent_retry_replays_the_first_answer() {
     assert_eq!(list.len(), 1, "one order despite the retry: {list:?}");
     let m = server.metrics(&admin, &sale).await;
     assert_eq!(m["sold"], 1, "charged once: {m}");
+    assert_eq!(
+        captures(&server).await,
+        1,
+        "the gateway captured exactly once"
+    );
 
     // The same key with another body.
     let other_hold = server.hold(&buyer, &sale, 1).await;
@@ -275,6 +280,11 @@ async fn concurrent_duplicates_with_one_key_make_one_order() {
     let m = server.metrics(&admin, &sale).await;
     assert_invariant(&m);
     assert_eq!(m["sold"], 1, "charged once: {m}");
+    assert_eq!(
+        captures(&server).await,
+        1,
+        "the gateway captured exactly once"
+    );
 
     // Once done, a retry gets the stored answer.
     let r = server.order(&buyer, &[&hold], "tok_slow", Some(&key)).await;
@@ -578,4 +588,14 @@ async fn confirmed_order_is_notified() {
         theirs.iter().all(|n| n["kind"] != "order_confirmed"),
         "notifications are own only: {theirs:?}"
     );
+}
+
+/// Captures the sandbox gateway has performed, from the server's Prometheus metrics.
+async fn captures(server: &TestServer) -> u64 {
+    let text = server.get("/metrics", None).await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix("stampede_sandbox_captures_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
 }
