@@ -50,10 +50,12 @@ pub(crate) async fn end(
     Ok(state)
 }
 
-async fn insert(conn: &mut SqliteConnection, hold: &Hold) -> PortResult<()> {
-    sqlx::query(
+/// Inserts a new hold; `false` (nothing written) if the id is taken.
+async fn insert(conn: &mut SqliteConnection, hold: &Hold) -> PortResult<bool> {
+    let done = sqlx::query(
         "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
-         created_at, expires_at, order_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)",
+         created_at, expires_at, order_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL) \
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(hold.id.as_str())
     .bind(hold.sale_id.as_str())
@@ -67,7 +69,7 @@ async fn insert(conn: &mut SqliteConnection, hold: &Hold) -> PortResult<()> {
     .execute(&mut *conn)
     .await
     .port()?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// The group commit: judges every request in order inside one transaction.
@@ -94,14 +96,6 @@ async fn reserve_one(
     stock: &mut TxStock,
     req: &ReserveRequest,
 ) -> PortResult<Result<Hold, Refusal>> {
-    if let Some(existing) = find(conn, &req.hold_id).await? {
-        if existing.hold.user_id == req.user_id && existing.hold.sale_id == req.sale_id {
-            return Ok(Ok(existing.hold));
-        }
-        // Someone else's hold under this id: never show it; refuse this request only.
-        tracing::warn!(hold = %req.hold_id, "hold id reused by another buyer or sale");
-        return Ok(Err(Refusal::SaleNotLive));
-    }
     if req.quantity == 0 {
         // The app validates quantities; a zero would break the holds CHECK and with it the
         // whole batch, so refuse just this one.
@@ -109,7 +103,7 @@ async fn reserve_one(
         return Ok(Err(Refusal::LimitExceeded));
     }
     let Some(sale) = stock.sale(conn, &req.sale_id).await? else {
-        return Ok(Err(Refusal::SaleNotLive));
+        return already_held_or(conn, req, Refusal::SaleNotLive).await;
     };
     let status = sale.status_at(req.now);
     let available = sale.stock.available;
@@ -127,11 +121,37 @@ async fn reserve_one(
     };
     let units = stock.units(conn, &req.sale_id, &req.user_id).await?;
     if let Err(refusal) = judge_reserve(status, available, units, limit, req.quantity) {
-        return Ok(Err(refusal));
+        return already_held_or(conn, req, refusal).await;
     }
-    insert(conn, &hold).await?;
+    // The common case is a fresh id, so insert first and look only on a conflict: one
+    // statement per accepted hold instead of a lookup and an insert.
+    if !insert(conn, &hold).await? {
+        return already_held_or(conn, req, Refusal::SaleNotLive).await;
+    }
     stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
     Ok(Ok(hold))
+}
+
+/// A retried request whose hold already exists gets that hold (its stock was taken once, by
+/// the first try); any other request gets `refusal`. Someone else's hold under the same id is
+/// never shown.
+async fn already_held_or(
+    conn: &mut SqliteConnection,
+    req: &ReserveRequest,
+    refusal: Refusal,
+) -> PortResult<Result<Hold, Refusal>> {
+    match find(conn, &req.hold_id).await? {
+        Some(existing)
+            if existing.hold.user_id == req.user_id && existing.hold.sale_id == req.sale_id =>
+        {
+            Ok(Ok(existing.hold))
+        }
+        Some(_) => {
+            tracing::warn!(hold = %req.hold_id, "hold id reused by another buyer or sale");
+            Ok(Err(Refusal::SaleNotLive))
+        }
+        None => Ok(Err(refusal)),
+    }
 }
 
 /// The buyer's holds that are active and unexpired at `now`, oldest first.
