@@ -9,7 +9,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use stampede_app::ports::{HoldError, PortResult, ReserveRequest};
 use stampede_core::judge::{judge_reserve, judge_resize, Refusal};
-use stampede_core::{Hold, HoldId, HoldState, Timestamp, UserId};
+use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
 use crate::rows::{self, hold_cols, hold_from, HoldRow};
@@ -50,29 +50,12 @@ pub(crate) async fn end(
     Ok(state)
 }
 
-/// Inserts a new hold; `false` (nothing written) if the id is taken.
-async fn insert(conn: &mut SqliteConnection, hold: &Hold) -> PortResult<bool> {
-    let done = sqlx::query(
-        "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
-         created_at, expires_at, order_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL) \
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(hold.id.as_str())
-    .bind(hold.sale_id.as_str())
-    .bind(hold.user_id.as_str())
-    .bind(i64::from(hold.quantity))
-    .bind(hold.unit_price.0)
-    .bind(hold.currency.as_str())
-    .bind(hold.state.as_str())
-    .bind(hold.created_at.0)
-    .bind(hold.expires_at.0)
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// The group commit: judges every request in order inside one transaction.
+///
+/// Every decision is made in memory on rows loaded once per batch (each sale, every buyer's
+/// units), the accepted holds are written by one multi-row insert, and the counters by one
+/// statement per sale plus one for all buyers. sqlx hands each SQLite statement to a worker
+/// thread, so statements per batch, not rows, are what this path costs.
 pub(crate) async fn reserve(
     writer: &SqlitePool,
     batch: &[ReserveRequest],
@@ -82,16 +65,60 @@ pub(crate) async fn reserve(
     }
     let mut tx = writer.begin_with(BEGIN_WRITE).await.port()?;
     let mut stock = TxStock::default();
-    let mut out = Vec::with_capacity(batch.len());
-    for req in batch {
-        out.push(reserve_one(&mut tx, &mut stock, req).await?);
+    let pairs: Vec<(SaleId, UserId)> = batch
+        .iter()
+        .map(|r| (r.sale_id.clone(), r.user_id.clone()))
+        .collect();
+    stock.preload_units(&mut tx, &pairs).await?;
+
+    // Judge in order; `None` marks a request the judge accepted, pending its insert.
+    let mut verdicts: Vec<Option<Result<Hold, Refusal>>> = Vec::with_capacity(batch.len());
+    let mut accepted: Vec<(usize, Hold)> = Vec::new();
+    // A second request with an id already seen in this batch is a retry: it is resolved after
+    // the insert, against whatever the first one wrote, and never takes stock itself.
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    let mut retries: Vec<usize> = Vec::new();
+    for (i, req) in batch.iter().enumerate() {
+        if !seen.insert(req.hold_id.as_str()) {
+            retries.push(i);
+            verdicts.push(None);
+            continue;
+        }
+        match judge_one(&mut tx, &mut stock, req).await? {
+            Ok(hold) => {
+                stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
+                accepted.push((i, hold));
+                verdicts.push(None);
+            }
+            Err(refusal) => verdicts.push(Some(already_held_or(&mut tx, req, refusal).await?)),
+        }
+    }
+
+    // The common case is fresh ids: insert them all, and look only at the ones that collided
+    // (a retry of a request whose hold exists; its stock was taken by the first try).
+    let inserted = insert_many(&mut tx, accepted.iter().map(|(_, h)| h)).await?;
+    for (i, hold) in accepted {
+        if inserted.contains(hold.id.as_str()) {
+            verdicts[i] = Some(Ok(hold));
+        } else {
+            let req = &batch[i];
+            stock.unhold(&req.sale_id, &req.user_id, req.quantity)?;
+            verdicts[i] = Some(already_held_or(&mut tx, req, Refusal::SaleNotLive).await?);
+        }
+    }
+    for i in retries {
+        verdicts[i] = Some(already_held_or(&mut tx, &batch[i], Refusal::SaleNotLive).await?);
     }
     stock.flush(&mut tx).await?;
     tx.commit().await.port()?;
-    Ok(out)
+    verdicts
+        .into_iter()
+        .map(|v| v.ok_or_else(|| internal("a reservation was left without a verdict")))
+        .collect()
 }
 
-async fn reserve_one(
+/// The judge's decision on one request against the batch's in-memory state.
+async fn judge_one(
     conn: &mut SqliteConnection,
     stock: &mut TxStock,
     req: &ReserveRequest,
@@ -103,7 +130,7 @@ async fn reserve_one(
         return Ok(Err(Refusal::LimitExceeded));
     }
     let Some(sale) = stock.sale(conn, &req.sale_id).await? else {
-        return already_held_or(conn, req, Refusal::SaleNotLive).await;
+        return Ok(Err(Refusal::SaleNotLive));
     };
     let status = sale.status_at(req.now);
     let available = sale.stock.available;
@@ -120,17 +147,41 @@ async fn reserve_one(
         expires_at: req.now.plus_secs(i64::from(sale.hold_seconds)),
     };
     let units = stock.units(conn, &req.sale_id, &req.user_id).await?;
-    if let Err(refusal) = judge_reserve(status, available, units, limit, req.quantity) {
-        return already_held_or(conn, req, refusal).await;
-    }
-    // The common case is a fresh id, so insert first and look only on a conflict: one
-    // statement per accepted hold instead of a lookup and an insert.
-    if !insert(conn, &hold).await? {
-        return already_held_or(conn, req, Refusal::SaleNotLive).await;
-    }
-    stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
-    Ok(Ok(hold))
+    Ok(judge_reserve(status, available, units, limit, req.quantity).map(|()| hold))
 }
+
+/// Inserts holds in multi-row statements, skipping ids that exist; returns the ids written.
+async fn insert_many<'h>(
+    conn: &mut SqliteConnection,
+    holds: impl Iterator<Item = &'h Hold>,
+) -> PortResult<std::collections::HashSet<String>> {
+    let holds: Vec<&Hold> = holds.collect();
+    let mut written = std::collections::HashSet::with_capacity(holds.len());
+    for chunk in holds.chunks(HOLDS_PER_STATEMENT) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
+             created_at, expires_at) ",
+        );
+        qb.push_values(chunk, |mut row, h| {
+            row.push_bind(h.id.as_str().to_owned())
+                .push_bind(h.sale_id.as_str().to_owned())
+                .push_bind(h.user_id.as_str().to_owned())
+                .push_bind(i64::from(h.quantity))
+                .push_bind(h.unit_price.0)
+                .push_bind(h.currency.as_str().to_owned())
+                .push_bind(h.state.as_str())
+                .push_bind(h.created_at.0)
+                .push_bind(h.expires_at.0);
+        });
+        qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+        let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *conn).await.port()?;
+        written.extend(ids);
+    }
+    Ok(written)
+}
+
+/// Holds per multi-row insert: 9 parameters each, well under SQLite's limit.
+const HOLDS_PER_STATEMENT: usize = 200;
 
 /// A retried request whose hold already exists gets that hold (its stock was taken once, by
 /// the first try); any other request gets `refusal`. Someone else's hold under the same id is

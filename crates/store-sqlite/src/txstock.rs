@@ -39,6 +39,9 @@ pub(crate) struct TxStock {
     units: BTreeMap<(SaleId, UserId), CachedUnits>,
 }
 
+/// Rows per multi-row statement: well under SQLite's limit on bound parameters.
+const PAIRS_PER_STATEMENT: usize = 300;
+
 const SELECT_SALE: &str = concat!("SELECT ", sale_cols!(), " FROM sales WHERE id = ?1");
 
 impl TxStock {
@@ -94,6 +97,52 @@ impl TxStock {
 
     /// Loads the sale and the buyer's units so the synchronous moves below can apply. The sale
     /// must exist (every hold and order item references it by foreign key).
+    /// Loads the units of every (sale, buyer) pair not yet cached, in one query per chunk
+    /// instead of one per buyer: the group commit's statements per batch stay constant.
+    pub(crate) async fn preload_units(
+        &mut self,
+        conn: &mut SqliteConnection,
+        pairs: &[(SaleId, UserId)],
+    ) -> PortResult<()> {
+        let missing: Vec<&(SaleId, UserId)> = pairs
+            .iter()
+            .filter(|k| !self.units.contains_key(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in missing.chunks(PAIRS_PER_STATEMENT) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT sale_id, user_id, units FROM user_units WHERE (sale_id, user_id) IN (VALUES ",
+            );
+            let mut list = qb.separated(", ");
+            for (sale, user) in chunk {
+                list.push("(")
+                    .push_bind_unseparated(sale.as_str().to_owned())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(user.as_str().to_owned())
+                    .push_unseparated(")");
+            }
+            qb.push(")");
+            let found: Vec<(String, String, i64)> =
+                qb.build_query_as().fetch_all(&mut *conn).await.port()?;
+            let mut known: BTreeMap<(SaleId, UserId), i64> = found
+                .into_iter()
+                .map(|(s, u, n)| ((SaleId::from_trusted(s), UserId::from_trusted(u)), n))
+                .collect();
+            for key in chunk {
+                let units = known.remove(*key).unwrap_or(0);
+                self.units.insert(
+                    (*key).clone(),
+                    CachedUnits {
+                        units,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn touch(
         &mut self,
         conn: &mut SqliteConnection,
@@ -190,26 +239,28 @@ impl TxStock {
                 return Err(internal(format!("sale {id} changed under its transaction")));
             }
         }
-        for ((sale, user), c) in self.units {
-            if !c.dirty {
-                continue;
-            }
-            if c.units < 0 {
-                return Err(internal(format!(
-                    "refusing to write {} units for {user} in {sale}",
-                    c.units
-                )));
-            }
-            sqlx::query(
-                "INSERT INTO user_units (sale_id, user_id, units) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (sale_id, user_id) DO UPDATE SET units = excluded.units",
-            )
-            .bind(sale.as_str())
-            .bind(user.as_str())
-            .bind(c.units)
-            .execute(&mut *conn)
-            .await
-            .port()?;
+        let dirty: Vec<((SaleId, UserId), i64)> = self
+            .units
+            .into_iter()
+            .filter(|(_, c)| c.dirty)
+            .map(|(k, c)| (k, c.units))
+            .collect();
+        if let Some(((sale, user), units)) = dirty.iter().find(|(_, n)| *n < 0) {
+            return Err(internal(format!(
+                "refusing to write {units} units for {user} in {sale}"
+            )));
+        }
+        for chunk in dirty.chunks(PAIRS_PER_STATEMENT) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO user_units (sale_id, user_id, units) ",
+            );
+            qb.push_values(chunk, |mut row, ((sale, user), units)| {
+                row.push_bind(sale.as_str().to_owned())
+                    .push_bind(user.as_str().to_owned())
+                    .push_bind(*units);
+            });
+            qb.push(" ON CONFLICT (sale_id, user_id) DO UPDATE SET units = excluded.units");
+            qb.build().execute(&mut *conn).await.port()?;
         }
         Ok(())
     }
