@@ -1,0 +1,61 @@
+//! Times the judge alone: batches of reservations straight into the SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::time::Instant;
+
+use stampede_app::ports::{ReserveRequest, Store};
+use stampede_core::*;
+use stampede_store_sqlite::SqliteStore;
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Timestamp(1_800_000_000_000);
+    let sale = Sale {
+        id: SaleId::generate(now.0, 1),
+        name: "s".into(),
+        description: String::new(),
+        original_price: Money(1000),
+        sale_price: Money(100),
+        currency: Currency::parse("EUR").unwrap(),
+        starts_at: Timestamp(0),
+        ends_at: now.plus_secs(86_400),
+        per_user_limit: 1000,
+        queue_required: false,
+        hold_seconds: 3600,
+        control: SaleControl::Running,
+        stock: StockLevels::fresh(10_000_000),
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_sale(&sale).await.unwrap();
+    for batch_size in [1usize, 16, 64, 256] {
+        let batches = 4000 / batch_size.max(1);
+        let started = Instant::now();
+        let mut n = 0u128;
+        for _ in 0..batches {
+            let batch: Vec<ReserveRequest> = (0..batch_size)
+                .map(|i| {
+                    n += 1;
+                    ReserveRequest {
+                        hold_id: HoldId::generate(now.0, n + 1_000_000 * batch_size as u128),
+                        sale_id: sale.id.clone(),
+                        user_id: UserId::generate(now.0, (i % 200) as u128),
+                        quantity: 1,
+                        now,
+                    }
+                })
+                .collect();
+            store.reserve(&batch).await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let holds = (batches * batch_size) as f64;
+        println!(
+            "batch {batch_size:4}: {:8.0} holds/s, {:6.1} µs/hold, {:6.2} ms/batch",
+            holds / secs,
+            secs * 1e6 / holds,
+            secs * 1e3 / batches as f64
+        );
+    }
+}

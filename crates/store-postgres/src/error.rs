@@ -1,0 +1,82 @@
+//! How sqlx failures become [`PortError`]s: anything that says "the database is not reachable
+//! right now" (pool timeout, I/O, TLS, a lost or refused connection, a server shutting down or
+//! out of resources, a statement or lock timeout, a deadlock or serialization failure that a
+//! retry resolves) is `Unavailable` and worth a retry; everything else is `Internal`, with
+//! sqlx's message kept for the log.
+
+use std::fmt::Display;
+
+use stampede_app::ports::{PortError, PortResult};
+
+/// `.port()?` on any sqlx result: the one place errors are classified.
+pub(crate) trait OrPort<T> {
+    /// The result with its error mapped to a [`PortError`].
+    fn port(self) -> PortResult<T>;
+}
+
+impl<T> OrPort<T> for Result<T, sqlx::Error> {
+    fn port(self) -> PortResult<T> {
+        self.map_err(port_error)
+    }
+}
+
+/// Classifies one sqlx error.
+pub(crate) fn port_error(e: sqlx::Error) -> PortError {
+    let unavailable = match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| unavailable_sqlstate(&c)),
+        _ => false,
+    };
+    if unavailable {
+        PortError::Unavailable(e.to_string())
+    } else {
+        PortError::Internal(e.to_string())
+    }
+}
+
+/// A broken expectation about our own data (an unknown state word, a counter out of balance):
+/// always a bug, never a panic.
+pub(crate) fn internal(msg: impl Display) -> PortError {
+    PortError::Internal(msg.to_string())
+}
+
+/// SQLSTATEs that mean "not now" rather than "wrong": class 08 (connection exception), 53
+/// (insufficient resources), 57P01-57P03 (shutdown, cannot connect now), 57014 (statement
+/// timeout), 55P03 (lock timeout), 40001 / 40P01 (serialization failure, deadlock).
+fn unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "40001" | "40P01"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_now_states_are_unavailable_and_the_rest_internal() {
+        for code in [
+            "08006", "08001", "53300", "57P01", "57P03", "57014", "55P03", "40P01",
+        ] {
+            assert!(unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "23514", "42P01", "22P02", "P0001"] {
+            assert!(!unavailable_sqlstate(code), "{code}");
+        }
+        assert!(matches!(
+            port_error(sqlx::Error::PoolTimedOut),
+            PortError::Unavailable(_)
+        ));
+        assert!(matches!(
+            port_error(sqlx::Error::RowNotFound),
+            PortError::Internal(_)
+        ));
+    }
+}

@@ -1,0 +1,307 @@
+//! Stampede's cluster judge: the [`Store`] port over PostgreSQL, shared by every node.
+//!
+//! Same semantics as the SQLite judge (it is the reference): every stock move goes through
+//! `StockLevels`' methods on a per-transaction cache of the `sales` row and the buyer's
+//! `user_units` row, written in the same transaction as the hold or order rows that justify
+//! it; the decisions are `stampede_core::judge`'s; CHECK constraints re-check the counters.
+//!
+//! What changes with several writers (one per node):
+//! * every transaction that moves stock locks the `sales` rows it touches (`FOR NO KEY
+//!   UPDATE`: exclusive among judges, yet foreign-key checks pass), several at once in sale
+//!   id order, and reads `user_units` only under those locks; hold and order
+//!   rows are locked before sale rows. One order everywhere, so nodes queue, never deadlock;
+//! * [`Store::reserve`] judges a whole batch in ONE transaction (group commit): each touched
+//!   sale is locked and read once, each sale's counters written once;
+//! * `synchronous_commit` is forced `on` for every connection: a committed hold is on disk;
+//! * holds, orders and order items are hash-partitioned by user id (see the migration), so
+//!   their keys are `(user_id, id)`; the unpartitioned `hold_ids` and `payments` tables give
+//!   the global uniqueness and the by-id lookups that need no user;
+//! * [`Store::migrate`] is safe to run from several nodes at once (advisory lock).
+//!
+//! Errors: a lost connection, a timeout, a server shutting down, a deadlock or serialization
+//! failure is `PortError::Unavailable` (worth a retry); anything else `Internal`.
+
+mod error;
+mod holds;
+mod misc;
+mod orders;
+mod report;
+mod rows;
+mod sales;
+mod txstock;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use stampede_app::ports::{
+    AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
+    IdempotencyStart, NewOrder, Notification, PaymentApplied, PaymentResult, PortError, PortResult,
+    ReserveRequest, Session, StockAudit, Store, User,
+};
+use stampede_core::judge::Refusal;
+use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
+
+use crate::error::OrPort;
+
+/// The schema, embedded in the binary so a node needs nothing beside it.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connections per node: enough for the group-commit writer, the sweeper and HTTP reads
+/// without crowding a shared server's `max_connections` when many nodes run.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// How long a caller waits for a connection (or the first connect) before the store counts
+/// as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a statement may run (including waiting for a sale lock behind other batches)
+/// before it fails as `Unavailable`: generous, since queueing on a hot sale is normal.
+const STATEMENT_TIMEOUT: &str = "30s";
+
+/// A transaction left open this long by a stalled node is ended by the server, releasing its
+/// locks for the other nodes.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// The system of record on a PostgreSQL server: the cluster deployment's judge, shared by
+/// every node.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`, with any libpq-style
+    /// parameters such as `?options[search_path]=schema`). Does not migrate: call
+    /// [`Store::migrate`] before use. An unreachable server is `PortError::Unavailable`.
+    pub async fn connect(url: &str) -> Result<PgStore, PortError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| PortError::Internal(format!("bad PostgreSQL URL: {e}")))?;
+        Self::connect_with(options).await
+    }
+
+    /// Connects with options built by the caller (e.g. tests choosing a scratch schema).
+    /// Every connection forces `synchronous_commit = on`, so an acknowledged write is durable
+    /// whatever the server's default, and bounds statements and idle transactions, so a stuck
+    /// query or a hung node cannot hold sale locks forever.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<PgStore, PortError> {
+        let options = options
+            .options([
+                ("synchronous_commit", "on"),
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT,
+                ),
+            ])
+            .application_name("stampede");
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .port()?;
+        Ok(PgStore { pool })
+    }
+
+    /// Closes the pool, waiting for connections in use to come back: call on shutdown.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> PortResult<()> {
+        // sqlx's migrator holds a PostgreSQL advisory lock (keyed on the database) while it
+        // checks and applies migrations, so nodes starting together apply each one once.
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => error::port_error(e),
+            other => PortError::Internal(format!("migrate: {other}")),
+        })
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .port()
+            .map(|_| ())
+    }
+
+    async fn insert_user(&self, user: &User, password_hash: &str) -> PortResult<bool> {
+        users::insert(&self.pool, user, password_hash).await
+    }
+
+    async fn upsert_admin(&self, user: &User, password_hash: &str) -> PortResult<User> {
+        users::upsert_admin(&self.pool, user, password_hash).await
+    }
+
+    async fn credentials_by_email(&self, email: &str) -> PortResult<Option<Credentials>> {
+        users::credentials(&self.pool, email).await
+    }
+
+    async fn user(&self, id: &UserId) -> PortResult<Option<User>> {
+        users::by_id(&self.pool, id).await
+    }
+
+    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<()> {
+        users::insert_session(&self.pool, session, created_at).await
+    }
+
+    async fn session(&self, token_hash: &str) -> PortResult<Option<Session>> {
+        users::session(&self.pool, token_hash).await
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> PortResult<bool> {
+        users::delete_session(&self.pool, token_hash).await
+    }
+
+    async fn insert_sale(&self, sale: &Sale) -> PortResult<()> {
+        sales::insert(&self.pool, sale).await
+    }
+
+    async fn update_sale(&self, sale: &Sale) -> PortResult<bool> {
+        sales::update(&self.pool, sale).await
+    }
+
+    async fn sale(&self, id: &SaleId) -> PortResult<Option<Sale>> {
+        sales::by_id(&self.pool, id).await
+    }
+
+    async fn sales(&self) -> PortResult<Vec<Sale>> {
+        sales::all(&self.pool).await
+    }
+
+    async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {
+        holds::reserve(&self.pool, batch).await
+    }
+
+    async fn live_holds(&self, user: &UserId, now: Timestamp) -> PortResult<Vec<Hold>> {
+        holds::live(&self.pool, user, now).await
+    }
+
+    async fn release_hold(
+        &self,
+        user: &UserId,
+        hold: &HoldId,
+        now: Timestamp,
+    ) -> PortResult<Result<Hold, HoldError>> {
+        holds::release(&self.pool, user, hold, now).await
+    }
+
+    async fn resize_hold(
+        &self,
+        user: &UserId,
+        hold: &HoldId,
+        quantity: u32,
+        now: Timestamp,
+    ) -> PortResult<Result<Hold, HoldError>> {
+        holds::resize(&self.pool, user, hold, quantity, now).await
+    }
+
+    async fn expire_due_holds(&self, now: Timestamp, limit: u32) -> PortResult<Vec<Hold>> {
+        holds::expire_due(&self.pool, now, limit).await
+    }
+
+    async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
+        orders::create(&self.pool, order).await
+    }
+
+    async fn apply_payment(
+        &self,
+        order: &OrderId,
+        result: &PaymentResult,
+        now: Timestamp,
+    ) -> PortResult<Option<PaymentApplied>> {
+        orders::apply_payment(&self.pool, order, result, now).await
+    }
+
+    async fn order_by_payment_reference(&self, reference: &str) -> PortResult<Option<Order>> {
+        orders::by_payment_reference(&self.pool, reference).await
+    }
+
+    async fn order(&self, user: &UserId, order: &OrderId) -> PortResult<Option<Order>> {
+        orders::own(&self.pool, user, order).await
+    }
+
+    async fn orders(&self, user: &UserId) -> PortResult<Vec<Order>> {
+        orders::of_user(&self.pool, user).await
+    }
+
+    async fn cancel_order(
+        &self,
+        user: &UserId,
+        order: &OrderId,
+        now: Timestamp,
+    ) -> PortResult<Option<Result<Cancelled, String>>> {
+        orders::cancel(&self.pool, user, order, now).await
+    }
+
+    async fn idempotency_start(
+        &self,
+        user: &UserId,
+        key: &str,
+        request_hash: &str,
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> PortResult<IdempotencyStart> {
+        misc::idempotency_start(&self.pool, user, key, request_hash, now, lease_ms).await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        user: &UserId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> PortResult<()> {
+        misc::idempotency_finish(&self.pool, user, key, status, body).await
+    }
+
+    async fn idempotency_abandon(&self, user: &UserId, key: &str) -> PortResult<()> {
+        misc::idempotency_abandon(&self.pool, user, key).await
+    }
+
+    async fn webhook_event_seen(&self, event_id: &str) -> PortResult<bool> {
+        misc::webhook_event_seen(&self.pool, event_id).await
+    }
+
+    async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool> {
+        misc::record_webhook_event(&self.pool, event_id, now).await
+    }
+
+    async fn append_notification(&self, notification: &Notification) -> PortResult<()> {
+        misc::append_notification(&self.pool, notification).await
+    }
+
+    async fn notifications(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PortResult<Vec<Notification>> {
+        misc::notifications(&self.pool, user, after, limit).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {
+        misc::append_audit(&self.pool, entry).await
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
+        misc::audit(&self.pool, filter).await
+    }
+
+    async fn stock_audit(&self, sale: &SaleId) -> PortResult<Option<StockAudit>> {
+        report::stock_audit(&self.pool, sale).await
+    }
+
+    async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>> {
+        report::gate_seeds(&self.pool).await
+    }
+}

@@ -1,0 +1,1249 @@
+//! Conformance of a `Store` adapter to the port: the judge's rules (no oversell, per-buyer
+//! limits, holds ending once), orders and payments, idempotency, and a seeded randomized run
+//! against the reference model `stampede_core::judge::SaleLedger`.
+//!
+//! Every check is a plain `pub async fn(Arc<dyn Store>)` that expects a fresh, migrated, empty
+//! store; [`crate::store_conformance_tests!`] turns them into one `#[tokio::test]` per check for
+//! an adapter. Checks written once here are what "same behaviour in both modes" means.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use stampede_app::ports::{
+    AuditEntry, AuditFilter, Cancelled, CheckoutError, HoldError, IdempotencyStart, NewOrder,
+    PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store, User,
+};
+use stampede_core::judge::{LedgerError, Refusal, SaleLedger};
+use stampede_core::{
+    Currency, Hold, HoldId, HoldState, Money, Order, OrderId, OrderStatus, PaymentId,
+    PaymentStatus, Sale, SaleControl, SaleId, StockLevels, Timestamp, UserId,
+};
+
+/// The judge's clock reading most checks run at.
+pub const T0: Timestamp = Timestamp(1_700_000_000_000);
+/// How long the checks' sales hold units.
+pub const HOLD_SECS: u32 = 60;
+
+static SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn seq() -> u128 {
+    u128::from(SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `n`th test buyer: the same id every time, so checks can name buyers by number.
+pub fn user(n: u32) -> UserId {
+    UserId::generate(1_000, u128::from(n) + 1)
+}
+
+/// A fresh hold id, unique within the test process.
+pub fn hold_id() -> HoldId {
+    HoldId::generate(T0.0, seq())
+}
+
+/// The store under test, named as the checks were first written against.
+struct Fx {
+    store: Arc<dyn Store>,
+}
+
+/// A live sale (not yet stored) of `total` units at 25.00, `limit` per buyer.
+pub fn sale_with(total: i64, limit: u32, currency: &str) -> Sale {
+    Sale {
+        id: SaleId::generate(T0.0, seq()),
+        name: "Sneakers".into(),
+        description: "Limited run".into(),
+        original_price: Money(10_000),
+        sale_price: Money(2_500),
+        currency: Currency::parse(currency).unwrap(),
+        starts_at: T0.plus_secs(-3_600),
+        ends_at: T0.plus_secs(86_400),
+        per_user_limit: limit,
+        queue_required: false,
+        hold_seconds: HOLD_SECS,
+        control: SaleControl::Running,
+        stock: StockLevels::fresh(total),
+        created_at: T0.plus_secs(-7_200),
+        updated_at: T0.plus_secs(-7_200),
+    }
+}
+
+/// Stores a fresh live EUR sale and returns it.
+pub async fn new_sale(store: &dyn Store, total: i64, limit: u32) -> Sale {
+    let sale = sale_with(total, limit, "EUR");
+    store.insert_sale(&sale).await.unwrap();
+    sale
+}
+
+/// A reservation request with a fresh hold id.
+pub fn req(sale: &Sale, user: &UserId, quantity: u32, now: Timestamp) -> ReserveRequest {
+    ReserveRequest {
+        hold_id: hold_id(),
+        sale_id: sale.id.clone(),
+        user_id: user.clone(),
+        quantity,
+        now,
+    }
+}
+
+/// Reserves in a batch of one and expects a hold.
+pub async fn reserve_one(
+    store: &dyn Store,
+    sale: &Sale,
+    user: &UserId,
+    qty: u32,
+    now: Timestamp,
+) -> Hold {
+    let mut out = store.reserve(&[req(sale, user, qty, now)]).await.unwrap();
+    out.pop().unwrap().unwrap()
+}
+
+/// Asserts every invariant of the sale and returns its counters.
+pub async fn checked(store: &dyn Store, sale: &SaleId) -> StockLevels {
+    let audit = store.stock_audit(sale).await.unwrap().unwrap();
+    assert!(audit.invariant_ok(), "invariants broken: {audit:?}");
+    audit.counters
+}
+
+/// Shorthand for a `StockLevels`.
+pub fn levels(total: i64, available: i64, held: i64, sold: i64) -> StockLevels {
+    StockLevels {
+        total,
+        available,
+        held,
+        sold,
+    }
+}
+
+async fn checkout(
+    store: &dyn Store,
+    user: &UserId,
+    holds: &[&Hold],
+    now: Timestamp,
+) -> Result<Order, CheckoutError> {
+    store
+        .create_order(&NewOrder {
+            order_id: OrderId::generate(now.0, seq()),
+            payment_id: PaymentId::generate(now.0, seq()),
+            user_id: user.clone(),
+            hold_ids: holds.iter().map(|h| h.id.clone()).collect(),
+            method: "card".into(),
+            now,
+        })
+        .await
+        .unwrap()
+}
+
+fn authorized(reference: &str, retake: bool) -> PaymentResult {
+    PaymentResult::Authorized {
+        reference: reference.into(),
+        retake,
+    }
+}
+
+async fn pay(
+    store: &dyn Store,
+    order: &Order,
+    result: PaymentResult,
+    now: Timestamp,
+) -> PaymentApplied {
+    store
+        .apply_payment(&order.id, &result, now)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+// --- the judge ---------------------------------------------------------------------------
+
+/// One group-commit batch bigger than the stock: exactly the stock is held, in request order, the
+/// rest is sold out (invariant 1, no oversell).
+pub async fn one_batch_sells_exactly_the_stock(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 5, 2).await;
+    let batch: Vec<_> = (0..8).map(|u| req(&sale, &user(u), 1, T0)).collect();
+    let out = f.store.reserve(&batch).await.unwrap();
+    assert_eq!(out.len(), 8);
+    assert!(out[..5].iter().all(Result::is_ok), "{out:?}");
+    assert!(
+        out[5..].iter().all(|r| r == &Err(Refusal::SoldOut)),
+        "{out:?}"
+    );
+    for (r, q) in out.iter().zip(&batch) {
+        if let Ok(h) = r {
+            assert_eq!(h.id, q.hold_id);
+            assert_eq!(h.state, HoldState::Active);
+            assert_eq!(h.unit_price, Money(2_500));
+            assert_eq!(h.expires_at, T0.plus_secs(i64::from(HOLD_SECS)));
+        }
+    }
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 0, 5, 0));
+    let stored = f.store.sale(&sale.id).await.unwrap().unwrap();
+    assert_eq!(stored.stock, levels(5, 0, 5, 0));
+}
+
+/// A buyer's per-sale limit holds within one batch and across batches (invariant 2).
+pub async fn per_user_limit_holds_inside_one_batch(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 100, 2).await;
+    let u = user(1);
+    let batch: Vec<_> = (0..5).map(|_| req(&sale, &u, 1, T0)).collect();
+    let out = f.store.reserve(&batch).await.unwrap();
+    let ok = out.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 2, "{out:?}");
+    assert!(out[2..].iter().all(|r| r == &Err(Refusal::LimitExceeded)));
+    // The limit also holds across batches.
+    let again = f.store.reserve(&[req(&sale, &u, 1, T0)]).await.unwrap();
+    assert_eq!(again, vec![Err(Refusal::LimitExceeded)]);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(100, 98, 2, 0));
+}
+
+/// Refusals come in the contract's order: not live (missing, before start, at end, paused), then
+/// over the limit, then sold out.
+pub async fn refusals_follow_status_then_limit_then_stock(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 1, 2).await;
+    let u = user(1);
+    let missing = ReserveRequest {
+        sale_id: SaleId::generate(T0.0, seq()),
+        ..req(&sale, &u, 1, T0)
+    };
+    let before_start = req(&sale, &u, 1, sale.starts_at.plus_millis(-1));
+    let at_end = req(&sale, &u, 1, sale.ends_at);
+    let over_limit = req(&sale, &u, 3, T0);
+    let too_many = req(&sale, &u, 2, T0);
+    let out = f
+        .store
+        .reserve(&[missing, before_start, at_end, over_limit, too_many])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Err(Refusal::SaleNotLive),
+            Err(Refusal::SaleNotLive),
+            Err(Refusal::SaleNotLive),
+            Err(Refusal::LimitExceeded),
+            Err(Refusal::SoldOut),
+        ]
+    );
+    let mut paused = sale.clone();
+    paused.control = SaleControl::Paused;
+    assert!(f.store.update_sale(&paused).await.unwrap());
+    let out = f.store.reserve(&[req(&sale, &u, 1, T0)]).await.unwrap();
+    assert_eq!(out, vec![Err(Refusal::SaleNotLive)]);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(1, 1, 0, 0));
+}
+
+/// A retried hold id gets the same hold and takes stock once; another buyer reusing it is refused
+/// and never sees it.
+pub async fn duplicate_hold_id_returns_the_same_hold_and_takes_stock_once(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 10, 5).await;
+    let u = user(1);
+    let r = req(&sale, &u, 2, T0);
+    let out = f.store.reserve(&[r.clone(), r.clone()]).await.unwrap();
+    let first = out[0].clone().unwrap();
+    assert_eq!(out[1], Ok(first.clone()));
+    // A retry in a later batch (after a lost reply) too, even at a later clock reading.
+    let retry = ReserveRequest {
+        now: T0.plus_secs(5),
+        ..r.clone()
+    };
+    let out = f.store.reserve(&[retry]).await.unwrap();
+    assert_eq!(out, vec![Ok(first)]);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(10, 8, 2, 0));
+    // Someone else's id is never shown to another buyer.
+    let thief = ReserveRequest {
+        user_id: user(2),
+        ..r
+    };
+    let out = f.store.reserve(&[thief]).await.unwrap();
+    assert!(out[0].is_err());
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(10, 8, 2, 0));
+}
+
+/// Releasing returns stock and the buyer's units at once, and only the owner can release.
+pub async fn release_returns_stock_and_only_to_its_owner(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 3, 3).await;
+    let (a, b) = (user(1), user(2));
+    let h = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    assert_eq!(f.store.live_holds(&a, T0).await.unwrap(), vec![h.clone()]);
+    assert_eq!(
+        f.store.release_hold(&b, &h.id, T0).await.unwrap(),
+        Err(HoldError::NotFound)
+    );
+    assert_eq!(
+        f.store.release_hold(&a, &hold_id(), T0).await.unwrap(),
+        Err(HoldError::NotFound)
+    );
+    let released = f.store.release_hold(&a, &h.id, T0).await.unwrap().unwrap();
+    assert_eq!(released.state, HoldState::Released);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(3, 3, 0, 0));
+    assert_eq!(
+        f.store.release_hold(&a, &h.id, T0).await.unwrap(),
+        Err(HoldError::NotFound)
+    );
+    assert!(f.store.live_holds(&a, T0).await.unwrap().is_empty());
+    // The buyer's units came back too: the full limit is available again.
+    assert!(reserve_one(&*f.store, &sale, &a, 3, T0)
+        .await
+        .is_live_at(T0));
+}
+
+/// The sweeper expires due holds once each, within its limit, returning stock and units (invariant
+/// 4).
+pub async fn expiry_returns_stock_and_ends_each_hold_once(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 4, 4).await;
+    let (a, b) = (user(1), user(2));
+    let h1 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let h2 = reserve_one(&*f.store, &sale, &b, 2, T0.plus_secs(10)).await;
+    let due1 = h1.expires_at;
+    // Past expiry but not swept: not live, cannot be released.
+    assert!(f.store.live_holds(&a, due1).await.unwrap().is_empty());
+    assert_eq!(
+        f.store.release_hold(&a, &h1.id, due1).await.unwrap(),
+        Err(HoldError::Expired)
+    );
+    assert!(f
+        .store
+        .expire_due_holds(due1.plus_millis(-1), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let expired = f.store.expire_due_holds(due1, 100).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, h1.id);
+    assert_eq!(expired[0].state, HoldState::Expired);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(4, 2, 2, 0));
+    assert!(f
+        .store
+        .expire_due_holds(due1, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // The limit caps a sweep.
+    let late = h2.expires_at.plus_secs(1);
+    let h3 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    assert_eq!(f.store.expire_due_holds(late, 1).await.unwrap().len(), 1);
+    assert_eq!(f.store.expire_due_holds(late, 1).await.unwrap().len(), 1);
+    assert!(f.store.expire_due_holds(late, 1).await.unwrap().is_empty());
+    assert_eq!(
+        f.store.release_hold(&a, &h3.id, late).await.unwrap(),
+        Err(HoldError::NotFound)
+    );
+    let audit = f.store.stock_audit(&sale.id).await.unwrap().unwrap();
+    assert!(audit.invariant_ok());
+    assert_eq!(audit.counters, levels(4, 4, 0, 0));
+    assert_eq!(audit.holds_expired, 3);
+    // Everyone's units are back: the gate is rebuilt with nothing held.
+    let seeds = f.store.gate_seeds().await.unwrap();
+    assert_eq!(seeds.len(), 1);
+    assert_eq!(seeds[0].available, 4);
+    assert!(seeds[0].user_units.is_empty());
+}
+
+/// Growing a hold is judged like a reservation; shrinking returns units; expired or in-order holds
+/// cannot change.
+pub async fn resize_judges_growth_and_returns_shrinkage(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 4, 3).await;
+    let (a, b) = (user(1), user(2));
+    let h = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let grown = f
+        .store
+        .resize_hold(&a, &h.id, 3, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grown.quantity, 3);
+    assert_eq!(grown.expires_at, h.expires_at);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(4, 1, 3, 0));
+    assert_eq!(
+        f.store.resize_hold(&a, &h.id, 4, T0).await.unwrap(),
+        Err(HoldError::Refused(Refusal::LimitExceeded))
+    );
+    let hb = reserve_one(&*f.store, &sale, &b, 1, T0).await;
+    assert_eq!(
+        f.store.resize_hold(&b, &hb.id, 2, T0).await.unwrap(),
+        Err(HoldError::Refused(Refusal::SoldOut))
+    );
+    assert_eq!(
+        f.store.resize_hold(&b, &h.id, 1, T0).await.unwrap(),
+        Err(HoldError::NotFound)
+    );
+    let shrunk = f
+        .store
+        .resize_hold(&a, &h.id, 1, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shrunk.quantity, 1);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(4, 2, 2, 0));
+    assert!(f.store.resize_hold(&a, &h.id, 0, T0).await.is_err());
+    assert_eq!(
+        f.store
+            .resize_hold(&a, &h.id, 2, h.expires_at)
+            .await
+            .unwrap(),
+        Err(HoldError::Expired)
+    );
+    // A hold being paid for cannot change.
+    checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    assert_eq!(
+        f.store.resize_hold(&a, &h.id, 2, T0).await.unwrap(),
+        Err(HoldError::InPendingOrder)
+    );
+    assert_eq!(
+        f.store.release_hold(&a, &h.id, T0).await.unwrap(),
+        Err(HoldError::InPendingOrder)
+    );
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(4, 2, 2, 0));
+}
+
+/// Concurrent batches on one sale never sell more than the stock.
+pub async fn concurrent_batches_never_oversell(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let store = Arc::clone(&f.store);
+    let sale = new_sale(&*store, 25, 1).await;
+    let mut tasks = Vec::new();
+    for t in 0..8_u32 {
+        let store = Arc::clone(&store);
+        let sale = sale.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<_> = (0..10)
+                .map(|i| req(&sale, &user(t * 10 + i), 1, T0))
+                .collect();
+            store.reserve(&batch).await.unwrap()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap().iter().filter(|r| r.is_ok()).count();
+    }
+    assert_eq!(ok, 25);
+    assert_eq!(checked(&*store, &sale.id).await, levels(25, 0, 25, 0));
+}
+
+// --- orders and payments -----------------------------------------------------------------
+
+/// Checkout, authorization and refund move held → sold → available; replays change nothing; orders
+/// are private to their buyer.
+pub async fn paid_order_sells_and_cancel_refunds(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 5, 3).await;
+    let (a, b) = (user(1), user(2));
+    let h1 = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let h2 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let order = checkout(&*f.store, &a, &[&h1, &h2], T0).await.unwrap();
+    assert_eq!(order.status, OrderStatus::PendingPayment);
+    assert_eq!(order.total, Money(7_500));
+    assert_eq!(order.items.len(), 2);
+    assert_eq!(order.items[0].hold_id, h1.id);
+    let payment = order.payment.clone().unwrap();
+    assert_eq!(payment.status, PaymentStatus::Pending);
+    assert_eq!(payment.amount, Money(7_500));
+
+    let later = T0.plus_secs(1);
+    let done = pay(&*f.store, &order, authorized("ref-1", false), later).await;
+    let PaymentApplied::Done(paid) = done else {
+        panic!("{done:?}")
+    };
+    assert_eq!(paid.status, OrderStatus::Confirmed);
+    let p = paid.payment.clone().unwrap();
+    assert_eq!(p.status, PaymentStatus::Captured);
+    assert_eq!(p.reference.as_deref(), Some("ref-1"));
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 2, 0, 3));
+    assert!(f.store.live_holds(&a, later).await.unwrap().is_empty());
+    // A replayed webhook changes nothing.
+    let again = pay(&*f.store, &order, authorized("ref-1", false), later).await;
+    assert_eq!(again, PaymentApplied::AlreadySettled(paid.clone()));
+
+    assert_eq!(
+        f.store.order_by_payment_reference("ref-1").await.unwrap(),
+        Some(paid.clone())
+    );
+    assert_eq!(
+        f.store.order(&a, &order.id).await.unwrap(),
+        Some(paid.clone())
+    );
+    assert_eq!(f.store.order(&b, &order.id).await.unwrap(), None);
+    assert_eq!(
+        f.store.cancel_order(&b, &order.id, later).await.unwrap(),
+        None
+    );
+
+    let cancelled = f.store.cancel_order(&a, &order.id, later).await.unwrap();
+    let Some(Ok(Cancelled::Refunded {
+        order: refunded,
+        reference,
+    })) = cancelled
+    else {
+        panic!("{cancelled:?}")
+    };
+    assert_eq!(reference, "ref-1");
+    assert_eq!(refunded.status, OrderStatus::Refunded);
+    assert_eq!(refunded.payment.unwrap().status, PaymentStatus::Refunded);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 5, 0, 0));
+    assert_eq!(
+        f.store.cancel_order(&a, &order.id, later).await.unwrap(),
+        Some(Err("refunded".to_owned()))
+    );
+    // The refunded units count against nobody: the buyer may reserve the full limit again.
+    assert!(reserve_one(&*f.store, &sale, &a, 3, later)
+        .await
+        .is_live_at(later));
+    assert_eq!(
+        f.store
+            .apply_payment(&OrderId::generate(0, seq()), &authorized("x", false), later)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// A buyer's orders list newest first, each with its items and payment.
+pub async fn orders_are_listed_newest_first_with_items_and_payment(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 10, 10).await;
+    let a = user(1);
+    let h1 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let h2 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let o1 = checkout(&*f.store, &a, &[&h1], T0).await.unwrap();
+    let o2 = checkout(&*f.store, &a, &[&h2], T0.plus_secs(1))
+        .await
+        .unwrap();
+    let list = f.store.orders(&a).await.unwrap();
+    assert_eq!(list, vec![o2, o1]);
+    assert!(list
+        .iter()
+        .all(|o| o.payment.is_some() && o.items.len() == 1));
+    assert!(f.store.orders(&user(2)).await.unwrap().is_empty());
+}
+
+/// Checkout refuses others' holds, expired holds, holds in a pending order and mixed currencies;
+/// cancelling frees the holds.
+pub async fn checkout_refuses_foreign_expired_busy_and_mixed_holds(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let eur = new_sale(&*f.store, 10, 10).await;
+    let usd = sale_with(10, 10, "USD");
+    f.store.insert_sale(&usd).await.unwrap();
+    let (a, b) = (user(1), user(2));
+    let ha = reserve_one(&*f.store, &eur, &a, 1, T0).await;
+    let hb = reserve_one(&*f.store, &eur, &b, 1, T0).await;
+    let hu = reserve_one(&*f.store, &usd, &a, 1, T0).await;
+    assert_eq!(
+        checkout(&*f.store, &a, &[&hb], T0).await,
+        Err(CheckoutError::HoldNotFound)
+    );
+    assert_eq!(
+        checkout(&*f.store, &a, &[&ha], ha.expires_at).await,
+        Err(CheckoutError::HoldExpired)
+    );
+    assert_eq!(
+        checkout(&*f.store, &a, &[&ha, &hu], T0).await,
+        Err(CheckoutError::MixedCurrencies)
+    );
+    let pending = checkout(&*f.store, &a, &[&ha], T0).await.unwrap();
+    assert_eq!(
+        checkout(&*f.store, &a, &[&ha], T0).await,
+        Err(CheckoutError::HoldInPendingOrder)
+    );
+    // Cancelling the pending order lets the hold go; it is still live and usable.
+    let c = f.store.cancel_order(&a, &pending.id, T0).await.unwrap();
+    let Some(Ok(Cancelled::Cancelled(cancelled))) = c else {
+        panic!("{c:?}")
+    };
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert_eq!(cancelled.payment.unwrap().status, PaymentStatus::Voided);
+    assert!(checkout(&*f.store, &a, &[&ha], T0).await.is_ok());
+    assert_eq!(
+        f.store.cancel_order(&a, &pending.id, T0).await.unwrap(),
+        Some(Err("cancelled".to_owned()))
+    );
+    assert_eq!(checked(&*f.store, &eur.id).await, levels(10, 8, 2, 0));
+}
+
+/// A pending then declined payment keeps the holds for another order, which can then be paid.
+pub async fn declined_payment_leaves_holds_for_another_try(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 5, 5).await;
+    let a = user(1);
+    let h = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let o1 = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let pending = pay(
+        &*f.store,
+        &o1,
+        PaymentResult::Pending {
+            reference: "ref-async".into(),
+        },
+        T0,
+    )
+    .await;
+    let PaymentApplied::Done(pending) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(pending.status, OrderStatus::PendingPayment);
+    assert_eq!(
+        pending.payment.as_ref().unwrap().reference.as_deref(),
+        Some("ref-async")
+    );
+    assert_eq!(
+        f.store
+            .order_by_payment_reference("ref-async")
+            .await
+            .unwrap()
+            .map(|o| o.id),
+        Some(o1.id.clone())
+    );
+    let declined = pay(
+        &*f.store,
+        &o1,
+        PaymentResult::Declined {
+            reference: None,
+            reason: "insufficient_funds".into(),
+        },
+        T0,
+    )
+    .await;
+    let PaymentApplied::Done(failed) = declined else {
+        panic!("{declined:?}")
+    };
+    assert_eq!(failed.status, OrderStatus::PaymentFailed);
+    let p = failed.payment.unwrap();
+    assert_eq!(p.status, PaymentStatus::Declined);
+    assert_eq!(p.failure_reason.as_deref(), Some("insufficient_funds"));
+    assert_eq!(p.reference.as_deref(), Some("ref-async"));
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 3, 2, 0));
+    assert_eq!(f.store.live_holds(&a, T0).await.unwrap(), vec![h.clone()]);
+
+    let o2 = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let done = pay(&*f.store, &o2, authorized("ref-2", false), T0).await;
+    assert!(matches!(done, PaymentApplied::Done(ref o) if o.status == OrderStatus::Confirmed));
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 3, 0, 2));
+    assert_eq!(
+        f.store.cancel_order(&a, &o1.id, T0).await.unwrap(),
+        Some(Err("payment_failed".to_owned()))
+    );
+}
+
+/// An authorization after the hold expired, without retake, fails the order and moves no stock.
+pub async fn late_authorization_without_retake_lapses_and_moves_no_stock(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 3, 3).await;
+    let a = user(1);
+    let h = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let late = h.expires_at.plus_secs(1);
+    assert_eq!(f.store.expire_due_holds(late, 10).await.unwrap().len(), 1);
+    let before = checked(&*f.store, &sale.id).await;
+    assert_eq!(before, levels(3, 3, 0, 0));
+    let out = pay(&*f.store, &order, authorized("ref-late", false), late).await;
+    let PaymentApplied::HoldLapsed(failed) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(failed.status, OrderStatus::PaymentFailed);
+    let p = failed.payment.unwrap();
+    assert_eq!(p.status, PaymentStatus::Voided);
+    assert_eq!(p.failure_reason.as_deref(), Some("hold_expired"));
+    assert_eq!(p.reference.as_deref(), Some("ref-late"));
+    assert_eq!(checked(&*f.store, &sale.id).await, before);
+}
+
+/// With retake, a late authorization takes the stock again and counts against the buyer's limit.
+pub async fn late_authorization_with_retake_takes_the_stock_again(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 3, 2).await;
+    let a = user(1);
+    let h = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let late = h.expires_at.plus_secs(1);
+    assert_eq!(f.store.expire_due_holds(late, 10).await.unwrap().len(), 1);
+    let out = pay(&*f.store, &order, authorized("ref-late", true), late).await;
+    let PaymentApplied::Done(paid) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(paid.status, OrderStatus::Confirmed);
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(3, 1, 0, 2));
+    // The retaken units count against the buyer's limit.
+    let more = f.store.reserve(&[req(&sale, &a, 1, late)]).await.unwrap();
+    assert_eq!(more, vec![Err(Refusal::LimitExceeded)]);
+}
+
+/// A retake of a due but unswept hold expires it first, so the outcome does not depend on the
+/// sweeper.
+pub async fn retake_of_an_unswept_hold_expires_it_first(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 3, 3).await;
+    let a = user(1);
+    let h = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let late = h.expires_at;
+    let out = pay(&*f.store, &order, authorized("ref", true), late).await;
+    assert!(matches!(out, PaymentApplied::Done(ref o) if o.status == OrderStatus::Confirmed));
+    let audit = f.store.stock_audit(&sale.id).await.unwrap().unwrap();
+    assert!(audit.invariant_ok(), "{audit:?}");
+    assert_eq!(audit.counters, levels(3, 1, 0, 2));
+    assert_eq!(audit.holds_expired, 1);
+    assert_eq!(audit.orders, 1);
+    // The sweeper has nothing left to do for it.
+    assert!(f.store.expire_due_holds(late, 10).await.unwrap().is_empty());
+}
+
+/// An authorization over several holds is all or nothing: one lost hold fails it and no stock
+/// moves.
+pub async fn authorization_is_all_or_nothing_across_holds(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let first = new_sale(&*f.store, 5, 5).await;
+    let mut short = sale_with(1, 5, "EUR");
+    short.hold_seconds = 1;
+    f.store.insert_sale(&short).await.unwrap();
+    let (a, b) = (user(1), user(2));
+    let long_hold = reserve_one(&*f.store, &first, &a, 2, T0).await;
+    let short_hold = reserve_one(&*f.store, &short, &a, 1, T0).await;
+    let order = checkout(&*f.store, &a, &[&long_hold, &short_hold], T0)
+        .await
+        .unwrap();
+    let late = short_hold.expires_at;
+    assert_eq!(f.store.expire_due_holds(late, 10).await.unwrap().len(), 1);
+    // Somebody else takes the last unit of the short sale.
+    reserve_one(&*f.store, &short, &b, 1, late).await;
+    let before = (
+        checked(&*f.store, &first.id).await,
+        checked(&*f.store, &short.id).await,
+    );
+    let out = pay(&*f.store, &order, authorized("ref", true), late).await;
+    assert!(matches!(out, PaymentApplied::HoldLapsed(_)), "{out:?}");
+    let after = (
+        checked(&*f.store, &first.id).await,
+        checked(&*f.store, &short.id).await,
+    );
+    assert_eq!(before, after);
+    assert_eq!(after.0, levels(5, 3, 2, 0));
+    // The live hold was let go of the failed order and can be bought on its own.
+    let again = checkout(&*f.store, &a, &[&long_hold], late).await.unwrap();
+    let out = pay(&*f.store, &again, authorized("ref-2", false), late).await;
+    assert!(matches!(out, PaymentApplied::Done(_)));
+    assert_eq!(checked(&*f.store, &first.id).await, levels(5, 3, 0, 2));
+}
+
+// --- users, sessions, sales --------------------------------------------------------------
+
+fn a_user(n: u32, email: &str, role: Role) -> User {
+    User {
+        id: user(n),
+        email: email.into(),
+        name: format!("user {n}"),
+        role,
+        created_at: T0,
+    }
+}
+
+/// Users have unique emails; sessions follow role changes; admins are created or promoted in place.
+pub async fn users_sessions_and_admins(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let alice = a_user(1, "alice@example.com", Role::Buyer);
+    assert!(f.store.insert_user(&alice, "hash-a").await.unwrap());
+    let dup = a_user(2, "alice@example.com", Role::Buyer);
+    assert!(!f.store.insert_user(&dup, "hash-x").await.unwrap());
+    assert_eq!(f.store.user(&alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(f.store.user(&dup.id).await.unwrap(), None);
+    let creds = f
+        .store
+        .credentials_by_email("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.password_hash, "hash-a");
+    assert_eq!(creds.user, alice);
+
+    let session = Session {
+        token_hash: "t1".into(),
+        user_id: alice.id.clone(),
+        role: Role::Buyer,
+        expires_at: T0.plus_secs(3_600),
+    };
+    f.store.insert_session(&session, T0).await.unwrap();
+    assert_eq!(f.store.session("t1").await.unwrap(), Some(session.clone()));
+
+    // Promoting an existing user keeps their id and changes role and password.
+    let promoted = f
+        .store
+        .upsert_admin(&a_user(3, "alice@example.com", Role::Admin), "hash-admin")
+        .await
+        .unwrap();
+    assert_eq!(promoted.id, alice.id);
+    assert_eq!(promoted.role, Role::Admin);
+    assert_eq!(
+        f.store.session("t1").await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    let creds = f
+        .store
+        .credentials_by_email("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.password_hash, "hash-admin");
+    let root = f
+        .store
+        .upsert_admin(&a_user(4, "root@example.com", Role::Admin), "h")
+        .await
+        .unwrap();
+    assert_eq!(root.id, user(4));
+
+    assert!(f.store.delete_session("t1").await.unwrap());
+    assert!(!f.store.delete_session("t1").await.unwrap());
+    assert_eq!(f.store.session("t1").await.unwrap(), None);
+}
+
+/// Changing a sale's total moves `available` with it, never below zero.
+pub async fn update_sale_moves_available_with_total(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 5, 5).await;
+    reserve_one(&*f.store, &sale, &user(1), 3, T0).await;
+    let mut more = sale.clone();
+    more.name = "Sneakers v2".into();
+    more.stock.total = 8;
+    more.updated_at = T0;
+    assert!(f.store.update_sale(&more).await.unwrap());
+    let stored = f.store.sale(&sale.id).await.unwrap().unwrap();
+    assert_eq!(stored.name, "Sneakers v2");
+    assert_eq!(stored.updated_at, T0);
+    assert_eq!(stored.stock, levels(8, 5, 3, 0));
+    let mut fewer = more.clone();
+    fewer.stock.total = 2; // would leave available at -1
+    assert!(!f.store.update_sale(&fewer).await.unwrap());
+    fewer.stock.total = 3;
+    assert!(f.store.update_sale(&fewer).await.unwrap());
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(3, 0, 3, 0));
+    let ghost = sale_with(1, 1, "EUR");
+    assert!(!f.store.update_sale(&ghost).await.unwrap());
+    f.store.insert_sale(&ghost).await.unwrap();
+    let ids: Vec<_> = f
+        .store
+        .sales()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&ghost.id) && ids.contains(&sale.id));
+}
+
+// --- idempotency, webhooks, audit --------------------------------------------------------
+
+/// Idempotency keys: proceed, in progress, mismatch, lease takeover, replay, abandon; keys are per
+/// user.
+pub async fn idempotency_keys(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let (a, b) = (user(1), user(2));
+    let s = &*f.store;
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h1", T0, 1_000).await.unwrap(),
+        IdempotencyStart::Proceed
+    );
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h1", T0.plus_millis(10), 1_000)
+            .await
+            .unwrap(),
+        IdempotencyStart::InProgress
+    );
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h2", T0.plus_millis(10), 1_000)
+            .await
+            .unwrap(),
+        IdempotencyStart::Mismatch
+    );
+    // Keys are per user.
+    assert_eq!(
+        s.idempotency_start(&b, "k", "h9", T0, 1_000).await.unwrap(),
+        IdempotencyStart::Proceed
+    );
+    // The lease lapses: the claim is taken over, and the new claimant owns it.
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h1", T0.plus_millis(1_000), 1_000)
+            .await
+            .unwrap(),
+        IdempotencyStart::Proceed
+    );
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h1", T0.plus_millis(1_500), 1_000)
+            .await
+            .unwrap(),
+        IdempotencyStart::InProgress
+    );
+    s.idempotency_finish(&a, "k", 201, "{\"ok\":true}")
+        .await
+        .unwrap();
+    let replay = IdempotencyStart::Replay {
+        status: 201,
+        body: "{\"ok\":true}".into(),
+    };
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h1", T0.plus_secs(99), 1_000)
+            .await
+            .unwrap(),
+        replay
+    );
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h2", T0.plus_secs(99), 1_000)
+            .await
+            .unwrap(),
+        IdempotencyStart::Mismatch
+    );
+    // Abandon only drops unanswered claims.
+    s.idempotency_abandon(&a, "k").await.unwrap();
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h1", T0.plus_secs(99), 1_000)
+            .await
+            .unwrap(),
+        replay
+    );
+    s.idempotency_abandon(&b, "k").await.unwrap();
+    assert_eq!(
+        s.idempotency_start(&b, "k", "h9", T0, 1_000).await.unwrap(),
+        IdempotencyStart::Proceed
+    );
+}
+
+/// A webhook event id is recorded once.
+pub async fn webhook_events_are_seen_once(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    assert!(f.store.record_webhook_event("evt_1", T0).await.unwrap());
+    assert!(!f
+        .store
+        .record_webhook_event("evt_1", T0.plus_secs(1))
+        .await
+        .unwrap());
+    assert!(f.store.record_webhook_event("evt_2", T0).await.unwrap());
+}
+
+/// The audit log filters by actor and action and pages by id, oldest first.
+pub async fn audit_log_filters_and_pages(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    for (i, (actor, action)) in [
+        ("admin1", "sale.create"),
+        ("system", "payment.capture"),
+        ("admin1", "sale.pause"),
+        ("admin2", "sale.create"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let entry = AuditEntry {
+            id: format!("01J000000000000000000000{i:02}"),
+            at: T0.plus_secs(i64::try_from(i).unwrap()),
+            actor: actor.into(),
+            action: action.into(),
+            target: "sale-x".into(),
+            before: (i == 2).then(|| serde_json::json!({"control": "running"})),
+            after: Some(serde_json::json!({"i": i})),
+        };
+        f.store.append_audit(&entry).await.unwrap();
+    }
+    let all = f
+        .store
+        .audit(&AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(
+        all[2].before,
+        Some(serde_json::json!({"control": "running"}))
+    );
+    let by_actor = f
+        .store
+        .audit(&AuditFilter {
+            actor: Some("admin1".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_actor
+            .iter()
+            .map(|e| e.action.as_str())
+            .collect::<Vec<_>>(),
+        ["sale.create", "sale.pause"]
+    );
+    let page = f
+        .store
+        .audit(&AuditFilter {
+            action: Some("sale.create".into()),
+            after: Some(all[0].id.clone()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].actor, "admin2");
+    let limited = f
+        .store
+        .audit(&AuditFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited, all[..2].to_vec());
+}
+
+// --- randomized comparison against the reference model -----------------------------------
+
+/// xorshift64*: deterministic, no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What the store knows about a model hold.
+struct Pair {
+    hold: Hold,
+    order: Option<OrderId>,
+}
+
+async fn compare(store: &dyn Store, sale: &SaleId, model: &SaleLedger, users: u32, step: usize) {
+    let audit = store.stock_audit(sale).await.unwrap().unwrap();
+    assert!(audit.invariant_ok(), "step {step}: {audit:?}");
+    assert_eq!(audit.counters, model.stock, "step {step}");
+    let expired = model
+        .holds
+        .values()
+        .filter(|h| h.state == HoldState::Expired)
+        .count();
+    assert_eq!(
+        audit.holds_expired,
+        i64::try_from(expired).unwrap(),
+        "step {step}"
+    );
+    assert_eq!(model.check(), Ok(()), "step {step}");
+    let seeds = store.gate_seeds().await.unwrap();
+    let seed = seeds.iter().find(|s| &s.sale_id == sale).unwrap();
+    assert_eq!(seed.available, model.stock.available, "step {step}");
+    let units: HashMap<UserId, u32> = seed.user_units.iter().cloned().collect();
+    for u in 0..users {
+        let stored = units.get(&user(u)).copied().map_or(0, i64::from);
+        assert_eq!(stored, model.units_of(u), "step {step}: units of user {u}");
+    }
+}
+
+async fn randomized_run(
+    store: &Arc<dyn Store>,
+    seed: u64,
+    steps: usize,
+) -> BTreeMap<&'static str, u32> {
+    const USERS: u32 = 5;
+    let f = Fx {
+        store: Arc::clone(store),
+    };
+    let mut rng = Rng(seed);
+    let total = 4 + i64::try_from(rng.below(10)).unwrap();
+    let limit = 1 + u32::try_from(rng.below(4)).unwrap();
+    let mut sale = sale_with(total, limit, "EUR");
+    sale.hold_seconds = 3;
+    f.store.insert_sale(&sale).await.unwrap();
+    let mut model = SaleLedger::new(total, limit, 3_000);
+    let mut pairs: BTreeMap<u64, Pair> = BTreeMap::new();
+    let mut now = T0;
+    // How often each kind of operation actually did something, so a run that never pays or
+    // never expires anything fails instead of passing vacuously.
+    let mut did: BTreeMap<&str, u32> = BTreeMap::new();
+
+    for step in 0..steps {
+        let ids: Vec<u64> = pairs.keys().copied().collect();
+        let pick = |r: u64| {
+            ids.get(usize::try_from(r).unwrap() % ids.len().max(1))
+                .copied()
+        };
+        match rng.below(12) {
+            // A group commit of a few requests, judged in order.
+            0..=3 => {
+                let n = 1 + rng.below(3);
+                let mut batch = Vec::new();
+                let mut who = Vec::new();
+                for _ in 0..n {
+                    let u = u32::try_from(rng.below(u64::from(USERS))).unwrap();
+                    let q = 1 + u32::try_from(rng.below(3)).unwrap();
+                    batch.push(req(&sale, &user(u), q, now));
+                    who.push((u, q));
+                }
+                let out = f.store.reserve(&batch).await.unwrap();
+                for ((u, q), got) in who.into_iter().zip(out) {
+                    match (model.reserve(u, q, now), got) {
+                        (Ok(id), Ok(hold)) => {
+                            *did.entry("reserve").or_default() += 1;
+                            pairs.insert(id, Pair { hold, order: None });
+                        }
+                        (Err(LedgerError::Refused(want)), Err(refusal)) => {
+                            *did.entry("refused").or_default() += 1;
+                            assert_eq!(want, refusal, "step {step}")
+                        }
+                        (want, got) => panic!("step {step}: model {want:?}, store {got:?}"),
+                    }
+                }
+            }
+            4 => {
+                if let Some(id) = pick(rng.next()) {
+                    let p = &pairs[&id];
+                    let want = model.release(id, now);
+                    let got = f
+                        .store
+                        .release_hold(&p.hold.user_id, &p.hold.id, now)
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        want.is_ok(),
+                        got.is_ok(),
+                        "step {step}: {want:?} vs {got:?}"
+                    );
+                    if got.is_ok() {
+                        *did.entry("release").or_default() += 1;
+                    }
+                }
+            }
+            5 | 6 => {
+                if let Some(id) = pick(rng.next()) {
+                    let want = model.pay(id, now);
+                    let p = pairs.get_mut(&id).unwrap();
+                    let got = checkout(&*f.store, &p.hold.user_id, &[&p.hold], now).await;
+                    assert_eq!(
+                        want.is_ok(),
+                        got.is_ok(),
+                        "step {step}: {want:?} vs {got:?}"
+                    );
+                    if let Ok(order) = got {
+                        let out = pay(
+                            &*f.store,
+                            &order,
+                            authorized(&format!("ref-{seed:x}-{step}"), false),
+                            now,
+                        )
+                        .await;
+                        assert!(
+                            matches!(out, PaymentApplied::Done(ref o) if o.status == OrderStatus::Confirmed),
+                            "step {step}: {out:?}"
+                        );
+                        p.order = Some(order.id);
+                        *did.entry("pay").or_default() += 1;
+                    }
+                }
+            }
+            7 => {
+                if let Some(id) = pick(rng.next()) {
+                    let want = model.refund(id);
+                    let p = &pairs[&id];
+                    match &p.order {
+                        Some(order) => {
+                            let got = f
+                                .store
+                                .cancel_order(&p.hold.user_id, order, now)
+                                .await
+                                .unwrap()
+                                .unwrap();
+                            assert_eq!(
+                                want.is_ok(),
+                                got.is_ok(),
+                                "step {step}: {want:?} vs {got:?}"
+                            );
+                            if got.is_ok() {
+                                *did.entry("refund").or_default() += 1;
+                            }
+                        }
+                        None => assert!(want.is_err(), "step {step}"),
+                    }
+                }
+            }
+            // Checkouts that do not end in a sale: the model does not change.
+            8 => {
+                if let Some(id) = pick(rng.next()) {
+                    let p = &pairs[&id];
+                    let live = model.holds[&id].state == HoldState::Active
+                        && now < model.holds[&id].expires_at;
+                    let got = checkout(&*f.store, &p.hold.user_id, &[&p.hold], now).await;
+                    assert_eq!(live, got.is_ok(), "step {step}: {got:?}");
+                    if let Ok(order) = got {
+                        *did.entry("abandoned checkout").or_default() += 1;
+                        if rng.below(2) == 0 {
+                            let declined = PaymentResult::Declined {
+                                reference: Some(format!("ref-d{seed:x}-{step}")),
+                                reason: "declined".into(),
+                            };
+                            pay(&*f.store, &order, declined, now).await;
+                        } else {
+                            let c = f
+                                .store
+                                .cancel_order(&p.hold.user_id, &order.id, now)
+                                .await
+                                .unwrap();
+                            assert!(
+                                matches!(c, Some(Ok(Cancelled::Cancelled(_)))),
+                                "step {step}"
+                            );
+                        }
+                    }
+                }
+            }
+            9 | 10 => now = now.plus_millis(i64::try_from(rng.below(2_000)).unwrap()),
+            _ => {
+                let want = model.expire_due(now);
+                let got = f.store.expire_due_holds(now, 1_000).await.unwrap();
+                assert_eq!(want, got.len(), "step {step}");
+                *did.entry("expired").or_default() += u32::try_from(want).unwrap();
+            }
+        }
+        compare(&*f.store, &sale.id, &model, USERS, step).await;
+    }
+    let end = now.plus_secs(10);
+    assert_eq!(
+        model.expire_due(end),
+        f.store.expire_due_holds(end, 1_000).await.unwrap().len()
+    );
+    compare(&*f.store, &sale.id, &model, USERS, steps).await;
+    assert_eq!(model.stock.held, 0);
+    did
+}
+
+/// Conformance check `randomized_operations_match_the_reference_model`: three seeded runs (each
+/// on its own sale in the same store) compared step by step with `SaleLedger`.
+pub async fn randomized_operations_match_the_reference_model(store: Arc<dyn Store>) {
+    let mut did: BTreeMap<&str, u32> = BTreeMap::new();
+    for seed in [0x9E37_79B9_7F4A_7C15, 0xD1B5_4A32_D192_ED03, 42] {
+        for (op, n) in randomized_run(&store, seed, 200).await {
+            *did.entry(op).or_default() += n;
+        }
+    }
+    println!("randomized coverage: {did:?}");
+    for op in [
+        "reserve",
+        "refused",
+        "release",
+        "pay",
+        "refund",
+        "abandoned checkout",
+        "expired",
+    ] {
+        assert!(
+            did.get(op).copied().unwrap_or(0) >= 3,
+            "too few {op}: {did:?}"
+        );
+    }
+}
