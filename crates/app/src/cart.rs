@@ -43,6 +43,9 @@ fn passed(verdict: GateVerdict) -> Result<(), AppError> {
         GateVerdict::Pass => Ok(()),
         GateVerdict::SoldOut => Err(AppError::SoldOut),
         GateVerdict::LimitExceeded => Err(AppError::LimitExceeded),
+        GateVerdict::Unseeded => Err(AppError::Unavailable(
+            "the gate is being seeded from the judge".into(),
+        )),
     }
 }
 

@@ -24,7 +24,7 @@ impl App {
             data,
         };
         match self.store.append_notification(&n).await {
-            Ok(()) => {
+            Ok(_) => {
                 metrics::counter!("stampede_notifications_total", "kind" => kind.to_owned())
                     .increment(1);
                 self.bus.publish(Event::Notified { notification: n });

@@ -220,6 +220,24 @@ pub struct Notification {
     pub data: serde_json::Value,
 }
 
+/// Something that happened to a buyer's order, written by the store in the SAME transaction
+/// as the change it reports (the transactional outbox), so a crash between the two cannot
+/// lose it. Delivered at least once by the relay; its effect (a notification whose id is the
+/// event's id) is applied once.
+///
+/// Written by `apply_payment` when an order becomes `confirmed` (kind `order_confirmed`,
+/// data `{order_id, total, currency}`) or `payment_failed` (kind `payment_failed`, data
+/// `{order_id, reason}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// A ULID: sorts by time; consumers de-duplicate by it.
+    pub id: String,
+    pub user_id: UserId,
+    pub kind: String,
+    pub created_at: Timestamp,
+    pub data: serde_json::Value,
+}
+
 /// The judge's own accounting of one sale, for the metrics endpoint and the invariant check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StockAudit {
@@ -368,7 +386,9 @@ pub trait Store: Send + Sync + 'static {
     async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool>;
 
     // --- notifications
-    async fn append_notification(&self, notification: &Notification) -> PortResult<()>;
+    /// Adds a notification to the buyer's feed; `Ok(false)` (nothing written) if one with the
+    /// same id exists, so a redelivered event takes effect once.
+    async fn append_notification(&self, notification: &Notification) -> PortResult<bool>;
     /// The buyer's notifications with id greater than `after`, oldest first, at most `limit`.
     async fn notifications(
         &self,
@@ -376,6 +396,21 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> PortResult<Vec<Notification>>;
+
+    // --- the outbox
+    /// Leases up to `limit` undelivered outbox events, oldest first, until `now + lease_ms`:
+    /// another relay (on any node) skips them until the lease lapses, so relays never step
+    /// on each other and a relay that dies mid-way is taken over.
+    async fn outbox_claim(
+        &self,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: u32,
+    ) -> PortResult<Vec<OutboxEvent>>;
+    /// Marks events delivered (the bus has confirmed them); they are never claimed again.
+    async fn outbox_delivered(&self, ids: &[String]) -> PortResult<()>;
+    /// How many events wait, and the `created_at` of the oldest (for the outbox-lag metric).
+    async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)>;
 
     // --- audit, metrics, reconciliation
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()>;
@@ -394,6 +429,9 @@ pub enum GateVerdict {
     Pass,
     SoldOut,
     LimitExceeded,
+    /// The gate does not know this sale (a shared gate was flushed or restarted empty): seed
+    /// it from the judge with [`Gate::seed`] and ask again.
+    Unseeded,
 }
 
 /// The fast stock and limit filter in front of the judge. A request it refuses never reaches
@@ -411,8 +449,14 @@ pub trait Gate: Send + Sync + 'static {
     ) -> PortResult<GateVerdict>;
     /// Returns units: the judge refused, a hold was released or expired, an order refunded.
     async fn give_back(&self, sale: &SaleId, user: &UserId, quantity: u32) -> PortResult<()>;
-    /// Replaces the gate's view with the judge's; returns the absolute drift repaired (units).
+    /// Brings the gate in line with the judge; returns the absolute drift repaired (units).
+    /// An in-process gate replaces its view (the caller has quieted its in-flight pairs). A
+    /// gate shared by several nodes cannot quiet the other nodes, so it repairs only drift
+    /// that stayed put between two calls while the sale saw no gate traffic.
     async fn rebuild(&self, seeds: &[GateSeed]) -> PortResult<u64>;
+    /// Sets a sale's counters from the judge only if the gate does not know the sale (several
+    /// nodes may race to seed it after a flush: the first wins). Returns whether it wrote.
+    async fn seed(&self, seed: &GateSeed) -> PortResult<bool>;
     /// The gate's idea of a sale's available units (for metrics and drift checks).
     async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>>;
 }
@@ -436,6 +480,11 @@ pub enum Event {
     PaymentFailed { order_id: OrderId, user_id: UserId },
     /// A notification was added to a buyer's feed.
     Notified { notification: Notification },
+    /// Units of a sale went back to available (a hold lapsed or was released, an order was
+    /// refunded, the judge refused): every node clears its local "sold out" flag.
+    StockReturned { sale_id: SaleId },
+    /// A session ended (logout): every node drops it from its token cache.
+    SessionRevoked { token_hash: String },
 }
 
 /// Carries events to whoever listens (SSE streams, notifiers). Delivery to live subscribers
@@ -445,6 +494,14 @@ pub trait EventBus: Send + Sync + 'static {
     fn publish(&self, event: Event);
     /// A stream of events published from now on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
+}
+
+/// Delivers outbox events durably to whoever applies them (in-process, or a broker's durable
+/// queue). `Ok` means every event is safe (the broker confirmed it): the relay then marks
+/// them delivered. An error leaves them in the outbox for the next try.
+#[async_trait]
+pub trait OutboxSink: Send + Sync + 'static {
+    async fn deliver(&self, events: &[OutboxEvent]) -> PortResult<()>;
 }
 
 /// A payment to authorize.

@@ -129,6 +129,23 @@ impl Gate for MemoryGate {
         Ok(drift)
     }
 
+    async fn seed(&self, seed: &GateSeed) -> PortResult<bool> {
+        let mut wrote = false;
+        self.sales.entry(seed.sale_id.clone()).or_insert_with(|| {
+            wrote = true;
+            Arc::new(SaleCounter {
+                available: AtomicI64::new(seed.available),
+                users: seed
+                    .user_units
+                    .iter()
+                    .filter(|(_, u)| *u > 0)
+                    .cloned()
+                    .collect(),
+            })
+        });
+        Ok(wrote)
+    }
+
     async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>> {
         Ok(self
             .counter(sale)
