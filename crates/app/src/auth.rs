@@ -275,12 +275,21 @@ impl App {
         Ok(principal)
     }
 
-    /// Ends the session: the token is dead for every later request on this node at once.
+    /// Ends the session: the token is dead for every later request on this node at once, and
+    /// on the other nodes as soon as they hear of it (their token caches drop it).
     pub async fn logout(&self, who: &Principal) -> Result<(), AppError> {
         self.tokens.cache.invalidate(&who.token_hash);
         self.store.delete_session(&who.token_hash).await?;
         self.tokens.cache.invalidate(&who.token_hash);
+        self.bus.publish(crate::ports::Event::SessionRevoked {
+            token_hash: who.token_hash.clone(),
+        });
         Ok(())
+    }
+
+    /// Drops a session from this node's token cache (another node logged it out).
+    pub(crate) fn forget_session(&self, token_hash: &str) {
+        self.tokens.cache.invalidate(token_hash);
     }
 
     /// The caller's own account.

@@ -24,6 +24,13 @@ impl App {
                 self.stock_changed(&hold.sale_id);
             }
             drop(pair);
+            let mut returned: Vec<&stampede_core::SaleId> =
+                expired.iter().map(|h| &h.sale_id).collect();
+            returned.sort();
+            returned.dedup();
+            for sale_id in returned {
+                self.stock_returned(sale_id);
+            }
             total += n;
             if n < 1000 {
                 break;
@@ -38,18 +45,86 @@ impl App {
 
     /// Rebuilds the gate from the judge; returns the units of drift repaired.
     pub async fn reconcile(&self) -> Result<u64, AppError> {
-        let drift = {
+        let mut drift = 0;
+        {
             let _quiet = self.gate_sync.write().await;
-            let seeds = self.store.gate_seeds().await?;
-            self.gate.rebuild(&seeds).await?
-        };
-        metrics::counter!("stampede_gate_drift_repaired_units_total").increment(drift);
+            for seed in self.store.gate_seeds().await? {
+                let repaired = self.gate.rebuild(std::slice::from_ref(&seed)).await?;
+                self.record_drift(&seed.sale_id, repaired);
+                drift += repaired;
+            }
+        }
         metrics::gauge!("stampede_gate_last_drift_units").set(drift as f64);
         if drift > 0 {
             tracing::warn!(drift, "gate drift repaired from the judge");
         }
         self.check_invariants().await?;
         Ok(drift)
+    }
+
+    /// Counts repaired gate drift for `/metrics` and the admin metrics.
+    pub(crate) fn record_drift(&self, sale_id: &stampede_core::SaleId, units: u64) {
+        if units == 0 {
+            return;
+        }
+        metrics::counter!("stampede_gate_drift_repaired_units_total", "sale_id" => sale_id.to_string())
+            .increment(units);
+        *self.drift_repaired.entry(sale_id.clone()).or_insert(0) += units;
+    }
+
+    /// Seeds the gate with a sale it lost (a shared gate flushed or restarted empty), from the
+    /// judge. One seeding at a time per node; nodes racing are settled by the gate (first wins).
+    pub(crate) async fn seed_gate(&self, sale_id: &stampede_core::SaleId) -> Result<(), AppError> {
+        let _one = self.seeding.lock().await;
+        if self.gate.available(sale_id).await?.is_some() {
+            return Ok(()); // another request (or node) did it meanwhile
+        }
+        let seed = self
+            .store
+            .gate_seeds()
+            .await?
+            .into_iter()
+            .find(|s| &s.sale_id == sale_id)
+            .ok_or(AppError::NotFound)?;
+        if self.gate.seed(&seed).await? {
+            // Everything the gate should have known was missing.
+            let units = seed.available.unsigned_abs()
+                + seed.user_units.iter().map(|(_, n)| u64::from(*n)).sum::<u64>();
+            self.record_drift(sale_id, units);
+            tracing::warn!(sale = %sale_id, units, "gate had lost the sale; seeded from the judge");
+        }
+        Ok(())
+    }
+
+    /// Stock went back to available: clears this node's sold-out flag and tells the others.
+    pub(crate) fn stock_returned(&self, sale_id: &stampede_core::SaleId) {
+        if self.config.sold_out_flag_ms == 0 {
+            return;
+        }
+        self.sold_out_until.remove(sale_id);
+        self.bus.publish(crate::ports::Event::StockReturned {
+            sale_id: sale_id.clone(),
+        });
+    }
+
+    /// Applies what other nodes announce: returned stock clears the sold-out flag, a revoked
+    /// session leaves the token cache, a changed sale is read again.
+    async fn on_event(&self, event: crate::ports::Event) {
+        use crate::ports::Event;
+        match event {
+            Event::StockReturned { sale_id } => {
+                self.sold_out_until.remove(&sale_id);
+            }
+            Event::SessionRevoked { token_hash } => self.forget_session(&token_hash),
+            Event::SaleStatus { sale_id, .. } | Event::SaleChanged { sale_id } => {
+                match self.store.sale(&sale_id).await {
+                    Ok(Some(sale)) => self.sales.put(sale),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not reload a changed sale"),
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Recomputes every sale's stock from the judge's rows and exports
@@ -94,12 +169,43 @@ impl App {
         let sweep = Duration::from_millis(self.config.sweep_interval_ms.max(10));
         let reconcile = Duration::from_secs(self.config.reconcile_interval_secs.max(1));
         let publish = Duration::from_millis(self.config.stock_publish_interval_ms.max(10));
+        let listener = {
+            let app = self.clone();
+            let mut events = self.bus.subscribe();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        e = events.recv() => match e {
+                            Ok(event) => app.on_event(event).await,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                // Missed some: the flags and caches may be stale; drop the flags.
+                                tracing::warn!(missed = n, "event listener lagged");
+                                app.sold_out_until.clear();
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
+                        changed = stop.changed() => {
+                            if changed.is_err() || *stop.borrow() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
         vec![
+            listener,
+            self.spawn_outbox_relay(stop.clone()),
             spawn_every(self.clone(), stop.clone(), sweep, "sweeper", |app| {
                 Box::pin(async move { app.sweep().await.map(|_| ()) })
             }),
             spawn_every(self.clone(), stop.clone(), reconcile, "reconciler", |app| {
-                Box::pin(async move { app.reconcile().await.map(|_| ()) })
+                Box::pin(async move {
+                    app.load_sales().await?;
+                    app.report_outbox_backlog().await?;
+                    app.reconcile().await.map(|_| ())
+                })
             }),
             spawn_every(self.clone(), stop, publish, "stock publisher", |app| {
                 Box::pin(async move { app.publish_stock().await })

@@ -93,7 +93,7 @@ impl App {
     ) -> Result<Hold, AppError> {
         let qty = quantity(quantity_requested)?;
         let sale_id = SaleId::parse(sale_id).ok_or(AppError::NotFound)?;
-        let sale = self.sales.get(&sale_id).ok_or(AppError::NotFound)?;
+        let sale = self.sale_config(&sale_id).await?;
         let now = self.clock.now();
         if sale.status_at(now) != SaleStatus::Live {
             return Err(AppError::SaleNotLive);
@@ -134,7 +134,20 @@ impl App {
         // Reconciliation must not read the judge between our take and our verdict.
         let pair = self.gate_sync.clone().read_owned().await;
         let pair = Some(pair);
-        passed(self.gate.try_take(&sale_id, &user, qty, limit).await?)?;
+        if self.config.sold_out_flag_ms > 0 {
+            if let Some(until) = self.sold_out_until.get(&sale_id).map(|t| *t) {
+                if request.now < until {
+                    return Err(AppError::SoldOut);
+                }
+            }
+        }
+        let verdict = self.gate_take(&sale_id, &user, qty, limit).await?;
+        if verdict == GateVerdict::SoldOut && self.config.sold_out_flag_ms > 0 {
+            let ttl = i64::try_from(self.config.sold_out_flag_ms).unwrap_or(i64::MAX);
+            self.sold_out_until
+                .insert(sale_id.clone(), request.now.plus_millis(ttl));
+        }
+        passed(verdict)?;
         // Held until the gate has its units back, whatever the verdict.
         let mut pair_held = None;
         let refused = match self.batcher.submit(request) {
@@ -171,6 +184,7 @@ impl App {
         };
         self.gate.give_back(&sale_id, &user, qty).await?;
         drop(pair_held);
+        self.stock_returned(&sale_id);
         Err(refused)
     }
 
@@ -210,21 +224,13 @@ impl App {
             .into_iter()
             .find(|h| h.id == hold_id)
             .ok_or(AppError::NotFound)?;
-        let limit = self
-            .sales
-            .get(&before.sale_id)
-            .ok_or(AppError::NotFound)?
-            .per_user_limit;
+        let limit = self.sale_config(&before.sale_id).await?.per_user_limit;
         let hold = self
             .paired(move |app| async move {
                 let user = &before.user_id;
                 let grow = qty.saturating_sub(before.quantity);
                 if grow > 0 {
-                    passed(
-                        app.gate
-                            .try_take(&before.sale_id, user, grow, limit)
-                            .await?,
-                    )?;
+                    passed(app.gate_take(&before.sale_id, user, grow, limit).await?)?;
                 }
                 let judged = match app.store.resize_hold(user, &hold_id, qty, now).await {
                     Ok(judged) => judged.map_err(AppError::from),
@@ -247,7 +253,24 @@ impl App {
             })
             .await?;
         self.stock_changed(&hold.sale_id);
+        self.stock_returned(&hold.sale_id);
         Ok(hold)
+    }
+
+    /// The gate's verdict, seeding the gate from the judge first if it lost the sale.
+    async fn gate_take(
+        &self,
+        sale_id: &SaleId,
+        user: &UserId,
+        qty: u32,
+        limit: u32,
+    ) -> Result<GateVerdict, AppError> {
+        let verdict = self.gate.try_take(sale_id, user, qty, limit).await?;
+        if verdict != GateVerdict::Unseeded {
+            return Ok(verdict);
+        }
+        self.seed_gate(sale_id).await?;
+        Ok(self.gate.try_take(sale_id, user, qty, limit).await?)
     }
 
     /// Releases one of the caller's holds: its stock is available again at once.
@@ -270,6 +293,7 @@ impl App {
             .await?;
         metrics::counter!("stampede_holds_released_total").increment(1);
         self.stock_changed(&hold.sale_id);
+        self.stock_returned(&hold.sale_id);
         Ok(())
     }
 

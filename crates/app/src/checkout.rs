@@ -176,12 +176,7 @@ impl App {
                     order_id: order.id.clone(),
                     user_id: who.user_id.clone(),
                 });
-                self.notify(
-                    &who.user_id,
-                    "payment_failed",
-                    serde_json::json!({ "order_id": order.id, "reason": reason }),
-                )
-                .await;
+                self.outbox_kick.notify_one();
                 Err(AppError::PaymentDeclined {
                     order_id: order.id.to_string(),
                     reason,
@@ -252,16 +247,7 @@ impl App {
                     order_id: order.id.clone(),
                     user_id: order.user_id.clone(),
                 });
-                self.notify(
-                    &order.user_id,
-                    "order_confirmed",
-                    serde_json::json!({
-                        "order_id": order.id,
-                        "total": order.total.format(&order.currency),
-                        "currency": order.currency.as_str(),
-                    }),
-                )
-                .await;
+                self.outbox_kick.notify_one();
                 Ok(order)
             }
             PaymentApplied::HoldLapsed(order) => {
@@ -278,12 +264,7 @@ impl App {
                     Some(&reference),
                 )
                 .await;
-                self.notify(
-                    &order.user_id,
-                    "payment_failed",
-                    serde_json::json!({ "order_id": order.id, "reason": "hold_expired" }),
-                )
-                .await;
+                self.outbox_kick.notify_one();
                 Err(AppError::HoldExpired)
             }
             PaymentApplied::AlreadySettled(order) => Ok(order),
@@ -340,6 +321,7 @@ impl App {
                 }
                 for sale_id in sales_of(&order) {
                     self.stock_changed(&sale_id);
+                    self.stock_returned(&sale_id);
                 }
                 metrics::counter!("stampede_orders_refunded_total").increment(1);
                 self.audit(
@@ -425,12 +407,7 @@ impl App {
                 if let Some(PaymentApplied::Done(o)) =
                     self.store.apply_payment(&order.id, &result, now).await?
                 {
-                    self.notify(
-                        &o.user_id,
-                        "payment_failed",
-                        serde_json::json!({ "order_id": o.id, "reason": event.data.reason }),
-                    )
-                    .await;
+                    self.outbox_kick.notify_one();
                     self.bus.publish(Event::PaymentFailed {
                         order_id: o.id,
                         user_id: o.user_id,

@@ -48,6 +48,14 @@ pub struct AppConfig {
     pub default_hold_seconds: u32,
     /// How often live stock updates are published (coalesced per sale).
     pub stock_publish_interval_ms: u64,
+    /// How long a node answers "sold out" from its own memory after the gate said so, unless a
+    /// stock-returned event clears it sooner. 0 (the embedded default, where the gate is in
+    /// memory anyway) turns the flag off; with a shared gate it saves the round trip in the
+    /// 99% case, and bounds how long a lost event can hide returned stock.
+    pub sold_out_flag_ms: u64,
+    /// How often the outbox relay looks for undelivered events (it is also woken at once when
+    /// an order event is written on this node).
+    pub outbox_interval_ms: u64,
 }
 
 impl Default for AppConfig {
@@ -65,6 +73,8 @@ impl Default for AppConfig {
             reconcile_interval_secs: 30,
             default_hold_seconds: 300,
             stock_publish_interval_ms: 200,
+            sold_out_flag_ms: 0,
+            outbox_interval_ms: 500,
         }
     }
 }

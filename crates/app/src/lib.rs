@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod group_commit;
 pub mod notifications;
+pub mod outbox;
 pub mod ports;
 pub mod sales;
 pub mod webhook;
@@ -29,7 +30,7 @@ pub use error::AppError;
 use admission::Admissions;
 use auth::{PasswordHashing, TokenCache};
 use group_commit::ReserveBatcher;
-use ports::{EventBus, Gate, PaymentGateway, Store};
+use ports::{EventBus, Gate, OutboxSink, PaymentGateway, Store};
 use sales::SaleCache;
 
 /// The adapters an [`App`] runs over.
@@ -39,6 +40,9 @@ pub struct Adapters {
     pub bus: Arc<dyn EventBus>,
     pub gateway: Arc<dyn PaymentGateway>,
     pub clock: Arc<dyn Clock>,
+    /// Where outbox events go: a broker's durable queue, or `None` to apply them in this
+    /// process (embedded mode).
+    pub outbox: Option<Arc<dyn OutboxSink>>,
 }
 
 /// The application: every use case is a method on it.
@@ -54,6 +58,16 @@ pub struct App {
     /// The only source of "now".
     pub clock: Arc<dyn Clock>,
     pub config: AppConfig,
+    outbox: Option<Arc<dyn OutboxSink>>,
+    /// Wakes the outbox relay as soon as an order event was written.
+    pub(crate) outbox_kick: tokio::sync::Notify,
+    /// Sales this node saw sold out at the gate, until when (local, cleared by a
+    /// stock-returned event): the 99% case answered without a round trip to a shared gate.
+    pub(crate) sold_out_until: dashmap::DashMap<SaleId, stampede_core::Timestamp>,
+    /// One seeding of the gate from the judge at a time on this node.
+    pub(crate) seeding: tokio::sync::Mutex<()>,
+    /// Units of gate drift this node repaired, per sale (admin metrics).
+    pub(crate) drift_repaired: dashmap::DashMap<SaleId, u64>,
     hashing: PasswordHashing,
     tokens: TokenCache,
     batcher: ReserveBatcher,
@@ -93,6 +107,11 @@ impl App {
             admissions: Admissions::default(),
             dirty_stock: Mutex::new(HashSet::new()),
             gate_sync: Arc::new(tokio::sync::RwLock::new(())),
+            outbox: adapters.outbox,
+            outbox_kick: tokio::sync::Notify::new(),
+            sold_out_until: dashmap::DashMap::new(),
+            seeding: tokio::sync::Mutex::new(()),
+            drift_repaired: dashmap::DashMap::new(),
             config,
         });
         app.load_sales().await?;

@@ -472,6 +472,8 @@ pub enum Event {
         held: i64,
         sold: i64,
     },
+    /// A sale was created or its configuration changed: other nodes read it again.
+    SaleChanged { sale_id: SaleId },
     /// A sale's status changed by an admin action.
     SaleStatus { sale_id: SaleId, status: String },
     /// An order was confirmed.

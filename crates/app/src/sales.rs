@@ -72,12 +72,28 @@ pub struct SaleMetrics {
     pub invariant_ok: bool,
     /// Units by which the gate's count differs from the judge's (0 when in step).
     pub gate_drift: i64,
+    /// Units of drift between gate and judge this node has repaired since it started
+    /// (reconciliation, or seeding a gate that lost the sale).
+    pub gate_drift_repaired: u64,
 }
 
 /// Sale configuration by id, for the hot path.
 #[derive(Default)]
 pub struct SaleCache {
     sales: RwLock<HashMap<SaleId, Arc<Sale>>>,
+}
+
+impl App {
+    /// A sale's configuration for the hot path: this node's copy, or the store's if this node
+    /// has not heard of the sale yet (created on another node a moment ago).
+    pub(crate) async fn sale_config(&self, id: &SaleId) -> Result<Arc<Sale>, AppError> {
+        if let Some(sale) = self.sales.get(id) {
+            return Ok(sale);
+        }
+        let sale = self.store.sale(id).await?.ok_or(AppError::NotFound)?;
+        self.sales.put(sale);
+        self.sales.get(id).ok_or(AppError::NotFound)
+    }
 }
 
 impl SaleCache {
@@ -190,13 +206,16 @@ impl App {
         check_sale(&sale)?;
         self.store.insert_sale(&sale).await?;
         self.gate
-            .rebuild(&[crate::ports::GateSeed {
+            .seed(&crate::ports::GateSeed {
                 sale_id: sale.id.clone(),
                 available: total,
                 user_units: vec![],
-            }])
+            })
             .await?;
         self.sales.put(sale.clone());
+        self.bus.publish(crate::ports::Event::SaleChanged {
+            sale_id: sale.id.clone(),
+        });
         self.audit(
             who,
             "sale.create",
@@ -342,9 +361,15 @@ impl App {
         }
         let saved = self.store.sale(&sale.id).await?.ok_or(AppError::NotFound)?;
         if saved.stock.total != before.stock.total {
+            // Two passes: a shared gate repairs only drift it sees twice on a quiet sale.
             self.reconcile().await?;
+            self.reconcile().await?;
+            self.stock_returned(&saved.id);
         }
         self.sales.put(saved.clone());
+        self.bus.publish(crate::ports::Event::SaleChanged {
+            sale_id: saved.id.clone(),
+        });
         self.audit(who, action, saved.id.as_str(), Some(before), Some(&saved))
             .await;
         Ok(saved)
@@ -381,6 +406,11 @@ impl App {
             },
             invariant_ok,
             gate_drift: gate - c.available,
+            gate_drift_repaired: self
+                .drift_repaired
+                .get(&sale_id)
+                .map(|d| *d)
+                .unwrap_or(0),
         })
     }
 

@@ -322,6 +322,9 @@ pub struct SaleMetricsDto {
     pub conversion_rate: f64,
     pub invariant_ok: bool,
     pub gate_drift: i64,
+    /// Units of gate drift this node has repaired since it started (reconciliation, or
+    /// re-seeding a gate that lost the sale): 0 in a healthy run.
+    pub gate_drift_repaired: u64,
 }
 
 impl From<SaleMetrics> for SaleMetricsDto {
@@ -338,6 +341,7 @@ impl From<SaleMetrics> for SaleMetricsDto {
             conversion_rate: m.conversion_rate,
             invariant_ok: m.invariant_ok,
             gate_drift: m.gate_drift,
+            gate_drift_repaired: m.gate_drift_repaired,
         }
     }
 }

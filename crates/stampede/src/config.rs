@@ -72,6 +72,29 @@ pub struct ServeArgs {
     /// Delay before the sandbox confirms a `tok_async` payment by webhook, in ms. Default 2000.
     #[arg(long, env = "STAMPEDE_SANDBOX_ASYNC_MS")]
     pub sandbox_async_ms: Option<u64>,
+    /// Cluster mode: PostgreSQL judges and keeps everything (e.g.
+    /// postgres://user:pass@db:5432/stampede). Needs --redis and --amqp too.
+    #[arg(long, env = "STAMPEDE_POSTGRES_URL", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// Cluster mode: Redis holds the shared gate (e.g. redis://cache:6379/0).
+    #[arg(long, env = "STAMPEDE_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// Cluster mode: RabbitMQ carries events between nodes (e.g.
+    /// amqp://user:pass@mq:5672/%2f).
+    #[arg(long, env = "STAMPEDE_AMQP_URL", hide_env_values = true)]
+    pub amqp: Option<String>,
+    /// Cluster mode: a name shared by every node of one deployment; prefixes its Redis keys and
+    /// RabbitMQ queues, so several deployments can share the services. Default "stampede".
+    #[arg(long, env = "STAMPEDE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Cluster mode: how long a node answers "sold out" from memory before asking Redis again
+    /// (a stock-returned event clears it sooner), in ms. Default 1000.
+    #[arg(long, env = "STAMPEDE_SOLD_OUT_FLAG_MS")]
+    pub sold_out_flag_ms: Option<u64>,
+    /// Cluster mode: deadline of one call to Redis, in ms; past it the buyer gets a fast 503.
+    /// Default 500.
+    #[arg(long, env = "STAMPEDE_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
 }
 
 /// The same settings as read from a TOML file.
@@ -94,6 +117,12 @@ pub struct FileConfig {
     pub max_batch: Option<usize>,
     pub sandbox_slow_ms: Option<u64>,
     pub sandbox_async_ms: Option<u64>,
+    pub postgres: Option<String>,
+    pub redis: Option<String>,
+    pub amqp: Option<String>,
+    pub cluster_name: Option<String>,
+    pub sold_out_flag_ms: Option<u64>,
+    pub redis_timeout_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -124,7 +153,13 @@ impl ServeArgs {
             reconcile_interval_secs,
             max_batch,
             sandbox_slow_ms,
-            sandbox_async_ms
+            sandbox_async_ms,
+            postgres,
+            redis,
+            amqp,
+            cluster_name,
+            sold_out_flag_ms,
+            redis_timeout_ms
         );
         self.demo = self.demo || f.demo.unwrap_or(false);
         Ok(self)
@@ -136,10 +171,46 @@ impl ServeArgs {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
+    /// Which deployment the settings ask for: embedded, or cluster with all three services.
+    pub fn mode(&self) -> anyhow::Result<Mode> {
+        match (&self.postgres, &self.redis, &self.amqp) {
+            (None, None, None) => Ok(Mode::Embedded),
+            (Some(postgres), Some(redis), Some(amqp)) => Ok(Mode::Cluster {
+                postgres: postgres.clone(),
+                redis: redis.clone(),
+                amqp: amqp.clone(),
+                name: self
+                    .cluster_name
+                    .clone()
+                    .unwrap_or_else(|| "stampede".to_owned()),
+            }),
+            _ => anyhow::bail!(
+                "cluster mode needs all of --postgres, --redis and --amqp \
+                 (STAMPEDE_POSTGRES_URL, STAMPEDE_REDIS_URL, STAMPEDE_AMQP_URL); \
+                 give none of them for the embedded mode"
+            ),
+        }
+    }
+
     /// The data directory (default ./stampede-data).
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("stampede-data"))
     }
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// One node: SQLite under the data directory, gate and bus in process.
+    Embedded,
+    /// Many nodes: PostgreSQL judges, Redis gates, RabbitMQ carries events.
+    Cluster {
+        postgres: String,
+        redis: String,
+        amqp: String,
+        /// Prefix of the deployment's Redis keys and RabbitMQ names.
+        name: String,
+    },
 }

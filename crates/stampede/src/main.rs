@@ -25,13 +25,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (embedded mode: SQLite judge + in-process gate).
+    /// Run the server. Embedded mode (the default): SQLite judge, in-process gate and bus,
+    /// nothing else to install. Cluster mode (--postgres, --redis and --amqp): any number of
+    /// nodes behind a load balancer share PostgreSQL (the judge), Redis (the gate) and
+    /// RabbitMQ (the events).
     Serve(Box<ServeArgs>),
+    /// Run only the background jobs of a cluster (sweeper, reconciler, outbox relay and event
+    /// consumers), apart from the nodes that serve HTTP. Takes the same settings as serve;
+    /// several workers may run at once (they lease their work, never step on each other).
+    Worker(Box<ServeArgs>),
     /// Apply the store's schema migrations and exit.
     Migrate {
         /// Where the embedded store keeps its files.
         #[arg(long, env = "STAMPEDE_DATA_DIR", default_value = "stampede-data")]
         data_dir: PathBuf,
+        /// Migrate this PostgreSQL database (cluster mode) instead.
+        #[arg(long, env = "STAMPEDE_POSTGRES_URL", hide_env_values = true)]
+        postgres: Option<String>,
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
@@ -46,10 +56,16 @@ fn main() -> anyhow::Result<()> {
             writeln!(out, "{doc}")?;
             Ok(())
         }
-        Command::Migrate { data_dir } => runtime()?.block_on(serve::migrate(&data_dir)),
+        Command::Migrate { data_dir, postgres } => {
+            runtime()?.block_on(serve::migrate(&data_dir, postgres.as_deref()))
+        }
         Command::Serve(args) => {
             let args = args.merge_file()?;
-            runtime()?.block_on(serve::serve(args))
+            runtime()?.block_on(serve::serve(args, true))
+        }
+        Command::Worker(args) => {
+            let args = args.merge_file()?;
+            runtime()?.block_on(serve::serve(args, false))
         }
     }
 }

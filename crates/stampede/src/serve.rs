@@ -12,15 +12,18 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::{mpsc, watch};
 
 use stampede_app::config::Argon2Cost;
-use stampede_app::ports::Store;
+use stampede_app::ports::{EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, Store};
 use stampede_app::{Adapters, App, AppConfig};
 use stampede_core::{Clock, Timestamp};
 use stampede_engine::{LocalBus, MemoryGate};
 use stampede_http::{AppState, RateLimitConfig, RateLimits};
 use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
+use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
+use stampede_gate_redis::{RedisGate, RedisGateConfig};
+use stampede_store_postgres::PgStore;
 use stampede_store_sqlite::SqliteStore;
 
-use crate::config::{LogFormat, ServeArgs};
+use crate::config::{LogFormat, Mode, ServeArgs};
 
 /// The operating system's clock: the only place the real time is read.
 pub struct SystemClock;
@@ -57,13 +60,92 @@ async fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     Ok(store)
 }
 
+/// Connects to the cluster's PostgreSQL (the judge).
+async fn open_postgres(url: &str) -> anyhow::Result<PgStore> {
+    PgStore::connect(url)
+        .await
+        .context("connecting to PostgreSQL (--postgres)")
+}
+
 /// `stampede migrate`.
-pub async fn migrate(data_dir: &Path) -> anyhow::Result<()> {
+pub async fn migrate(data_dir: &Path, postgres: Option<&str>) -> anyhow::Result<()> {
     init_logs(LogFormat::Text);
+    if let Some(url) = postgres {
+        open_postgres(url).await?.migrate().await.context("migrating")?;
+        tracing::info!("PostgreSQL migrations applied");
+        return Ok(());
+    }
     let store = open_store(data_dir).await?;
     store.migrate().await.context("migrating")?;
     tracing::info!(data_dir = %data_dir.display(), "migrations applied");
     Ok(())
+}
+
+/// The adapters of the chosen mode, and the cluster bus if there is one (it needs the app to
+/// start consuming).
+async fn adapters(
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<(
+    Arc<dyn Store>,
+    Arc<dyn Gate>,
+    Arc<dyn EventBus>,
+    Option<Arc<AmqpBus>>,
+)> {
+    match args.mode()? {
+        Mode::Embedded => Ok((
+            Arc::new(open_store(data_dir).await?),
+            Arc::new(MemoryGate::new()),
+            Arc::new(LocalBus::default()),
+            None,
+        )),
+        Mode::Cluster {
+            postgres,
+            redis,
+            amqp,
+            name,
+        } => {
+            let store = open_postgres(&postgres).await?;
+            let gate = RedisGate::connect(RedisGateConfig {
+                url: redis,
+                namespace: name.clone(),
+                timeout: Duration::from_millis(args.redis_timeout_ms.unwrap_or(500)),
+            })
+            .await
+            .context("connecting to Redis (--redis)")?;
+            let node_id = format!(
+                "{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 4]>())
+            );
+            let bus = AmqpBus::start(AmqpConfig {
+                url: amqp,
+                namespace: name.clone(),
+                node_id: node_id.clone(),
+            })
+            .await;
+            tracing::info!(cluster = %name, node = %node_id, "cluster mode: PostgreSQL judge, Redis gate, RabbitMQ bus");
+            Ok((
+                Arc::new(store),
+                Arc::new(gate),
+                bus.clone() as Arc<dyn EventBus>,
+                Some(bus),
+            ))
+        }
+    }
+}
+
+/// Hands the cluster's durable events to the app: any node (or worker) may apply any event.
+struct AppliesEvents(Arc<App>);
+
+#[async_trait::async_trait]
+impl EventHandler for AppliesEvents {
+    async fn handle(&self, event: OutboxEvent) -> PortResult<()> {
+        self.0
+            .apply_outbox_event(&event)
+            .await
+            .map_err(|e| PortError::Unavailable(e.to_string()))
+    }
 }
 
 /// The webhook secret: given, or generated once and kept in the data dir.
@@ -82,14 +164,23 @@ fn webhook_secret(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-/// `stampede serve`.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `stampede serve` (with `http`) and `stampede worker` (background jobs only).
+pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     init_logs(args.log_format.unwrap_or(LogFormat::Text));
+    if !http && args.mode()? == Mode::Embedded {
+        anyhow::bail!(
+            "stampede worker runs the background jobs of a cluster: give --postgres, --redis \
+             and --amqp (the embedded server runs its own jobs)"
+        );
+    }
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
     let data_dir = args.data_dir();
-    let store: Arc<dyn Store> = Arc::new(open_store(&data_dir).await?);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let cluster = args.mode()? != Mode::Embedded;
+    let (store, gate, bus, amqp) = adapters(&args, &data_dir).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secret = webhook_secret(&args, &data_dir)?;
     let (webhook_tx, webhook_rx) = mpsc::channel::<SignedEvent>(1024);
@@ -118,16 +209,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hash_concurrency: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
+        sold_out_flag_ms: if cluster {
+            args.sold_out_flag_ms.unwrap_or(1000)
+        } else {
+            0
+        },
         ..defaults
     };
     let adapters = Adapters {
         store,
-        gate: Arc::new(MemoryGate::new()),
-        bus: Arc::new(LocalBus::default()),
+        gate,
+        bus,
         gateway,
         clock: clock.clone(),
+        outbox: amqp.clone().map(|b| b as Arc<dyn OutboxSink>),
     };
     let (app, writer) = App::start(adapters, config).await?;
+    if let Some(bus) = &amqp {
+        bus.consume_events(Arc::new(AppliesEvents(app.clone())));
+    }
 
     if let (Some(email), Some(password)) = (&args.admin_email, &args.admin_password) {
         let admin = app.ensure_admin(email, password).await?;
@@ -140,6 +240,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut jobs = app.spawn_background(stop_rx.clone());
     jobs.push(spawn_webhook_delivery(app.clone(), webhook_rx, stop_rx));
+
+    if !http {
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "worker running")?;
+            out.flush()?;
+        }
+        shutdown_signal().await;
+        tracing::info!("worker stopping");
+        let _ = stop_tx.send(true);
+        for job in jobs {
+            let _ = job.await;
+        }
+        drop(app);
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        return Ok(());
+    }
 
     let user_rate = args.rate_limit_per_sec.unwrap_or(20);
     let limits = Arc::new(RateLimits::new(RateLimitConfig {

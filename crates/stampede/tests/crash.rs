@@ -425,102 +425,103 @@ async fn verify(
     observed
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_mid_burst_loses_nothing_acknowledged() {
-    let mut server = TestServer::start().await;
-    let admin = server.admin_token().await;
-    let sale = server
-        .create_sale(&admin, TOTAL as u64, LIMIT as u64, 600)
-        .await;
-    let tokens = server.buyers(USERS, 8).await;
-    let mut rng = Rng::seeded();
-    let mut ledger = Ledger::default();
-    let mut observed = Observed {
-        holds: vec![Vec::new(); USERS],
-        confirmed: vec![Vec::new(); USERS],
-    };
-    let mut total_acks = 0;
+in_both_modes! {
+    async fn kill9_mid_burst_loses_nothing_acknowledged(mode) {
+        let mut server = TestServer::start_in(mode.clone()).await;
+        let admin = server.admin_token().await;
+        let sale = server
+            .create_sale(&admin, TOTAL as u64, LIMIT as u64, 600)
+            .await;
+        let tokens = server.buyers(USERS, 8).await;
+        let mut rng = Rng::seeded();
+        let mut ledger = Ledger::default();
+        let mut observed = Observed {
+            holds: vec![Vec::new(); USERS],
+            confirmed: vec![Vec::new(); USERS],
+        };
+        let mut total_acks = 0;
 
-    for round in 1..=ROUNDS {
-        let shared: Shared = Arc::new(Mutex::new(std::mem::take(&mut ledger)));
-        shared.lock().unwrap().acks = 0;
-        let mut tasks = Vec::new();
-        for (u, token) in tokens.iter().enumerate() {
-            tasks.push(tokio::spawn(buyer_loop(
-                server.api(),
-                u,
-                token.clone(),
-                sale.clone(),
-                shared.clone(),
-                observed.holds[u].clone(),
-                observed.confirmed[u].clone(),
-                rng.next_u64(),
-            )));
-        }
-        let delay = rng.range(150, 700);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        server.kill9();
-        for t in tasks {
-            tokio::time::timeout(Duration::from_secs(60), t)
-                .await
-                .expect("buyer tasks end once the server is dead")
-                .expect("buyer task panicked");
-        }
-        ledger = Arc::try_unwrap(shared)
-            .ok()
-            .expect("tasks are done")
-            .into_inner()
-            .unwrap();
-        assert!(
-            ledger.acks > 0,
-            "round {round}: nothing was acknowledged in {delay} ms; the burst never ran"
-        );
-        total_acks += ledger.acks;
-        let internal: Vec<_> = ledger
-            .unexpected
-            .iter()
-            .filter(|(_, status, _)| *status >= 500 && *status != 503)
-            .collect();
-        assert!(
-            internal.is_empty(),
-            "round {round}: server errors during the burst: {internal:?}"
-        );
-        if !ledger.unexpected.is_empty() {
-            eprintln!(
-                "round {round}: {} unexpected answers, e.g. {:?}",
-                ledger.unexpected.len(),
-                ledger.unexpected.iter().take(3).collect::<Vec<_>>()
+        for round in 1..=ROUNDS {
+            let shared: Shared = Arc::new(Mutex::new(std::mem::take(&mut ledger)));
+            shared.lock().unwrap().acks = 0;
+            let mut tasks = Vec::new();
+            for (u, token) in tokens.iter().enumerate() {
+                tasks.push(tokio::spawn(buyer_loop(
+                    server.api(),
+                    u,
+                    token.clone(),
+                    sale.clone(),
+                    shared.clone(),
+                    observed.holds[u].clone(),
+                    observed.confirmed[u].clone(),
+                    rng.next_u64(),
+                )));
+            }
+            let delay = rng.range(150, 700);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            server.kill9();
+            for t in tasks {
+                tokio::time::timeout(Duration::from_secs(60), t)
+                    .await
+                    .expect("buyer tasks end once the server is dead")
+                    .expect("buyer task panicked");
+            }
+            ledger = Arc::try_unwrap(shared)
+                .ok()
+                .expect("tasks are done")
+                .into_inner()
+                .unwrap();
+            assert!(
+                ledger.acks > 0,
+                "round {round}: nothing was acknowledged in {delay} ms; the burst never ran"
             );
-            ledger.unexpected.clear();
+            total_acks += ledger.acks;
+            let internal: Vec<_> = ledger
+                .unexpected
+                .iter()
+                .filter(|(_, status, _)| *status >= 500 && *status != 503)
+                .collect();
+            assert!(
+                internal.is_empty(),
+                "round {round}: server errors during the burst: {internal:?}"
+            );
+            if !ledger.unexpected.is_empty() {
+                eprintln!(
+                    "round {round}: {} unexpected answers, e.g. {:?}",
+                    ledger.unexpected.len(),
+                    ledger.unexpected.iter().take(3).collect::<Vec<_>>()
+                );
+                ledger.unexpected.clear();
+            }
+
+            server.restart().await;
+            let r = server.get("/readyz", None).await;
+            assert_eq!(r.status, 200, "readyz after restart: {}", r.text);
+            observed = verify(&server.api(), &admin, &sale, &tokens, &mut ledger, round).await;
+            eprintln!(
+                "round {round}: killed after {delay} ms, {} acknowledged operations verified",
+                ledger.acks
+            );
         }
-
-        server.restart().await;
-        let r = server.get("/readyz", None).await;
-        assert_eq!(r.status, 200, "readyz after restart: {}", r.text);
-        observed = verify(&server.api(), &admin, &sale, &tokens, &mut ledger, round).await;
-        eprintln!(
-            "round {round}: killed after {delay} ms, {} acknowledged operations verified",
-            ledger.acks
+        assert!(total_acks > 0);
+        assert!(
+            !ledger.orders.is_empty(),
+            "the bursts should have placed some orders: the checkout path went untested"
         );
-    }
-    assert!(total_acks > 0);
-    assert!(
-        !ledger.orders.is_empty(),
-        "the bursts should have placed some orders: the checkout path went untested"
-    );
 
-    // The restarted server still sells, and never more than it has.
-    let m = server.metrics(&admin, &sale).await;
-    let available = m["available"].as_i64().unwrap();
-    let late = server.buyer().await;
-    let r = server.reserve(&late, &sale, 1).await;
-    if available > 0 {
-        r.expect(201);
-    } else {
-        r.expect_problem(409, "sold_out");
+        // The restarted server still sells, and never more than it has.
+        let m = server.metrics(&admin, &sale).await;
+        let available = m["available"].as_i64().unwrap();
+        let late = server.buyer().await;
+        let r = server.reserve(&late, &sale, 1).await;
+        if available > 0 {
+            r.expect(201);
+        } else {
+            r.expect_problem(409, "sold_out");
+        }
+        let m = server.metrics(&admin, &sale).await;
+        assert_invariant(&m);
+        let distinct: HashSet<_> = tokens.iter().collect();
+        assert_eq!(distinct.len(), USERS);
     }
-    let m = server.metrics(&admin, &sale).await;
-    assert_invariant(&m);
-    let distinct: HashSet<_> = tokens.iter().collect();
-    assert_eq!(distinct.len(), USERS);
 }

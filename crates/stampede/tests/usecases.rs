@@ -56,6 +56,7 @@ async fn world() -> World {
             bus: Arc::new(LocalBus::default()),
             gateway: sandbox.clone(),
             clock: Arc::new(clock.clone()),
+            outbox: None,
         },
         config,
     )

@@ -58,6 +58,195 @@ fn default_env() -> Vec<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Deployment modes
+// ---------------------------------------------------------------------------------------------
+
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Which deployment a test server runs as.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// SQLite in the data dir, in-process gate and bus.
+    Embedded,
+    /// PostgreSQL, Redis and RabbitMQ on this machine, in a scratch namespace shared by every
+    /// node started with this value (one schema, one key prefix, one set of queues).
+    Cluster(std::sync::Arc<ClusterEnv>),
+}
+
+impl Mode {
+    /// A fresh cluster namespace, or `None` (with a message saying which suite is skipped and
+    /// why) when the services are not reachable. Under CI that is a failure, never a skip.
+    pub async fn cluster() -> Option<Mode> {
+        let mut down = Vec::new();
+        for (name, addr) in [
+            ("PostgreSQL", "127.0.0.1:5432"),
+            ("Redis", "127.0.0.1:6379"),
+            ("RabbitMQ", "127.0.0.1:5672"),
+        ] {
+            let reachable = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !reachable {
+                down.push(format!("{name} at {addr}"));
+            }
+        }
+        if !down.is_empty() {
+            let msg = format!(
+                "cluster-mode test skipped: {} not reachable (start them to run the cluster suite)",
+                down.join(", ")
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}; CI must run the cluster suite");
+            }
+            eprintln!("{msg}");
+            return None;
+        }
+        Some(Mode::Cluster(std::sync::Arc::new(ClusterEnv::create().await)))
+    }
+
+    /// The environment a server of this mode gets on top of the defaults.
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Mode::Embedded => vec![],
+            Mode::Cluster(c) => vec![
+                ("STAMPEDE_POSTGRES_URL".into(), c.postgres_url()),
+                ("STAMPEDE_REDIS_URL".into(), REDIS_URL.into()),
+                ("STAMPEDE_AMQP_URL".into(), AMQP_URL.into()),
+                ("STAMPEDE_CLUSTER_NAME".into(), c.name.clone()),
+                ("STAMPEDE_RECONCILE_INTERVAL_SECS".into(), "1".into()),
+            ],
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Mode::Cluster(_))
+    }
+}
+
+/// A scratch namespace on the machine's services: a PostgreSQL schema and the Redis/RabbitMQ
+/// prefix of the same name. Dropped (schema, queues) when the last server using it is gone.
+#[derive(Debug)]
+pub struct ClusterEnv {
+    pub name: String,
+}
+
+impl ClusterEnv {
+    async fn create() -> ClusterEnv {
+        let name = format!("stampede_bb_{:016x}", rand_u64());
+        let pool = sqlx::PgPool::connect(POSTGRES_URL)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&pool)
+            .await
+            .expect("create a scratch schema");
+        pool.close().await;
+        ClusterEnv { name }
+    }
+
+    /// The URL a node connects with: the scratch schema first on its search path.
+    pub fn postgres_url(&self) -> String {
+        format!("{POSTGRES_URL}?options[search_path]={}", self.name)
+    }
+
+    /// A connection to the scratch schema, for checks against the judge itself.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.postgres_url())
+            .await
+            .expect("connect to the scratch schema")
+    }
+}
+
+impl Drop for ClusterEnv {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: clean up from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(POSTGRES_URL).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                        .execute(&pool)
+                        .await;
+                }
+                let bus = stampede_bus_rabbitmq::AmqpBus::start(stampede_bus_rabbitmq::AmqpConfig {
+                    url: AMQP_URL.into(),
+                    namespace: name.clone(),
+                    node_id: "cleanup".into(),
+                })
+                .await;
+                for _ in 0..50 {
+                    if bus.connected() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = bus.delete_topology().await;
+            });
+        })
+        .join();
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Declares black-box tests that run once per deployment mode, from one body: for each
+/// `async fn name(mode) { … }` it generates `embedded::name` and `cluster::name` (the latter
+/// skipped with a message when the services are down, failed under CI).
+#[macro_export]
+macro_rules! in_both_modes {
+    ($( $(#[$meta:meta])* async fn $name:ident($mode:ident) $body:block )*) => {
+        $( $(#[$meta])* async fn $name($mode: common::Mode) $body )*
+
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Mode::Embedded).await
+                }
+            )*
+        }
+
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(mode) = super::common::Mode::cluster().await {
+                        super::$name(mode).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Several nodes sharing one cluster namespace (started in parallel).
+pub async fn cluster_nodes(mode: &Mode, n: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(TestServer::start_in(mode.clone()).await);
+    }
+    nodes
+}
+
+// ---------------------------------------------------------------------------------------------
 // The server process
 // ---------------------------------------------------------------------------------------------
 
@@ -70,6 +259,8 @@ pub struct TestServer {
     root: tempfile::TempDir,
     env: Vec<(String, String)>,
     runs: u32,
+    /// Which deployment this server is (keeps its cluster namespace alive).
+    pub mode: Mode,
 }
 
 impl Deref for TestServer {
@@ -85,8 +276,22 @@ impl TestServer {
         Self::start_with(&[], None).await
     }
 
+    /// A server of this mode with the default test environment.
+    pub async fn start_in(mode: Mode) -> TestServer {
+        Self::start_with_in(mode, &[], None).await
+    }
+
     /// A server with `env` on top of the defaults, on `data_dir` (or a fresh one).
     pub async fn start_with(env: &[(&str, &str)], data_dir: Option<PathBuf>) -> TestServer {
+        Self::start_with_in(Mode::Embedded, env, data_dir).await
+    }
+
+    /// A server of `mode` with `env` on top of the defaults, on `data_dir` (or a fresh one).
+    pub async fn start_with_in(
+        mode: Mode,
+        env: &[(&str, &str)],
+        data_dir: Option<PathBuf>,
+    ) -> TestServer {
         let root = tempfile::Builder::new()
             .prefix("stampede-test-")
             .tempdir()
@@ -94,6 +299,10 @@ impl TestServer {
         let data_dir = data_dir.unwrap_or_else(|| root.path().join("data"));
         std::fs::create_dir_all(&data_dir).expect("create the data dir");
         let mut all = default_env();
+        for (k, v) in mode.env() {
+            all.retain(|(key, _)| *key != k);
+            all.push((k, v));
+        }
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
@@ -105,6 +314,7 @@ impl TestServer {
             root,
             env: all,
             runs: 0,
+            mode,
         };
         server.spawn().await;
         server

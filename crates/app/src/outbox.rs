@@ -1,0 +1,115 @@
+//! The outbox relay and the effect of an outbox event.
+//!
+//! The store writes an order's event in the same transaction as the order change (so a crash
+//! cannot lose it); the relay leases a batch, hands it to the sink (the broker's durable queue,
+//! or straight to [`App::apply_outbox_event`] in embedded mode) and marks it delivered only once
+//! the sink has it. A relay that dies mid-batch leaves the lease to lapse and another relay (on
+//! any node) delivers again: delivery is at least once, and the effect (a notification whose id
+//! is the event's id) happens once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::ports::{Event, Notification, OutboxEvent};
+use crate::{App, AppError};
+
+/// Events one relay pass leases at a time.
+const BATCH: u32 = 100;
+/// How long a lease keeps other relays off a batch: longer than a broker's confirm deadline.
+const LEASE_MS: i64 = 30_000;
+
+impl App {
+    /// Delivers every waiting outbox event it can lease. Returns how many it delivered.
+    pub async fn relay_outbox(&self) -> Result<usize, AppError> {
+        let mut total = 0;
+        loop {
+            let events = self
+                .store
+                .outbox_claim(self.clock.now(), LEASE_MS, BATCH)
+                .await?;
+            if events.is_empty() {
+                break;
+            }
+            match &self.outbox {
+                Some(sink) => sink.deliver(&events).await?,
+                None => {
+                    for event in &events {
+                        self.apply_outbox_event(event).await?;
+                    }
+                }
+            }
+            let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+            self.store.outbox_delivered(&ids).await?;
+            metrics::counter!("stampede_outbox_delivered_total").increment(ids.len() as u64);
+            total += ids.len();
+            if events.len() < BATCH as usize {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Exports the outbox's backlog and the age of its oldest event (`stampede_outbox_backlog`,
+    /// `stampede_outbox_lag_seconds`), for the outbox-lag alert.
+    pub async fn report_outbox_backlog(&self) -> Result<(), AppError> {
+        let (waiting, oldest) = self.store.outbox_backlog().await?;
+        metrics::gauge!("stampede_outbox_backlog").set(waiting as f64);
+        let lag = oldest.map_or(0, |t| self.clock.now().0.saturating_sub(t.0).max(0));
+        metrics::gauge!("stampede_outbox_lag_seconds").set(lag as f64 / 1000.0);
+        Ok(())
+    }
+
+    /// The effect of one event, once whatever the redeliveries: a notification in the buyer's
+    /// feed with the event's id, pushed to their live stream on every node.
+    pub async fn apply_outbox_event(&self, event: &OutboxEvent) -> Result<(), AppError> {
+        let notification = Notification {
+            id: event.id.clone(),
+            user_id: event.user_id.clone(),
+            kind: event.kind.clone(),
+            created_at: event.created_at,
+            data: event.data.clone(),
+        };
+        if self.store.append_notification(&notification).await? {
+            metrics::counter!("stampede_notifications_total", "kind" => event.kind.clone())
+                .increment(1);
+            self.bus.publish(Event::Notified { notification });
+        } else {
+            metrics::counter!("stampede_outbox_redelivered_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Runs the relay every `outbox_interval_ms`, and at once when this node wrote an event.
+    pub(crate) fn spawn_outbox_relay(
+        self: &Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        let every = Duration::from_millis(app.config.outbox_interval_ms.max(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = app.outbox_kick.notified() => {}
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                if let Err(e) = app.relay_outbox().await {
+                    metrics::counter!("stampede_background_errors_total", "job" => "outbox relay")
+                        .increment(1);
+                    tracing::warn!(error = %e, "outbox relay failed; events stay for the next try");
+                }
+            }
+            // Last chance to hand over what this node wrote before it stops.
+            let _ = app.relay_outbox().await;
+        })
+    }
+}
