@@ -25,6 +25,7 @@ mod error;
 mod holds;
 mod misc;
 mod orders;
+mod outbox;
 mod report;
 mod rows;
 mod sales;
@@ -41,8 +42,8 @@ use sqlx::PgPool;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
-    IdempotencyStart, NewOrder, Notification, PaymentApplied, PaymentResult, PortError, PortResult,
-    ReserveRequest, Session, StockAudit, Store, User,
+    IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
+    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
@@ -276,7 +277,7 @@ impl Store for PgStore {
         misc::record_webhook_event(&self.pool, event_id, now).await
     }
 
-    async fn append_notification(&self, notification: &Notification) -> PortResult<()> {
+    async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
         misc::append_notification(&self.pool, notification).await
     }
 
@@ -287,6 +288,23 @@ impl Store for PgStore {
         limit: u32,
     ) -> PortResult<Vec<Notification>> {
         misc::notifications(&self.pool, user, after, limit).await
+    }
+
+    async fn outbox_claim(
+        &self,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: u32,
+    ) -> PortResult<Vec<OutboxEvent>> {
+        outbox::claim(&self.pool, now, lease_ms, limit).await
+    }
+
+    async fn outbox_delivered(&self, ids: &[String]) -> PortResult<()> {
+        outbox::delivered(&self.pool, ids).await
+    }
+
+    async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
+        outbox::backlog(&self.pool).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {

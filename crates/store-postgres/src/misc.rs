@@ -202,11 +202,12 @@ pub(crate) async fn audit(pool: &PgPool, f: &AuditFilter) -> PortResult<Vec<Audi
     .collect()
 }
 
-/// Adds one notification to a buyer's feed.
-pub(crate) async fn append_notification(pool: &PgPool, n: &Notification) -> PortResult<()> {
-    sqlx::query(
+/// Adds one notification to a buyer's feed; `false` (nothing written) if its id is there
+/// already, so a redelivered event takes effect once.
+pub(crate) async fn append_notification(pool: &PgPool, n: &Notification) -> PortResult<bool> {
+    let done = sqlx::query(
         "INSERT INTO notifications (id, user_id, kind, created_at, data_json) \
-         VALUES ($1, $2, $3, $4, $5::jsonb)",
+         VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&n.id)
     .bind(n.user_id.as_str())
@@ -216,7 +217,7 @@ pub(crate) async fn append_notification(pool: &PgPool, n: &Notification) -> Port
     .execute(pool)
     .await
     .port()?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// A buyer's notifications after a cursor, oldest first.

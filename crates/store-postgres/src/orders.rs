@@ -8,6 +8,9 @@
 //!   confirmed, or no stock moves at all and the order fails with `hold_expired`;
 //! * every order and payment status change goes through `OrderStatus::transition` /
 //!   `PaymentStatus::transition`, and its `UPDATE` is guarded by the status it was read in.
+//! * an order leaving `pending_payment` for `confirmed` or `payment_failed` writes exactly one
+//!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
+//!   or pending answer writes none.
 
 use sqlx::{PgConnection, PgPool};
 
@@ -22,6 +25,7 @@ use stampede_core::{
 
 use crate::error::{internal, OrPort};
 use crate::holds;
+use crate::outbox;
 use crate::rows::{self, col, col_money, col_ts, col_u32, col_word};
 use crate::txstock::TxStock;
 
@@ -435,6 +439,7 @@ pub(crate) async fn apply_payment(
             )
             .await?;
             release_holds_from(&mut tx, &user, id).await?;
+            outbox::insert(&mut tx, &outbox::payment_failed(&order, reason, now)).await?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
         PaymentResult::Pending { reference } => {
@@ -474,6 +479,7 @@ pub(crate) async fn apply_payment(
                         now,
                     )
                     .await?;
+                    outbox::insert(&mut tx, &outbox::order_confirmed(&order, now)).await?;
                     PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
                 }
                 None => {
@@ -490,6 +496,8 @@ pub(crate) async fn apply_payment(
                     )
                     .await?;
                     release_holds_from(&mut tx, &user, id).await?;
+                    let event = outbox::payment_failed(&order, HOLD_EXPIRED, now);
+                    outbox::insert(&mut tx, &event).await?;
                     PaymentApplied::HoldLapsed(load_existing(&mut tx, &user, id).await?)
                 }
             }

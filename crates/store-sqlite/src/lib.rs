@@ -22,6 +22,7 @@ mod error;
 mod holds;
 mod misc;
 mod orders;
+mod outbox;
 mod report;
 mod rows;
 mod sales;
@@ -37,8 +38,8 @@ use sqlx::SqlitePool;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
-    IdempotencyStart, NewOrder, Notification, PaymentApplied, PaymentResult, PortError, PortResult,
-    ReserveRequest, Session, StockAudit, Store, User,
+    IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
+    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
@@ -271,7 +272,7 @@ impl Store for SqliteStore {
         misc::record_webhook_event(&self.writer, event_id, now).await
     }
 
-    async fn append_notification(&self, notification: &Notification) -> PortResult<()> {
+    async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
         misc::append_notification(&self.writer, notification).await
     }
 
@@ -282,6 +283,23 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> PortResult<Vec<Notification>> {
         misc::notifications(&self.reader, user, after, limit).await
+    }
+
+    async fn outbox_claim(
+        &self,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: u32,
+    ) -> PortResult<Vec<OutboxEvent>> {
+        outbox::claim(&self.writer, now, lease_ms, limit).await
+    }
+
+    async fn outbox_delivered(&self, ids: &[String]) -> PortResult<()> {
+        outbox::delivered(&self.writer, ids).await
+    }
+
+    async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
+        outbox::backlog(&self.reader).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {

@@ -206,11 +206,12 @@ pub(crate) async fn audit(reader: &SqlitePool, f: &AuditFilter) -> PortResult<Ve
     .collect()
 }
 
-/// Adds one notification to a buyer's feed.
-pub(crate) async fn append_notification(writer: &SqlitePool, n: &Notification) -> PortResult<()> {
-    sqlx::query(
+/// Adds one notification to a buyer's feed; `false` (nothing written) if its id is there
+/// already, so a redelivered event takes effect once.
+pub(crate) async fn append_notification(writer: &SqlitePool, n: &Notification) -> PortResult<bool> {
+    let done = sqlx::query(
         "INSERT INTO notifications (id, user_id, kind, created_at, data_json) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&n.id)
     .bind(n.user_id.as_str())
@@ -220,7 +221,7 @@ pub(crate) async fn append_notification(writer: &SqlitePool, n: &Notification) -
     .execute(writer)
     .await
     .port()?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// A buyer's notifications after a cursor, oldest first.

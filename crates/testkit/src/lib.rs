@@ -72,6 +72,10 @@ macro_rules! store_conformance_tests {
             idempotency_keys,
             webhook_events_are_seen_once,
             audit_log_filters_and_pages,
+            payment_outcomes_write_one_outbox_event_each,
+            outbox_claims_lease_events_until_delivered,
+            concurrent_outbox_claims_never_share_an_event,
+            notifications_are_appended_once_per_id,
             randomized_operations_match_the_reference_model
         );
     };

@@ -1,6 +1,6 @@
 //! Conformance of a `Store` adapter to the port: the judge's rules (no oversell, per-buyer
-//! limits, holds ending once), orders and payments, idempotency, and a seeded randomized run
-//! against the reference model `stampede_core::judge::SaleLedger`.
+//! limits, holds ending once), orders and payments, the outbox and notifications, idempotency,
+//! and a seeded randomized run against the reference model `stampede_core::judge::SaleLedger`.
 //!
 //! Every check is a plain `pub async fn(Arc<dyn Store>)` that expects a fresh, migrated, empty
 //! store; [`crate::store_conformance_tests!`] turns them into one `#[tokio::test]` per check for
@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, HoldError, IdempotencyStart, NewOrder,
-    PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store, User,
+    Notification, OutboxEvent, PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store,
+    User,
 };
 use stampede_core::judge::{LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -995,6 +996,292 @@ pub async fn audit_log_filters_and_pages(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(limited, all[..2].to_vec());
+}
+
+// --- the outbox and notifications --------------------------------------------------------
+
+/// Every waiting outbox event, leased for a moment at `now` (which must be later than any
+/// earlier claim's lease), oldest first.
+async fn claim_all(store: &dyn Store, now: Timestamp) -> Vec<OutboxEvent> {
+    store.outbox_claim(now, 1, 10_000).await.unwrap()
+}
+
+/// `n` orders of buyer `who`, one unit each, confirmed one millisecond apart from `at`: `n`
+/// `order_confirmed` events, oldest first.
+async fn confirmed_orders(store: &dyn Store, who: &UserId, n: u32, at: Timestamp) -> Vec<Order> {
+    let sale = new_sale(store, i64::from(n), n).await;
+    let batch: Vec<_> = (0..n).map(|_| req(&sale, who, 1, T0)).collect();
+    let holds: Vec<Hold> = store
+        .reserve(&batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut orders = Vec::new();
+    for (i, h) in holds.iter().enumerate() {
+        let order = checkout(store, who, &[h], T0).await.unwrap();
+        let now = at.plus_millis(i64::try_from(i).unwrap());
+        let out = pay(
+            store,
+            &order,
+            authorized(&format!("ref-{}", order.id), false),
+            now,
+        )
+        .await;
+        let PaymentApplied::Done(paid) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(paid.status, OrderStatus::Confirmed);
+        orders.push(paid);
+    }
+    orders
+}
+
+/// An order leaving `pending_payment` writes exactly one outbox event in its transaction:
+/// `order_confirmed` with the total, `payment_failed` with the gateway's reason or with
+/// `hold_expired` for a lapsed authorization. A pending answer or a replay writes none.
+pub async fn payment_outcomes_write_one_outbox_event_each(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 10, 10).await;
+    let (a, b) = (user(1), user(2));
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (0, None));
+
+    // Confirmed, then replayed.
+    let ha = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let oa = checkout(&*f.store, &a, &[&ha], T0).await.unwrap();
+    let t1 = T0.plus_secs(1);
+    let out = pay(&*f.store, &oa, authorized("ref-a", false), t1).await;
+    let PaymentApplied::Done(confirmed) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(confirmed.status, OrderStatus::Confirmed);
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (1, Some(t1)));
+    let again = pay(&*f.store, &oa, authorized("ref-a", false), t1.plus_secs(1)).await;
+    assert!(
+        matches!(again, PaymentApplied::AlreadySettled(_)),
+        "{again:?}"
+    );
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (1, Some(t1)));
+
+    // Pending (nothing yet), then declined, then a replayed decline.
+    let hb = reserve_one(&*f.store, &sale, &b, 1, T0).await;
+    let ob = checkout(&*f.store, &b, &[&hb], T0).await.unwrap();
+    let t2 = T0.plus_secs(2);
+    let pending = PaymentResult::Pending {
+        reference: "ref-b".into(),
+    };
+    let out = pay(&*f.store, &ob, pending, t2).await;
+    assert!(matches!(out, PaymentApplied::Done(ref o) if o.status == OrderStatus::PendingPayment));
+    assert_eq!(f.store.outbox_backlog().await.unwrap().0, 1);
+    let declined = PaymentResult::Declined {
+        reference: None,
+        reason: "insufficient_funds".into(),
+    };
+    let t3 = T0.plus_secs(3);
+    let out = pay(&*f.store, &ob, declined.clone(), t3).await;
+    assert!(matches!(out, PaymentApplied::Done(ref o) if o.status == OrderStatus::PaymentFailed));
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (2, Some(t1)));
+    let out = pay(&*f.store, &ob, declined, t3.plus_secs(1)).await;
+    assert!(matches!(out, PaymentApplied::AlreadySettled(_)), "{out:?}");
+    assert_eq!(f.store.outbox_backlog().await.unwrap().0, 2);
+
+    // The declined hold joins a new order, lapses, and its late authorization fails.
+    let oc = checkout(&*f.store, &b, &[&hb], t3).await.unwrap();
+    let late = hb.expires_at.plus_secs(1);
+    assert_eq!(f.store.expire_due_holds(late, 10).await.unwrap().len(), 1);
+    let out = pay(&*f.store, &oc, authorized("ref-c", false), late).await;
+    assert!(matches!(out, PaymentApplied::HoldLapsed(_)), "{out:?}");
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (3, Some(t1)));
+    // Cancelling the confirmed order is not an outcome of a payment: no event.
+    let cancelled = f.store.cancel_order(&a, &oa.id, late).await.unwrap();
+    assert!(matches!(cancelled, Some(Ok(Cancelled::Refunded { .. }))));
+    assert_eq!(f.store.outbox_backlog().await.unwrap().0, 3);
+
+    let events = claim_all(&*f.store, late.plus_secs(1)).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let (e1, e2, e3) = (&events[0], &events[1], &events[2]);
+    assert_eq!(
+        (e1.kind.as_str(), &e1.user_id, e1.created_at),
+        ("order_confirmed", &a, t1)
+    );
+    assert_eq!(
+        e1.data,
+        serde_json::json!({
+            "order_id": oa.id.as_str(),
+            "total": oa.total.format(&oa.currency),
+            "currency": "EUR",
+        })
+    );
+    assert_eq!(e1.data["total"], "50.00");
+    assert_eq!(
+        (e2.kind.as_str(), &e2.user_id, e2.created_at),
+        ("payment_failed", &b, t3)
+    );
+    assert_eq!(
+        e2.data,
+        serde_json::json!({ "order_id": ob.id.as_str(), "reason": "insufficient_funds" })
+    );
+    assert_eq!(
+        (e3.kind.as_str(), &e3.user_id, e3.created_at),
+        ("payment_failed", &b, late)
+    );
+    assert_eq!(
+        e3.data,
+        serde_json::json!({ "order_id": oc.id.as_str(), "reason": "hold_expired" })
+    );
+    // Ids are ULIDs of the moment the event was written, so they sort by time.
+    for e in &events {
+        assert_eq!(e.id.len(), 26, "{e:?}");
+    }
+    assert!(e1.id < e2.id && e2.id < e3.id);
+    assert!(e1.id.starts_with(&UserId::generate(t1.0, 0).as_str()[..10]));
+}
+
+/// A claim leases events, oldest first and at most `limit`: no other claim gets them until the
+/// lease lapses (`lease_until <= now`), and a delivered event is never claimed again.
+pub async fn outbox_claims_lease_events_until_delivered(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let a = user(1);
+    let at = T0.plus_secs(1);
+    confirmed_orders(&*f.store, &a, 3, at).await;
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (3, Some(at)));
+    let t = T0.plus_secs(10);
+    let lease = 30_000;
+
+    assert!(f.store.outbox_claim(t, lease, 0).await.unwrap().is_empty());
+    let first = f.store.outbox_claim(t, lease, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].created_at, at);
+    assert_eq!(first[1].created_at, at.plus_millis(1));
+    let second = f.store.outbox_claim(t, lease, 10).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].created_at, at.plus_millis(2));
+    let mut ids: Vec<String> = first.iter().chain(&second).map(|e| e.id.clone()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "oldest first");
+    // Claimed, not delivered: still waiting.
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (3, Some(at)));
+
+    // Within the lease: nothing.
+    assert!(f.store.outbox_claim(t, lease, 10).await.unwrap().is_empty());
+    let just_before = t.plus_millis(lease - 1);
+    assert!(f
+        .store
+        .outbox_claim(just_before, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The lease lapsed (a relay died): the same events again, unchanged.
+    let t2 = t.plus_millis(lease);
+    let retaken = f.store.outbox_claim(t2, lease, 10).await.unwrap();
+    let expected: Vec<OutboxEvent> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(retaken, expected);
+
+    // Two delivered: only the third waits, and only it comes back after its lease.
+    f.store.outbox_delivered(&[]).await.unwrap();
+    f.store.outbox_delivered(&ids[..2]).await.unwrap();
+    assert_eq!(
+        f.store.outbox_backlog().await.unwrap(),
+        (1, Some(at.plus_millis(2)))
+    );
+    let t3 = t2.plus_millis(lease);
+    let last = f.store.outbox_claim(t3, lease, 10).await.unwrap();
+    assert_eq!(last, vec![expected[2].clone()]);
+
+    // Delivering again (a relay that lost the answer) is harmless.
+    ids.push(ids[0].clone());
+    f.store.outbox_delivered(&ids).await.unwrap();
+    assert_eq!(f.store.outbox_backlog().await.unwrap(), (0, None));
+    let much_later = t3.plus_secs(86_400);
+    assert!(claim_all(&*f.store, much_later).await.is_empty());
+}
+
+/// Two relays claiming at once never get the same event, and between them get every one.
+pub async fn concurrent_outbox_claims_never_share_an_event(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let orders = confirmed_orders(&*f.store, &user(1), 50, T0.plus_secs(1)).await;
+    assert_eq!(f.store.outbox_backlog().await.unwrap().0, 50);
+    let now = T0.plus_secs(10);
+    let relay = move |store: Arc<dyn Store>| async move {
+        let mut got = Vec::new();
+        loop {
+            let batch = store.outbox_claim(now, 60_000, 10).await.unwrap();
+            if batch.is_empty() {
+                return got;
+            }
+            assert!(batch.len() <= 10);
+            got.extend(batch.into_iter().map(|e| e.id));
+            tokio::task::yield_now().await;
+        }
+    };
+    let (x, y) = tokio::join!(relay(f.store.clone()), relay(f.store.clone()));
+    let xs: std::collections::BTreeSet<String> = x.iter().cloned().collect();
+    let ys: std::collections::BTreeSet<String> = y.iter().cloned().collect();
+    assert_eq!(xs.len(), x.len(), "one relay got an event twice");
+    assert_eq!(ys.len(), y.len(), "one relay got an event twice");
+    assert!(
+        xs.is_disjoint(&ys),
+        "both relays got {:?}",
+        xs.intersection(&ys)
+    );
+    assert_eq!(xs.len() + ys.len(), 50);
+    // Every event is one of these orders, once.
+    let mut order_ids: Vec<String> = claim_all(&*f.store, now.plus_secs(60))
+        .await
+        .into_iter()
+        .map(|e| e.data["order_id"].as_str().unwrap().to_owned())
+        .collect();
+    order_ids.sort();
+    let mut expected: Vec<String> = orders.iter().map(|o| o.id.to_string()).collect();
+    expected.sort();
+    assert_eq!(order_ids, expected);
+}
+
+/// A notification is appended once per id: a redelivered event adds nothing.
+pub async fn notifications_are_appended_once_per_id(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let a = user(1);
+    let n1 = Notification {
+        id: UserId::generate(T0.0, 1).to_string(),
+        user_id: a.clone(),
+        kind: "order_confirmed".into(),
+        created_at: T0,
+        data: serde_json::json!({ "order_id": "o1", "total": "25.00", "currency": "EUR" }),
+    };
+    assert!(f.store.append_notification(&n1).await.unwrap());
+    let replay = Notification {
+        created_at: T0.plus_secs(5),
+        data: serde_json::json!({ "other": true }),
+        ..n1.clone()
+    };
+    assert!(!f.store.append_notification(&replay).await.unwrap());
+    assert_eq!(
+        f.store.notifications(&a, None, 10).await.unwrap(),
+        vec![n1.clone()]
+    );
+    let n2 = Notification {
+        id: UserId::generate(T0.0 + 1, 2).to_string(),
+        created_at: T0.plus_millis(1),
+        ..n1.clone()
+    };
+    assert!(f.store.append_notification(&n2).await.unwrap());
+    assert_eq!(
+        f.store.notifications(&a, None, 10).await.unwrap(),
+        vec![n1.clone(), n2.clone()]
+    );
+    assert_eq!(
+        f.store.notifications(&a, Some(&n1.id), 10).await.unwrap(),
+        vec![n2]
+    );
+    assert!(f
+        .store
+        .notifications(&user(2), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 // --- randomized comparison against the reference model -----------------------------------
