@@ -89,7 +89,11 @@ impl App {
         if self.gate.seed(&seed).await? {
             // Everything the gate should have known was missing.
             let units = seed.available.unsigned_abs()
-                + seed.user_units.iter().map(|(_, n)| u64::from(*n)).sum::<u64>();
+                + seed
+                    .user_units
+                    .iter()
+                    .map(|(_, n)| u64::from(*n))
+                    .sum::<u64>();
             self.record_drift(sale_id, units);
             tracing::warn!(sale = %sale_id, units, "gate had lost the sale; seeded from the judge");
         }

@@ -1,7 +1,6 @@
 //! The buyer's in-app feed: what happened to their orders and payments. Each entry is the
 //! effect of an outbox event the store wrote with the order change (see [`crate::outbox`]).
 
-
 use crate::auth::Principal;
 use crate::ports::Notification;
 use crate::{App, AppError};

@@ -406,11 +406,7 @@ impl App {
             },
             invariant_ok,
             gate_drift: gate - c.available,
-            gate_drift_repaired: self
-                .drift_repaired
-                .get(&sale_id)
-                .map(|d| *d)
-                .unwrap_or(0),
+            gate_drift_repaired: self.drift_repaired.get(&sale_id).map(|d| *d).unwrap_or(0),
         })
     }
 

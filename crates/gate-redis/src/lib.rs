@@ -302,11 +302,7 @@ impl Gate for RedisGate {
 
     async fn give_back(&self, sale: &SaleId, user: &UserId, quantity: u32) -> PortResult<()> {
         let _: i64 = self
-            .run(
-                &self.give,
-                sale,
-                &[user.to_string(), quantity.to_string()],
-            )
+            .run(&self.give, sale, &[user.to_string(), quantity.to_string()])
             .await?;
         Ok(())
     }

@@ -74,9 +74,15 @@ async fn two_nodes_racing_never_let_more_through_than_the_stock_or_a_buyer_past_
     let mut tasks = Vec::new();
     for (i, u) in buyers.iter().enumerate() {
         for k in 0..3 {
-            let g = if (i + k) % 2 == 0 { a.clone() } else { b.clone() };
+            let g = if (i + k) % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
             let (s, u) = (s.clone(), u.clone());
-            tasks.push(tokio::spawn(async move { (u.clone(), g.try_take(&s, &u, 1, 2).await.unwrap()) }));
+            tasks.push(tokio::spawn(async move {
+                (u.clone(), g.try_take(&s, &u, 1, 2).await.unwrap())
+            }));
         }
     }
     let mut passed = 0;
@@ -89,7 +95,10 @@ async fn two_nodes_racing_never_let_more_through_than_the_stock_or_a_buyer_past_
         }
     }
     assert_eq!(passed, 100, "exactly the stock passes");
-    assert!(per_user.values().all(|n| *n <= 2), "no buyer past the limit");
+    assert!(
+        per_user.values().all(|n| *n <= 2),
+        "no buyer past the limit"
+    );
     assert_eq!(a.available(&s).await.unwrap(), Some(0));
     assert_eq!(
         b.try_take(&s, &user(999), 1, 2).await.unwrap(),
@@ -105,7 +114,10 @@ async fn a_flushed_sale_answers_unseeded_and_the_first_seed_wins() {
     assert!(g.seed(&seed(&s, 5, vec![])).await.unwrap());
     assert_eq!(g.try_take(&s, &u, 2, 2).await.unwrap(), GateVerdict::Pass);
     forget(&s, &cfg.namespace).await;
-    assert_eq!(g.try_take(&s, &u, 1, 2).await.unwrap(), GateVerdict::Unseeded);
+    assert_eq!(
+        g.try_take(&s, &u, 1, 2).await.unwrap(),
+        GateVerdict::Unseeded
+    );
     // A give-back to a sale the gate lost is a no-op (the seed counts it).
     g.give_back(&s, &u, 2).await.unwrap();
     assert_eq!(g.available(&s).await.unwrap(), None);
@@ -117,7 +129,10 @@ async fn a_flushed_sale_answers_unseeded_and_the_first_seed_wins() {
     assert!(avail == 3 || avail == 99);
     if avail == 3 {
         // The buyer's units came back with the seed: the limit still holds.
-        assert_eq!(g.try_take(&s, &u, 1, 2).await.unwrap(), GateVerdict::LimitExceeded);
+        assert_eq!(
+            g.try_take(&s, &u, 1, 2).await.unwrap(),
+            GateVerdict::LimitExceeded
+        );
     }
 }
 
@@ -130,13 +145,25 @@ async fn drift_is_repaired_only_when_it_stays_put_on_a_quiet_sale() {
     assert_eq!(g.try_take(&s, &u, 2, 5).await.unwrap(), GateVerdict::Pass);
     // The judge says: the buyer's take never landed (lost give-back), and 10 are available.
     let judge = seed(&s, 10, vec![]);
-    assert_eq!(g.rebuild(std::slice::from_ref(&judge)).await.unwrap(), 0, "first sighting waits");
+    assert_eq!(
+        g.rebuild(std::slice::from_ref(&judge)).await.unwrap(),
+        0,
+        "first sighting waits"
+    );
     // Traffic in between: the sighting is void.
     assert_eq!(g.try_take(&s, &v, 1, 5).await.unwrap(), GateVerdict::Pass);
     g.give_back(&s, &v, 1).await.unwrap();
-    assert_eq!(g.rebuild(std::slice::from_ref(&judge)).await.unwrap(), 0, "busy: not repaired");
+    assert_eq!(
+        g.rebuild(std::slice::from_ref(&judge)).await.unwrap(),
+        0,
+        "busy: not repaired"
+    );
     // Quiet now: the same difference seen twice is repaired.
-    assert_eq!(g.rebuild(std::slice::from_ref(&judge)).await.unwrap(), 4, "2 available + 2 of the buyer's");
+    assert_eq!(
+        g.rebuild(std::slice::from_ref(&judge)).await.unwrap(),
+        4,
+        "2 available + 2 of the buyer's"
+    );
     assert_eq!(g.available(&s).await.unwrap(), Some(10));
     assert_eq!(g.try_take(&s, &u, 5, 5).await.unwrap(), GateVerdict::Pass);
     // In line: nothing to repair.
@@ -152,5 +179,9 @@ async fn an_unreachable_redis_fails_fast_instead_of_hanging() {
     cfg.timeout = Duration::from_millis(300);
     let err = RedisGate::connect(cfg).await.unwrap_err();
     assert!(matches!(err, PortError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -14,12 +14,12 @@ use tokio::sync::{mpsc, watch};
 use stampede_app::config::Argon2Cost;
 use stampede_app::ports::{EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, Store};
 use stampede_app::{Adapters, App, AppConfig};
+use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
 use stampede_core::{Clock, Timestamp};
 use stampede_engine::{LocalBus, MemoryGate};
+use stampede_gate_redis::{RedisGate, RedisGateConfig};
 use stampede_http::{AppState, RateLimitConfig, RateLimits};
 use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
-use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
-use stampede_gate_redis::{RedisGate, RedisGateConfig};
 use stampede_store_postgres::PgStore;
 use stampede_store_sqlite::SqliteStore;
 
@@ -71,7 +71,11 @@ async fn open_postgres(url: &str) -> anyhow::Result<PgStore> {
 pub async fn migrate(data_dir: &Path, postgres: Option<&str>) -> anyhow::Result<()> {
     init_logs(LogFormat::Text);
     if let Some(url) = postgres {
-        open_postgres(url).await?.migrate().await.context("migrating")?;
+        open_postgres(url)
+            .await?
+            .migrate()
+            .await
+            .context("migrating")?;
         tracing::info!("PostgreSQL migrations applied");
         return Ok(());
     }

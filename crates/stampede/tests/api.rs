@@ -53,12 +53,6 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-
-
-
-
-
-
 /// Records what is wrong with a successful JSON answer.
 fn check_json(bad: &mut Vec<String>, what: &str, r: &Resp, status: u16) {
     if r.status != status {

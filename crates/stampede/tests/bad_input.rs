@@ -34,14 +34,6 @@ fn invalid(r: &Resp, what: &str) {
     }
 }
 
-
-
-
-
-
-
-
-
 /// Retries a setup call that the deliberately tight rate limit refused.
 async fn until_admitted<F, Fut>(what: &str, mut f: F) -> Resp
 where
@@ -703,7 +695,7 @@ in_both_modes! {
     }
 
     async fn flooding_one_route_is_rate_limited(mode) {
-        let server = TestServer::start_with_in(mode.clone(), 
+        let server = TestServer::start_with_in(mode.clone(),
             &[
                 ("STAMPEDE_RATE_LIMIT_PER_SEC", "5"),
                 ("STAMPEDE_IP_RATE_LIMIT_PER_SEC", "5"),

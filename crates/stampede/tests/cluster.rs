@@ -13,14 +13,17 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{assert_invariant, cluster_nodes, Mode};
-use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 /// One disruptive test at a time in this binary.
 static TURN: Mutex<()> = Mutex::const_new(());
 
-async fn reserve_over(nodes: &[common::Api], tokens: &[String], sale: &str) -> Vec<(usize, common::Resp)> {
+async fn reserve_over(
+    nodes: &[common::Api],
+    tokens: &[String],
+    sale: &str,
+) -> Vec<(usize, common::Resp)> {
     let tasks: Vec<_> = tokens
         .iter()
         .enumerate()
@@ -43,13 +46,12 @@ async fn holds_in_postgres(mode: &Mode, sale: &str) -> Vec<(String, String, i64,
         unreachable!("cluster tests only")
     };
     let pool = env.pool().await;
-    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
-        "SELECT id, user_id, quantity::BIGINT, state FROM holds WHERE sale_id = $1",
-    )
-    .bind(sale)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, i64, String)> =
+        sqlx::query_as("SELECT id, user_id, quantity::BIGINT, state FROM holds WHERE sale_id = $1")
+            .bind(sale)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     pool.close().await;
     rows
 }
@@ -74,7 +76,9 @@ async fn counters_in_postgres(mode: &Mode, sale: &str) -> (i64, i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_sell_exactly_the_stock_to_six_hundred_buyers() {
     let _turn = TURN.lock().await;
-    let Some(mode) = Mode::cluster().await else { return };
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
     let nodes = cluster_nodes(&mode, 3).await;
     let apis: Vec<common::Api> = nodes.iter().map(|n| n.api()).collect();
     let admin = nodes[0].admin_token().await;
@@ -101,21 +105,34 @@ async fn three_nodes_sell_exactly_the_stock_to_six_hundred_buyers() {
         }
     }
     assert_eq!(won, 100, "exactly the stock is held");
-    assert!(per_user.values().all(|n| *n <= 2), "no buyer above the limit");
+    assert!(
+        per_user.values().all(|n| *n <= 2),
+        "no buyer above the limit"
+    );
 
     let holds = holds_in_postgres(&mode, &sale).await;
-    assert_eq!(holds.len(), 100, "the judge has exactly the holds acknowledged");
+    assert_eq!(
+        holds.len(),
+        100,
+        "the judge has exactly the holds acknowledged"
+    );
     let mut units: HashMap<&str, i64> = HashMap::new();
     for (_, user, qty, _) in &holds {
         *units.entry(user.as_str()).or_default() += qty;
     }
-    assert!(units.values().all(|n| *n <= 2), "no buyer above the limit in the judge");
+    assert!(
+        units.values().all(|n| *n <= 2),
+        "no buyer above the limit in the judge"
+    );
     let (total, available, held, sold) = counters_in_postgres(&mode, &sale).await;
     assert_eq!((total, available, held, sold), (100, 0, 100, 0));
     for node in &nodes {
         let m = node.metrics(&admin, &sale).await;
         assert_invariant(&m);
-        assert_eq!(m["held"], 100, "every node reports the judge's figures: {m}");
+        assert_eq!(
+            m["held"], 100,
+            "every node reports the judge's figures: {m}"
+        );
         assert_eq!(m["available"], 0);
     }
 }
@@ -123,7 +140,9 @@ async fn three_nodes_sell_exactly_the_stock_to_six_hundred_buyers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushing_redis_mid_race_neither_oversells_nor_stops_the_sale() {
     let _turn = TURN.lock().await;
-    let Some(mode) = Mode::cluster().await else { return };
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
     let nodes = cluster_nodes(&mode, 2).await;
     let apis: Vec<common::Api> = nodes.iter().map(|n| n.api()).collect();
     let admin = nodes[0].admin_token().await;
@@ -131,7 +150,10 @@ async fn flushing_redis_mid_race_neither_oversells_nor_stops_the_sale() {
     let buyers = nodes[0].buyers(300, 32).await;
 
     let first = reserve_over(&apis, &buyers[..100], &sale).await;
-    assert!(first.iter().all(|(_, r)| r.status == 201), "stock for all of the first hundred");
+    assert!(
+        first.iter().all(|(_, r)| r.status == 201),
+        "stock for all of the first hundred"
+    );
     // The rest race while Redis is flushed under them.
     let race = {
         let (apis, tokens, sale) = (apis.clone(), buyers[100..].to_vec(), sale.clone());
@@ -167,8 +189,12 @@ async fn flushing_redis_mid_race_neither_oversells_nor_stops_the_sale() {
         assert_invariant(&m);
         repaired += m["gate_drift_repaired"].as_u64().unwrap();
     }
-    assert!(repaired > 0, "the re-seeding of the lost gate is reported as repaired drift");
-    let text = nodes[0].get("/metrics", None).await.text + &nodes[1].get("/metrics", None).await.text;
+    assert!(
+        repaired > 0,
+        "the re-seeding of the lost gate is reported as repaired drift"
+    );
+    let text =
+        nodes[0].get("/metrics", None).await.text + &nodes[1].get("/metrics", None).await.text;
     assert!(
         text.contains("stampede_gate_drift_repaired_units_total"),
         "/metrics reports the repaired drift"
@@ -201,7 +227,9 @@ impl Drop for BrokerStopped {
 }
 
 async fn notifications_of(api: &common::Api, token: &str) -> Vec<Value> {
-    api.get("/api/v1/notifications", Some(token)).await.expect(200)["notifications"]
+    api.get("/api/v1/notifications", Some(token))
+        .await
+        .expect(200)["notifications"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -210,9 +238,19 @@ async fn notifications_of(api: &common::Api, token: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_made_while_rabbitmq_is_down_are_confirmed_and_their_events_arrive_once() {
     let _turn = TURN.lock().await;
-    let Some(mode) = Mode::cluster().await else { return };
-    if std::process::Command::new("rabbitmqctl").arg("-q").arg("status").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI needs rabbitmqctl to stop the broker");
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
+    if std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .arg("status")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs rabbitmqctl to stop the broker"
+        );
         eprintln!("skipped: rabbitmqctl not found");
         return;
     }
@@ -227,7 +265,11 @@ async fn orders_made_while_rabbitmq_is_down_are_confirmed_and_their_events_arriv
         let node = &nodes[i % 2];
         let hold = node.hold(token, &sale, 1).await;
         let r = node.order(token, &[&hold], "tok_ok", None).await;
-        assert_eq!(r.json["status"], "confirmed", "confirmed to the buyer with the broker down: {}", r.text);
+        assert_eq!(
+            r.json["status"], "confirmed",
+            "confirmed to the buyer with the broker down: {}",
+            r.text
+        );
         orders.push(r.json["order_id"].as_str().unwrap().to_owned());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -247,7 +289,11 @@ async fn orders_made_while_rabbitmq_is_down_are_confirmed_and_their_events_arriv
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(seen.len(), 1, "buyer {i}: one confirmation once the broker is back: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "buyer {i}: one confirmation once the broker is back: {seen:?}"
+        );
         assert_eq!(seen[0]["data"]["order_id"], orders[i].as_str());
     }
     // Redeliveries (the relay retried while the broker was down) take effect once.
@@ -260,7 +306,9 @@ async fn orders_made_while_rabbitmq_is_down_are_confirmed_and_their_events_arriv
             .count();
         assert_eq!(confirmed, 1, "none twice in effect");
     }
-    let Mode::Cluster(env) = &mode else { unreachable!() };
+    let Mode::Cluster(env) = &mode else {
+        unreachable!()
+    };
     let pool = env.pool().await;
     let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")
         .fetch_one(&pool)
@@ -271,19 +319,18 @@ async fn orders_made_while_rabbitmq_is_down_are_confirmed_and_their_events_arriv
 
 /// Reads a server-sent-events stream until `pick` returns something, or panics after `within`.
 async fn watch_until<T>(
-    resp: reqwest::Response,
+    mut resp: reqwest::Response,
     within: Duration,
     mut pick: impl FnMut(&str, &Value) -> Option<T>,
 ) -> T {
-    let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let chunk = tokio::time::timeout_at(deadline, stream.next())
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
             .await
             .expect("the awaited event did not come in time")
-            .expect("the stream ended")
-            .expect("the stream broke");
+            .expect("the stream broke")
+            .expect("the stream ended");
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find("\n\n") {
             let frame: String = buf.drain(..end + 2).collect();
@@ -307,13 +354,19 @@ async fn watch_until<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_node_a_sees_the_stock_move_when_a_buyer_buys_on_node_b() {
     let _turn = TURN.lock().await;
-    let Some(mode) = Mode::cluster().await else { return };
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
     let nodes = cluster_nodes(&mode, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let admin = a.admin_token().await;
     let sale = a.create_sale(&admin, 10, 2, 600).await;
     let viewer = a
-        .request(reqwest::Method::GET, &format!("/api/v1/sales/{sale}/events"), None)
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/sales/{sale}/events"),
+            None,
+        )
         .send()
         .await
         .unwrap();
@@ -332,7 +385,9 @@ async fn a_viewer_on_node_a_sees_the_stock_move_when_a_buyer_buys_on_node_b() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_burst_loses_no_acknowledged_hold() {
     let _turn = TURN.lock().await;
-    let Some(mode) = Mode::cluster().await else { return };
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
     let mut nodes = cluster_nodes(&mode, 2).await;
     let admin = nodes[1].admin_token().await;
     let sale = nodes[1].create_sale(&admin, 100_000, 1000, 600).await;
@@ -364,14 +419,23 @@ async fn a_node_killed_mid_burst_loses_no_acknowledged_hold() {
     for t in tasks {
         acknowledged.extend(t.await.unwrap());
     }
-    assert!(!acknowledged.is_empty(), "the burst got going before the kill");
+    assert!(
+        !acknowledged.is_empty(),
+        "the burst got going before the kill"
+    );
     let in_judge: HashSet<String> = holds_in_postgres(&mode, &sale)
         .await
         .into_iter()
         .map(|(id, _, _, _)| id)
         .collect();
-    let lost: Vec<&String> = acknowledged.iter().filter(|h| !in_judge.contains(*h)).collect();
-    assert!(lost.is_empty(), "acknowledged holds missing from PostgreSQL: {lost:?}");
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|h| !in_judge.contains(*h))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged holds missing from PostgreSQL: {lost:?}"
+    );
     // The survivor still sells, and the books balance.
     let buyer = nodes[1].buyer().await;
     nodes[1].hold(&buyer, &sale, 1).await;

@@ -45,12 +45,6 @@ fn assert_order_shape(o: &Value, sale: &str, quantity: i64) {
     );
 }
 
-
-
-
-
-
-
 fn event(id: &str, kind: &str, reference: &str) -> String {
     json!({"id": id, "type": kind, "data": {"reference": reference}}).to_string()
 }
@@ -61,8 +55,6 @@ async fn order_status(server: &TestServer, token: &str, id: &str) -> String {
         .await;
     r.expect(200)["status"].as_str().unwrap_or("").to_string()
 }
-
-
 
 /// Captures the sandbox gateway has performed, from the server's Prometheus metrics.
 async fn captures(server: &TestServer) -> u64 {

@@ -85,12 +85,10 @@ impl Mode {
             ("Redis", "127.0.0.1:6379"),
             ("RabbitMQ", "127.0.0.1:5672"),
         ] {
-            let reachable = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::net::TcpStream::connect(addr),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
+            let reachable =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
             if !reachable {
                 down.push(format!("{name} at {addr}"));
             }
@@ -106,7 +104,9 @@ impl Mode {
             eprintln!("{msg}");
             return None;
         }
-        Some(Mode::Cluster(std::sync::Arc::new(ClusterEnv::create().await)))
+        Some(Mode::Cluster(std::sync::Arc::new(
+            ClusterEnv::create().await,
+        )))
     }
 
     /// The environment a server of this mode gets on top of the defaults.
@@ -167,7 +167,10 @@ impl Drop for ClusterEnv {
         let name = self.name.clone();
         // Drop runs inside the test's runtime: clean up from a thread of its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -176,12 +179,13 @@ impl Drop for ClusterEnv {
                         .execute(&pool)
                         .await;
                 }
-                let bus = stampede_bus_rabbitmq::AmqpBus::start(stampede_bus_rabbitmq::AmqpConfig {
-                    url: AMQP_URL.into(),
-                    namespace: name.clone(),
-                    node_id: "cleanup".into(),
-                })
-                .await;
+                let bus =
+                    stampede_bus_rabbitmq::AmqpBus::start(stampede_bus_rabbitmq::AmqpConfig {
+                        url: AMQP_URL.into(),
+                        namespace: name.clone(),
+                        node_id: "cleanup".into(),
+                    })
+                    .await;
                 for _ in 0..50 {
                     if bus.connected() {
                         break;
