@@ -56,6 +56,11 @@ pub struct AppConfig {
     /// How often the outbox relay looks for undelivered events (it is also woken at once when
     /// an order event is written on this node).
     pub outbox_interval_ms: u64,
+    /// How long a node trusts a session it has looked up without asking the store again. A
+    /// logout on another node reaches this node as an event at once; this bounds how long a
+    /// lost event (broker down) could keep a dead token alive. Embedded: 60 s (one node, no
+    /// other node to log out from); cluster: 5 s.
+    pub token_cache_secs: u64,
 }
 
 impl Default for AppConfig {
@@ -75,6 +80,7 @@ impl Default for AppConfig {
             stock_publish_interval_ms: 200,
             sold_out_flag_ms: 0,
             outbox_interval_ms: 500,
+            token_cache_secs: 60,
         }
     }
 }

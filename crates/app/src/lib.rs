@@ -101,7 +101,7 @@ impl App {
             gateway: adapters.gateway,
             clock: adapters.clock,
             hashing: PasswordHashing::new(config.argon2, config.hash_concurrency)?,
-            tokens: TokenCache::new(100_000, Duration::from_secs(60)),
+            tokens: TokenCache::new(100_000, Duration::from_secs(config.token_cache_secs.max(1))),
             batcher,
             sales: SaleCache::default(),
             admissions: Admissions::default(),

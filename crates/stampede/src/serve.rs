@@ -213,6 +213,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         hash_concurrency: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
+        token_cache_secs: if cluster { 5 } else { 60 },
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {

@@ -443,3 +443,35 @@ async fn a_node_killed_mid_burst_loses_no_acknowledged_hold() {
     assert_invariant(&m);
     assert!(m["held"].as_i64().unwrap() as usize >= acknowledged.len() + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_node_ends_the_session_on_every_node() {
+    let _turn = TURN.lock().await;
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
+    let nodes = cluster_nodes(&mode, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let token = a.buyer().await;
+    // Both nodes have the session cached.
+    a.get("/api/v1/me", Some(&token)).await.expect(200);
+    b.get("/api/v1/me", Some(&token)).await.expect(200);
+    assert_eq!(
+        a.post_empty("/api/v1/auth/logout", Some(&token))
+            .await
+            .status,
+        204
+    );
+    let mut status = 0;
+    for _ in 0..50 {
+        status = b.get("/api/v1/me", Some(&token)).await.status;
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status, 401,
+        "the other node dropped the session within a second"
+    );
+}
