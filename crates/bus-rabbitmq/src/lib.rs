@@ -604,7 +604,7 @@ async fn supervise(shared: Arc<Shared>) {
 /// Logs a failed connection attempt: the first one and every 30th as a warning (a broker
 /// that stays down should not flood the log), the others at debug level.
 fn log_failure(failures: u64, url: &str, error: &str, retry_in: Duration) {
-    if failures == 1 || failures % 30 == 0 {
+    if failures == 1 || failures.is_multiple_of(30) {
         warn!(
             url,
             error,

@@ -39,7 +39,7 @@ pub fn binary() -> &'static str {
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Environment every test server gets unless the test overrides a variable.
-fn default_env() -> Vec<(String, String)> {
+pub fn default_env() -> Vec<(String, String)> {
     [
         ("STAMPEDE_ADMIN_EMAIL", ADMIN_EMAIL.to_string()),
         ("STAMPEDE_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
@@ -110,7 +110,7 @@ impl Mode {
     }
 
     /// The environment a server of this mode gets on top of the defaults.
-    fn env(&self) -> Vec<(String, String)> {
+    pub fn env(&self) -> Vec<(String, String)> {
         match self {
             Mode::Embedded => vec![],
             Mode::Cluster(c) => vec![
@@ -200,15 +200,7 @@ impl Drop for ClusterEnv {
 }
 
 fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+    rand::random()
 }
 
 /// Declares black-box tests that run once per deployment mode, from one body: for each
