@@ -126,6 +126,14 @@ async fn three_nodes_sell_exactly_the_stock_to_six_hundred_buyers() {
     );
     let (total, available, held, sold) = counters_in_postgres(&mode, &sale).await;
     assert_eq!((total, available, held, sold), (100, 0, 100, 0));
+    // The invariant in PostgreSQL itself: the counters are what the rows say.
+    let active: i64 = holds
+        .iter()
+        .filter(|(_, _, _, state)| state == "active")
+        .map(|(_, _, qty, _)| qty)
+        .sum();
+    assert_eq!(active, held, "held units = the active holds' units");
+    assert_eq!(available + held + sold, total);
     for node in &nodes {
         let m = node.metrics(&admin, &sale).await;
         assert_invariant(&m);
