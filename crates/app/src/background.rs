@@ -121,6 +121,7 @@ impl App {
             }
             Event::SessionRevoked { token_hash } => self.forget_session(&token_hash),
             Event::SaleStatus { sale_id, .. } | Event::SaleChanged { sale_id } => {
+                self.forget_sale_reads(&sale_id);
                 match self.store.sale(&sale_id).await {
                     Ok(Some(sale)) => self.sales.put(sale),
                     Ok(None) => {}

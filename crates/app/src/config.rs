@@ -61,6 +61,9 @@ pub struct AppConfig {
     /// lost event (broker down) could keep a dead token alive. Embedded: 60 s (one node, no
     /// other node to log out from); cluster: 5 s.
     pub token_cache_secs: u64,
+    /// How stale the sale list and detail shown to viewers may be, in ms (0: always fresh).
+    /// The hottest reads of a sale day; the reserve path never uses them.
+    pub read_cache_ms: u64,
 }
 
 impl Default for AppConfig {
@@ -81,6 +84,7 @@ impl Default for AppConfig {
             sold_out_flag_ms: 0,
             outbox_interval_ms: 500,
             token_cache_secs: 60,
+            read_cache_ms: 1000,
         }
     }
 }

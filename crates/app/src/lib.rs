@@ -14,6 +14,7 @@ pub mod group_commit;
 pub mod notifications;
 pub mod outbox;
 pub mod ports;
+pub mod read_cache;
 pub mod sales;
 pub mod webhook;
 
@@ -66,6 +67,10 @@ pub struct App {
     pub(crate) sold_out_until: dashmap::DashMap<SaleId, stampede_core::Timestamp>,
     /// One seeding of the gate from the judge at a time on this node.
     pub(crate) seeding: tokio::sync::Mutex<()>,
+    /// Sale detail as viewers read it (lags the judge by at most `read_cache_ms`).
+    pub(crate) sale_reads: read_cache::ReadThrough<Option<stampede_core::Sale>>,
+    /// The sale list as viewers read it.
+    pub(crate) list_reads: read_cache::ReadThrough<Vec<stampede_core::Sale>>,
     /// Units of gate drift this node repaired, per sale (admin metrics).
     pub(crate) drift_repaired: dashmap::DashMap<SaleId, u64>,
     hashing: PasswordHashing,
@@ -112,6 +117,14 @@ impl App {
             sold_out_until: dashmap::DashMap::new(),
             seeding: tokio::sync::Mutex::new(()),
             drift_repaired: dashmap::DashMap::new(),
+            sale_reads: read_cache::ReadThrough::new(
+                "sale",
+                i64::try_from(config.read_cache_ms).unwrap_or(i64::MAX),
+            ),
+            list_reads: read_cache::ReadThrough::new(
+                "sales",
+                i64::try_from(config.read_cache_ms).unwrap_or(i64::MAX),
+            ),
             config,
         });
         app.load_sales().await?;

@@ -159,7 +159,10 @@ impl App {
     /// Every sale, optionally only those whose status at now is in `statuses`.
     pub async fn list_sales(&self, statuses: Option<&[SaleStatus]>) -> Result<Vec<Sale>, AppError> {
         let now = self.clock.now();
-        let mut sales = self.store.sales().await?;
+        let mut sales = self
+            .list_reads
+            .get("all", now, || async { self.store.sales().await })
+            .await?;
         if let Some(wanted) = statuses {
             sales.retain(|s| wanted.contains(&s.status_at(now)));
         }
@@ -169,7 +172,23 @@ impl App {
     /// One sale with its current stock.
     pub async fn sale(&self, id: &str) -> Result<Sale, AppError> {
         let id = SaleId::parse(id).ok_or(AppError::NotFound)?;
-        self.store.sale(&id).await?.ok_or(AppError::NotFound)
+        self.sale_reads
+            .get(id.as_str(), self.clock.now(), || async {
+                self.store.sale(&id).await
+            })
+            .await?
+            .ok_or(AppError::NotFound)
+    }
+
+    /// Store reads the viewers' cache has made (detail, list): for tests and capacity checks.
+    pub fn read_cache_loads(&self) -> (u64, u64) {
+        (self.sale_reads.loads(), self.list_reads.loads())
+    }
+
+    /// A sale's configuration changed (here or on another node): viewers see it at once.
+    pub(crate) fn forget_sale_reads(&self, id: &SaleId) {
+        self.sale_reads.invalidate(id.as_str());
+        self.list_reads.invalidate("all");
     }
 
     /// Creates a sale (admin).
@@ -213,6 +232,7 @@ impl App {
             })
             .await?;
         self.sales.put(sale.clone());
+        self.forget_sale_reads(&sale.id);
         self.bus.publish(crate::ports::Event::SaleChanged {
             sale_id: sale.id.clone(),
         });
@@ -367,6 +387,7 @@ impl App {
             self.stock_returned(&saved.id);
         }
         self.sales.put(saved.clone());
+        self.forget_sale_reads(&saved.id);
         self.bus.publish(crate::ports::Event::SaleChanged {
             sale_id: saved.id.clone(),
         });

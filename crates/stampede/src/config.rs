@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// Default 500.
     #[arg(long, env = "STAMPEDE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// How stale the sale list and detail shown to viewers may be, in ms: they are served from
+    /// a per-node cache refreshed by one read at a time, and sent with
+    /// `Cache-Control: max-age` so a CDN can take most of them. 0 turns it off. Default 1000.
+    #[arg(long, env = "STAMPEDE_READ_CACHE_MS")]
+    pub read_cache_ms: Option<u64>,
 }
 
 /// The same settings as read from a TOML file.
@@ -123,6 +128,7 @@ pub struct FileConfig {
     pub cluster_name: Option<String>,
     pub sold_out_flag_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
+    pub read_cache_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -159,7 +165,8 @@ impl ServeArgs {
             amqp,
             cluster_name,
             sold_out_flag_ms,
-            redis_timeout_ms
+            redis_timeout_ms,
+            read_cache_ms
         );
         self.demo = self.demo || f.demo.unwrap_or(false);
         Ok(self)

@@ -214,6 +214,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(2),
         token_cache_secs: if cluster { 5 } else { 60 },
+        read_cache_ms: args.read_cache_ms.unwrap_or(defaults.read_cache_ms),
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {

@@ -99,13 +99,18 @@ fn every_alert_has_a_runbook_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alerts_use_is_exported_by_a_cluster_node() {
     // Cluster mode exports everything the embedded mode does, plus the bus's metrics.
-    let Some(mode) = Mode::cluster().await else { return };
+    let Some(mode) = Mode::cluster().await else {
+        return;
+    };
     let server = TestServer::start_in(mode).await;
     let admin = server.admin_token().await;
     let sale = server.create_sale(&admin, 10, 1, 1).await;
     let buyer = server.buyer().await;
     server.hold(&buyer, &sale, 1).await;
-    server.reserve(&buyer, &sale, 1).await.expect_problem(422, "limit_exceeded");
+    server
+        .reserve(&buyer, &sale, 1)
+        .await
+        .expect_problem(422, "limit_exceeded");
     let wanted = metrics_used();
     let mut missing = wanted.clone();
     for _ in 0..60 {

@@ -324,3 +324,42 @@ async fn reconciling_during_a_burst_leaves_no_drift() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_reads_at_the_moment_a_sale_expires_from_the_cache_cost_one_store_read() {
+    let w = world().await;
+    let id = w.sale(100, 1, 300).await;
+    // Prime the entry, then freeze the clock exactly at its expiry (default lag 1 s).
+    w.app.sale(&id).await.unwrap();
+    let (before, _) = w.app.read_cache_loads();
+    w.clock.advance_millis(1000);
+    let start = Arc::new(tokio::sync::Barrier::new(10_000));
+    let mut tasks = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let (app, id, start) = (w.app.clone(), id.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            app.sale(&id).await.unwrap().stock.available
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 100);
+    }
+    let (after, _) = w.app.read_cache_loads();
+    assert_eq!(after - before, 1, "one store read for ten thousand viewers");
+    // The list too.
+    w.app.list_sales(None).await.unwrap();
+    let (_, lists_before) = w.app.read_cache_loads();
+    w.clock.advance_millis(1000);
+    let reads: Vec<_> = (0..10_000)
+        .map(|_| {
+            let app = w.app.clone();
+            tokio::spawn(async move { app.list_sales(None).await.unwrap().len() })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap(), 1);
+    }
+    let (_, lists_after) = w.app.read_cache_loads();
+    assert_eq!(lists_after - lists_before, 1);
+}

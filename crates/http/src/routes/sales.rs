@@ -4,9 +4,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::BroadcastStream;
 
 use stampede_app::ports::Event;
@@ -16,13 +19,63 @@ use crate::dto::{SaleDto, SalesDto, SalesQuery};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
+/// A cacheable JSON answer: `Cache-Control` allows a CDN or browser to keep it as long as the
+/// server's own read cache may lag, and a weak `ETag` over the content (without `server_time`,
+/// which changes every millisecond) lets a client revalidate with `If-None-Match` for a 304.
+fn cacheable<T: serde::Serialize>(s: &AppState, headers: &HeaderMap, body: T) -> Response {
+    let value = match serde_json::to_value(&body) {
+        Ok(v) => v,
+        Err(_) => return Json(body).into_response(),
+    };
+    let mut content = value.clone();
+    strip_server_time(&mut content);
+    let digest = Sha256::digest(content.to_string().as_bytes());
+    let etag = format!("W/\"{}\"", hex::encode(&digest[..12]));
+    let max_age = s.app.config.read_cache_ms.div_ceil(1000);
+    let cache_control = if max_age == 0 {
+        "no-cache".to_owned()
+    } else {
+        format!("public, max-age={max_age}")
+    };
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(value).into_response()
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&cache_control) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    response
+}
+
+fn strip_server_time(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("server_time");
+            map.values_mut().for_each(strip_server_time);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_server_time),
+        _ => {}
+    }
+}
+
 /// Lists sales, optionally by status.
 #[utoipa::path(get, path = "/api/v1/sales", tag = "sales", params(SalesQuery),
-    responses((status = 200, body = SalesDto), (status = 422, body = Problem)))]
+    responses((status = 200, body = SalesDto), (status = 304, description = "not modified (If-None-Match)"),
+        (status = 422, body = Problem)))]
 pub async fn list(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<SalesQuery>,
-) -> Result<Json<SalesDto>, ApiError> {
+) -> Result<Response, ApiError> {
     let statuses = match q.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
@@ -39,21 +92,28 @@ pub async fn list(
     };
     let sales = s.app.list_sales(statuses.as_deref()).await?;
     let now = s.app.clock.now();
-    Ok(Json(SalesDto {
+    let body = SalesDto {
         sales: sales.iter().map(|sale| SaleDto::new(sale, now)).collect(),
-    }))
+    };
+    Ok(cacheable(&s, &headers, body))
 }
 
 /// One sale, with `server_time` for countdowns.
 #[utoipa::path(get, path = "/api/v1/sales/{sale_id}", tag = "sales",
     params(("sale_id" = String, Path)),
-    responses((status = 200, body = SaleDto), (status = 404, body = Problem)))]
+    responses((status = 200, body = SaleDto), (status = 304, description = "not modified (If-None-Match)"),
+        (status = 404, body = Problem)))]
 pub async fn detail(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Path(sale_id): Path<String>,
-) -> Result<Json<SaleDto>, ApiError> {
+) -> Result<Response, ApiError> {
     let sale = s.app.sale(&sale_id).await?;
-    Ok(Json(SaleDto::new(&sale, s.app.clock.now())))
+    Ok(cacheable(
+        &s,
+        &headers,
+        SaleDto::new(&sale, s.app.clock.now()),
+    ))
 }
 
 /// Live `stock` and `status` events for one sale (Server-Sent Events). The first event is the

@@ -51,6 +51,9 @@ pub fn default_env() -> Vec<(String, String)> {
         ("STAMPEDE_SANDBOX_ASYNC_MS", ASYNC_MS.to_string()),
         ("STAMPEDE_RATE_LIMIT_PER_SEC", "100000".to_string()),
         ("STAMPEDE_IP_RATE_LIMIT_PER_SEC", "100000".to_string()),
+        // Tests read stock right after changing it; the viewers' cache (1 s by default) has
+        // tests of its own (reads.rs).
+        ("STAMPEDE_READ_CACHE_MS", "0".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
