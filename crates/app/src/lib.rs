@@ -71,6 +71,8 @@ pub struct App {
     pub(crate) sale_reads: read_cache::ReadThrough<Option<stampede_core::Sale>>,
     /// The sale list as viewers read it.
     pub(crate) list_reads: read_cache::ReadThrough<Vec<stampede_core::Sale>>,
+    /// Audit entry ids: ULIDs that keep this node's order even within one millisecond.
+    pub(crate) audit_ids: MonotonicUlids,
     /// Units of gate drift this node repaired, per sale (admin metrics).
     pub(crate) drift_repaired: dashmap::DashMap<SaleId, u64>,
     hashing: PasswordHashing,
@@ -117,6 +119,7 @@ impl App {
             sold_out_until: dashmap::DashMap::new(),
             seeding: tokio::sync::Mutex::new(()),
             drift_repaired: dashmap::DashMap::new(),
+            audit_ids: MonotonicUlids::default(),
             sale_reads: read_cache::ReadThrough::new(
                 "sale",
                 i64::try_from(config.read_cache_ms).unwrap_or(i64::MAX),
@@ -149,5 +152,53 @@ impl App {
         })
         .await
         .map_err(|e| AppError::Internal(format!("paired task: {e}")))?
+    }
+}
+
+/// ULIDs that never go backwards on this node: within one millisecond (or if the clock steps
+/// back) the next id is the previous one plus one, so entries listed by id keep the order in
+/// which they were made.
+#[derive(Default)]
+pub struct MonotonicUlids {
+    last: Mutex<Option<ulid::Ulid>>,
+}
+
+impl MonotonicUlids {
+    /// The next id at `now`.
+    pub fn next(&self, now: stampede_core::Timestamp) -> ulid::Ulid {
+        let fresh =
+            ulid::Ulid::from_parts(u64::try_from(now.millis()).unwrap_or(0), rand::random());
+        let Ok(mut last) = self.last.lock() else {
+            return fresh;
+        };
+        let id = match *last {
+            Some(prev) if fresh <= prev => prev.increment().unwrap_or(fresh),
+            _ => fresh,
+        };
+        *last = Some(id);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ids_keep_their_order_within_a_millisecond_and_across_a_clock_step_back() {
+        let ids = MonotonicUlids::default();
+        let t = stampede_core::Timestamp(1_800_000_000_000);
+        let mut prev = ids.next(t);
+        for i in 0..1000 {
+            let at = if i == 500 {
+                stampede_core::Timestamp(t.0 - 5)
+            } else {
+                t
+            };
+            let id = ids.next(at);
+            assert!(id > prev);
+            prev = id;
+        }
     }
 }

@@ -456,8 +456,7 @@ impl App {
     ) {
         let now = self.clock.now();
         let entry = AuditEntry {
-            id: ulid::Ulid::from_parts(u64::try_from(now.millis()).unwrap_or(0), rand::random())
-                .to_string(),
+            id: self.audit_ids.next(now).to_string(),
             at: now,
             actor: actor.to_owned(),
             action: action.to_owned(),
