@@ -85,12 +85,20 @@ pub struct SaleCache {
 
 impl App {
     /// A sale's configuration for the hot path: this node's copy, or the store's if this node
-    /// has not heard of the sale yet (created on another node a moment ago).
+    /// has not heard of the sale yet (created on another node a moment ago). Misses go through
+    /// the viewers' read cache, so a flood of made-up sale ids costs one store read per id per
+    /// cache interval, not one per request.
     pub(crate) async fn sale_config(&self, id: &SaleId) -> Result<Arc<Sale>, AppError> {
         if let Some(sale) = self.sales.get(id) {
             return Ok(sale);
         }
-        let sale = self.store.sale(id).await?.ok_or(AppError::NotFound)?;
+        let sale = self
+            .sale_reads
+            .get(id.as_str(), self.clock.now(), || async {
+                self.store.sale(id).await
+            })
+            .await?
+            .ok_or(AppError::NotFound)?;
         self.sales.put(sale);
         self.sales.get(id).ok_or(AppError::NotFound)
     }

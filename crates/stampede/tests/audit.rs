@@ -84,7 +84,8 @@ in_both_modes! {
         assert!(mine[0]["before"].is_null() && mine[0]["after"]["name"].is_string());
         assert_eq!(mine[1]["before"]["name"], mine[0]["after"]["name"]);
         assert_eq!(mine[1]["after"]["name"], "Renamed");
-        assert!(mine.windows(2).all(|w| w[0]["at"].as_str() <= w[1]["at"].as_str()));
+        let at = |e: &Value| common::parse_rfc3339(e["at"].as_str().unwrap()).unwrap();
+        assert!(mine.windows(2).all(|w| at(&w[0]) <= at(&w[1])), "times never go back");
         assert!(mine.windows(2).all(|w| w[0]["id"].as_str() < w[1]["id"].as_str()));
 
         // Filters and paging.
