@@ -40,6 +40,18 @@ impl App {
             metrics::counter!("stampede_holds_expired_total").increment(total as u64);
             tracing::debug!(expired = total, "sweeper returned lapsed holds");
         }
+        if self.config.hold_warning_secs > 0 {
+            let within = i64::try_from(self.config.hold_warning_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+            let warned = self
+                .store
+                .warn_expiring_holds(self.clock.now(), within, 1000)
+                .await?;
+            if warned > 0 {
+                metrics::counter!("stampede_hold_warnings_total").increment(warned as u64);
+                self.outbox_kick.notify_one();
+            }
+        }
         Ok(total)
     }
 

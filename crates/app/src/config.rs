@@ -64,6 +64,9 @@ pub struct AppConfig {
     /// How stale the sale list and detail shown to viewers may be, in ms (0: always fresh).
     /// The hottest reads of a sale day; the reserve path never uses them.
     pub read_cache_ms: u64,
+    /// Buyers are warned (in-app, and the shop's webhook) when a hold has this many seconds
+    /// left; 0 turns the warning off.
+    pub hold_warning_secs: u64,
 }
 
 impl Default for AppConfig {
@@ -85,6 +88,7 @@ impl Default for AppConfig {
             outbox_interval_ms: 500,
             token_cache_secs: 60,
             read_cache_ms: 1000,
+            hold_warning_secs: 60,
         }
     }
 }

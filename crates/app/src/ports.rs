@@ -331,6 +331,16 @@ pub trait Store: Send + Sync + 'static {
     /// their stock, and returns them. Holds inside a pending order expire too (a late payment
     /// then retakes the stock if it can).
     async fn expire_due_holds(&self, now: Timestamp, limit: u32) -> PortResult<Vec<Hold>>;
+    /// Finds live holds that lapse within `within_ms` of `now` and were not warned yet (at most
+    /// `limit`), marks them warned and writes a `hold_expiring` outbox event for each (data
+    /// `{hold_id, sale_id, quantity, seconds_left}`), all in one transaction: each buyer is
+    /// warned once per hold, and a crash cannot lose or repeat a warning. Returns how many.
+    async fn warn_expiring_holds(
+        &self,
+        now: Timestamp,
+        within_ms: i64,
+        limit: u32,
+    ) -> PortResult<usize>;
 
     // --- orders and payments
     /// Creates a `pending_payment` order over live holds of this user and marks them as in it.

@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// `Cache-Control: max-age` so a CDN can take most of them. 0 turns it off. Default 1000.
     #[arg(long, env = "STAMPEDE_READ_CACHE_MS")]
     pub read_cache_ms: Option<u64>,
+    /// Warn buyers (in-app notification, shop webhook) when a hold has this many seconds
+    /// left; 0 turns it off. Default 60.
+    #[arg(long, env = "STAMPEDE_HOLD_WARNING_SECS")]
+    pub hold_warning_secs: Option<u64>,
 }
 
 /// The same settings as read from a TOML file.
@@ -129,6 +133,7 @@ pub struct FileConfig {
     pub sold_out_flag_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
     pub read_cache_ms: Option<u64>,
+    pub hold_warning_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -166,7 +171,8 @@ impl ServeArgs {
             cluster_name,
             sold_out_flag_ms,
             redis_timeout_ms,
-            read_cache_ms
+            read_cache_ms,
+            hold_warning_secs
         );
         self.demo = self.demo || f.demo.unwrap_or(false);
         Ok(self)

@@ -215,6 +215,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             .unwrap_or(2),
         token_cache_secs: if cluster { 5 } else { 60 },
         read_cache_ms: args.read_cache_ms.unwrap_or(defaults.read_cache_ms),
+        hold_warning_secs: args.hold_warning_secs.unwrap_or(defaults.hold_warning_secs),
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {

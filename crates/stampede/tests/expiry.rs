@@ -136,4 +136,37 @@ in_both_modes! {
             .await
             .expect_status_in(&[404, 409]);
     }
+
+    async fn a_buyer_is_warned_once_when_a_hold_is_about_to_lapse(mode) {
+        let server = TestServer::start_in(mode.clone()).await;
+        let admin = server.admin_token().await;
+        let short = server.create_sale(&admin, 10, 2, 30).await;
+        let long = server.create_sale(&admin, 10, 2, 600).await;
+        let buyer = server.buyer().await;
+        let hold = server.hold(&buyer, &short, 1).await;
+        server.hold(&buyer, &long, 1).await;
+        let warnings = || async {
+            server.get("/api/v1/notifications", Some(&buyer)).await.expect(200)["notifications"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n["kind"] == "hold_expiring")
+                .collect::<Vec<_>>()
+        };
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            seen = warnings().await;
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen.len(), 1, "the 30 s hold is within the 60 s warning: {seen:?}");
+        assert_eq!(seen[0]["data"]["hold_id"], hold.as_str());
+        let left = seen[0]["data"]["seconds_left"].as_i64().unwrap();
+        assert!((1..=30).contains(&left), "seconds left: {left}");
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert_eq!(warnings().await.len(), 1, "once per hold; the 600 s hold is not warned yet");
+    }
 }

@@ -392,3 +392,41 @@ pub(crate) async fn expire_due(pool: &PgPool, now: Timestamp, limit: u32) -> Por
     tx.commit().await.port()?;
     Ok(out)
 }
+
+/// Marks live holds lapsing within `within_ms` as warned and writes their `hold_expiring`
+/// events, in one transaction. Rows another sweeper (or a payment) has locked are skipped;
+/// the next pass gets them if they are still unwarned.
+pub(crate) async fn warn_expiring(
+    pool: &PgPool,
+    now: Timestamp,
+    within_ms: i64,
+    limit: u32,
+) -> PortResult<usize> {
+    let mut tx = pool.begin().await.port()?;
+    let due = sqlx::query(concat!(
+        "SELECT ",
+        hold_cols!(),
+        hold_from!(),
+        "WHERE h.state = 'active' AND NOT h.expiry_warned AND h.expires_at > $1 \
+         AND h.expires_at <= $2 ORDER BY h.expires_at, h.id LIMIT $3 \
+         FOR NO KEY UPDATE OF h SKIP LOCKED"
+    ))
+    .bind(now.0)
+    .bind(now.0.saturating_add(within_ms))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .port()?;
+    for row in &due {
+        let hold = rows::hold_row(row)?.hold;
+        sqlx::query("UPDATE holds SET expiry_warned = true WHERE user_id = $1 AND id = $2")
+            .bind(hold.user_id.as_str())
+            .bind(hold.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .port()?;
+        crate::outbox::insert(&mut tx, &crate::outbox::hold_expiring(&hold, now)).await?;
+    }
+    tx.commit().await.port()?;
+    Ok(due.len())
+}

@@ -210,6 +210,15 @@ impl Store for PgStore {
         holds::expire_due(&self.pool, now, limit).await
     }
 
+    async fn warn_expiring_holds(
+        &self,
+        now: Timestamp,
+        within_ms: i64,
+        limit: u32,
+    ) -> PortResult<usize> {
+        holds::warn_expiring(&self.pool, now, within_ms, limit).await
+    }
+
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
         orders::create(&self.pool, order).await
     }

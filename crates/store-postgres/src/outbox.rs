@@ -49,6 +49,26 @@ pub(crate) fn payment_failed(order: &Order, reason: &str, now: Timestamp) -> Out
     event(order, PAYMENT_FAILED, data, now)
 }
 
+/// Kind of the event written when a live hold is about to lapse.
+pub(crate) const HOLD_EXPIRING: &str = "hold_expiring";
+
+/// The warning for a hold that lapses soon.
+pub(crate) fn hold_expiring(hold: &stampede_core::Hold, now: Timestamp) -> OutboxEvent {
+    let ms = u64::try_from(now.millis()).unwrap_or(0);
+    OutboxEvent {
+        id: ulid::Ulid::from_parts(ms, rand::random()).to_string(),
+        user_id: hold.user_id.clone(),
+        kind: HOLD_EXPIRING.to_owned(),
+        created_at: now,
+        data: serde_json::json!({
+            "hold_id": hold.id.as_str(),
+            "sale_id": hold.sale_id.as_str(),
+            "quantity": hold.quantity,
+            "seconds_left": now.secs_until(hold.expires_at),
+        }),
+    }
+}
+
 /// Writes an event inside the caller's transaction.
 pub(crate) async fn insert(conn: &mut PgConnection, e: &OutboxEvent) -> PortResult<()> {
     sqlx::query(

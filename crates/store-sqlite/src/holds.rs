@@ -362,3 +362,38 @@ pub(crate) async fn expire_due(
     tx.commit().await.port()?;
     Ok(out)
 }
+
+/// Marks live holds lapsing within `within_ms` as warned and writes their `hold_expiring`
+/// events, in one write transaction.
+pub(crate) async fn warn_expiring(
+    writer: &SqlitePool,
+    now: Timestamp,
+    within_ms: i64,
+    limit: u32,
+) -> PortResult<usize> {
+    let mut tx = writer.begin_with(BEGIN_WRITE).await.port()?;
+    let due = sqlx::query(concat!(
+        "SELECT ",
+        hold_cols!(),
+        hold_from!(),
+        "WHERE h.state = 'active' AND h.expiry_warned = 0 AND h.expires_at > ?1 \
+         AND h.expires_at <= ?2 ORDER BY h.expires_at, h.id LIMIT ?3"
+    ))
+    .bind(now.0)
+    .bind(now.0.saturating_add(within_ms))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .port()?;
+    for row in &due {
+        let hold = rows::hold_row(row)?.hold;
+        sqlx::query("UPDATE holds SET expiry_warned = 1 WHERE id = ?1")
+            .bind(hold.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .port()?;
+        crate::outbox::insert(&mut tx, &crate::outbox::hold_expiring(&hold, now)).await?;
+    }
+    tx.commit().await.port()?;
+    Ok(due.len())
+}

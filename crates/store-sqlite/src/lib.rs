@@ -205,6 +205,15 @@ impl Store for SqliteStore {
         holds::expire_due(&self.writer, now, limit).await
     }
 
+    async fn warn_expiring_holds(
+        &self,
+        now: Timestamp,
+        within_ms: i64,
+        limit: u32,
+    ) -> PortResult<usize> {
+        holds::warn_expiring(&self.writer, now, within_ms, limit).await
+    }
+
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
         orders::create(&self.writer, order).await
     }

@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
             outbox_claims_lease_events_until_delivered,
             concurrent_outbox_claims_never_share_an_event,
             notifications_are_appended_once_per_id,
+            expiring_holds_are_warned_once_through_the_outbox,
             randomized_operations_match_the_reference_model
         );
     };

@@ -1534,3 +1534,53 @@ pub async fn randomized_operations_match_the_reference_model(store: Arc<dyn Stor
         );
     }
 }
+
+/// Holds that lapse within the window are warned once each, through an outbox event written in
+/// the same transaction; holds outside the window, ended holds and warned holds are not.
+pub async fn expiring_holds_are_warned_once_through_the_outbox(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 10, 10).await;
+    let (a, b) = (user(1), user(2));
+    // Holds last HOLD_SECS from when they were made.
+    let soon = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let later = reserve_one(&*f.store, &sale, &b, 1, T0.plus_secs(120)).await;
+    let released = reserve_one(&*f.store, &sale, &b, 1, T0).await;
+    f.store
+        .release_hold(&b, &released.id, T0.plus_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let window = 60_000;
+    let now = soon.expires_at.plus_secs(-30);
+    assert_eq!(
+        f.store.warn_expiring_holds(now, window, 100).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        f.store.warn_expiring_holds(now, window, 100).await.unwrap(),
+        0,
+        "warned once"
+    );
+    let events = claim_all(&*f.store, now).await;
+    let warnings: Vec<&OutboxEvent> = events
+        .iter()
+        .filter(|e| e.kind == "hold_expiring")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert_eq!(warnings[0].user_id, a);
+    assert_eq!(warnings[0].data["hold_id"], soon.id.as_str());
+    assert_eq!(warnings[0].data["quantity"], 2);
+    assert_eq!(warnings[0].data["seconds_left"], 30);
+    // The later hold comes into the window in its turn; a lapsed hold is not warned.
+    let now = later.expires_at.plus_secs(-10);
+    assert_eq!(
+        f.store.warn_expiring_holds(now, window, 100).await.unwrap(),
+        1
+    );
+    let now = later.expires_at.plus_secs(1);
+    assert_eq!(
+        f.store.warn_expiring_holds(now, window, 100).await.unwrap(),
+        0
+    );
+    checked(&*f.store, &sale.id).await;
+}
