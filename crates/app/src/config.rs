@@ -61,6 +61,9 @@ pub struct AppConfig {
     /// lost event (broker down) could keep a dead token alive. Embedded: 60 s (one node, no
     /// other node to log out from); cluster: 5 s.
     pub token_cache_secs: u64,
+    /// How often the shop-webhook job looks for due deliveries (it is also woken at once when
+    /// this node queued one). Only runs when a shop webhook URL is configured.
+    pub shop_webhook_interval_ms: u64,
 }
 
 impl Default for AppConfig {
@@ -81,6 +84,7 @@ impl Default for AppConfig {
             sold_out_flag_ms: 0,
             outbox_interval_ms: 500,
             token_cache_secs: 60,
+            shop_webhook_interval_ms: 200,
         }
     }
 }

@@ -228,6 +228,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         gateway,
         clock: clock.clone(),
         outbox: amqp.clone().map(|b| b as Arc<dyn OutboxSink>),
+        shop_webhooks: None,
     };
     let (app, writer) = App::start(adapters, config).await?;
     if let Some(bus) = &amqp {
