@@ -95,6 +95,16 @@ pub struct ServeArgs {
     /// Default 500.
     #[arg(long, env = "STAMPEDE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// The shop's own endpoint for order events (e.g. https://shop.example/hooks/stampede):
+    /// every `order_confirmed` and `payment_failed` is POSTed there at least once, signed,
+    /// retried with backoff. Needs --shop-webhook-secret. In a cluster, give it to every node
+    /// and worker.
+    #[arg(long, env = "STAMPEDE_SHOP_WEBHOOK_URL")]
+    pub shop_webhook_url: Option<String>,
+    /// The secret the shop verifies `Stampede-Signature` with (prefer the environment
+    /// variable over the flag).
+    #[arg(long, env = "STAMPEDE_SHOP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub shop_webhook_secret: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -123,6 +133,8 @@ pub struct FileConfig {
     pub cluster_name: Option<String>,
     pub sold_out_flag_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
+    pub shop_webhook_url: Option<String>,
+    pub shop_webhook_secret: Option<String>,
 }
 
 impl ServeArgs {
@@ -159,7 +171,9 @@ impl ServeArgs {
             amqp,
             cluster_name,
             sold_out_flag_ms,
-            redis_timeout_ms
+            redis_timeout_ms,
+            shop_webhook_url,
+            shop_webhook_secret
         );
         self.demo = self.demo || f.demo.unwrap_or(false);
         Ok(self)
@@ -188,6 +202,23 @@ impl ServeArgs {
                 "cluster mode needs all of --postgres, --redis and --amqp \
                  (STAMPEDE_POSTGRES_URL, STAMPEDE_REDIS_URL, STAMPEDE_AMQP_URL); \
                  give none of them for the embedded mode"
+            ),
+        }
+    }
+
+    /// The shop's webhook URL and secret, if a URL is set. A URL without a secret is refused
+    /// (unsigned events would let anyone forge them to the shop); a secret alone is ignored.
+    pub fn shop_webhook(&self) -> anyhow::Result<Option<(String, String)>> {
+        let url = match self.shop_webhook_url.as_deref().map(str::trim) {
+            None | Some("") => return Ok(None),
+            Some(url) => url.to_owned(),
+        };
+        match self.shop_webhook_secret.as_deref() {
+            Some(secret) if !secret.is_empty() => Ok(Some((url, secret.to_owned()))),
+            _ => anyhow::bail!(
+                "--shop-webhook-url (STAMPEDE_SHOP_WEBHOOK_URL) is set but \
+                 --shop-webhook-secret (STAMPEDE_SHOP_WEBHOOK_SECRET) is not: the shop's \
+                 webhooks are always signed; give the secret the shop verifies them with"
             ),
         }
     }
