@@ -245,3 +245,90 @@ pub enum Mode {
         name: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["stampede"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn a_shop_webhook_url_needs_its_secret() {
+        assert_eq!(args(&[]).shop_webhook().unwrap(), None);
+        // A secret alone turns nothing on.
+        assert_eq!(
+            args(&["--shop-webhook-secret", "s"])
+                .shop_webhook()
+                .unwrap(),
+            None
+        );
+        let missing = args(&["--shop-webhook-url", "https://shop.example/h"])
+            .shop_webhook()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("STAMPEDE_SHOP_WEBHOOK_SECRET"),
+            "{missing}"
+        );
+        let empty = args(&[
+            "--shop-webhook-url",
+            "https://shop.example/h",
+            "--shop-webhook-secret",
+            "",
+        ]);
+        assert!(empty.shop_webhook().is_err());
+        let both = args(&[
+            "--shop-webhook-url",
+            "https://shop.example/h",
+            "--shop-webhook-secret",
+            "s",
+        ]);
+        assert_eq!(
+            both.shop_webhook().unwrap(),
+            Some(("https://shop.example/h".to_owned(), "s".to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_config_file_sets_the_shop_webhook_unless_a_flag_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stampede.toml");
+        std::fs::write(
+            &path,
+            "shop_webhook_url = \"https://file.example/h\"\nshop_webhook_secret = \"from-file\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let from_file = args(&["--config", path]).merge_file().unwrap();
+        assert_eq!(
+            from_file.shop_webhook().unwrap(),
+            Some(("https://file.example/h".to_owned(), "from-file".to_owned()))
+        );
+        let flag_wins = args(&[
+            "--config",
+            path,
+            "--shop-webhook-url",
+            "https://flag.example/h",
+        ])
+        .merge_file()
+        .unwrap();
+        assert_eq!(
+            flag_wins.shop_webhook().unwrap(),
+            Some(("https://flag.example/h".to_owned(), "from-file".to_owned()))
+        );
+    }
+}
