@@ -1,6 +1,7 @@
 //! The jobs that run beside the requests: the sweeper (lapsed holds return their stock), the
-//! reconciler (the gate is rebuilt from the judge, and the drift it repaired is reported) and
-//! the stock publisher (coalesced live stock updates). Each loop stops when told to.
+//! reconciler (the gate is rebuilt from the judge, and the drift it repaired is reported), the
+//! stock publisher (coalesced live stock updates), the outbox relay and, if the shop configured
+//! a URL, the shop-webhook delivery job. Each loop stops when told to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,7 +179,7 @@ impl App {
         Ok(n)
     }
 
-    /// Runs the sweeper, reconciler and stock publisher until `stop` turns true.
+    /// Runs the background jobs (see the module docs) until `stop` turns true.
     pub fn spawn_background(
         self: &Arc<Self>,
         stop: watch::Receiver<bool>,
@@ -211,7 +212,7 @@ impl App {
                 }
             })
         };
-        vec![
+        let mut jobs = vec![
             listener,
             self.spawn_outbox_relay(stop.clone()),
             spawn_every(self.clone(), stop.clone(), sweep, "sweeper", |app| {
@@ -224,10 +225,16 @@ impl App {
                     app.reconcile().await.map(|_| ())
                 })
             }),
-            spawn_every(self.clone(), stop, publish, "stock publisher", |app| {
-                Box::pin(async move { app.publish_stock().await })
-            }),
-        ]
+            spawn_every(
+                self.clone(),
+                stop.clone(),
+                publish,
+                "stock publisher",
+                |app| Box::pin(async move { app.publish_stock().await }),
+            ),
+        ];
+        jobs.extend(self.spawn_shop_webhooks(stop));
+        jobs
     }
 }
 

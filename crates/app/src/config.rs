@@ -67,6 +67,9 @@ pub struct AppConfig {
     /// Buyers are warned (in-app, and the shop's webhook) when a hold has this many seconds
     /// left; 0 turns the warning off.
     pub hold_warning_secs: u64,
+    /// How often the shop-webhook job looks for due deliveries (it is also woken at once when
+    /// this node queued one). Only runs when a shop webhook URL is configured.
+    pub shop_webhook_interval_ms: u64,
 }
 
 impl Default for AppConfig {
@@ -89,6 +92,7 @@ impl Default for AppConfig {
             token_cache_secs: 60,
             read_cache_ms: 1000,
             hold_warning_secs: 60,
+            shop_webhook_interval_ms: 200,
         }
     }
 }

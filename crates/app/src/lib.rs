@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod ports;
 pub mod read_cache;
 pub mod sales;
+pub mod shop_webhooks;
 pub mod webhook;
 
 use std::collections::HashSet;
@@ -31,7 +32,7 @@ pub use error::AppError;
 use admission::Admissions;
 use auth::{PasswordHashing, TokenCache};
 use group_commit::ReserveBatcher;
-use ports::{EventBus, Gate, OutboxSink, PaymentGateway, Store};
+use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store};
 use sales::SaleCache;
 
 /// The adapters an [`App`] runs over.
@@ -44,6 +45,9 @@ pub struct Adapters {
     /// Where outbox events go: a broker's durable queue, or `None` to apply them in this
     /// process (embedded mode).
     pub outbox: Option<Arc<dyn OutboxSink>>,
+    /// Where the shop's own systems hear about order events (signed webhooks), or `None` if
+    /// the shop configured no URL: then no delivery is queued at all.
+    pub shop_webhooks: Option<Arc<dyn ShopWebhooks>>,
 }
 
 /// The application: every use case is a method on it.
@@ -60,6 +64,10 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub config: AppConfig,
     outbox: Option<Arc<dyn OutboxSink>>,
+    /// The shop's webhook sender, if the shop configured one (see [`crate::shop_webhooks`]).
+    pub(crate) shop_webhooks: Option<Arc<dyn ShopWebhooks>>,
+    /// Wakes the webhook delivery job as soon as this node queued a delivery.
+    pub(crate) webhook_kick: tokio::sync::Notify,
     /// Wakes the outbox relay as soon as an order event was written.
     pub(crate) outbox_kick: tokio::sync::Notify,
     /// Sales this node saw sold out at the gate, until when (local, cleared by a
@@ -115,6 +123,8 @@ impl App {
             dirty_stock: Mutex::new(HashSet::new()),
             gate_sync: Arc::new(tokio::sync::RwLock::new(())),
             outbox: adapters.outbox,
+            shop_webhooks: adapters.shop_webhooks,
+            webhook_kick: tokio::sync::Notify::new(),
             outbox_kick: tokio::sync::Notify::new(),
             sold_out_until: dashmap::DashMap::new(),
             seeding: tokio::sync::Mutex::new(()),

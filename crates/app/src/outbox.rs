@@ -62,8 +62,18 @@ impl App {
     }
 
     /// The effect of one event, once whatever the redeliveries: a notification in the buyer's
-    /// feed with the event's id, pushed to their live stream on every node.
+    /// feed with the event's id, pushed to their live stream on every node; and, if the shop
+    /// configured a webhook URL, one queued webhook delivery (keyed by the event's id, so a
+    /// redelivered event queues nothing more; see [`crate::shop_webhooks`]).
+    ///
+    /// Both writes are idempotent, so a failure between them is healed by the redelivery the
+    /// error causes.
     pub async fn apply_outbox_event(&self, event: &OutboxEvent) -> Result<(), AppError> {
+        if self.shop_webhooks.is_some()
+            && self.store.webhook_enqueue(event, self.clock.now()).await?
+        {
+            self.webhook_kick.notify_one();
+        }
         let notification = Notification {
             id: event.id.clone(),
             user_id: event.user_id.clone(),

@@ -238,6 +238,32 @@ pub struct OutboxEvent {
     pub data: serde_json::Value,
 }
 
+/// One outgoing webhook to the shop's own systems: an order event (the outbox event whose
+/// effect is being applied) and the bookkeeping of its delivery. Kept in the store, not in
+/// memory, so a crash or a restart loses no delivery and any node can take over a retry.
+///
+/// Delivery is at least once: the shop de-duplicates by `event_id` (also sent as the
+/// `Stampede-Event-Id` header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// The outbox event's id (a ULID): the delivery's key and the shop's de-duplication key.
+    pub event_id: String,
+    /// `order_confirmed`, `payment_failed`, …: sent as the body's `type`.
+    pub kind: String,
+    /// The buyer the event is about.
+    pub user_id: UserId,
+    /// The event's data, sent as the body's `data`.
+    pub payload: serde_json::Value,
+    /// When the event happened (not when it is sent).
+    pub created_at: Timestamp,
+    /// Attempts that have failed so far: drives the backoff of the next failure.
+    pub attempts: u32,
+    /// Not tried again before this time.
+    pub next_attempt_at: Timestamp,
+    /// Why the last attempt failed (for operators reading the table).
+    pub last_error: Option<String>,
+}
+
 /// The judge's own accounting of one sale, for the metrics endpoint and the invariant check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StockAudit {
@@ -422,6 +448,36 @@ pub trait Store: Send + Sync + 'static {
     /// How many events wait, and the `created_at` of the oldest (for the outbox-lag metric).
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)>;
 
+    // --- outgoing webhooks to the shop
+    /// Queues the delivery of an order event to the shop, due at `now`. Idempotent per event
+    /// id (`ON CONFLICT DO NOTHING`): the outbox delivers an event at least once, and a
+    /// redelivery must not send the shop a second webhook. `Ok(false)` if it was queued before.
+    async fn webhook_enqueue(&self, event: &OutboxEvent, now: Timestamp) -> PortResult<bool>;
+    /// Leases up to `limit` due deliveries (undelivered, `next_attempt_at <= now`, lease
+    /// lapsed), oldest first, until `now + lease_ms`: senders on other nodes (or workers) skip
+    /// them meanwhile, so two never send the same delivery at once, and a sender that dies
+    /// mid-way is taken over when the lease lapses.
+    async fn webhook_claim(
+        &self,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: u32,
+    ) -> PortResult<Vec<WebhookDelivery>>;
+    /// Marks a delivery done (the shop answered 2xx): it is never claimed again. Marking it
+    /// again is harmless.
+    async fn webhook_delivered(&self, event_id: &str, now: Timestamp) -> PortResult<()>;
+    /// Records a failed attempt: one more attempt counted, the error kept, the lease cleared,
+    /// and not due again before `next_attempt_at` (the caller's backoff).
+    async fn webhook_failed(
+        &self,
+        event_id: &str,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> PortResult<()>;
+    /// How many deliveries wait, and the `created_at` of the oldest (for the webhook-lag
+    /// metric: a shop that is down shows as a growing lag, not as lost events).
+    async fn webhook_backlog(&self) -> PortResult<(i64, Option<Timestamp>)>;
+
     // --- audit, metrics, reconciliation
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()>;
     async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>>;
@@ -514,6 +570,16 @@ pub trait EventBus: Send + Sync + 'static {
 #[async_trait]
 pub trait OutboxSink: Send + Sync + 'static {
     async fn deliver(&self, events: &[OutboxEvent]) -> PortResult<()>;
+}
+
+/// The shop's own systems, told about every order event by an HMAC-signed webhook. The
+/// sender is one attempt, nothing more: retries, backoff and de-duplication live in the store
+/// and the delivery job, so they survive restarts and are shared by every node.
+#[async_trait]
+pub trait ShopWebhooks: Send + Sync + 'static {
+    /// Sends one delivery. `Ok` only if the shop answered 2xx; anything else (an error status,
+    /// a timeout, no connection) is an error and the delivery is tried again later.
+    async fn send(&self, delivery: &WebhookDelivery) -> PortResult<()>;
 }
 
 /// A payment to authorize.

@@ -104,6 +104,16 @@ pub struct ServeArgs {
     /// left; 0 turns it off. Default 60.
     #[arg(long, env = "STAMPEDE_HOLD_WARNING_SECS")]
     pub hold_warning_secs: Option<u64>,
+    /// The shop's own endpoint for order events (e.g. https://shop.example/hooks/stampede):
+    /// every buyer event (`order_confirmed`, `payment_failed`, `hold_expiring`) is POSTed there
+    /// at least once, signed, retried with backoff. Needs --shop-webhook-secret. In a cluster, give it to every node
+    /// and worker.
+    #[arg(long, env = "STAMPEDE_SHOP_WEBHOOK_URL")]
+    pub shop_webhook_url: Option<String>,
+    /// The secret the shop verifies `Stampede-Signature` with (prefer the environment
+    /// variable over the flag).
+    #[arg(long, env = "STAMPEDE_SHOP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub shop_webhook_secret: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -134,6 +144,8 @@ pub struct FileConfig {
     pub redis_timeout_ms: Option<u64>,
     pub read_cache_ms: Option<u64>,
     pub hold_warning_secs: Option<u64>,
+    pub shop_webhook_url: Option<String>,
+    pub shop_webhook_secret: Option<String>,
 }
 
 impl ServeArgs {
@@ -172,7 +184,9 @@ impl ServeArgs {
             sold_out_flag_ms,
             redis_timeout_ms,
             read_cache_ms,
-            hold_warning_secs
+            hold_warning_secs,
+            shop_webhook_url,
+            shop_webhook_secret
         );
         self.demo = self.demo || f.demo.unwrap_or(false);
         Ok(self)
@@ -205,6 +219,23 @@ impl ServeArgs {
         }
     }
 
+    /// The shop's webhook URL and secret, if a URL is set. A URL without a secret is refused
+    /// (unsigned events would let anyone forge them to the shop); a secret alone is ignored.
+    pub fn shop_webhook(&self) -> anyhow::Result<Option<(String, String)>> {
+        let url = match self.shop_webhook_url.as_deref().map(str::trim) {
+            None | Some("") => return Ok(None),
+            Some(url) => url.to_owned(),
+        };
+        match self.shop_webhook_secret.as_deref() {
+            Some(secret) if !secret.is_empty() => Ok(Some((url, secret.to_owned()))),
+            _ => anyhow::bail!(
+                "--shop-webhook-url (STAMPEDE_SHOP_WEBHOOK_URL) is set but \
+                 --shop-webhook-secret (STAMPEDE_SHOP_WEBHOOK_SECRET) is not: the shop's \
+                 webhooks are always signed; give the secret the shop verifies them with"
+            ),
+        }
+    }
+
     /// The data directory (default ./stampede-data).
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -226,4 +257,91 @@ pub enum Mode {
         /// Prefix of the deployment's Redis keys and RabbitMQ names.
         name: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["stampede"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn a_shop_webhook_url_needs_its_secret() {
+        assert_eq!(args(&[]).shop_webhook().unwrap(), None);
+        // A secret alone turns nothing on.
+        assert_eq!(
+            args(&["--shop-webhook-secret", "s"])
+                .shop_webhook()
+                .unwrap(),
+            None
+        );
+        let missing = args(&["--shop-webhook-url", "https://shop.example/h"])
+            .shop_webhook()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("STAMPEDE_SHOP_WEBHOOK_SECRET"),
+            "{missing}"
+        );
+        let empty = args(&[
+            "--shop-webhook-url",
+            "https://shop.example/h",
+            "--shop-webhook-secret",
+            "",
+        ]);
+        assert!(empty.shop_webhook().is_err());
+        let both = args(&[
+            "--shop-webhook-url",
+            "https://shop.example/h",
+            "--shop-webhook-secret",
+            "s",
+        ]);
+        assert_eq!(
+            both.shop_webhook().unwrap(),
+            Some(("https://shop.example/h".to_owned(), "s".to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_config_file_sets_the_shop_webhook_unless_a_flag_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stampede.toml");
+        std::fs::write(
+            &path,
+            "shop_webhook_url = \"https://file.example/h\"\nshop_webhook_secret = \"from-file\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let from_file = args(&["--config", path]).merge_file().unwrap();
+        assert_eq!(
+            from_file.shop_webhook().unwrap(),
+            Some(("https://file.example/h".to_owned(), "from-file".to_owned()))
+        );
+        let flag_wins = args(&[
+            "--config",
+            path,
+            "--shop-webhook-url",
+            "https://flag.example/h",
+        ])
+        .merge_file()
+        .unwrap();
+        assert_eq!(
+            flag_wins.shop_webhook().unwrap(),
+            Some(("https://flag.example/h".to_owned(), "from-file".to_owned()))
+        );
+    }
 }

@@ -12,7 +12,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::{mpsc, watch};
 
 use stampede_app::config::Argon2Cost;
-use stampede_app::ports::{EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, Store};
+use stampede_app::ports::{
+    EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, ShopWebhooks, Store,
+};
 use stampede_app::{Adapters, App, AppConfig};
 use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
 use stampede_core::{Clock, Timestamp};
@@ -22,6 +24,7 @@ use stampede_http::{AppState, RateLimitConfig, RateLimits};
 use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
 use stampede_store_postgres::PgStore;
 use stampede_store_sqlite::SqliteStore;
+use stampede_webhooks::HttpShopWebhooks;
 
 use crate::config::{LogFormat, Mode, ServeArgs};
 
@@ -177,6 +180,8 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
              and --amqp (the embedded server runs its own jobs)"
         );
     }
+    // Checked before anything connects: a half-configured shop webhook stops the start.
+    let shop_webhook = args.shop_webhook()?;
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -186,6 +191,16 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     let cluster = args.mode()? != Mode::Embedded;
     let (store, gate, bus, amqp) = adapters(&args, &data_dir).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let shop_webhooks = match &shop_webhook {
+        Some((url, secret)) => {
+            let sender = HttpShopWebhooks::new(url, secret, clock.clone())
+                .context("--shop-webhook-url / --shop-webhook-secret")?;
+            let shown = url.split('?').next().unwrap_or_default();
+            tracing::info!(url = %shown, "order events go to the shop's webhook");
+            Some(Arc::new(sender) as Arc<dyn ShopWebhooks>)
+        }
+        None => None,
+    };
     let secret = webhook_secret(&args, &data_dir)?;
     let (webhook_tx, webhook_rx) = mpsc::channel::<SignedEvent>(1024);
     let gateway = Arc::new(SandboxGateway::new(
@@ -230,6 +245,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         gateway,
         clock: clock.clone(),
         outbox: amqp.clone().map(|b| b as Arc<dyn OutboxSink>),
+        shop_webhooks,
     };
     let (app, writer) = App::start(adapters, config).await?;
     if let Some(bus) = &amqp {

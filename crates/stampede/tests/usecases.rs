@@ -57,6 +57,7 @@ async fn world() -> World {
             gateway: sandbox.clone(),
             clock: Arc::new(clock.clone()),
             outbox: None,
+            shop_webhooks: None,
         },
         config,
     )

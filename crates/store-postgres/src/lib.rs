@@ -31,6 +31,7 @@ mod rows;
 mod sales;
 mod txstock;
 mod users;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -43,7 +44,7 @@ use sqlx::PgPool;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
     IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
@@ -314,6 +315,36 @@ impl Store for PgStore {
 
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
         outbox::backlog(&self.pool).await
+    }
+
+    async fn webhook_enqueue(&self, event: &OutboxEvent, now: Timestamp) -> PortResult<bool> {
+        webhooks::enqueue(&self.pool, event, now).await
+    }
+
+    async fn webhook_claim(
+        &self,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: u32,
+    ) -> PortResult<Vec<WebhookDelivery>> {
+        webhooks::claim(&self.pool, now, lease_ms, limit).await
+    }
+
+    async fn webhook_delivered(&self, event_id: &str, now: Timestamp) -> PortResult<()> {
+        webhooks::delivered(&self.pool, event_id, now).await
+    }
+
+    async fn webhook_failed(
+        &self,
+        event_id: &str,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> PortResult<()> {
+        webhooks::failed(&self.pool, event_id, next_attempt_at, error).await
+    }
+
+    async fn webhook_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
+        webhooks::backlog(&self.pool).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {

@@ -28,6 +28,7 @@ mod rows;
 mod sales;
 mod txstock;
 mod users;
+mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use sqlx::SqlitePool;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
     IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
@@ -309,6 +310,36 @@ impl Store for SqliteStore {
 
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
         outbox::backlog(&self.reader).await
+    }
+
+    async fn webhook_enqueue(&self, event: &OutboxEvent, now: Timestamp) -> PortResult<bool> {
+        webhooks::enqueue(&self.writer, event, now).await
+    }
+
+    async fn webhook_claim(
+        &self,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: u32,
+    ) -> PortResult<Vec<WebhookDelivery>> {
+        webhooks::claim(&self.writer, now, lease_ms, limit).await
+    }
+
+    async fn webhook_delivered(&self, event_id: &str, now: Timestamp) -> PortResult<()> {
+        webhooks::delivered(&self.writer, event_id, now).await
+    }
+
+    async fn webhook_failed(
+        &self,
+        event_id: &str,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> PortResult<()> {
+        webhooks::failed(&self.writer, event_id, next_attempt_at, error).await
+    }
+
+    async fn webhook_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
+        webhooks::backlog(&self.reader).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {

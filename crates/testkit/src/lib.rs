@@ -77,6 +77,10 @@ macro_rules! store_conformance_tests {
             concurrent_outbox_claims_never_share_an_event,
             notifications_are_appended_once_per_id,
             expiring_holds_are_warned_once_through_the_outbox,
+            webhook_enqueue_is_idempotent_per_event,
+            webhook_claims_lease_back_off_and_wait_until_due,
+            delivered_webhooks_are_never_claimed_again,
+            concurrent_webhook_claims_never_share_a_delivery,
             randomized_operations_match_the_reference_model
         );
     };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, HoldError, IdempotencyStart, NewOrder,
     Notification, OutboxEvent, PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store,
-    User,
+    User, WebhookDelivery,
 };
 use stampede_core::judge::{LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -1282,6 +1282,248 @@ pub async fn notifications_are_appended_once_per_id(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+// --- outgoing webhooks to the shop ---------------------------------------------------------
+
+/// An `order_confirmed` event of buyer `n` that happened at `at` (ids sort by `at`).
+fn an_event(n: u32, at: Timestamp) -> OutboxEvent {
+    OutboxEvent {
+        id: UserId::generate(at.0, seq()).to_string(),
+        user_id: user(n),
+        kind: "order_confirmed".into(),
+        created_at: at,
+        data: serde_json::json!({ "order_id": format!("o{n}"), "total": "25.00", "currency": "EUR" }),
+    }
+}
+
+/// The event ids of some deliveries, in the order given.
+fn ids_of(deliveries: &[WebhookDelivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.event_id.as_str()).collect()
+}
+
+/// Queueing an event's delivery twice (a redelivered outbox event) queues it once, as first
+/// written, due at once and never tried.
+pub async fn webhook_enqueue_is_idempotent_per_event(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    assert_eq!(f.store.webhook_backlog().await.unwrap(), (0, None));
+    let e = an_event(1, T0);
+    let now = T0.plus_secs(1);
+    assert!(f.store.webhook_enqueue(&e, now).await.unwrap());
+    let replay = OutboxEvent {
+        data: serde_json::json!({ "other": true }),
+        kind: "payment_failed".into(),
+        ..e.clone()
+    };
+    assert!(!f
+        .store
+        .webhook_enqueue(&replay, now.plus_secs(5))
+        .await
+        .unwrap());
+    assert!(!f.store.webhook_enqueue(&e, now).await.unwrap());
+    assert_eq!(f.store.webhook_backlog().await.unwrap(), (1, Some(T0)));
+    // Not due before it was queued.
+    assert!(f
+        .store
+        .webhook_claim(now.plus_millis(-1), 30_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = f.store.webhook_claim(now, 30_000, 10).await.unwrap();
+    assert_eq!(
+        due,
+        vec![WebhookDelivery {
+            event_id: e.id.clone(),
+            kind: "order_confirmed".into(),
+            user_id: user(1),
+            payload: e.data.clone(),
+            created_at: T0,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+        }]
+    );
+    // A claim is not a delivery.
+    assert_eq!(f.store.webhook_backlog().await.unwrap(), (1, Some(T0)));
+}
+
+/// A claim leases due deliveries, oldest first and at most `limit`: no other claim gets them
+/// until the lease lapses. A failure counts an attempt, keeps the error, lets go of the lease
+/// and makes the delivery due again only at the backoff's time.
+pub async fn webhook_claims_lease_back_off_and_wait_until_due(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let (e1, e2, e3) = (
+        an_event(1, T0),
+        an_event(2, T0.plus_millis(1)),
+        an_event(3, T0.plus_millis(2)),
+    );
+    // Queued in another order than they happened: the claim still goes oldest first.
+    for e in [&e3, &e1, &e2] {
+        assert!(f.store.webhook_enqueue(e, T0).await.unwrap());
+    }
+    // Queued to be due only later.
+    let e4 = an_event(4, T0.plus_millis(3));
+    let later = T0.plus_secs(100);
+    assert!(f.store.webhook_enqueue(&e4, later).await.unwrap());
+    assert_eq!(f.store.webhook_backlog().await.unwrap(), (4, Some(T0)));
+
+    let t = T0.plus_secs(1);
+    let lease = 30_000;
+    assert!(f.store.webhook_claim(t, lease, 0).await.unwrap().is_empty());
+    let first = f.store.webhook_claim(t, lease, 2).await.unwrap();
+    assert_eq!(ids_of(&first), vec![e1.id.as_str(), e2.id.as_str()]);
+    let second = f.store.webhook_claim(t, lease, 10).await.unwrap();
+    assert_eq!(ids_of(&second), vec![e3.id.as_str()], "e4 is not due yet");
+    // Within the lease: nothing.
+    assert!(f
+        .store
+        .webhook_claim(t, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(f
+        .store
+        .webhook_claim(t.plus_millis(lease - 1), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // e1 failed: lease gone, but due only at the backoff's time.
+    let retry_at = t.plus_secs(5);
+    f.store
+        .webhook_failed(&e1.id, retry_at, "shop answered 500")
+        .await
+        .unwrap();
+    assert!(f
+        .store
+        .webhook_claim(retry_at.plus_millis(-1), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = f.store.webhook_claim(retry_at, lease, 10).await.unwrap();
+    assert_eq!(ids_of(&again), vec![e1.id.as_str()]);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].next_attempt_at, retry_at);
+    assert_eq!(again[0].last_error.as_deref(), Some("shop answered 500"));
+    assert_eq!(again[0].payload, e1.data);
+    // Failed again: two attempts, the latest error.
+    let retry_at2 = retry_at.plus_secs(1);
+    f.store
+        .webhook_failed(&e1.id, retry_at2, "timed out")
+        .await
+        .unwrap();
+    assert_eq!(f.store.webhook_backlog().await.unwrap(), (4, Some(T0)));
+
+    // The first leases lapsed (a sender died): e1 (its retry due), e2 and e3 again.
+    let t2 = t.plus_millis(lease);
+    let retaken = f.store.webhook_claim(t2, lease, 10).await.unwrap();
+    assert_eq!(
+        ids_of(&retaken),
+        vec![e1.id.as_str(), e2.id.as_str(), e3.id.as_str()]
+    );
+    assert_eq!(retaken[0].attempts, 2);
+    assert_eq!(retaken[0].last_error.as_deref(), Some("timed out"));
+    assert_eq!(
+        retaken[1].attempts, 0,
+        "a lapsed lease is not a failed attempt"
+    );
+    assert_eq!(retaken[1].last_error, None);
+
+    // Once every lease lapsed and e4 is due: all four, oldest first.
+    let t3 = later.max(t2.plus_millis(lease));
+    let all = f.store.webhook_claim(t3, lease, 10).await.unwrap();
+    assert_eq!(
+        ids_of(&all),
+        vec![
+            e1.id.as_str(),
+            e2.id.as_str(),
+            e3.id.as_str(),
+            e4.id.as_str()
+        ]
+    );
+}
+
+/// A delivered delivery is never claimed again: not after its lease, not after a late failure
+/// report, not when its event is queued again.
+pub async fn delivered_webhooks_are_never_claimed_again(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let (e1, e2) = (an_event(1, T0), an_event(2, T0.plus_millis(1)));
+    for e in [&e1, &e2] {
+        assert!(f.store.webhook_enqueue(e, T0).await.unwrap());
+    }
+    let t = T0.plus_secs(1);
+    let lease = 30_000;
+    assert_eq!(f.store.webhook_claim(t, lease, 10).await.unwrap().len(), 2);
+    f.store.webhook_delivered(&e1.id, t).await.unwrap();
+    // Twice (a sender that lost the answer), and a late failure from a sender whose lease
+    // had lapsed: neither brings it back.
+    f.store
+        .webhook_delivered(&e1.id, t.plus_secs(1))
+        .await
+        .unwrap();
+    f.store
+        .webhook_failed(&e1.id, t, "late failure")
+        .await
+        .unwrap();
+    assert!(!f.store.webhook_enqueue(&e1, t).await.unwrap());
+    assert_eq!(
+        f.store.webhook_backlog().await.unwrap(),
+        (1, Some(e2.created_at))
+    );
+    let much_later = t.plus_secs(86_400);
+    let left = f.store.webhook_claim(much_later, lease, 10).await.unwrap();
+    assert_eq!(ids_of(&left), vec![e2.id.as_str()]);
+    f.store.webhook_delivered(&e2.id, much_later).await.unwrap();
+    assert_eq!(f.store.webhook_backlog().await.unwrap(), (0, None));
+    assert!(f
+        .store
+        .webhook_claim(much_later.plus_secs(86_400), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Unknown ids are harmless.
+    f.store.webhook_delivered("nope", t).await.unwrap();
+    f.store.webhook_failed("nope", t, "x").await.unwrap();
+}
+
+/// Senders claiming at once (several nodes) never get the same delivery, and between them
+/// get every one.
+pub async fn concurrent_webhook_claims_never_share_a_delivery(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let mut expected = Vec::new();
+    for i in 0..60u32 {
+        let e = an_event(i, T0.plus_millis(i64::from(i)));
+        assert!(f.store.webhook_enqueue(&e, T0).await.unwrap());
+        expected.push(e.id);
+    }
+    let now = T0.plus_secs(1);
+    let sender = move |store: Arc<dyn Store>| async move {
+        let mut got = Vec::new();
+        loop {
+            let batch = store.webhook_claim(now, 60_000, 7).await.unwrap();
+            if batch.is_empty() {
+                return got;
+            }
+            assert!(batch.len() <= 7);
+            got.extend(batch.into_iter().map(|d| d.event_id));
+            tokio::task::yield_now().await;
+        }
+    };
+    let senders: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(sender(f.store.clone())))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for s in senders {
+        let got = s.await.unwrap();
+        total += got.len();
+        for id in got {
+            assert!(seen.insert(id.clone()), "two senders got {id}");
+        }
+    }
+    assert_eq!(total, 60);
+    expected.sort();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
 }
 
 // --- randomized comparison against the reference model -----------------------------------
