@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use stampede_core::{Hold, Order, Timestamp};
+
 use crate::ports::{Event, Notification, OutboxEvent};
 use crate::{App, AppError};
 
@@ -19,6 +21,52 @@ use crate::{App, AppError};
 const BATCH: u32 = 100;
 /// How long a lease keeps other relays off a batch: longer than a broker's confirm deadline.
 const LEASE_MS: i64 = 30_000;
+
+impl OutboxEvent {
+    /// A new event for `user`, stamped `now`, with a fresh ULID.
+    fn new(
+        user: &stampede_core::UserId,
+        kind: &str,
+        data: serde_json::Value,
+        now: Timestamp,
+    ) -> Self {
+        let ms = u64::try_from(now.millis()).unwrap_or(0);
+        OutboxEvent {
+            id: ulid::Ulid::from_parts(ms, rand::random()).to_string(),
+            user_id: user.clone(),
+            kind: kind.to_owned(),
+            created_at: now,
+            data,
+        }
+    }
+
+    /// The event the store writes when `order` has just been confirmed.
+    pub fn order_confirmed(order: &Order, now: Timestamp) -> Self {
+        let data = serde_json::json!({
+            "order_id": order.id.as_str(),
+            "total": order.total.format(&order.currency),
+            "currency": order.currency.as_str(),
+        });
+        Self::new(&order.user_id, "order_confirmed", data, now)
+    }
+
+    /// The event the store writes when `order`'s payment has just failed, and why.
+    pub fn payment_failed(order: &Order, reason: &str, now: Timestamp) -> Self {
+        let data = serde_json::json!({ "order_id": order.id.as_str(), "reason": reason });
+        Self::new(&order.user_id, "payment_failed", data, now)
+    }
+
+    /// The warning the store writes when a live hold is about to lapse.
+    pub fn hold_expiring(hold: &Hold, now: Timestamp) -> Self {
+        let data = serde_json::json!({
+            "hold_id": hold.id.as_str(),
+            "sale_id": hold.sale_id.as_str(),
+            "quantity": hold.quantity,
+            "seconds_left": now.secs_until(hold.expires_at),
+        });
+        Self::new(&hold.user_id, "hold_expiring", data, now)
+    }
+}
 
 impl App {
     /// Delivers every waiting outbox event it can lease. Returns how many it delivered.

@@ -425,7 +425,11 @@ pub(crate) async fn warn_expiring(
             .execute(&mut *tx)
             .await
             .port()?;
-        crate::outbox::insert(&mut tx, &crate::outbox::hold_expiring(&hold, now)).await?;
+        crate::outbox::insert(
+            &mut tx,
+            &stampede_app::ports::OutboxEvent::hold_expiring(&hold, now),
+        )
+        .await?;
     }
     tx.commit().await.port()?;
     Ok(due.len())

@@ -439,7 +439,11 @@ pub(crate) async fn apply_payment(
             )
             .await?;
             release_holds_from(&mut tx, &user, id).await?;
-            outbox::insert(&mut tx, &outbox::payment_failed(&order, reason, now)).await?;
+            outbox::insert(
+                &mut tx,
+                &stampede_app::ports::OutboxEvent::payment_failed(&order, reason, now),
+            )
+            .await?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
         PaymentResult::Pending { reference } => {
@@ -479,7 +483,11 @@ pub(crate) async fn apply_payment(
                         now,
                     )
                     .await?;
-                    outbox::insert(&mut tx, &outbox::order_confirmed(&order, now)).await?;
+                    outbox::insert(
+                        &mut tx,
+                        &stampede_app::ports::OutboxEvent::order_confirmed(&order, now),
+                    )
+                    .await?;
                     PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
                 }
                 None => {
@@ -496,7 +504,8 @@ pub(crate) async fn apply_payment(
                     )
                     .await?;
                     release_holds_from(&mut tx, &user, id).await?;
-                    let event = outbox::payment_failed(&order, HOLD_EXPIRED, now);
+                    let event =
+                        stampede_app::ports::OutboxEvent::payment_failed(&order, HOLD_EXPIRED, now);
                     outbox::insert(&mut tx, &event).await?;
                     PaymentApplied::HoldLapsed(load_existing(&mut tx, &user, id).await?)
                 }

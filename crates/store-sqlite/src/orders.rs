@@ -380,7 +380,11 @@ pub(crate) async fn apply_payment(
             )
             .await?;
             release_holds_from(&mut tx, id).await?;
-            outbox::insert(&mut tx, &outbox::payment_failed(&order, reason, now)).await?;
+            outbox::insert(
+                &mut tx,
+                &stampede_app::ports::OutboxEvent::payment_failed(&order, reason, now),
+            )
+            .await?;
             PaymentApplied::Done(load_existing(&mut tx, id).await?)
         }
         PaymentResult::Pending { reference } => {
@@ -419,7 +423,11 @@ pub(crate) async fn apply_payment(
                         now,
                     )
                     .await?;
-                    outbox::insert(&mut tx, &outbox::order_confirmed(&order, now)).await?;
+                    outbox::insert(
+                        &mut tx,
+                        &stampede_app::ports::OutboxEvent::order_confirmed(&order, now),
+                    )
+                    .await?;
                     PaymentApplied::Done(load_existing(&mut tx, id).await?)
                 }
                 None => {
@@ -436,7 +444,8 @@ pub(crate) async fn apply_payment(
                     )
                     .await?;
                     release_holds_from(&mut tx, id).await?;
-                    let event = outbox::payment_failed(&order, HOLD_EXPIRED, now);
+                    let event =
+                        stampede_app::ports::OutboxEvent::payment_failed(&order, HOLD_EXPIRED, now);
                     outbox::insert(&mut tx, &event).await?;
                     PaymentApplied::HoldLapsed(load_existing(&mut tx, id).await?)
                 }

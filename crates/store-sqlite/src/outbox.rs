@@ -10,64 +10,11 @@
 use sqlx::{SqliteConnection, SqlitePool};
 
 use stampede_app::ports::{OutboxEvent, PortResult};
-use stampede_core::{Order, Timestamp, UserId};
+use stampede_core::{Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
 use crate::rows::{col, col_ts};
 use crate::BEGIN_WRITE;
-
-/// Kind of the event written when an order is confirmed.
-pub(crate) const ORDER_CONFIRMED: &str = "order_confirmed";
-/// Kind of the event written when an order's payment fails.
-pub(crate) const PAYMENT_FAILED: &str = "payment_failed";
-
-/// A new event about `order`, stamped `now`, with a fresh ULID.
-fn event(order: &Order, kind: &str, data: serde_json::Value, now: Timestamp) -> OutboxEvent {
-    let ms = u64::try_from(now.millis()).unwrap_or(0);
-    OutboxEvent {
-        id: ulid::Ulid::from_parts(ms, rand::random()).to_string(),
-        user_id: order.user_id.clone(),
-        kind: kind.to_owned(),
-        created_at: now,
-        data,
-    }
-}
-
-/// The event for an order that has just been confirmed.
-pub(crate) fn order_confirmed(order: &Order, now: Timestamp) -> OutboxEvent {
-    let data = serde_json::json!({
-        "order_id": order.id.as_str(),
-        "total": order.total.format(&order.currency),
-        "currency": order.currency.as_str(),
-    });
-    event(order, ORDER_CONFIRMED, data, now)
-}
-
-/// The event for an order whose payment has just failed, and why.
-pub(crate) fn payment_failed(order: &Order, reason: &str, now: Timestamp) -> OutboxEvent {
-    let data = serde_json::json!({ "order_id": order.id.as_str(), "reason": reason });
-    event(order, PAYMENT_FAILED, data, now)
-}
-
-/// Kind of the event written when a live hold is about to lapse.
-pub(crate) const HOLD_EXPIRING: &str = "hold_expiring";
-
-/// The warning for a hold that lapses soon.
-pub(crate) fn hold_expiring(hold: &stampede_core::Hold, now: Timestamp) -> OutboxEvent {
-    let ms = u64::try_from(now.millis()).unwrap_or(0);
-    OutboxEvent {
-        id: ulid::Ulid::from_parts(ms, rand::random()).to_string(),
-        user_id: hold.user_id.clone(),
-        kind: HOLD_EXPIRING.to_owned(),
-        created_at: now,
-        data: serde_json::json!({
-            "hold_id": hold.id.as_str(),
-            "sale_id": hold.sale_id.as_str(),
-            "quantity": hold.quantity,
-            "seconds_left": now.secs_until(hold.expires_at),
-        }),
-    }
-}
 
 /// Writes an event inside the caller's transaction.
 pub(crate) async fn insert(conn: &mut SqliteConnection, e: &OutboxEvent) -> PortResult<()> {
