@@ -19,9 +19,8 @@ impl App {
             let expired = self.store.expire_due_holds(self.clock.now(), 1000).await?;
             let n = expired.len();
             for hold in &expired {
-                self.gate
-                    .give_back(&hold.sale_id, &hold.user_id, hold.quantity)
-                    .await?;
+                self.return_to_gate(&hold.sale_id, &hold.user_id, hold.quantity)
+                    .await;
                 self.stock_changed(&hold.sale_id);
             }
             drop(pair);
@@ -73,6 +72,23 @@ impl App {
         }
         self.check_invariants().await?;
         Ok(drift)
+    }
+
+    /// Gives units back to the gate after the judge has already let go of them (a hold
+    /// expired or was released, an order refunded, a reservation refused). The judge's change
+    /// stands whatever happens here, so a failure (a shared gate unreachable) must not undo or
+    /// hide it, nor stop what follows (the refund at the gateway): it is logged and counted,
+    /// and the gate stays short until reconciliation repairs it.
+    pub(crate) async fn return_to_gate(
+        &self,
+        sale_id: &stampede_core::SaleId,
+        user: &stampede_core::UserId,
+        quantity: u32,
+    ) {
+        if let Err(e) = self.gate.give_back(sale_id, user, quantity).await {
+            metrics::counter!("stampede_gate_give_back_failures_total").increment(1);
+            tracing::warn!(error = %e, sale = %sale_id, quantity, "could not return units to the gate; reconciliation will");
+        }
     }
 
     /// Counts repaired gate drift for `/metrics` and the admin metrics.

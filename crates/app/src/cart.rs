@@ -131,9 +131,7 @@ impl App {
             request.user_id.clone(),
             request.quantity,
         );
-        // Reconciliation must not read the judge between our take and our verdict.
-        let pair = self.gate_sync.clone().read_owned().await;
-        let pair = Some(pair);
+        // The 99% case first, before anything that could wait.
         if self.config.sold_out_flag_ms > 0 {
             if let Some(until) = self.sold_out_until.get(&sale_id).map(|t| *t) {
                 if request.now < until {
@@ -141,8 +139,13 @@ impl App {
                 }
             }
         }
+        // Reconciliation must not read the judge between our take and our verdict.
+        let pair = self.gate_sync.clone().read_owned().await;
+        let pair = Some(pair);
         let verdict = self.gate_take(&sale_id, &user, qty, limit).await?;
-        if verdict == GateVerdict::SoldOut && self.config.sold_out_flag_ms > 0 {
+        // Only a refused single unit proves the gate is empty; a refused larger request may
+        // leave units a smaller one can have.
+        if verdict == GateVerdict::SoldOut && qty == 1 && self.config.sold_out_flag_ms > 0 {
             let ttl = i64::try_from(self.config.sold_out_flag_ms).unwrap_or(i64::MAX);
             self.sold_out_until
                 .insert(sale_id.clone(), request.now.plus_millis(ttl));
@@ -182,7 +185,7 @@ impl App {
             }
             Err(EnqueueError::Closed) => AppError::Unavailable("shutting down".into()),
         };
-        self.gate.give_back(&sale_id, &user, qty).await?;
+        self.return_to_gate(&sale_id, &user, qty).await;
         drop(pair_held);
         self.stock_returned(&sale_id);
         Err(refused)
@@ -240,14 +243,14 @@ impl App {
                     Ok(hold) => hold,
                     Err(e) => {
                         if grow > 0 {
-                            app.gate.give_back(&before.sale_id, user, grow).await?;
+                            app.return_to_gate(&before.sale_id, user, grow).await;
                         }
                         return Err(e);
                     }
                 };
                 let shrink = before.quantity.saturating_sub(hold.quantity);
                 if shrink > 0 {
-                    app.gate.give_back(&hold.sale_id, user, shrink).await?;
+                    app.return_to_gate(&hold.sale_id, user, shrink).await;
                 }
                 Ok(hold)
             })
@@ -285,9 +288,8 @@ impl App {
         let hold = self
             .paired(move |app| async move {
                 let hold = app.store.release_hold(&user, &hold_id, now).await??;
-                app.gate
-                    .give_back(&hold.sale_id, &user, hold.quantity)
-                    .await?;
+                app.return_to_gate(&hold.sale_id, &user, hold.quantity)
+                    .await;
                 Ok(hold)
             })
             .await?;

@@ -305,9 +305,8 @@ impl App {
                     })?;
                 if let Cancelled::Refunded { order, .. } = &outcome {
                     for item in &order.items {
-                        app.gate
-                            .give_back(&item.sale_id, &user, item.quantity)
-                            .await?;
+                        app.return_to_gate(&item.sale_id, &user, item.quantity)
+                            .await;
                     }
                 }
                 Ok(outcome)

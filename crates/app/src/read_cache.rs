@@ -42,6 +42,10 @@ impl<V> Default for Slot<V> {
     }
 }
 
+/// Most keys kept at once: past it, entries that are no longer fresh are dropped (a flood of
+/// made-up sale ids cannot grow the cache without bound).
+const MAX_KEYS: usize = 50_000;
+
 /// A read-through cache of `V` by string key, with single-flight refresh and early expiry.
 pub struct ReadThrough<V> {
     ttl_ms: i64,
@@ -148,7 +152,20 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
                 cost_ms,
             }));
         }
+        if self.slots.len() > MAX_KEYS {
+            self.prune(now);
+        }
         Ok(value)
+    }
+
+    /// Drops every entry that is no longer fresh, or everything if all of them still are.
+    /// Readers holding a dropped slot finish with it; the next reader starts a new one.
+    fn prune(&self, now: Timestamp) {
+        self.slots
+            .retain(|_, slot| Self::current(slot).is_some_and(|c| self.fresh(&c, now)));
+        if self.slots.len() > MAX_KEYS {
+            self.slots.clear();
+        }
     }
 }
 
@@ -183,6 +200,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((v, cache.loads()), (4, 3));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_distinct_keys_stays_bounded() {
+        let cache: ReadThrough<Option<u32>> = ReadThrough::new("t", 1000);
+        for i in 0..(MAX_KEYS + 10) {
+            let at = Timestamp(i64::try_from(i).unwrap() * 2);
+            cache
+                .get(&format!("made-up-{i}"), at, || async { Ok::<_, ()>(None) })
+                .await
+                .unwrap();
+        }
+        assert!(
+            cache.slots.len() <= MAX_KEYS,
+            "{} keys kept",
+            cache.slots.len()
+        );
     }
 
     #[tokio::test]
