@@ -538,8 +538,38 @@ async fn with_redis_unreachable_a_node_answers_fast_503s_and_sells_again_when_it
     let sale = node.create_sale(&admin, 50, 5, 600).await;
     let buyer = node.buyer().await;
     node.hold(&buyer, &sale, 1).await;
+    let paid_hold = node.hold(&buyer, &sale, 1).await;
+    let paid = node.order(&buyer, &[&paid_hold], "tok_ok", None).await;
+    let paid = paid.expect(201)["order_id"].as_str().unwrap().to_owned();
+    let to_release = node.hold(&buyer, &sale, 1).await;
 
     proxy.cut.send(true).unwrap();
+    // What the judge does not need the gate for still works, completely: a refund reaches the
+    // gateway (audited after it), a release is done.
+    node.post_empty(&format!("/api/v1/orders/{paid}/cancel"), Some(&buyer))
+        .await
+        .expect(200);
+    let r = node
+        .delete(&format!("/api/v1/cart/items/{to_release}"), Some(&buyer))
+        .await;
+    assert!(
+        r.status < 300,
+        "release with the gate away: {} {}",
+        r.status,
+        r.text
+    );
+    let refunds = node
+        .get("/api/v1/admin/audit?action=payment.refund", Some(&admin))
+        .await;
+    assert!(
+        refunds.expect(200)["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["target"] == paid.as_str()),
+        "the refund happened at the gateway: {}",
+        refunds.text
+    );
     for _ in 0..5 {
         let started = std::time::Instant::now();
         let r = node.reserve(&buyer, &sale, 1).await;
@@ -561,11 +591,11 @@ async fn with_redis_unreachable_a_node_answers_fast_503s_and_sells_again_when_it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(sold, "selling resumes once Redis is reachable again");
-    let (_, available, held, _) = counters_in_postgres(&mode, &sale).await;
+    let (_, available, held, sold) = counters_in_postgres(&mode, &sale).await;
     assert_eq!(
-        (available, held),
-        (48, 2),
-        "nothing was held while the gate was away"
+        (available, held, sold),
+        (48, 2, 0),
+        "nothing was held while the gate was away; the refund and the release returned stock"
     );
     assert_invariant(&node.metrics(&admin, &sale).await);
 }
