@@ -425,7 +425,9 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a notification to the buyer's feed; `Ok(false)` (nothing written) if one with the
     /// same id exists, so a redelivered event takes effect once.
     async fn append_notification(&self, notification: &Notification) -> PortResult<bool>;
-    /// The buyer's notifications with id greater than `after`, oldest first, at most `limit`.
+    /// The buyer's notifications added after the one with id `after` (all if `None` or
+    /// unknown), in the order they were added, at most `limit`. Not by id: an event applied
+    /// late carries an older id and must not land behind a reader's cursor.
     async fn notifications(
         &self,
         user: &UserId,

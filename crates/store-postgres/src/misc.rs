@@ -229,7 +229,9 @@ pub(crate) async fn notifications(
 ) -> PortResult<Vec<Notification>> {
     sqlx::query(
         "SELECT id, user_id, kind, created_at, data_json::text AS data_json FROM notifications \
-         WHERE user_id = $1 AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3",
+         WHERE user_id = $1 AND ($2::text IS NULL OR seq > COALESCE( \
+             (SELECT seq FROM notifications WHERE id = $2 AND user_id = $1), -1)) \
+         ORDER BY seq LIMIT $3",
     )
     .bind(user.as_str())
     .bind(after)

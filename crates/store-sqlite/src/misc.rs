@@ -233,7 +233,9 @@ pub(crate) async fn notifications(
 ) -> PortResult<Vec<Notification>> {
     sqlx::query(
         "SELECT id, user_id, kind, created_at, data_json FROM notifications \
-         WHERE user_id = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+         WHERE user_id = ?1 AND (?2 IS NULL OR rowid > COALESCE( \
+             (SELECT rowid FROM notifications WHERE id = ?2 AND user_id = ?1), -1)) \
+         ORDER BY rowid LIMIT ?3",
     )
     .bind(user.as_str())
     .bind(after)

@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
             outbox_claims_lease_events_until_delivered,
             concurrent_outbox_claims_never_share_an_event,
             notifications_are_appended_once_per_id,
+            notifications_page_in_the_order_they_were_added,
             expiring_holds_are_warned_once_through_the_outbox,
             webhook_enqueue_is_idempotent_per_event,
             webhook_claims_lease_back_off_and_wait_until_due,

@@ -1826,3 +1826,39 @@ pub async fn expiring_holds_are_warned_once_through_the_outbox(store: Arc<dyn St
     );
     checked(&*f.store, &sale.id).await;
 }
+
+/// A feed pages in the order notifications were added: one added late with an older id (a
+/// redelivered or slow event) still comes after a cursor taken before it was added.
+pub async fn notifications_page_in_the_order_they_were_added(store: Arc<dyn Store>) {
+    let a = user(1);
+    // ULID-shaped: `older` sorts first.
+    let older = "01HZZZZZZZZZZZZZZZZZZZZZ0A".to_owned();
+    let newer = "01HZZZZZZZZZZZZZZZZZZZZZ0B".to_owned();
+    let note = |id: &str| Notification {
+        id: id.to_owned(),
+        user_id: a.clone(),
+        kind: "order_confirmed".into(),
+        created_at: T0,
+        data: serde_json::json!({}),
+    };
+    assert!(store.append_notification(&note(&newer)).await.unwrap());
+    let first = store.notifications(&a, None, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The reader's cursor is now `newer`; the late event arrives with an older id.
+    assert!(store.append_notification(&note(&older)).await.unwrap());
+    let next = store.notifications(&a, Some(&newer), 10).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, [older.as_str()], "the late one is after the cursor");
+    let all = store.notifications(&a, None, 10).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [newer.as_str(), older.as_str()],
+        "in the order they were added"
+    );
+    assert!(store
+        .notifications(&a, Some(&older), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
