@@ -203,6 +203,7 @@ impl App {
         let sweep = Duration::from_millis(self.config.sweep_interval_ms.max(10));
         let reconcile = Duration::from_secs(self.config.reconcile_interval_secs.max(1));
         let publish = Duration::from_millis(self.config.stock_publish_interval_ms.max(10));
+        let admission = Duration::from_millis(self.config.admission_tick_ms.max(10));
         let listener = {
             let app = self.clone();
             let mut events = self.bus.subscribe();
@@ -248,6 +249,9 @@ impl App {
                 "stock publisher",
                 |app| Box::pin(async move { app.publish_stock().await }),
             ),
+            spawn_every(self.clone(), stop.clone(), admission, "admission", |app| {
+                Box::pin(async move { app.admission_tick().await })
+            }),
         ];
         jobs.extend(self.spawn_shop_webhooks(stop));
         jobs

@@ -69,15 +69,21 @@ impl App {
         sale_id: &str,
         quantity_requested: i64,
         admission_token: Option<&str>,
+        device_id: Option<&str>,
     ) -> Result<Hold, AppError> {
         let started = std::time::Instant::now();
         let result = self
-            .reserve_inner(who, sale_id, quantity_requested, admission_token)
+            .reserve_inner(who, sale_id, quantity_requested, admission_token, device_id)
             .await;
         let outcome = match &result {
             Ok(_) => "reserved",
             Err(e) => refusal_label(e),
         };
+        if let (Err(e), Some(sale)) = (&result, SaleId::parse(sale_id)) {
+            if !matches!(e, AppError::NotFound | AppError::InvalidInput(_)) {
+                self.count_reserve_refusal(&sale, outcome);
+            }
+        }
         metrics::counter!("stampede_reserve_total", "outcome" => outcome).increment(1);
         metrics::histogram!("stampede_reserve_seconds", "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
@@ -90,6 +96,7 @@ impl App {
         sale_id: &str,
         quantity_requested: i64,
         admission_token: Option<&str>,
+        device_id: Option<&str>,
     ) -> Result<Hold, AppError> {
         let qty = quantity(quantity_requested)?;
         let sale_id = SaleId::parse(sale_id).ok_or(AppError::NotFound)?;
@@ -98,13 +105,19 @@ impl App {
         if sale.status_at(now) != SaleStatus::Live {
             return Err(AppError::SaleNotLive);
         }
-        if sale.queue_required {
-            self.admissions
-                .check(who, &sale_id, admission_token, now)
-                .map_err(|_| AppError::NotAdmitted)?;
-        }
-        if qty > sale.per_user_limit {
-            return Err(AppError::LimitExceeded);
+        if !sale.queue_required {
+            if qty > sale.per_user_limit {
+                return Err(AppError::LimitExceeded);
+            }
+        } else {
+            // Admission is taken (single use) before the limit and the stock are judged, and
+            // given back if they refuse: the buyer keeps their turn while it lasts.
+            self.claim_admission(who, &sale, admission_token, device_id, qty)
+                .await?;
+            if qty > sale.per_user_limit {
+                self.settle_admission(who, &sale_id, qty, false).await;
+                return Err(AppError::LimitExceeded);
+            }
         }
         let request = ReserveRequest {
             hold_id: HoldId::generate(now.millis(), rand::random()),
@@ -113,10 +126,12 @@ impl App {
             quantity: qty,
             now,
         };
-        let hold = self.take_and_judge(request, sale.per_user_limit).await?;
+        let judged = self.take_and_judge(request, sale.per_user_limit).await;
         if sale.queue_required {
-            self.admissions.spend(who, &sale_id, admission_token);
+            self.settle_admission(who, &sale_id, qty, judged.is_ok())
+                .await;
         }
+        let hold = judged?;
         metrics::counter!("stampede_holds_created_total").increment(1);
         self.stock_changed(&sale_id);
         Ok(hold)

@@ -70,6 +70,12 @@ pub struct AppConfig {
     /// How often the shop-webhook job looks for due deliveries (it is also woken at once when
     /// this node queued one). Only runs when a shop webhook URL is configured.
     pub shop_webhook_interval_ms: u64,
+    /// How often the waiting room admits the next buyers and tells the waiting what changed.
+    pub admission_tick_ms: u64,
+    /// How long an admission token lasts.
+    pub admission_ttl_secs: i64,
+    /// Most buyers admitted to one sale in one tick (smooths a burst of returned stock).
+    pub admission_max_batch: u64,
 }
 
 impl Default for AppConfig {
@@ -93,6 +99,9 @@ impl Default for AppConfig {
             read_cache_ms: 1000,
             hold_warning_secs: 60,
             shop_webhook_interval_ms: 200,
+            admission_tick_ms: 100,
+            admission_ttl_secs: 120,
+            admission_max_batch: 1000,
         }
     }
 }

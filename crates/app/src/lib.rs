@@ -3,7 +3,6 @@
 //! Dependencies point one way: `core ← app ← {adapters, http} ← stampede`. Nothing here knows
 //! whether it runs on SQLite and in-process counters or on PostgreSQL, Redis and RabbitMQ.
 
-pub mod admission;
 pub mod auth;
 pub mod background;
 pub mod cart;
@@ -17,6 +16,7 @@ pub mod ports;
 pub mod read_cache;
 pub mod sales;
 pub mod shop_webhooks;
+pub mod waiting_room;
 pub mod webhook;
 
 use std::collections::HashSet;
@@ -29,16 +29,17 @@ pub use auth::Principal;
 pub use config::AppConfig;
 pub use error::AppError;
 
-use admission::Admissions;
 use auth::{PasswordHashing, TokenCache};
 use group_commit::ReserveBatcher;
-use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store};
+use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store, WaitingRoom};
 use sales::SaleCache;
 
 /// The adapters an [`App`] runs over.
 pub struct Adapters {
     pub store: Arc<dyn Store>,
     pub gate: Arc<dyn Gate>,
+    /// The waiting room's lines (in memory, or Redis shared by every node).
+    pub room: Arc<dyn WaitingRoom>,
     pub bus: Arc<dyn EventBus>,
     pub gateway: Arc<dyn PaymentGateway>,
     pub clock: Arc<dyn Clock>,
@@ -87,7 +88,18 @@ pub struct App {
     tokens: TokenCache,
     batcher: ReserveBatcher,
     sales: SaleCache,
-    admissions: Admissions,
+    /// The waiting room's lines.
+    pub room: Arc<dyn WaitingRoom>,
+    /// The key admission tokens are signed with (fetched once from the room, shared by nodes).
+    pub(crate) admission_key: tokio::sync::OnceCell<[u8; 32]>,
+    /// Bumped after every admission round: live queue streams look again.
+    pub(crate) queue_tick: tokio::sync::watch::Sender<u64>,
+    /// Admission rate per sale as this node measured it (for ETAs).
+    pub(crate) queue_rates: dashmap::DashMap<SaleId, waiting_room::RateSample>,
+    /// When this node first saw each sale's stock gone.
+    pub(crate) sold_out_at: dashmap::DashMap<SaleId, stampede_core::Timestamp>,
+    /// Refused attempts per sale and reason (admin view; the metric has the totals).
+    pub(crate) queue_refusals: dashmap::DashMap<(SaleId, &'static str), u64>,
     /// Sales whose stock moved since the last publish.
     dirty_stock: Mutex<HashSet<SaleId>>,
     /// Shared by every operation that changes both the judge and the gate; taken exclusively
@@ -119,7 +131,12 @@ impl App {
             tokens: TokenCache::new(100_000, Duration::from_secs(config.token_cache_secs.max(1))),
             batcher,
             sales: SaleCache::default(),
-            admissions: Admissions::default(),
+            room: adapters.room,
+            admission_key: tokio::sync::OnceCell::new(),
+            queue_tick: tokio::sync::watch::channel(0).0,
+            queue_rates: dashmap::DashMap::new(),
+            sold_out_at: dashmap::DashMap::new(),
+            queue_refusals: dashmap::DashMap::new(),
             dirty_stock: Mutex::new(HashSet::new()),
             gate_sync: Arc::new(tokio::sync::RwLock::new(())),
             outbox: adapters.outbox,

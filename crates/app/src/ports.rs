@@ -5,7 +5,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use stampede_core::draw::DrawPurpose;
 use stampede_core::judge::Refusal;
+use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats};
 use stampede_core::{
     Currency, Hold, HoldId, Money, Order, OrderId, PaymentId, Sale, SaleId, StockLevels, Timestamp,
     UserId,
@@ -623,4 +625,100 @@ pub trait PaymentGateway: Send + Sync + 'static {
     async fn void(&self, reference: &str) -> PortResult<()>;
     /// Returns captured money. Idempotent per reference.
     async fn refund(&self, reference: &str) -> PortResult<()>;
+}
+
+/// Rules of one sale's waiting room, set by an admin (all 0 = off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRules {
+    /// Accounts that may join this sale's line from one device.
+    pub max_accounts_per_device: u32,
+    /// Units one device may buy in this sale, across its accounts.
+    pub device_limit: u32,
+    /// Leading zero bits a proof of work at join must have (0: no challenge).
+    pub pow_bits: u8,
+}
+
+/// The waiting room's line per sale (embedded: in memory; cluster: Redis, shared by every
+/// node). The adapters are deliberately plain; the decisions (when to draw, how many units
+/// there are to admit against, what a token is) live in the use cases, so both behave alike
+/// and are held to one conformance suite. Semantics are those of
+/// [`stampede_core::waiting_line::WaitingLine`], the reference model.
+#[async_trait]
+pub trait WaitingRoom: Send + Sync + 'static {
+    /// Joins (idempotent: joining again keeps the first place).
+    async fn join(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: &str,
+        max_accounts_per_device: u32,
+    ) -> PortResult<Result<EntryView, JoinRefusal>>;
+    /// The caller's entry.
+    async fn view(&self, sale: &SaleId, user: &UserId) -> PortResult<Option<EntryView>>;
+    /// The pre-queue's entrants if it has not been drawn yet.
+    async fn pre_queue(&self, sale: &SaleId) -> PortResult<Option<Vec<String>>>;
+    /// Places the pre-queue in the drawn order and opens first-come-first-served.
+    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<()>;
+    /// Lapses stale admissions, then admits the next in line against `units_available`
+    /// minus admissions outstanding (at most `max_batch`). Returns how many were admitted.
+    async fn admit(
+        &self,
+        sale: &SaleId,
+        units_available: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<u64>;
+    /// Takes the caller's admission for a reservation (single use).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: &str,
+        ticket: u64,
+        quantity: u64,
+        device_limit: u64,
+        now_ms: i64,
+    ) -> PortResult<Result<(), ClaimRefusal>>;
+    /// Ends a claim: used up if `reserved`, else given back.
+    async fn settle(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        quantity: u64,
+        reserved: bool,
+    ) -> PortResult<()>;
+    /// Marks the stock gone (or back); `close` ends the room for good.
+    async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()>;
+    /// Everyone still waiting: a lottery's entrants.
+    async fn waiting_entrants(&self, sale: &SaleId) -> PortResult<Vec<String>>;
+    /// Admits `winners`; everyone else waiting has lost.
+    async fn apply_lottery(
+        &self,
+        sale: &SaleId,
+        winners: &[String],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> PortResult<()>;
+    /// Counters and fairness inputs.
+    async fn stats(&self, sale: &SaleId) -> PortResult<LineStats>;
+    /// The key admission tokens are signed with, shared by every node: the first caller's
+    /// `candidate` becomes it.
+    async fn signing_key(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]>;
+    /// A sale's seed for one kind of draw, fixed by the first caller; `true` if this call set
+    /// it (so the caller publishes its commitment).
+    async fn draw_seed(
+        &self,
+        sale: &SaleId,
+        purpose: DrawPurpose,
+        candidate: [u8; 32],
+    ) -> PortResult<([u8; 32], bool)>;
+    /// The room's rules.
+    async fn rules(&self, sale: &SaleId) -> PortResult<RoomRules>;
+    async fn set_rules(&self, sale: &SaleId, rules: RoomRules) -> PortResult<()>;
+    /// Keeps a finished draw's record (JSON) for publication.
+    async fn publish_draw(&self, sale: &SaleId, record: &str) -> PortResult<()>;
+    /// The published draw records (JSON), oldest first.
+    async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>>;
 }

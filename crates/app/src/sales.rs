@@ -110,6 +110,14 @@ impl SaleCache {
         self.sales.read().ok()?.get(id).cloned()
     }
 
+    /// Every sale this node knows.
+    pub fn all(&self) -> Vec<Arc<Sale>> {
+        self.sales
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Stores (or replaces) a sale's configuration.
     pub fn put(&self, sale: Sale) {
         if let Ok(mut map) = self.sales.write() {

@@ -6,14 +6,20 @@
 //! 1. `available + held + sold == total_stock`, each term `>= 0` — see [`StockLevels::check`].
 //! 2. per buyer `held + sold <= per_user_limit` — see [`judge::judge_reserve`].
 //! 4. every hold ends exactly once — see [`HoldState`] transitions.
+//! 5. admission is first come, first served by place in line — see [`waiting_line`]; what a
+//!    lottery decides can be recomputed by anyone — see [`draw`].
 
+pub mod admission;
 pub mod clock;
+pub mod draw;
 pub mod ids;
 pub mod judge;
 pub mod money;
 pub mod order;
+pub mod pow;
 pub mod sale;
 pub mod stock;
+pub mod waiting_line;
 
 pub use clock::{Clock, ManualClock, Timestamp};
 pub use ids::{HoldId, OrderId, PaymentId, SaleId, UserId};

@@ -17,6 +17,10 @@
 //! Every call has a deadline: if Redis is slow or gone the call fails as
 //! [`PortError::Unavailable`] (a fast 503 with `Retry-After`), it never hangs a buyer.
 
+mod room;
+
+pub use room::RedisRoom;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -8,6 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use stampede_app::{AppError, Principal};
@@ -47,9 +48,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -59,17 +60,33 @@ impl FromRequestParts<AppState> for Auth {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .ok_or(AppError::Unauthenticated)?;
-        let principal = state.app.authenticate(token).await?;
-        if let Err(refused) = state.limits.check_user(principal.user_id.as_str()) {
-            metrics::counter!("stampede_rate_limited_total", "scope" => refused.scope).increment(1);
-            return Err(AppError::RateLimited {
-                retry_after_secs: refused.retry_after_secs,
-            }
-            .into());
+            .ok_or_else(|| ApiError::from(AppError::Unauthenticated).into_response())?;
+        let principal = state
+            .app
+            .authenticate(token)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?;
+        state
+            .limits
+            .check_user(principal.user_id.as_str())
+            .map_err(crate::rate_limited)?;
+        if let Some(device) = device_id(&parts.headers) {
+            state
+                .limits
+                .check_device(device)
+                .map_err(crate::rate_limited)?;
         }
         Ok(Auth(principal))
     }
+}
+
+/// The client's `X-Device-Id`, if it sent one (checked by the use cases where it matters).
+pub fn device_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-device-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
 /// The client's address as seen on the socket.

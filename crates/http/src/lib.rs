@@ -11,7 +11,7 @@ pub mod state;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,7 +28,7 @@ pub use problem::{ApiError, Problem};
 pub use ratelimit::{RateLimitConfig, RateLimits};
 pub use state::AppState;
 
-use routes::{accounts, admin, cart, notifications, ops, orders, pages, sales};
+use routes::{accounts, admin, cart, notifications, ops, orders, pages, queue, sales};
 
 /// Largest request body accepted; larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -64,6 +64,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sales::list))
         .routes(routes!(sales::detail))
         .routes(routes!(sales::events))
+        .routes(routes!(queue::join))
+        .routes(routes!(queue::me))
+        .routes(routes!(queue::me_events))
+        .routes(routes!(queue::challenge))
+        .routes(routes!(queue::draws))
         .routes(routes!(cart::reserve))
         .routes(routes!(cart::get_cart))
         .routes(routes!(cart::resize, cart::release))
@@ -78,6 +83,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::stop))
         .routes(routes!(admin::metrics))
         .routes(routes!(admin::audit))
+        .routes(routes!(queue::report))
+        .routes(routes!(queue::set_rules))
+        .routes(routes!(queue::lottery))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -124,55 +132,39 @@ pub fn router(state: AppState) -> Router {
 async fn ip_rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(ip) = extract::client_ip(req.extensions()) {
         if let Err(refused) = s.limits.check_ip(ip) {
-            metrics::counter!("stampede_rate_limited_total", "scope" => refused.scope).increment(1);
             return rate_limited(refused);
         }
     }
-    let mut res = next.run(req).await;
-    if res.status() == StatusCode::TOO_MANY_REQUESTS {
-        let limit = s.limits.config().per_user_per_sec;
-        add_rate_headers(&mut res, limit, "user");
-    }
-    res
+    next.run(req).await
 }
 
-fn rate_limited(refused: ratelimit::Refused) -> Response {
+/// The 429 for a refused request: `Retry-After`, and the IETF `RateLimit-Policy` /
+/// `RateLimit` headers naming the quota that refused.
+pub(crate) fn rate_limited(refused: ratelimit::Refused) -> Response {
+    metrics::counter!("stampede_rate_limited_total", "scope" => refused.scope).increment(1);
     let mut res = ApiError::from(stampede_app::AppError::RateLimited {
         retry_after_secs: refused.retry_after_secs,
     })
     .into_response();
-    add_rate_headers(&mut res, refused.limit, refused.scope);
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "limit={}, remaining=0, reset={}",
-        refused.limit.saturating_mul(2),
-        refused.retry_after_secs
-    )) {
-        res.headers_mut().insert("ratelimit", v);
-    }
+    add_rate_headers(
+        &mut res,
+        refused.limit,
+        refused.burst,
+        refused.scope,
+        refused.retry_after_secs,
+    );
     res
 }
 
-fn add_rate_headers(res: &mut Response, limit: u32, scope: &str) {
+fn add_rate_headers(res: &mut Response, limit: u32, burst: u32, scope: &str, reset_secs: u64) {
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{};w=1;burst={};comment=\"per {scope}\"",
-        limit,
-        limit.saturating_mul(2)
+        "{limit};w=1;burst={burst};comment=\"per {scope}\""
     )) {
         res.headers_mut().insert("ratelimit-policy", v);
     }
-    if !res.headers().contains_key("ratelimit") {
-        let reset = res
-            .headers()
-            .get(axum::http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("1")
-            .to_owned();
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "limit={}, remaining=0, reset={reset}",
-            limit.saturating_mul(2)
-        )) {
-            res.headers_mut().insert("ratelimit", v);
-        }
+    if let Ok(v) = HeaderValue::from_str(&format!("limit={burst}, remaining=0, reset={reset_secs}"))
+    {
+        res.headers_mut().insert("ratelimit", v);
     }
 }
 

@@ -1,20 +1,35 @@
-//! Request rate limits per client IP and per user (GCRA, via `governor`). The defaults stop one
-//! client flooding a route but let many buyers behind one address (an office, a carrier NAT, a
-//! load test on loopback) through at a normal pace. Key memory is bounded: idle keys are
-//! dropped by [`RateLimits::forget_idle`], which the server calls periodically.
+//! Request rate limits (GCRA, via `governor`) per client IP, per user, per device and, stricter,
+//! per user at checkout. The defaults stop one client flooding a route but let many buyers
+//! behind one address (an office, a carrier NAT, a load test on loopback) through at a normal
+//! pace. A key may spend a burst of `burst_factor` × its rate at once, then the rate.
+//!
+//! Memory is bounded: each limiter tracks at most `max_keys` keys. Idle keys (whose bucket is
+//! full again) are dropped periodically ([`RateLimits::forget_idle`]) and at once when a
+//! limiter is full; if a flood of a million distinct keys still fills it, newcomers share one
+//! overflow bucket per limiter (so the flood is limited as one client) until keys go idle.
 
-use std::net::IpAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// Limits in requests per second (bursts of twice that are allowed).
+/// Limits in requests per second per key.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimitConfig {
     pub per_user_per_sec: u32,
     pub per_ip_per_sec: u32,
+    /// Per `X-Device-Id` (when the client sends one).
+    pub per_device_per_sec: u32,
+    /// Placing orders (each may move money): per user, on top of the user limit.
+    pub checkout_per_user_per_sec: u32,
+    /// A key may send this many seconds' worth of requests at once.
+    pub burst_factor: u32,
+    /// Most keys one limiter tracks.
+    pub max_keys: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -22,6 +37,10 @@ impl Default for RateLimitConfig {
         Self {
             per_user_per_sec: 20,
             per_ip_per_sec: 2000,
+            per_device_per_sec: 20,
+            checkout_per_user_per_sec: 2,
+            burst_factor: 2,
+            max_keys: 200_000,
         }
     }
 }
@@ -33,29 +52,113 @@ pub struct Refused {
     pub retry_after_secs: u64,
     /// The quota that refused: requests per second.
     pub limit: u32,
-    /// Which key: "ip" or "user".
+    /// Requests the key may send at once.
+    pub burst: u32,
+    /// Which key: "ip", "user", "device" or "checkout".
     pub scope: &'static str,
+}
+
+/// One keyed limiter with its memory bound.
+struct Limiter<K: Hash + Eq + Clone> {
+    keys: DefaultKeyedRateLimiter<K>,
+    per_sec: u32,
+    burst: u32,
+    scope: &'static str,
+    max_keys: usize,
+    overflow: K,
+    /// When the limiter last pruned itself because it was full (ms since `epoch`).
+    last_prune_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    fn new(
+        per_sec: u32,
+        burst_factor: u32,
+        scope: &'static str,
+        max_keys: usize,
+        overflow: K,
+    ) -> Self {
+        let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst_n = per_sec.max(1).saturating_mul(burst_factor.max(1));
+        let burst = NonZeroU32::new(burst_n).unwrap_or(rate);
+        Self {
+            keys: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            per_sec: per_sec.max(1),
+            burst: burst.get(),
+            scope,
+            max_keys: max_keys.max(1),
+            overflow,
+            last_prune_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn check(&self, key: &K) -> Result<(), Refused> {
+        let mut key = key;
+        if self.keys.len() >= self.max_keys {
+            let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let last = self.last_prune_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) >= 100
+                && self
+                    .last_prune_ms
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.keys.retain_recent();
+            }
+            if self.keys.len() >= self.max_keys {
+                metrics::counter!("stampede_rate_limit_overflow_total", "scope" => self.scope)
+                    .increment(1);
+                key = &self.overflow;
+            }
+        }
+        self.keys.check_key(key).map_err(|not_until| Refused {
+            retry_after_secs: secs(not_until.wait_time_from(DefaultClock::default().now())),
+            limit: self.per_sec,
+            burst: self.burst,
+            scope: self.scope,
+        })
+    }
+
+    fn forget_idle(&self) {
+        self.keys.retain_recent();
+        self.keys.shrink_to_fit();
+    }
 }
 
 /// The keyed limiters.
 pub struct RateLimits {
-    per_user: DefaultKeyedRateLimiter<String>,
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_user: Limiter<String>,
+    per_ip: Limiter<IpAddr>,
+    per_device: Limiter<String>,
+    checkout: Limiter<String>,
     config: RateLimitConfig,
-}
-
-fn quota(per_sec: u32) -> Quota {
-    let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(per_sec.max(1).saturating_mul(2)).unwrap_or(rate);
-    Quota::per_second(rate).allow_burst(burst)
 }
 
 impl RateLimits {
     /// Limiters with these quotas.
     pub fn new(config: RateLimitConfig) -> Self {
+        let b = config.burst_factor;
+        let max = config.max_keys;
+        let overflow = || String::from("\u{0}overflow");
         Self {
-            per_user: RateLimiter::keyed(quota(config.per_user_per_sec)),
-            per_ip: RateLimiter::keyed(quota(config.per_ip_per_sec)),
+            per_user: Limiter::new(config.per_user_per_sec, b, "user", max, overflow()),
+            per_ip: Limiter::new(
+                config.per_ip_per_sec,
+                b,
+                "ip",
+                max,
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            ),
+            per_device: Limiter::new(config.per_device_per_sec, b, "device", max, overflow()),
+            checkout: Limiter::new(
+                config.checkout_per_user_per_sec,
+                b,
+                "checkout",
+                max,
+                overflow(),
+            ),
             config,
         }
     }
@@ -67,36 +170,38 @@ impl RateLimits {
 
     /// Counts one request from `ip`.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
-        self.per_ip.check_key(&ip).map_err(|not_until| Refused {
-            retry_after_secs: secs(not_until.wait_time_from(DefaultClock::default().now())),
-            limit: self.config.per_ip_per_sec,
-            scope: "ip",
-        })
+        self.per_ip.check(&ip)
     }
 
     /// Counts one request by `user`.
     pub fn check_user(&self, user: &str) -> Result<(), Refused> {
-        self.per_user
-            .check_key(&user.to_owned())
-            .map_err(|not_until| Refused {
-                retry_after_secs: secs(not_until.wait_time_from(DefaultClock::default().now())),
-                limit: self.config.per_user_per_sec,
-                scope: "user",
-            })
+        self.per_user.check(&user.to_owned())
     }
 
-    /// Drops keys that have been idle long enough to be full again: bounds memory under a
-    /// flood of distinct keys.
+    /// Counts one request from `device` (the client's `X-Device-Id`).
+    pub fn check_device(&self, device: &str) -> Result<(), Refused> {
+        self.per_device.check(&device.to_owned())
+    }
+
+    /// Counts one checkout by `user`.
+    pub fn check_checkout(&self, user: &str) -> Result<(), Refused> {
+        self.checkout.check(&user.to_owned())
+    }
+
+    /// Drops keys that have been idle long enough to be full again.
     pub fn forget_idle(&self) {
-        self.per_user.retain_recent();
-        self.per_ip.retain_recent();
-        self.per_user.shrink_to_fit();
-        self.per_ip.shrink_to_fit();
+        self.per_user.forget_idle();
+        self.per_ip.forget_idle();
+        self.per_device.forget_idle();
+        self.checkout.forget_idle();
     }
 
     /// Keys currently tracked (for metrics).
     pub fn tracked_keys(&self) -> usize {
-        self.per_user.len() + self.per_ip.len()
+        self.per_user.keys.len()
+            + self.per_ip.keys.len()
+            + self.per_device.keys.len()
+            + self.checkout.keys.len()
     }
 }
 
@@ -108,12 +213,20 @@ fn secs(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    fn limits(per_sec: u32) -> RateLimits {
+        RateLimits::new(RateLimitConfig {
+            per_user_per_sec: per_sec,
+            per_ip_per_sec: per_sec,
+            per_device_per_sec: per_sec,
+            checkout_per_user_per_sec: 1,
+            burst_factor: 2,
+            max_keys: 1000,
+        })
+    }
+
     #[test]
     fn a_flood_from_one_key_is_refused_others_pass() {
-        let limits = RateLimits::new(RateLimitConfig {
-            per_user_per_sec: 5,
-            per_ip_per_sec: 5,
-        });
+        let limits = limits(5);
         let passed = (0..50).filter(|_| limits.check_user("u1").is_ok()).count();
         assert!(
             (10..=11).contains(&passed),
@@ -121,6 +234,39 @@ mod tests {
         );
         let refused = limits.check_user("u1").unwrap_err();
         assert!(refused.retry_after_secs >= 1);
+        assert_eq!(
+            (refused.limit, refused.burst, refused.scope),
+            (5, 10, "user")
+        );
         assert!(limits.check_user("u2").is_ok());
+        assert!(limits.check_device("d1").is_ok());
+    }
+
+    #[test]
+    fn checkout_is_stricter_than_the_user_limit() {
+        let limits = limits(50);
+        let passed = (0..20)
+            .filter(|_| limits.check_checkout("u1").is_ok())
+            .count();
+        assert!(passed <= 3, "checkout burst is 2, got {passed}");
+    }
+
+    #[test]
+    fn a_million_distinct_keys_stay_within_the_bound() {
+        let limits = limits(5);
+        for i in 0..1_000_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            let _ = limits.check_ip(ip);
+        }
+        assert!(
+            limits.per_ip.keys.len() <= 1001,
+            "tracked {} keys",
+            limits.per_ip.keys.len()
+        );
+        // The overflow bucket is limited like any one client.
+        let late = (0..100)
+            .filter(|i| limits.check_ip(IpAddr::from([10, 0, 0, *i as u8])).is_ok())
+            .count();
+        assert!(late <= 10, "overflow burst is 10, got {late}");
     }
 }

@@ -51,6 +51,19 @@ pub struct ServeArgs {
     /// Requests per second allowed per client IP. Default 2000 (many buyers share an address).
     #[arg(long, env = "STAMPEDE_IP_RATE_LIMIT_PER_SEC")]
     pub ip_rate_limit_per_sec: Option<u32>,
+    /// Requests per second allowed per device (`X-Device-Id`). Default: the per-user rate.
+    #[arg(long, env = "STAMPEDE_DEVICE_RATE_LIMIT_PER_SEC")]
+    pub device_rate_limit_per_sec: Option<u32>,
+    /// Orders per second allowed per user (checkout moves money, so it is stricter).
+    /// Default: a tenth of the per-user rate, at least 1.
+    #[arg(long, env = "STAMPEDE_CHECKOUT_RATE_LIMIT_PER_SEC")]
+    pub checkout_rate_limit_per_sec: Option<u32>,
+    /// How often the waiting room admits the next buyers, in ms. Default 100.
+    #[arg(long, env = "STAMPEDE_ADMISSION_TICK_MS")]
+    pub admission_tick_ms: Option<u64>,
+    /// How long an admission token lasts, in seconds. Default 120.
+    #[arg(long, env = "STAMPEDE_ADMISSION_TTL_SECS")]
+    pub admission_ttl_secs: Option<i64>,
     /// argon2id memory cost in KiB (default 19456, OWASP). Lower only for tests.
     #[arg(long, env = "STAMPEDE_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<u32>,
@@ -129,6 +142,10 @@ pub struct FileConfig {
     pub webhook_secret: Option<String>,
     pub rate_limit_per_sec: Option<u32>,
     pub ip_rate_limit_per_sec: Option<u32>,
+    pub device_rate_limit_per_sec: Option<u32>,
+    pub checkout_rate_limit_per_sec: Option<u32>,
+    pub admission_tick_ms: Option<u64>,
+    pub admission_ttl_secs: Option<i64>,
     pub argon2_memory_kib: Option<u32>,
     pub argon2_iterations: Option<u32>,
     pub sweep_interval_ms: Option<u64>,
@@ -170,6 +187,10 @@ impl ServeArgs {
             webhook_secret,
             rate_limit_per_sec,
             ip_rate_limit_per_sec,
+            device_rate_limit_per_sec,
+            checkout_rate_limit_per_sec,
+            admission_tick_ms,
+            admission_ttl_secs,
             argon2_memory_kib,
             argon2_iterations,
             sweep_interval_ms,

@@ -45,6 +45,14 @@ enum Command {
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Recompute a published draw (pre-queue shuffle or lottery) and check it: the seed must
+    /// match the commitment published before the draw, and the winners must be what the
+    /// seed and the entrants give. Reads the JSON of `GET /api/v1/sales/{id}/draws` (or one
+    /// draw from it), e.g. `curl -s URL | stampede verify-draw -`. Exits 1 if any draw fails.
+    VerifyDraw {
+        /// A file with the published JSON, or `-` for standard input.
+        input: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(out, "{doc}")?;
             Ok(())
         }
+        Command::VerifyDraw { input } => verify_draw(&input),
         Command::Migrate { data_dir, postgres } => {
             runtime()?.block_on(serve::migrate(&data_dir, postgres.as_deref()))
         }
@@ -68,6 +77,52 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(serve::serve(args, false))
         }
     }
+}
+
+/// `stampede verify-draw`.
+fn verify_draw(input: &std::path::Path) -> anyhow::Result<()> {
+    use stampede_core::draw::DrawRecord;
+    let text = if input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(input)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", input.display()))?
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("the input is not JSON: {e}"))?;
+    let items = match value.get("draws") {
+        Some(list) => list.clone(),
+        None => serde_json::Value::Array(vec![value]),
+    };
+    let records: Vec<DrawRecord> =
+        serde_json::from_value(items).map_err(|e| anyhow::anyhow!("not a published draw: {e}"))?;
+    if records.is_empty() {
+        anyhow::bail!("no draws in the input (none has happened yet?)");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0;
+    for r in &records {
+        match r.verify() {
+            Ok(winners) => writeln!(
+                out,
+                "ok: {:?} draw of sale {}: seed matches its commitment {}; {} of {} entrants drawn, same as published",
+                r.purpose,
+                r.sale_id,
+                r.seed_commitment,
+                winners.len(),
+                r.entrants.len()
+            )?,
+            Err(e) => {
+                failed += 1;
+                writeln!(out, "FAILED: {:?} draw of sale {}: {e}", r.purpose, r.sale_id)?;
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} draws do not check out", records.len());
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

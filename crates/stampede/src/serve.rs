@@ -14,12 +14,13 @@ use tokio::sync::{mpsc, watch};
 use stampede_app::config::Argon2Cost;
 use stampede_app::ports::{
     EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, ShopWebhooks, Store,
+    WaitingRoom,
 };
 use stampede_app::{Adapters, App, AppConfig};
 use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
 use stampede_core::{Clock, Timestamp};
-use stampede_engine::{LocalBus, MemoryGate};
-use stampede_gate_redis::{RedisGate, RedisGateConfig};
+use stampede_engine::{LocalBus, MemoryGate, MemoryRoom};
+use stampede_gate_redis::{RedisGate, RedisGateConfig, RedisRoom};
 use stampede_http::{AppState, RateLimitConfig, RateLimits};
 use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
 use stampede_store_postgres::PgStore;
@@ -96,6 +97,7 @@ async fn adapters(
 ) -> anyhow::Result<(
     Arc<dyn Store>,
     Arc<dyn Gate>,
+    Arc<dyn WaitingRoom>,
     Arc<dyn EventBus>,
     Option<Arc<AmqpBus>>,
 )> {
@@ -103,6 +105,7 @@ async fn adapters(
         Mode::Embedded => Ok((
             Arc::new(open_store(data_dir).await?),
             Arc::new(MemoryGate::new()),
+            Arc::new(MemoryRoom::new()),
             Arc::new(LocalBus::default()),
             None,
         )),
@@ -113,13 +116,17 @@ async fn adapters(
             name,
         } => {
             let store = open_postgres(&postgres).await?;
-            let gate = RedisGate::connect(RedisGateConfig {
+            let redis_config = RedisGateConfig {
                 url: redis,
                 namespace: name.clone(),
                 timeout: Duration::from_millis(args.redis_timeout_ms.unwrap_or(500)),
-            })
-            .await
-            .context("connecting to Redis (--redis)")?;
+            };
+            let gate = RedisGate::connect(redis_config.clone())
+                .await
+                .context("connecting to Redis (--redis)")?;
+            let room = RedisRoom::connect(redis_config)
+                .await
+                .context("connecting to Redis (--redis)")?;
             let node_id = format!(
                 "{}-{}",
                 std::process::id(),
@@ -135,6 +142,7 @@ async fn adapters(
             Ok((
                 Arc::new(store),
                 Arc::new(gate),
+                Arc::new(room),
                 bus.clone() as Arc<dyn EventBus>,
                 Some(bus),
             ))
@@ -189,7 +197,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let cluster = args.mode()? != Mode::Embedded;
-    let (store, gate, bus, amqp) = adapters(&args, &data_dir).await?;
+    let (store, gate, room, bus, amqp) = adapters(&args, &data_dir).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let shop_webhooks = match &shop_webhook {
         Some((url, secret)) => {
@@ -231,6 +239,10 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         token_cache_secs: if cluster { 5 } else { 60 },
         read_cache_ms: args.read_cache_ms.unwrap_or(defaults.read_cache_ms),
         hold_warning_secs: args.hold_warning_secs.unwrap_or(defaults.hold_warning_secs),
+        admission_tick_ms: args.admission_tick_ms.unwrap_or(defaults.admission_tick_ms),
+        admission_ttl_secs: args
+            .admission_ttl_secs
+            .unwrap_or(defaults.admission_ttl_secs),
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {
@@ -241,6 +253,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     let adapters = Adapters {
         store,
         gate,
+        room,
         bus,
         gateway,
         clock: clock.clone(),
@@ -288,6 +301,11 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             .ip_rate_limit_per_sec
             .or(args.rate_limit_per_sec)
             .unwrap_or(2000),
+        per_device_per_sec: args.device_rate_limit_per_sec.unwrap_or(user_rate),
+        checkout_per_user_per_sec: args
+            .checkout_rate_limit_per_sec
+            .unwrap_or((user_rate / 10).max(1)),
+        ..RateLimitConfig::default()
     }));
     let janitor = stampede_http::spawn_rate_limit_janitor(limits.clone(), Duration::from_secs(10));
     let (streams_stop_tx, streams_stop) = watch::channel(false);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use stampede_app::ports::Store;
 
+pub mod room_conformance;
 pub mod store_conformance;
 
 /// One fresh, migrated, empty store for one conformance check, plus whatever must outlive it

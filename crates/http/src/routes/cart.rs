@@ -11,7 +11,8 @@ use crate::state::AppState;
 
 /// Reserves units of a sale: the hot path.
 #[utoipa::path(post, path = "/api/v1/cart/items", tag = "cart", request_body = ReserveBody,
-    params(("X-Admission-Token" = Option<String>, Header, description = "required when the sale has queue_required")),
+    params(("X-Admission-Token" = Option<String>, Header, description = "required when the sale has queue_required"),
+        ("X-Device-Id" = Option<String>, Header, description = "the device that joined the queue; required with X-Admission-Token")),
     responses((status = 201, body = HoldDto), (status = 409, body = Problem, description = "sold_out or sale_not_live"),
         (status = 422, body = Problem, description = "limit_exceeded or invalid_input"),
         (status = 403, body = Problem, description = "not_admitted"), (status = 429, body = Problem)),
@@ -25,9 +26,10 @@ pub async fn reserve(
     let admission = headers
         .get("x-admission-token")
         .and_then(|v| v.to_str().ok());
+    let device = crate::extract::device_id(&headers);
     let hold = s
         .app
-        .reserve(&who, &body.sale_id, body.quantity, admission)
+        .reserve(&who, &body.sale_id, body.quantity, admission, device)
         .await?;
     Ok((StatusCode::CREATED, Json(HoldDto::from(&hold))))
 }

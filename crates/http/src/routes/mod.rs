@@ -7,4 +7,5 @@ pub mod notifications;
 pub mod ops;
 pub mod orders;
 pub mod pages;
+pub mod queue;
 pub mod sales;

@@ -31,6 +31,10 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // Checkout moves money: a stricter per-user limit on top of the general one.
+    if let Err(refused) = s.limits.check_checkout(who.user_id.as_str()) {
+        return Ok(crate::rate_limited(refused));
+    }
     let parsed: OrderBody = parse_json(&body)?;
     let key = match headers.get("idempotency-key") {
         None => None,

@@ -1,0 +1,775 @@
+//! One sale's waiting line, in memory: the embedded waiting room's data structure and the
+//! reference model the Redis one is tested against.
+//!
+//! - Buyers who join before the start wait in a *pre-queue*; at the start it is put in the
+//!   order of a seeded draw ([`crate::draw`]), so arriving early gains nothing. Everyone who
+//!   joins after the draw goes to the back: first come, first served.
+//! - Every entry gets a *rank* (its place in line, for good). A Fenwick tree counts the entries
+//!   still waiting by rank, so a position is one prefix sum: O(log n) with a million waiting.
+//! - Admission is stock-aware: [`WaitingLine::admit`] lets in at most as many buyers as the
+//!   units the caller says are there, minus admissions not yet used, next in line first.
+//! - An admission is used once: [`WaitingLine::claim`] moves it to `claimed` while the
+//!   reservation is judged and [`WaitingLine::settle`] to `used` (or back on a refusal), so a
+//!   replayed token finds nothing to claim.
+//!
+//! Invariants (checked by `debug_assert!` and the tests): every rank maps to one entry; the
+//! Fenwick total equals the number of waiting entries; admission never passes a waiting entry
+//! with a lower rank except through a lottery.
+
+use std::collections::HashMap;
+
+/// What an entry is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    Waiting,
+    Admitted,
+    /// A reservation with this admission is being judged.
+    Claimed,
+    /// The admission bought something; it cannot be used again.
+    Used,
+    /// The admission lapsed unused.
+    Expired,
+    /// Not drawn in a lottery.
+    LotteryLost,
+}
+
+/// What a buyer sees of their entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    pub state: EntryState,
+    /// Place in line, 1 = next; 0 unless waiting.
+    pub position: u64,
+    /// Still in the pre-queue: the position is provisional until the draw at the start.
+    pub pre_queue: bool,
+    /// The entry's rank, bound into its admission token.
+    pub ticket: u64,
+    pub device_id: String,
+    /// When an admission lapses (0 if not admitted).
+    pub admitted_until_ms: i64,
+    /// Admitted by winning a lottery.
+    pub lottery_won: bool,
+    /// The line's stock is gone (for a waiting buyer: sold out unless stock comes back).
+    pub sold_out: bool,
+    /// The room is closed: nothing will come back.
+    pub closed: bool,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    #[error("this device already joined with the most accounts allowed for this sale")]
+    DeviceAccountsCap,
+    #[error("the waiting room is closed")]
+    Closed,
+}
+
+/// Why a claim was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimRefusal {
+    #[error("not admitted")]
+    NotAdmitted,
+    #[error("the admission was already used")]
+    AlreadyUsed,
+    #[error("the admission has lapsed")]
+    Lapsed,
+    #[error("the admission was for another device or place in line")]
+    Mismatch,
+    #[error("this device has bought its limit")]
+    DeviceLimit,
+}
+
+/// Someone let in by [`WaitingLine::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub user_id: String,
+    pub ticket: u64,
+}
+
+/// Counters for the admin view and the fairness figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineStats {
+    pub waiting: u64,
+    pub pre_queue: u64,
+    pub drawn: bool,
+    pub admitted_total: u64,
+    /// Admitted and not yet used or lapsed: each is a claim on stock.
+    pub outstanding: u64,
+    pub used_total: u64,
+    pub expired_total: u64,
+    pub lottery_lost_total: u64,
+    pub sold_out: bool,
+    pub closed: bool,
+    /// Ranks in the order they were admitted (FIFO inversions are counted over this).
+    pub admission_ranks: Vec<u64>,
+    /// Units bought per device that bought any.
+    pub device_units: Vec<u64>,
+}
+
+/// Counts per rank with O(log n) prefix sums and appends.
+#[derive(Debug, Default, Clone)]
+struct Fenwick {
+    tree: Vec<i64>,
+}
+
+impl Fenwick {
+    fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Sum of values at ranks `0..end`.
+    fn prefix(&self, end: usize) -> i64 {
+        let mut i = end.min(self.tree.len());
+        let mut sum = 0;
+        while i > 0 {
+            sum += self.tree[i - 1];
+            i &= i - 1;
+        }
+        sum
+    }
+
+    fn add(&mut self, rank: usize, delta: i64) {
+        let mut i = rank + 1;
+        while i <= self.tree.len() {
+            self.tree[i - 1] += delta;
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// Appends a rank holding `value`: node i covers (i - lowbit(i), i].
+    fn push(&mut self, value: i64) {
+        let i = self.tree.len() + 1;
+        let low = i & i.wrapping_neg();
+        let covered = self.prefix(i - 1) - self.prefix(i - low);
+        self.tree.push(value + covered);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    user: Box<str>,
+    device: u32,
+    /// Place in line after the draw; `None` while in the pre-queue.
+    rank: Option<u32>,
+    state: EntryState,
+    until_ms: i64,
+    lottery_won: bool,
+    /// Join order within the pre-queue (its provisional position).
+    pre_seq: u32,
+}
+
+/// One sale's waiting line.
+#[derive(Debug, Default)]
+pub struct WaitingLine {
+    slots: Vec<Slot>,
+    by_user: HashMap<Box<str>, u32>,
+    device_ids: HashMap<Box<str>, u32>,
+    /// Per device index: accounts joined, units bought.
+    device_tally: Vec<(u32, u64)>,
+    device_names: Vec<Box<str>>,
+    /// Rank → slot.
+    ranks: Vec<u32>,
+    waiting: Fenwick,
+    /// Slots waiting for the draw, in join order.
+    pre_queue: Vec<u32>,
+    drawn: bool,
+    /// Lowest rank that may still be waiting.
+    cursor: usize,
+    /// Slots admitted or claimed (the outstanding admissions).
+    outstanding: Vec<u32>,
+    admission_ranks: Vec<u64>,
+    admitted_total: u64,
+    used_total: u64,
+    expired_total: u64,
+    lottery_lost_total: u64,
+    sold_out: bool,
+    closed: bool,
+}
+
+impl WaitingLine {
+    /// An empty line whose pre-queue is open.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn device_index(&mut self, device: &str) -> u32 {
+        if let Some(&i) = self.device_ids.get(device) {
+            return i;
+        }
+        let i = u32::try_from(self.device_names.len()).unwrap_or(u32::MAX);
+        self.device_names.push(device.into());
+        self.device_tally.push((0, 0));
+        self.device_ids.insert(device.into(), i);
+        i
+    }
+
+    fn next_rank(&mut self, slot: u32) -> u32 {
+        let rank = u32::try_from(self.ranks.len()).unwrap_or(u32::MAX);
+        self.ranks.push(slot);
+        self.waiting.push(1);
+        rank
+    }
+
+    /// Joins `user` from `device`. Joining again keeps the first place (and the first device);
+    /// an entry whose admission lapsed may join again, at the back.
+    /// `max_accounts_per_device` of 0 means no cap.
+    pub fn join(
+        &mut self,
+        user: &str,
+        device: &str,
+        max_accounts_per_device: u32,
+    ) -> Result<EntryView, JoinRefusal> {
+        if let Some(&slot) = self.by_user.get(user) {
+            let s = slot as usize;
+            if self.slots[s].state == EntryState::Expired && !self.closed {
+                let rank = self.next_rank(slot);
+                let entry = &mut self.slots[s];
+                entry.rank = Some(rank);
+                entry.state = EntryState::Waiting;
+                entry.until_ms = 0;
+            }
+            return Ok(self.view_slot(slot));
+        }
+        if self.closed {
+            return Err(JoinRefusal::Closed);
+        }
+        let device_index = self.device_index(device);
+        let tally = &mut self.device_tally[device_index as usize];
+        if max_accounts_per_device > 0 && tally.0 >= max_accounts_per_device {
+            return Err(JoinRefusal::DeviceAccountsCap);
+        }
+        tally.0 += 1;
+        let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        let pre_seq = u32::try_from(self.pre_queue.len()).unwrap_or(u32::MAX);
+        let rank = if self.drawn {
+            Some(self.next_rank(slot))
+        } else {
+            self.pre_queue.push(slot);
+            None
+        };
+        self.slots.push(Slot {
+            user: user.into(),
+            device: device_index,
+            rank,
+            state: EntryState::Waiting,
+            until_ms: 0,
+            lottery_won: false,
+            pre_seq,
+        });
+        self.by_user.insert(user.into(), slot);
+        Ok(self.view_slot(slot))
+    }
+
+    fn view_slot(&self, slot: u32) -> EntryView {
+        let entry = &self.slots[slot as usize];
+        let (position, pre_queue) = match (entry.state, entry.rank) {
+            (EntryState::Waiting, Some(rank)) => {
+                let before = self.waiting.prefix(rank as usize);
+                (u64::try_from(before).unwrap_or(0) + 1, false)
+            }
+            (EntryState::Waiting, None) => (u64::from(entry.pre_seq) + 1, true),
+            _ => (0, false),
+        };
+        EntryView {
+            state: entry.state,
+            position,
+            pre_queue,
+            ticket: entry.rank.map(u64::from).unwrap_or(0),
+            device_id: self.device_names[entry.device as usize].to_string(),
+            admitted_until_ms: entry.until_ms,
+            lottery_won: entry.lottery_won,
+            sold_out: self.sold_out,
+            closed: self.closed,
+        }
+    }
+
+    /// The caller's entry, if they joined.
+    pub fn view(&self, user: &str) -> Option<EntryView> {
+        self.by_user.get(user).map(|&slot| self.view_slot(slot))
+    }
+
+    /// Who is in the pre-queue, if the draw has not happened yet.
+    pub fn pre_queue_entrants(&self) -> Option<Vec<String>> {
+        if self.drawn {
+            return None;
+        }
+        Some(
+            self.pre_queue
+                .iter()
+                .map(|&s| self.slots[s as usize].user.to_string())
+                .collect(),
+        )
+    }
+
+    /// Ends the pre-queue: ranks its entries in `order` (the draw's result); entries the order
+    /// does not name (joined after it was computed) follow in join order. Later joins go to
+    /// the back. Idempotent.
+    pub fn place_drawn(&mut self, order: &[String]) {
+        if self.drawn {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pre_queue);
+        let mut placed = vec![false; pending.len()];
+        let position_of: HashMap<u32, usize> =
+            pending.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+        for user in order {
+            if let Some(&slot) = self.by_user.get(user.as_str()) {
+                if let Some(&i) = position_of.get(&slot) {
+                    if !placed[i] {
+                        placed[i] = true;
+                        let rank = self.next_rank(slot);
+                        self.slots[slot as usize].rank = Some(rank);
+                    }
+                }
+            }
+        }
+        for (i, &slot) in pending.iter().enumerate() {
+            if !placed[i] {
+                let rank = self.next_rank(slot);
+                self.slots[slot as usize].rank = Some(rank);
+            }
+        }
+        self.drawn = true;
+        debug_assert_eq!(self.waiting.len(), self.ranks.len());
+    }
+
+    /// Lapses admissions not used by `now`. Returns how many lapsed.
+    pub fn expire_admissions(&mut self, now_ms: i64) -> u64 {
+        let mut lapsed = 0;
+        let slots = &mut self.slots;
+        self.outstanding.retain(|&slot| {
+            let entry = &mut slots[slot as usize];
+            // A claim being judged keeps its admission a little longer than the token.
+            let grace = if entry.state == EntryState::Claimed {
+                60_000
+            } else {
+                0
+            };
+            if entry.until_ms + grace <= now_ms {
+                entry.state = EntryState::Expired;
+                lapsed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.expired_total += lapsed;
+        lapsed
+    }
+
+    /// Admits the next in line: as many as `units_available` minus admissions still
+    /// outstanding, at most `max_batch`. Nothing is admitted before the draw.
+    pub fn admit(
+        &mut self,
+        units_available: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> Vec<Admitted> {
+        self.expire_admissions(now_ms);
+        if !self.drawn || self.closed {
+            return Vec::new();
+        }
+        let room = units_available
+            .saturating_sub(self.outstanding.len() as u64)
+            .min(max_batch);
+        let mut admitted = Vec::new();
+        while (admitted.len() as u64) < room && self.cursor < self.ranks.len() {
+            let rank = self.cursor;
+            self.cursor += 1;
+            let slot = self.ranks[rank];
+            let entry = &self.slots[slot as usize];
+            if entry.state != EntryState::Waiting || entry.rank != u32::try_from(rank).ok() {
+                continue;
+            }
+            admitted.push(self.admit_slot(slot, rank, ttl_ms, now_ms, false));
+        }
+        admitted
+    }
+
+    fn admit_slot(
+        &mut self,
+        slot: u32,
+        rank: usize,
+        ttl_ms: i64,
+        now_ms: i64,
+        won: bool,
+    ) -> Admitted {
+        self.waiting.add(rank, -1);
+        let entry = &mut self.slots[slot as usize];
+        entry.state = EntryState::Admitted;
+        entry.until_ms = now_ms.saturating_add(ttl_ms);
+        entry.lottery_won = won;
+        self.outstanding.push(slot);
+        self.admission_ranks.push(rank as u64);
+        self.admitted_total += 1;
+        Admitted {
+            user_id: entry.user.to_string(),
+            ticket: rank as u64,
+        }
+    }
+
+    /// Takes the caller's admission for a reservation of `quantity` units.
+    /// `device_limit` of 0 means no per-device limit.
+    pub fn claim(
+        &mut self,
+        user: &str,
+        device: &str,
+        ticket: u64,
+        quantity: u64,
+        device_limit: u64,
+        now_ms: i64,
+    ) -> Result<(), ClaimRefusal> {
+        let slot = *self.by_user.get(user).ok_or(ClaimRefusal::NotAdmitted)?;
+        let entry = &self.slots[slot as usize];
+        match entry.state {
+            EntryState::Admitted => {}
+            EntryState::Used | EntryState::Claimed => return Err(ClaimRefusal::AlreadyUsed),
+            EntryState::Expired => return Err(ClaimRefusal::Lapsed),
+            _ => return Err(ClaimRefusal::NotAdmitted),
+        }
+        if entry.until_ms <= now_ms {
+            return Err(ClaimRefusal::Lapsed);
+        }
+        if entry.rank.map(u64::from) != Some(ticket)
+            || *self.device_names[entry.device as usize] != *device
+        {
+            return Err(ClaimRefusal::Mismatch);
+        }
+        let tally = &mut self.device_tally[entry.device as usize];
+        if device_limit > 0 && tally.1 + quantity > device_limit {
+            return Err(ClaimRefusal::DeviceLimit);
+        }
+        tally.1 += quantity;
+        self.slots[slot as usize].state = EntryState::Claimed;
+        Ok(())
+    }
+
+    /// Ends a claim: `reserved` uses the admission up; otherwise it is given back (the buyer
+    /// may try again while it lasts) with the device's units.
+    pub fn settle(&mut self, user: &str, quantity: u64, reserved: bool) {
+        let Some(&slot) = self.by_user.get(user) else {
+            return;
+        };
+        let entry = &mut self.slots[slot as usize];
+        if entry.state != EntryState::Claimed {
+            return;
+        }
+        if reserved {
+            entry.state = EntryState::Used;
+            self.used_total += 1;
+            self.outstanding.retain(|&s| s != slot);
+        } else {
+            entry.state = EntryState::Admitted;
+            let tally = &mut self.device_tally[entry.device as usize];
+            tally.1 = tally.1.saturating_sub(quantity);
+        }
+    }
+
+    /// Marks the stock as gone (or back). Waiting buyers see it on their next look.
+    pub fn set_sold_out(&mut self, sold_out: bool) {
+        self.sold_out = sold_out;
+    }
+
+    /// Closes the room for good: nothing will come back (all sold, or the sale ended).
+    pub fn close(&mut self) {
+        self.sold_out = true;
+        self.closed = true;
+    }
+
+    /// Everyone still waiting (drawn or not): a lottery's entrants.
+    pub fn waiting_entrants(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| s.state == EntryState::Waiting)
+            .map(|s| s.user.to_string())
+            .collect()
+    }
+
+    /// Applies a lottery: `winners` are admitted, everyone else still waiting has lost.
+    /// Ends the pre-queue if it was still open.
+    pub fn apply_lottery(&mut self, winners: &[String], ttl_ms: i64, now_ms: i64) {
+        self.place_drawn(&[]);
+        let won: std::collections::HashSet<&str> = winners.iter().map(String::as_str).collect();
+        for rank in self.cursor..self.ranks.len() {
+            let slot = self.ranks[rank];
+            let entry = &self.slots[slot as usize];
+            if entry.state != EntryState::Waiting || entry.rank != u32::try_from(rank).ok() {
+                continue;
+            }
+            if won.contains(&*entry.user) {
+                self.admit_slot(slot, rank, ttl_ms, now_ms, true);
+            } else {
+                self.waiting.add(rank, -1);
+                self.slots[slot as usize].state = EntryState::LotteryLost;
+                self.lottery_lost_total += 1;
+            }
+        }
+        self.cursor = self.ranks.len();
+    }
+
+    /// Counters and fairness inputs.
+    pub fn stats(&self) -> LineStats {
+        let waiting = u64::try_from(self.waiting.prefix(self.ranks.len())).unwrap_or(0)
+            + self.pre_queue.len() as u64;
+        LineStats {
+            waiting,
+            pre_queue: self.pre_queue.len() as u64,
+            drawn: self.drawn,
+            admitted_total: self.admitted_total,
+            outstanding: self.outstanding.len() as u64,
+            used_total: self.used_total,
+            expired_total: self.expired_total,
+            lottery_lost_total: self.lottery_lost_total,
+            sold_out: self.sold_out,
+            closed: self.closed,
+            admission_ranks: self.admission_ranks.clone(),
+            device_units: self
+                .device_tally
+                .iter()
+                .filter(|t| t.1 > 0)
+                .map(|t| t.1)
+                .collect(),
+        }
+    }
+
+    /// Rough bytes held per joined buyer (for the scale benchmark).
+    pub fn approx_bytes(&self) -> usize {
+        let per_slot = std::mem::size_of::<Slot>() + 4 + 8;
+        let strings: usize = self.slots.iter().map(|s| s.user.len() * 2).sum();
+        let map = (self.by_user.capacity() * (std::mem::size_of::<Box<str>>() + 4 + 1))
+            + (self.device_ids.capacity() * (std::mem::size_of::<Box<str>>() + 4 + 1));
+        let devices: usize = self.device_names.iter().map(|d| d.len() * 2 + 40).sum();
+        self.slots.capacity() * per_slot + strings + map + devices
+    }
+}
+
+/// Pairs of admitted buyers where the later in line got in first.
+pub fn fifo_inversions(admission_ranks: &[u64]) -> u64 {
+    fn sort_count(v: &mut [u64], buf: &mut Vec<u64>) -> u64 {
+        let n = v.len();
+        if n < 2 {
+            return 0;
+        }
+        let mid = n / 2;
+        let mut count = sort_count(&mut v[..mid], buf) + sort_count(&mut v[mid..], buf);
+        buf.clear();
+        let (mut i, mut j) = (0, mid);
+        while i < mid && j < n {
+            if v[i] <= v[j] {
+                buf.push(v[i]);
+                i += 1;
+            } else {
+                buf.push(v[j]);
+                count += (mid - i) as u64;
+                j += 1;
+            }
+        }
+        buf.extend_from_slice(&v[i..mid]);
+        buf.extend_from_slice(&v[j..n]);
+        v.copy_from_slice(buf);
+        count
+    }
+    let mut v = admission_ranks.to_vec();
+    let mut buf = Vec::with_capacity(v.len());
+    sort_count(&mut v, &mut buf)
+}
+
+/// Share of all units bought that went to the top `percent` of devices (at least one device).
+pub fn top_devices_share(device_units: &[u64], percent: f64) -> f64 {
+    let total: u64 = device_units.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let mut sorted = device_units.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let top = ((sorted.len() as f64 * percent / 100.0).ceil() as usize).max(1);
+    sorted.iter().take(top).sum::<u64>() as f64 / total as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn drawn_line() -> WaitingLine {
+        let mut line = WaitingLine::new();
+        line.place_drawn(&[]);
+        line
+    }
+
+    #[test]
+    fn positions_follow_join_order_and_rejoining_keeps_the_place() {
+        let mut line = drawn_line();
+        for i in 0..10 {
+            let v = line.join(&format!("u{i}"), &format!("d{i}"), 0).unwrap();
+            assert_eq!(v.position, i + 1);
+        }
+        assert_eq!(line.join("u3", "other", 0).unwrap().position, 4);
+        assert_eq!(line.view("u3").unwrap().device_id, "d3");
+        let admitted = line.admit(2, 1000, 0, 100);
+        assert_eq!(admitted.len(), 2);
+        assert_eq!(admitted[0].user_id, "u0");
+        assert_eq!(line.view("u3").unwrap().position, 2);
+        assert_eq!(line.view("u0").unwrap().state, EntryState::Admitted);
+    }
+
+    #[test]
+    fn the_pre_queue_is_placed_in_the_drawn_order() {
+        let mut line = WaitingLine::new();
+        for u in ["a", "b", "c"] {
+            assert!(line.join(u, u, 0).unwrap().pre_queue);
+        }
+        assert!(
+            line.admit(10, 1000, 0, 100).is_empty(),
+            "no admission before the draw"
+        );
+        assert_eq!(line.pre_queue_entrants().unwrap(), vec!["a", "b", "c"]);
+        line.place_drawn(&["c".into(), "a".into()]);
+        assert_eq!(line.view("c").unwrap().position, 1);
+        assert_eq!(line.view("a").unwrap().position, 2);
+        assert_eq!(line.view("b").unwrap().position, 3);
+        assert_eq!(line.join("late", "x", 0).unwrap().position, 4);
+        assert!(line.pre_queue_entrants().is_none());
+    }
+
+    #[test]
+    fn admission_is_bounded_by_stock_minus_outstanding_and_tokens_are_single_use() {
+        let mut line = drawn_line();
+        for i in 0..5 {
+            line.join(&format!("u{i}"), "d", 0).unwrap();
+        }
+        assert_eq!(line.admit(2, 1000, 0, 100).len(), 2);
+        assert_eq!(
+            line.admit(2, 1000, 0, 100).len(),
+            0,
+            "two are still outstanding"
+        );
+        let t = line.view("u0").unwrap().ticket;
+        assert_eq!(
+            line.claim("u0", "d", t + 1, 1, 0, 1),
+            Err(ClaimRefusal::Mismatch)
+        );
+        assert_eq!(
+            line.claim("u0", "e", t, 1, 0, 1),
+            Err(ClaimRefusal::Mismatch)
+        );
+        assert_eq!(line.claim("u0", "d", t, 1, 0, 1), Ok(()));
+        assert_eq!(
+            line.claim("u0", "d", t, 1, 0, 1),
+            Err(ClaimRefusal::AlreadyUsed)
+        );
+        line.settle("u0", 1, true);
+        assert_eq!(
+            line.claim("u0", "d", t, 1, 0, 1),
+            Err(ClaimRefusal::AlreadyUsed)
+        );
+        assert_eq!(
+            line.claim("u2", "d", 2, 1, 0, 1),
+            Err(ClaimRefusal::NotAdmitted)
+        );
+        // u1's admission lapses unused: its claim on stock goes to the next in line.
+        assert_eq!(line.admit(1, 1000, 1001, 100).len(), 1);
+        assert_eq!(line.view("u1").unwrap().state, EntryState::Expired);
+        assert_eq!(line.view("u2").unwrap().state, EntryState::Admitted);
+        assert_eq!(line.stats().expired_total, 1);
+    }
+
+    #[test]
+    fn device_caps_and_limits() {
+        let mut line = drawn_line();
+        line.join("a", "phone", 2).unwrap();
+        line.join("b", "phone", 2).unwrap();
+        assert_eq!(
+            line.join("c", "phone", 2),
+            Err(JoinRefusal::DeviceAccountsCap)
+        );
+        line.admit(10, 1000, 0, 100);
+        let (ta, tb) = (
+            line.view("a").unwrap().ticket,
+            line.view("b").unwrap().ticket,
+        );
+        assert_eq!(line.claim("a", "phone", ta, 1, 1, 0), Ok(()));
+        line.settle("a", 1, true);
+        assert_eq!(
+            line.claim("b", "phone", tb, 1, 1, 0),
+            Err(ClaimRefusal::DeviceLimit)
+        );
+    }
+
+    #[test]
+    fn a_refused_reservation_gives_the_admission_back() {
+        let mut line = drawn_line();
+        line.join("a", "d", 0).unwrap();
+        line.admit(1, 1000, 0, 100);
+        let t = line.view("a").unwrap().ticket;
+        line.claim("a", "d", t, 1, 1, 0).unwrap();
+        line.settle("a", 1, false);
+        assert_eq!(line.claim("a", "d", t, 1, 1, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_lottery_admits_winners_and_ends_the_rest() {
+        let mut line = WaitingLine::new();
+        for u in ["a", "b", "c", "d"] {
+            line.join(u, u, 0).unwrap();
+        }
+        line.apply_lottery(&["b".into(), "d".into()], 1000, 0);
+        assert!(line.view("b").unwrap().lottery_won);
+        assert_eq!(line.view("a").unwrap().state, EntryState::LotteryLost);
+        assert_eq!(line.stats().waiting, 0);
+        assert_eq!(line.stats().outstanding, 2);
+    }
+
+    #[test]
+    fn inversions_and_top_share() {
+        assert_eq!(fifo_inversions(&[0, 1, 2, 3]), 0);
+        assert_eq!(fifo_inversions(&[1, 0, 3, 2]), 2);
+        assert_eq!(fifo_inversions(&[3, 2, 1, 0]), 6);
+        assert!((top_devices_share(&[1; 100], 1.0) - 0.01).abs() < 1e-9);
+        assert!((top_devices_share(&[50, 1, 1], 1.0) - 50.0 / 52.0).abs() < 1e-9);
+    }
+
+    proptest! {
+        /// Against a plain model: positions are the count of waiting entries ahead.
+        #[test]
+        fn positions_match_a_model(ops in proptest::collection::vec((0u8..3, 0u8..40), 1..300)) {
+            let mut line = drawn_line();
+            let mut model: Vec<String> = Vec::new(); // waiting, in order
+            for (op, who) in ops {
+                let user = format!("u{who}");
+                match op {
+                    0 => {
+                        let fresh = line.view(&user).is_none();
+                        line.join(&user, "d", 0).unwrap();
+                        if fresh { model.push(user.clone()); }
+                    }
+                    1 => {
+                        let got: Vec<String> = line.admit(2, 1_000_000, 0, 2).into_iter().map(|a| a.user_id).collect();
+                        let want: Vec<String> = model.iter().take(got.len()).cloned().collect();
+                        prop_assert_eq!(&got, &want);
+                        model.drain(..got.len());
+                        // Use the admissions up so the next round has room again.
+                        for u in &got {
+                            let t = line.view(u).unwrap().ticket;
+                            line.claim(u, "d", t, 1, 0, 0).unwrap();
+                            line.settle(u, 1, true);
+                        }
+                    }
+                    _ => {
+                        for (i, u) in model.iter().enumerate() {
+                            prop_assert_eq!(line.view(u).unwrap().position, i as u64 + 1);
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(line.stats().waiting, model.len() as u64);
+        }
+
+        #[test]
+        fn inversions_match_the_quadratic_count(v in proptest::collection::vec(0u64..50, 0..60)) {
+            let mut slow = 0;
+            for i in 0..v.len() { for j in i+1..v.len() { if v[i] > v[j] { slow += 1; } } }
+            prop_assert_eq!(fifo_inversions(&v), slow);
+        }
+    }
+}

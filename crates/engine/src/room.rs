@@ -1,0 +1,211 @@
+//! The embedded waiting room: one [`WaitingLine`] per sale in this process's memory, each
+//! behind its own mutex (operations are O(log n) and never wait on I/O while holding it).
+//!
+//! The room is soft state: a restart empties it (and picks a new signing key, so earlier
+//! admission tokens die with it); buyers join again. Holds and orders, which are what must
+//! survive, live in the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
+use stampede_core::draw::DrawPurpose;
+use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats, WaitingLine};
+use stampede_core::{SaleId, UserId};
+
+#[derive(Default)]
+struct Room {
+    line: WaitingLine,
+    rules: RoomRules,
+    seeds: HashMap<&'static str, [u8; 32]>,
+    draws: Vec<String>,
+}
+
+/// An in-process [`WaitingRoom`].
+#[derive(Default)]
+pub struct MemoryRoom {
+    rooms: DashMap<SaleId, Arc<Mutex<Room>>>,
+    key: Mutex<Option<[u8; 32]>>,
+}
+
+fn purpose_key(p: DrawPurpose) -> &'static str {
+    match p {
+        DrawPurpose::PreQueue => "pre_queue",
+        DrawPurpose::Lottery => "lottery",
+    }
+}
+
+impl MemoryRoom {
+    /// No rooms yet; a sale's room appears with its first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn room(&self, sale: &SaleId) -> Arc<Mutex<Room>> {
+        self.rooms.entry(sale.clone()).or_default().clone()
+    }
+
+    fn with<T>(&self, sale: &SaleId, f: impl FnOnce(&mut Room) -> T) -> PortResult<T> {
+        let room = self.room(sale);
+        let mut guard: MutexGuard<'_, Room> = room
+            .lock()
+            .map_err(|_| PortError::Internal("waiting room lock poisoned".into()))?;
+        Ok(f(&mut guard))
+    }
+}
+
+#[async_trait]
+impl WaitingRoom for MemoryRoom {
+    async fn join(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: &str,
+        max_accounts_per_device: u32,
+    ) -> PortResult<Result<EntryView, JoinRefusal>> {
+        self.with(sale, |r| {
+            r.line.join(user.as_str(), device, max_accounts_per_device)
+        })
+    }
+
+    async fn view(&self, sale: &SaleId, user: &UserId) -> PortResult<Option<EntryView>> {
+        if !self.rooms.contains_key(sale) {
+            return Ok(None);
+        }
+        self.with(sale, |r| r.line.view(user.as_str()))
+    }
+
+    async fn pre_queue(&self, sale: &SaleId) -> PortResult<Option<Vec<String>>> {
+        self.with(sale, |r| r.line.pre_queue_entrants())
+    }
+
+    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<()> {
+        self.with(sale, |r| r.line.place_drawn(order))
+    }
+
+    async fn admit(
+        &self,
+        sale: &SaleId,
+        units_available: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<u64> {
+        self.with(sale, |r| {
+            r.line
+                .admit(units_available, ttl_ms, now_ms, max_batch)
+                .len() as u64
+        })
+    }
+
+    async fn claim(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: &str,
+        ticket: u64,
+        quantity: u64,
+        device_limit: u64,
+        now_ms: i64,
+    ) -> PortResult<Result<(), ClaimRefusal>> {
+        self.with(sale, |r| {
+            r.line.claim(
+                user.as_str(),
+                device,
+                ticket,
+                quantity,
+                device_limit,
+                now_ms,
+            )
+        })
+    }
+
+    async fn settle(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        quantity: u64,
+        reserved: bool,
+    ) -> PortResult<()> {
+        self.with(sale, |r| r.line.settle(user.as_str(), quantity, reserved))
+    }
+
+    async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()> {
+        self.with(sale, |r| {
+            if close {
+                r.line.close();
+            } else {
+                r.line.set_sold_out(sold_out);
+            }
+        })
+    }
+
+    async fn waiting_entrants(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        self.with(sale, |r| r.line.waiting_entrants())
+    }
+
+    async fn apply_lottery(
+        &self,
+        sale: &SaleId,
+        winners: &[String],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> PortResult<()> {
+        self.with(sale, |r| r.line.apply_lottery(winners, ttl_ms, now_ms))
+    }
+
+    async fn stats(&self, sale: &SaleId) -> PortResult<LineStats> {
+        if !self.rooms.contains_key(sale) {
+            return Ok(LineStats::default());
+        }
+        self.with(sale, |r| r.line.stats())
+    }
+
+    async fn signing_key(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]> {
+        let mut key = self
+            .key
+            .lock()
+            .map_err(|_| PortError::Internal("key lock poisoned".into()))?;
+        Ok(*key.get_or_insert(candidate))
+    }
+
+    async fn draw_seed(
+        &self,
+        sale: &SaleId,
+        purpose: DrawPurpose,
+        candidate: [u8; 32],
+    ) -> PortResult<([u8; 32], bool)> {
+        self.with(sale, |r| match r.seeds.get(purpose_key(purpose)) {
+            Some(seed) => (*seed, false),
+            None => {
+                r.seeds.insert(purpose_key(purpose), candidate);
+                (candidate, true)
+            }
+        })
+    }
+
+    async fn rules(&self, sale: &SaleId) -> PortResult<RoomRules> {
+        if !self.rooms.contains_key(sale) {
+            return Ok(RoomRules::default());
+        }
+        self.with(sale, |r| r.rules)
+    }
+
+    async fn set_rules(&self, sale: &SaleId, rules: RoomRules) -> PortResult<()> {
+        self.with(sale, |r| r.rules = rules)
+    }
+
+    async fn publish_draw(&self, sale: &SaleId, record: &str) -> PortResult<()> {
+        self.with(sale, |r| r.draws.push(record.to_owned()))
+    }
+
+    async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        if !self.rooms.contains_key(sale) {
+            return Ok(Vec::new());
+        }
+        self.with(sale, |r| r.draws.clone())
+    }
+}

@@ -1,0 +1,643 @@
+//! The cluster waiting room: every sale's line in Redis, shared by every node, with the same
+//! semantics as the in-memory reference ([`stampede_core::waiting_line::WaitingLine`]) and
+//! held to the same conformance suite.
+//!
+//! Per sale, keys hash-tagged with the sale (one slot, so each script is atomic on Redis
+//! Cluster too): `state`, `dev`, `rank`, `until` (hashes per user), `line` (a sorted set of
+//! the waiting by rank: a position is one `ZRANK`, O(log n)), `pre` (the pre-queue by join
+//! order), `adm` (outstanding admissions by expiry), `devn` / `devu` (accounts and units per
+//! device), `order` (ranks in admission order), `won` (lottery winners), `draws` (published
+//! records) and `meta` (flags, counters, rules and seeds). Every change is one Lua script, so
+//! two nodes admitting at once cannot admit more than the stock allows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
+use stampede_core::draw::DrawPurpose;
+use stampede_core::waiting_line::{ClaimRefusal, EntryState, EntryView, JoinRefusal, LineStats};
+use stampede_core::{SaleId, UserId};
+
+use crate::RedisGateConfig;
+
+/// Shared by the scripts: the caller's entry as a flat array.
+const VIEW_FN: &str = r#"
+local function view(user)
+  local st = redis.call('HGET', KEYS[1], user)
+  if not st then return false end
+  local pos, pre = 0, 0
+  if st == 'waiting' then
+    local r = redis.call('ZRANK', KEYS[5], user)
+    if r then pos = r + 1 else
+      local p = redis.call('ZRANK', KEYS[6], user)
+      if p then pos = p + 1; pre = 1 end
+    end
+  end
+  return { st, pos, pre, redis.call('HGET', KEYS[3], user) or '0',
+    redis.call('HGET', KEYS[2], user) or '', redis.call('HGET', KEYS[4], user) or '0',
+    redis.call('SISMEMBER', KEYS[11], user), redis.call('HGET', KEYS[7], 'sold_out') or '0',
+    redis.call('HGET', KEYS[7], 'closed') or '0' }
+end
+"#;
+
+/// ARGV: user, device, max accounts per device. Returns the view, or an error word.
+const JOIN: &str = r#"
+local user, device, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local st = redis.call('HGET', KEYS[1], user)
+local closed = redis.call('HGET', KEYS[7], 'closed') == '1'
+if st then
+  if st == 'expired' and not closed then
+    local r = redis.call('HINCRBY', KEYS[7], 'next_rank', 1) - 1
+    redis.call('ZADD', KEYS[5], r, user)
+    redis.call('HSET', KEYS[1], user, 'waiting')
+    redis.call('HSET', KEYS[3], user, r)
+    redis.call('HDEL', KEYS[4], user)
+  end
+  return view(user)
+end
+if closed then return 'closed' end
+local n = tonumber(redis.call('HGET', KEYS[9], device) or '0')
+if cap > 0 and n >= cap then return 'device_cap' end
+redis.call('HINCRBY', KEYS[9], device, 1)
+redis.call('HSET', KEYS[1], user, 'waiting')
+redis.call('HSET', KEYS[2], user, device)
+if redis.call('HGET', KEYS[7], 'drawn') == '1' then
+  local r = redis.call('HINCRBY', KEYS[7], 'next_rank', 1) - 1
+  redis.call('ZADD', KEYS[5], r, user)
+  redis.call('HSET', KEYS[3], user, r)
+else
+  local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
+  redis.call('ZADD', KEYS[6], seq, user)
+end
+return view(user)
+"#;
+
+const VIEW: &str = r#"
+return view(ARGV[1])
+"#;
+
+/// Places the pre-queue: ARGV is the drawn order; members it does not name follow in join
+/// order. Idempotent.
+const PLACE: &str = r#"
+local function place(order)
+  if redis.call('HGET', KEYS[7], 'drawn') == '1' then return 0 end
+  local placed = {}
+  local function put(user)
+    local r = redis.call('HINCRBY', KEYS[7], 'next_rank', 1) - 1
+    redis.call('ZADD', KEYS[5], r, user)
+    redis.call('HSET', KEYS[3], user, r)
+    placed[user] = true
+  end
+  for i = 1, #order do
+    local u = order[i]
+    if not placed[u] and redis.call('ZSCORE', KEYS[6], u) then put(u) end
+  end
+  local rest = redis.call('ZRANGE', KEYS[6], 0, -1)
+  for i = 1, #rest do if not placed[rest[i]] then put(rest[i]) end end
+  redis.call('DEL', KEYS[6])
+  redis.call('HSET', KEYS[7], 'drawn', '1')
+  return 1
+end
+"#;
+
+const PLACE_CALL: &str = r#"
+return place(ARGV)
+"#;
+
+/// Lapses stale admissions, then admits. ARGV: units available, ttl ms, now ms, max batch.
+const ADMIT: &str = r#"
+local avail, ttl, now, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now)
+for i = 1, #stale do
+  local u = stale[i]
+  local st = redis.call('HGET', KEYS[1], u)
+  local untl = tonumber(redis.call('HGET', KEYS[4], u) or '0')
+  if st ~= 'claimed' or untl + 60000 <= now then
+    redis.call('HSET', KEYS[1], u, 'expired')
+    redis.call('ZREM', KEYS[8], u)
+    redis.call('HINCRBY', KEYS[7], 'expired', 1)
+  end
+end
+if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1' then
+  return 0
+end
+local room = avail - redis.call('ZCARD', KEYS[8])
+if room > max then room = max end
+if room <= 0 then return 0 end
+local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
+for i = 1, #next, 2 do
+  local u, r = next[i], next[i + 1]
+  redis.call('ZREM', KEYS[5], u)
+  redis.call('HSET', KEYS[1], u, 'admitted')
+  redis.call('HSET', KEYS[4], u, now + ttl)
+  redis.call('ZADD', KEYS[8], now + ttl, u)
+  redis.call('RPUSH', KEYS[10], r)
+  redis.call('HINCRBY', KEYS[7], 'admitted', 1)
+end
+return #next / 2
+"#;
+
+/// ARGV: user, device, ticket, quantity, device limit, now ms. Returns a word.
+const CLAIM: &str = r#"
+local user, device, ticket = ARGV[1], ARGV[2], ARGV[3]
+local qty, limit, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local st = redis.call('HGET', KEYS[1], user)
+if not st then return 'not_admitted' end
+if st == 'used' or st == 'claimed' then return 'used' end
+if st == 'expired' then return 'lapsed' end
+if st ~= 'admitted' then return 'not_admitted' end
+if tonumber(redis.call('HGET', KEYS[4], user) or '0') <= now then return 'lapsed' end
+if redis.call('HGET', KEYS[3], user) ~= ticket or redis.call('HGET', KEYS[2], user) ~= device then
+  return 'mismatch'
+end
+if limit > 0 and tonumber(redis.call('HGET', KEYS[12], device) or '0') + qty > limit then
+  return 'device_limit'
+end
+redis.call('HINCRBY', KEYS[12], device, qty)
+redis.call('HSET', KEYS[1], user, 'claimed')
+return 'ok'
+"#;
+
+/// ARGV: user, quantity, reserved (1/0).
+const SETTLE: &str = r#"
+local user, qty = ARGV[1], tonumber(ARGV[2])
+if redis.call('HGET', KEYS[1], user) ~= 'claimed' then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], user, 'used')
+  redis.call('ZREM', KEYS[8], user)
+  redis.call('HINCRBY', KEYS[7], 'used', 1)
+else
+  redis.call('HSET', KEYS[1], user, 'admitted')
+  local device = redis.call('HGET', KEYS[2], user)
+  if device then
+    local left = redis.call('HINCRBY', KEYS[12], device, -qty)
+    if left <= 0 then redis.call('HDEL', KEYS[12], device) end
+  end
+end
+return 1
+"#;
+
+/// ARGV: ttl ms, now ms, then the winners.
+const LOTTERY: &str = r#"
+local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+place({})
+local won = {}
+for i = 3, #ARGV do won[ARGV[i]] = true end
+local waiting = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+for i = 1, #waiting, 2 do
+  local u, r = waiting[i], waiting[i + 1]
+  redis.call('ZREM', KEYS[5], u)
+  if won[u] then
+    redis.call('HSET', KEYS[1], u, 'admitted')
+    redis.call('HSET', KEYS[4], u, now + ttl)
+    redis.call('ZADD', KEYS[8], now + ttl, u)
+    redis.call('SADD', KEYS[11], u)
+    redis.call('RPUSH', KEYS[10], r)
+    redis.call('HINCRBY', KEYS[7], 'admitted', 1)
+  else
+    redis.call('HSET', KEYS[1], u, 'lost')
+    redis.call('HINCRBY', KEYS[7], 'lost', 1)
+  end
+end
+return 1
+"#;
+
+const STATS: &str = r#"
+return { redis.call('HGETALL', KEYS[7]), redis.call('ZCARD', KEYS[5]), redis.call('ZCARD', KEYS[6]),
+  redis.call('ZCARD', KEYS[8]), redis.call('LRANGE', KEYS[10], 0, -1), redis.call('HVALS', KEYS[12]) }
+"#;
+
+/// ARGV: meta field, candidate. Returns the value and whether this call set it.
+const SETNX_META: &str = r#"
+local created = redis.call('HSETNX', KEYS[7], ARGV[1], ARGV[2])
+return { redis.call('HGET', KEYS[7], ARGV[1]), created }
+"#;
+
+/// A [`WaitingRoom`] in Redis, shared by every node of a deployment.
+pub struct RedisRoom {
+    conn: ConnectionManager,
+    namespace: String,
+    timeout: Duration,
+    join: Script,
+    view: Script,
+    place: Script,
+    admit: Script,
+    claim: Script,
+    settle: Script,
+    lottery: Script,
+    stats: Script,
+    setnx_meta: Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PortError {
+    PortError::Unavailable(format!("redis: {e}"))
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .filter_map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
+}
+
+fn to_hex(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn state_of(word: &str) -> PortResult<EntryState> {
+    Ok(match word {
+        "waiting" => EntryState::Waiting,
+        "admitted" => EntryState::Admitted,
+        "claimed" => EntryState::Claimed,
+        "used" => EntryState::Used,
+        "expired" => EntryState::Expired,
+        "lost" => EntryState::LotteryLost,
+        other => return Err(PortError::Internal(format!("unknown queue state {other}"))),
+    })
+}
+
+type RawView = (String, u64, u8, u64, String, i64, u8, String, String);
+
+fn to_view(raw: RawView) -> PortResult<EntryView> {
+    let (state, position, pre, ticket, device, until, won, sold_out, closed) = raw;
+    Ok(EntryView {
+        state: state_of(&state)?,
+        position,
+        pre_queue: pre == 1,
+        ticket,
+        device_id: device,
+        admitted_until_ms: until,
+        lottery_won: won == 1,
+        sold_out: sold_out == "1",
+        closed: closed == "1",
+    })
+}
+
+impl RedisRoom {
+    /// Connects (within the configured deadline); same settings as the gate.
+    pub async fn connect(config: RedisGateConfig) -> PortResult<RedisRoom> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            config.timeout * 4,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out"))?
+        .map_err(unavailable)?;
+        let with_view = |body: &str| Script::new(&format!("{VIEW_FN}\n{body}"));
+        let with_place = |body: &str| Script::new(&format!("{PLACE}\n{body}"));
+        Ok(RedisRoom {
+            conn,
+            namespace: config.namespace,
+            timeout: config.timeout,
+            join: with_view(JOIN),
+            view: with_view(VIEW),
+            place: with_place(PLACE_CALL),
+            admit: Script::new(ADMIT),
+            claim: Script::new(CLAIM),
+            settle: Script::new(SETTLE),
+            lottery: with_place(LOTTERY),
+            stats: Script::new(STATS),
+            setnx_meta: Script::new(SETNX_META),
+        })
+    }
+
+    fn keys(&self, sale: &SaleId) -> Vec<String> {
+        let tag = format!("stampede:{{{}:{}}}:q", self.namespace, sale);
+        [
+            "state", "dev", "rank", "until", "line", "pre", "meta", "adm", "devn", "order", "won",
+            "devu", "draws",
+        ]
+        .iter()
+        .map(|k| format!("{tag}:{k}"))
+        .collect()
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        sale: &SaleId,
+        args: &[String],
+    ) -> PortResult<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys(sale) {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| unavailable("call timed out"))?
+            .map_err(unavailable)
+    }
+
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| unavailable("call timed out"))?
+            .map_err(unavailable)
+    }
+
+    fn key(&self, sale: &SaleId, which: usize) -> String {
+        self.keys(sale).swap_remove(which)
+    }
+}
+
+#[async_trait]
+impl WaitingRoom for RedisRoom {
+    async fn join(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: &str,
+        max_accounts_per_device: u32,
+    ) -> PortResult<Result<EntryView, JoinRefusal>> {
+        let value: redis::Value = self
+            .run(
+                &self.join,
+                sale,
+                &[
+                    user.to_string(),
+                    device.to_owned(),
+                    max_accounts_per_device.to_string(),
+                ],
+            )
+            .await?;
+        match &value {
+            redis::Value::BulkString(b) if b == b"closed" => Ok(Err(JoinRefusal::Closed)),
+            redis::Value::BulkString(b) if b == b"device_cap" => {
+                Ok(Err(JoinRefusal::DeviceAccountsCap))
+            }
+            _ => {
+                let raw: RawView = redis::from_redis_value(value.clone())
+                    .map_err(|e| PortError::Internal(format!("join reply: {e}")))?;
+                Ok(Ok(to_view(raw)?))
+            }
+        }
+    }
+
+    async fn view(&self, sale: &SaleId, user: &UserId) -> PortResult<Option<EntryView>> {
+        let raw: Option<RawView> = self.run(&self.view, sale, &[user.to_string()]).await?;
+        raw.map(to_view).transpose()
+    }
+
+    async fn pre_queue(&self, sale: &SaleId) -> PortResult<Option<Vec<String>>> {
+        let drawn: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("drawn"))
+            .await?;
+        if drawn.as_deref() == Some("1") {
+            return Ok(None);
+        }
+        let members: Vec<String> = self
+            .cmd(redis::cmd("ZRANGE").arg(self.key(sale, 5)).arg(0).arg(-1))
+            .await?;
+        Ok(Some(members))
+    }
+
+    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<()> {
+        let _: i64 = self.run(&self.place, sale, order).await?;
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        sale: &SaleId,
+        units_available: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<u64> {
+        self.run(
+            &self.admit,
+            sale,
+            &[
+                units_available.to_string(),
+                ttl_ms.to_string(),
+                now_ms.to_string(),
+                max_batch.to_string(),
+            ],
+        )
+        .await
+    }
+
+    async fn claim(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: &str,
+        ticket: u64,
+        quantity: u64,
+        device_limit: u64,
+        now_ms: i64,
+    ) -> PortResult<Result<(), ClaimRefusal>> {
+        let word: String = self
+            .run(
+                &self.claim,
+                sale,
+                &[
+                    user.to_string(),
+                    device.to_owned(),
+                    ticket.to_string(),
+                    quantity.to_string(),
+                    device_limit.to_string(),
+                    now_ms.to_string(),
+                ],
+            )
+            .await?;
+        Ok(match word.as_str() {
+            "ok" => Ok(()),
+            "used" => Err(ClaimRefusal::AlreadyUsed),
+            "lapsed" => Err(ClaimRefusal::Lapsed),
+            "mismatch" => Err(ClaimRefusal::Mismatch),
+            "device_limit" => Err(ClaimRefusal::DeviceLimit),
+            _ => Err(ClaimRefusal::NotAdmitted),
+        })
+    }
+
+    async fn settle(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        quantity: u64,
+        reserved: bool,
+    ) -> PortResult<()> {
+        let _: i64 = self
+            .run(
+                &self.settle,
+                sale,
+                &[
+                    user.to_string(),
+                    quantity.to_string(),
+                    if reserved { "1" } else { "0" }.to_owned(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()> {
+        let meta = self.key(sale, 6);
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&meta)
+            .arg("sold_out")
+            .arg(if sold_out || close { "1" } else { "0" });
+        if close {
+            cmd.arg("closed").arg("1");
+        }
+        let _: i64 = self.cmd(&cmd).await?;
+        Ok(())
+    }
+
+    async fn waiting_entrants(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        let mut line: Vec<String> = self
+            .cmd(redis::cmd("ZRANGE").arg(self.key(sale, 4)).arg(0).arg(-1))
+            .await?;
+        let pre: Vec<String> = self
+            .cmd(redis::cmd("ZRANGE").arg(self.key(sale, 5)).arg(0).arg(-1))
+            .await?;
+        line.extend(pre);
+        Ok(line)
+    }
+
+    async fn apply_lottery(
+        &self,
+        sale: &SaleId,
+        winners: &[String],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> PortResult<()> {
+        let mut args = vec![ttl_ms.to_string(), now_ms.to_string()];
+        args.extend(winners.iter().cloned());
+        let _: i64 = self.run(&self.lottery, sale, &args).await?;
+        Ok(())
+    }
+
+    async fn stats(&self, sale: &SaleId) -> PortResult<LineStats> {
+        let (meta, waiting, pre, outstanding, order, units): (
+            HashMap<String, String>,
+            u64,
+            u64,
+            u64,
+            Vec<u64>,
+            Vec<i64>,
+        ) = self.run(&self.stats, sale, &[]).await?;
+        let n = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let flag = |k: &str| meta.get(k).map(String::as_str) == Some("1");
+        Ok(LineStats {
+            waiting: waiting + pre,
+            pre_queue: pre,
+            drawn: flag("drawn"),
+            admitted_total: n("admitted"),
+            outstanding,
+            used_total: n("used"),
+            expired_total: n("expired"),
+            lottery_lost_total: n("lost"),
+            sold_out: flag("sold_out"),
+            closed: flag("closed"),
+            admission_ranks: order,
+            device_units: units
+                .into_iter()
+                .filter(|u| *u > 0)
+                .map(|u| u64::try_from(u).unwrap_or(0))
+                .collect(),
+        })
+    }
+
+    async fn signing_key(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]> {
+        let key = format!("stampede:{{{}}}:admission-key", self.namespace);
+        // First writer wins: NX leaves an existing key alone.
+        let _: Option<String> = self
+            .cmd(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(to_hex(&candidate))
+                    .arg("NX"),
+            )
+            .await?;
+        let stored: Option<String> = self.cmd(redis::cmd("GET").arg(&key)).await?;
+        stored
+            .as_deref()
+            .and_then(hex32)
+            .ok_or_else(|| PortError::Internal("admission key unreadable".into()))
+    }
+
+    async fn draw_seed(
+        &self,
+        sale: &SaleId,
+        purpose: DrawPurpose,
+        candidate: [u8; 32],
+    ) -> PortResult<([u8; 32], bool)> {
+        let field = match purpose {
+            DrawPurpose::PreQueue => "seed_pre_queue",
+            DrawPurpose::Lottery => "seed_lottery",
+        };
+        let (value, created): (String, i64) = self
+            .run(
+                &self.setnx_meta,
+                sale,
+                &[field.to_owned(), to_hex(&candidate)],
+            )
+            .await?;
+        let seed = hex32(&value).ok_or_else(|| PortError::Internal("seed unreadable".into()))?;
+        Ok((seed, created == 1))
+    }
+
+    async fn rules(&self, sale: &SaleId) -> PortResult<RoomRules> {
+        let (a, d, p): (Option<u32>, Option<u32>, Option<u8>) = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(self.key(sale, 6))
+                    .arg("max_accounts_per_device")
+                    .arg("device_limit")
+                    .arg("pow_bits"),
+            )
+            .await?;
+        Ok(RoomRules {
+            max_accounts_per_device: a.unwrap_or(0),
+            device_limit: d.unwrap_or(0),
+            pow_bits: p.unwrap_or(0),
+        })
+    }
+
+    async fn set_rules(&self, sale: &SaleId, rules: RoomRules) -> PortResult<()> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("HSET")
+                    .arg(self.key(sale, 6))
+                    .arg("max_accounts_per_device")
+                    .arg(rules.max_accounts_per_device)
+                    .arg("device_limit")
+                    .arg(rules.device_limit)
+                    .arg("pow_bits")
+                    .arg(rules.pow_bits),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_draw(&self, sale: &SaleId, record: &str) -> PortResult<()> {
+        let _: i64 = self
+            .cmd(redis::cmd("RPUSH").arg(self.key(sale, 12)).arg(record))
+            .await?;
+        Ok(())
+    }
+
+    async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        self.cmd(redis::cmd("LRANGE").arg(self.key(sale, 12)).arg(0).arg(-1))
+            .await
+    }
+}

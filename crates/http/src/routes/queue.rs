@@ -1,0 +1,404 @@
+//! The waiting room: join, your place (polled or live over SSE), the proof-of-work challenge,
+//! the published draws, and the admin's room view, rules and lottery.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use stampede_app::ports::RoomRules;
+use stampede_app::waiting_room::{PowSolution, QueueStatus, QueueView, RoomReport};
+use stampede_core::draw::{DrawPurpose, DrawRecord};
+
+use crate::dto::rfc3339;
+use crate::extract::{ApiJson, Auth};
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+/// A solved proof of work (only when the sale asks for one).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowBody {
+    pub challenge: String,
+    pub nonce: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    /// The buyer's device (1–64 of letters, digits, `-_.:`); the admission token is bound to
+    /// it and reserving sends it back as `X-Device-Id`.
+    pub device_id: String,
+    pub pow: Option<PowBody>,
+}
+
+/// A buyer's place in a waiting room.
+#[derive(Debug, Serialize, ToSchema, PartialEq)]
+pub struct QueueDto {
+    /// Place in line, 1 = next; 0 once admitted.
+    pub position: u64,
+    pub eta_seconds: u64,
+    /// `waiting | admitted | used | expired | lottery_won | lottery_lost | sold_out`.
+    pub status: String,
+    /// Send as `X-Admission-Token` (with `X-Device-Id`) when reserving; single use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission_token: Option<String>,
+    /// When the admission token lapses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admitted_until: Option<String>,
+    /// Joined before the start: the place is provisional until the draw at the start.
+    pub pre_queue: bool,
+    /// The room will admit nobody again (all sold, or the sale ended).
+    pub closed: bool,
+}
+
+fn status_word(s: QueueStatus) -> &'static str {
+    match s {
+        QueueStatus::Waiting => "waiting",
+        QueueStatus::Admitted => "admitted",
+        QueueStatus::Used => "used",
+        QueueStatus::Expired => "expired",
+        QueueStatus::LotteryWon => "lottery_won",
+        QueueStatus::LotteryLost => "lottery_lost",
+        QueueStatus::SoldOut => "sold_out",
+    }
+}
+
+impl From<QueueView> for QueueDto {
+    fn from(v: QueueView) -> Self {
+        Self {
+            position: v.position,
+            eta_seconds: v.eta_seconds,
+            status: status_word(v.status).to_owned(),
+            admission_token: v.admission_token,
+            admitted_until: v.admitted_until.map(rfc3339),
+            pre_queue: v.pre_queue,
+            closed: v.closed,
+        }
+    }
+}
+
+/// Joins the sale's waiting room; joining again keeps the first place.
+#[utoipa::path(post, path = "/api/v1/sales/{sale_id}/queue", tag = "queue", request_body = JoinBody,
+    params(("sale_id" = String, Path)),
+    responses((status = 202, body = QueueDto), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "no waiting room, sale ended, or room closed (sold_out)"),
+        (status = 422, body = Problem, description = "invalid_input (bad device id or proof of work), limit_exceeded (accounts per device)")),
+    security(("bearer" = [])))]
+pub async fn join(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> Result<(StatusCode, Json<QueueDto>), ApiError> {
+    let pow = body.pow.map(|p| PowSolution {
+        challenge: p.challenge,
+        nonce: p.nonce,
+    });
+    let view = s
+        .app
+        .join_queue(&who, &sale_id, &body.device_id, pow.as_ref())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(view.into())))
+}
+
+/// The caller's place, ETA and (once admitted) admission token.
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/me", tag = "queue",
+    params(("sale_id" = String, Path)),
+    responses((status = 200, body = QueueDto), (status = 404, body = Problem, description = "not in this room")),
+    security(("bearer" = [])))]
+pub async fn me(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+) -> Result<Json<QueueDto>, ApiError> {
+    Ok(Json(s.app.queue_status(&who, &sale_id).await?.into()))
+}
+
+/// The caller's place, live: a `queue` event now and whenever it changes (each admission
+/// round), until the entry is settled (admitted, expired, lost, or the room closed).
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/me/events", tag = "queue",
+    params(("sale_id" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", description = "queue events (QueueDto)"),
+        (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn me_events(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let first = s.app.queue_status(&who, &sale_id).await?;
+    let ticks = s.app.queue_ticks();
+    let app = s.app.clone();
+    let first = QueueDto::from(first);
+    let done = first.status != "waiting" && first.status != "sold_out" || first.closed;
+    let first_event = queue_event(&first);
+    // After each admission round: look again, send only what changed, end once settled.
+    let live = stream::unfold(
+        (ticks, Some(first), done),
+        move |(mut ticks, last, done)| {
+            let app = app.clone();
+            let who = who.clone();
+            let sale_id = sale_id.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let mut last = last;
+                loop {
+                    ticks.changed().await.ok()?;
+                    let Ok(view) = app.queue_status(&who, &sale_id).await else {
+                        continue;
+                    };
+                    let dto = QueueDto::from(view);
+                    if last.as_ref() == Some(&dto) {
+                        continue;
+                    }
+                    let settled =
+                        (dto.status != "waiting" && dto.status != "sold_out") || dto.closed;
+                    let event = queue_event(&dto);
+                    last = Some(dto);
+                    return Some((Ok(event), (ticks, last, settled)));
+                }
+            }
+        },
+    );
+    let stream = stream::iter([Ok(first_event)])
+        .chain(live)
+        .take_until(s.shutting_down());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn queue_event(dto: &QueueDto) -> SseEvent {
+    SseEvent::default()
+        .event("queue")
+        .data(serde_json::to_string(dto).unwrap_or_default())
+}
+
+/// A proof-of-work challenge for joining (difficulty 0 when the sale asks none).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChallengeDto {
+    pub challenge: String,
+    /// Find `nonce` with `SHA-256(challenge ":" nonce)` starting with this many zero bits.
+    pub difficulty_bits: u8,
+}
+
+/// A proof-of-work challenge for joining this sale's room.
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/challenge", tag = "queue",
+    params(("sale_id" = String, Path)),
+    responses((status = 200, body = ChallengeDto), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn challenge(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+) -> Result<Json<ChallengeDto>, ApiError> {
+    let c = s.app.queue_challenge(&who, &sale_id).await?;
+    Ok(Json(ChallengeDto {
+        challenge: c.challenge,
+        difficulty_bits: c.difficulty_bits,
+    }))
+}
+
+/// One draw, with all it takes to recompute it (`stampede verify-draw`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DrawDto {
+    pub sale_id: String,
+    /// `pre_queue` (the order of early arrivals) or `lottery`.
+    pub purpose: String,
+    /// Hex SHA-256 of the seed, published before the draw.
+    pub seed_commitment: String,
+    /// The seed (64 hex digits), revealed after the draw.
+    pub seed: String,
+    pub entrants: Vec<String>,
+    pub winners_count: usize,
+    pub winners: Vec<String>,
+}
+
+impl From<DrawRecord> for DrawDto {
+    fn from(r: DrawRecord) -> Self {
+        Self {
+            sale_id: r.sale_id,
+            purpose: match r.purpose {
+                DrawPurpose::PreQueue => "pre_queue",
+                DrawPurpose::Lottery => "lottery",
+            }
+            .to_owned(),
+            seed_commitment: r.seed_commitment,
+            seed: r.seed,
+            entrants: r.entrants,
+            winners_count: r.winners_count,
+            winners: r.winners,
+        }
+    }
+}
+
+/// A draw still to come: only its seed's commitment is known.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommitmentDto {
+    pub purpose: String,
+    pub seed_commitment: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrawsDto {
+    pub commitments: Vec<CommitmentDto>,
+    pub draws: Vec<DrawDto>,
+}
+
+/// The sale's published draws, and the commitments of those still to come.
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/draws", tag = "queue",
+    params(("sale_id" = String, Path)),
+    responses((status = 200, body = DrawsDto), (status = 404, body = Problem)))]
+pub async fn draws(
+    State(s): State<AppState>,
+    Path(sale_id): Path<String>,
+) -> Result<Json<DrawsDto>, ApiError> {
+    let (records, commitments) = s.app.draws(&sale_id).await?;
+    Ok(Json(DrawsDto {
+        commitments: commitments
+            .into_iter()
+            .map(|(purpose, seed_commitment)| CommitmentDto {
+                purpose,
+                seed_commitment,
+            })
+            .collect(),
+        draws: records.into_iter().map(DrawDto::from).collect(),
+    }))
+}
+
+/// The admin's view of a sale's room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomReportDto {
+    pub queue_length: u64,
+    pub pre_queue_length: u64,
+    pub drawn: bool,
+    pub admitted: u64,
+    pub outstanding: u64,
+    pub used: u64,
+    pub expired: u64,
+    pub lottery_lost: u64,
+    pub admission_rate_per_sec: f64,
+    pub sold_out: bool,
+    pub closed: bool,
+    pub sold_out_at: Option<String>,
+    pub refusals: BTreeMap<String, u64>,
+    pub fifo_inversions: u64,
+    pub top_1pct_device_share: f64,
+    pub rules: RoomRulesDto,
+}
+
+impl From<RoomReport> for RoomReportDto {
+    fn from(r: RoomReport) -> Self {
+        Self {
+            queue_length: r.queue_length,
+            pre_queue_length: r.pre_queue_length,
+            drawn: r.drawn,
+            admitted: r.admitted,
+            outstanding: r.outstanding,
+            used: r.used,
+            expired: r.expired,
+            lottery_lost: r.lottery_lost,
+            admission_rate_per_sec: r.admission_rate_per_sec,
+            sold_out: r.sold_out,
+            closed: r.closed,
+            sold_out_at: r.sold_out_at.map(rfc3339),
+            refusals: r.refusals,
+            fifo_inversions: r.fifo_inversions,
+            top_1pct_device_share: r.top_1pct_device_share,
+            rules: r.rules.into(),
+        }
+    }
+}
+
+/// A room's rules (0 turns each off).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomRulesDto {
+    /// Accounts that may join from one device.
+    #[serde(default)]
+    pub max_accounts_per_device: u32,
+    /// Units one device may buy across its accounts.
+    #[serde(default)]
+    pub device_limit: u32,
+    /// Proof-of-work difficulty at join, in leading zero bits (at most 24).
+    #[serde(default)]
+    pub pow_bits: u8,
+}
+
+impl From<RoomRules> for RoomRulesDto {
+    fn from(r: RoomRules) -> Self {
+        Self {
+            max_accounts_per_device: r.max_accounts_per_device,
+            device_limit: r.device_limit,
+            pow_bits: r.pow_bits,
+        }
+    }
+}
+
+/// Queue length, admissions, refusals by reason and fairness figures of a sale's room.
+#[utoipa::path(get, path = "/api/v1/admin/sales/{sale_id}/queue", tag = "admin",
+    params(("sale_id" = String, Path)),
+    responses((status = 200, body = RoomReportDto), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn report(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+) -> Result<Json<RoomReportDto>, ApiError> {
+    Ok(Json(s.app.room_report(&who, &sale_id).await?.into()))
+}
+
+/// Sets a room's anti-abuse rules.
+#[utoipa::path(put, path = "/api/v1/admin/sales/{sale_id}/queue/rules", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = RoomRulesDto,
+    responses((status = 200, body = RoomRulesDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn set_rules(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<RoomRulesDto>,
+) -> Result<Json<RoomRulesDto>, ApiError> {
+    let rules = RoomRules {
+        max_accounts_per_device: b.max_accounts_per_device,
+        device_limit: b.device_limit,
+        pow_bits: b.pow_bits,
+    };
+    Ok(Json(
+        s.app.set_room_rules(&who, &sale_id, rules).await?.into(),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LotteryBody {
+    /// How many to draw; default: the units still available.
+    pub winners: Option<u64>,
+}
+
+/// Draws winners among everyone waiting with the sale's committed seed; the winners are
+/// admitted, the others told they lost. The record is published on `/draws`.
+#[utoipa::path(post, path = "/api/v1/admin/sales/{sale_id}/lottery", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = LotteryBody,
+    responses((status = 200, body = DrawDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn lottery(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<LotteryBody>,
+) -> Result<Json<DrawDto>, ApiError> {
+    Ok(Json(
+        s.app.run_lottery(&who, &sale_id, b.winners).await?.into(),
+    ))
+}

@@ -1,0 +1,330 @@
+//! The `WaitingRoom` conformance suite: the in-memory room and the Redis room run the same
+//! checks (the in-memory `WaitingLine` is the reference; the Redis scripts must agree with it).
+//!
+//! An adapter's test crate calls `room_conformance_tests!(make)` where `make` is an async
+//! function returning `Option<Arc<dyn WaitingRoom>>` (`None`: the backing service is not there
+//! and the suite is skipped with a message; the adapter decides whether that fails under CI).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use stampede_app::ports::{RoomRules, WaitingRoom};
+use stampede_core::draw::DrawPurpose;
+use stampede_core::waiting_line::{ClaimRefusal, EntryState, JoinRefusal};
+use stampede_core::{SaleId, UserId};
+
+fn sale() -> SaleId {
+    SaleId::generate(1, rand_u128())
+}
+
+fn rand_u128() -> u128 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    #[allow(clippy::disallowed_methods)] // test ids only need to differ between runs
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    t ^ (u128::from(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) << 64)
+}
+
+fn user(i: u64) -> UserId {
+    UserId::generate(i as i64 + 1, u128::from(i) + (rand_u128() << 32))
+}
+
+/// 1,000 joins in random concurrent order: positions are a permutation of 1..=1000 that follows
+/// the order the room took them in; joining again moves nobody.
+pub async fn concurrent_joins_are_a_permutation(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..1000).map(user).collect();
+    let mut tasks = Vec::new();
+    // Interleave the spawn order so arrival order is not index order.
+    for i in (0..1000).map(|i| (i * 7919) % 1000) {
+        let room = room.clone();
+        let sale = sale.clone();
+        let u = users[i].clone();
+        tasks.push(tokio::spawn(async move {
+            room.join(&sale, &u, &format!("dev-{i}"), 0)
+                .await
+                .unwrap()
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert_eq!(v.state, EntryState::Waiting);
+    }
+    let mut by_ticket = Vec::new();
+    for u in &users {
+        let v = room.view(&sale, u).await.unwrap().unwrap();
+        by_ticket.push((v.ticket, v.position, u.clone()));
+    }
+    let positions: HashSet<u64> = by_ticket.iter().map(|t| t.1).collect();
+    assert_eq!(
+        positions,
+        (1..=1000).collect::<HashSet<u64>>(),
+        "a permutation of 1..=1000"
+    );
+    by_ticket.sort();
+    for (i, (_, position, _)) in by_ticket.iter().enumerate() {
+        assert_eq!(*position, i as u64 + 1, "positions follow the join order");
+    }
+    // Everyone joins again, concurrently, from another device: nobody moves.
+    let mut tasks = Vec::new();
+    for (_, position, u) in by_ticket.clone() {
+        let room = room.clone();
+        let sale = sale.clone();
+        tasks.push(tokio::spawn(async move {
+            let again = room.join(&sale, &u, "other", 0).await.unwrap().unwrap();
+            assert_eq!(again.position, position, "re-joining moved someone");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The pre-queue is placed in the drawn order; later joins go to the back.
+pub async fn pre_queue_is_placed_in_the_drawn_order(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    let (a, b, c, d) = (user(1), user(2), user(3), user(4));
+    for u in [&a, &b, &c] {
+        let v = room.join(&sale, u, "x", 0).await.unwrap().unwrap();
+        assert!(v.pre_queue);
+    }
+    assert_eq!(
+        room.admit(&sale, 10, 1000, 0, 100).await.unwrap(),
+        0,
+        "no admission before the draw"
+    );
+    let pre = room.pre_queue(&sale).await.unwrap().unwrap();
+    assert_eq!(pre, vec![a.to_string(), b.to_string(), c.to_string()]);
+    room.place_drawn(&sale, &[c.to_string(), a.to_string()])
+        .await
+        .unwrap();
+    room.place_drawn(&sale, &[b.to_string()]).await.unwrap(); // idempotent
+    assert_eq!(room.view(&sale, &c).await.unwrap().unwrap().position, 1);
+    assert_eq!(room.view(&sale, &a).await.unwrap().unwrap().position, 2);
+    assert_eq!(room.view(&sale, &b).await.unwrap().unwrap().position, 3);
+    let late = room.join(&sale, &d, "x", 0).await.unwrap().unwrap();
+    assert_eq!((late.position, late.pre_queue), (4, false));
+    assert!(room.pre_queue(&sale).await.unwrap().is_none());
+}
+
+/// Admission lets in at most the units minus outstanding admissions; a claim is single use;
+/// a lapsed admission gives its claim on stock to the next in line.
+pub async fn admission_is_stock_bounded_and_single_use(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..5).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let now = 1_000_000;
+    assert_eq!(room.admit(&sale, 2, 1000, now, 100).await.unwrap(), 2);
+    assert_eq!(
+        room.admit(&sale, 2, 1000, now, 100).await.unwrap(),
+        0,
+        "two outstanding"
+    );
+    let first = room.view(&sale, &users[0]).await.unwrap().unwrap();
+    assert_eq!((first.state, first.position), (EntryState::Admitted, 0));
+    assert_eq!(first.admitted_until_ms, now + 1000);
+    assert_eq!(
+        room.view(&sale, &users[2]).await.unwrap().unwrap().position,
+        1
+    );
+    let t = first.ticket;
+    let claim = |u: usize, dev: &'static str, ticket: u64| {
+        let room = room.clone();
+        let sale = sale.clone();
+        let user = users[u].clone();
+        async move {
+            room.claim(&sale, &user, dev, ticket, 1, 0, now + 1)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim(0, "d", t + 1).await, Err(ClaimRefusal::Mismatch));
+    assert_eq!(claim(0, "e", t).await, Err(ClaimRefusal::Mismatch));
+    assert_eq!(claim(0, "d", t).await, Ok(()));
+    assert_eq!(claim(0, "d", t).await, Err(ClaimRefusal::AlreadyUsed));
+    room.settle(&sale, &users[0], 1, true).await.unwrap();
+    assert_eq!(claim(0, "d", t).await, Err(ClaimRefusal::AlreadyUsed));
+    assert_eq!(claim(2, "d", 2).await, Err(ClaimRefusal::NotAdmitted));
+    // A refused reservation gives the admission back.
+    let t1 = room.view(&sale, &users[1]).await.unwrap().unwrap().ticket;
+    assert_eq!(claim(1, "d", t1).await, Ok(()));
+    room.settle(&sale, &users[1], 1, false).await.unwrap();
+    // ...but it lapses unused: its claim on stock goes to the next in line.
+    assert_eq!(
+        room.admit(&sale, 1, 1000, now + 1000, 100).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        room.view(&sale, &users[1]).await.unwrap().unwrap().state,
+        EntryState::Expired
+    );
+    assert_eq!(
+        room.view(&sale, &users[2]).await.unwrap().unwrap().state,
+        EntryState::Admitted
+    );
+    let t1_claim = room
+        .claim(&sale, &users[1], "d", t1, 1, 0, now + 1001)
+        .await
+        .unwrap();
+    assert_eq!(t1_claim, Err(ClaimRefusal::Lapsed));
+    // A lapsed entry may join again, at the back.
+    let back = room.join(&sale, &users[1], "d", 0).await.unwrap().unwrap();
+    assert_eq!((back.state, back.position), (EntryState::Waiting, 3));
+    let stats = room.stats(&sale).await.unwrap();
+    assert_eq!(
+        (
+            stats.admitted_total,
+            stats.used_total,
+            stats.expired_total,
+            stats.outstanding,
+            stats.waiting
+        ),
+        (3, 1, 1, 1, 3)
+    );
+    assert_eq!(stats.admission_ranks, vec![0, 1, 2]);
+}
+
+/// Accounts per device are capped at join; units per device are limited at claim.
+pub async fn device_caps_and_limits(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let (a, b, c) = (user(1), user(2), user(3));
+    room.join(&sale, &a, "phone", 2).await.unwrap().unwrap();
+    room.join(&sale, &b, "phone", 2).await.unwrap().unwrap();
+    assert_eq!(
+        room.join(&sale, &c, "phone", 2).await.unwrap(),
+        Err(JoinRefusal::DeviceAccountsCap)
+    );
+    room.admit(&sale, 10, 1000, 0, 100).await.unwrap();
+    let ta = room.view(&sale, &a).await.unwrap().unwrap().ticket;
+    let tb = room.view(&sale, &b).await.unwrap().unwrap().ticket;
+    assert_eq!(
+        room.claim(&sale, &a, "phone", ta, 1, 1, 1).await.unwrap(),
+        Ok(())
+    );
+    room.settle(&sale, &a, 1, true).await.unwrap();
+    assert_eq!(
+        room.claim(&sale, &b, "phone", tb, 1, 1, 1).await.unwrap(),
+        Err(ClaimRefusal::DeviceLimit)
+    );
+    assert_eq!(room.stats(&sale).await.unwrap().device_units, vec![1]);
+}
+
+/// Sold-out and closed show in every view; a closed room takes no one new.
+pub async fn sold_out_and_closed(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let (a, b) = (user(1), user(2));
+    room.join(&sale, &a, "d", 0).await.unwrap().unwrap();
+    room.set_sold_out(&sale, true, false).await.unwrap();
+    let v = room.view(&sale, &a).await.unwrap().unwrap();
+    assert!(v.sold_out && !v.closed);
+    room.set_sold_out(&sale, false, false).await.unwrap();
+    assert!(!room.view(&sale, &a).await.unwrap().unwrap().sold_out);
+    room.set_sold_out(&sale, true, true).await.unwrap();
+    let v = room.view(&sale, &a).await.unwrap().unwrap();
+    assert!(v.sold_out && v.closed);
+    assert_eq!(
+        room.join(&sale, &b, "d", 0).await.unwrap(),
+        Err(JoinRefusal::Closed)
+    );
+    assert_eq!(room.admit(&sale, 10, 1000, 0, 100).await.unwrap(), 0);
+}
+
+/// A lottery admits its winners and ends everyone else's wait (pre-queue included).
+pub async fn lottery_admits_winners_only(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    let users: Vec<UserId> = (0..4).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let mut entrants = room.waiting_entrants(&sale).await.unwrap();
+    entrants.sort();
+    let mut want: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    want.sort();
+    assert_eq!(entrants, want);
+    let winners = vec![users[1].to_string(), users[3].to_string()];
+    room.apply_lottery(&sale, &winners, 1000, 0).await.unwrap();
+    let won = room.view(&sale, &users[1]).await.unwrap().unwrap();
+    assert_eq!((won.state, won.lottery_won), (EntryState::Admitted, true));
+    let lost = room.view(&sale, &users[0]).await.unwrap().unwrap();
+    assert_eq!(lost.state, EntryState::LotteryLost);
+    let stats = room.stats(&sale).await.unwrap();
+    assert_eq!(
+        (stats.waiting, stats.outstanding, stats.lottery_lost_total),
+        (0, 2, 2)
+    );
+}
+
+/// Seeds and the signing key are fixed by the first writer; rules and draws round-trip.
+pub async fn seeds_keys_rules_and_draws(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    let (s1, created) = room
+        .draw_seed(&sale, DrawPurpose::PreQueue, [1; 32])
+        .await
+        .unwrap();
+    assert_eq!((s1, created), ([1; 32], true));
+    let (s2, created) = room
+        .draw_seed(&sale, DrawPurpose::PreQueue, [2; 32])
+        .await
+        .unwrap();
+    assert_eq!((s2, created), ([1; 32], false));
+    let (l, created) = room
+        .draw_seed(&sale, DrawPurpose::Lottery, [3; 32])
+        .await
+        .unwrap();
+    assert_eq!((l, created), ([3; 32], true));
+    let k1 = room.signing_key([7; 32]).await.unwrap();
+    let k2 = room.signing_key([8; 32]).await.unwrap();
+    assert_eq!(k1, k2, "every caller signs with the first key");
+    assert_eq!(room.rules(&sale).await.unwrap(), RoomRules::default());
+    let rules = RoomRules {
+        max_accounts_per_device: 3,
+        device_limit: 2,
+        pow_bits: 8,
+    };
+    room.set_rules(&sale, rules).await.unwrap();
+    assert_eq!(room.rules(&sale).await.unwrap(), rules);
+    assert!(room.draws(&sale).await.unwrap().is_empty());
+    room.publish_draw(&sale, "{\"a\":1}").await.unwrap();
+    room.publish_draw(&sale, "{\"b\":2}").await.unwrap();
+    assert_eq!(
+        room.draws(&sale).await.unwrap(),
+        vec!["{\"a\":1}", "{\"b\":2}"]
+    );
+    assert!(room.view(&sale, &user(9)).await.unwrap().is_none());
+}
+
+/// Generates one `#[tokio::test]` per check for a room adapter.
+#[macro_export]
+macro_rules! room_conformance_tests {
+    ($make:path) => {
+        $crate::room_conformance_tests!(@each $make,
+            concurrent_joins_are_a_permutation,
+            pre_queue_is_placed_in_the_drawn_order,
+            admission_is_stock_bounded_and_single_use,
+            device_caps_and_limits,
+            sold_out_and_closed,
+            lottery_admits_winners_only,
+            seeds_keys_rules_and_draws
+        );
+    };
+    (@each $make:path, $($check:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                if let Some(room) = $make().await {
+                    $crate::room_conformance::$check(room).await;
+                }
+            }
+        )*
+    };
+}
