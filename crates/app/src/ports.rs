@@ -657,8 +657,9 @@ pub trait WaitingRoom: Send + Sync + 'static {
     async fn view(&self, sale: &SaleId, user: &UserId) -> PortResult<Option<EntryView>>;
     /// The pre-queue's entrants if it has not been drawn yet.
     async fn pre_queue(&self, sale: &SaleId) -> PortResult<Option<Vec<String>>>;
-    /// Places the pre-queue in the drawn order and opens first-come-first-served.
-    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<()>;
+    /// Places the pre-queue in the drawn order and opens first-come-first-served. `true` if
+    /// this call did it (the pre-queue was still open).
+    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<bool>;
     /// Lapses stale admissions, then admits the next in line against `units_available`
     /// minus admissions outstanding (at most `max_batch`). Returns how many were admitted.
     async fn admit(

@@ -271,6 +271,11 @@ impl App {
         // Commit the draws' seeds before anyone could know who joined.
         self.seed(&sale.id, DrawPurpose::PreQueue).await?;
         self.seed(&sale.id, DrawPurpose::Lottery).await?;
+        // Once the sale has started, arrivals are first come, first served: the pre-queue
+        // (if the admission round has not drawn it yet) is drawn before this join.
+        if sale.status_at(now) != SaleStatus::Scheduled {
+            self.draw_pre_queue_if_open(&sale).await?;
+        }
         let entry = match self
             .room
             .join(
@@ -453,9 +458,7 @@ impl App {
             SaleStatus::Live => {}
             SaleStatus::Scheduled | SaleStatus::Paused => return Ok(()),
         }
-        if let Some(entrants) = self.room.pre_queue(&sale.id).await? {
-            self.draw_pre_queue(sale, entrants).await?;
-        }
+        self.draw_pre_queue_if_open(sale).await?;
         let Some(available) = self.gate.available(&sale.id).await? else {
             return Ok(()); // the gate is being seeded; next tick
         };
@@ -508,10 +511,22 @@ impl App {
         Ok(())
     }
 
-    async fn draw_pre_queue(&self, sale: &Sale, entrants: Vec<String>) -> Result<(), AppError> {
+    /// Ends the pre-queue once the sale has started: draws its order and places it. One
+    /// draw at a time on this node; across nodes the first placement wins and only it is
+    /// published.
+    async fn draw_pre_queue_if_open(&self, sale: &Sale) -> Result<(), AppError> {
+        if self.room.pre_queue(&sale.id).await?.is_none() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.drawing.lock().await;
+        let Some(entrants) = self.room.pre_queue(&sale.id).await? else {
+            return Ok(());
+        };
         let seed = self.seed(&sale.id, DrawPurpose::PreQueue).await?;
         let order = draw_order(&seed, DrawPurpose::PreQueue, &entrants);
-        self.room.place_drawn(&sale.id, &order).await?;
+        if !self.room.place_drawn(&sale.id, &order).await? {
+            return Ok(());
+        }
         let count = order.len();
         let record = DrawRecord::run(
             sale.id.as_str(),

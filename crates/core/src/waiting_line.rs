@@ -302,10 +302,10 @@ impl WaitingLine {
 
     /// Ends the pre-queue: ranks its entries in `order` (the draw's result); entries the order
     /// does not name (joined after it was computed) follow in join order. Later joins go to
-    /// the back. Idempotent.
-    pub fn place_drawn(&mut self, order: &[String]) {
+    /// the back. Idempotent: `true` only for the call that placed it.
+    pub fn place_drawn(&mut self, order: &[String]) -> bool {
         if self.drawn {
-            return;
+            return false;
         }
         let pending = std::mem::take(&mut self.pre_queue);
         let mut placed = vec![false; pending.len()];
@@ -330,6 +330,7 @@ impl WaitingLine {
         }
         self.drawn = true;
         debug_assert_eq!(self.waiting.len(), self.ranks.len());
+        true
     }
 
     /// Lapses admissions not used by `now`. Returns how many lapsed.
@@ -488,7 +489,7 @@ impl WaitingLine {
     /// Applies a lottery: `winners` are admitted, everyone else still waiting has lost.
     /// Ends the pre-queue if it was still open.
     pub fn apply_lottery(&mut self, winners: &[String], ttl_ms: i64, now_ms: i64) {
-        self.place_drawn(&[]);
+        let _ = self.place_drawn(&[]);
         let won: std::collections::HashSet<&str> = winners.iter().map(String::as_str).collect();
         for rank in self.cursor..self.ranks.len() {
             let slot = self.ranks[rank];
@@ -593,7 +594,7 @@ mod tests {
 
     fn drawn_line() -> WaitingLine {
         let mut line = WaitingLine::new();
-        line.place_drawn(&[]);
+        assert!(line.place_drawn(&[]));
         line
     }
 

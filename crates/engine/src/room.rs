@@ -82,7 +82,7 @@ impl WaitingRoom for MemoryRoom {
         self.with(sale, |r| r.line.pre_queue_entrants())
     }
 
-    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<()> {
+    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<bool> {
         self.with(sale, |r| r.line.place_drawn(order))
     }
 

@@ -408,9 +408,9 @@ impl WaitingRoom for RedisRoom {
         Ok(Some(members))
     }
 
-    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<()> {
-        let _: i64 = self.run(&self.place, sale, order).await?;
-        Ok(())
+    async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<bool> {
+        let placed: i64 = self.run(&self.place, sale, order).await?;
+        Ok(placed == 1)
     }
 
     async fn admit(

@@ -53,6 +53,7 @@ async fn world() -> World {
         Adapters {
             store,
             gate: gate.clone(),
+            room: Arc::new(stampede_engine::MemoryRoom::new()),
             bus: Arc::new(LocalBus::default()),
             gateway: sandbox.clone(),
             clock: Arc::new(clock.clone()),
@@ -141,7 +142,7 @@ async fn a_lapsed_hold_returns_its_stock_and_cannot_be_paid() {
     let w = world().await;
     let sale = w.sale(3, 2, 300).await;
     let buyer = w.buyer(1).await;
-    let hold = w.app.reserve(&buyer, &sale, 2, None).await.unwrap();
+    let hold = w.app.reserve(&buyer, &sale, 2, None, None).await.unwrap();
     let sale_id = hold.sale_id.clone();
     assert_eq!(w.gate.available(&sale_id).await.unwrap(), Some(1));
 
@@ -161,7 +162,7 @@ async fn a_lapsed_hold_returns_its_stock_and_cannot_be_paid() {
     assert!(m.invariant_ok);
     assert_eq!(m.gate_drift, 0, "the sweeper gave the gate its units back");
     // The buyer's limit counts only live units again.
-    w.app.reserve(&buyer, &sale, 2, None).await.unwrap();
+    w.app.reserve(&buyer, &sale, 2, None, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -169,7 +170,7 @@ async fn a_late_async_payment_is_honoured_only_while_stock_remains() {
     let mut w = world().await;
     let sale = w.sale(1, 1, 60).await;
     let early = w.buyer(1).await;
-    let hold = w.app.reserve(&early, &sale, 1, None).await.unwrap();
+    let hold = w.app.reserve(&early, &sale, 1, None, None).await.unwrap();
     let order = w
         .checkout(&early, hold.id.as_str(), "tok_async")
         .await
@@ -180,7 +181,7 @@ async fn a_late_async_payment_is_honoured_only_while_stock_remains() {
     w.clock.advance_millis(61_000);
     assert_eq!(w.app.sweep().await.unwrap(), 1);
     let late = w.buyer(2).await;
-    w.app.reserve(&late, &sale, 1, None).await.unwrap();
+    w.app.reserve(&late, &sale, 1, None, None).await.unwrap();
 
     let event = w.webhooks.recv().await.unwrap();
     w.app
@@ -219,7 +220,7 @@ async fn a_late_async_payment_retakes_stock_that_is_still_there() {
     let mut w = world().await;
     let sale = w.sale(5, 1, 60).await;
     let buyer = w.buyer(1).await;
-    let hold = w.app.reserve(&buyer, &sale, 1, None).await.unwrap();
+    let hold = w.app.reserve(&buyer, &sale, 1, None, None).await.unwrap();
     let order = w
         .checkout(&buyer, hold.id.as_str(), "tok_async")
         .await
@@ -238,7 +239,7 @@ async fn a_late_async_payment_retakes_stock_that_is_still_there() {
     assert!(m.invariant_ok);
     assert_eq!(m.gate_drift, 0);
     // The buyer now owns their one unit: the limit holds.
-    let again = w.app.reserve(&buyer, &sale, 1, None).await;
+    let again = w.app.reserve(&buyer, &sale, 1, None, None).await;
     assert!(matches!(again, Err(AppError::LimitExceeded)), "{again:?}");
 }
 
@@ -269,11 +270,11 @@ async fn sale_status_follows_the_clock() {
     let buyer = w.buyer(1).await;
     let id = sale.id.to_string();
     assert!(matches!(
-        w.app.reserve(&buyer, &id, 1, None).await,
+        w.app.reserve(&buyer, &id, 1, None, None).await,
         Err(AppError::SaleNotLive)
     ));
     w.clock.advance_millis(60_000);
-    w.app.reserve(&buyer, &id, 1, None).await.unwrap();
+    w.app.reserve(&buyer, &id, 1, None, None).await.unwrap();
     w.clock.advance_millis(60_000);
     let s = w.app.sale(&id).await.unwrap();
     assert_eq!(s.status_at(w.clock.now()).as_str(), "ended");
@@ -295,7 +296,7 @@ async fn reconciling_during_a_burst_leaves_no_drift() {
             sale.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            app.reserve(&who, &sale, 1, None).await
+            app.reserve(&who, &sale, 1, None, None).await
         }));
     }
     // Buyers hanging up mid-request: their reservations must still leave gate and judge agreed.
@@ -363,4 +364,309 @@ async fn ten_thousand_reads_at_the_moment_a_sale_expires_from_the_cache_cost_one
     }
     let (_, lists_after) = w.app.read_cache_loads();
     assert_eq!(lists_after - lists_before, 1);
+}
+
+// ---- The waiting room -------------------------------------------------------------------
+
+impl World {
+    /// A `queue_required` sale starting `starts_in_secs` from now (negative: already live).
+    async fn queued_sale(&self, total: i64, limit: i64, starts_in_secs: i64) -> String {
+        let now = self.clock.now();
+        self.app
+            .create_sale(
+                &self.admin,
+                SaleDraft {
+                    name: "queued".into(),
+                    description: String::new(),
+                    original_price: "10.00".into(),
+                    sale_price: "2.50".into(),
+                    currency: "EUR".into(),
+                    total_stock: total,
+                    starts_at: now.plus_secs(starts_in_secs),
+                    ends_at: now.plus_secs(86_400),
+                    per_user_limit: limit,
+                    queue_required: true,
+                    hold_seconds: Some(60),
+                },
+            )
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    }
+
+    async fn status(&self, who: &Principal, sale: &str) -> stampede_app::waiting_room::QueueView {
+        self.app.queue_status(who, sale).await.unwrap()
+    }
+}
+
+use stampede_app::waiting_room::QueueStatus;
+
+fn device(i: usize) -> String {
+    format!("dev-{i}")
+}
+
+/// Admission stops exactly when the stock is gone; everyone waiting sees "sold out" after one
+/// admission tick; stock that comes back (a release, a lapsed hold) admits the next in line;
+/// when everything is sold the room closes.
+#[tokio::test]
+async fn admission_follows_the_stock_to_the_unit() {
+    let w = world().await;
+    let sale = w.queued_sale(3, 1, -1).await;
+    let mut buyers = Vec::new();
+    for i in 0..10 {
+        let b = w.buyer(100 + i as u32).await;
+        let v = w.app.join_queue(&b, &sale, &device(i), None).await.unwrap();
+        assert_eq!((v.position, v.status), (i as u64 + 1, QueueStatus::Waiting));
+        buyers.push(b);
+    }
+    // Without a token nobody gets in.
+    assert!(matches!(
+        w.app
+            .reserve(&buyers[0], &sale, 1, None, Some("dev-0"))
+            .await,
+        Err(AppError::NotAdmitted)
+    ));
+    w.app.admission_tick().await.unwrap();
+    w.app.admission_tick().await.unwrap(); // outstanding admissions count: still three
+    let mut holds = Vec::new();
+    for (i, b) in buyers.iter().enumerate() {
+        let v = w.status(b, &sale).await;
+        if i < 3 {
+            assert_eq!(
+                (v.status, v.position),
+                (QueueStatus::Admitted, 0),
+                "buyer {i}"
+            );
+            let token = v.admission_token.expect("an admitted buyer has a token");
+            let hold = w
+                .app
+                .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
+                .await
+                .unwrap();
+            holds.push(hold);
+        } else {
+            assert_eq!((v.status, v.position), (QueueStatus::Waiting, i as u64 - 2));
+            assert!(v.admission_token.is_none());
+        }
+    }
+    // The stock is gone: one tick later every waiting buyer is told.
+    w.app.admission_tick().await.unwrap();
+    for b in &buyers[3..] {
+        let v = w.status(b, &sale).await;
+        assert_eq!(v.status, QueueStatus::SoldOut);
+        assert!(!v.closed, "holds may still come back");
+    }
+    let report = w.app.room_report(&w.admin, &sale).await.unwrap();
+    assert_eq!(
+        (report.admitted, report.used, report.queue_length),
+        (3, 3, 7)
+    );
+    assert!(report.sold_out_at.is_some());
+    // A release gives a unit back: the next in line (and only they) get in.
+    w.app
+        .release_hold(&buyers[0], holds[0].id.as_str())
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        w.status(&buyers[3], &sale).await.status,
+        QueueStatus::Admitted
+    );
+    assert_eq!(
+        w.status(&buyers[4], &sale).await.status,
+        QueueStatus::Waiting
+    );
+    assert_eq!(w.status(&buyers[4], &sale).await.position, 1);
+    // That admission lapses unused (120 s): the next one gets the unit instead.
+    w.clock.advance_millis(121_000);
+    // Meanwhile the other two holds lapsed too (60 s): three units are back.
+    w.app.sweep().await.unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        w.status(&buyers[3], &sale).await.status,
+        QueueStatus::Expired
+    );
+    for (i, b) in buyers.iter().enumerate().skip(4).take(3) {
+        let v = w.status(b, &sale).await;
+        assert_eq!(v.status, QueueStatus::Admitted, "buyer {i}");
+        let token = v.admission_token.unwrap();
+        let hold = w
+            .app
+            .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
+            .await
+            .unwrap();
+        w.checkout(b, hold.id.as_str(), "tok_ok").await.unwrap();
+    }
+    // Everything sold and nothing held: the room closes for good.
+    w.app.admission_tick().await.unwrap();
+    let v = w.status(&buyers[9], &sale).await;
+    assert_eq!((v.status, v.closed), (QueueStatus::SoldOut, true));
+    let report = w.app.room_report(&w.admin, &sale).await.unwrap();
+    assert_eq!(report.admitted, 7, "3 + 1 returned + 3 returned");
+    assert_eq!(report.fifo_inversions, 0);
+    let m = w.app.sale_metrics(&w.admin, &sale).await.unwrap();
+    assert_eq!((m.sold, m.held, m.available), (3, 0, 0));
+    assert!(m.invariant_ok);
+}
+
+/// Ten thousand forged, replayed, expired and transferred admission tokens: none gets a unit.
+#[tokio::test]
+async fn no_bad_admission_token_is_ever_accepted() {
+    use stampede_core::admission::AdmissionClaims;
+    let w = world().await;
+    let sale = w.queued_sale(1000, 1, -1).await;
+    let owner = w.buyer(1).await;
+    let thief = w.buyer(2).await;
+    w.app
+        .join_queue(&owner, &sale, "owner-phone", None)
+        .await
+        .unwrap();
+    w.app
+        .join_queue(&thief, &sale, "thief-phone", None)
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    let owner_token = w.status(&owner, &sale).await.admission_token.unwrap();
+    let thief_token = w.status(&thief, &sale).await.admission_token.unwrap();
+    let mut bad: Vec<(Principal, String, String, &str)> = Vec::new();
+    for i in 0..2500u64 {
+        // Forged: the right claims signed with a key the server never had.
+        let forged = AdmissionClaims {
+            sale_id: sale.clone(),
+            user_id: owner.user_id.to_string(),
+            device_id: "owner-phone".into(),
+            ticket: i % 2,
+            expires_at: w.clock.now().plus_secs(60),
+        }
+        .sign(&rand::random::<[u8; 32]>())
+        .unwrap();
+        bad.push((owner.clone(), forged, "owner-phone".into(), "forged"));
+        // Tampered: a real token with one byte of its payload or signature changed.
+        let mut bytes = owner_token.clone().into_bytes();
+        let at = (i as usize * 7) % bytes.len();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        bad.push((
+            owner.clone(),
+            String::from_utf8(bytes).unwrap(),
+            "owner-phone".into(),
+            "tampered",
+        ));
+        // Transferred: the owner's real token used by someone else, or from another device.
+        if i % 2 == 0 {
+            bad.push((
+                thief.clone(),
+                owner_token.clone(),
+                "owner-phone".into(),
+                "other user",
+            ));
+        } else {
+            bad.push((
+                owner.clone(),
+                owner_token.clone(),
+                format!("bot-{i}"),
+                "other device",
+            ));
+        }
+        // Replayed: the thief's own token, already used by the reservation below.
+        bad.push((
+            thief.clone(),
+            thief_token.clone(),
+            "thief-phone".into(),
+            "replayed",
+        ));
+    }
+    w.app
+        .reserve(&thief, &sale, 1, Some(&thief_token), Some("thief-phone"))
+        .await
+        .unwrap();
+    let before = w.app.sale_metrics(&w.admin, &sale).await.unwrap();
+    let mut accepted = 0;
+    for (n, (who, token, dev, kind)) in bad.iter().enumerate() {
+        let result = w.app.reserve(who, &sale, 1, Some(token), Some(dev)).await;
+        match result {
+            Err(AppError::NotAdmitted) => {}
+            other => {
+                accepted += 1;
+                eprintln!("#{n} ({kind}) was not refused: {other:?}");
+            }
+        }
+    }
+    // Expired: the owner's genuine token after it lapsed.
+    w.clock.advance_millis(121_000);
+    assert!(matches!(
+        w.app
+            .reserve(&owner, &sale, 1, Some(&owner_token), Some("owner-phone"))
+            .await,
+        Err(AppError::NotAdmitted)
+    ));
+    assert_eq!(bad.len(), 10_000);
+    assert_eq!(accepted, 0, "bad tokens accepted");
+    let after = w.app.sale_metrics(&w.admin, &sale).await.unwrap();
+    assert_eq!((after.held, after.sold), (before.held, before.sold));
+    let report = w.app.room_report(&w.admin, &sale).await.unwrap();
+    assert!(report.refusals.get("token_forged").copied().unwrap_or(0) >= 2500);
+    assert!(report.refusals.get("token_replayed").copied().unwrap_or(0) >= 2500);
+    assert!(
+        report
+            .refusals
+            .get("token_transferred")
+            .copied()
+            .unwrap_or(0)
+            >= 2500
+    );
+}
+
+/// Buyers who arrive before the start are put in the order of the committed seed's draw,
+/// whatever order they came in; the published record verifies.
+#[tokio::test]
+async fn the_pre_queue_is_drawn_with_the_committed_seed() {
+    use stampede_core::draw::{draw_order, DrawPurpose, Seed};
+    let w = world().await;
+    let sale = w.queued_sale(5, 1, 60).await;
+    let mut buyers = Vec::new();
+    for i in 0..30 {
+        let b = w.buyer(300 + i).await;
+        let v = w
+            .app
+            .join_queue(&b, &sale, &device(i as usize), None)
+            .await
+            .unwrap();
+        assert!(v.pre_queue);
+        buyers.push(b);
+    }
+    let (records, commitments) = w.app.draws(&sale).await.unwrap();
+    assert!(records.is_empty());
+    let committed = commitments
+        .iter()
+        .find(|(p, _)| p == "pre_queue")
+        .unwrap()
+        .1
+        .clone();
+    // Before the start: no draw, no admission.
+    w.app.admission_tick().await.unwrap();
+    assert!(w.status(&buyers[0], &sale).await.pre_queue);
+    w.clock.advance_millis(61_000);
+    w.app.admission_tick().await.unwrap();
+    let (records, _) = w.app.draws(&sale).await.unwrap();
+    let record = &records[0];
+    assert_eq!(
+        record.seed_commitment, committed,
+        "the seed committed before the draw"
+    );
+    assert_eq!(record.verify().unwrap(), record.winners);
+    let seed = Seed::from_hex(&record.seed).unwrap();
+    let order = draw_order(&seed, DrawPurpose::PreQueue, &record.entrants);
+    let joined: Vec<String> = buyers.iter().map(|b| b.user_id.to_string()).collect();
+    assert_ne!(order, joined, "not the arrival order");
+    // The first five in the drawn order are admitted; the rest wait in that order.
+    for (place, user) in order.iter().enumerate() {
+        let b = buyers.iter().find(|b| b.user_id.as_str() == user).unwrap();
+        let v = w.status(b, &sale).await;
+        if place < 5 {
+            assert_eq!(v.status, QueueStatus::Admitted);
+        } else {
+            assert_eq!(v.position, place as u64 - 4);
+        }
+    }
 }
