@@ -423,6 +423,7 @@ impl App {
             .ok_or(AppError::NotFound)?;
         let c = audit.counters;
         let gate = self.gate.available(&sale_id).await?.unwrap_or(c.available);
+        let room = self.room.stats(&sale_id).await?;
         let chances = audit.orders + audit.holds_expired;
         let invariant_ok = audit.invariant_ok();
         metrics::gauge!("stampede_invariant_ok", "sale_id" => sale_id.to_string())
@@ -433,8 +434,8 @@ impl App {
             held: c.held,
             sold: c.sold,
             orders: audit.orders,
-            queue_length: 0,
-            admitted: 0,
+            queue_length: i64::try_from(room.waiting).unwrap_or(i64::MAX),
+            admitted: i64::try_from(room.admitted_total).unwrap_or(i64::MAX),
             holds_expired: audit.holds_expired,
             conversion_rate: if chances > 0 {
                 audit.orders as f64 / chances as f64

@@ -569,7 +569,11 @@ impl App {
     ) -> Result<DrawRecord, AppError> {
         self.require_admin(who)?;
         let sale = self.queue_sale(sale_id).await?;
-        if sale.status_at(self.clock.now()) != SaleStatus::Live {
+        // Live, or paused (an admin may pause first-come admission to draw instead).
+        if !matches!(
+            sale.status_at(self.clock.now()),
+            SaleStatus::Live | SaleStatus::Paused
+        ) {
             return Err(AppError::SaleNotLive);
         }
         let count = match winners {

@@ -12,7 +12,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{assert_invariant, cluster_nodes, Mode, TestServer};
+use common::{assert_invariant, cluster_nodes, watch_until, Mode, TestServer};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -323,40 +323,6 @@ async fn orders_made_while_rabbitmq_is_down_are_confirmed_and_their_events_arriv
         .await
         .unwrap();
     assert_eq!(waiting, 0, "the outbox drained");
-}
-
-/// Reads a server-sent-events stream until `pick` returns something, or panics after `within`.
-async fn watch_until<T>(
-    mut resp: reqwest::Response,
-    within: Duration,
-    mut pick: impl FnMut(&str, &Value) -> Option<T>,
-) -> T {
-    let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .expect("the awaited event did not come in time")
-            .expect("the stream broke")
-            .expect("the stream ended");
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let mut event = "message";
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim());
-                }
-            }
-            let json: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-            if let Some(found) = pick(event, &json) {
-                return found;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1119,6 +1119,40 @@ impl Rng {
     }
 }
 
+/// Reads a server-sent-events stream until `pick` returns something, or panics after `within`.
+pub async fn watch_until<T>(
+    mut resp: reqwest::Response,
+    within: Duration,
+    mut pick: impl FnMut(&str, &Value) -> Option<T>,
+) -> T {
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("the awaited event did not come in time")
+            .expect("the stream broke")
+            .expect("the stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim());
+                }
+            }
+            let json: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            if let Some(found) = pick(event, &json) {
+                return found;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod self_tests {
     use super::*;
