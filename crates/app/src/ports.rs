@@ -723,3 +723,13 @@ pub trait WaitingRoom: Send + Sync + 'static {
     /// The published draw records (JSON), oldest first.
     async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>>;
 }
+
+/// Rate limits shared by every node (cluster: Redis), so that N nodes behind a load balancer do
+/// not give one client N quotas. Checked after the node's own limiter, which stops a flood
+/// before it costs a round trip.
+#[async_trait]
+pub trait SharedRateLimiter: Send + Sync + 'static {
+    /// Counts one request for `key` (GCRA: `per_sec` with bursts of `burst`). `Ok(Err(ms))`:
+    /// over the quota, retry in `ms`.
+    async fn check(&self, key: &str, per_sec: u32, burst: u32) -> PortResult<Result<(), u64>>;
+}

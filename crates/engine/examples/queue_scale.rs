@@ -45,7 +45,9 @@ async fn main() {
     let mut checksum = 0u64;
     let mut i: u64 = 12345;
     for _ in 0..buyers {
-        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let u = &users[(i >> 33) as usize % users.len()];
         if let Ok(Some(v)) = room.view(&sale, u).await {
             checksum = checksum.wrapping_add(v.position);
@@ -54,15 +56,15 @@ async fn main() {
     let view_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let admitted = room
-        .admit(&sale, 1000, 120_000, 0, 1000)
-        .await
-        .unwrap_or(0);
+    let admitted = room.admit(&sale, 1000, 120_000, 0, 1000).await.unwrap_or(0);
     let admit_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     println!("buyers in line:         {buyers}");
     println!("joins/s:                {:.0}", buyers as f64 / join_secs);
-    println!("position look-ups/s:    {:.0} (random buyers; checksum {checksum})", buyers as f64 / view_secs);
+    println!(
+        "position look-ups/s:    {:.0} (random buyers; checksum {checksum})",
+        buyers as f64 / view_secs
+    );
     println!("admit 1,000 at the head: {admit_ms:.2} ms ({admitted} admitted)");
     if let (Some(b), Some(a)) = (before, after) {
         println!(

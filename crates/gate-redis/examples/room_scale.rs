@@ -15,7 +15,11 @@ use stampede_gate_redis::{RedisGateConfig, RedisRoom};
 
 async fn used_memory(client: &redis::Client) -> Option<u64> {
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -23,7 +27,10 @@ async fn used_memory(client: &redis::Client) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let buyers: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let buyers: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let namespace = format!("scale{}", rand::random::<u32>());
     let room = Arc::new(
@@ -68,7 +75,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("joins/s:                {:.0}", buyers as f64 / join_secs);
     println!("position look-ups/s:    {:.0}", buyers as f64 / view_secs);
     if let (Some(b), Some(a)) = (before, after) {
-        println!("Redis bytes per buyer:  {:.0}", a.saturating_sub(b) as f64 / buyers as f64);
+        println!(
+            "Redis bytes per buyer:  {:.0}",
+            a.saturating_sub(b) as f64 / buyers as f64
+        );
     }
     let mut conn = client.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = redis::cmd("KEYS")

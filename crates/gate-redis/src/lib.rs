@@ -19,7 +19,7 @@
 
 mod room;
 
-pub use room::RedisRoom;
+pub use room::{RedisRateLimits, RedisRoom};
 
 use std::collections::HashMap;
 use std::time::Duration;

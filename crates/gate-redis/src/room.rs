@@ -641,3 +641,61 @@ impl WaitingRoom for RedisRoom {
             .await
     }
 }
+
+/// GCRA on Redis's own clock (so nodes' clocks do not matter). KEYS[1]: the client's key.
+/// ARGV: emission interval (µs), burst tolerance (µs). Returns 0, or µs until allowed.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - tolerance > now then return tat - tolerance - now end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return 0
+"#;
+
+/// Rate limits in Redis, shared by every node of a deployment. Each key expires as soon as its
+/// bucket is full again, so memory follows the clients active in the last burst window.
+pub struct RedisRateLimits {
+    conn: ConnectionManager,
+    namespace: String,
+    timeout: Duration,
+    gcra: Script,
+}
+
+impl RedisRoom {
+    /// Rate limits over the room's connection.
+    pub fn rate_limits(&self) -> RedisRateLimits {
+        RedisRateLimits {
+            conn: self.conn.clone(),
+            namespace: self.namespace.clone(),
+            timeout: self.timeout,
+            gcra: Script::new(GCRA),
+        }
+    }
+}
+
+#[async_trait]
+impl stampede_app::ports::SharedRateLimiter for RedisRateLimits {
+    async fn check(&self, key: &str, per_sec: u32, burst: u32) -> PortResult<Result<(), u64>> {
+        let interval_us = 1_000_000 / u64::from(per_sec.max(1));
+        let tolerance_us = interval_us * u64::from(burst.max(1).saturating_sub(1));
+        let mut invocation = self.gcra.prepare_invoke();
+        invocation
+            .key(format!("stampede:{{{}:rl:{key}}}", self.namespace))
+            .arg(interval_us)
+            .arg(tolerance_us);
+        let mut conn = self.conn.clone();
+        let wait_us: u64 = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| unavailable("call timed out"))?
+            .map_err(unavailable)?;
+        Ok(if wait_us == 0 {
+            Ok(())
+        } else {
+            Err(wait_us.div_ceil(1000))
+        })
+    }
+}

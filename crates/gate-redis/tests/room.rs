@@ -28,3 +28,46 @@ async fn redis_room() -> Option<Arc<dyn WaitingRoom>> {
 }
 
 stampede_testkit::room_conformance_tests!(redis_room);
+
+/// The shared rate limit lets a burst through, then the rate, whichever node asks.
+#[tokio::test]
+async fn shared_rate_limits_allow_the_burst_then_refuse() {
+    use stampede_app::ports::SharedRateLimiter;
+    let config = RedisGateConfig {
+        url: URL.to_string(),
+        namespace: format!("t{}", rand::random::<u32>()),
+        timeout: Duration::from_millis(2000),
+    };
+    let (a, b) = match (
+        RedisRoom::connect(config.clone()).await,
+        RedisRoom::connect(config).await,
+    ) {
+        (Ok(a), Ok(b)) => (a.rate_limits(), b.rate_limits()),
+        (Err(e), _) | (_, Err(e)) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("Redis must be reachable in CI: {e}");
+            }
+            eprintln!("skipped: Redis not reachable at {URL}: {e}");
+            return;
+        }
+    };
+    let mut passed = 0;
+    let mut last_wait = 0;
+    for i in 0..50 {
+        let limiter = if i % 2 == 0 { &a } else { &b };
+        match limiter.check("user:u1", 5, 10).await.unwrap() {
+            Ok(()) => passed += 1,
+            Err(ms) => last_wait = ms,
+        }
+    }
+    assert!((10..=11).contains(&passed), "a burst of 10, got {passed}");
+    assert!(
+        last_wait > 0 && last_wait <= 200,
+        "retry within one interval, got {last_wait} ms"
+    );
+    assert_eq!(
+        a.check("user:u2", 5, 10).await.unwrap(),
+        Ok(()),
+        "another key has its own bucket"
+    );
+}

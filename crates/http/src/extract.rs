@@ -68,12 +68,14 @@ impl FromRequestParts<AppState> for Auth {
             .map_err(|e| ApiError::from(e).into_response())?;
         state
             .limits
-            .check_user(principal.user_id.as_str())
+            .check_user_everywhere(principal.user_id.as_str())
+            .await
             .map_err(crate::rate_limited)?;
         if let Some(device) = device_id(&parts.headers) {
             state
                 .limits
-                .check_device(device)
+                .check_device_everywhere(device)
+                .await
                 .map_err(crate::rate_limited)?;
         }
         Ok(Auth(principal))

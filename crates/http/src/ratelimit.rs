@@ -7,15 +7,22 @@
 //! full again) are dropped periodically ([`RateLimits::forget_idle`]) and at once when a
 //! limiter is full; if a flood of a million distinct keys still fills it, newcomers share one
 //! overflow bucket per limiter (so the flood is limited as one client) until keys go idle.
+//!
+//! In a cluster the per-user, per-device and checkout limits are also counted in Redis
+//! ([`SharedRateLimiter`]), after the node's own check: several nodes then give a client one
+//! quota, not one each. If the shared limiter cannot be reached the request is let through
+//! (and counted): the node's own limit still holds, and the gate behind it has its own deadline.
 
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use stampede_app::ports::SharedRateLimiter;
 
 /// Limits in requests per second per key.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +140,7 @@ pub struct RateLimits {
     per_ip: Limiter<IpAddr>,
     per_device: Limiter<String>,
     checkout: Limiter<String>,
+    shared: Option<Arc<dyn SharedRateLimiter>>,
     config: RateLimitConfig,
 }
 
@@ -159,8 +167,65 @@ impl RateLimits {
                 max,
                 overflow(),
             ),
+            shared: None,
             config,
         }
+    }
+
+    /// Also counts the per-user, per-device and checkout limits in `shared`, across nodes.
+    pub fn with_shared(mut self, shared: Arc<dyn SharedRateLimiter>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared count for `key` after a local pass.
+    async fn shared_check<K: Hash + Eq + Clone>(
+        &self,
+        limiter: &Limiter<K>,
+        key: &str,
+    ) -> Result<(), Refused> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        match shared
+            .check(
+                &format!("{}:{key}", limiter.scope),
+                limiter.per_sec,
+                limiter.burst,
+            )
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(wait_ms)) => Err(Refused {
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+                limit: limiter.per_sec,
+                burst: limiter.burst,
+                scope: limiter.scope,
+            }),
+            Err(e) => {
+                metrics::counter!("stampede_shared_rate_limit_errors_total").increment(1);
+                tracing::debug!(error = %e, "shared rate limit unreachable: letting through");
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts one request by `user`, on this node and (in a cluster) across nodes.
+    pub async fn check_user_everywhere(&self, user: &str) -> Result<(), Refused> {
+        self.check_user(user)?;
+        self.shared_check(&self.per_user, user).await
+    }
+
+    /// Counts one request from `device`, on this node and across nodes.
+    pub async fn check_device_everywhere(&self, device: &str) -> Result<(), Refused> {
+        self.check_device(device)?;
+        self.shared_check(&self.per_device, device).await
+    }
+
+    /// Counts one checkout by `user`, on this node and across nodes.
+    pub async fn check_checkout_everywhere(&self, user: &str) -> Result<(), Refused> {
+        self.check_checkout(user)?;
+        self.shared_check(&self.checkout, user).await
     }
 
     /// The configured quotas.

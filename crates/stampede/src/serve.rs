@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use stampede_app::config::Argon2Cost;
 use stampede_app::ports::{
-    EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, ShopWebhooks, Store,
-    WaitingRoom,
+    EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, SharedRateLimiter,
+    ShopWebhooks, Store, WaitingRoom,
 };
 use stampede_app::{Adapters, App, AppConfig};
 use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
@@ -98,6 +98,7 @@ async fn adapters(
     Arc<dyn Store>,
     Arc<dyn Gate>,
     Arc<dyn WaitingRoom>,
+    Option<Arc<dyn SharedRateLimiter>>,
     Arc<dyn EventBus>,
     Option<Arc<AmqpBus>>,
 )> {
@@ -106,6 +107,7 @@ async fn adapters(
             Arc::new(open_store(data_dir).await?),
             Arc::new(MemoryGate::new()),
             Arc::new(MemoryRoom::new()),
+            None,
             Arc::new(LocalBus::default()),
             None,
         )),
@@ -139,10 +141,12 @@ async fn adapters(
             })
             .await;
             tracing::info!(cluster = %name, node = %node_id, "cluster mode: PostgreSQL judge, Redis gate, RabbitMQ bus");
+            let limits = Arc::new(room.rate_limits()) as Arc<dyn SharedRateLimiter>;
             Ok((
                 Arc::new(store),
                 Arc::new(gate),
                 Arc::new(room),
+                Some(limits),
                 bus.clone() as Arc<dyn EventBus>,
                 Some(bus),
             ))
@@ -197,7 +201,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let cluster = args.mode()? != Mode::Embedded;
-    let (store, gate, room, bus, amqp) = adapters(&args, &data_dir).await?;
+    let (store, gate, room, shared_limits, bus, amqp) = adapters(&args, &data_dir).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let shop_webhooks = match &shop_webhook {
         Some((url, secret)) => {
@@ -295,7 +299,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     }
 
     let user_rate = args.rate_limit_per_sec.unwrap_or(20);
-    let limits = Arc::new(RateLimits::new(RateLimitConfig {
+    let limits = RateLimits::new(RateLimitConfig {
         per_user_per_sec: user_rate,
         per_ip_per_sec: args
             .ip_rate_limit_per_sec
@@ -306,7 +310,11 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             .checkout_rate_limit_per_sec
             .unwrap_or((user_rate / 10).max(1)),
         ..RateLimitConfig::default()
-    }));
+    });
+    let limits = Arc::new(match shared_limits {
+        Some(shared) => limits.with_shared(shared),
+        None => limits,
+    });
     let janitor = stampede_http::spawn_rate_limit_janitor(limits.clone(), Duration::from_secs(10));
     let (streams_stop_tx, streams_stop) = watch::channel(false);
     let state = AppState {

@@ -32,7 +32,11 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // Checkout moves money: a stricter per-user limit on top of the general one.
-    if let Err(refused) = s.limits.check_checkout(who.user_id.as_str()) {
+    if let Err(refused) = s
+        .limits
+        .check_checkout_everywhere(who.user_id.as_str())
+        .await
+    {
         return Ok(crate::rate_limited(refused));
     }
     let parsed: OrderBody = parse_json(&body)?;
