@@ -636,6 +636,9 @@ pub struct RoomRules {
     pub device_limit: u32,
     /// Leading zero bits a proof of work at join must have (0: no challenge).
     pub pow_bits: u8,
+    /// The sale is a draw: at the start, instead of first come first served, a lottery among
+    /// everyone in the pre-queue decides who may buy the stock.
+    pub lottery_at_start: bool,
 }
 
 /// The waiting room's line per sale (embedded: in memory; cluster: Redis, shared by every

@@ -272,8 +272,9 @@ impl App {
         self.seed(&sale.id, DrawPurpose::PreQueue).await?;
         self.seed(&sale.id, DrawPurpose::Lottery).await?;
         // Once the sale has started, arrivals are first come, first served: the pre-queue
-        // (if the admission round has not drawn it yet) is drawn before this join.
-        if sale.status_at(now) != SaleStatus::Scheduled {
+        // (if the admission round has not drawn it yet) is drawn before this join. A sale
+        // marked as a draw leaves that to the admission round's lottery.
+        if sale.status_at(now) != SaleStatus::Scheduled && !rules.lottery_at_start {
             self.draw_pre_queue_if_open(&sale).await?;
         }
         let entry = match self
@@ -458,7 +459,16 @@ impl App {
             SaleStatus::Live => {}
             SaleStatus::Scheduled | SaleStatus::Paused => return Ok(()),
         }
-        self.draw_pre_queue_if_open(sale).await?;
+        let rules = self.room.rules(&sale.id).await?;
+        if rules.lottery_at_start {
+            self.lottery_at_start(sale, now).await?;
+            // Until the lottery is published, nobody is admitted first come, first served.
+            if !self.has_draw(&sale.id, DrawPurpose::Lottery).await? {
+                return Ok(());
+            }
+        } else {
+            self.draw_pre_queue_if_open(sale).await?;
+        }
         let Some(available) = self.gate.available(&sale.id).await? else {
             return Ok(()); // the gate is being seeded; next tick
         };
@@ -536,6 +546,55 @@ impl App {
             count,
         );
         self.publish_draw(&sale.id, &record).await
+    }
+
+    /// For a sale marked as a draw: at the first round after the start, everyone who joined
+    /// before it enters a lottery for the units the gate has. One node does it (the room's
+    /// pre-queue is placed by whoever gets there first; only that node publishes).
+    async fn lottery_at_start(&self, sale: &Sale, now: Timestamp) -> Result<(), AppError> {
+        if self.room.pre_queue(&sale.id).await?.is_none() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.drawing.lock().await;
+        let Some(entrants) = self.room.pre_queue(&sale.id).await? else {
+            return Ok(());
+        };
+        let Some(available) = self.gate.available(&sale.id).await? else {
+            return Ok(());
+        };
+        let seed = self.seed(&sale.id, DrawPurpose::Lottery).await?;
+        let record = DrawRecord::run(
+            sale.id.as_str(),
+            DrawPurpose::Lottery,
+            &seed,
+            entrants,
+            usize::try_from(available).unwrap_or(0),
+        );
+        self.room
+            .apply_lottery(
+                &sale.id,
+                &record.winners,
+                self.config.admission_ttl_secs.saturating_mul(1000),
+                now.millis(),
+            )
+            .await?;
+        // Another node racing this one drew from the same seed and entrants, so the same
+        // winners; the lottery script is atomic, so the second application changes nothing.
+        // Publish once.
+        if self.has_draw(&sale.id, DrawPurpose::Lottery).await? {
+            return Ok(());
+        }
+        self.publish_draw(&sale.id, &record).await
+    }
+
+    async fn has_draw(&self, sale: &SaleId, purpose: DrawPurpose) -> Result<bool, AppError> {
+        Ok(self
+            .room
+            .draws(sale)
+            .await?
+            .iter()
+            .filter_map(|j| serde_json::from_str::<DrawRecord>(j).ok())
+            .any(|r| r.purpose == purpose))
     }
 
     async fn publish_draw(&self, sale: &SaleId, record: &DrawRecord) -> Result<(), AppError> {

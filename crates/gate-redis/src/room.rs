@@ -597,19 +597,21 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn rules(&self, sale: &SaleId) -> PortResult<RoomRules> {
-        let (a, d, p): (Option<u32>, Option<u32>, Option<u8>) = self
+        let (a, d, p, l): (Option<u32>, Option<u32>, Option<u8>, Option<u8>) = self
             .cmd(
                 redis::cmd("HMGET")
                     .arg(self.key(sale, 6))
                     .arg("max_accounts_per_device")
                     .arg("device_limit")
-                    .arg("pow_bits"),
+                    .arg("pow_bits")
+                    .arg("lottery_at_start"),
             )
             .await?;
         Ok(RoomRules {
             max_accounts_per_device: a.unwrap_or(0),
             device_limit: d.unwrap_or(0),
             pow_bits: p.unwrap_or(0),
+            lottery_at_start: l == Some(1),
         })
     }
 
@@ -623,7 +625,9 @@ impl WaitingRoom for RedisRoom {
                     .arg("device_limit")
                     .arg(rules.device_limit)
                     .arg("pow_bits")
-                    .arg(rules.pow_bits),
+                    .arg(rules.pow_bits)
+                    .arg("lottery_at_start")
+                    .arg(u8::from(rules.lottery_at_start)),
             )
             .await?;
         Ok(())

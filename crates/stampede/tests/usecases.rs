@@ -670,3 +670,63 @@ async fn the_pre_queue_is_drawn_with_the_committed_seed() {
         }
     }
 }
+
+/// A sale marked as a draw: at the start a lottery among everyone who joined decides who may
+/// buy the stock; nobody is admitted first come, first served before it.
+#[tokio::test]
+async fn a_sale_marked_as_a_draw_is_decided_by_lottery_at_the_start() {
+    use stampede_app::ports::RoomRules;
+    let w = world().await;
+    let sale = w.queued_sale(5, 1, 30).await;
+    w.app
+        .set_room_rules(
+            &w.admin,
+            &sale,
+            RoomRules {
+                lottery_at_start: true,
+                ..RoomRules::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut buyers = Vec::new();
+    for i in 0..20 {
+        let b = w.buyer(500 + i).await;
+        w.app
+            .join_queue(&b, &sale, &device(i as usize), None)
+            .await
+            .unwrap();
+        buyers.push(b);
+    }
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        w.app.room_report(&w.admin, &sale).await.unwrap().admitted,
+        0
+    );
+    w.clock.advance_millis(31_000);
+    w.app.admission_tick().await.unwrap();
+    w.app.admission_tick().await.unwrap();
+    let (records, _) = w.app.draws(&sale).await.unwrap();
+    assert_eq!(records.len(), 1, "one published lottery");
+    let record = &records[0];
+    assert_eq!(record.verify().unwrap().len(), 5);
+    let mut won = 0;
+    for (i, b) in buyers.iter().enumerate() {
+        let v = w.status(b, &sale).await;
+        let winner = record.winners.iter().any(|u| u == b.user_id.as_str());
+        if winner {
+            won += 1;
+            assert_eq!(v.status, QueueStatus::LotteryWon);
+            let token = v.admission_token.unwrap();
+            w.app
+                .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
+                .await
+                .unwrap();
+        } else {
+            assert_eq!(v.status, QueueStatus::LotteryLost);
+        }
+    }
+    assert_eq!(won, 5);
+    let m = w.app.sale_metrics(&w.admin, &sale).await.unwrap();
+    assert_eq!((m.held, m.available), (5, 0));
+}

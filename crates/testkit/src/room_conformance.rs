@@ -290,6 +290,7 @@ pub async fn seeds_keys_rules_and_draws(room: Arc<dyn WaitingRoom>) {
         max_accounts_per_device: 3,
         device_limit: 2,
         pow_bits: 8,
+        lottery_at_start: true,
     };
     room.set_rules(&sale, rules).await.unwrap();
     assert_eq!(room.rules(&sale).await.unwrap(), rules);

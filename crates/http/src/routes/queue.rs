@@ -331,6 +331,10 @@ pub struct RoomRulesDto {
     /// Proof-of-work difficulty at join, in leading zero bits (at most 24).
     #[serde(default)]
     pub pow_bits: u8,
+    /// The sale is a draw: at the start a lottery among the pre-queue decides who may buy
+    /// (winners: the stock), instead of first come, first served.
+    #[serde(default)]
+    pub lottery_at_start: bool,
 }
 
 impl From<RoomRules> for RoomRulesDto {
@@ -339,6 +343,7 @@ impl From<RoomRules> for RoomRulesDto {
             max_accounts_per_device: r.max_accounts_per_device,
             device_limit: r.device_limit,
             pow_bits: r.pow_bits,
+            lottery_at_start: r.lottery_at_start,
         }
     }
 }
@@ -372,6 +377,7 @@ pub async fn set_rules(
         max_accounts_per_device: b.max_accounts_per_device,
         device_limit: b.device_limit,
         pow_bits: b.pow_bits,
+        lottery_at_start: b.lottery_at_start,
     };
     Ok(Json(
         s.app.set_room_rules(&who, &sale_id, rules).await?.into(),
