@@ -96,6 +96,8 @@ pub struct App {
     pub(crate) queue_tick: tokio::sync::watch::Sender<u64>,
     /// Admission rate per sale as this node measured it (for ETAs).
     pub(crate) queue_rates: dashmap::DashMap<SaleId, waiting_room::RateSample>,
+    /// Rooms this node saw closed (final: all sold or the sale ended).
+    pub(crate) closed_rooms: dashmap::DashSet<SaleId>,
     /// One pre-queue draw at a time on this node.
     pub(crate) drawing: tokio::sync::Mutex<()>,
     /// When this node first saw each sale's stock gone.
@@ -139,6 +141,7 @@ impl App {
             queue_rates: dashmap::DashMap::new(),
             sold_out_at: dashmap::DashMap::new(),
             drawing: tokio::sync::Mutex::new(()),
+            closed_rooms: dashmap::DashSet::new(),
             queue_refusals: dashmap::DashMap::new(),
             dirty_stock: Mutex::new(HashSet::new()),
             gate_sync: Arc::new(tokio::sync::RwLock::new(())),

@@ -452,9 +452,15 @@ impl App {
     }
 
     async fn admit_sale(&self, sale: &Sale, now: Timestamp) -> Result<(), AppError> {
+        // A closed room stays closed: nothing left to do for it.
+        if self.closed_rooms.contains(&sale.id) {
+            return Ok(());
+        }
         match sale.status_at(now) {
             SaleStatus::Ended => {
-                return Ok(self.room.set_sold_out(&sale.id, true, true).await?);
+                self.room.set_sold_out(&sale.id, true, true).await?;
+                self.closed_rooms.insert(sale.id.clone());
+                return Ok(());
             }
             SaleStatus::Live => {}
             SaleStatus::Scheduled | SaleStatus::Paused => return Ok(()),
@@ -498,6 +504,17 @@ impl App {
             false
         };
         self.room.set_sold_out(&sale.id, sold_out, close).await?;
+        if close {
+            self.closed_rooms.insert(sale.id.clone());
+        }
+        // The rate (for ETAs) and the queue gauge, once a second rather than every round.
+        let due = self
+            .queue_rates
+            .get(&sale.id)
+            .is_none_or(|s| now.millis() - s.at.millis() >= 1000);
+        if !due {
+            return Ok(());
+        }
         let stats = self.room.stats(&sale.id).await?;
         metrics::gauge!("stampede_queue_length", "sale_id" => sale.id.to_string())
             .set(stats.waiting as f64);
@@ -513,7 +530,7 @@ impl App {
         if elapsed_ms >= 1000 {
             let delta = stats.admitted_total.saturating_sub(sample.admitted_total);
             let current = delta as f64 * 1000.0 / elapsed_ms as f64;
-            // Smooth over a few seconds so one quiet tick does not make the ETA jump.
+            // Smooth over a few seconds so one quiet round does not make the ETA jump.
             sample.per_sec = 0.5 * sample.per_sec + 0.5 * current;
             sample.at = now;
             sample.admitted_total = stats.admitted_total;
