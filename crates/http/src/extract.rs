@@ -82,6 +82,23 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// An authenticated admin: 401 without a valid token, 403 for anyone else, decided before
+/// the body is read (a buyer learns nothing about what an admin route would accept).
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Auth(who) = Auth::from_request_parts(parts, state).await?;
+        state
+            .app
+            .require_admin(&who)
+            .map_err(|e| ApiError::from(e).into_response())?;
+        Ok(Admin(who))
+    }
+}
+
 /// The client's `X-Device-Id`, if it sent one (checked by the use cases where it matters).
 pub fn device_id(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers

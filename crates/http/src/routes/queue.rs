@@ -18,7 +18,7 @@ use stampede_app::waiting_room::{PowSolution, QueueStatus, QueueView, RoomReport
 use stampede_core::draw::{DrawPurpose, DrawRecord};
 
 use crate::dto::rfc3339;
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{Admin, ApiJson, Auth};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -355,7 +355,7 @@ impl From<RoomRules> for RoomRulesDto {
     security(("bearer" = [])))]
 pub async fn report(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(sale_id): Path<String>,
 ) -> Result<Json<RoomReportDto>, ApiError> {
     Ok(Json(s.app.room_report(&who, &sale_id).await?.into()))
@@ -369,7 +369,7 @@ pub async fn report(
     security(("bearer" = [])))]
 pub async fn set_rules(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(sale_id): Path<String>,
     ApiJson(b): ApiJson<RoomRulesDto>,
 ) -> Result<Json<RoomRulesDto>, ApiError> {
@@ -400,7 +400,7 @@ pub struct LotteryBody {
     security(("bearer" = [])))]
 pub async fn lottery(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(sale_id): Path<String>,
     ApiJson(b): ApiJson<LotteryBody>,
 ) -> Result<Json<DrawDto>, ApiError> {
