@@ -118,6 +118,29 @@ impl App {
                 self.settle_admission(who, &sale_id, qty, false).await;
                 return Err(AppError::LimitExceeded);
             }
+            // From the claim on, the reservation and its settlement run to completion on
+            // their own task: a buyer hanging up cannot leave the admission claimed.
+            let request = ReserveRequest {
+                hold_id: HoldId::generate(now.millis(), rand::random()),
+                sale_id: sale_id.clone(),
+                user_id: who.user_id.clone(),
+                quantity: qty,
+                now,
+            };
+            let (app, buyer, limit) = (self.clone(), who.clone(), sale.per_user_limit);
+            let settle_sale = sale_id.clone();
+            let judged = tokio::spawn(async move {
+                let judged = app.take_and_judge(request, limit).await;
+                app.settle_admission(&buyer, &settle_sale, qty, judged.is_ok())
+                    .await;
+                judged
+            })
+            .await
+            .map_err(|e| AppError::Internal(format!("reservation task: {e}")))?;
+            let hold = judged?;
+            metrics::counter!("stampede_holds_created_total").increment(1);
+            self.stock_changed(&hold.sale_id);
+            return Ok(hold);
         }
         let request = ReserveRequest {
             hold_id: HoldId::generate(now.millis(), rand::random()),
@@ -126,12 +149,7 @@ impl App {
             quantity: qty,
             now,
         };
-        let judged = self.take_and_judge(request, sale.per_user_limit).await;
-        if sale.queue_required {
-            self.settle_admission(who, &sale_id, qty, judged.is_ok())
-                .await;
-        }
-        let hold = judged?;
+        let hold = self.take_and_judge(request, sale.per_user_limit).await?;
         metrics::counter!("stampede_holds_created_total").increment(1);
         self.stock_changed(&sale_id);
         Ok(hold)
@@ -242,7 +260,14 @@ impl App {
             .into_iter()
             .find(|h| h.id == hold_id)
             .ok_or(AppError::NotFound)?;
-        let limit = self.sale_config(&before.sale_id).await?.per_user_limit;
+        let sale = self.sale_config(&before.sale_id).await?;
+        // Units of a waiting-room sale are had through an admission each: a hold there may
+        // shrink, but growing it would skip the line (and the device's limit).
+        if sale.queue_required && qty > before.quantity {
+            self.count_reserve_refusal(&sale.id, "resize_without_admission");
+            return Err(AppError::NotAdmitted);
+        }
+        let limit = sale.per_user_limit;
         let hold = self
             .paired(move |app| async move {
                 let user = &before.user_id;

@@ -98,6 +98,8 @@ pub struct App {
     pub(crate) queue_rates: dashmap::DashMap<SaleId, waiting_room::RateSample>,
     /// Rooms this node saw closed (final: all sold or the sale ended).
     pub(crate) closed_rooms: dashmap::DashSet<SaleId>,
+    /// Draws this node knows are published (sale, purpose).
+    pub(crate) drawn_here: dashmap::DashSet<(SaleId, &'static str)>,
     /// One pre-queue draw at a time on this node.
     pub(crate) drawing: tokio::sync::Mutex<()>,
     /// When this node first saw each sale's stock gone.
@@ -142,6 +144,7 @@ impl App {
             sold_out_at: dashmap::DashMap::new(),
             drawing: tokio::sync::Mutex::new(()),
             closed_rooms: dashmap::DashSet::new(),
+            drawn_here: dashmap::DashSet::new(),
             queue_refusals: dashmap::DashMap::new(),
             dirty_stock: Mutex::new(HashSet::new()),
             gate_sync: Arc::new(tokio::sync::RwLock::new(())),

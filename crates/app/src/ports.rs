@@ -663,12 +663,17 @@ pub trait WaitingRoom: Send + Sync + 'static {
     /// Places the pre-queue in the drawn order and opens first-come-first-served. `true` if
     /// this call did it (the pre-queue was still open).
     async fn place_drawn(&self, sale: &SaleId, order: &[String]) -> PortResult<bool>;
-    /// Lapses stale admissions, then admits the next in line against `units_available`
-    /// minus admissions outstanding (at most `max_batch`). Returns how many were admitted.
+    /// Lapses stale admissions, then admits the next in line against the units available
+    /// minus admissions outstanding, each counted at `units_per_admission` (at most
+    /// `max_batch`). `units_available: None` makes the adapter read its own gate's count in
+    /// the same atomic step as the admission (what the admission rounds do: a figure read
+    /// earlier could be stale by the time it is used); `Some` is for tests. Returns how many
+    /// were admitted.
     async fn admit(
         &self,
         sale: &SaleId,
-        units_available: u64,
+        units_available: Option<u64>,
+        units_per_admission: u64,
         ttl_ms: i64,
         now_ms: i64,
         max_batch: u64,
@@ -697,10 +702,12 @@ pub trait WaitingRoom: Send + Sync + 'static {
     async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()>;
     /// Everyone still waiting: a lottery's entrants.
     async fn waiting_entrants(&self, sale: &SaleId) -> PortResult<Vec<String>>;
-    /// Admits `winners`; everyone else waiting has lost.
+    /// Admits `winners`; the other `entrants` still waiting have lost (anyone who joined
+    /// after the entrant list was taken keeps their place).
     async fn apply_lottery(
         &self,
         sale: &SaleId,
+        entrants: &[String],
         winners: &[String],
         ttl_ms: i64,
         now_ms: i64,

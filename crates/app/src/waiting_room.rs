@@ -479,11 +479,13 @@ impl App {
             return Ok(()); // the gate is being seeded; next tick
         };
         let available = u64::try_from(available).unwrap_or(0);
+        // The room reads the gate's count itself, in the same atomic step as the admission.
         let admitted = self
             .room
             .admit(
                 &sale.id,
-                available,
+                None,
+                u64::from(sale.per_user_limit),
                 self.config.admission_ttl_secs.saturating_mul(1000),
                 now.millis(),
                 self.config.admission_max_batch,
@@ -580,16 +582,18 @@ impl App {
             return Ok(());
         };
         let seed = self.seed(&sale.id, DrawPurpose::Lottery).await?;
+        let winners = u64::try_from(available).unwrap_or(0) / u64::from(sale.per_user_limit.max(1));
         let record = DrawRecord::run(
             sale.id.as_str(),
             DrawPurpose::Lottery,
             &seed,
             entrants,
-            usize::try_from(available).unwrap_or(0),
+            usize::try_from(winners).unwrap_or(0),
         );
         self.room
             .apply_lottery(
                 &sale.id,
+                &record.entrants,
                 &record.winners,
                 self.config.admission_ttl_secs.saturating_mul(1000),
                 now.millis(),
@@ -605,13 +609,22 @@ impl App {
     }
 
     async fn has_draw(&self, sale: &SaleId, purpose: DrawPurpose) -> Result<bool, AppError> {
-        Ok(self
+        let key = (sale.clone(), purpose_label(purpose));
+        if self.drawn_here.contains(&key) {
+            return Ok(true);
+        }
+        let found = self
             .room
             .draws(sale)
             .await?
             .iter()
             .filter_map(|j| serde_json::from_str::<DrawRecord>(j).ok())
-            .any(|r| r.purpose == purpose))
+            .any(|r| r.purpose == purpose);
+        if found {
+            // Published draws are final: remember, so rounds need not re-read the records.
+            self.drawn_here.insert(key);
+        }
+        Ok(found)
     }
 
     async fn publish_draw(&self, sale: &SaleId, record: &DrawRecord) -> Result<(), AppError> {
@@ -652,10 +665,20 @@ impl App {
         ) {
             return Err(AppError::SaleNotLive);
         }
-        let count = match winners {
-            Some(n) => n,
-            None => u64::try_from(self.gate.available(&sale.id).await?.unwrap_or(0)).unwrap_or(0),
-        };
+        // One lottery per sale: its seed is public once it is drawn, and a second draw from a
+        // known seed could be gamed (join only with the accounts that rank high).
+        if self.has_draw(&sale.id, DrawPurpose::Lottery).await? {
+            return Err(AppError::Conflict(
+                "this sale's lottery has already been drawn".into(),
+            ));
+        }
+        // Never more winners than the units left can serve, counting admissions outstanding.
+        let available =
+            u64::try_from(self.gate.available(&sale.id).await?.unwrap_or(0)).unwrap_or(0);
+        let per = u64::from(sale.per_user_limit.max(1));
+        let outstanding = self.room.stats(&sale.id).await?.outstanding;
+        let cap = available.saturating_sub(outstanding * per) / per;
+        let count = winners.unwrap_or(cap).min(cap);
         let seed = self.seed(&sale.id, DrawPurpose::Lottery).await?;
         let entrants = self.room.waiting_entrants(&sale.id).await?;
         let record = DrawRecord::run(
@@ -669,6 +692,7 @@ impl App {
         self.room
             .apply_lottery(
                 &sale.id,
+                &record.entrants,
                 &record.winners,
                 self.config.admission_ttl_secs.saturating_mul(1000),
                 now.millis(),

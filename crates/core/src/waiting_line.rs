@@ -335,33 +335,43 @@ impl WaitingLine {
 
     /// Lapses admissions not used by `now`. Returns how many lapsed.
     pub fn expire_admissions(&mut self, now_ms: i64) -> u64 {
-        let mut lapsed = 0;
+        let (mut lapsed, mut used) = (0, 0);
         let slots = &mut self.slots;
         self.outstanding.retain(|&slot| {
             let entry = &mut slots[slot as usize];
-            // A claim being judged keeps its admission a little longer than the token.
-            let grace = if entry.state == EntryState::Claimed {
-                60_000
-            } else {
-                0
-            };
+            // A claim being judged keeps its admission a little longer than the token; one
+            // never settled (its node died mid-reservation) counts as used: the buyer had
+            // their turn, and it must not be handed out twice.
+            let claimed = entry.state == EntryState::Claimed;
+            let grace = if claimed { 60_000 } else { 0 };
             if entry.until_ms + grace <= now_ms {
-                entry.state = EntryState::Expired;
-                lapsed += 1;
+                if claimed {
+                    entry.state = EntryState::Used;
+                    used += 1;
+                } else {
+                    entry.state = EntryState::Expired;
+                    lapsed += 1;
+                }
                 false
             } else {
                 true
             }
         });
         self.expired_total += lapsed;
+        self.used_total += used;
         lapsed
     }
 
-    /// Admits the next in line: as many as `units_available` minus admissions still
-    /// outstanding, at most `max_batch`. Nothing is admitted before the draw.
+    /// Admits the next in line: each admission may take up to `units_per_admission` units
+    /// (the buyer's limit), so as many as fit in `units_available` once the admissions still
+    /// outstanding are counted at that size too; at most `max_batch`. Nothing is admitted
+    /// before the draw. Never admits more than the units could serve: a reservation whose
+    /// units are already gone from `units_available` but whose admission is still
+    /// outstanding is counted twice, which errs on the side of admitting one fewer now.
     pub fn admit(
         &mut self,
         units_available: u64,
+        units_per_admission: u64,
         ttl_ms: i64,
         now_ms: i64,
         max_batch: u64,
@@ -370,8 +380,8 @@ impl WaitingLine {
         if !self.drawn || self.closed {
             return Vec::new();
         }
-        let room = units_available
-            .saturating_sub(self.outstanding.len() as u64)
+        let per = units_per_admission.max(1);
+        let room = (units_available.saturating_sub((self.outstanding.len() as u64) * per) / per)
             .min(max_batch);
         let mut admitted = Vec::new();
         while (admitted.len() as u64) < room && self.cursor < self.ranks.len() {
@@ -486,18 +496,30 @@ impl WaitingLine {
             .collect()
     }
 
-    /// Applies a lottery: `winners` are admitted, everyone else still waiting has lost.
-    /// Ends the pre-queue if it was still open.
-    pub fn apply_lottery(&mut self, winners: &[String], ttl_ms: i64, now_ms: i64) {
+    /// Applies a lottery over `entrants` (the published list): `winners` are admitted, the
+    /// other entrants still waiting have lost. Anyone who joined after the list was taken
+    /// keeps their place. Ends the pre-queue if it was still open.
+    pub fn apply_lottery(
+        &mut self,
+        entrants: &[String],
+        winners: &[String],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) {
         let _ = self.place_drawn(&[]);
         let won: std::collections::HashSet<&str> = winners.iter().map(String::as_str).collect();
-        for rank in self.cursor..self.ranks.len() {
-            let slot = self.ranks[rank];
+        for user in entrants {
+            let Some(&slot) = self.by_user.get(user.as_str()) else {
+                continue;
+            };
             let entry = &self.slots[slot as usize];
-            if entry.state != EntryState::Waiting || entry.rank != u32::try_from(rank).ok() {
+            let Some(rank) = entry.rank.map(|r| r as usize) else {
+                continue;
+            };
+            if entry.state != EntryState::Waiting {
                 continue;
             }
-            if won.contains(&*entry.user) {
+            if won.contains(user.as_str()) {
                 self.admit_slot(slot, rank, ttl_ms, now_ms, true);
             } else {
                 self.waiting.add(rank, -1);
@@ -505,7 +527,6 @@ impl WaitingLine {
                 self.lottery_lost_total += 1;
             }
         }
-        self.cursor = self.ranks.len();
     }
 
     /// Counters and fairness inputs.
@@ -607,7 +628,7 @@ mod tests {
         }
         assert_eq!(line.join("u3", "other", 0).unwrap().position, 4);
         assert_eq!(line.view("u3").unwrap().device_id, "d3");
-        let admitted = line.admit(2, 1000, 0, 100);
+        let admitted = line.admit(2, 1, 1000, 0, 100);
         assert_eq!(admitted.len(), 2);
         assert_eq!(admitted[0].user_id, "u0");
         assert_eq!(line.view("u3").unwrap().position, 2);
@@ -621,7 +642,7 @@ mod tests {
             assert!(line.join(u, u, 0).unwrap().pre_queue);
         }
         assert!(
-            line.admit(10, 1000, 0, 100).is_empty(),
+            line.admit(10, 1, 1000, 0, 100).is_empty(),
             "no admission before the draw"
         );
         assert_eq!(line.pre_queue_entrants().unwrap(), vec!["a", "b", "c"]);
@@ -639,9 +660,9 @@ mod tests {
         for i in 0..5 {
             line.join(&format!("u{i}"), "d", 0).unwrap();
         }
-        assert_eq!(line.admit(2, 1000, 0, 100).len(), 2);
+        assert_eq!(line.admit(2, 1, 1000, 0, 100).len(), 2);
         assert_eq!(
-            line.admit(2, 1000, 0, 100).len(),
+            line.admit(2, 1, 1000, 0, 100).len(),
             0,
             "two are still outstanding"
         );
@@ -669,7 +690,7 @@ mod tests {
             Err(ClaimRefusal::NotAdmitted)
         );
         // u1's admission lapses unused: its claim on stock goes to the next in line.
-        assert_eq!(line.admit(1, 1000, 1001, 100).len(), 1);
+        assert_eq!(line.admit(1, 1, 1000, 1001, 100).len(), 1);
         assert_eq!(line.view("u1").unwrap().state, EntryState::Expired);
         assert_eq!(line.view("u2").unwrap().state, EntryState::Admitted);
         assert_eq!(line.stats().expired_total, 1);
@@ -684,7 +705,7 @@ mod tests {
             line.join("c", "phone", 2),
             Err(JoinRefusal::DeviceAccountsCap)
         );
-        line.admit(10, 1000, 0, 100);
+        line.admit(10, 1, 1000, 0, 100);
         let (ta, tb) = (
             line.view("a").unwrap().ticket,
             line.view("b").unwrap().ticket,
@@ -701,7 +722,7 @@ mod tests {
     fn a_refused_reservation_gives_the_admission_back() {
         let mut line = drawn_line();
         line.join("a", "d", 0).unwrap();
-        line.admit(1, 1000, 0, 100);
+        line.admit(1, 1, 1000, 0, 100);
         let t = line.view("a").unwrap().ticket;
         line.claim("a", "d", t, 1, 1, 0).unwrap();
         line.settle("a", 1, false);
@@ -714,7 +735,8 @@ mod tests {
         for u in ["a", "b", "c", "d"] {
             line.join(u, u, 0).unwrap();
         }
-        line.apply_lottery(&["b".into(), "d".into()], 1000, 0);
+        let entrants: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        line.apply_lottery(&entrants, &["b".into(), "d".into()], 1000, 0);
         assert!(line.view("b").unwrap().lottery_won);
         assert_eq!(line.view("a").unwrap().state, EntryState::LotteryLost);
         assert_eq!(line.stats().waiting, 0);
@@ -745,7 +767,7 @@ mod tests {
                         if fresh { model.push(user.clone()); }
                     }
                     1 => {
-                        let got: Vec<String> = line.admit(2, 1_000_000, 0, 2).into_iter().map(|a| a.user_id).collect();
+                        let got: Vec<String> = line.admit(2, 1, 1_000_000, 0, 2).into_iter().map(|a| a.user_id).collect();
                         let want: Vec<String> = model.iter().take(got.len()).cloned().collect();
                         prop_assert_eq!(&got, &want);
                         model.drain(..got.len());

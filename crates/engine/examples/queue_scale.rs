@@ -56,7 +56,10 @@ async fn main() {
     let view_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let admitted = room.admit(&sale, 1000, 120_000, 0, 1000).await.unwrap_or(0);
+    let admitted = room
+        .admit(&sale, Some(1000), 1, 120_000, 0, 1000)
+        .await
+        .unwrap_or(0);
     let admit_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     println!("buyers in line:         {buyers}");

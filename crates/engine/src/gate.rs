@@ -34,6 +34,13 @@ impl MemoryGate {
         Self::default()
     }
 
+    /// The sale's available units right now (synchronous: the waiting room reads it under
+    /// its own lock).
+    pub fn available_now(&self, sale: &SaleId) -> Option<i64> {
+        self.counter(sale)
+            .map(|c| c.available.load(Ordering::Acquire))
+    }
+
     fn counter(&self, sale: &SaleId) -> Option<Arc<SaleCounter>> {
         self.sales.get(sale).map(|c| c.clone())
     }

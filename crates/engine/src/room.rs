@@ -16,6 +16,8 @@ use stampede_core::draw::DrawPurpose;
 use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats, WaitingLine};
 use stampede_core::{SaleId, UserId};
 
+use crate::MemoryGate;
+
 #[derive(Default)]
 struct Room {
     line: WaitingLine,
@@ -29,6 +31,8 @@ struct Room {
 pub struct MemoryRoom {
     rooms: DashMap<SaleId, Arc<Mutex<Room>>>,
     key: Mutex<Option<[u8; 32]>>,
+    /// The gate whose count admissions are made against, read under the room's lock.
+    gate: Option<Arc<MemoryGate>>,
 }
 
 fn purpose_key(p: DrawPurpose) -> &'static str {
@@ -39,9 +43,20 @@ fn purpose_key(p: DrawPurpose) -> &'static str {
 }
 
 impl MemoryRoom {
-    /// No rooms yet; a sale's room appears with its first use.
+    /// No rooms yet; a sale's room appears with its first use. Without a gate, admission
+    /// rounds need the units given ([`WaitingRoom::admit`] with `Some`).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A room that admits against `gate`'s count, read in the same locked step as the
+    /// admission (a reservation settles under the same lock, so the count and the
+    /// outstanding admissions are seen at one instant).
+    pub fn with_gate(gate: Arc<MemoryGate>) -> Self {
+        Self {
+            gate: Some(gate),
+            ..Self::default()
+        }
     }
 
     fn room(&self, sale: &SaleId) -> Arc<Mutex<Room>> {
@@ -89,14 +104,22 @@ impl WaitingRoom for MemoryRoom {
     async fn admit(
         &self,
         sale: &SaleId,
-        units_available: u64,
+        units_available: Option<u64>,
+        units_per_admission: u64,
         ttl_ms: i64,
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64> {
+        let gate = self.gate.clone();
         self.with(sale, |r| {
+            let units = units_available.unwrap_or_else(|| {
+                gate.as_ref()
+                    .and_then(|g| g.available_now(sale))
+                    .map(|a| u64::try_from(a).unwrap_or(0))
+                    .unwrap_or(0)
+            });
             r.line
-                .admit(units_available, ttl_ms, now_ms, max_batch)
+                .admit(units, units_per_admission, ttl_ms, now_ms, max_batch)
                 .len() as u64
         })
     }
@@ -150,11 +173,14 @@ impl WaitingRoom for MemoryRoom {
     async fn apply_lottery(
         &self,
         sale: &SaleId,
+        entrants: &[String],
         winners: &[String],
         ttl_ms: i64,
         now_ms: i64,
     ) -> PortResult<()> {
-        self.with(sale, |r| r.line.apply_lottery(winners, ttl_ms, now_ms))
+        self.with(sale, |r| {
+            r.line.apply_lottery(entrants, winners, ttl_ms, now_ms)
+        })
     }
 
     async fn stats(&self, sale: &SaleId) -> PortResult<LineStats> {

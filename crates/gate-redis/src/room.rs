@@ -51,6 +51,7 @@ local st = redis.call('HGET', KEYS[1], user)
 local closed = redis.call('HGET', KEYS[7], 'closed') == '1'
 if st then
   if st == 'expired' and not closed then
+    redis.call('SREM', KEYS[11], user)
     local r = redis.call('HINCRBY', KEYS[7], 'next_rank', 1) - 1
     redis.call('ZADD', KEYS[5], r, user)
     redis.call('HSET', KEYS[1], user, 'waiting')
@@ -108,15 +109,26 @@ const PLACE_CALL: &str = r#"
 return place(ARGV)
 "#;
 
-/// Lapses stale admissions, then admits. ARGV: units available, ttl ms, now ms, max batch.
+/// Lapses stale admissions (a claim never settled counts as used), then admits. ARGV: units
+/// available (-1: read the gate's `avail`, KEYS[14], in this same atomic step), units per
+/// admission, ttl ms, now ms, max batch.
 const ADMIT: &str = r#"
-local avail, ttl, now, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local avail, per = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl, now, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if avail < 0 then avail = tonumber(redis.call('GET', KEYS[14]) or '0') end
+if per < 1 then per = 1 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now)
 for i = 1, #stale do
   local u = stale[i]
   local st = redis.call('HGET', KEYS[1], u)
   local untl = tonumber(redis.call('HGET', KEYS[4], u) or '0')
-  if st ~= 'claimed' or untl + 60000 <= now then
+  if st == 'claimed' then
+    if untl + 60000 <= now then
+      redis.call('HSET', KEYS[1], u, 'used')
+      redis.call('ZREM', KEYS[8], u)
+      redis.call('HINCRBY', KEYS[7], 'used', 1)
+    end
+  else
     redis.call('HSET', KEYS[1], u, 'expired')
     redis.call('ZREM', KEYS[8], u)
     redis.call('HINCRBY', KEYS[7], 'expired', 1)
@@ -125,7 +137,9 @@ end
 if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1' then
   return 0
 end
-local room = avail - redis.call('ZCARD', KEYS[8])
+local free = avail - redis.call('ZCARD', KEYS[8]) * per
+if free < 0 then free = 0 end
+local room = math.floor(free / per)
 if room > max then room = max end
 if room <= 0 then return 0 end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
@@ -135,6 +149,7 @@ for i = 1, #next, 2 do
   redis.call('HSET', KEYS[1], u, 'admitted')
   redis.call('HSET', KEYS[4], u, now + ttl)
   redis.call('ZADD', KEYS[8], now + ttl, u)
+  redis.call('SREM', KEYS[11], u)
   redis.call('RPUSH', KEYS[10], r)
   redis.call('HINCRBY', KEYS[7], 'admitted', 1)
 end
@@ -181,26 +196,29 @@ end
 return 1
 "#;
 
-/// ARGV: ttl ms, now ms, then the winners.
+/// ARGV: ttl ms, now ms, the number of winners, the winners, then the entrants. Entrants
+/// still waiting are decided; anyone else keeps their place.
 const LOTTERY: &str = r#"
-local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl, now, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 place({})
 local won = {}
-for i = 3, #ARGV do won[ARGV[i]] = true end
-local waiting = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
-for i = 1, #waiting, 2 do
-  local u, r = waiting[i], waiting[i + 1]
-  redis.call('ZREM', KEYS[5], u)
-  if won[u] then
-    redis.call('HSET', KEYS[1], u, 'admitted')
-    redis.call('HSET', KEYS[4], u, now + ttl)
-    redis.call('ZADD', KEYS[8], now + ttl, u)
-    redis.call('SADD', KEYS[11], u)
-    redis.call('RPUSH', KEYS[10], r)
-    redis.call('HINCRBY', KEYS[7], 'admitted', 1)
-  else
-    redis.call('HSET', KEYS[1], u, 'lost')
-    redis.call('HINCRBY', KEYS[7], 'lost', 1)
+for i = 4, 3 + n do won[ARGV[i]] = true end
+for i = 4 + n, #ARGV do
+  local u = ARGV[i]
+  local r = redis.call('ZSCORE', KEYS[5], u)
+  if r and redis.call('HGET', KEYS[1], u) == 'waiting' then
+    redis.call('ZREM', KEYS[5], u)
+    if won[u] then
+      redis.call('HSET', KEYS[1], u, 'admitted')
+      redis.call('HSET', KEYS[4], u, now + ttl)
+      redis.call('ZADD', KEYS[8], now + ttl, u)
+      redis.call('SADD', KEYS[11], u)
+      redis.call('RPUSH', KEYS[10], r)
+      redis.call('HINCRBY', KEYS[7], 'admitted', 1)
+    else
+      redis.call('HSET', KEYS[1], u, 'lost')
+      redis.call('HINCRBY', KEYS[7], 'lost', 1)
+    end
   end
 end
 return 1
@@ -313,15 +331,19 @@ impl RedisRoom {
         })
     }
 
+    /// The sale's room keys in the order the scripts expect, then the gate's `avail` (same
+    /// hash tag as the gate's keys, so one script may read it on Redis Cluster too).
     fn keys(&self, sale: &SaleId) -> Vec<String> {
-        let tag = format!("stampede:{{{}:{}}}:q", self.namespace, sale);
-        [
+        let tag = format!("stampede:{{{}:{}}}", self.namespace, sale);
+        let mut keys: Vec<String> = [
             "state", "dev", "rank", "until", "line", "pre", "meta", "adm", "devn", "order", "won",
             "devu", "draws",
         ]
         .iter()
-        .map(|k| format!("{tag}:{k}"))
-        .collect()
+        .map(|k| format!("{tag}:q:{k}"))
+        .collect();
+        keys.push(format!("{tag}:avail"));
+        keys
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -416,7 +438,8 @@ impl WaitingRoom for RedisRoom {
     async fn admit(
         &self,
         sale: &SaleId,
-        units_available: u64,
+        units_available: Option<u64>,
+        units_per_admission: u64,
         ttl_ms: i64,
         now_ms: i64,
         max_batch: u64,
@@ -425,7 +448,8 @@ impl WaitingRoom for RedisRoom {
             &self.admit,
             sale,
             &[
-                units_available.to_string(),
+                units_available.map_or_else(|| "-1".to_owned(), |u| u.to_string()),
+                units_per_admission.to_string(),
                 ttl_ms.to_string(),
                 now_ms.to_string(),
                 max_batch.to_string(),
@@ -516,12 +540,18 @@ impl WaitingRoom for RedisRoom {
     async fn apply_lottery(
         &self,
         sale: &SaleId,
+        entrants: &[String],
         winners: &[String],
         ttl_ms: i64,
         now_ms: i64,
     ) -> PortResult<()> {
-        let mut args = vec![ttl_ms.to_string(), now_ms.to_string()];
+        let mut args = vec![
+            ttl_ms.to_string(),
+            now_ms.to_string(),
+            winners.len().to_string(),
+        ];
         args.extend(winners.iter().cloned());
+        args.extend(entrants.iter().cloned());
         let _: i64 = self.run(&self.lottery, sale, &args).await?;
         Ok(())
     }

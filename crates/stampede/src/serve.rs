@@ -103,14 +103,17 @@ async fn adapters(
     Option<Arc<AmqpBus>>,
 )> {
     match args.mode()? {
-        Mode::Embedded => Ok((
-            Arc::new(open_store(data_dir).await?),
-            Arc::new(MemoryGate::new()),
-            Arc::new(MemoryRoom::new()),
-            None,
-            Arc::new(LocalBus::default()),
-            None,
-        )),
+        Mode::Embedded => {
+            let gate = Arc::new(MemoryGate::new());
+            Ok((
+                Arc::new(open_store(data_dir).await?),
+                gate.clone(),
+                Arc::new(MemoryRoom::with_gate(gate)),
+                None,
+                Arc::new(LocalBus::default()),
+                None,
+            ))
+        }
         Mode::Cluster {
             postgres,
             redis,

@@ -53,7 +53,7 @@ async fn world() -> World {
         Adapters {
             store,
             gate: gate.clone(),
-            room: Arc::new(stampede_engine::MemoryRoom::new()),
+            room: Arc::new(stampede_engine::MemoryRoom::with_gate(gate.clone())),
             bus: Arc::new(LocalBus::default()),
             gateway: sandbox.clone(),
             clock: Arc::new(clock.clone()),
@@ -718,10 +718,16 @@ async fn a_sale_marked_as_a_draw_is_decided_by_lottery_at_the_start() {
             won += 1;
             assert_eq!(v.status, QueueStatus::LotteryWon);
             let token = v.admission_token.unwrap();
-            w.app
+            let hold = w
+                .app
                 .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
                 .await
                 .unwrap();
+            // Growing the hold would skip the line: refused.
+            assert!(matches!(
+                w.app.resize_hold(b, hold.id.as_str(), 2).await,
+                Err(AppError::NotAdmitted)
+            ));
         } else {
             assert_eq!(v.status, QueueStatus::LotteryLost);
         }

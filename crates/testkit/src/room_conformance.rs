@@ -94,7 +94,7 @@ pub async fn pre_queue_is_placed_in_the_drawn_order(room: Arc<dyn WaitingRoom>) 
         assert!(v.pre_queue);
     }
     assert_eq!(
-        room.admit(&sale, 10, 1000, 0, 100).await.unwrap(),
+        room.admit(&sale, Some(10), 1, 1000, 0, 100).await.unwrap(),
         0,
         "no admission before the draw"
     );
@@ -122,9 +122,12 @@ pub async fn admission_is_stock_bounded_and_single_use(room: Arc<dyn WaitingRoom
         room.join(&sale, u, "d", 0).await.unwrap().unwrap();
     }
     let now = 1_000_000;
-    assert_eq!(room.admit(&sale, 2, 1000, now, 100).await.unwrap(), 2);
     assert_eq!(
-        room.admit(&sale, 2, 1000, now, 100).await.unwrap(),
+        room.admit(&sale, Some(2), 1, 1000, now, 100).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        room.admit(&sale, Some(2), 1, 1000, now, 100).await.unwrap(),
         0,
         "two outstanding"
     );
@@ -159,7 +162,9 @@ pub async fn admission_is_stock_bounded_and_single_use(room: Arc<dyn WaitingRoom
     room.settle(&sale, &users[1], 1, false).await.unwrap();
     // ...but it lapses unused: its claim on stock goes to the next in line.
     assert_eq!(
-        room.admit(&sale, 1, 1000, now + 1000, 100).await.unwrap(),
+        room.admit(&sale, Some(1), 1, 1000, now + 1000, 100)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
@@ -203,7 +208,7 @@ pub async fn device_caps_and_limits(room: Arc<dyn WaitingRoom>) {
         room.join(&sale, &c, "phone", 2).await.unwrap(),
         Err(JoinRefusal::DeviceAccountsCap)
     );
-    room.admit(&sale, 10, 1000, 0, 100).await.unwrap();
+    room.admit(&sale, Some(10), 1, 1000, 0, 100).await.unwrap();
     let ta = room.view(&sale, &a).await.unwrap().unwrap().ticket;
     let tb = room.view(&sale, &b).await.unwrap().unwrap().ticket;
     assert_eq!(
@@ -236,7 +241,10 @@ pub async fn sold_out_and_closed(room: Arc<dyn WaitingRoom>) {
         room.join(&sale, &b, "d", 0).await.unwrap(),
         Err(JoinRefusal::Closed)
     );
-    assert_eq!(room.admit(&sale, 10, 1000, 0, 100).await.unwrap(), 0);
+    assert_eq!(
+        room.admit(&sale, Some(10), 1, 1000, 0, 100).await.unwrap(),
+        0
+    );
 }
 
 /// A lottery admits its winners and ends everyone else's wait (pre-queue included).
@@ -252,7 +260,14 @@ pub async fn lottery_admits_winners_only(room: Arc<dyn WaitingRoom>) {
     want.sort();
     assert_eq!(entrants, want);
     let winners = vec![users[1].to_string(), users[3].to_string()];
-    room.apply_lottery(&sale, &winners, 1000, 0).await.unwrap();
+    // Someone joins after the entrant list was taken: the lottery does not decide for them.
+    let late = user(99);
+    room.join(&sale, &late, "d", 0).await.unwrap().unwrap();
+    room.apply_lottery(&sale, &entrants, &winners, 1000, 0)
+        .await
+        .unwrap();
+    let kept = room.view(&sale, &late).await.unwrap().unwrap();
+    assert_eq!((kept.state, kept.position), (EntryState::Waiting, 1));
     let won = room.view(&sale, &users[1]).await.unwrap().unwrap();
     assert_eq!((won.state, won.lottery_won), (EntryState::Admitted, true));
     let lost = room.view(&sale, &users[0]).await.unwrap().unwrap();
@@ -260,7 +275,7 @@ pub async fn lottery_admits_winners_only(room: Arc<dyn WaitingRoom>) {
     let stats = room.stats(&sale).await.unwrap();
     assert_eq!(
         (stats.waiting, stats.outstanding, stats.lottery_lost_total),
-        (0, 2, 2)
+        (1, 2, 2)
     );
 }
 
@@ -304,6 +319,61 @@ pub async fn seeds_keys_rules_and_draws(room: Arc<dyn WaitingRoom>) {
     assert!(room.view(&sale, &user(9)).await.unwrap().is_none());
 }
 
+/// With real clock values: an admission counts at the buyer's limit against the units, and a
+/// claim never settled (its node died mid-reservation) lapses as used, not as a second turn.
+pub async fn units_per_admission_and_unsettled_claims(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..6).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let now: i64 = 1_800_000_000_123;
+    // Five units, two per buyer: two admissions (a third could find nothing left).
+    assert_eq!(
+        room.admit(&sale, Some(5), 2, 120_000, now, 100)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        room.admit(&sale, Some(5), 2, 120_000, now, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    let v = room.view(&sale, &users[0]).await.unwrap().unwrap();
+    assert_eq!(v.admitted_until_ms, now + 120_000, "13-digit times survive");
+    assert_eq!(
+        room.claim(&sale, &users[0], "d", v.ticket, 2, 0, now + 1)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // Never settled: past the token and its grace it is used, and cannot join again.
+    room.admit(&sale, Some(0), 2, 120_000, now + 120_000 + 60_001, 100)
+        .await
+        .unwrap();
+    let after = room.view(&sale, &users[0]).await.unwrap().unwrap();
+    assert_eq!(after.state, EntryState::Used);
+    let again = room.join(&sale, &users[0], "d", 0).await.unwrap().unwrap();
+    assert_eq!(
+        again.state,
+        EntryState::Used,
+        "a used admission is not a new place"
+    );
+    // The other admission lapsed unused: expired, and may join again at the back.
+    assert_eq!(
+        room.view(&sale, &users[1]).await.unwrap().unwrap().state,
+        EntryState::Expired
+    );
+    let stats = room.stats(&sale).await.unwrap();
+    assert_eq!(
+        (stats.used_total, stats.expired_total, stats.outstanding),
+        (1, 1, 0)
+    );
+}
+
 /// Generates one `#[tokio::test]` per check for a room adapter.
 #[macro_export]
 macro_rules! room_conformance_tests {
@@ -315,7 +385,8 @@ macro_rules! room_conformance_tests {
             device_caps_and_limits,
             sold_out_and_closed,
             lottery_admits_winners_only,
-            seeds_keys_rules_and_draws
+            seeds_keys_rules_and_draws,
+            units_per_admission_and_unsettled_claims
         );
     };
     (@each $make:path, $($check:ident),*) => {
