@@ -468,8 +468,11 @@ impl App {
         let rules = self.room.rules(&sale.id).await?;
         if rules.lottery_at_start {
             self.lottery_at_start(sale, now).await?;
-            // Until the lottery is published, nobody is admitted first come, first served.
-            if !self.has_draw(&sale.id, DrawPurpose::Lottery).await? {
+            // Until the lottery is published and applied, nobody is admitted first come,
+            // first served.
+            if !self.has_draw(&sale.id, DrawPurpose::Lottery).await?
+                || self.room.pre_queue(&sale.id).await?.is_some()
+            {
                 return Ok(());
             }
         } else {
@@ -578,18 +581,31 @@ impl App {
         let Some(entrants) = self.room.pre_queue(&sale.id).await? else {
             return Ok(());
         };
-        let Some(available) = self.gate.available(&sale.id).await? else {
-            return Ok(());
+        // Publish, then apply: the first published record is what every node applies (a
+        // second node racing this one may publish its own, but applies the first), and a
+        // failure between the two is finished by the next round from the published record.
+        let record = match self.first_draw(&sale.id, DrawPurpose::Lottery).await? {
+            Some(record) => record,
+            None => {
+                let Some(available) = self.gate.available(&sale.id).await? else {
+                    return Ok(());
+                };
+                let seed = self.seed(&sale.id, DrawPurpose::Lottery).await?;
+                let winners =
+                    u64::try_from(available).unwrap_or(0) / u64::from(sale.per_user_limit.max(1));
+                let record = DrawRecord::run(
+                    sale.id.as_str(),
+                    DrawPurpose::Lottery,
+                    &seed,
+                    entrants,
+                    usize::try_from(winners).unwrap_or(0),
+                );
+                self.publish_draw(&sale.id, &record).await?;
+                self.first_draw(&sale.id, DrawPurpose::Lottery)
+                    .await?
+                    .unwrap_or(record)
+            }
         };
-        let seed = self.seed(&sale.id, DrawPurpose::Lottery).await?;
-        let winners = u64::try_from(available).unwrap_or(0) / u64::from(sale.per_user_limit.max(1));
-        let record = DrawRecord::run(
-            sale.id.as_str(),
-            DrawPurpose::Lottery,
-            &seed,
-            entrants,
-            usize::try_from(winners).unwrap_or(0),
-        );
         self.room
             .apply_lottery(
                 &sale.id,
@@ -599,13 +615,22 @@ impl App {
                 now.millis(),
             )
             .await?;
-        // Another node racing this one drew from the same seed and entrants, so the same
-        // winners; the lottery script is atomic, so the second application changes nothing.
-        // Publish once.
-        if self.has_draw(&sale.id, DrawPurpose::Lottery).await? {
-            return Ok(());
-        }
-        self.publish_draw(&sale.id, &record).await
+        Ok(())
+    }
+
+    /// The first published draw of this kind, if any.
+    async fn first_draw(
+        &self,
+        sale: &SaleId,
+        purpose: DrawPurpose,
+    ) -> Result<Option<DrawRecord>, AppError> {
+        Ok(self
+            .room
+            .draws(sale)
+            .await?
+            .iter()
+            .filter_map(|j| serde_json::from_str::<DrawRecord>(j).ok())
+            .find(|r| r.purpose == purpose))
     }
 
     async fn has_draw(&self, sale: &SaleId, purpose: DrawPurpose) -> Result<bool, AppError> {
