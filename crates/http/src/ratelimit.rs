@@ -141,6 +141,10 @@ pub struct RateLimits {
     per_device: Limiter<String>,
     checkout: Limiter<String>,
     shared: Option<Arc<dyn SharedRateLimiter>>,
+    /// After the shared limiter fails, it is skipped until then (ms since `epoch`): an
+    /// outage of Redis must not add its deadline to every request.
+    shared_down_until_ms: AtomicU64,
+    epoch: Instant,
     config: RateLimitConfig,
 }
 
@@ -168,6 +172,8 @@ impl RateLimits {
                 overflow(),
             ),
             shared: None,
+            shared_down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             config,
         }
     }
@@ -187,6 +193,10 @@ impl RateLimits {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now_ms < self.shared_down_until_ms.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         match shared
             .check(
                 &format!("{}:{key}", limiter.scope),
@@ -203,6 +213,8 @@ impl RateLimits {
                 scope: limiter.scope,
             }),
             Err(e) => {
+                self.shared_down_until_ms
+                    .store(now_ms.saturating_add(1000), Ordering::Relaxed);
                 metrics::counter!("stampede_shared_rate_limit_errors_total").increment(1);
                 tracing::debug!(error = %e, "shared rate limit unreachable: letting through");
                 Ok(())
