@@ -133,24 +133,30 @@ fn unavailable(e: impl std::fmt::Display) -> PortError {
     PortError::Unavailable(format!("redis: {e}"))
 }
 
+/// A self-healing connection to Redis with the config's deadline on connecting and on every
+/// reply, shared by the gate, the room and the rate limits.
+pub(crate) async fn connect_manager(config: &RedisGateConfig) -> PortResult<ConnectionManager> {
+    let client = redis::Client::open(config.url.as_str())
+        .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.timeout))
+        .set_response_timeout(Some(config.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    tokio::time::timeout(
+        config.timeout * 4,
+        ConnectionManager::new_with_config(client, manager_config),
+    )
+    .await
+    .map_err(|_| unavailable("connect timed out"))?
+    .map_err(unavailable)
+}
+
 impl RedisGate {
     /// Connects (within the configured deadline). The connection is re-established on its own
     /// after Redis restarts; calls made meanwhile fail fast.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisGate> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            config.timeout * 4,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
+        let conn = connect_manager(&config).await?;
         Ok(RedisGate {
             conn,
             namespace: config.namespace,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
@@ -299,20 +299,7 @@ fn to_view(raw: RawView) -> PortResult<EntryView> {
 impl RedisRoom {
     /// Connects (within the configured deadline); same settings as the gate.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisRoom> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            config.timeout * 4,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
+        let conn = crate::connect_manager(&config).await?;
         let with_view = |body: &str| Script::new(&format!("{VIEW_FN}\n{body}"));
         let with_place = |body: &str| Script::new(&format!("{PLACE}\n{body}"));
         Ok(RedisRoom {
