@@ -244,7 +244,7 @@ try {
     await dash.locator("#pause").click();
     await waitText(dash, "#control-outcome", /paused/, "the admin sees the pause");
     await waitText(buyer, "[data-role=status]", /paused/, "the buyer's badge shows paused");
-    await waitText(buyer, "#outcome", /paused/, "the buyer is told");
+    await waitText(buyer, "#sale-notice", /paused/, "the buyer is told");
     if (await buyer.locator("#buy-button").isEnabled()) throw new Error("Buy stays enabled while paused");
     await assertNoReload(buyer, "the buyer's page");
     await shot(buyer, "sale-paused.png");

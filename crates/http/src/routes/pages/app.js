@@ -258,12 +258,14 @@
       if (status === "live" && Number(card.dataset.available) <= 0) button.textContent = "Sold out";
     }
 
+    const notice = $("#sale-notice");
     card.addEventListener("salestatus", (e) => {
       refreshButton();
-      if (e.detail === "paused") say(outcome, "warn", ["This sale is paused by the shop. Stay on this page: it will resume here."]);
-      else if (e.detail === "live" && outcome.dataset.paused) outcome.replaceChildren();
-      outcome.dataset.paused = e.detail === "paused" ? "1" : "";
+      if (e.detail === "paused") say(notice, "warn", ["This sale is paused by the shop. Stay on this page: it resumes here."]);
+      else if (e.detail === "ended") say(notice, "bad", ["This sale has ended."]);
+      else notice.replaceChildren();
     });
+    if (card.dataset.status === "paused") say(notice, "warn", ["This sale is paused by the shop. Stay on this page: it resumes here."]);
     everySecond(() => { tickCountdown(card); refreshButton(); });
     watchSale(card);
 

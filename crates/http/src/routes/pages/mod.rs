@@ -225,6 +225,7 @@ pub async fn sale(State(s): State<AppState>, Path(id): Path<String>) -> Response
 <select id="quantity" name="quantity">{options}</select>
 <button type="submit" id="buy-button">Buy</button>
 </form>
+<div id="sale-notice" class="outcome" role="status" aria-live="polite"></div>
 <div id="outcome" class="outcome" role="status" aria-live="polite"></div>
 </article>"#,
         attrs = sale_attrs(&sale, now),
