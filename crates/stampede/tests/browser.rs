@@ -217,3 +217,80 @@ async fn pages_answer_escaped_html_and_cacheable_assets() {
     let stale = server.get("/assets/app.0000000000.js", None).await;
     stale.expect_problem(404, "not_found");
 }
+
+/// The dashboard's stream: admins only (401 without a token, 403 for a buyer, 404 for no such
+/// sale), then a `figures` event at once and one per second, following the judge's stock and
+/// the node's reserve window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_live_figures_stream_to_admins_only() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let buyer = server.buyer().await;
+    let sale = server
+        .create_sale_with(&admin, &common::sale_body(5, 1, 60))
+        .await;
+    let id = sale.expect(201)["sale_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/admin/sales/{id}/live");
+
+    server
+        .get(&path, None)
+        .await
+        .expect_problem(401, "unauthenticated");
+    server
+        .get(&path, Some(&buyer))
+        .await
+        .expect_problem(403, "forbidden");
+    server
+        .get(
+            "/api/v1/admin/sales/01ARZ3NDEKTSV4RRFFQ69G5FAV/live",
+            Some(&admin),
+        )
+        .await
+        .expect_problem(404, "not_found");
+
+    server.hold(&buyer, &id, 1).await;
+    server.reserve(&buyer, &id, 1).await; // over the limit of 1: refused
+    let mut res = common::http_client()
+        .get(server.url(&path))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut events = Vec::new();
+    let mut buf = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.len() < 2 && Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+            .await
+            .expect("a figures event within 5 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.contains("event: figures") {
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                events.push(serde_json::from_str::<serde_json::Value>(data).unwrap());
+            }
+        }
+    }
+    assert_eq!(events.len(), 2, "two figures events: {events:?}");
+    let f = &events[1];
+    assert_eq!(f["status"], "live");
+    assert_eq!(f["metrics"]["held"], 1);
+    assert_eq!(f["metrics"]["available"], 4);
+    assert_eq!(f["metrics"]["invariant_ok"], true);
+    assert_eq!(f["reserve"]["accepted"], 1);
+    assert_eq!(f["reserve"]["refusals"]["limit_exceeded"], 1);
+    assert_eq!(f["reserve"]["samples"], 2);
+    assert!(f["reserve"]["p99_ms"].as_f64().unwrap() >= f["reserve"]["p50_ms"].as_f64().unwrap());
+    assert!(f["orders_per_sec"].is_number() && f["admission_rate_per_sec"].is_number());
+}
