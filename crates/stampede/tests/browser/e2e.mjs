@@ -119,7 +119,7 @@ try {
   const sneaker = await createSale(admin, {
     name: "Trail runner 2", description: "Lightweight trail shoe, sizes 36–47. Ships in 48 h.",
     original_price: "140.00", sale_price: "49.00", total_stock: 10, per_user_limit: 3,
-    starts_at: new Date(now + 7000).toISOString(),
+    starts_at: new Date(now + 10_000).toISOString(),
   });
   await createSale(admin, {
     name: "Rain shell", description: "Packable waterproof jacket.", original_price: "180.00", sale_price: "72.00",
