@@ -1,7 +1,7 @@
 //! The pages in a real headless Chromium: a buyer signs up, waits for a sale on its countdown,
 //! buys, is declined, pays, and sees the order; a second browser sees the stock drop live; an
-//! admin pauses the sale and the buyer's page shows it; a waiting-room sale shows the place in
-//! line and hands over to buying. The scenarios live in `tests/browser/e2e.mjs`
+//! admin pauses the sale and the buyer's page shows it; each refusal of Buy is explained; a
+//! waiting-room sale shows the place in line and hands over to buying. The scenarios live in `tests/browser/e2e.mjs`
 //! (playwright-core driving Debian's `chromium`); this test starts the real server for them and
 //! saves their screenshots under `docs/screenshots/`.
 //!

@@ -264,6 +264,42 @@ try {
     await waitText(dash, "#create-outcome", /Created Desk lamp \(scheduled/, "the sale is created");
   });
 
+  await scenario("each answer to Buy is explained: log in, limit reached, sold out, retry after N s", async () => {
+    const pair = await createSale(admin, { name: "Last pair", description: "Two left, one per buyer.", total_stock: 2, per_user_limit: 1 });
+    const url = `${BASE}/sales/${pair.sale_id}`;
+    const enabled = () => !document.querySelector("#buy-button").disabled;
+    // The watcher's live stream is cut, so its page still offers Buy after the stock is gone
+    // and the server's own answer is what the page explains.
+    await watcher.route("**/api/v1/sales/*/events", (route) => route.abort());
+    await watcher.goto(url);
+    await watcher.waitForFunction(enabled, null, { timeout: T });
+    await watcher.locator("#buy-button").click();
+    await waitText(watcher, "#outcome", /Log in to buy/, "an anonymous visitor is asked to log in");
+    await buyer.goto(url);
+    await buyer.waitForFunction(enabled, null, { timeout: T });
+    await buyer.locator("#buy-button").click();
+    await waitText(buyer, "#outcome", /Reserved 1 ×/, "the buyer's one unit");
+    await buyer.waitForFunction(enabled, null, { timeout: T });
+    await buyer.locator("#buy-button").click();
+    await waitText(buyer, "#outcome", /Limit reached/, "a second unit is over the limit");
+    const last = await newBuyer("last");
+    expectStatus(await call("POST", "/api/v1/cart/items", last, { sale_id: pair.sale_id, quantity: 1 }), 201, "the last unit");
+    await watcher.evaluate((t) => localStorage.setItem("stampede.token", t), await newBuyer("late"));
+    await watcher.locator("#buy-button").click();
+    await waitText(watcher, "#outcome", /Sold out/, "a late buyer is told it is sold out");
+    // The server's 429 (its shape is checked by the API suites), as the page receives it.
+    await watcher.route("**/api/v1/cart/items", (route) => route.fulfill({
+      status: 429,
+      headers: { "retry-after": "3", "content-type": "application/problem+json" },
+      body: JSON.stringify({ type: "/problems/rate_limited", title: "Too many requests", status: 429, detail: "slow down", code: "rate_limited", retry_after: 3 }),
+    }));
+    await watcher.locator("#buy-button").click();
+    await waitText(watcher, "#outcome", /Retry in 3 s/, "a rate-limited buyer is told when to retry");
+    await waitText(watcher, "#buy-button", /Retry in [123] s/, "the button counts down");
+    if (await watcher.locator("#buy-button").isEnabled()) throw new Error("Buy stays enabled while rate limited");
+    await watcher.unrouteAll();
+  });
+
   await scenario("a waiting-room sale shows the place in line and hands over to buying once admitted", async () => {
     // Straight to Buy without a turn: the page says where to go.
     await buyer.goto(`${BASE}/sales/${print.sale_id}`);
