@@ -61,12 +61,27 @@ fn missing() -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
-/// `npm ci` once, when the pinned playwright-core is not installed yet.
+/// The playwright-core version `package.json` pins, and the one installed (if any).
+fn driver_versions(dir: &Path) -> (String, Option<String>) {
+    let read = |p: PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let pinned = read(dir.join("package.json"))
+        .and_then(|v| {
+            v["dependencies"]["playwright-core"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .expect("package.json pins playwright-core");
+    let installed = read(dir.join("node_modules/playwright-core/package.json"))
+        .and_then(|v| v["version"].as_str().map(str::to_owned));
+    (pinned, installed)
+}
+
+/// `npm ci` when the pinned playwright-core is not the one installed (or none is).
 fn install_driver(dir: &Path) {
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
+    let (pinned, installed) = driver_versions(dir);
+    if installed.as_deref() == Some(pinned.as_str()) {
         return;
     }
     let out = Command::new("npm")

@@ -26,6 +26,9 @@ use crate::state::AppState;
 
 pub use assets::asset;
 
+/// Sales the storefront lists at most (live first, then the soonest to start).
+const MAX_STOREFRONT_SALES: usize = 60;
+
 /// HTML-escapes text for element content and double-quoted attribute values.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -169,6 +172,8 @@ pub async fn storefront(State(s): State<AppState>) -> Response {
     };
     sales.retain(|sale| sale.status_at(now) != SaleStatus::Ended);
     sales.sort_by_key(|sale| (sale.status_at(now) == SaleStatus::Scheduled, sale.starts_at));
+    // A page a phone can load in a stampede: the next sales, not every sale ever scheduled.
+    sales.truncate(MAX_STOREFRONT_SALES);
     let mut main = String::from(
         r#"<h1>Sales</h1><p class="lede">Live and upcoming flash sales. Stock and countdowns update by themselves.</p><ul class="sales" role="list">"#,
     );
