@@ -3,6 +3,7 @@
 
 pub mod dto;
 pub mod extract;
+pub mod live;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;
@@ -82,6 +83,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::resume))
         .routes(routes!(admin::stop))
         .routes(routes!(admin::metrics))
+        .routes(routes!(admin::live))
         .routes(routes!(admin::audit))
         .routes(routes!(queue::report))
         .routes(routes!(queue::set_rules))
@@ -112,7 +114,14 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/", get(pages::storefront))
+        .route("/sales/{sale_id}", get(pages::sale))
+        .route("/sales/{sale_id}/queue", get(pages::queue))
+        .route("/cart", get(pages::cart))
+        .route("/orders", get(pages::orders))
+        .route("/login", get(pages::login))
+        .route("/signup", get(pages::signup))
         .route("/admin", get(pages::admin))
+        .route("/assets/{file}", get(pages::asset))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -74,6 +74,11 @@ impl ApiError {
         self.0.status
     }
 
+    /// The stable machine-readable code (`sold_out`, `limit_exceeded`, …).
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+
     /// 422 invalid_input.
     pub fn invalid(detail: impl Into<String>) -> Self {
         Self::new(

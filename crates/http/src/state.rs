@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use stampede_app::App;
 
+use crate::live::ReserveStats;
 use crate::ratelimit::RateLimits;
 
 /// Shared handler state: cheap to clone.
@@ -18,6 +19,8 @@ pub struct AppState {
     /// Turns true when the server is shutting down: live streams end so that graceful
     /// shutdown is not held open by viewers.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// This node's recent reserve latencies and refusals, for the admin dashboard's live view.
+    pub reserve_stats: Arc<ReserveStats>,
 }
 
 impl AppState {

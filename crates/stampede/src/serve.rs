@@ -325,6 +325,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         limits,
         prometheus: Some(prometheus),
         shutdown: streams_stop,
+        reserve_stats: Arc::default(),
     };
     let router = stampede_http::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen())

@@ -27,10 +27,24 @@ pub async fn reserve(
         .get("x-admission-token")
         .and_then(|v| v.to_str().ok());
     let device = crate::extract::device_id(&headers);
-    let hold = s
+    let started = std::time::Instant::now();
+    let result = s
         .app
         .reserve(&who, &body.sale_id, body.quantity, admission, device)
-        .await?;
+        .await
+        .map_err(ApiError::from);
+    // The dashboard's live view: answers about a real sale only (a made-up id is not_found,
+    // a bad body invalid_input), so the window's keys are sales that exist.
+    match &result {
+        Ok(_) => s
+            .reserve_stats
+            .record(&body.sale_id, started.elapsed(), None),
+        Err(e) if !matches!(e.code(), "not_found" | "invalid_input" | "internal") => s
+            .reserve_stats
+            .record(&body.sale_id, started.elapsed(), Some(e.code())),
+        Err(_) => {}
+    }
+    let hold = result?;
     Ok((StatusCode::CREATED, Json(HoldDto::from(&hold))))
 }
 
