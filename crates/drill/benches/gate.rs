@@ -3,6 +3,8 @@
 //! call from a huge stock; a third figure is the sold-out answer (the 99% case).
 //! `cargo bench -p stampede-drill --bench gate`; prints ns per operation, median of 3.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 

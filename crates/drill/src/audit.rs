@@ -279,34 +279,47 @@ mod tests {
         assert!(failed.contains(&"api and store agree"), "{failed:?}");
     }
 
+    /// A way to spoil a clean snapshot.
+    type Doctor = fn(&mut Snapshot);
+
     #[test]
     fn each_kind_of_violation_is_caught() {
-        let doctor: [(&str, fn(&mut Snapshot)); 8] = [
+        let doctor: [(&str, Doctor); 8] = [
             ("store: no buyer above the per-user limit", |s| {
-                s.store.as_mut().map(|f| f.users_over_limit = 1);
+                if let Some(f) = s.store.as_mut() {
+                    f.users_over_limit = 1;
+                }
             }),
             (
                 "store: every confirmed order has exactly one captured payment",
                 |s| {
-                    s.store
-                        .as_mut()
-                        .map(|f| f.confirmed_without_one_capture = 1);
+                    if let Some(f) = s.store.as_mut() {
+                        f.confirmed_without_one_capture = 1;
+                    }
                 },
             ),
             ("store: every hold ended exactly once", |s| {
-                s.store.as_mut().map(|f| f.overdue_active_holds = 2);
+                if let Some(f) = s.store.as_mut() {
+                    f.overdue_active_holds = 2;
+                }
             }),
             ("store: every acknowledged hold and order was kept", |s| {
                 s.acked_confirmed_orders = 91
             }),
             ("store: held == units in active holds", |s| {
-                s.store.as_mut().map(|f| f.active_units = 9);
+                if let Some(f) = s.store.as_mut() {
+                    f.active_units = 9;
+                }
             }),
             ("api: invariant_ok", |s| {
-                s.api.as_mut().map(|m| m.invariant_ok = false);
+                if let Some(m) = s.api.as_mut() {
+                    m.invariant_ok = false;
+                }
             }),
             ("api: available + held + sold == total_stock", |s| {
-                s.api.as_mut().map(|m| m.available = -1);
+                if let Some(m) = s.api.as_mut() {
+                    m.available = -1;
+                }
             }),
             ("waiting room: admitted first come, first served", |s| {
                 s.admissions = vec![

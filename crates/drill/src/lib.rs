@@ -196,7 +196,7 @@ async fn http_accounts(
     let mut tokens = vec![String::new(); n];
     let slots = Arc::new(tokio::sync::Semaphore::new(connections.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, _) in (0..n).enumerate() {
+    for i in 0..n {
         let permit = slots
             .clone()
             .acquire_owned()

@@ -188,6 +188,9 @@ pub fn markdown(run: &Run, s: &Summary, audit: &Audit) -> String {
     md
 }
 
+/// Reads one of the stock terms from a sample.
+type StockOf = fn(&crate::stats::StockSample) -> i64;
+
 fn stock_chart(path: &Path, s: &Summary) -> Result<(), DrillError> {
     let root = SVGBackend::new(path, (900, 360)).into_drawing_area();
     root.fill(&WHITE).map_err(chart_err)?;
@@ -212,7 +215,7 @@ fn stock_chart(path: &Path, s: &Summary) -> Result<(), DrillError> {
         .y_desc("units")
         .draw()
         .map_err(chart_err)?;
-    let series: [(&str, RGBColor, fn(&crate::stats::StockSample) -> i64); 3] = [
+    let series: [(&str, RGBColor, StockOf); 3] = [
         ("available", BLUE, |p| p.available),
         ("held", RGBColor(230, 140, 0), |p| p.held),
         ("sold", RGBColor(0, 150, 60), |p| p.sold),
