@@ -89,29 +89,32 @@ w() {
   taskset -c 1 wrk -t1 -c"$c" -d"$DURATION" --latency "$@" >"$work/$n.$r" 2>&1
   awk -v n="$n" '/Requests\/sec/ {print n, $2}' "$work/$n.$r" | tee -a "$work/rps"
 }
-metric() { curl -sf "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%d\n", s}'; }
-held_sold() { curl -sf "$1/api/v1/admin/sales/$3/metrics" -H "authorization: Bearer $2" | json '["held"]+0' ; }
+metric() { curl -sf "$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d\n", s}'; }
+# The sale limits: at most 10,000,000 units and 1,000 per buyer, so every accepted-reserve run
+# gets a fresh sale (BUYERS x 1,000 holds at most per sale).
+fresh() { sale "$1" "$2" "big$RANDOM" 10000000 1000; }
+commits() { # label base: commits (group-commit batches) and holds the server made
+  echo "commits $1 $(metric "$2" stampede_group_commit_batch_size_count) holds $(metric "$2" 'stampede_reserve_total{outcome="reserved"')" | tee -a "$work/commits"
+}
 echo "conditions: $(nproc) cores, servers on core 0, load on core 1; wrk -t1 $DURATION x $RUNS; $(date -u +%FT%TZ)"
 
 # ---------------------------------------------------------------- embedded: R1 R2 R5 R6
 start embedded; E=$B; EA=$(admin_token "$E")
-big=$(sale "$E" "$EA" big 100000000 100000000); gone=$(sale "$E" "$EA" gone 0 1)
+gone=$(sale "$E" "$EA" gone 0 1)
 buyers "$E" "$work/tokens"
 start embedded1 STAMPEDE_MAX_BATCH=1; E1=$B; E1A=$(admin_token "$E1")
-big1=$(sale "$E1" "$E1A" big 100000000 100000000)
 buyers "$E1" "$work/tokens1"
 for r in $(seq "$RUNS"); do
   w healthz "$r" "$CONNS" "$E/healthz"
   TOKENS_FILE=$work/tokens SALE_ID=$gone w sold_out "$r" "$CONNS" -s bench/reserve.lua "$E"
-  TOKENS_FILE=$work/tokens SALE_ID=$big w reserve "$r" "$CONNS" -s bench/reserve.lua "$E"
-  TOKENS_FILE=$work/tokens1 SALE_ID=$big1 w reserve_tx1 "$r" "$CONNS" -s bench/reserve.lua "$E1"
-  TOKENS_FILE=$work/tokens SALE_ID=$big w reserve_c16 "$r" 16 -s bench/reserve.lua "$E"
-  TOKENS_FILE=$work/tokens SALE_ID=$big w reserve_c256 "$r" 256 -s bench/reserve.lua "$E"
+  big=$(fresh "$E" "$EA"); TOKENS_FILE=$work/tokens SALE_ID=$big w reserve "$r" "$CONNS" -s bench/reserve.lua "$E"
+  big1=$(fresh "$E1" "$E1A"); TOKENS_FILE=$work/tokens1 SALE_ID=$big1 w reserve_tx1 "$r" "$CONNS" -s bench/reserve.lua "$E1"
+  big=$(fresh "$E" "$EA"); TOKENS_FILE=$work/tokens SALE_ID=$big w reserve_c16 "$r" 16 -s bench/reserve.lua "$E"
+  big=$(fresh "$E" "$EA"); TOKENS_FILE=$work/tokens SALE_ID=$big w reserve_c256 "$r" 256 -s bench/reserve.lua "$E"
 done
+commits E "$E"; commits E1 "$E1"
 for s in "E $E $EA $big" "E1 $E1 $E1A $big1"; do
   set -- $s
-  holds=$(curl -sf "$2/api/v1/admin/sales/$4/metrics" -H "authorization: Bearer $3" | json '["held"]+0')
-  echo "commits $1 $(metric "$2" stampede_group_commit_batch_size_count) holds $holds" | tee -a "$work/commits"
   curl -sf "$2/api/v1/admin/sales/$4/metrics" -H "authorization: Bearer $3" | json '["invariant_ok"]' | sed "s/^/invariant_ok $1 /" | tee -a "$work/invariants"
 done
 kill "${pids[1]}" 2>/dev/null || true
@@ -128,8 +131,8 @@ drill() { # name, then drill args
 for r in $(seq "$RUNS"); do
   drill "r8_reserve_$r" --mix reserve=100 --stock 0 --arrival steady --duration-secs $secs --buyers $((rate * secs)) --connections 256
   drill "r8_healthz_$r" --mix healthz=100 --arrival steady --duration-secs $secs --buyers $((rate * secs)) --connections 256
-  drill "r9_pay_$r" --mix pay=100 --stock 100000000 --per-user-limit 100000000 --arrival t0 --buyers 20000 --connections 64
-  drill "r9_reserve_$r" --mix reserve=100 --stock 100000000 --per-user-limit 100000000 --arrival t0 --buyers 20000 --connections 64
+  drill "r9_pay_$r" --mix pay=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers 20000 --connections 64
+  drill "r9_reserve_$r" --mix reserve=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers 20000 --connections 64
 done
 
 # ---------------------------------------------------------------- cluster: R4 R5(PG) R7
@@ -140,7 +143,7 @@ if [ -z "$SKIP_CLUSTER" ]; then
   URL="$PG?options[search_path]=$NAME"
   cluster_env=(STAMPEDE_POSTGRES_URL="$URL" STAMPEDE_REDIS_URL="$REDIS" STAMPEDE_AMQP_URL="$AMQP" STAMPEDE_CLUSTER_NAME="$NAME")
   start cluster "${cluster_env[@]}"; C=$B; CA=$(admin_token "$C")
-  cbig=$(sale "$C" "$CA" big 100000000 100000000); lim=$(sale "$C" "$CA" lim 100000000 1)
+  lim=$(sale "$C" "$CA" lim 10000000 1)
   buyers "$C" "$work/ctokens"
   while read -r t; do post "$C" /api/v1/cart/items "{\"sale_id\":\"$lim\",\"quantity\":1}" "$t" >/dev/null; done <"$work/ctokens"
   # The textbook server: same PostgreSQL, its own schema, on core 0 in turn.
@@ -160,26 +163,29 @@ PY
   redis-cli -u "$REDIS" SET "$k:avail" 100000000 >/dev/null; redis-cli -u "$REDIS" HSET "$k:users" u1 1 >/dev/null
   rhost=$(python3 -c "from urllib.parse import urlparse; u=urlparse('$REDIS'); print(u.hostname or '127.0.0.1', u.port or 6379)")
   calls() { redis-cli -u "$REDIS" INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ {s += $3} END {print s}'; }
+  bycmd() { redis-cli -u "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_/ {print $1, $3}' | sort; }
   for r in $(seq "$RUNS"); do
-    TOKENS_FILE=$work/ctokens SALE_ID=$cbig w c_reserve "$r" 64 -s bench/reserve.lua "$C"
+    cbig=$(fresh "$C" "$CA"); TOKENS_FILE=$work/ctokens SALE_ID=$cbig w c_reserve "$r" 64 -s bench/reserve.lua "$C"
     taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s bench/textbook.lua "$T" >"$work/tb.$r" 2>&1
     awk '/Requests\/sec/ {print "textbook", $2}' "$work/tb.$r" | tee -a "$work/rps"
-    before=$(calls)
+    before=$(calls); bycmd >"$work/cmd.before"
     TOKENS_FILE=$work/ctokens SALE_ID=$lim w c_gate "$r" 64 -s bench/reserve.lua "$C"
-    after=$(calls); reqs=$(awk '/requests in/ {print $1}' "$work/c_gate.$r")
+    after=$(calls); bycmd >"$work/cmd.after"; reqs=$(awk '/requests in/ {print $1}' "$work/c_gate.$r")
+    join "$work/cmd.before" "$work/cmd.after" | awk -v n="$reqs" '$3 - $2 > n / 100 {printf "  %s %.2f per reserve\n", $1, ($3 - $2) / n}'
     echo "redis_calls $((after - before)) requests $reqs" | tee -a "$work/rcalls"
     set -- $rhost
     taskset -c 1 redis-benchmark -h "$1" -p "$2" -c 64 -n 400000 -q EVALSHA "$sha" 3 "$k:avail" "$k:users" "$k:ops" u1 1 1 \
-      | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) {print "evalsha", $i; exit}}' | tee -a "$work/rps"
+      | tr '\r' '\n' | awk '/requests per second/ {for (i=2;i<=NF;i++) if ($i == "requests") {print "evalsha", $(i-1); exit}}' | tee -a "$work/rps"
   done
   curl -sf "$T/stats" | sed 's/^/textbook stats: /'
-  echo "commits C $(metric "$C" stampede_group_commit_batch_size_count) holds $(curl -sf "$C/api/v1/admin/sales/$cbig/metrics" -H "authorization: Bearer $CA" | json '["held"]+0')" | tee -a "$work/commits"
+  commits C "$C"
   curl -sf "$C/api/v1/admin/sales/$cbig/metrics" -H "authorization: Bearer $CA" | json '["invariant_ok"]' | sed "s/^/invariant_ok C /" | tee -a "$work/invariants"
   kill "${pids[-1]}" "${pids[-2]}" 2>/dev/null || true
   start cluster1 "${cluster_env[@]}" STAMPEDE_MAX_BATCH=1; C1=$B; C1A=$(admin_token "$C1")
-  cbig1=$(sale "$C1" "$C1A" big1 100000000 100000000)
-  for r in $(seq "$RUNS"); do TOKENS_FILE=$work/ctokens SALE_ID=$cbig1 w c_reserve_tx1 "$r" 64 -s bench/reserve.lua "$C1"; done
-  echo "commits C1 $(metric "$C1" stampede_group_commit_batch_size_count) holds $(curl -sf "$C1/api/v1/admin/sales/$cbig1/metrics" -H "authorization: Bearer $C1A" | json '["held"]+0')" | tee -a "$work/commits"
+  for r in $(seq "$RUNS"); do
+    cbig1=$(fresh "$C1" "$C1A"); TOKENS_FILE=$work/ctokens SALE_ID=$cbig1 w c_reserve_tx1 "$r" 64 -s bench/reserve.lua "$C1"
+  done
+  commits C1 "$C1"
   redis-cli -u "$REDIS" DEL "$k:avail" "$k:users" "$k:ops" >/dev/null
 fi
 
@@ -192,7 +198,7 @@ if [ -z "$SKIP_R10" ]; then
   mkdir -p bench/last-drill && cp "$work/r10"/* bench/last-drill/ 2>/dev/null || true
 fi
 
-( cd bench && cargo bench -q -p stampede-drill --bench gate 2>/dev/null ) | tee "$work/r3"
+cargo bench -q -p stampede-drill --bench gate | tee "$work/r3" || true
 
 python3 - "$work" <<'PY'
 import sys, statistics, collections, os, re
@@ -230,7 +236,7 @@ print(f"R6 reserve c256 / c16              {g('reserve_c256')/g('reserve_c16'):.
 print(f"R7 gate-bound reserve / EVALSHA    {g('c_gate')/g('evalsha'):.2f}   ({g('c_gate'):.0f} vs {g('evalsha'):.0f})")
 if os.path.exists(f"{w}/rcalls"):
     per = [int(l.split()[1]) / max(int(l.split()[3]), 1) for l in open(f"{w}/rcalls")]
-    print(f"   Redis calls per reserve (all clients of the shared Redis): {' · '.join(f'{x:.2f}' for x in per)}")
+    print(f"   Redis commands per reserve, those run inside the script included (all clients of the shared Redis): {' · '.join(f'{x:.2f}' for x in per)}")
 r8 = [(drill(f"r8_reserve_{r}").get("reserve"), drill(f"r8_healthz_{r}").get("healthz")) for r in range(1, 10)]
 r8 = [(a, b) for a, b in r8 if a and b]
 if r8:

@@ -75,7 +75,11 @@ pub fn markdown(run: &Run, s: &Summary, audit: &Audit) -> String {
         ("per-user limit", run.per_user_limit.to_string()),
         (
             "arrival",
-            format!("{} over {:.1} s", run.arrival, run.duration.as_secs_f64()),
+            if run.arrival == "t0" {
+                "t0 (everyone at once)".to_owned()
+            } else {
+                format!("{} over {:.1} s", run.arrival, run.duration.as_secs_f64())
+            },
         ),
         ("mix", run.mix.clone()),
         (
