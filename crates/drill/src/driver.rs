@@ -133,7 +133,8 @@ async fn refresh(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &'static
 }
 
 /// Joins the waiting room, waits to be admitted, then buys with the admission token. A server
-/// without a waiting room (404 on the queue) is counted and the buyer buys without one.
+/// without a waiting room (404 on the queue), or a sale without one (409), is counted as
+/// "queue unavailable" and the buyer buys without one.
 async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &'static str {
     let Some(token) = ctx.token(buyer.index) else {
         return "unexpected_answer";
@@ -151,12 +152,15 @@ async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &
         )
         .await;
     ctx.stats.request("queue_join", status, scheduled);
-    match status {
-        404 | 405 => {
+    match (status, code(&body)) {
+        (200..=299, _) => {}
+        (409, "sold_out") => return "sold_out",
+        (409, "sale_not_live") => return "sale_not_live",
+        // No waiting room: on this server (404) or for this sale (409). Buy without one.
+        (404 | 405 | 409, _) => {
             ctx.stats.queue_unavailable();
             return buy(ctx, buyer, Instant::now(), None).await;
         }
-        200..=299 => {}
         _ => return failure(status),
     }
     let position = body["position"].as_i64().unwrap_or(i64::MAX);
@@ -177,6 +181,8 @@ async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &
             }
             "lottery_lost" => return "lottery_lost",
             "expired" => return "queue_expired",
+            "sold_out" => return "sold_out",
+            "used" => return "queue_token_used",
             _ => {}
         }
         if Instant::now() >= deadline {
@@ -197,10 +203,12 @@ async fn buy(
         return "unexpected_answer";
     };
     ctx.stats.demanded(1);
-    let headers: Vec<(&str, &str)> = admission
-        .map(|t| ("x-admission-token", t))
-        .into_iter()
-        .collect();
+    // An admission token is bound to the device that queued: both go with the reservation.
+    let device = format!("drill-device-{}", buyer.index);
+    let headers: Vec<(&str, &str)> = match admission {
+        Some(t) => vec![("x-admission-token", t), ("x-device-id", device.as_str())],
+        None => vec![],
+    };
     let (status, body) = ctx
         .api
         .call(

@@ -118,7 +118,7 @@ pub fn markdown(run: &Run, s: &Summary, audit: &Audit) -> String {
             s.acked_confirmed_orders.to_string(),
         ),
         (
-            "queue joins without a waiting room (404)",
+            "queue joins without a waiting room (404/409: queue unavailable)",
             s.queue_unavailable.to_string(),
         ),
         (
