@@ -61,19 +61,16 @@ impl Audit {
     }
 }
 
-/// Counts inversions: pairs (a, b) with a ahead of b in line but seen admitted more than
-/// `tolerance_ms` after b. O(n log n) would be nicer; n is the admitted buyers (bounded by the
-/// stock), so a sort and a scan per buyer is enough.
+/// Counts inversions: pairs (a, b) where a's join was answered before b's was sent (so a is
+/// surely ahead in line) but a was seen admitted more than `tolerance_ms` after b. The drill
+/// polls, so it sees admissions only to within its polling interval plus a round trip; the
+/// tolerance covers that. O(n²) over admitted buyers (bounded by the stock).
 pub fn fifo_inversions(admissions: &[Admission], tolerance_ms: u64) -> u64 {
-    let mut by_place: Vec<&Admission> = admissions.iter().collect();
-    by_place.sort_by_key(|a| a.position);
     let tolerance = std::time::Duration::from_millis(tolerance_ms);
     let mut inversions = 0u64;
-    for (i, earlier) in by_place.iter().enumerate() {
-        for later in &by_place[i + 1..] {
-            if later.position > earlier.position
-                && earlier.admitted_after > later.admitted_after + tolerance
-            {
+    for a in admissions {
+        for b in admissions {
+            if a.join_answered < b.join_sent && a.admitted_after > b.admitted_after + tolerance {
                 inversions += 1;
             }
         }
@@ -324,12 +321,14 @@ mod tests {
             ("waiting room: admitted first come, first served", |s| {
                 s.admissions = vec![
                     Admission {
-                        position: 1,
+                        join_sent: Duration::from_secs(0),
+                        join_answered: Duration::from_secs(1),
                         admitted_after: Duration::from_secs(5),
                     },
                     Admission {
-                        position: 2,
-                        admitted_after: Duration::from_secs(1),
+                        join_sent: Duration::from_secs(2),
+                        join_answered: Duration::from_secs(3),
+                        admitted_after: Duration::from_secs(4),
                     },
                 ];
             }),
@@ -347,16 +346,20 @@ mod tests {
     fn admissions_within_the_polling_tolerance_are_not_inversions() {
         let seen = [
             Admission {
-                position: 1,
+                join_sent: Duration::from_millis(0),
+                join_answered: Duration::from_millis(10),
                 admitted_after: Duration::from_millis(1200),
             },
             Admission {
-                position: 2,
+                join_sent: Duration::from_millis(20),
+                join_answered: Duration::from_millis(30),
                 admitted_after: Duration::from_millis(1000),
             },
             Admission {
-                position: 3,
-                admitted_after: Duration::from_millis(3000),
+                // Joined while the first join was in flight: not surely behind it.
+                join_sent: Duration::from_millis(5),
+                join_answered: Duration::from_millis(40),
+                admitted_after: Duration::from_millis(300),
             },
         ];
         assert_eq!(fifo_inversions(&seen, 300), 0);

@@ -141,6 +141,7 @@ async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &
     };
     let device = format!("drill-device-{}", buyer.index);
     let path = format!("/api/v1/sales/{}/queue", ctx.sale_id);
+    let join_sent = Instant::now();
     let (status, body) = ctx
         .api
         .call(
@@ -151,6 +152,7 @@ async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &
             &[],
         )
         .await;
+    let join_answered = Instant::now();
     ctx.stats.request("queue_join", status, scheduled);
     match (status, code(&body)) {
         (200..=299, _) => {}
@@ -163,7 +165,6 @@ async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &
         }
         _ => return failure(status),
     }
-    let position = body["position"].as_i64().unwrap_or(i64::MAX);
     let deadline = Instant::now() + ctx.queue_patience;
     let me = format!("/api/v1/sales/{}/queue/me", ctx.sale_id);
     loop {
@@ -174,8 +175,10 @@ async fn queue_then_buy(ctx: &Ctx, buyer: PlannedBuyer, scheduled: Instant) -> &
             return failure(status);
         }
         match body["status"].as_str().unwrap_or("") {
-            "admitted" | "lottery_won" => {
-                ctx.stats.admitted(position);
+            status @ ("admitted" | "lottery_won") => {
+                if status == "admitted" {
+                    ctx.stats.admitted(join_sent, join_answered);
+                }
                 let admission = body["admission_token"].as_str().map(str::to_owned);
                 return buy(ctx, buyer, Instant::now(), admission.as_deref()).await;
             }

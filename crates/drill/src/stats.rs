@@ -36,10 +36,13 @@ pub struct StockSample {
     pub sold: i64,
 }
 
-/// A queue joiner's place at joining, and when the drill first saw it admitted.
+/// A queue joiner seen admitted: when its join was sent and answered, and when the drill first
+/// saw it admitted (all from T-0). A join answered before another was sent is surely ahead of
+/// it in line, whatever the positions (which are relative to the moment) say.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Admission {
-    pub position: i64,
+    pub join_sent: Duration,
+    pub join_answered: Duration,
     pub admitted_after: Duration,
 }
 
@@ -151,11 +154,15 @@ impl Stats {
         });
     }
 
-    pub fn admitted(&self, position: i64) {
+    /// A queue joiner admitted (first come, first served: not a lottery win).
+    pub fn admitted(&self, join_sent: Instant, join_answered: Instant) {
         let admitted_after = self.start.elapsed();
+        let join_sent = join_sent.saturating_duration_since(self.start);
+        let join_answered = join_answered.saturating_duration_since(self.start);
         self.with(|s| {
             s.admissions.push(Admission {
-                position,
+                join_sent,
+                join_answered,
                 admitted_after,
             })
         });
