@@ -15,17 +15,18 @@
 #       PostgreSQL) ÷ redis-benchmark EVALSHA of the same script; Redis calls per reserve
 #   R8  sold-out reserve p99 ÷ /healthz p99, open model at 50% of the reserve's wrk peak
 #       (the drill's driver: latency from the scheduled time)
-#   R9  checkout flow (reserve + order + sandbox payment) ÷ reserve alone (drill, T-0 burst)
+#   R9  checkout flow (reserve + order + sandbox payment) ÷ reserve alone (drill, R9_BUYERS at
+#       T-0, 64 connections)
 #   R10 a R10_BUYERS-buyer drill's wall time ÷ the same number of bare /healthz by the same
 #       driver (both against an embedded server the drill starts on core 0)
 #
-# Usage: bench/ratios.sh      env: DURATION=8s RUNS=3 CONNS=64 BUYERS=200 R10_BUYERS=1000000
+# Usage: bench/ratios.sh      env: DURATION=8s RUNS=3 CONNS=64 BUYERS=200 R9_BUYERS=10000 R10_BUYERS=1000000
 #                             SKIP_CLUSTER=1 (no PostgreSQL/Redis/RabbitMQ) SKIP_R10=1
 #                             PG=… REDIS=… AMQP=… (as bench/cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}; RUNS=${RUNS:-3}; CONNS=${CONNS:-64}; BUYERS=${BUYERS:-200}
-R10_BUYERS=${R10_BUYERS:-1000000}; SKIP_CLUSTER=${SKIP_CLUSTER:-}; SKIP_R10=${SKIP_R10:-}
+R10_BUYERS=${R10_BUYERS:-1000000}; R9_BUYERS=${R9_BUYERS:-10000}; SKIP_CLUSTER=${SKIP_CLUSTER:-}; SKIP_R10=${SKIP_R10:-}
 PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
 REDIS=${REDIS:-redis://127.0.0.1:6379/}
 AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -131,8 +132,8 @@ drill() { # name, then drill args
 for r in $(seq "$RUNS"); do
   drill "r8_reserve_$r" --mix reserve=100 --stock 0 --arrival steady --duration-secs $secs --buyers $((rate * secs)) --connections 256
   drill "r8_healthz_$r" --mix healthz=100 --arrival steady --duration-secs $secs --buyers $((rate * secs)) --connections 256
-  drill "r9_pay_$r" --mix pay=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers 20000 --connections 64
-  drill "r9_reserve_$r" --mix reserve=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers 20000 --connections 64
+  drill "r9_pay_$r" --mix pay=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers "$R9_BUYERS" --connections 64
+  drill "r9_reserve_$r" --mix reserve=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers "$R9_BUYERS" --connections 64
 done
 
 # ---------------------------------------------------------------- cluster: R4 R5(PG) R7
@@ -200,9 +201,9 @@ fi
 
 cargo bench -q -p stampede-drill --bench gate | tee "$work/r3" || true
 
-python3 - "$work" <<'PY'
+python3 - "$work" "$R9_BUYERS" <<'PY'
 import sys, statistics, collections, os, re
-w = sys.argv[1]
+w = sys.argv[1]; r9_buyers = int(sys.argv[2])
 runs = collections.defaultdict(list)
 for line in open(f"{w}/rps"):
     name, v = line.split(); runs[name].append(float(v))
@@ -246,7 +247,7 @@ r9 = [(drill(f"r9_pay_{r}").get("wall"), drill(f"r9_reserve_{r}").get("wall")) f
 r9 = [(a, b) for a, b in r9 if a and b]
 if r9:
     pay, res = mdn([a for a, _ in r9]), mdn([b for _, b in r9])
-    print(f"R9 checkout / reserve throughput   {res/pay:.2f}   (20,000 buyers: {20000/pay:.0f} checkouts/s vs {20000/res:.0f} reserves/s)")
+    print(f"R9 checkout / reserve throughput   {res/pay:.2f}   ({r9_buyers} buyers: {r9_buyers/pay:.0f} checkouts/s vs {r9_buyers/res:.0f} reserves/s)")
 a, b = drill("r10"), drill("r10h")
 if a.get("wall") and b.get("wall"):
     print(f"R10 drill wall / bare requests     {a['wall']/b['wall']:.2f}   ({a['wall']:.1f} s vs {b['wall']:.1f} s; audit {a.get('audit')})")
