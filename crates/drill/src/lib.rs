@@ -118,11 +118,12 @@ pub struct DrillArgs {
     pub no_settle: bool,
     /// The store of --target, read (read-only) by the audit: a PostgreSQL URL or a SQLite
     /// file. The embedded server's store is always read.
-    #[arg(long, hide_env_values = true)]
+    #[arg(long)]
     pub store: Option<String>,
     /// Admin account on --target (the embedded server gets one of its own).
     #[arg(long, env = "STAMPEDE_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
+    /// That admin's password (prefer the environment variable over the flag).
     #[arg(long, env = "STAMPEDE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// How buyers get accounts.
