@@ -53,6 +53,10 @@ enum Command {
         /// A file with the published JSON, or `-` for standard input.
         input: PathBuf,
     },
+    /// Rehearse a flash sale: virtual buyers under an open-model load against --target (or
+    /// an embedded server started in a temporary data dir), then an audit of the invariants
+    /// and a report (Markdown and SVG charts). Exits non-zero if the audit finds a violation.
+    Drill(Box<stampede_drill::DrillArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,16 @@ fn main() -> anyhow::Result<()> {
         Command::Worker(args) => {
             let args = args.merge_file()?;
             runtime()?.block_on(serve::serve(args, false))
+        }
+        Command::Drill(args) => {
+            let exe = std::env::current_exe()?;
+            let clock = std::sync::Arc::new(serve::SystemClock);
+            let outcome = runtime()?.block_on(stampede_drill::run(*args, &exe, clock))?;
+            if !outcome.audit.passed() {
+                // The audit's verdict is the drill's exit status.
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }
