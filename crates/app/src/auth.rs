@@ -227,6 +227,12 @@ impl App {
             return Err(AppError::BadCredentials);
         }
         let user = creds.ok_or(AppError::BadCredentials)?.user;
+        // Checked after the password, so a guesser learns nothing about the account.
+        let status = self.store.account(&user.id).await?.map(|a| a.status);
+        if status != Some(crate::ports::UserStatus::Active) {
+            metrics::counter!("stampede_logins_total", "outcome" => "disabled").increment(1);
+            return Err(AppError::Forbidden);
+        }
         let token = new_token();
         let now = self.clock.now();
         let session = Session {

@@ -82,6 +82,7 @@ impl App {
         if let (Err(e), Some(sale)) = (&result, SaleId::parse(sale_id)) {
             if !matches!(e, AppError::NotFound | AppError::InvalidInput(_)) {
                 self.count_reserve_refusal(&sale, outcome);
+                self.count_user_refusal(&who.user_id, outcome);
             }
         }
         metrics::counter!("stampede_reserve_total", "outcome" => outcome).increment(1);

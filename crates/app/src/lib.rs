@@ -3,6 +3,7 @@
 //! Dependencies point one way: `core ← app ← {adapters, http} ← stampede`. Nothing here knows
 //! whether it runs on SQLite and in-process counters or on PostgreSQL, Redis and RabbitMQ.
 
+pub mod accounts;
 pub mod auth;
 pub mod background;
 pub mod cart;
@@ -96,6 +97,11 @@ pub struct App {
     pub(crate) queue_tick: tokio::sync::watch::Sender<u64>,
     /// Admission rate per sale as this node measured it (for ETAs).
     pub(crate) queue_rates: dashmap::DashMap<SaleId, waiting_room::RateSample>,
+    /// Refused reservations per buyer and reason (bounded), for the admin's account page.
+    pub(crate) user_refusals: moka::sync::Cache<
+        stampede_core::UserId,
+        Arc<Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+    >,
     /// Rooms this node saw closed (final: all sold or the sale ended).
     pub(crate) closed_rooms: dashmap::DashSet<SaleId>,
     /// Draws this node knows are published (sale, purpose).
@@ -144,6 +150,7 @@ impl App {
             sold_out_at: dashmap::DashMap::new(),
             drawing: tokio::sync::Mutex::new(()),
             closed_rooms: dashmap::DashSet::new(),
+            user_refusals: moka::sync::Cache::new(100_000),
             drawn_here: dashmap::DashSet::new(),
             queue_refusals: dashmap::DashMap::new(),
             dirty_stock: Mutex::new(HashSet::new()),

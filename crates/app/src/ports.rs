@@ -66,6 +66,46 @@ pub struct User {
     pub created_at: Timestamp,
 }
 
+/// Whether an account may be used. A disabled or banned account cannot log in, and changing
+/// to either ends its sessions at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+    Banned,
+}
+
+impl UserStatus {
+    /// The stored and wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+            UserStatus::Banned => "banned",
+        }
+    }
+
+    /// Parses the stored word.
+    pub fn parse(s: &str) -> Option<UserStatus> {
+        match s {
+            "active" => Some(UserStatus::Active),
+            "disabled" => Some(UserStatus::Disabled),
+            "banned" => Some(UserStatus::Banned),
+            _ => None,
+        }
+    }
+}
+
+/// An account as an admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAccount {
+    pub user: User,
+    pub status: UserStatus,
+    /// Why it was disabled or banned (kept after it is lifted).
+    pub status_reason: String,
+}
+
 /// A user with the PHC-format argon2id hash of their password: only the login path sees this.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -321,6 +361,26 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, token_hash: &str) -> PortResult<Option<Session>>;
     /// Deletes a session; `Ok(false)` if there was none.
     async fn delete_session(&self, token_hash: &str) -> PortResult<bool>;
+    /// Sets an account's status and reason; unless it is active again, deletes its sessions in
+    /// the same transaction. Returns the deleted sessions' token hashes (so every node can drop
+    /// them from its cache), or `None` if there is no such user. Sessions of a non-active
+    /// account are never returned by [`Store::session`] either.
+    async fn set_user_status(
+        &self,
+        user: &UserId,
+        status: UserStatus,
+        reason: &str,
+    ) -> PortResult<Option<Vec<String>>>;
+    /// One account with its status.
+    async fn account(&self, user: &UserId) -> PortResult<Option<UserAccount>>;
+    /// Accounts whose email or name contains `query` (case-insensitive; empty: all), by id,
+    /// after the id `after`, at most `limit`.
+    async fn accounts(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> PortResult<Vec<UserAccount>>;
 
     // --- sales
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()>;

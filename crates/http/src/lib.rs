@@ -29,7 +29,7 @@ pub use problem::{ApiError, Problem};
 pub use ratelimit::{RateLimitConfig, RateLimits};
 pub use state::AppState;
 
-use routes::{accounts, admin, cart, notifications, ops, orders, pages, queue, sales};
+use routes::{accounts, admin, cart, notifications, ops, orders, pages, queue, sales, users};
 
 /// Largest request body accepted; larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -85,6 +85,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::metrics))
         .routes(routes!(admin::live))
         .routes(routes!(admin::audit))
+        .routes(routes!(users::list))
+        .routes(routes!(users::detail))
+        .routes(routes!(users::set_status))
         .routes(routes!(queue::report))
         .routes(routes!(queue::set_rules))
         .routes(routes!(queue::lottery))

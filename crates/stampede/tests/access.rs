@@ -61,7 +61,10 @@ async fn admin_routes_refuse_buyers_and_anonymous_callers() {
     let admin = server.admin_token().await;
     let sale = server.create_sale(&admin, 5, 1, 300).await;
     let buyer = server.buyer().await;
-    let ids = BTreeMap::from([("sale_id", sale.clone())]);
+    let ids = BTreeMap::from([
+        ("sale_id", sale.clone()),
+        ("user_id", server.user_id_of(&buyer).await),
+    ]);
     let mut checked = 0;
     for (method, template) in routes(&server).await {
         if !template.starts_with("/api/v1/admin") {

@@ -523,4 +523,77 @@ in_both_modes! {
             bad.join("\n  ")
         );
     }
+
+    /// Banning a buyer ends their sessions within one request (the next one is refused, even
+    /// with the token cached) and returns their held stock; they cannot log in; the reason is
+    /// kept; reinstating lets them back in. An admin account cannot be banned this way.
+    async fn banning_a_buyer_ends_their_sessions_and_returns_their_stock(mode) {
+        let server = TestServer::start_in(mode.clone()).await;
+        let admin = server.admin_token().await;
+        let sale = server.create_sale(&admin, 10, 5, 300).await;
+        let email = common::unique_email("scalper");
+        let token = server.register_and_login(&email).await;
+        let second = server.login_token(&email, common::PASSWORD).await;
+        server.hold(&token, &sale, 3).await;
+        server.hold(&second, &sale, 2).await;
+        assert_eq!(server.metrics(&admin, &sale).await["held"], 5);
+        let user_id = server.user_id_of(&token).await;
+        server.get("/api/v1/cart", Some(&token)).await.expect(200);
+        let r = server
+            .post(
+                &format!("/api/v1/admin/users/{user_id}/status"),
+                Some(&admin),
+                &json!({ "status": "banned", "reason": "scalping" }),
+            )
+            .await;
+        let banned = r.expect(200);
+        assert_eq!((banned["status"].as_str(), banned["status_reason"].as_str()), (Some("banned"), Some("scalping")));
+        server.get("/api/v1/cart", Some(&token)).await.expect_problem(401, "unauthenticated");
+        server.reserve(&second, &sale, 1).await.expect_problem(401, "unauthenticated");
+        let m = server.metrics(&admin, &sale).await;
+        assert_eq!(
+            (m["held"].as_i64(), m["available"].as_i64(), m["invariant_ok"].as_bool()),
+            (Some(0), Some(10), Some(true)),
+            "the banned buyer's holds went back to stock: {m}"
+        );
+        server.login(&email, common::PASSWORD).await.expect_problem(403, "forbidden");
+        let detail = server.get(&format!("/api/v1/admin/users/{user_id}"), Some(&admin)).await;
+        let detail = detail.expect(200);
+        assert_eq!(detail["account"]["status"], "banned");
+        assert_eq!(detail["live_holds"].as_array().map(Vec::len), Some(0));
+        let found = server.get("/api/v1/admin/users?q=SCALPER", Some(&admin)).await;
+        let found = found.expect(200);
+        assert!(found["users"].as_array().unwrap().iter().any(|u| u["user_id"] == user_id.as_str()));
+        server
+            .post(
+                &format!("/api/v1/admin/users/{user_id}/status"),
+                Some(&admin),
+                &json!({ "status": "banned", "reason": "" }),
+            )
+            .await
+            .expect_problem(422, "invalid_input");
+        server
+            .post(
+                &format!("/api/v1/admin/users/{user_id}/status"),
+                Some(&admin),
+                &json!({ "status": "active", "reason": "appeal upheld" }),
+            )
+            .await
+            .expect(200);
+        let back = server.login_token(&email, common::PASSWORD).await;
+        server.get("/api/v1/cart", Some(&back)).await.expect(200);
+        let admin_id = server.user_id_of(&admin).await;
+        server
+            .post(
+                &format!("/api/v1/admin/users/{admin_id}/status"),
+                Some(&admin),
+                &json!({ "status": "banned", "reason": "x" }),
+            )
+            .await
+            .expect_problem(409, "conflict");
+        server
+            .get("/api/v1/admin/users/01J00000000000000000000000", Some(&admin))
+            .await
+            .expect_problem(404, "not_found");
+    }
 }

@@ -44,7 +44,8 @@ use sqlx::PgPool;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
     IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, WebhookDelivery,
+    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
+    UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
@@ -162,6 +163,28 @@ impl Store for PgStore {
 
     async fn delete_session(&self, token_hash: &str) -> PortResult<bool> {
         users::delete_session(&self.pool, token_hash).await
+    }
+
+    async fn set_user_status(
+        &self,
+        user: &UserId,
+        status: UserStatus,
+        reason: &str,
+    ) -> PortResult<Option<Vec<String>>> {
+        users::set_status(&self.pool, user, status, reason).await
+    }
+
+    async fn account(&self, user: &UserId) -> PortResult<Option<UserAccount>> {
+        users::account_by_id(&self.pool, user).await
+    }
+
+    async fn accounts(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> PortResult<Vec<UserAccount>> {
+        users::accounts(&self.pool, query, after, limit).await
     }
 
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()> {

@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use stampede_app::ports::{Credentials, PortResult, Role, Session, User};
+use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::OrPort;
@@ -115,7 +115,7 @@ pub(crate) async fn insert_session(
 pub(crate) async fn session(pool: &PgPool, token_hash: &str) -> PortResult<Option<Session>> {
     let row = sqlx::query(
         "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
-         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'",
     )
     .bind(token_hash)
     .fetch_optional(pool)
@@ -140,4 +140,92 @@ pub(crate) async fn delete_session(pool: &PgPool, token_hash: &str) -> PortResul
         .await
         .port()?;
     Ok(done.rows_affected() > 0)
+}
+
+fn account(row: &sqlx::postgres::PgRow) -> PortResult<UserAccount> {
+    Ok(UserAccount {
+        user: rows::user(row)?,
+        status: col_word(row, "status", UserStatus::parse)?,
+        status_reason: col(row, "status_reason")?,
+    })
+}
+
+/// Sets the status; ends the sessions of an account that is no longer active, in one
+/// transaction (the user row is locked first, so a login racing the change either lands
+/// before it, and its session is deleted here, or after it, and [`session`] refuses it).
+pub(crate) async fn set_status(
+    pool: &PgPool,
+    user: &UserId,
+    status: UserStatus,
+    reason: &str,
+) -> PortResult<Option<Vec<String>>> {
+    let mut tx = pool.begin().await.port()?;
+    let done = sqlx::query("UPDATE users SET status = $1, status_reason = $2 WHERE id = $3")
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await
+        .port()?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let mut ended = Vec::new();
+    if status != UserStatus::Active {
+        let rows = sqlx::query("DELETE FROM sessions WHERE user_id = $1 RETURNING token_hash")
+            .bind(user.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .port()?;
+        for r in &rows {
+            ended.push(col(r, "token_hash")?);
+        }
+    }
+    tx.commit().await.port()?;
+    Ok(Some(ended))
+}
+
+/// One account with its status.
+pub(crate) async fn account_by_id(pool: &PgPool, user: &UserId) -> PortResult<Option<UserAccount>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        user_cols!(),
+        ", status, status_reason FROM users WHERE id = $1"
+    ))
+    .bind(user.as_str())
+    .fetch_optional(pool)
+    .await
+    .port()?;
+    row.map(|r| account(&r)).transpose()
+}
+
+/// Accounts matching `query` in email or name, by id, after `after`.
+pub(crate) async fn accounts(
+    pool: &PgPool,
+    query: &str,
+    after: Option<&UserId>,
+    limit: u32,
+) -> PortResult<Vec<UserAccount>> {
+    let pattern = format!(
+        "%{}%",
+        query
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        user_cols!(),
+        ", status, status_reason FROM users \
+         WHERE (lower(email) LIKE $1 OR lower(name) LIKE $1) \
+         AND id > $2 ORDER BY id LIMIT $3"
+    ))
+    .bind(pattern)
+    .bind(after.map(|a| a.as_str()).unwrap_or(""))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .port()?;
+    rows.iter().map(account).collect()
 }

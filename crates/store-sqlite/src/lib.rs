@@ -40,7 +40,8 @@ use sqlx::SqlitePool;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
     IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, WebhookDelivery,
+    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
+    UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
@@ -157,6 +158,28 @@ impl Store for SqliteStore {
 
     async fn delete_session(&self, token_hash: &str) -> PortResult<bool> {
         users::delete_session(&self.writer, token_hash).await
+    }
+
+    async fn set_user_status(
+        &self,
+        user: &UserId,
+        status: UserStatus,
+        reason: &str,
+    ) -> PortResult<Option<Vec<String>>> {
+        users::set_status(&self.writer, user, status, reason).await
+    }
+
+    async fn account(&self, user: &UserId) -> PortResult<Option<UserAccount>> {
+        users::account_by_id(&self.reader, user).await
+    }
+
+    async fn accounts(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> PortResult<Vec<UserAccount>> {
+        users::accounts(&self.reader, query, after, limit).await
     }
 
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()> {

@@ -3,7 +3,7 @@
 
 use sqlx::SqlitePool;
 
-use stampede_app::ports::{Credentials, PortResult, Role, Session, User};
+use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::OrPort;
@@ -119,7 +119,7 @@ pub(crate) async fn insert_session(
 pub(crate) async fn session(reader: &SqlitePool, token_hash: &str) -> PortResult<Option<Session>> {
     let row = sqlx::query(
         "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
-         JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1",
+         JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1 AND u.status = 'active'",
     )
     .bind(token_hash)
     .fetch_optional(reader)
@@ -144,4 +144,94 @@ pub(crate) async fn delete_session(writer: &SqlitePool, token_hash: &str) -> Por
         .await
         .port()?;
     Ok(done.rows_affected() > 0)
+}
+
+fn account(row: &sqlx::sqlite::SqliteRow) -> PortResult<UserAccount> {
+    Ok(UserAccount {
+        user: rows::user(row)?,
+        status: col_word(row, "status", UserStatus::parse)?,
+        status_reason: col(row, "status_reason")?,
+    })
+}
+
+/// Sets the status; ends the sessions of an account that is no longer active, in one
+/// transaction.
+pub(crate) async fn set_status(
+    writer: &SqlitePool,
+    user: &UserId,
+    status: UserStatus,
+    reason: &str,
+) -> PortResult<Option<Vec<String>>> {
+    let mut tx = writer.begin_with(BEGIN_WRITE).await.port()?;
+    let done = sqlx::query("UPDATE users SET status = ?1, status_reason = ?2 WHERE id = ?3")
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await
+        .port()?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let mut ended = Vec::new();
+    if status != UserStatus::Active {
+        let rows = sqlx::query("DELETE FROM sessions WHERE user_id = ?1 RETURNING token_hash")
+            .bind(user.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .port()?;
+        for r in &rows {
+            ended.push(col(r, "token_hash")?);
+        }
+    }
+    tx.commit().await.port()?;
+    Ok(Some(ended))
+}
+
+/// One account with its status.
+pub(crate) async fn account_by_id(
+    reader: &SqlitePool,
+    user: &UserId,
+) -> PortResult<Option<UserAccount>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        user_cols!(),
+        ", status, status_reason FROM users WHERE id = ?1"
+    ))
+    .bind(user.as_str())
+    .fetch_optional(reader)
+    .await
+    .port()?;
+    row.map(|r| account(&r)).transpose()
+}
+
+/// Accounts matching `query` in email or name, by id, after `after`.
+pub(crate) async fn accounts(
+    reader: &SqlitePool,
+    query: &str,
+    after: Option<&UserId>,
+    limit: u32,
+) -> PortResult<Vec<UserAccount>> {
+    let pattern = format!(
+        "%{}%",
+        query
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        user_cols!(),
+        ", status, status_reason FROM users \
+         WHERE (lower(email) LIKE ?1 ESCAPE '\\' OR lower(name) LIKE ?1 ESCAPE '\\') \
+         AND id > ?2 ORDER BY id LIMIT ?3"
+    ))
+    .bind(pattern)
+    .bind(after.map(|a| a.as_str()).unwrap_or(""))
+    .bind(i64::from(limit))
+    .fetch_all(reader)
+    .await
+    .port()?;
+    rows.iter().map(account).collect()
 }

@@ -69,6 +69,7 @@ macro_rules! store_conformance_tests {
             retake_of_an_unswept_hold_expires_it_first,
             authorization_is_all_or_nothing_across_holds,
             users_sessions_and_admins,
+            account_status_ends_sessions_and_accounts_are_searchable,
             update_sale_moves_available_with_total,
             idempotency_keys,
             webhook_events_are_seen_once,

@@ -731,6 +731,102 @@ pub async fn authorization_is_all_or_nothing_across_holds(store: Arc<dyn Store>)
 
 // --- users, sessions, sales --------------------------------------------------------------
 
+/// Banning ends every session of the account at once and keeps the reason; search finds
+/// accounts by email or name, case-insensitively, in id order with a cursor; lifting the ban
+/// lets new sessions work again.
+pub async fn account_status_ends_sessions_and_accounts_are_searchable(store: Arc<dyn Store>) {
+    use stampede_app::ports::UserStatus;
+    let f = Fx { store };
+    let bea = a_user(11, "bea@example.com", Role::Buyer);
+    let bob = User {
+        name: "Bob 100%_sure".into(),
+        ..a_user(12, "bob@example.com", Role::Buyer)
+    };
+    f.store.insert_user(&bea, "h").await.unwrap();
+    f.store.insert_user(&bob, "h").await.unwrap();
+    for (t, who) in [("s1", &bea), ("s2", &bea), ("s3", &bob)] {
+        let session = Session {
+            token_hash: t.into(),
+            user_id: who.id.clone(),
+            role: Role::Buyer,
+            expires_at: T0.plus_secs(3_600),
+        };
+        f.store.insert_session(&session, T0).await.unwrap();
+    }
+    let mut ended = f
+        .store
+        .set_user_status(&bea.id, UserStatus::Banned, "scalping")
+        .await
+        .unwrap()
+        .unwrap();
+    ended.sort();
+    assert_eq!(ended, vec!["s1", "s2"]);
+    assert_eq!(f.store.session("s1").await.unwrap(), None);
+    assert!(
+        f.store.session("s3").await.unwrap().is_some(),
+        "others keep theirs"
+    );
+    let account = f.store.account(&bea.id).await.unwrap().unwrap();
+    assert_eq!(
+        (account.status, account.status_reason.as_str()),
+        (UserStatus::Banned, "scalping")
+    );
+    // A session written after the ban (a login racing it) is not honoured either.
+    let late = Session {
+        token_hash: "s4".into(),
+        user_id: bea.id.clone(),
+        role: Role::Buyer,
+        expires_at: T0.plus_secs(3_600),
+    };
+    f.store.insert_session(&late, T0).await.unwrap();
+    assert_eq!(f.store.session("s4").await.unwrap(), None);
+    assert_eq!(
+        f.store
+            .set_user_status(&user(99), UserStatus::Banned, "x")
+            .await
+            .unwrap(),
+        None
+    );
+    // Lifted: the next session works.
+    let lifted = f
+        .store
+        .set_user_status(&bea.id, UserStatus::Active, "appeal upheld")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lifted.is_empty());
+    assert!(f.store.session("s4").await.unwrap().is_some());
+
+    let found = |q: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .accounts(q, None, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| a.user.email)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("BEA@").await, vec!["bea@example.com"]);
+    assert_eq!(
+        found("100%_").await,
+        vec!["bob@example.com"],
+        "wildcards are literal"
+    );
+    assert_eq!(found("%").await, vec!["bob@example.com"]);
+    assert_eq!(found("example.com").await.len(), 2);
+    let first = f.store.accounts("", None, 1).await.unwrap();
+    let next = f
+        .store
+        .accounts("", Some(&first[0].user.id), 10)
+        .await
+        .unwrap();
+    assert!(next.iter().all(|a| a.user.id > first[0].user.id));
+    assert_eq!(next.len() + 1, 2);
+}
+
 fn a_user(n: u32, email: &str, role: Role) -> User {
     User {
         id: user(n),

@@ -9,3 +9,4 @@ pub mod orders;
 pub mod pages;
 pub mod queue;
 pub mod sales;
+pub mod users;

@@ -765,6 +765,15 @@ impl Api {
             .await
     }
 
+    /// The user id behind a token (`GET /api/v1/me`).
+    pub async fn user_id_of(&self, token: &str) -> String {
+        let r = self.get("/api/v1/me", Some(token)).await;
+        r.expect(200)["user_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("me has no user_id: {}", r.text))
+            .to_owned()
+    }
+
     pub async fn admin_token(&self) -> String {
         let r = self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
         r.expect(200);
