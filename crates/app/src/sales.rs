@@ -22,7 +22,11 @@ pub struct SaleDraft {
     pub name: String,
     pub description: String,
     pub original_price: String,
+    /// The price charged; leave empty to give `discount_percent` instead.
     pub sale_price: String,
+    /// A percentage off `original_price` (0–100), rounded by [`Money::percent_off`]'s rule;
+    /// the resulting price is stored as the sale price, so what buyers see is what they pay.
+    pub discount_percent: Option<i64>,
     pub currency: String,
     pub total_stock: i64,
     pub starts_at: Timestamp,
@@ -214,12 +218,32 @@ impl App {
             .map_err(|e| AppError::invalid(format!("currency: {e}")))?;
         let now = self.clock.now();
         let total = in_range("total_stock", draft.total_stock, 0, MAX_STOCK)?;
+        let original_price = price("original_price", &draft.original_price, &currency)?;
+        let sale_price = match (draft.discount_percent, draft.sale_price.trim().is_empty()) {
+            (Some(percent), true) => {
+                let percent = to_u32("discount_percent", percent, 0, 100)?;
+                original_price
+                    .percent_off(percent)
+                    .ok_or_else(|| AppError::invalid("discount_percent must be 0 to 100"))?
+            }
+            (None, false) => price("sale_price", &draft.sale_price, &currency)?,
+            (Some(_), false) => {
+                return Err(AppError::invalid(
+                    "give sale_price or discount_percent, not both",
+                ))
+            }
+            (None, true) => {
+                return Err(AppError::invalid(
+                    "sale_price (or discount_percent) is required",
+                ))
+            }
+        };
         let sale = Sale {
             id: SaleId::generate(now.millis(), rand::random()),
             name: check_text("name", &draft.name, 200, true)?,
             description: check_text("description", &draft.description, 5000, false)?,
-            original_price: price("original_price", &draft.original_price, &currency)?,
-            sale_price: price("sale_price", &draft.sale_price, &currency)?,
+            original_price,
+            sale_price,
             currency,
             starts_at: draft.starts_at,
             ends_at: draft.ends_at,

@@ -64,6 +64,18 @@ pub struct Money(pub i64);
 const MAX_MINOR: i64 = 1_000_000_000_000;
 
 impl Money {
+    /// The price after `percent` off, in minor units. The one rounding rule: the discount is
+    /// `price × percent / 100` rounded *down* to the minor unit, and the price is what is
+    /// left. So the buyer pays at most one minor unit more than the exact figure, never less,
+    /// and 0% or 100% off are exact. `None` for a percentage outside 0..=100.
+    pub fn percent_off(self, percent: u32) -> Option<Money> {
+        if percent > 100 || self.0 < 0 {
+            return None;
+        }
+        let discount = i128::from(self.0) * i128::from(percent) / 100;
+        i64::try_from(i128::from(self.0) - discount).ok().map(Money)
+    }
+
     /// Parses a client's decimal string in `currency`. Refuses floats-in-disguise like "1e3",
     /// negatives, and more decimals than the currency has (no silent rounding of prices).
     pub fn parse(text: &str, currency: &Currency) -> Result<Self, MoneyError> {
@@ -148,5 +160,37 @@ mod tests {
             let c = eur();
             prop_assert_eq!(Money::parse(&Money(minor).format(&c), &c), Ok(Money(minor)));
         }
+    }
+
+    proptest::proptest! {
+        /// The price shown for a percentage off is the rule's, within one minor unit above the
+        /// exact figure, never below it, never negative, never above the original.
+        #[test]
+        fn percent_off_follows_the_one_rounding_rule(price in 0i64..=1_000_000_000_000, percent in 0u32..=100) {
+            let sale = Money(price).percent_off(percent).unwrap();
+            let exact_times_100 = i128::from(price) * i128::from(100 - percent);
+            let got_times_100 = i128::from(sale.0) * 100;
+            proptest::prop_assert!(got_times_100 >= exact_times_100);
+            proptest::prop_assert!(got_times_100 - exact_times_100 < 100);
+            proptest::prop_assert!(sale.0 >= 0 && sale.0 <= price);
+            proptest::prop_assert_eq!(sale.0, price - price * i64::from(percent) / 100);
+        }
+    }
+
+    #[test]
+    fn percent_off_edges() {
+        assert_eq!(Money(1000).percent_off(0), Some(Money(1000)));
+        assert_eq!(Money(1000).percent_off(100), Some(Money(0)));
+        assert_eq!(
+            Money(999).percent_off(33),
+            Some(Money(670)),
+            "329.67 off rounds down to 329"
+        );
+        assert_eq!(
+            Money(1).percent_off(50),
+            Some(Money(1)),
+            "half a cent off is no cent off"
+        );
+        assert_eq!(Money(1000).percent_off(101), None);
     }
 }

@@ -282,7 +282,12 @@ pub struct CreateSaleBody {
     #[serde(default)]
     pub description: String,
     pub original_price: String,
+    /// The price charged, or leave it out and give `discount_percent`.
+    #[serde(default)]
     pub sale_price: String,
+    /// A percentage off `original_price` (0–100): the discount is rounded down to the minor
+    /// unit and the sale price is what is left (what buyers see is what they pay).
+    pub discount_percent: Option<i64>,
     pub currency: String,
     pub total_stock: i64,
     pub starts_at: String,

@@ -465,6 +465,7 @@ pub async fn seed_demo(app: &Arc<App>) -> anyhow::Result<()> {
                 description: desc.into(),
                 original_price: was.into(),
                 sale_price: price.into(),
+                discount_percent: None,
                 currency: "EUR".into(),
                 total_stock: stock,
                 starts_at: now.plus_secs(starts_in_secs),

@@ -96,6 +96,7 @@ impl World {
                     description: String::new(),
                     original_price: "10.00".into(),
                     sale_price: "2.50".into(),
+                    discount_percent: None,
                     currency: "EUR".into(),
                     total_stock: total,
                     starts_at: now.plus_secs(-1),
@@ -256,6 +257,7 @@ async fn sale_status_follows_the_clock() {
                 description: String::new(),
                 original_price: "10.00".into(),
                 sale_price: "5.00".into(),
+                discount_percent: None,
                 currency: "EUR".into(),
                 total_stock: 10,
                 starts_at: now.plus_secs(60),
@@ -380,6 +382,7 @@ impl World {
                     description: String::new(),
                     original_price: "10.00".into(),
                     sale_price: "2.50".into(),
+                    discount_percent: None,
                     currency: "EUR".into(),
                     total_stock: total,
                     starts_at: now.plus_secs(starts_in_secs),
@@ -735,4 +738,86 @@ async fn a_sale_marked_as_a_draw_is_decided_by_lottery_at_the_start() {
     assert_eq!(won, 5);
     let m = w.app.sale_metrics(&w.admin, &sale).await.unwrap();
     assert_eq!((m.held, m.available), (5, 0));
+}
+
+/// A sale priced as a percentage off: for prices and percentages across the range, the price
+/// shown on the sale is the rounding rule's, and the order charges exactly that.
+#[tokio::test]
+async fn a_percentage_off_is_shown_and_charged_alike() {
+    use rand::{Rng, SeedableRng};
+    let w = world().await;
+    let buyer = w.buyer(900).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut cases: Vec<(i64, i64)> =
+        vec![(999, 33), (1, 50), (100_000, 0), (12_345, 100), (1_999, 15)];
+    cases.extend((0..60).map(|_| (rng.gen_range(1..=10_000_000), rng.gen_range(0..=100))));
+    for (cents, percent) in cases {
+        let now = w.clock.now();
+        let original = format!("{}.{:02}", cents / 100, cents % 100);
+        let sale = w
+            .app
+            .create_sale(
+                &w.admin,
+                SaleDraft {
+                    name: "pct".into(),
+                    description: String::new(),
+                    original_price: original.clone(),
+                    sale_price: String::new(),
+                    discount_percent: Some(percent),
+                    currency: "EUR".into(),
+                    total_stock: 5,
+                    starts_at: now.plus_secs(-1),
+                    ends_at: now.plus_secs(86_400),
+                    per_user_limit: 5,
+                    queue_required: false,
+                    hold_seconds: Some(60),
+                },
+            )
+            .await
+            .unwrap();
+        let rule = cents - cents * percent / 100;
+        assert_eq!(sale.sale_price.0, rule, "{original} at {percent}% off");
+        let shown = w.app.sale(sale.id.as_str()).await.unwrap().sale_price;
+        assert_eq!(shown.0, rule);
+        let hold = w
+            .app
+            .reserve(&buyer, sale.id.as_str(), 2, None, None)
+            .await
+            .unwrap();
+        assert_eq!(hold.unit_price, shown);
+        let order = w
+            .checkout(&buyer, hold.id.as_str(), "tok_ok")
+            .await
+            .unwrap();
+        assert_eq!(order.total.0, 2 * rule, "charged twice the shown price");
+    }
+    // Both, or neither, is an input error.
+    let now = w.clock.now();
+    let both = SaleDraft {
+        name: "x".into(),
+        description: String::new(),
+        original_price: "10.00".into(),
+        sale_price: "5.00".into(),
+        discount_percent: Some(10),
+        currency: "EUR".into(),
+        total_stock: 1,
+        starts_at: now,
+        ends_at: now.plus_secs(60),
+        per_user_limit: 1,
+        queue_required: false,
+        hold_seconds: None,
+    };
+    assert!(matches!(
+        w.app.create_sale(&w.admin, both.clone()).await,
+        Err(AppError::InvalidInput(_))
+    ));
+    let too_much = SaleDraft {
+        sale_price: String::new(),
+        discount_percent: Some(101),
+        ..both
+    };
+    assert!(matches!(
+        w.app.create_sale(&w.admin, too_much).await,
+        Err(AppError::InvalidInput(_))
+    ));
 }

@@ -39,6 +39,7 @@ pub async fn create_sale(
         description: b.description,
         original_price: b.original_price,
         sale_price: b.sale_price,
+        discount_percent: b.discount_percent,
         currency: b.currency,
         total_stock: b.total_stock,
         starts_at: parse_time("starts_at", &b.starts_at)?,
