@@ -182,7 +182,11 @@ async fn flushing_redis_mid_race_neither_oversells_nor_stops_the_sale() {
         }
     }
     assert!(won <= 150, "never more than the stock: {won}");
-    // Selling resumes: whatever a 503 turned away is still for sale; buy it up.
+    // Selling resumes: whatever a 503 turned away is still for sale; buy it up. If the race
+    // sold out before the flush landed, the nodes answer "sold out" from their local flag for
+    // up to a second without asking Redis: wait it out, so the late buyers do reach the
+    // (flushed) gate and it is seeded again from the judge.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let late = nodes[1].buyers(60, 16).await;
     let more = reserve_over(&apis, &late, &sale).await;
     won += more.iter().filter(|(_, r)| r.status == 201).count();
