@@ -152,6 +152,29 @@ pub(crate) async fn connect_manager(config: &RedisGateConfig) -> PortResult<Conn
     .map_err(unavailable)
 }
 
+/// Runs `script` on `keys` and `args` within `timeout`: the one way every script call is
+/// made, so none can hang a buyer.
+pub(crate) async fn invoke<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    timeout: Duration,
+    script: &Script,
+    keys: &[String],
+    args: &[String],
+) -> PortResult<T> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    for arg in args {
+        invocation.arg(arg);
+    }
+    let mut conn = conn.clone();
+    tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
+        .await
+        .map_err(|_| unavailable("call timed out"))?
+        .map_err(unavailable)
+}
+
 impl RedisGate {
     /// Connects (within the configured deadline). The connection is re-established on its own
     /// after Redis restarts; calls made meanwhile fail fast.
@@ -186,18 +209,7 @@ impl RedisGate {
         sale: &SaleId,
         args: &[String],
     ) -> PortResult<T> {
-        let mut invocation = script.prepare_invoke();
-        for key in self.keys(sale) {
-            invocation.key(key);
-        }
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| unavailable("call timed out"))?
-            .map_err(unavailable)
+        invoke(&self.conn, self.timeout, script, &self.keys(sale), args).await
     }
 
     /// Reads one sale's counters: `None` if the gate does not know it.

@@ -339,18 +339,7 @@ impl RedisRoom {
         sale: &SaleId,
         args: &[String],
     ) -> PortResult<T> {
-        let mut invocation = script.prepare_invoke();
-        for key in self.keys(sale) {
-            invocation.key(key);
-        }
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| unavailable("call timed out"))?
-            .map_err(unavailable)
+        crate::invoke(&self.conn, self.timeout, script, &self.keys(sale), args).await
     }
 
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
@@ -703,16 +692,15 @@ impl stampede_app::ports::SharedRateLimiter for RedisRateLimits {
     async fn check(&self, key: &str, per_sec: u32, burst: u32) -> PortResult<Result<(), u64>> {
         let interval_us = 1_000_000 / u64::from(per_sec.max(1));
         let tolerance_us = interval_us * u64::from(burst.max(1).saturating_sub(1));
-        let mut invocation = self.gcra.prepare_invoke();
-        invocation
-            .key(format!("stampede:{{{}:rl:{key}}}", self.namespace))
-            .arg(interval_us)
-            .arg(tolerance_us);
-        let mut conn = self.conn.clone();
-        let wait_us: u64 = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| unavailable("call timed out"))?
-            .map_err(unavailable)?;
+        let key = format!("stampede:{{{}:rl:{key}}}", self.namespace);
+        let wait_us: u64 = crate::invoke(
+            &self.conn,
+            self.timeout,
+            &self.gcra,
+            &[key],
+            &[interval_us.to_string(), tolerance_us.to_string()],
+        )
+        .await?;
         Ok(if wait_us == 0 {
             Ok(())
         } else {
