@@ -106,6 +106,17 @@ pub struct UserAccount {
     pub status_reason: String,
 }
 
+/// A case-insensitive `LIKE` pattern (escape character `\`) matching text that contains
+/// `query` literally: its `%`, `_` and `\` match only themselves. Compare it with `lower(…)`.
+pub fn contains_pattern(query: &str) -> String {
+    let escaped = query
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// A user with the PHC-format argon2id hash of their password: only the login path sees this.
 #[derive(Debug, Clone)]
 pub struct Credentials {

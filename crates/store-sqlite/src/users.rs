@@ -212,14 +212,7 @@ pub(crate) async fn accounts(
     after: Option<&UserId>,
     limit: u32,
 ) -> PortResult<Vec<UserAccount>> {
-    let pattern = format!(
-        "%{}%",
-        query
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
+    let pattern = stampede_app::ports::contains_pattern(query);
     let rows = sqlx::query(concat!(
         "SELECT ",
         user_cols!(),
