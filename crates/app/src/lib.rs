@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod auth;
 pub mod background;
 pub mod cart;
+pub mod catalog;
 pub mod checkout;
 pub mod config;
 pub mod error;
@@ -81,6 +82,8 @@ pub struct App {
     pub(crate) sale_reads: read_cache::ReadThrough<Option<stampede_core::Sale>>,
     /// The sale list as viewers read it.
     pub(crate) list_reads: read_cache::ReadThrough<Vec<stampede_core::Sale>>,
+    /// Browses of sales (category, status, search, page) as viewers read them.
+    pub(crate) browse_reads: read_cache::ReadThrough<Vec<stampede_core::Sale>>,
     /// Audit entry ids: ULIDs that keep this node's order even within one millisecond.
     pub(crate) audit_ids: MonotonicUlids,
     /// Units of gate drift this node repaired, per sale (admin metrics).
@@ -169,6 +172,10 @@ impl App {
             ),
             list_reads: read_cache::ReadThrough::new(
                 "sales",
+                i64::try_from(config.read_cache_ms).unwrap_or(i64::MAX),
+            ),
+            browse_reads: read_cache::ReadThrough::new(
+                "sale_browse",
                 i64::try_from(config.read_cache_ms).unwrap_or(i64::MAX),
             ),
             config,

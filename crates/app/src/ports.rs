@@ -9,8 +9,8 @@ use stampede_core::draw::DrawPurpose;
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats};
 use stampede_core::{
-    Currency, Hold, HoldId, Money, Order, OrderId, PaymentId, Sale, SaleId, StockLevels, Timestamp,
-    UserId,
+    Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, PaymentId, Product,
+    ProductId, ProductStatus, Sale, SaleId, SaleStatus, StockLevels, Timestamp, UserId,
 };
 
 /// A failure of an adapter itself (not a business refusal): the store or a service is down or
@@ -115,6 +115,44 @@ pub fn contains_pattern(query: &str) -> String {
         .replace('%', "\\%")
         .replace('_', "\\_");
     format!("%{escaped}%")
+}
+
+/// A browse of sales, drops or products: every filter optional, results in id order (ids are
+/// ULIDs, so that is creation order) after the cursor `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Browse {
+    /// Exact category; `None`: any.
+    pub category: Option<String>,
+    /// Sale or drop statuses at `now`; empty: any.
+    pub statuses: Vec<SaleStatus>,
+    /// Product statuses (products only); empty: any.
+    pub product_statuses: Vec<ProductStatus>,
+    /// Words from [`stampede_core::search_words`]: each must start a word of the name
+    /// ([`stampede_core::name_matches`] is the rule); empty: no text filter.
+    pub words: Vec<String>,
+    /// Only this drop's sales (sales only).
+    pub drop_id: Option<DropId>,
+    /// The last id of the previous page.
+    pub after: Option<String>,
+    pub limit: u32,
+    /// The instant statuses are judged at.
+    pub now: Timestamp,
+}
+
+impl Browse {
+    /// Everything, first page of `limit`, statuses judged at `now`.
+    pub fn all(limit: u32, now: Timestamp) -> Self {
+        Self {
+            category: None,
+            statuses: Vec::new(),
+            product_statuses: Vec::new(),
+            words: Vec::new(),
+            drop_id: None,
+            after: None,
+            limit,
+            now,
+        }
+    }
 }
 
 /// A user with the PHC-format argon2id hash of their password: only the login path sees this.
@@ -402,6 +440,23 @@ pub trait Store: Send + Sync + 'static {
     async fn sale(&self, id: &SaleId) -> PortResult<Option<Sale>>;
     /// Every sale, oldest first.
     async fn sales(&self) -> PortResult<Vec<Sale>>;
+
+    /// Sales matching `browse`, by id, after its cursor, at most its limit.
+    async fn browse_sales(&self, browse: &Browse) -> PortResult<Vec<Sale>>;
+
+    // --- catalog: products and drops
+    async fn insert_product(&self, product: &Product) -> PortResult<()>;
+    /// Writes every field but the id and `created_at`; `Ok(false)` if there is no such product.
+    async fn update_product(&self, product: &Product) -> PortResult<bool>;
+    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>>;
+    /// Products matching `browse` (its `product_statuses`, not `statuses`), by id.
+    async fn products(&self, browse: &Browse) -> PortResult<Vec<Product>>;
+    async fn insert_drop(&self, drop: &DropEvent) -> PortResult<()>;
+    /// Writes every field but the id and `created_at`; `Ok(false)` if there is no such drop.
+    async fn update_drop(&self, drop: &DropEvent) -> PortResult<bool>;
+    async fn drop_event(&self, id: &DropId) -> PortResult<Option<DropEvent>>;
+    /// Drops matching `browse`, by id.
+    async fn drops(&self, browse: &Browse) -> PortResult<Vec<DropEvent>>;
 
     // --- holds: the judge
     /// Judges a batch of reservations in ONE transaction (group commit): each in order gets

@@ -9,7 +9,8 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use stampede_core::{
-    Currency, Money, Sale, SaleControl, SaleId, SaleStatus, StockLevels, Timestamp,
+    Currency, DropEvent, DropId, Money, Product, ProductId, ProductStatus, Sale, SaleControl,
+    SaleId, SaleStatus, StockLevels, Timestamp,
 };
 
 use crate::auth::Principal;
@@ -29,11 +30,19 @@ pub struct SaleDraft {
     pub discount_percent: Option<i64>,
     pub currency: String,
     pub total_stock: i64,
-    pub starts_at: Timestamp,
-    pub ends_at: Timestamp,
+    /// Required unless the sale is in a drop, whose schedule it then takes.
+    pub starts_at: Option<Timestamp>,
+    pub ends_at: Option<Timestamp>,
     pub per_user_limit: i64,
     pub queue_required: bool,
     pub hold_seconds: Option<i64>,
+    /// The catalog product sold: name, description, category, `original_price` (its regular
+    /// price) and currency come from it unless given.
+    pub product_id: Option<String>,
+    /// The drop this sale is one SKU of; fixed once created.
+    pub drop_id: Option<String>,
+    /// For browsing; the product's (or the drop's) unless given.
+    pub category: Option<String>,
 }
 
 /// Changes to a sale that has not started; absent fields stay as they are.
@@ -209,11 +218,43 @@ impl App {
     pub(crate) fn forget_sale_reads(&self, id: &SaleId) {
         self.sale_reads.invalidate(id.as_str());
         self.list_reads.invalidate("all");
+        self.browse_reads.clear();
     }
 
     /// Creates a sale (admin).
     pub async fn create_sale(&self, who: &Principal, draft: SaleDraft) -> Result<Sale, AppError> {
         self.require_admin(who)?;
+        let mut draft = draft;
+        let (product, drop) = self.catalog_of(&draft).await?;
+        if let Some(p) = &product {
+            if draft.name.trim().is_empty() {
+                draft.name.clone_from(&p.name);
+            }
+            if draft.description.trim().is_empty() {
+                draft.description.clone_from(&p.description);
+            }
+            if draft.currency.trim().is_empty() {
+                draft.currency = p.currency.as_str().to_owned();
+            }
+            if draft.original_price.trim().is_empty() && draft.currency == p.currency.as_str() {
+                draft.original_price = p.regular_price.format(&p.currency);
+            }
+        }
+        let category = match (&draft.category, &product, &drop) {
+            (Some(c), _, _) => crate::catalog::text("category", c, 80, false)?,
+            (None, Some(p), _) => p.category.clone(),
+            (None, None, Some(d)) => d.category.clone(),
+            (None, None, None) => String::new(),
+        };
+        let (starts_at, ends_at) = match (draft.starts_at, draft.ends_at, &drop) {
+            (Some(s), Some(e), _) => (s, e),
+            (s, e, Some(d)) => (s.unwrap_or(d.starts_at), e.unwrap_or(d.ends_at)),
+            _ => {
+                return Err(AppError::invalid(
+                    "starts_at and ends_at are required (unless the sale is in a drop)",
+                ))
+            }
+        };
         let currency = Currency::parse(&draft.currency)
             .map_err(|e| AppError::invalid(format!("currency: {e}")))?;
         let now = self.clock.now();
@@ -245,8 +286,8 @@ impl App {
             original_price,
             sale_price,
             currency,
-            starts_at: draft.starts_at,
-            ends_at: draft.ends_at,
+            starts_at,
+            ends_at,
             per_user_limit: to_u32("per_user_limit", draft.per_user_limit, 1, 1000)?,
             queue_required: draft.queue_required,
             hold_seconds: to_u32(
@@ -259,6 +300,9 @@ impl App {
             )?,
             control: SaleControl::Running,
             stock: StockLevels::fresh(total),
+            product_id: product.map(|p| p.id),
+            drop_id: drop.map(|d| d.id),
+            category,
             created_at: now,
             updated_at: now,
         };
@@ -285,6 +329,39 @@ impl App {
         )
         .await;
         Ok(sale)
+    }
+
+    /// The product and drop a new sale names, checked: both must exist, and a retired product
+    /// cannot go on sale again.
+    async fn catalog_of(
+        &self,
+        draft: &SaleDraft,
+    ) -> Result<(Option<Product>, Option<DropEvent>), AppError> {
+        let product = match draft.product_id.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(id) => {
+                let found = match ProductId::parse(id) {
+                    Some(id) => self.store.product(&id).await?,
+                    None => None,
+                };
+                let p = found.ok_or_else(|| AppError::invalid("product_id: no such product"))?;
+                if p.status == ProductStatus::Discontinued {
+                    return Err(AppError::invalid("product_id: the product is discontinued"));
+                }
+                Some(p)
+            }
+        };
+        let drop = match draft.drop_id.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(id) => {
+                let found = match DropId::parse(id) {
+                    Some(id) => self.store.drop_event(&id).await?,
+                    None => None,
+                };
+                Some(found.ok_or_else(|| AppError::invalid("drop_id: no such drop"))?)
+            }
+        };
+        Ok((product, drop))
     }
 
     /// Changes a sale before it starts (admin). Only name and description may change after.

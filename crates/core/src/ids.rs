@@ -65,6 +65,14 @@ id_type!(
     /// One payment attempt of an order.
     PaymentId
 );
+id_type!(
+    /// A product in the catalog, reused across sales.
+    ProductId
+);
+id_type!(
+    /// A drop: several sales (sizes, colours) under one schedule and one per-buyer limit.
+    DropId
+);
 
 #[cfg(test)]
 mod tests {

@@ -44,24 +44,61 @@ pub fn judge_reserve(
     Ok(())
 }
 
+/// What a buyer already holds or owns across a drop's sales, and the drop's limit: the limit
+/// that spans several sales ("one pair per person, whatever the size").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropUnits {
+    pub units: i64,
+    pub per_user_limit: u32,
+}
+
+/// [`judge_reserve`] for a sale that may be one SKU of a drop: the drop's limit is one more
+/// per-buyer limit, checked after liveness and before stock, like the sale's own.
+pub fn judge_reserve_in_drop(
+    status: SaleStatus,
+    available: i64,
+    user_units: i64,
+    per_user_limit: u32,
+    drop: Option<DropUnits>,
+    quantity: u32,
+) -> Result<(), Refusal> {
+    if status != SaleStatus::Live {
+        return Err(Refusal::SaleNotLive);
+    }
+    if let Some(drop) = drop {
+        judge_drop_limit(drop, quantity)?;
+    }
+    judge_reserve(status, available, user_units, per_user_limit, quantity)
+}
+
+/// May a buyer take `quantity` more units of a drop's sales?
+pub fn judge_drop_limit(drop: DropUnits, quantity: u32) -> Result<(), Refusal> {
+    if drop.units + i64::from(quantity) > i64::from(drop.per_user_limit) {
+        return Err(Refusal::LimitExceeded);
+    }
+    Ok(())
+}
+
 /// Can a hold of `current` units become `wanted` units? Shrinking always may (while the hold
-/// lives); growing is a reservation of the difference.
+/// lives); growing is a reservation of the difference, under the drop's limit too.
 pub fn judge_resize(
     status: SaleStatus,
     available: i64,
     user_units: i64,
     per_user_limit: u32,
+    drop: Option<DropUnits>,
     current: u32,
     wanted: u32,
 ) -> Result<(), Refusal> {
     if wanted <= current {
         return Ok(());
     }
-    judge_reserve(
+    judge_reserve_in_drop(
         status,
         available,
         user_units,
         per_user_limit,
+        drop,
         wanted - current,
     )
 }
@@ -254,6 +291,47 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_drop_limit_spans_its_sales_and_ranks_with_the_sale_limit() {
+        let drop = |units| {
+            Some(DropUnits {
+                units,
+                per_user_limit: 1,
+            })
+        };
+        assert_eq!(
+            judge_reserve_in_drop(SaleStatus::Live, 5, 0, 2, drop(0), 1),
+            Ok(())
+        );
+        // One unit elsewhere in the drop: no more here, though this sale's own limit is 2.
+        assert_eq!(
+            judge_reserve_in_drop(SaleStatus::Live, 5, 0, 2, drop(1), 1),
+            Err(Refusal::LimitExceeded)
+        );
+        // Limit beats stock; not live beats limit.
+        assert_eq!(
+            judge_reserve_in_drop(SaleStatus::Live, 0, 0, 2, drop(1), 1),
+            Err(Refusal::LimitExceeded)
+        );
+        assert_eq!(
+            judge_reserve_in_drop(SaleStatus::Ended, 5, 0, 2, drop(1), 1),
+            Err(Refusal::SaleNotLive)
+        );
+        assert_eq!(
+            judge_reserve_in_drop(SaleStatus::Live, 0, 0, 2, None, 1),
+            Err(Refusal::SoldOut)
+        );
+        // Growing a hold is a reservation of the difference, under the drop's limit too.
+        assert_eq!(
+            judge_resize(SaleStatus::Live, 5, 1, 2, drop(1), 1, 2),
+            Err(Refusal::LimitExceeded)
+        );
+        assert_eq!(
+            judge_resize(SaleStatus::Live, 5, 1, 2, drop(1), 1, 1),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn refusals_follow_the_contract_order() {
         // Not live beats everything.
         assert_eq!(
@@ -278,13 +356,13 @@ mod tests {
 
     #[test]
     fn resize_only_judges_growth() {
-        assert_eq!(judge_resize(SaleStatus::Live, 0, 2, 2, 2, 1), Ok(()));
+        assert_eq!(judge_resize(SaleStatus::Live, 0, 2, 2, None, 2, 1), Ok(()));
         assert_eq!(
-            judge_resize(SaleStatus::Live, 0, 1, 2, 1, 2),
+            judge_resize(SaleStatus::Live, 0, 1, 2, None, 1, 2),
             Err(Refusal::SoldOut)
         );
         assert_eq!(
-            judge_resize(SaleStatus::Live, 9, 2, 2, 2, 3),
+            judge_resize(SaleStatus::Live, 9, 2, 2, None, 2, 3),
             Err(Refusal::LimitExceeded)
         );
     }

@@ -10,6 +10,7 @@
 //!    lottery decides can be recomputed by anyone — see [`draw`].
 
 pub mod admission;
+pub mod catalog;
 pub mod clock;
 pub mod draw;
 pub mod ids;
@@ -21,8 +22,9 @@ pub mod sale;
 pub mod stock;
 pub mod waiting_line;
 
+pub use catalog::{name_matches, search_words, DropEvent, Product, ProductStatus};
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use ids::{HoldId, OrderId, PaymentId, SaleId, UserId};
+pub use ids::{DropId, HoldId, OrderId, PaymentId, ProductId, SaleId, UserId};
 pub use money::{Currency, Money, MoneyError};
 pub use order::{Hold, HoldState, Order, OrderItem, OrderStatus, Payment, PaymentStatus};
 pub use sale::{Sale, SaleControl, SaleStatus};

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Currency, Money, SaleId, StockLevels, Timestamp};
+use crate::{Currency, DropId, Money, ProductId, SaleId, StockLevels, Timestamp};
 
 /// What an admin has said about a running sale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +92,14 @@ pub struct Sale {
     pub hold_seconds: u32,
     pub control: SaleControl,
     pub stock: StockLevels,
+    /// The catalog product this sale sells, if any (its name and description came from it
+    /// unless the admin gave the sale its own).
+    pub product_id: Option<ProductId>,
+    /// The drop this sale is one SKU of, if any. Set at creation and never changed, so the
+    /// judges can find a drop's sales before taking their locks.
+    pub drop_id: Option<DropId>,
+    /// For browsing; the product's unless given. Empty: none.
+    pub category: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -132,6 +140,9 @@ mod tests {
             hold_seconds: 300,
             control,
             stock: StockLevels::fresh(10),
+            product_id: None,
+            drop_id: None,
+            category: String::new(),
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
         }

@@ -102,6 +102,12 @@ pub struct SaleDto {
     pub server_time: String,
     pub queue_required: bool,
     pub hold_seconds: u32,
+    /// The catalog product this sale sells, if any.
+    pub product_id: Option<String>,
+    /// The drop this sale is one SKU of, if any.
+    pub drop_id: Option<String>,
+    /// Empty when none.
+    pub category: String,
 }
 
 impl SaleDto {
@@ -123,6 +129,9 @@ impl SaleDto {
             server_time: rfc3339(now),
             queue_required: s.queue_required,
             hold_seconds: s.hold_seconds,
+            product_id: s.product_id.as_ref().map(ToString::to_string),
+            drop_id: s.drop_id.as_ref().map(ToString::to_string),
+            category: s.category.clone(),
         }
     }
 }
@@ -130,13 +139,51 @@ impl SaleDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SalesDto {
     pub sales: Vec<SaleDto>,
+    /// Pass as `after` for the next page; absent on the last page (and when the list was
+    /// asked for without any browse parameter: then it is every sale).
+    pub next: Option<String>,
 }
 
+/// Filters of a browse of sales. With none of `category`, `q`, `drop_id`, `after`, `limit`,
+/// the answer is every sale (filtered by `status`); with any, it is a page in creation order.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SalesQuery {
     /// Comma-separated statuses: live,scheduled,ended,paused.
     pub status: Option<String>,
+    /// Exact category.
+    pub category: Option<String>,
+    /// Search: every word must start a word of the sale's name ("air ma" finds "Air Max 90").
+    pub q: Option<String>,
+    /// Only the sales of this drop.
+    pub drop_id: Option<String>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+}
+
+impl SalesQuery {
+    /// Whether the client asked for a page rather than the whole list.
+    pub fn is_browse(&self) -> bool {
+        self.category.is_some()
+            || self.q.is_some()
+            || self.drop_id.is_some()
+            || self.after.is_some()
+            || self.limit.is_some()
+    }
+
+    /// The use case's terms.
+    pub fn browse(&self) -> stampede_app::catalog::BrowseQuery {
+        stampede_app::catalog::BrowseQuery {
+            category: self.category.clone(),
+            status: self.status.clone(),
+            q: self.q.clone(),
+            drop_id: self.drop_id.clone(),
+            after: self.after.clone(),
+            limit: self.limit,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -278,9 +325,13 @@ pub struct OrdersDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSaleBody {
+    /// Required unless `product_id` is given (then the product's name is the default).
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Required unless `product_id` is given (then the product's regular price is the default).
+    #[serde(default)]
     pub original_price: String,
     /// The price charged, or leave it out and give `discount_percent`.
     #[serde(default)]
@@ -288,14 +339,25 @@ pub struct CreateSaleBody {
     /// A percentage off `original_price` (0–100): the discount is rounded down to the minor
     /// unit and the sale price is what is left (what buyers see is what they pay).
     pub discount_percent: Option<i64>,
+    /// Required unless `product_id` is given (then the product's currency is the default).
+    #[serde(default)]
     pub currency: String,
     pub total_stock: i64,
-    pub starts_at: String,
-    pub ends_at: String,
+    /// Required unless `drop_id` is given (then the drop's schedule is the default).
+    pub starts_at: Option<String>,
+    pub ends_at: Option<String>,
     pub per_user_limit: i64,
     #[serde(default)]
     pub queue_required: bool,
     pub hold_seconds: Option<i64>,
+    /// A catalog product: name, description, category, price and currency come from it
+    /// unless given here.
+    pub product_id: Option<String>,
+    /// The drop this sale is one SKU of (fixed once created); its per-buyer limit then spans
+    /// this sale and the drop's others.
+    pub drop_id: Option<String>,
+    /// For browsing; the product's (or the drop's) unless given.
+    pub category: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]

@@ -29,7 +29,9 @@ pub use problem::{ApiError, Problem};
 pub use ratelimit::{RateLimitConfig, RateLimits};
 pub use state::AppState;
 
-use routes::{accounts, admin, cart, notifications, ops, orders, pages, queue, sales, users};
+use routes::{
+    accounts, admin, cart, catalog, notifications, ops, orders, pages, queue, sales, users,
+};
 
 /// Largest request body accepted; larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -65,6 +67,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sales::list))
         .routes(routes!(sales::detail))
         .routes(routes!(sales::events))
+        .routes(routes!(catalog::list_products))
+        .routes(routes!(catalog::product))
+        .routes(routes!(catalog::list_drops))
+        .routes(routes!(catalog::drop_detail))
         .routes(routes!(queue::join))
         .routes(routes!(queue::me))
         .routes(routes!(queue::me_events))
@@ -85,6 +91,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::metrics))
         .routes(routes!(admin::live))
         .routes(routes!(admin::audit))
+        .routes(routes!(catalog::create_product))
+        .routes(routes!(catalog::patch_product))
+        .routes(routes!(catalog::retire_product))
+        .routes(routes!(catalog::create_drop))
+        .routes(routes!(catalog::patch_drop))
         .routes(routes!(users::list))
         .routes(routes!(users::detail))
         .routes(routes!(users::set_status))

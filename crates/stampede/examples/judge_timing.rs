@@ -26,6 +26,9 @@ async fn main() {
         hold_seconds: 3600,
         control: SaleControl::Running,
         stock: StockLevels::fresh(10_000_000),
+        product_id: None,
+        drop_id: None,
+        category: String::new(),
         created_at: now,
         updated_at: now,
     };

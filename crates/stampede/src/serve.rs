@@ -468,11 +468,14 @@ pub async fn seed_demo(app: &Arc<App>) -> anyhow::Result<()> {
                 discount_percent: None,
                 currency: "EUR".into(),
                 total_stock: stock,
-                starts_at: now.plus_secs(starts_in_secs),
-                ends_at: now.plus_secs(24 * 3600),
+                starts_at: Some(now.plus_secs(starts_in_secs)),
+                ends_at: Some(now.plus_secs(24 * 3600)),
                 per_user_limit: 2,
                 queue_required: false,
                 hold_seconds: Some(300),
+                product_id: None,
+                drop_id: None,
+                category: None,
             },
         )
         .await?;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 
 use stampede_app::ports::{HoldError, PortResult, ReserveRequest};
-use stampede_core::judge::{judge_reserve, judge_resize, Refusal};
+use stampede_core::judge::{judge_reserve_in_drop, judge_resize, Refusal};
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
@@ -129,9 +129,10 @@ pub(crate) async fn reserve(
     let mut tx = pool.begin().await.port()?;
     let mut stock = TxStock::default();
     let sales: Vec<&SaleId> = batch.iter().map(|r| &r.sale_id).collect();
-    stock.lock_sales(&mut tx, &sales).await?;
+    stock.lock_sales_with_drops(&mut tx, &sales).await?;
     let pairs: Vec<(&SaleId, &UserId)> = batch.iter().map(|r| (&r.sale_id, &r.user_id)).collect();
     stock.load_units(&mut tx, &pairs).await?;
+    stock.load_drop_units(&mut tx, &pairs).await?;
     // Ids already issued (retries after a lost reply), read after the sale locks: a retry of a
     // hold in a sale we now hold locked cannot be in flight elsewhere.
     let ids: Vec<String> = batch
@@ -206,7 +207,9 @@ async fn reserve_one(
         expires_at: req.now.plus_secs(i64::from(sale.hold_seconds)),
     };
     let units = stock.units(conn, &req.sale_id, &req.user_id).await?;
-    if let Err(refusal) = judge_reserve(status, available, units, limit, req.quantity) {
+    let drop = stock.drop_units(conn, &req.sale_id, &req.user_id).await?;
+    if let Err(refusal) = judge_reserve_in_drop(status, available, units, limit, drop, req.quantity)
+    {
         return Ok(Err(refusal));
     }
     if !insert(conn, &hold).await? {
@@ -309,6 +312,13 @@ pub(crate) async fn resize(
         return Ok(Ok(hold));
     }
     let mut stock = TxStock::default();
+    let growing = quantity > hold.quantity;
+    if growing {
+        // Growth is judged under the drop's limit too: lock the drop's other sales with it.
+        stock
+            .lock_sales_with_drops(&mut tx, &[&hold.sale_id])
+            .await?;
+    }
     let Some(sale) = stock.sale(&mut tx, &hold.sale_id).await? else {
         return Err(internal(format!(
             "sale {} of hold {id} missing",
@@ -319,7 +329,20 @@ pub(crate) async fn resize(
     let available = sale.stock.available;
     let limit = sale.per_user_limit;
     let units = stock.units(&mut tx, &hold.sale_id, user).await?;
-    if let Err(refusal) = judge_resize(status, available, units, limit, hold.quantity, quantity) {
+    let drop = if growing {
+        stock.drop_units(&mut tx, &hold.sale_id, user).await?
+    } else {
+        None
+    };
+    if let Err(refusal) = judge_resize(
+        status,
+        available,
+        units,
+        limit,
+        drop,
+        hold.quantity,
+        quantity,
+    ) {
         return Ok(Err(HoldError::Refused(refusal)));
     }
     if quantity > hold.quantity {

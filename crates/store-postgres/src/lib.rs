@@ -21,6 +21,7 @@
 //! Errors: a lost connection, a timeout, a server shutting down, a deadlock or serialization
 //! failure is `PortError::Unavailable` (worth a retry); anything else `Internal`.
 
+mod catalog;
 mod error;
 mod holds;
 mod misc;
@@ -42,13 +43,16 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
+    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
     IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
     PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
     UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
-use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
+use stampede_core::{
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, Product, ProductId, Sale, SaleId, Timestamp,
+    UserId,
+};
 
 use crate::error::OrPort;
 
@@ -201,6 +205,42 @@ impl Store for PgStore {
 
     async fn sales(&self) -> PortResult<Vec<Sale>> {
         sales::all(&self.pool).await
+    }
+
+    async fn browse_sales(&self, browse: &Browse) -> PortResult<Vec<Sale>> {
+        catalog::browse_sales(&self.pool, browse).await
+    }
+
+    async fn insert_product(&self, product: &Product) -> PortResult<()> {
+        catalog::insert_product(&self.pool, product).await
+    }
+
+    async fn update_product(&self, product: &Product) -> PortResult<bool> {
+        catalog::update_product(&self.pool, product).await
+    }
+
+    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
+        catalog::product_by_id(&self.pool, id).await
+    }
+
+    async fn products(&self, browse: &Browse) -> PortResult<Vec<Product>> {
+        catalog::browse_products(&self.pool, browse).await
+    }
+
+    async fn insert_drop(&self, drop: &DropEvent) -> PortResult<()> {
+        catalog::insert_drop(&self.pool, drop).await
+    }
+
+    async fn update_drop(&self, drop: &DropEvent) -> PortResult<bool> {
+        catalog::update_drop(&self.pool, drop).await
+    }
+
+    async fn drop_event(&self, id: &DropId) -> PortResult<Option<DropEvent>> {
+        catalog::drop_by_id(&self.pool, id).await
+    }
+
+    async fn drops(&self, browse: &Browse) -> PortResult<Vec<DropEvent>> {
+        catalog::browse_drops(&self.pool, browse).await
     }
 
     async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {

@@ -17,7 +17,7 @@ use sqlx::{PgConnection, PgPool};
 use stampede_app::ports::{
     Cancelled, CheckoutError, NewOrder, PaymentApplied, PaymentResult, PortResult,
 };
-use stampede_core::judge::judge_reserve;
+use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
     Currency, HoldId, HoldState, Money, Order, OrderId, OrderItem, OrderStatus, Payment, PaymentId,
     PaymentStatus, SaleId, Timestamp, UserId,
@@ -370,7 +370,17 @@ async fn plan_authorization(
     now: Timestamp,
 ) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
     let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
-    stock.lock_sales(conn, &sales).await?;
+    // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
+    // too, which needs the drop's other sales locked; a plain conversion does not.
+    let may_retake = retake
+        && lines
+            .iter()
+            .any(|l| !(l.state == HoldState::Active && now < l.expires_at));
+    if may_retake {
+        stock.lock_sales_with_drops(conn, &sales).await?;
+    } else {
+        stock.lock_sales(conn, &sales).await?;
+    }
     let mut endings = Vec::new();
     for line in lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
@@ -401,7 +411,8 @@ async fn plan_authorization(
         let available = sale.stock.available;
         let limit = sale.per_user_limit;
         let units = stock.units(conn, &line.sale_id, &line.user_id).await?;
-        if judge_reserve(status, available, units, limit, line.quantity).is_err() {
+        let drop = stock.drop_units(conn, &line.sale_id, &line.user_id).await?;
+        if judge_reserve_in_drop(status, available, units, limit, drop, line.quantity).is_err() {
             return Ok(None);
         }
         stock.retake(&line.sale_id, &line.user_id, line.quantity)?;

@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 use sqlx::PgConnection;
 
 use stampede_app::ports::PortResult;
-use stampede_core::{Sale, SaleId, StockLevels, UserId};
+use stampede_core::judge::DropUnits;
+use stampede_core::{DropId, Sale, SaleId, StockLevels, UserId};
 
 use crate::error::{internal, OrPort};
 use crate::rows::{self, sale_cols};
@@ -38,12 +39,19 @@ struct CachedUnits {
     dirty: bool,
 }
 
+/// A drop's limit and its sales, as this transaction read them.
+struct CachedDrop {
+    per_user_limit: Option<u32>,
+    sales: Vec<SaleId>,
+}
+
 /// The sales and per-buyer units one transaction has read, with its pending changes.
 #[derive(Default)]
 pub(crate) struct TxStock {
     /// `None`: looked up and not found (so a batch does not look again).
     sales: BTreeMap<SaleId, Option<CachedSale>>,
     units: BTreeMap<(SaleId, UserId), CachedUnits>,
+    drops: BTreeMap<DropId, Option<CachedDrop>>,
 }
 
 const SELECT_SALE: &str = concat!(
@@ -90,6 +98,117 @@ impl TxStock {
         for id in wanted {
             self.sales.entry(SaleId::from_trusted(id)).or_insert(None);
         }
+        Ok(())
+    }
+
+    /// [`TxStock::lock_sales`] for `ids` and every other sale of the drops they belong to, in
+    /// the same one id-ordered statement: a drop's limit spans its sales, so judging one needs
+    /// the buyer's units in all of them to stay put until the commit. A sale's drop never
+    /// changes after creation, so finding the siblings before locking is safe. Call it as the
+    /// transaction's first lock on sales.
+    pub(crate) async fn lock_sales_with_drops(
+        &mut self,
+        conn: &mut PgConnection,
+        ids: &[&SaleId],
+    ) -> PortResult<()> {
+        let wanted: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        let siblings: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM sales WHERE drop_id IN \
+             (SELECT drop_id FROM sales WHERE id = ANY($1) AND drop_id IS NOT NULL)",
+        )
+        .bind(&wanted)
+        .fetch_all(&mut *conn)
+        .await
+        .port()?;
+        let siblings: Vec<SaleId> = siblings.into_iter().map(SaleId::from_trusted).collect();
+        let all: Vec<&SaleId> = ids.iter().copied().chain(siblings.iter()).collect();
+        self.lock_sales(conn, &all).await
+    }
+
+    /// What `user` holds or owns across the drop `sale` belongs to, with the drop's limit, as
+    /// this transaction sees it (pending changes included); `None` if the sale is in no drop
+    /// or its drop has no limit. Every sale of the drop must be locked by this transaction
+    /// ([`TxStock::lock_sales_with_drops`]); if one is not, this refuses (`Internal`) rather
+    /// than judge on units another node could be changing.
+    pub(crate) async fn drop_units(
+        &mut self,
+        conn: &mut PgConnection,
+        sale: &SaleId,
+        user: &UserId,
+    ) -> PortResult<Option<DropUnits>> {
+        let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
+            return Ok(None);
+        };
+        self.load_drop(conn, &drop).await?;
+        let Some(Some(CachedDrop {
+            per_user_limit: Some(limit),
+            sales,
+        })) = self.drops.get(&drop)
+        else {
+            return Ok(None);
+        };
+        let (limit, sales) = (*limit, sales.clone());
+        if let Some(unlocked) = sales.iter().find(|s| !self.sales.contains_key(*s)) {
+            return Err(internal(format!(
+                "sale {unlocked} of drop {drop} judged without its lock"
+            )));
+        }
+        let pairs: Vec<(&SaleId, &UserId)> = sales.iter().map(|s| (s, user)).collect();
+        self.load_units(conn, &pairs).await?;
+        let mut units = 0;
+        for s in &sales {
+            units += self.units(conn, s, user).await?;
+        }
+        Ok(Some(DropUnits {
+            units,
+            per_user_limit: limit,
+        }))
+    }
+
+    /// Loads the buyers' units in every other sale of the drops their sales belong to, in one
+    /// statement, so judging a batch on a drop costs no statement per buyer.
+    pub(crate) async fn load_drop_units(
+        &mut self,
+        conn: &mut PgConnection,
+        pairs: &[(&SaleId, &UserId)],
+    ) -> PortResult<()> {
+        let mut wanted: Vec<(SaleId, UserId)> = Vec::new();
+        for (sale, user) in pairs {
+            let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
+                continue;
+            };
+            self.load_drop(conn, &drop).await?;
+            if let Some(Some(d)) = self.drops.get(&drop) {
+                if d.per_user_limit.is_some() {
+                    wanted.extend(d.sales.iter().map(|s| (s.clone(), (*user).clone())));
+                }
+            }
+        }
+        let refs: Vec<(&SaleId, &UserId)> = wanted.iter().map(|(s, u)| (s, u)).collect();
+        self.load_units(conn, &refs).await
+    }
+
+    async fn load_drop(&mut self, conn: &mut PgConnection, drop: &DropId) -> PortResult<()> {
+        if self.drops.contains_key(drop) {
+            return Ok(());
+        }
+        let limit: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT per_user_limit FROM drops WHERE id = $1")
+                .bind(drop.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .port()?;
+        let sales: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM sales WHERE drop_id = $1 ORDER BY id")
+                .bind(drop.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .port()?;
+        let cached = limit.map(|limit| CachedDrop {
+            per_user_limit: limit.and_then(|l| u32::try_from(l).ok()),
+            sales: sales.into_iter().map(SaleId::from_trusted).collect(),
+        });
+        self.drops.insert(drop.clone(), cached);
         Ok(())
     }
 

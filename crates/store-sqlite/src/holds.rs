@@ -8,7 +8,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 
 use stampede_app::ports::{HoldError, PortResult, ReserveRequest};
-use stampede_core::judge::{judge_reserve, judge_resize, Refusal};
+use stampede_core::judge::{judge_reserve_in_drop, judge_resize, Refusal};
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
@@ -70,6 +70,7 @@ pub(crate) async fn reserve(
         .map(|r| (r.sale_id.clone(), r.user_id.clone()))
         .collect();
     stock.preload_units(&mut tx, &pairs).await?;
+    stock.preload_drop_units(&mut tx, &pairs).await?;
 
     // Judge in order; `None` marks a request the judge accepted, pending its insert.
     let mut verdicts: Vec<Option<Result<Hold, Refusal>>> = Vec::with_capacity(batch.len());
@@ -147,7 +148,8 @@ async fn judge_one(
         expires_at: req.now.plus_secs(i64::from(sale.hold_seconds)),
     };
     let units = stock.units(conn, &req.sale_id, &req.user_id).await?;
-    Ok(judge_reserve(status, available, units, limit, req.quantity).map(|()| hold))
+    let drop = stock.drop_units(conn, &req.sale_id, &req.user_id).await?;
+    Ok(judge_reserve_in_drop(status, available, units, limit, drop, req.quantity).map(|()| hold))
 }
 
 /// Inserts holds in multi-row statements, skipping ids that exist; returns the ids written.
@@ -303,7 +305,16 @@ pub(crate) async fn resize(
     let available = sale.stock.available;
     let limit = sale.per_user_limit;
     let units = stock.units(&mut tx, &hold.sale_id, user).await?;
-    if let Err(refusal) = judge_resize(status, available, units, limit, hold.quantity, quantity) {
+    let drop = stock.drop_units(&mut tx, &hold.sale_id, user).await?;
+    if let Err(refusal) = judge_resize(
+        status,
+        available,
+        units,
+        limit,
+        drop,
+        hold.quantity,
+        quantity,
+    ) {
         return Ok(Err(HoldError::Refused(refusal)));
     }
     if quantity > hold.quantity {

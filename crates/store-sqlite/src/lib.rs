@@ -18,6 +18,7 @@
 //! transaction instead of committing an oversell. [`Store::stock_audit`] recomputes the counters
 //! from the rows.
 
+mod catalog;
 mod error;
 mod holds;
 mod misc;
@@ -38,13 +39,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
+    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
     IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
     PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
     UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
-use stampede_core::{Hold, HoldId, Order, OrderId, Sale, SaleId, Timestamp, UserId};
+use stampede_core::{
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, Product, ProductId, Sale, SaleId, Timestamp,
+    UserId,
+};
 
 use crate::error::OrPort;
 
@@ -196,6 +200,42 @@ impl Store for SqliteStore {
 
     async fn sales(&self) -> PortResult<Vec<Sale>> {
         sales::all(&self.reader).await
+    }
+
+    async fn browse_sales(&self, browse: &Browse) -> PortResult<Vec<Sale>> {
+        catalog::browse_sales(&self.reader, browse).await
+    }
+
+    async fn insert_product(&self, product: &Product) -> PortResult<()> {
+        catalog::insert_product(&self.writer, product).await
+    }
+
+    async fn update_product(&self, product: &Product) -> PortResult<bool> {
+        catalog::update_product(&self.writer, product).await
+    }
+
+    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
+        catalog::product_by_id(&self.reader, id).await
+    }
+
+    async fn products(&self, browse: &Browse) -> PortResult<Vec<Product>> {
+        catalog::browse_products(&self.reader, browse).await
+    }
+
+    async fn insert_drop(&self, drop: &DropEvent) -> PortResult<()> {
+        catalog::insert_drop(&self.writer, drop).await
+    }
+
+    async fn update_drop(&self, drop: &DropEvent) -> PortResult<bool> {
+        catalog::update_drop(&self.writer, drop).await
+    }
+
+    async fn drop_event(&self, id: &DropId) -> PortResult<Option<DropEvent>> {
+        catalog::drop_by_id(&self.reader, id).await
+    }
+
+    async fn drops(&self, browse: &Browse) -> PortResult<Vec<DropEvent>> {
+        catalog::browse_drops(&self.reader, browse).await
     }
 
     async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {

@@ -17,7 +17,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use stampede_app::ports::{
     Cancelled, CheckoutError, NewOrder, PaymentApplied, PaymentResult, PortResult,
 };
-use stampede_core::judge::judge_reserve;
+use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
     Currency, HoldId, HoldState, Money, Order, OrderId, OrderItem, OrderStatus, Payment, PaymentId,
     PaymentStatus, SaleId, Timestamp, UserId,
@@ -345,7 +345,8 @@ async fn plan_authorization(
         let available = sale.stock.available;
         let limit = sale.per_user_limit;
         let units = stock.units(conn, &line.sale_id, &line.user_id).await?;
-        if judge_reserve(status, available, units, limit, line.quantity).is_err() {
+        let drop = stock.drop_units(conn, &line.sale_id, &line.user_id).await?;
+        if judge_reserve_in_drop(status, available, units, limit, drop, line.quantity).is_err() {
             return Ok(None);
         }
         stock.retake(&line.sale_id, &line.user_id, line.quantity)?;

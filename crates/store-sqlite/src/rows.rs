@@ -7,8 +7,8 @@ use sqlx::{Decode, Row, Sqlite, Type};
 
 use stampede_app::ports::{PortResult, Role, User};
 use stampede_core::{
-    Currency, Hold, HoldId, HoldState, Money, OrderStatus, PaymentStatus, Sale, SaleControl,
-    SaleId, StockLevels, Timestamp, UserId,
+    Currency, DropId, Hold, HoldId, HoldState, Money, OrderStatus, PaymentStatus, ProductId, Sale,
+    SaleControl, SaleId, StockLevels, Timestamp, UserId,
 };
 
 use crate::error::internal;
@@ -72,7 +72,7 @@ macro_rules! sale_cols {
     () => {
         "id, name, description, original_price, sale_price, currency, starts_at, ends_at, \
          per_user_limit, queue_required, hold_seconds, control, total_stock, available, held, \
-         sold, created_at, updated_at"
+         sold, product_id, drop_id, category, created_at, updated_at"
     };
 }
 pub(crate) use sale_cols;
@@ -98,6 +98,9 @@ pub(crate) fn sale(row: &SqliteRow) -> PortResult<Sale> {
             held: col(row, "held")?,
             sold: col(row, "sold")?,
         },
+        product_id: col::<Option<String>>(row, "product_id")?.map(ProductId::from_trusted),
+        drop_id: col::<Option<String>>(row, "drop_id")?.map(DropId::from_trusted),
+        category: col(row, "category")?,
         created_at: col_ts(row, "created_at")?,
         updated_at: col_ts(row, "updated_at")?,
     })

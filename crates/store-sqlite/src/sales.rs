@@ -16,8 +16,10 @@ pub(crate) async fn insert(writer: &SqlitePool, sale: &Sale) -> PortResult<()> {
     sqlx::query(
         "INSERT INTO sales (id, name, description, original_price, sale_price, currency, \
          starts_at, ends_at, per_user_limit, queue_required, hold_seconds, control, \
-         total_stock, available, held, sold, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+         total_stock, available, held, sold, created_at, updated_at, product_id, drop_id, \
+         category) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+         ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )
     .bind(sale.id.as_str())
     .bind(&sale.name)
@@ -37,6 +39,9 @@ pub(crate) async fn insert(writer: &SqlitePool, sale: &Sale) -> PortResult<()> {
     .bind(sale.stock.sold)
     .bind(sale.created_at.0)
     .bind(sale.updated_at.0)
+    .bind(sale.product_id.as_ref().map(|p| p.as_str()))
+    .bind(sale.drop_id.as_ref().map(|d| d.as_str()))
+    .bind(&sale.category)
     .execute(writer)
     .await
     .port()?;
@@ -51,6 +56,7 @@ pub(crate) async fn update(writer: &SqlitePool, sale: &Sale) -> PortResult<bool>
         "UPDATE sales SET name = ?2, description = ?3, original_price = ?4, sale_price = ?5, \
          currency = ?6, starts_at = ?7, ends_at = ?8, per_user_limit = ?9, \
          queue_required = ?10, hold_seconds = ?11, control = ?12, updated_at = ?13, \
+         category = ?15, \
          available = available + (?14 - total_stock), total_stock = ?14 \
          WHERE id = ?1 AND available + (?14 - total_stock) >= 0",
     )
@@ -68,6 +74,7 @@ pub(crate) async fn update(writer: &SqlitePool, sale: &Sale) -> PortResult<bool>
     .bind(sale.control.as_str())
     .bind(sale.updated_at.0)
     .bind(sale.stock.total)
+    .bind(&sale.category)
     .execute(writer)
     .await
     .port()?;

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use sqlx::SqliteConnection;
 
 use stampede_app::ports::PortResult;
-use stampede_core::{Sale, SaleId, StockLevels, UserId};
+use stampede_core::judge::DropUnits;
+use stampede_core::{DropId, Sale, SaleId, StockLevels, UserId};
 
 use crate::error::{internal, OrPort};
 use crate::rows::{self, sale_cols};
@@ -31,12 +32,19 @@ struct CachedUnits {
     dirty: bool,
 }
 
+/// A drop's limit and its sales, as this transaction read them.
+struct CachedDrop {
+    per_user_limit: Option<u32>,
+    sales: Vec<SaleId>,
+}
+
 /// The sales and per-buyer units one transaction has read, with its pending changes.
 #[derive(Default)]
 pub(crate) struct TxStock {
     /// `None`: looked up and not found (so a batch does not look again).
     sales: BTreeMap<SaleId, Option<CachedSale>>,
     units: BTreeMap<(SaleId, UserId), CachedUnits>,
+    drops: BTreeMap<DropId, Option<CachedDrop>>,
 }
 
 /// Rows per multi-row statement: well under SQLite's limit on bound parameters.
@@ -93,6 +101,83 @@ impl TxStock {
             },
         );
         Ok(units)
+    }
+
+    /// What `user` holds or owns across the drop `sale` belongs to, with the drop's limit, as
+    /// this transaction sees it (pending changes included); `None` if the sale is in no drop
+    /// or its drop has no limit. One writer connection: nobody else can change these units
+    /// before the commit.
+    pub(crate) async fn drop_units(
+        &mut self,
+        conn: &mut SqliteConnection,
+        sale: &SaleId,
+        user: &UserId,
+    ) -> PortResult<Option<DropUnits>> {
+        let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
+            return Ok(None);
+        };
+        self.load_drop(conn, &drop).await?;
+        let Some(Some(CachedDrop {
+            per_user_limit: Some(limit),
+            sales,
+        })) = self.drops.get(&drop)
+        else {
+            return Ok(None);
+        };
+        let (limit, sales) = (*limit, sales.clone());
+        let mut units = 0;
+        for s in &sales {
+            units += self.units(conn, s, user).await?;
+        }
+        Ok(Some(DropUnits {
+            units,
+            per_user_limit: limit,
+        }))
+    }
+
+    /// Loads the buyers' units in every other sale of the drops their sales belong to, in one
+    /// query per chunk, so judging a batch on a drop costs no statement per buyer.
+    pub(crate) async fn preload_drop_units(
+        &mut self,
+        conn: &mut SqliteConnection,
+        pairs: &[(SaleId, UserId)],
+    ) -> PortResult<()> {
+        let mut wanted = Vec::new();
+        for (sale, user) in pairs {
+            let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
+                continue;
+            };
+            self.load_drop(conn, &drop).await?;
+            if let Some(Some(d)) = self.drops.get(&drop) {
+                if d.per_user_limit.is_some() {
+                    wanted.extend(d.sales.iter().map(|s| (s.clone(), user.clone())));
+                }
+            }
+        }
+        self.preload_units(conn, &wanted).await
+    }
+
+    async fn load_drop(&mut self, conn: &mut SqliteConnection, drop: &DropId) -> PortResult<()> {
+        if !self.drops.contains_key(drop) {
+            let limit: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT per_user_limit FROM drops WHERE id = ?1")
+                    .bind(drop.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .port()?;
+            let sales: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM sales WHERE drop_id = ?1 ORDER BY id")
+                    .bind(drop.as_str())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .port()?;
+            let cached = limit.map(|limit| CachedDrop {
+                per_user_limit: limit.and_then(|l| u32::try_from(l).ok()),
+                sales: sales.into_iter().map(SaleId::from_trusted).collect(),
+            });
+            self.drops.insert(drop.clone(), cached);
+        }
+        Ok(())
     }
 
     /// Loads the sale and the buyer's units so the synchronous moves below can apply. The sale

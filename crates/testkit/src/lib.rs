@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use stampede_app::ports::Store;
 
+pub mod catalog_conformance;
 pub mod room_conformance;
 pub mod store_conformance;
 
@@ -84,7 +85,10 @@ macro_rules! store_conformance_tests {
             webhook_claims_lease_back_off_and_wait_until_due,
             delivered_webhooks_are_never_claimed_again,
             concurrent_webhook_claims_never_share_a_delivery,
-            randomized_operations_match_the_reference_model
+            randomized_operations_match_the_reference_model,
+            a_drop_limit_spans_its_sales,
+            concurrent_batches_respect_a_drop_limit,
+            browse_matches_the_model
         );
     };
     (@each ($make:expr) $($name:ident),+ $(,)?) => {

@@ -21,6 +21,10 @@ use stampede_core::{
     PaymentStatus, Sale, SaleControl, SaleId, StockLevels, Timestamp, UserId,
 };
 
+pub use crate::catalog_conformance::{
+    a_drop_limit_spans_its_sales, browse_matches_the_model, concurrent_batches_respect_a_drop_limit,
+};
+
 /// The judge's clock reading most checks run at.
 pub const T0: Timestamp = Timestamp(1_700_000_000_000);
 /// How long the checks' sales hold units.
@@ -63,6 +67,9 @@ pub fn sale_with(total: i64, limit: u32, currency: &str) -> Sale {
         hold_seconds: HOLD_SECS,
         control: SaleControl::Running,
         stock: StockLevels::fresh(total),
+        product_id: None,
+        drop_id: None,
+        category: String::new(),
         created_at: T0.plus_secs(-7_200),
         updated_at: T0.plus_secs(-7_200),
     }

@@ -42,11 +42,17 @@ pub async fn create_sale(
         discount_percent: b.discount_percent,
         currency: b.currency,
         total_stock: b.total_stock,
-        starts_at: parse_time("starts_at", &b.starts_at)?,
-        ends_at: parse_time("ends_at", &b.ends_at)?,
+        starts_at: b
+            .starts_at
+            .map(|t| parse_time("starts_at", &t))
+            .transpose()?,
+        ends_at: b.ends_at.map(|t| parse_time("ends_at", &t)).transpose()?,
         per_user_limit: b.per_user_limit,
         queue_required: b.queue_required,
         hold_seconds: b.hold_seconds,
+        product_id: b.product_id,
+        drop_id: b.drop_id,
+        category: b.category,
     };
     let sale = s.app.create_sale(&who, draft).await?;
     Ok((

@@ -22,7 +22,11 @@ use crate::state::AppState;
 /// A cacheable JSON answer: `Cache-Control` allows a CDN or browser to keep it as long as the
 /// server's own read cache may lag, and a weak `ETag` over the content (without `server_time`,
 /// which changes every millisecond) lets a client revalidate with `If-None-Match` for a 304.
-fn cacheable<T: serde::Serialize>(s: &AppState, headers: &HeaderMap, body: T) -> Response {
+pub(crate) fn cacheable<T: serde::Serialize>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: T,
+) -> Response {
     let value = match serde_json::to_value(&body) {
         Ok(v) => v,
         Err(_) => return Json(body).into_response(),
@@ -67,7 +71,8 @@ fn strip_server_time(v: &mut serde_json::Value) {
     }
 }
 
-/// Lists sales, optionally by status.
+/// Lists sales: every sale (optionally by status), or with any browse parameter a page of
+/// them by category, status, drop and name.
 #[utoipa::path(get, path = "/api/v1/sales", tag = "sales", params(SalesQuery),
     responses((status = 200, body = SalesDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 422, body = Problem)))]
@@ -76,6 +81,19 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Query<SalesQuery>,
 ) -> Result<Response, ApiError> {
+    let now = s.app.clock.now();
+    if q.is_browse() {
+        let page = s.app.browse_sales(&q.browse()).await?;
+        let body = SalesDto {
+            sales: page
+                .items
+                .iter()
+                .map(|sale| SaleDto::new(sale, now))
+                .collect(),
+            next: page.next,
+        };
+        return Ok(cacheable(&s, &headers, body));
+    }
     let statuses = match q.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
@@ -91,9 +109,9 @@ pub async fn list(
         ),
     };
     let sales = s.app.list_sales(statuses.as_deref()).await?;
-    let now = s.app.clock.now();
     let body = SalesDto {
         sales: sales.iter().map(|sale| SaleDto::new(sale, now)).collect(),
+        next: None,
     };
     Ok(cacheable(&s, &headers, body))
 }
