@@ -70,12 +70,11 @@ fn db(e: sqlx::Error) -> String {
 pub async fn snapshot(pool: &SqlitePool) -> Result<Snapshot, String> {
     let mut tx = pool.begin().await.map_err(db)?;
     let mut snap = Snapshot::default();
-    let sales: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, total_stock, available, held, sold, per_user_limit FROM sales",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db)?;
+    let sales: Vec<(String, i64, i64, i64, i64, i64)> =
+        sqlx::query_as("SELECT id, total_stock, available, held, sold, per_user_limit FROM sales")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
     for (id, total, available, held, sold, limit) in sales {
         snap.sales.insert(
             id,
@@ -88,12 +87,11 @@ pub async fn snapshot(pool: &SqlitePool) -> Result<Snapshot, String> {
             },
         );
     }
-    let holds: Vec<(String, String, String, i64, String, i64)> = sqlx::query_as(
-        "SELECT id, sale_id, user_id, quantity, state, expires_at FROM holds",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db)?;
+    let holds: Vec<(String, String, String, i64, String, i64)> =
+        sqlx::query_as("SELECT id, sale_id, user_id, quantity, state, expires_at FROM holds")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
     for (id, sale_id, user_id, quantity, state, expires_at) in holds {
         let state = HoldState::parse(&state).ok_or_else(|| format!("hold state {state}"))?;
         snap.holds.insert(
@@ -127,11 +125,12 @@ pub async fn snapshot(pool: &SqlitePool) -> Result<Snapshot, String> {
             },
         );
     }
-    let items: Vec<(String, String, String, i64)> =
-        sqlx::query_as("SELECT order_id, hold_id, sale_id, quantity FROM order_items ORDER BY rowid")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
+    let items: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT order_id, hold_id, sale_id, quantity FROM order_items ORDER BY rowid",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
     for (order, hold, sale, quantity) in items {
         let Some(o) = snap.orders.get_mut(&order) else {
             return Err(format!("order item of missing order {order}"));
@@ -299,7 +298,10 @@ pub fn invariants(
     for c in charges {
         *per_order.entry(c.order_id.as_str()).or_default() += 1;
         if c.captures > 1 {
-            return Err(format!("charge {} captured {} times", c.reference, c.captures));
+            return Err(format!(
+                "charge {} captured {} times",
+                c.reference, c.captures
+            ));
         }
         let order = snap
             .orders

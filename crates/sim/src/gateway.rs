@@ -134,8 +134,11 @@ impl SimGateway {
     fn transition(&self, reference: &str, to: ChargeState) -> PortResult<()> {
         self.with(|l| {
             let Some(charge) = l.charges.get_mut(reference) else {
-                l.violations.push(format!("{to:?} of unknown reference {reference}"));
-                return Err(PortError::Internal(format!("unknown reference {reference}")));
+                l.violations
+                    .push(format!("{to:?} of unknown reference {reference}"));
+                return Err(PortError::Internal(format!(
+                    "unknown reference {reference}"
+                )));
             };
             use ChargeState::*;
             let allowed = match (charge.state, to) {

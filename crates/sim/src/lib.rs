@@ -98,17 +98,24 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("runtime: {e}"))
 }
 
+/// Counts of what a run did, by kind (see the test output).
+pub type Stats = std::collections::BTreeMap<&'static str, u64>;
+
 /// Runs `steps` random steps from `seed`.
-pub fn run_seed(seed: u64, steps: usize) -> Result<(), Failure> {
+pub fn run_seed(seed: u64, steps: usize) -> Result<Stats, Failure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let shape = shape_for(&mut rng);
-    run_with(seed, &mut rng, shape, |rng, _| {
-        Some(step::random_step(rng, shape))
-    }, steps)
+    run_with(
+        seed,
+        &mut rng,
+        shape,
+        |rng, _| Some(step::random_step(rng, shape)),
+        steps,
+    )
 }
 
 /// Runs the given steps (from proptest, or a reduced failing case) on the shop of `shape`.
-pub fn run_steps(seed: u64, shape: Shape, steps: &[Step]) -> Result<(), Failure> {
+pub fn run_steps(seed: u64, shape: Shape, steps: &[Step]) -> Result<Stats, Failure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     run_with(
         seed,
@@ -125,7 +132,7 @@ fn run_with(
     shape: Shape,
     mut next: impl FnMut(&mut ChaCha8Rng, usize) -> Option<Step>,
     steps: usize,
-) -> Result<(), Failure> {
+) -> Result<Stats, Failure> {
     let mut trail: Vec<String> = Vec::new();
     let fail = |step: usize, message: String, trail: &[String]| Failure {
         seed,
@@ -145,8 +152,7 @@ fn run_with(
                 return Err(fail(i + 1, m, &trail));
             }
         }
-        world.shut_down().await;
-        Ok(())
+        Ok(world.shut_down().await)
     })
 }
 
@@ -174,24 +180,52 @@ pub fn steps_from_env() -> usize {
 }
 
 /// Runs every seed in `seeds` on `threads` threads (each seed on its own current-thread
-/// runtime, so each stays deterministic); returns the failures, lowest seed first.
-pub fn run_seeds(seeds: std::ops::Range<u64>, steps: usize, threads: usize) -> Vec<Failure> {
+/// runtime, so each stays deterministic); returns the failures, lowest seed first, and the
+/// stats of all runs added up.
+pub fn run_seeds(
+    seeds: std::ops::Range<u64>,
+    steps: usize,
+    threads: usize,
+) -> (Vec<Failure>, Stats) {
     let threads = threads.max(1) as u64;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let seeds = seeds.clone();
             std::thread::spawn(move || {
-                seeds
-                    .filter(|s| s % threads == t)
-                    .filter_map(|s| run_seed(s, steps).err())
-                    .collect::<Vec<_>>()
+                let mut failures = Vec::new();
+                let mut stats = Stats::new();
+                for seed in seeds.filter(|s| s % threads == t) {
+                    match run_seed(seed, steps) {
+                        Ok(s) => {
+                            for (k, v) in s {
+                                *stats.entry(k).or_default() += v;
+                            }
+                        }
+                        Err(f) => failures.push(f),
+                    }
+                }
+                (failures, stats)
             })
         })
         .collect();
-    let mut failures: Vec<Failure> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap_or_default())
-        .collect();
+    let mut failures = Vec::new();
+    let mut stats = Stats::new();
+    for handle in handles {
+        match handle.join() {
+            Ok((f, s)) => {
+                failures.extend(f);
+                for (k, v) in s {
+                    *stats.entry(k).or_default() += v;
+                }
+            }
+            Err(_) => failures.push(Failure {
+                seed: seeds.start,
+                step: 0,
+                message: "a simulation thread panicked".into(),
+                trail: Vec::new(),
+            }),
+        }
+    }
     failures.sort_by_key(|f| f.seed);
-    failures
+    (failures, stats)
 }

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use sqlx::SqlitePool;
 
 use stampede_app::checkout::CheckoutRequest;
+use stampede_app::config::Argon2Cost;
 use stampede_app::ports::{Gate, GateSeed, IdempotencyStart, Role};
 use stampede_app::sales::SaleDraft;
 use stampede_app::{Adapters, App, AppConfig, AppError, Principal};
@@ -132,6 +133,8 @@ pub struct World {
     /// The gate was made wrong and not rebuilt since.
     drifted: bool,
     step_no: usize,
+    /// What happened, by kind: shows a run exercised what it claims to.
+    pub stats: BTreeMap<&'static str, u64>,
 }
 
 fn principal(user_id: UserId, role: Role) -> Principal {
@@ -218,6 +221,7 @@ impl World {
             stalled_until: 0,
             drifted: false,
             step_no: 0,
+            stats: BTreeMap::new(),
         };
         world.node = Some(world.start().await?);
         world.inspector = check::inspector(&world.db).await?;
@@ -247,13 +251,11 @@ impl World {
             world.sales.push(sale.id);
         }
         for _ in 0..shape.users {
-            world.users.push(principal(
-                UserId::generate(EPOCH.0, rng.gen()),
-                Role::Buyer,
-            ));
+            world
+                .users
+                .push(principal(UserId::generate(EPOCH.0, rng.gen()), Role::Buyer));
         }
-        // Sales are created while the app runs: rebuild the gate as a start would.
-        world.crash(true).await?;
+        world.prev = check::snapshot(&world.inspector).await?;
         Ok(world)
     }
 
@@ -277,6 +279,13 @@ impl World {
         };
         let config = AppConfig {
             webhook_secret: SECRET.into(),
+            // Nobody logs in here; the cheapest cost keeps the start's decoy hash from
+            // dominating a crash-and-restart.
+            argon2: Argon2Cost {
+                memory_kib: 8,
+                iterations: 1,
+                parallelism: 1,
+            },
             read_cache_ms: 0,
             ..AppConfig::default()
         };
@@ -292,7 +301,9 @@ impl World {
     }
 
     fn node(&self) -> Result<&Node, String> {
-        self.node.as_ref().ok_or_else(|| "no app running".to_string())
+        self.node
+            .as_ref()
+            .ok_or_else(|| "no app running".to_string())
     }
 
     fn app(&self) -> Result<Arc<App>, String> {
@@ -318,12 +329,29 @@ impl World {
             }
             drop(app);
             drop(gate);
-            let _ = writer.await;
+            let ended = writer.await;
             store.close().await;
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    return Err(format!(
+                        "the judge's writer died while draining its queue: {}",
+                        panic_message(e.into_panic())
+                    ));
+                }
+            }
         }
         self.node = Some(self.start().await?);
         self.drifted = false;
+        self.count(if graceful {
+            "crash (writer drained)"
+        } else {
+            "crash (writer killed)"
+        });
         Ok(())
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.stats.entry(what).or_default() += 1;
     }
 
     fn user_of(&self, id: &UserId) -> Option<usize> {
@@ -339,9 +367,14 @@ impl World {
         Err(format!("{what}: unexpected answer {e:?}"))
     }
 
-    fn record_reserve(&mut self, user: usize, result: Result<stampede_core::Hold, AppError>) -> Result<(), String> {
+    fn record_reserve(
+        &mut self,
+        user: usize,
+        result: Result<stampede_core::Hold, AppError>,
+    ) -> Result<(), String> {
         match result {
             Ok(h) => {
+                self.count("reserve: hold");
                 self.holds.push(KnownHold {
                     id: h.id,
                     user,
@@ -352,13 +385,34 @@ impl World {
                 });
                 Ok(())
             }
-            Err(AppError::SoldOut | AppError::LimitExceeded) => Ok(()),
+            Err(AppError::SoldOut) => {
+                self.count("reserve: sold out");
+                Ok(())
+            }
+            Err(AppError::LimitExceeded) => {
+                self.count("reserve: over the limit");
+                Ok(())
+            }
             Err(e) => Self::unexpected("reserve", &e),
         }
     }
 
-    /// Runs one step, then checks everything.
+    /// Runs one step, then checks everything. If the step failed because the judge's writer
+    /// died, the writer's own last words are the better report.
     pub async fn run(&mut self, rng: &mut ChaCha8Rng, step: &Step) -> Result<(), String> {
+        match self.run_inner(rng, step).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.node.as_ref().map(|n| n.writer.is_finished()) {
+                Some(true) => Err(format!(
+                    "{e}; {}",
+                    self.writer_alive().await.err().unwrap_or_default()
+                )),
+                _ => Err(e),
+            },
+        }
+    }
+
+    async fn run_inner(&mut self, rng: &mut ChaCha8Rng, step: &Step) -> Result<(), String> {
         self.step_no += 1;
         let mut swept = false;
         match step.clone() {
@@ -436,7 +490,8 @@ impl World {
                         (Ok(()), Ending::CrashBeforeReply) => {
                             self.holds[i].told = Told::MaybeReleased
                         }
-                        (Err(AppError::HoldExpired | AppError::NotFound), _) if late || h.in_checkout => {}
+                        (Err(AppError::HoldExpired | AppError::NotFound), _)
+                            if late || h.in_checkout => {}
                         (Err(AppError::Conflict(_)), _) if h.in_checkout => {}
                         (Err(e), _) => {
                             return Err(format!(
@@ -467,7 +522,8 @@ impl World {
                             self.holds[i].qty = held.quantity;
                         }
                         Err(AppError::SoldOut | AppError::LimitExceeded) => {}
-                        Err(AppError::HoldExpired | AppError::NotFound) if late || h.in_checkout => {}
+                        Err(AppError::HoldExpired | AppError::NotFound)
+                            if late || h.in_checkout => {}
                         Err(AppError::Conflict(_)) if h.in_checkout => {}
                         Err(e) => return Self::unexpected("resize", &e),
                     }
@@ -491,6 +547,7 @@ impl World {
                     let answer = self.send_keyed(&k).await?;
                     match (answer, &k.answer) {
                         (Answer::Replay(s, b), Some((s0, b0))) => {
+                            self.count("checkout: idempotent replay");
                             if (s, &b) != (*s0, b0) {
                                 return Err(format!(
                                     "retry of key {} got ({s}, {b}), first answer was ({s0}, {b0})",
@@ -516,7 +573,10 @@ impl World {
                             return Err(format!("retry of finished key {}: in progress", k.key))
                         }
                         (Answer::Replay(..), _) => {
-                            return Err(format!("key {} replayed after its claim was dropped", k.key))
+                            return Err(format!(
+                                "key {} replayed after its claim was dropped",
+                                k.key
+                            ))
                         }
                     }
                     if !k.abandoned && self.gateway.charges().len() != before {
@@ -619,10 +679,14 @@ impl World {
                         let body = hook.body();
                         let sig = stampede_app::webhook::sign(SECRET, signed_at, &body);
                         match self.app()?.payment_webhook(&body, Some(&sig)).await {
-                            Ok(()) => self.delivered.push(hook),
+                            Ok(()) => {
+                                self.count("webhook: applied");
+                                self.delivered.push(hook)
+                            }
                             Err(AppError::BadSignature)
                                 if (now.0 / 1000 - signed_at.0 / 1000).abs() > 300 =>
                             {
+                                self.count("webhook: stale signature refused");
                                 self.gateway.owe_again(hook);
                             }
                             Err(e) => return Self::unexpected("webhook", &e),
@@ -640,6 +704,7 @@ impl World {
                     if let Err(e) = self.app()?.payment_webhook(&body, Some(&sig)).await {
                         return Self::unexpected("replayed webhook", &e);
                     }
+                    self.count("webhook: replayed");
                     if check::snapshot(&self.inspector).await? != before
                         || self.gateway.charges() != charges
                     {
@@ -684,6 +749,7 @@ impl World {
                 self.drifted = false;
             }
             Step::GateDrift { sale, extra } => {
+                self.count("gate made wrong");
                 let sale_id = self.sales[sale].clone();
                 let snap = check::snapshot(&self.inspector).await?;
                 let available = snap
@@ -762,11 +828,21 @@ impl World {
     /// The hold ids a buyer names in a checkout: their own told-active holds by pick, or a
     /// made-up one if they have none.
     fn checkout_holds(&self, user: usize, picks: &[usize]) -> Vec<String> {
-        let mine: Vec<usize> = self
+        let now = self.now();
+        let mut mine: Vec<usize> = self
             .told_active()
             .into_iter()
             .filter(|&i| self.holds[i].user == user)
             .collect();
+        // Mostly the holds that are still live; now and then one whose time has run out.
+        let live: Vec<usize> = mine
+            .iter()
+            .copied()
+            .filter(|&i| self.holds[i].expires_at > now)
+            .collect();
+        if !live.is_empty() && picks.first().is_some_and(|p| p % 5 != 0) {
+            mine = live;
+        }
         let mut ids: Vec<String> = Vec::new();
         for p in picks {
             if let Some(&i) = pick_from(&mine, *p) {
@@ -882,6 +958,16 @@ impl World {
                 h.in_checkout = true;
             }
         }
+        self.count(match &result {
+            Ok(o) if o.status == OrderStatus::Confirmed => "checkout: confirmed",
+            Ok(_) => "checkout: pending payment",
+            Err(AppError::PaymentDeclined { .. }) => "checkout: declined",
+            Err(AppError::HoldExpired) => "checkout: hold expired",
+            Err(AppError::NotFound) => "checkout: hold not found",
+            Err(AppError::Conflict(_)) => "checkout: hold in another order",
+            Err(AppError::Unavailable(_)) => "checkout: gateway down",
+            Err(_) => "checkout: other error",
+        });
         let told = ending == Ending::Told;
         let order_id = match &result {
             Ok(o) => Some(o.id.to_string()),
@@ -889,7 +975,12 @@ impl World {
             _ => None,
         };
         match (&result, order_id) {
-            (Ok(o), _) if !matches!(o.status, OrderStatus::Confirmed | OrderStatus::PendingPayment) => {
+            (Ok(o), _)
+                if !matches!(
+                    o.status,
+                    OrderStatus::Confirmed | OrderStatus::PendingPayment
+                ) =>
+            {
                 return Err(format!("checkout answered an order that is {:?}", o.status))
             }
             (Err(AppError::Internal(_)), _) => {
@@ -920,8 +1011,27 @@ impl World {
         Ok(())
     }
 
+    /// The group-commit writer lives as long as the app: if it ended, say why (a panic in
+    /// it is how a debug build reports a judge that broke the stock counters).
+    async fn writer_alive(&mut self) -> Result<(), String> {
+        let finished = self.node()?.writer.is_finished();
+        if !finished {
+            return Ok(());
+        }
+        let Some(node) = self.node.take() else {
+            return Ok(());
+        };
+        let why = match node.writer.await {
+            Ok(()) => "it returned".to_string(),
+            Err(e) if e.is_panic() => panic_message(e.into_panic()),
+            Err(e) => e.to_string(),
+        };
+        Err(format!("the judge's writer died: {why}"))
+    }
+
     /// Every check after a step.
     async fn check(&mut self, swept: bool) -> Result<(), String> {
+        self.writer_alive().await?;
         let snap = check::snapshot(&self.inspector).await?;
         let now = self.now();
         check::invariants(
@@ -937,7 +1047,9 @@ impl World {
             .await
             .map_err(|e| app_err("check_invariants", e))?;
         if !failed.is_empty() {
-            return Err(format!("the app's own invariant check failed for {failed:?}"));
+            return Err(format!(
+                "the app's own invariant check failed for {failed:?}"
+            ));
         }
         if swept {
             if let Some((id, _)) = snap
@@ -978,7 +1090,9 @@ impl World {
             let ok = match (h.told, row.state) {
                 (Told::Released, s) => s == HoldState::Released,
                 (Told::MaybeReleased, s) => {
-                    s == HoldState::Released || (s == HoldState::Active && !late) || (late && s == HoldState::Expired)
+                    s == HoldState::Released
+                        || (s == HoldState::Active && !late)
+                        || (late && s == HoldState::Expired)
                 }
                 (Told::Active, HoldState::Active) => {
                     h.in_checkout || row.quantity == i64::from(h.qty)
@@ -1004,12 +1118,15 @@ impl World {
             .collect();
         for (id, row) in strangers {
             let found = self.maybe_holds.iter().position(|m| {
-                m.user.as_str() == row.user_id && m.sale.as_str() == row.sale_id && m.qty == row.quantity
+                m.user.as_str() == row.user_id
+                    && m.sale.as_str() == row.sale_id
+                    && m.qty == row.quantity
             });
             let Some(i) = found else {
                 return Err(format!("hold {id} exists but no client asked for it"));
             };
             self.maybe_holds.remove(i);
+            self.count("lost answer: hold found");
             let Some(user) = self.user_of(&UserId::from_trusted(row.user_id.clone())) else {
                 return Err(format!("hold {id} of an unknown buyer"));
             };
@@ -1042,7 +1159,9 @@ impl World {
                 }
                 Some(told) => s == told,
             };
-            if !ok || (o.must_not_sell && matches!(s, OrderStatus::Confirmed | OrderStatus::Refunded)) {
+            if !ok
+                || (o.must_not_sell && matches!(s, OrderStatus::Confirmed | OrderStatus::Refunded))
+            {
                 return Err(format!(
                     "order {}: client was told {:?}, judge has {s:?}",
                     o.id, o.told
@@ -1063,9 +1182,12 @@ impl World {
                 .iter()
                 .position(|a| a.user.as_str() == row.user_id && a.holds == holds);
             let Some(i) = found else {
-                return Err(format!("order {id} exists but no client checked out its holds"));
+                return Err(format!(
+                    "order {id} exists but no client checked out its holds"
+                ));
             };
             let attempt = self.attempts.remove(i);
+            self.count("checkout without an answer: order found");
             if attempt.told_failure
                 && matches!(row.status, OrderStatus::Confirmed | OrderStatus::Refunded)
             {
@@ -1088,15 +1210,60 @@ impl World {
         Ok(())
     }
 
-    /// Stops the application and lets its writer finish.
-    pub async fn shut_down(mut self) {
+    /// Where the holds and orders ended up, added to the stats.
+    fn final_stats(&mut self) {
+        let snap = self.prev.clone();
+        for h in snap.holds.values() {
+            self.count(match h.state {
+                HoldState::Active => "end: hold still active",
+                HoldState::Converted => "end: hold sold",
+                HoldState::Released => "end: hold released",
+                HoldState::Expired => "end: hold expired",
+            });
+        }
+        for o in snap.orders.values() {
+            self.count(match o.status {
+                OrderStatus::PendingPayment => "end: order pending",
+                OrderStatus::Confirmed => "end: order confirmed",
+                OrderStatus::PaymentFailed => "end: order failed",
+                OrderStatus::Cancelled => "end: order cancelled",
+                OrderStatus::Refunded => "end: order refunded",
+            });
+            // A late payment that took lapsed stock again.
+            if o.status == OrderStatus::Confirmed
+                && o.items.iter().any(|(hold, _, _)| {
+                    snap.holds.get(hold).map(|h| h.state) == Some(HoldState::Expired)
+                })
+            {
+                self.count("end: late payment honoured from stock");
+            }
+            if o.status == OrderStatus::PaymentFailed
+                && o.payment_status.as_deref() == Some("voided")
+            {
+                self.count("end: late payment voided");
+            }
+        }
+    }
+
+    /// Stops the application and lets its writer finish; returns what happened.
+    pub async fn shut_down(mut self) -> BTreeMap<&'static str, u64> {
+        self.final_stats();
         if let Some(node) = self.node.take() {
             drop(node.app);
             let _ = node.writer.await;
             node.store.close().await;
         }
         self.inspector.close().await;
+        std::mem::take(&mut self.stats)
     }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 fn pick_index(len: usize, pick: usize) -> Option<usize> {

@@ -18,13 +18,16 @@ fn every_seed_keeps_every_invariant() {
                 .unwrap_or(1)
         });
     let started = Instant::now();
-    let failures = run_seeds(seeds.clone(), steps, threads);
+    let (failures, stats) = run_seeds(seeds.clone(), steps, threads);
     eprintln!(
         "simulated seeds {}..{} ({steps} steps each, {threads} threads) in {:.1?}",
         seeds.start,
         seeds.end,
         started.elapsed()
     );
+    for (what, n) in &stats {
+        eprintln!("  {what:<40} {n:>8}");
+    }
     if let Some(first) = failures.first() {
         let seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
         panic!("{first}\nfailing seeds: {seeds:?}");
