@@ -105,7 +105,8 @@ pub async fn snapshot(pool: &SqlitePool) -> Result<Snapshot, String> {
             },
         );
     }
-    let orders: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+    type OrderJoin = (String, String, String, Option<String>, Option<String>);
+    let orders: Vec<OrderJoin> = sqlx::query_as(
         "SELECT o.id, o.user_id, o.status, p.status, p.reference FROM orders o \
          LEFT JOIN payments p ON p.order_id = o.id",
     )
@@ -307,26 +308,17 @@ pub fn invariants(
             .orders
             .values()
             .find(|o| o.reference.as_deref() == Some(c.reference.as_str()));
-        match c.state {
-            ChargeState::Captured => {
-                if order.map(|o| o.status) != Some(OrderStatus::Confirmed) {
-                    return Err(format!(
-                        "charge {} captured, its order is {:?}",
-                        c.reference,
-                        order.map(|o| o.status)
-                    ));
-                }
-            }
-            ChargeState::Refunded => {
-                if order.map(|o| o.status) != Some(OrderStatus::Refunded) {
-                    return Err(format!(
-                        "charge {} refunded, its order is {:?}",
-                        c.reference,
-                        order.map(|o| o.status)
-                    ));
-                }
-            }
-            _ => {}
+        let status = order.map(|o| o.status);
+        let wrong = match c.state {
+            ChargeState::Captured => status != Some(OrderStatus::Confirmed),
+            ChargeState::Refunded => status != Some(OrderStatus::Refunded),
+            _ => false,
+        };
+        if wrong {
+            return Err(format!(
+                "charge {} is {:?}, its order is {status:?}",
+                c.reference, c.state
+            ));
         }
     }
     for (order, n) in per_order {

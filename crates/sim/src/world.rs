@@ -104,7 +104,7 @@ struct Keyed {
 
 /// How one checkout ended, as the HTTP layer would put it.
 enum Answer {
-    Fresh(u16, String, Result<Order, AppError>),
+    Fresh(u16, String, Box<Result<Order, AppError>>),
     Replay(u16, String),
     Mismatch,
     InProgress,
@@ -559,7 +559,7 @@ impl World {
                             self.keyed[i].answer = Some((s, b));
                         }
                         (Answer::Fresh(s, b, result), None) if k.abandoned => {
-                            self.after_checkout(k.user, &k.holds, result, Ending::Told)?;
+                            self.after_checkout(k.user, &k.holds, *result, Ending::Told)?;
                             self.keyed[i].abandoned = s >= 500;
                             self.keyed[i].answer = (s < 500).then_some((s, b));
                         }
@@ -626,7 +626,7 @@ impl World {
                         Answer::Fresh(s, body, result) => {
                             fresh += 1;
                             first = Some((s, body.clone()));
-                            self.after_checkout(user, &holds, result, Ending::Told)?;
+                            self.after_checkout(user, &holds, *result, Ending::Told)?;
                         }
                         Answer::Replay(s, body) => replays.push((s, body)),
                         Answer::InProgress => {}
@@ -887,7 +887,7 @@ impl World {
                         .await
                         .map_err(|e| app_err("idempotency_finish", e))?;
                 }
-                Ok(Answer::Fresh(status, body, result))
+                Ok(Answer::Fresh(status, body, Box::new(result)))
             }
             Err(e) => Err(app_err("idempotency_start", e)),
         }
@@ -926,7 +926,7 @@ impl World {
                             abandoned: status >= 500,
                             ..k
                         });
-                        result
+                        *result
                     }
                     _ => return Err(format!("fresh key {key} was not fresh")),
                 }

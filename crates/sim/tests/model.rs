@@ -67,7 +67,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 24,
+        cases: 64,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
