@@ -59,6 +59,8 @@ pub const DEFAULT_SEEDS: u64 = 1000;
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub seed: u64,
+    /// Steps the run was to take (the replay needs the same number).
+    pub steps: usize,
     pub step: usize,
     pub message: String,
     pub trail: Vec<String>,
@@ -75,9 +77,14 @@ impl std::fmt::Display for Failure {
         for line in &self.trail {
             writeln!(f, "  {line}")?;
         }
+        let steps = if self.steps == DEFAULT_STEPS {
+            String::new()
+        } else {
+            format!("STAMPEDE_SIM_STEPS={} ", self.steps)
+        };
         write!(
             f,
-            "replay with: STAMPEDE_SIM_SEED={} cargo test -p stampede-sim",
+            "replay with: STAMPEDE_SIM_SEED={} {steps}cargo test -p stampede-sim",
             self.seed
         )
     }
@@ -136,6 +143,7 @@ fn run_with(
     let mut trail: Vec<String> = Vec::new();
     let fail = |step: usize, message: String, trail: &[String]| Failure {
         seed,
+        steps,
         step,
         message,
         trail: trail.to_vec(),
@@ -220,6 +228,7 @@ pub fn run_seeds(
             }
             Err(_) => failures.push(Failure {
                 seed: seeds.start,
+                steps,
                 step: 0,
                 message: "a simulation thread panicked".into(),
                 trail: Vec::new(),
