@@ -26,7 +26,14 @@
 //! state consistent with the answer; where an answer was lost, both outcomes are accepted
 //! but nothing else (a hold or order no client asked for is a failure).
 //!
-//! Everything runs on one current-thread runtime per seed, so a seed replays the same run.
+//! Everything runs on one current-thread runtime per seed, and every choice comes from the
+//! seed, so a seed replays the same run (`a_seed_runs_the_same_way_twice` holds this).
+//!
+//! `tests/broken_judge.rs` proves the checker has teeth: it turns off the judge's stock check
+//! (`stampede_core::judge::set_skip_stock_check_for_tests`, compiled only with core's
+//! `test-faults` feature and off until flipped) and requires a failing seed among the first
+//! 1,000; the gate-drift step is what lets an oversell reach the broken judge.
+//! `tests/model.rs` runs proptest-made sequences of the same steps, shrinking any failure.
 //!
 //! ```text
 //! cargo test -p stampede-sim                                  # 1,000 seeds (CI)
@@ -34,6 +41,7 @@
 //! STAMPEDE_SIM_SEEDS=100000 cargo test -p stampede-sim --release   # a long run
 //! STAMPEDE_SIM_FIRST_SEED=5000 STAMPEDE_SIM_SEEDS=1000 ...    # another range of seeds
 //! STAMPEDE_SIM_STEPS=200 ...                                  # longer runs per seed
+//! STAMPEDE_SIM_THREADS=1 ...                                  # threads (default: cores, max 2)
 //! ```
 //!
 //! [`ManualClock`]: stampede_core::ManualClock
