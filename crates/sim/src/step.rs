@@ -33,6 +33,16 @@ pub enum Step {
     Burst { buyers: Vec<(usize, usize, i64)> },
     /// A buyer lets go of a hold.
     Release { pick: usize, ending: Ending },
+    /// A buyer releases a hold while a checkout of it is in flight: at most one may win.
+    ReleaseWhilePaying {
+        pick: usize,
+        token: &'static str,
+        /// Which of the two reaches the application first.
+        release_first: bool,
+    },
+    /// The sweeper runs while one of the gateway's webhooks is being applied (a payment
+    /// landing as its hold lapses, if the clock was moved to the expiry).
+    SweepWhileWebhook { pick: usize },
     /// A buyer changes a hold's quantity.
     Resize { pick: usize, qty: i64 },
     /// A buyer checks out some of their holds.
@@ -124,12 +134,18 @@ pub fn random_step(rng: &mut impl Rng, shape: Shape) -> Step {
     let qty = if rng.gen_ratio(1, 5) { 2 } else { 1 };
     let pick = rng.gen_range(0..64);
     match rng.gen_range(0..100) {
-        0..=21 => Step::Reserve {
+        0..=18 => Step::Reserve {
             user,
             sale,
             qty,
             ending: ending(rng),
         },
+        19..=20 => Step::ReleaseWhilePaying {
+            pick,
+            token: token(rng),
+            release_first: rng.gen_bool(0.5),
+        },
+        21 => Step::SweepWhileWebhook { pick },
         22..=25 => Step::ReserveTwice { user, sale, qty },
         26..=30 => {
             let n = rng.gen_range(2..=4);

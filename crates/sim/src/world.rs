@@ -507,6 +507,82 @@ impl World {
                     }
                 }
             }
+            Step::ReleaseWhilePaying {
+                pick,
+                token,
+                release_first,
+            } => {
+                let now = self.now();
+                let mut live = self.told_active();
+                if live.iter().any(|&i| self.holds[i].expires_at > now) {
+                    live.retain(|&i| self.holds[i].expires_at > now);
+                }
+                if let Some(&i) = pick_from(&live, pick) {
+                    let h = self.holds[i].clone();
+                    let who = self.users[h.user].clone();
+                    let app = self.app()?;
+                    let id = h.id.to_string();
+                    // The one that goes second lets the runtime run the other first.
+                    let later = |first: bool| async move {
+                        if !first {
+                            for _ in 0..3 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    };
+                    let (released, paid) = futures::join!(
+                        async {
+                            later(release_first).await;
+                            app.release_hold(&who, &id).await
+                        },
+                        async {
+                            later(!release_first).await;
+                            app.checkout(&who, Self::request(std::slice::from_ref(&id), token))
+                                .await
+                        }
+                    );
+                    self.count(match (&released, &paid) {
+                        (Ok(()), Ok(_)) => "race: release and checkout both won",
+                        (Ok(()), Err(_)) => "race: release won",
+                        (Err(_), Ok(_)) => "race: checkout won",
+                        (Err(_), Err(_)) => "race: neither",
+                    });
+                    match released {
+                        Ok(()) => self.holds[i].told = Told::Released,
+                        // The checkout got there first, or the hold had lapsed.
+                        Err(AppError::HoldExpired | AppError::NotFound | AppError::Conflict(_)) => {
+                        }
+                        Err(e) => return Self::unexpected("release while paying", &e),
+                    }
+                    if let Err(AppError::Unavailable(_)) = &paid {
+                        if token != tokens::DOWN {
+                            return Self::unexpected(
+                                "checkout while releasing",
+                                &AppError::Unavailable(String::new()),
+                            );
+                        }
+                    }
+                    self.after_checkout(h.user, &[id], paid, Ending::Told)?;
+                }
+            }
+            Step::SweepWhileWebhook { pick } => {
+                let owed = self.gateway.owed();
+                if let Some(i) = pick_index(owed.len(), pick) {
+                    if let Some(hook) = self.gateway.take_owed(i) {
+                        let app = self.app()?;
+                        let body = hook.body();
+                        let sig = stampede_app::webhook::sign(SECRET, self.now(), &body);
+                        let (swept_now, applied) =
+                            futures::join!(app.sweep(), app.payment_webhook(&body, Some(&sig)));
+                        swept_now.map_err(|e| app_err("sweep", e))?;
+                        if let Err(e) = applied {
+                            return Self::unexpected("webhook during a sweep", &e);
+                        }
+                        self.count("webhook: applied during a sweep");
+                        self.delivered.push(hook);
+                    }
+                }
+            }
             Step::Resize { pick, qty } => {
                 let live = self.told_active();
                 if let Some(&i) = pick_from(&live, pick) {

@@ -39,6 +39,10 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|buyers| Step::Burst { buyers }),
         1 => (pick.clone(), ending()).prop_map(|(pick, ending)| Step::Release { pick, ending }),
         1 => (pick.clone(), 1_i64..=3).prop_map(|(pick, qty)| Step::Resize { pick, qty }),
+        1 => (pick.clone(), token(), any::<bool>()).prop_map(|(pick, token, release_first)| {
+            Step::ReleaseWhilePaying { pick, token, release_first }
+        }),
+        1 => pick.clone().prop_map(|pick| Step::SweepWhileWebhook { pick }),
         4 => (user.clone(), vec(pick.clone(), 1..=2), token(), option::of(0_u32..1000), ending())
             .prop_map(|(user, picks, token, key, ending)| Step::Checkout {
                 user, picks, token, key, ending,
