@@ -73,14 +73,27 @@ impl OwedWebhook {
     }
 }
 
+/// Which call of the gateway never answers (the process dies while waiting on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hang {
+    /// The authorization is made at the provider, its answer never comes back.
+    Authorize,
+    /// The capture request never reaches the provider.
+    Capture,
+}
+
 #[derive(Default)]
 struct Ledger {
+    /// The fault armed for the next call of its kind.
+    hang: Option<Hang>,
+    /// The reference of the call that is hanging now, once one is.
+    hanging: Option<String>,
     charges: BTreeMap<String, Charge>,
     next: u64,
     owed: Vec<OwedWebhook>,
     /// Calls that moved money the wrong way (a capture of a voided charge, a refund of an
-    /// uncaptured one): each is a bug in the application.
-    violations: Vec<String>,
+    /// uncaptured one), by reference: each is a bug in the application.
+    violations: Vec<(String, String)>,
 }
 
 /// The simulation's [`PaymentGateway`].
@@ -109,9 +122,36 @@ impl SimGateway {
             .unwrap_or_default()
     }
 
-    /// Wrong-way money moves seen so far.
-    pub fn violations(&self) -> Vec<String> {
+    /// Wrong-way money moves seen so far: (reference, what happened).
+    pub fn violations(&self) -> Vec<(String, String)> {
         self.with(|l| l.violations.clone()).unwrap_or_default()
+    }
+
+    /// Arms (or, with `None`, disarms) a call that will never answer.
+    pub fn hang_next(&self, hang: Option<Hang>) {
+        let _ = self.with(|l| {
+            l.hang = hang;
+            l.hanging = None;
+        });
+    }
+
+    /// The reference whose call is hanging, once the armed call was made.
+    pub fn hanging(&self) -> Option<String> {
+        self.with(|l| l.hanging.clone()).ok().flatten()
+    }
+
+    /// Whether the armed fault applies to this call; if so, it is used up and recorded.
+    fn hangs(&self, call: Hang, reference: &str) -> bool {
+        self.with(|l| {
+            if l.hang == Some(call) {
+                l.hang = None;
+                l.hanging = Some(reference.to_string());
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false)
     }
 
     /// Webhooks not yet handed over.
@@ -134,8 +174,10 @@ impl SimGateway {
     fn transition(&self, reference: &str, to: ChargeState) -> PortResult<()> {
         self.with(|l| {
             let Some(charge) = l.charges.get_mut(reference) else {
-                l.violations
-                    .push(format!("{to:?} of unknown reference {reference}"));
+                l.violations.push((
+                    reference.to_string(),
+                    format!("{to:?} of unknown reference {reference}"),
+                ));
                 return Err(PortError::Internal(format!(
                     "unknown reference {reference}"
                 )));
@@ -149,9 +191,12 @@ impl SimGateway {
                 _ => false,
             };
             if !allowed {
-                l.violations.push(format!(
-                    "{reference}: {:?} -> {to:?} (order {})",
-                    charge.state, charge.order_id
+                l.violations.push((
+                    reference.to_string(),
+                    format!(
+                        "{reference}: {:?} -> {to:?} (order {})",
+                        charge.state, charge.order_id
+                    ),
                 ));
                 return Err(PortError::Internal(format!(
                     "{:?} -> {to:?} not allowed",
@@ -173,7 +218,7 @@ impl PaymentGateway for SimGateway {
         if req.token == tokens::DOWN {
             return Err(PortError::Unavailable("sim gateway down".into()));
         }
-        self.with(|l| {
+        let answer = self.with(|l| {
             l.next += 1;
             let reference = format!("sim_pay_{:06}", l.next);
             let (answer, state) = match req.token.as_str() {
@@ -225,10 +270,22 @@ impl PaymentGateway for SimGateway {
                 },
             );
             answer
-        })
+        })?;
+        let reference = match &answer {
+            Authorization::Authorized { reference }
+            | Authorization::Pending { reference }
+            | Authorization::Declined { reference, .. } => reference.clone(),
+        };
+        if self.hangs(Hang::Authorize, &reference) {
+            futures::future::pending::<()>().await;
+        }
+        Ok(answer)
     }
 
     async fn capture(&self, reference: &str) -> PortResult<()> {
+        if self.hangs(Hang::Capture, reference) {
+            futures::future::pending::<()>().await;
+        }
         self.transition(reference, ChargeState::Captured)
     }
 

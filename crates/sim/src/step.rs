@@ -5,7 +5,7 @@
 
 use rand::Rng;
 
-use crate::gateway::tokens;
+use crate::gateway::{tokens, Hang};
 
 /// How a request ends for its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,15 @@ pub enum Step {
     /// The gate goes wrong: it believes `extra` more units are available and forgets every
     /// buyer's units (the judge must still refuse what it cannot give).
     GateDrift { sale: usize, extra: i64 },
+    /// A checkout paid with a good card is under way when the application crashes: while
+    /// the gateway's authorization is on its way back, or while the capture is on its way
+    /// out.
+    CrashDuringPayment {
+        user: usize,
+        picks: Vec<usize>,
+        hang: Hang,
+        graceful: bool,
+    },
     /// The application crashes and restarts over the same database.
     Crash { graceful: bool },
     /// A reserve is under way (taken from the gate, queued for the judge) when the
@@ -209,7 +218,17 @@ pub fn random_step(rng: &mut impl Rng, shape: Shape) -> Step {
             sale,
             extra: rng.gen_range(1..4),
         },
-        92..=95 => Step::Crash {
+        92..=93 => Step::Crash {
+            graceful: rng.gen_bool(0.5),
+        },
+        94..=95 => Step::CrashDuringPayment {
+            user,
+            picks: picks(rng),
+            hang: if rng.gen_bool(0.5) {
+                Hang::Authorize
+            } else {
+                Hang::Capture
+            },
             graceful: rng.gen_bool(0.5),
         },
         _ => Step::CrashMidReserve {

@@ -6,7 +6,7 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
-use stampede_sim::gateway::tokens;
+use stampede_sim::gateway::{tokens, Hang};
 use stampede_sim::step::Ending;
 use stampede_sim::{run_steps, Shape, Step};
 
@@ -63,6 +63,13 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Reconcile),
         1 => (sale.clone(), 1_i64..4).prop_map(|(sale, extra)| Step::GateDrift { sale, extra }),
         1 => any::<bool>().prop_map(|graceful| Step::Crash { graceful }),
+        1 => (user.clone(), vec(pick.clone(), 1..=2), any::<bool>(), any::<bool>())
+            .prop_map(|(user, picks, capture, graceful)| Step::CrashDuringPayment {
+                user,
+                picks,
+                hang: if capture { Hang::Capture } else { Hang::Authorize },
+                graceful,
+            }),
         1 => (user, sale, 1_i64..=2, any::<bool>()).prop_map(|(user, sale, qty, graceful)| {
             Step::CrashMidReserve { user, sale, qty, graceful }
         }),
