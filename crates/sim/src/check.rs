@@ -15,6 +15,7 @@ use crate::gateway::{Charge, ChargeState};
 /// A hold row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldRow {
+    /// Ids are kept as stored text: the checker compares, it never parses them back.
     pub sale_id: String,
     pub user_id: String,
     pub quantity: i64,
@@ -25,6 +26,7 @@ pub struct HoldRow {
 /// An order row with its items and payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {
+    /// The buyer, as stored.
     pub user_id: String,
     pub status: OrderStatus,
     /// (hold id, sale id, quantity)
@@ -36,6 +38,7 @@ pub struct OrderRow {
 /// A sale's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaleRow {
+    /// Signed, as stored: a negative count must show, not wrap.
     pub total: i64,
     pub available: i64,
     pub held: i64,

