@@ -245,11 +245,14 @@ impl World {
                         discount_percent: None,
                         currency: "EUR".into(),
                         total_stock: rng.gen_range(2..=6),
-                        starts_at: EPOCH,
-                        ends_at: EPOCH.plus_secs(30 * 24 * 3600),
+                        starts_at: Some(EPOCH),
+                        ends_at: Some(EPOCH.plus_secs(30 * 24 * 3600)),
                         per_user_limit: rng.gen_range(1..=3),
                         queue_required: false,
                         hold_seconds: Some(rng.gen_range(20..=120)),
+                        product_id: None,
+                        drop_id: None,
+                        category: None,
                     },
                 )
                 .await
