@@ -6,6 +6,8 @@
 //! property tests and store conformance tests compare against.
 
 use std::collections::{BTreeMap, HashMap};
+#[cfg(feature = "test-faults")]
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,34 @@ pub enum Refusal {
     SoldOut,
 }
 
+/// A deliberately broken judge, for proving that the simulation's checker notices an oversell:
+/// while on, [`judge_reserve`] skips its stock check. Exists only with the `test-faults`
+/// feature (which nothing enables by default), and even then is off until a test turns it on,
+/// so a build in which the feature got unified in still judges correctly.
+#[cfg(feature = "test-faults")]
+static SKIP_STOCK_CHECK: AtomicBool = AtomicBool::new(false);
+
+/// Turns the broken judge on or off (see `SKIP_STOCK_CHECK`). Test use only: the process-wide
+/// flag affects every judge in the process.
+#[cfg(feature = "test-faults")]
+#[doc(hidden)]
+pub fn set_skip_stock_check_for_tests(on: bool) {
+    SKIP_STOCK_CHECK.store(on, Ordering::SeqCst);
+}
+
+/// Whether a test has broken the judge on purpose; always `false` without `test-faults`.
+#[inline]
+fn stock_check_skipped() -> bool {
+    #[cfg(feature = "test-faults")]
+    {
+        SKIP_STOCK_CHECK.load(Ordering::SeqCst)
+    }
+    #[cfg(not(feature = "test-faults"))]
+    {
+        false
+    }
+}
+
 /// May a buyer who already holds or owns `user_units` of a sale reserve `quantity` more?
 /// Checked in the contract's order: live, then the buyer's limit, then stock.
 pub fn judge_reserve(
@@ -38,7 +68,7 @@ pub fn judge_reserve(
     if user_units + i64::from(quantity) > i64::from(per_user_limit) {
         return Err(Refusal::LimitExceeded);
     }
-    if available < i64::from(quantity) {
+    if available < i64::from(quantity) && !stock_check_skipped() {
         return Err(Refusal::SoldOut);
     }
     Ok(())
