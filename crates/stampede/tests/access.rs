@@ -46,6 +46,15 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
     match (method.as_str(), path) {
         ("PATCH", p) if p.contains("/cart/items/") => Some(json!({ "quantity": 1 })),
         ("PATCH", p) if p.contains("/admin/sales/") => Some(json!({ "name": "x" })),
+        ("PATCH", p) if p.contains("/admin/products/") || p.contains("/admin/drops/") => {
+            Some(json!({ "name": "x" }))
+        }
+        ("POST", "/api/v1/admin/products") => Some(json!({
+            "name": "x", "regular_price": "2.00", "currency": "EUR"
+        })),
+        ("POST", "/api/v1/admin/drops") => Some(json!({
+            "name": "x", "starts_at": "2030-01-01T00:00:00Z", "ends_at": "2030-01-02T00:00:00Z"
+        })),
         ("POST", "/api/v1/admin/sales") => Some(json!({
             "name": "x", "original_price": "2.00", "sale_price": "1.00", "currency": "EUR",
             "total_stock": 1, "starts_at": "2030-01-01T00:00:00Z",
@@ -61,9 +70,34 @@ async fn admin_routes_refuse_buyers_and_anonymous_callers() {
     let admin = server.admin_token().await;
     let sale = server.create_sale(&admin, 5, 1, 300).await;
     let buyer = server.buyer().await;
+    let product = server
+        .post(
+            "/api/v1/admin/products",
+            Some(&admin),
+            &body_for(&Method::POST, "/api/v1/admin/products").unwrap(),
+        )
+        .await;
+    let drop = server
+        .post(
+            "/api/v1/admin/drops",
+            Some(&admin),
+            &body_for(&Method::POST, "/api/v1/admin/drops").unwrap(),
+        )
+        .await;
     let ids = BTreeMap::from([
         ("sale_id", sale.clone()),
         ("user_id", server.user_id_of(&buyer).await),
+        (
+            "product_id",
+            product.expect(201)["product_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        (
+            "drop_id",
+            drop.expect(201)["drop_id"].as_str().unwrap().to_owned(),
+        ),
     ]);
     let mut checked = 0;
     for (method, template) in routes(&server).await {
