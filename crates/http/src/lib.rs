@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/", get(pages::storefront))
         .route("/sales/{sale_id}", get(pages::sale))
+        .route("/drops/{drop_id}", get(pages::drop_page))
         .route("/sales/{sale_id}/queue", get(pages::queue))
         .route("/cart", get(pages::cart))
         .route("/orders", get(pages::orders))

@@ -131,6 +131,15 @@ in_both_modes! {
             .map(|s| s["sale_id"].as_str().unwrap())
             .collect();
         assert_eq!(listed, sales.iter().map(String::as_str).collect());
+        // And so does its page in the browser, with the limit that spans them.
+        let html = server.get(&format!("/drops/{drop}"), None).await;
+        assert_eq!(html.status, 200, "{}", html.text);
+        assert!(html.text.contains("One per buyer across every item"), "{}", html.text);
+        for sale in &sales {
+            assert!(html.text.contains(&format!("/sales/{sale}")), "{}", html.text);
+        }
+        let missing = server.get("/drops/01ARZ3NDEKTSV4RRFFQ69G5FAV", None).await;
+        assert_eq!(missing.status, 404);
     }
 
     /// Products are a reusable catalog: a sale made from one takes its name, description,

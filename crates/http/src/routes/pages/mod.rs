@@ -163,6 +163,19 @@ fn status_html(status: SaleStatus) -> String {
     format!(r#"<span class="badge badge-{word}" data-role="status">{word}</span>"#)
 }
 
+/// One sale in a list (storefront, drop page), with its live stock and countdown.
+fn sale_card(sale: &Sale, now: Timestamp) -> String {
+    format!(
+        r#"<li class="card sale" {attrs}><h2><a href="/sales/{id}">{name}</a> {status}</h2>{price}{stock}<p class="when"><span class="countdown" aria-live="off"></span></p></li>"#,
+        attrs = sale_attrs(sale, now),
+        id = escape(sale.id.as_str()),
+        name = escape(&sale.name),
+        status = status_html(sale.status_at(now)),
+        price = price_html(sale),
+        stock = stock_html(sale),
+    )
+}
+
 /// The storefront: live and upcoming sales, live ones first.
 pub async fn storefront(State(s): State<AppState>) -> Response {
     let now = s.app.clock.now();
@@ -178,21 +191,42 @@ pub async fn storefront(State(s): State<AppState>) -> Response {
         r#"<h1>Sales</h1><p class="lede">Live and upcoming flash sales. Stock and countdowns update by themselves.</p><ul class="sales" role="list">"#,
     );
     for sale in &sales {
-        main.push_str(&format!(
-            r#"<li class="card sale" {attrs}><h2><a href="/sales/{id}">{name}</a> {status}</h2>{price}{stock}<p class="when"><span class="countdown" aria-live="off"></span></p></li>"#,
-            attrs = sale_attrs(sale, now),
-            id = escape(sale.id.as_str()),
-            name = escape(&sale.name),
-            status = status_html(sale.status_at(now)),
-            price = price_html(sale),
-            stock = stock_html(sale),
-        ));
+        main.push_str(&sale_card(sale, now));
     }
     main.push_str("</ul>");
     if sales.is_empty() {
         main.push_str(r#"<p class="notice">No live or upcoming sales right now.</p>"#);
     }
     page(&s, StatusCode::OK, "Sales", "storefront", &main)
+}
+
+/// A drop: its SKUs (each a sale with its own stock and Buy button) under one schedule, with
+/// the limit that spans them.
+pub async fn drop_page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let now = s.app.clock.now();
+    let found = match s.app.drop_with_sales(&id).await {
+        Ok(found) => found,
+        Err(stampede_app::AppError::NotFound) => return not_found(&s),
+        Err(_) => return unavailable(&s),
+    };
+    let drop = &found.drop;
+    let limit = match drop.per_user_limit {
+        Some(1) => "One per buyer across every item of this drop.".to_owned(),
+        Some(n) => format!("At most {n} per buyer across every item of this drop."),
+        None => "Each item has its own limit per buyer.".to_owned(),
+    };
+    let mut main = format!(
+        r#"<article class="drop"><h1>{name} {status}</h1><p class="description">{description}</p><p class="limit" data-role="drop-limit">{limit}</p><ul class="sales" role="list">"#,
+        name = escape(&drop.name),
+        status = status_html(drop.status_at(now)),
+        description = escape(&drop.description),
+        limit = escape(&limit),
+    );
+    for sale in &found.sales {
+        main.push_str(&sale_card(sale, now));
+    }
+    main.push_str("</ul></article>");
+    page(&s, StatusCode::OK, &drop.name, "drop", &main)
 }
 
 /// A sale: description, live stock and status, the countdown, and Buy.
