@@ -39,15 +39,16 @@ fn api_json<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 
 /// The server's time check, and its round trip through the RFC 3339 text it answers with.
 fn time(field: &str, text: &str) {
-    if let Ok(t) = parse_time(field, text) {
-        let shown = rfc3339(t);
-        assert_eq!(
-            parse_time(field, &shown).ok(),
-            Some(t),
-            "{text:?} → {shown:?}"
-        );
-    } else if let Err(e) = parse_time(field, text) {
-        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    match parse_time(field, text) {
+        Ok(t) => {
+            let shown = rfc3339(t);
+            assert_eq!(
+                parse_time(field, &shown).ok(),
+                Some(t),
+                "{text:?} → {shown:?}"
+            );
+        }
+        Err(e) => assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY),
     }
 }
 
