@@ -52,7 +52,10 @@ pub fn verify(
         }
     }
     let Some(t) = t else { return false };
-    if (now.millis() / 1000 - t).abs() > tolerance_secs {
+    // `t` is the sender's: any i64, so the distance is taken without overflow (a negative
+    // tolerance accepts nothing).
+    let off_by_secs = (now.millis() / 1000).abs_diff(t);
+    if u64::try_from(tolerance_secs).map_or(true, |tolerance| off_by_secs > tolerance) {
         return false;
     }
     candidates.iter().any(|c| {
@@ -80,5 +83,28 @@ mod tests {
         assert!(!verify("s3cret", &h, b"{}", now.plus_secs(301), 300));
         assert!(!verify("s3cret", "garbage", b"{}", now, 300));
         assert!(!verify("", &sign("", now, b"{}"), b"{}", now, 300));
+    }
+
+    #[test]
+    fn a_timestamp_at_the_ends_of_i64_is_refused_not_a_panic() {
+        let now = Timestamp(1_700_000_000_000);
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let header = format!("t={t},v1=00");
+            assert!(!verify("s3cret", &header, b"{}", now, 300), "{header}");
+        }
+        let far = Timestamp(i64::MIN);
+        assert!(!verify(
+            "s3cret",
+            "t=9223372036854775807,v1=00",
+            b"{}",
+            far,
+            300
+        ));
+        let h = sign("s3cret", now, b"{}");
+        assert!(
+            !verify("s3cret", &h, b"{}", now, -1),
+            "a negative tolerance accepts nothing"
+        );
+        assert!(verify("s3cret", &h, b"{}", now, 0));
     }
 }

@@ -443,6 +443,13 @@ in_both_modes! {
             .post_webhook(&body_a, Some("t=1,v1=deadbeef"))
             .await
             .expect_error(401, "bad_signature");
+        // A time at the ends of i64 is as stale as any other, not an overflow.
+        for t in [i64::MIN, i64::MAX] {
+            server
+                .post_webhook(&body_a, Some(&format!("t={t},v1=deadbeef")))
+                .await
+                .expect_error(401, "bad_signature");
+        }
         assert_eq!(order_status(&server, &buyer, &a).await, "pending_payment");
 
         // A good one confirms.
