@@ -22,6 +22,9 @@ use stampede_http::dto::{
     ReserveBody, ResizeBody,
 };
 use stampede_http::extract::{json_problem, parse_json};
+use stampede_http::routes::catalog::{
+    CreateDropBody, CreateProductBody, PatchDropBody, PatchProductBody,
+};
 use stampede_http::routes::queue::{JoinBody, LotteryBody, RoomRulesDto};
 use stampede_http::routes::users::StatusBody;
 
@@ -100,8 +103,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Some(b) = api_json::<CreateSaleBody>(data) {
-        time("starts_at", &b.starts_at);
-        time("ends_at", &b.ends_at);
+        for t in [&b.starts_at, &b.ends_at].into_iter().flatten() {
+            time("t", t);
+        }
         sale_terms(
             &b.currency,
             &b.original_price,
@@ -122,6 +126,20 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    if let Some(b) = api_json::<CreateProductBody>(data) {
+        if let Ok(currency) = Currency::parse(&b.currency) {
+            let _ = Money::parse(&b.regular_price, &currency);
+        }
+    }
+    if let Some(b) = api_json::<CreateDropBody>(data) {
+        time("starts_at", &b.starts_at);
+        time("ends_at", &b.ends_at);
+    }
+    // `null` clears the limit, absent leaves it, a number sets it.
+    if let Some(b) = api_json::<PatchDropBody>(data) {
+        let _ = b.per_user_limit;
+    }
+    let _ = api_json::<PatchProductBody>(data);
     // Checkout parses the raw bytes itself (it also hashes them for idempotency).
     match parse_json::<OrderBody>(data) {
         Ok(order) => {

@@ -304,6 +304,10 @@ in_both_modes! {
             "/api/v1/sales?category=x&status=bogus",
             "/api/v1/drops?status=bogus",
             "/api/v1/products?status=live",
+            // A query string that does not parse is a problem too, not a plain-text 400.
+            "/api/v1/sales?limit=abc",
+            "/api/v1/drops?limit=-1",
+            "/api/v1/products?limit=1e3",
         ] {
             let r = server.get(bad, None).await;
             r.expect_problem(422, "invalid_input");

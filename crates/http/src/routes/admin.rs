@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
@@ -19,7 +19,7 @@ use crate::dto::{
     parse_time, rfc3339, AuditDto, AuditEntryDto, AuditQuery, CreateSaleBody, PatchSaleBody,
     SaleDto, SaleMetricsDto,
 };
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{ApiJson, ApiQuery, Auth};
 use crate::live::ReserveSnapshot;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
@@ -156,7 +156,7 @@ pub async fn metrics(
 pub async fn audit(
     State(s): State<AppState>,
     Auth(who): Auth,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditDto>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = s

@@ -2,7 +2,7 @@
 //! (`/api/v1/drops`, admin `/api/v1/admin/drops`). Reads are public and cacheable like the
 //! sale reads; changes are the admin's.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -13,7 +13,7 @@ use stampede_app::catalog::{BrowseQuery, DropDraft, DropPatch, ProductDraft, Pro
 use stampede_core::{DropEvent, Product, Timestamp};
 
 use crate::dto::{parse_time, rfc3339, SaleDto};
-use crate::extract::{Admin, ApiJson};
+use crate::extract::{Admin, ApiJson, ApiQuery};
 use crate::problem::{ApiError, Problem};
 use crate::routes::sales::cacheable;
 use crate::state::AppState;
@@ -206,7 +206,7 @@ pub struct PatchDropBody {
 pub async fn list_products(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<CatalogQuery>,
+    ApiQuery(q): ApiQuery<CatalogQuery>,
 ) -> Result<Response, ApiError> {
     let page = s.app.browse_products(&q.browse()).await?;
     let body = ProductsDto {
@@ -297,7 +297,7 @@ pub async fn retire_product(
 pub async fn list_drops(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<CatalogQuery>,
+    ApiQuery(q): ApiQuery<CatalogQuery>,
 ) -> Result<Response, ApiError> {
     let page = s.app.browse_drops(&q.browse()).await?;
     let now = s.app.clock.now();

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use futures::stream::{Stream, StreamExt};
@@ -13,7 +13,7 @@ use stampede_app::notifications::MAX_PAGE;
 use stampede_app::ports::Event;
 
 use crate::dto::{NotificationDto, NotificationsDto, NotificationsQuery};
-use crate::extract::Auth;
+use crate::extract::{ApiQuery, Auth};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -23,7 +23,7 @@ use crate::state::AppState;
 pub async fn list(
     State(s): State<AppState>,
     Auth(who): Auth,
-    Query(q): Query<NotificationsQuery>,
+    ApiQuery(q): ApiQuery<NotificationsQuery>,
 ) -> Result<Json<NotificationsDto>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let items = s.app.notifications(&who, q.after.as_deref(), limit).await?;

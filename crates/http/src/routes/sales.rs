@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use stampede_app::ports::Event;
 use stampede_core::SaleStatus;
 
 use crate::dto::{SaleDto, SalesDto, SalesQuery};
+use crate::extract::ApiQuery;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -79,7 +80,7 @@ fn strip_server_time(v: &mut serde_json::Value) {
 pub async fn list(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<SalesQuery>,
+    ApiQuery(q): ApiQuery<SalesQuery>,
 ) -> Result<Response, ApiError> {
     let now = s.app.clock.now();
     if q.is_browse() {

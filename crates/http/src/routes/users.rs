@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,7 +11,7 @@ use stampede_app::accounts::AccountDetail;
 use stampede_app::ports::{UserAccount, UserStatus};
 
 use crate::dto::{rfc3339, HoldDto, OrderDto};
-use crate::extract::{Admin, ApiJson};
+use crate::extract::{Admin, ApiJson, ApiQuery};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -51,6 +51,7 @@ pub struct AccountsDto {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsQuery {
     /// Part of an email or name (case-insensitive).
@@ -68,7 +69,7 @@ pub struct AccountsQuery {
 pub async fn list(
     State(s): State<AppState>,
     Admin(who): Admin,
-    Query(q): Query<AccountsQuery>,
+    ApiQuery(q): ApiQuery<AccountsQuery>,
 ) -> Result<Json<AccountsDto>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     let found = s
