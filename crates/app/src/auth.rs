@@ -336,6 +336,20 @@ mod tests {
         assert_eq!(token_hash(&a).len(), 64);
     }
 
+    /// Passwords are stored as argon2id v1.3 at OWASP's recommended cost by default (19 MiB,
+    /// two passes, one lane), and the stored PHC string says so, so a cost change is visible
+    /// and old hashes still verify.
+    #[tokio::test]
+    async fn passwords_are_argon2id_at_the_recommended_cost() {
+        let h = PasswordHashing::new(Argon2Cost::default(), 1).unwrap();
+        let phc = h.hash("correct horse".into()).await.unwrap();
+        assert!(
+            phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "stored hash: {phc}"
+        );
+        assert!(h.verify("correct horse".into(), Some(phc)).await.unwrap());
+    }
+
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_never_match() {
         let cheap = Argon2Cost {

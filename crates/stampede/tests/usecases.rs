@@ -836,3 +836,33 @@ async fn a_percentage_off_is_shown_and_charged_alike() {
         Err(AppError::InvalidInput(_))
     ));
 }
+
+/// A token works until its expiry and not a millisecond after (also when this node cached it),
+/// and a logged-out token is dead at once.
+#[tokio::test]
+async fn a_token_dies_at_its_expiry_and_at_logout() {
+    let w = world().await;
+    w.app
+        .register("exp@example.com", "password-1", "E")
+        .await
+        .unwrap();
+    let grant = w.app.login("exp@example.com", "password-1").await.unwrap();
+    let ttl_ms = w.app.config.token_ttl_secs * 1000;
+    assert_eq!(grant.expires_at, w.clock.now().plus_secs(ttl_ms / 1000));
+    w.app.authenticate(&grant.token).await.unwrap();
+    w.clock.advance_millis(ttl_ms - 1);
+    w.app.authenticate(&grant.token).await.unwrap();
+    w.clock.advance_millis(1);
+    assert!(matches!(
+        w.app.authenticate(&grant.token).await,
+        Err(AppError::Unauthenticated)
+    ));
+
+    let grant = w.app.login("exp@example.com", "password-1").await.unwrap();
+    let who = w.app.authenticate(&grant.token).await.unwrap();
+    w.app.logout(&who).await.unwrap();
+    assert!(matches!(
+        w.app.authenticate(&grant.token).await,
+        Err(AppError::Unauthenticated)
+    ));
+}
