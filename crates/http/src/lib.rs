@@ -320,7 +320,10 @@ mod deadline_tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(finished.load(Ordering::SeqCst), "the handler ran to its end");
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the handler ran to its end"
+        );
 
         let res = app.oneshot(get_req("/fast")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);

@@ -323,7 +323,10 @@ mod tests {
             args(&["--request-timeout-ms", "2000"]).request_deadline(),
             Some(Duration::from_millis(2000))
         );
-        assert_eq!(args(&["--request-timeout-ms", "0"]).request_deadline(), None);
+        assert_eq!(
+            args(&["--request-timeout-ms", "0"]).request_deadline(),
+            None
+        );
     }
 
     #[test]

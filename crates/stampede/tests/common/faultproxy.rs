@@ -262,7 +262,11 @@ mod tests {
         let mut got = Vec::new();
         let read = r.read_to_end(&mut got);
         let (_, n) = tokio::join!(write, read);
-        assert_eq!(n.unwrap(), sent.len(), "the half-close came back after every byte");
+        assert_eq!(
+            n.unwrap(),
+            sent.len(),
+            "the half-close came back after every byte"
+        );
         assert!(got == sent, "bytes arrive intact and in order");
     }
 
