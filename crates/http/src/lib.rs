@@ -173,7 +173,8 @@ pub async fn within_deadline(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let mut handler = tokio::spawn(next.run(req));
+    // The handler's logs stay in the request's span (and carry its request id).
+    let mut handler = tokio::spawn(tracing::Instrument::in_current_span(next.run(req)));
     match tokio::time::timeout(deadline, &mut handler).await {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => {

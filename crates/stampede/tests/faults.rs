@@ -271,6 +271,8 @@ impl Race {
     }
 }
 
+/// One call's record, from what the buyer saw.
+#[allow(clippy::too_many_arguments)]
 fn call(
     kind: Kind,
     buyer: usize,
