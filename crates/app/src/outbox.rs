@@ -80,15 +80,28 @@ impl App {
             if events.is_empty() {
                 break;
             }
-            match &self.outbox {
-                Some(sink) => sink.deliver(&events).await?,
-                None => {
-                    for event in &events {
-                        self.apply_outbox_event(event).await?;
-                    }
-                }
-            }
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+            let sent = match &self.outbox {
+                Some(sink) => sink.deliver(&events).await.map_err(AppError::from),
+                None => {
+                    let mut applied = Ok(());
+                    for event in &events {
+                        applied = self.apply_outbox_event(event).await;
+                        if applied.is_err() {
+                            break;
+                        }
+                    }
+                    applied
+                }
+            };
+            if let Err(e) = sent {
+                // Not taken: give the lease back, so the pass after the bus returns delivers
+                // them instead of waiting out the lease. If this fails too, the lease lapses.
+                if let Err(release) = self.store.outbox_release(&ids).await {
+                    tracing::debug!(error = %release, "outbox lease not released; it will lapse");
+                }
+                return Err(e);
+            }
             self.store.outbox_delivered(&ids).await?;
             metrics::counter!("stampede_outbox_delivered_total").increment(ids.len() as u64);
             total += ids.len();

@@ -575,6 +575,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> PortResult<Vec<OutboxEvent>>;
     /// Marks events delivered (the bus has confirmed them); they are never claimed again.
     async fn outbox_delivered(&self, ids: &[String]) -> PortResult<()>;
+    /// Ends the lease of claimed events the bus did not take (it was down): the next claim,
+    /// by any relay, gets them again at once rather than after the lease, so events flow as
+    /// soon as the bus is back. Delivered events are left alone.
+    async fn outbox_release(&self, ids: &[String]) -> PortResult<()>;
     /// How many events wait, and the `created_at` of the oldest (for the outbox-lag metric).
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)>;
 

@@ -140,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.request_deadline,
+            within_deadline,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), ip_rate_limit))
         .layer(middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(|_| {
@@ -149,6 +153,46 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Answers 503 `unavailable` (with `Retry-After`) when the handler has not answered within the
+/// request deadline. The handler runs in a task of its own and is left to finish when the
+/// deadline passes: cancelling it half-way (between a payment capture and the order that
+/// records it, say) would be worse than letting it complete unseen; an outcome the buyer was
+/// not told about is found again by a retry with the same `Idempotency-Key`, or ends as a
+/// hold that expires. Streams (SSE) answer their head at once and are not cut short.
+pub async fn within_deadline(
+    State(deadline): State<Option<Duration>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(deadline) = deadline else {
+        return next.run(req).await;
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    // The handler's logs stay in the request's span (and carry its request id).
+    let mut handler = tokio::spawn(tracing::Instrument::in_current_span(next.run(req)));
+    match tokio::time::timeout(deadline, &mut handler).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "request handler failed");
+            ApiError::internal("handler panicked").into_response()
+        }
+        Err(_) => {
+            metrics::counter!("stampede_request_deadline_exceeded_total", "route" => route.clone())
+                .increment(1);
+            tracing::warn!(%route, deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX), "request deadline passed: answered 503, the handler finishes in the background");
+            ApiError::from(stampede_app::AppError::Unavailable(format!(
+                "no answer within the request deadline ({} ms)",
+                deadline.as_millis()
+            )))
+            .into_response()
+        }
+    }
 }
 
 /// Counts one request per client IP; past the quota it is 429 with `Retry-After` and the
@@ -221,4 +265,80 @@ pub fn spawn_rate_limit_janitor(
             limits.forget_idle();
         }
     })
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(deadline: Option<Duration>, finished: Arc<AtomicBool>) -> Router {
+        Router::new()
+            .route("/fast", get(|| async { "ok" }))
+            .route(
+                "/hung",
+                get(move || async move {
+                    // A dependency that answers long after the deadline.
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    finished.store(true, Ordering::SeqCst);
+                    "late"
+                }),
+            )
+            .layer(middleware::from_fn_with_state(deadline, within_deadline))
+    }
+
+    fn get_req(path: &str) -> Request {
+        Request::builder().uri(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hung_handler_is_answered_503_unavailable_and_still_finishes() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let app = app(Some(Duration::from_millis(50)), finished.clone());
+        let res = app.clone().oneshot(get_req("/hung")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "unavailable");
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "answered before the handler"
+        );
+        // Not cancelled: the work completes on its own.
+        for _ in 0..100 {
+            if finished.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the handler ran to its end"
+        );
+
+        let res = app.oneshot(get_req("/fast")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn without_a_deadline_the_handler_is_awaited() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let res = app(None, finished.clone())
+            .oneshot(get_req("/hung"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(finished.load(Ordering::SeqCst));
+    }
 }

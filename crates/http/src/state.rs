@@ -21,6 +21,10 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// This node's recent reserve latencies and refusals, for the admin dashboard's live view.
     pub reserve_stats: Arc<ReserveStats>,
+    /// Longest a request may take before the buyer is answered 503 `unavailable` (with
+    /// `Retry-After`): a hung dependency (a partitioned database) must not hang buyers.
+    /// `None`: no deadline.
+    pub request_deadline: Option<std::time::Duration>,
 }
 
 impl AppState {

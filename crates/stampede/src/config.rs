@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// Default 500.
     #[arg(long, env = "STAMPEDE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// Longest a request may take, in ms: past it the buyer gets a fast 503 `unavailable`
+    /// with `Retry-After` (the work itself finishes in the background), so a hung PostgreSQL
+    /// or RabbitMQ never hangs buyers. 0 turns it off. Default 10000.
+    #[arg(long, env = "STAMPEDE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
     /// How stale the sale list and detail shown to viewers may be, in ms: they are served from
     /// a per-node cache refreshed by one read at a time, and sent with
     /// `Cache-Control: max-age` so a CDN can take most of them. 0 turns it off. Default 1000.
@@ -159,6 +164,7 @@ pub struct FileConfig {
     pub cluster_name: Option<String>,
     pub sold_out_flag_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
     pub read_cache_ms: Option<u64>,
     pub hold_warning_secs: Option<u64>,
     pub shop_webhook_url: Option<String>,
@@ -204,6 +210,7 @@ impl ServeArgs {
             cluster_name,
             sold_out_flag_ms,
             redis_timeout_ms,
+            request_timeout_ms,
             read_cache_ms,
             hold_warning_secs,
             shop_webhook_url,
@@ -257,6 +264,14 @@ impl ServeArgs {
         }
     }
 
+    /// The request deadline (default 10 s); `None` when set to 0.
+    pub fn request_deadline(&self) -> Option<std::time::Duration> {
+        match self.request_timeout_ms.unwrap_or(10_000) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
     /// The data directory (default ./stampede-data).
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -298,6 +313,20 @@ mod tests {
         let mut argv = vec!["stampede"];
         argv.extend_from_slice(flags);
         Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn the_request_deadline_defaults_to_ten_seconds_and_zero_turns_it_off() {
+        use std::time::Duration;
+        assert_eq!(args(&[]).request_deadline(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            args(&["--request-timeout-ms", "2000"]).request_deadline(),
+            Some(Duration::from_millis(2000))
+        );
+        assert_eq!(
+            args(&["--request-timeout-ms", "0"]).request_deadline(),
+            None
+        );
     }
 
     #[test]

@@ -326,6 +326,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         prometheus: Some(prometheus),
         shutdown: streams_stop,
         reserve_stats: Arc::default(),
+        request_deadline: args.request_deadline(),
     };
     let router = stampede_http::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen())

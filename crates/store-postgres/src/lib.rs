@@ -376,6 +376,10 @@ impl Store for PgStore {
         outbox::delivered(&self.pool, ids).await
     }
 
+    async fn outbox_release(&self, ids: &[String]) -> PortResult<()> {
+        outbox::release(&self.pool, ids).await
+    }
+
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
         outbox::backlog(&self.pool).await
     }

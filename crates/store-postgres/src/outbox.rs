@@ -94,6 +94,19 @@ pub(crate) async fn delivered(pool: &PgPool, ids: &[String]) -> PortResult<()> {
     Ok(())
 }
 
+/// Ends the lease of undelivered events, so the next claim takes them again.
+pub(crate) async fn release(pool: &PgPool, ids: &[String]) -> PortResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE outbox SET lease_until = 0 WHERE id = ANY($1) AND delivered_at IS NULL")
+        .bind(ids)
+        .execute(pool)
+        .await
+        .port()?;
+    Ok(())
+}
+
 /// How many events wait, and when the oldest of them was written.
 pub(crate) async fn backlog(pool: &PgPool) -> PortResult<(i64, Option<Timestamp>)> {
     let (count, oldest): (i64, Option<i64>) =

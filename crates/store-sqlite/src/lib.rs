@@ -371,6 +371,10 @@ impl Store for SqliteStore {
         outbox::delivered(&self.writer, ids).await
     }
 
+    async fn outbox_release(&self, ids: &[String]) -> PortResult<()> {
+        outbox::release(&self.writer, ids).await
+    }
+
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
         outbox::backlog(&self.reader).await
     }

@@ -96,6 +96,23 @@ pub(crate) async fn delivered(writer: &SqlitePool, ids: &[String]) -> PortResult
     Ok(())
 }
 
+/// Ends the lease of undelivered events, so the next claim takes them again.
+pub(crate) async fn release(writer: &SqlitePool, ids: &[String]) -> PortResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids = serde_json::Value::from(ids.to_vec()).to_string();
+    sqlx::query(
+        "UPDATE outbox SET lease_until = 0 \
+         WHERE delivered_at IS NULL AND id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids)
+    .execute(writer)
+    .await
+    .port()?;
+    Ok(())
+}
+
 /// How many events wait, and when the oldest of them was written.
 pub(crate) async fn backlog(reader: &SqlitePool) -> PortResult<(i64, Option<Timestamp>)> {
     let (count, oldest): (i64, Option<i64>) =

@@ -77,6 +77,7 @@ macro_rules! store_conformance_tests {
             audit_log_filters_and_pages,
             payment_outcomes_write_one_outbox_event_each,
             outbox_claims_lease_events_until_delivered,
+            released_outbox_events_are_claimed_again_at_once,
             concurrent_outbox_claims_never_share_an_event,
             notifications_are_appended_once_per_id,
             notifications_page_in_the_order_they_were_added,

@@ -1241,6 +1241,31 @@ pub async fn payment_outcomes_write_one_outbox_event_each(store: Arc<dyn Store>)
     assert!(e1.id.starts_with(&UserId::generate(t1.0, 0).as_str()[..10]));
 }
 
+/// Events the bus did not take are released: the next claim gets them at once, not after the
+/// lease; a delivered event stays delivered even if released.
+pub async fn released_outbox_events_are_claimed_again_at_once(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let a = user(1);
+    let at = T0.plus_secs(1);
+    confirmed_orders(&*f.store, &a, 2, at).await;
+    let t = T0.plus_secs(10);
+    let lease = 30_000;
+    let claimed = f.store.outbox_claim(t, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(f.store.outbox_claim(t, lease, 10).await.unwrap().is_empty());
+    f.store
+        .outbox_delivered(&[claimed[0].id.clone()])
+        .await
+        .unwrap();
+    let ids: Vec<String> = claimed.iter().map(|e| e.id.clone()).collect();
+    f.store.outbox_release(&ids).await.unwrap();
+    f.store.outbox_release(&[]).await.unwrap();
+    let again = f.store.outbox_claim(t, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "only the undelivered event comes back");
+    assert_eq!(again[0].id, claimed[1].id);
+    assert_eq!(f.store.outbox_backlog().await.unwrap().0, 1);
+}
+
 /// A claim leases events, oldest first and at most `limit`: no other claim gets them until the
 /// lease lapses (`lease_until <= now`), and a delivered event is never claimed again.
 pub async fn outbox_claims_lease_events_until_delivered(store: Arc<dyn Store>) {
