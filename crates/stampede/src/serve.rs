@@ -226,7 +226,11 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             async_confirm: Duration::from_millis(args.sandbox_async_ms.unwrap_or(2000)),
         },
         webhook_tx,
-    ));
+    )
+    // The sandbox's charges outlive the process, as a real provider's do: money a crash
+    // left half-moved is finished against the same ledger after the restart.
+    .with_journal(&data_dir.join("sandbox-ledger.jsonl"))
+    .context("opening the sandbox gateway's ledger")?);
     let defaults = AppConfig::default();
     let config = AppConfig {
         webhook_secret: secret,
