@@ -1339,10 +1339,14 @@ impl World {
             .collect();
         for (id, row) in strangers {
             let holds: BTreeSet<String> = row.items.iter().map(|(h, _, _)| h.clone()).collect();
+            // An attempt whose answer was lost is the likelier author than one told it failed
+            // over the same holds (a hold freed by a stuck order's resolution is used again).
+            let same = |a: &Attempt| a.user.as_str() == row.user_id && a.holds == holds;
             let found = self
                 .attempts
                 .iter()
-                .position(|a| a.user.as_str() == row.user_id && a.holds == holds);
+                .position(|a| same(a) && !a.told_failure)
+                .or_else(|| self.attempts.iter().position(same));
             let Some(i) = found else {
                 return Err(format!(
                     "order {id} exists but no client checked out its holds"

@@ -492,7 +492,7 @@ mod tests {
         store.migrate().await.unwrap();
         sqlx::query(
             "INSERT INTO sales VALUES ('s', 'n', 'd', 1, 1, 'EUR', 0, 1, 1, 0, 60, 'running', \
-             5, 5, 0, 0, 0, 0)",
+             5, 5, 0, 0, 0, 0, NULL, NULL, '')",
         )
         .execute(&store.writer)
         .await
