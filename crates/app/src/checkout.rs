@@ -224,7 +224,10 @@ impl App {
             PaymentApplied::Done(order) => {
                 // The judge recorded the capture as owed with the confirmation: if this call
                 // fails or the process dies first, the money reconciliation finishes it.
-                if !self.finish_owed(&owed(&order, &reference, GatewayOwed::Capture)?).await {
+                if !self
+                    .finish_owed(&owed(&order, &reference, GatewayOwed::Capture)?)
+                    .await
+                {
                     metrics::counter!("stampede_capture_failures_total").increment(1);
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
@@ -252,7 +255,10 @@ impl App {
                 Ok(order)
             }
             PaymentApplied::HoldLapsed(order) => {
-                if !self.finish_owed(&owed(&order, &reference, GatewayOwed::Void)?).await {
+                if !self
+                    .finish_owed(&owed(&order, &reference, GatewayOwed::Void)?)
+                    .await
+                {
                     metrics::counter!("stampede_void_failures_total").increment(1);
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "voided").increment(1);
@@ -318,7 +324,10 @@ impl App {
                 reference,
                 owed: move_owed,
             } => {
-                if !self.finish_owed(&owed(&order, &reference, move_owed)?).await {
+                if !self
+                    .finish_owed(&owed(&order, &reference, move_owed)?)
+                    .await
+                {
                     metrics::counter!("stampede_refund_failures_total").increment(1);
                 }
                 for sale_id in sales_of(&order) {
@@ -338,7 +347,10 @@ impl App {
             }
             Cancelled::Cancelled(order) => {
                 if let Some(reference) = order.payment.as_ref().and_then(|p| p.reference.clone()) {
-                    if !self.finish_owed(&owed(&order, &reference, GatewayOwed::Void)?).await {
+                    if !self
+                        .finish_owed(&owed(&order, &reference, GatewayOwed::Void)?)
+                        .await
+                    {
                         metrics::counter!("stampede_void_failures_total").increment(1);
                     }
                 }
@@ -429,9 +441,10 @@ impl App {
 
 /// The money move the judge just recorded as owed for this order's payment.
 fn owed(order: &Order, reference: &str, owed: GatewayOwed) -> Result<OwedPayment, AppError> {
-    let payment = order.payment.as_ref().ok_or_else(|| {
-        AppError::Internal(format!("order {} has no payment", order.id))
-    })?;
+    let payment = order
+        .payment
+        .as_ref()
+        .ok_or_else(|| AppError::Internal(format!("order {} has no payment", order.id)))?;
     Ok(OwedPayment {
         payment_id: payment.id.clone(),
         order_id: order.id.clone(),

@@ -192,7 +192,9 @@ impl App {
                 tracing::info!(?report, "money left by a crash finished at start");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "money reconciliation at start failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "money reconciliation at start failed; will retry")
+            }
         }
         Ok((app, writer))
     }

@@ -58,8 +58,13 @@ impl App {
                 .max(0)
                 .saturating_mul(1000),
         );
-        let deadline_before =
-            now.plus_millis(-self.config.payment_deadline_secs.max(0).saturating_mul(1000));
+        let deadline_before = now.plus_millis(
+            -self
+                .config
+                .payment_deadline_secs
+                .max(0)
+                .saturating_mul(1000),
+        );
         for order in self
             .store
             .stuck_orders(unanswered_before, deadline_before, BATCH)

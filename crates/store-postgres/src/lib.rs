@@ -44,9 +44,9 @@ use sqlx::PgPool;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
-    HoldError, IdempotencyStart, OwedPayment, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
-    UserStatus, WebhookDelivery,
+    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{

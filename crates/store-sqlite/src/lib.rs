@@ -40,9 +40,9 @@ use sqlx::SqlitePool;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
-    HoldError, IdempotencyStart, OwedPayment, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
-    UserStatus, WebhookDelivery,
+    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{

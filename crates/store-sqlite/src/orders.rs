@@ -587,7 +587,16 @@ pub(crate) async fn cancel(
                 .reference
                 .is_some()
                 .then_some(GatewayOwed::Void);
-            set_payment(&mut tx, &order, PaymentStatus::Voided, None, None, owed, now).await?;
+            set_payment(
+                &mut tx,
+                &order,
+                PaymentStatus::Voided,
+                None,
+                None,
+                owed,
+                now,
+            )
+            .await?;
             release_holds_from(&mut tx, id).await?;
             Cancelled::Cancelled(load_existing(&mut tx, id).await?)
         }

@@ -712,7 +712,10 @@ pub async fn stuck_pending_orders_are_found_and_abandoned(store: Arc<dyn Store>)
     let payment = failed.payment.clone().unwrap();
     assert_eq!(payment.status, PaymentStatus::Voided);
     assert_eq!(payment.reference.as_deref(), Some("stuck-found"));
-    assert_eq!(payment.failure_reason.as_deref(), Some("authorization_lost"));
+    assert_eq!(
+        payment.failure_reason.as_deref(),
+        Some("authorization_lost")
+    );
     let listed = f.store.payments_owed(100).await.unwrap();
     assert_eq!(
         owed_of(&listed, &failed).map(|p| (p.owed, p.reference.as_str())),
