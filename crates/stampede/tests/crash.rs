@@ -521,9 +521,9 @@ in_both_modes! {
                     rng.next_u64(),
                 )));
             }
-            // Long enough for a real burst (hundreds of requests from 40 buyers at once), short
-            // enough for 20 rounds in CI.
-            let delay = rng.range(120, 450);
+            // Long enough for a real burst (hundreds of requests from 40 buyers at once, orders
+            // among them even in cluster mode), short enough for 20 rounds in CI.
+            let delay = rng.range(200, 800);
             tokio::time::sleep(Duration::from_millis(delay)).await;
             server.kill9();
             for t in tasks {
