@@ -1,6 +1,7 @@
 //! The jobs that run beside the requests: the sweeper (lapsed holds return their stock), the
 //! reconciler (the gate is rebuilt from the judge, and the drift it repaired is reported), the
-//! stock publisher (coalesced live stock updates), the outbox relay and, if the shop configured
+//! stock publisher (coalesced live stock updates), the money reconciler (captures, voids and
+//! refunds a crash left owed, stuck pending orders; see `money.rs`), the outbox relay and, if the shop configured
 //! a URL, the shop-webhook delivery job. Each loop stops when told to.
 
 use std::sync::Arc;
@@ -204,6 +205,7 @@ impl App {
         let reconcile = Duration::from_secs(self.config.reconcile_interval_secs.max(1));
         let publish = Duration::from_millis(self.config.stock_publish_interval_ms.max(10));
         let admission = Duration::from_millis(self.config.admission_tick_ms.max(10));
+        let money = Duration::from_millis(self.config.payment_reconcile_interval_ms.max(100));
         let listener = {
             let app = self.clone();
             let mut events = self.bus.subscribe();
@@ -252,6 +254,13 @@ impl App {
             spawn_every(self.clone(), stop.clone(), admission, "admission", |app| {
                 Box::pin(async move { app.admission_tick().await })
             }),
+            spawn_every(
+                self.clone(),
+                stop.clone(),
+                money,
+                "money reconciler",
+                |app| Box::pin(async move { app.reconcile_payments().await.map(|_| ()) }),
+            ),
         ];
         jobs.extend(self.spawn_shop_webhooks(stop));
         jobs

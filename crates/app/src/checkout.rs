@@ -1,5 +1,7 @@
-//! Checkout: holds become an order, the gateway authorizes, and capture happens in the same
-//! store transaction that turns held units into sold ones. A hold that lapsed first means the
+//! Checkout: holds become an order, the gateway authorizes, and the capture is decided (and
+//! recorded as owed) in the same store transaction that turns held units into sold ones; the
+//! request then captures, and the money reconciliation (`money.rs`) finishes it if the
+//! request could not. A hold that lapsed first means the
 //! authorization is voided and nothing is charged. Orders, cancellations and webhooks.
 
 use serde::Deserialize;
@@ -8,8 +10,8 @@ use stampede_core::{HoldId, Order, OrderId, PaymentId, SaleId};
 
 use crate::auth::Principal;
 use crate::ports::{
-    Authorization, AuthorizeRequest, Cancelled, Event, IdempotencyStart, NewOrder, PaymentApplied,
-    PaymentResult,
+    Authorization, AuthorizeRequest, Cancelled, Event, GatewayOwed, IdempotencyStart, NewOrder,
+    OwedPayment, PaymentApplied, PaymentResult,
 };
 use crate::{webhook, App, AppError};
 
@@ -220,11 +222,13 @@ impl App {
             .ok_or(AppError::NotFound)?;
         match applied {
             PaymentApplied::Done(order) => {
-                if let Err(e) = self.gateway.capture(&reference).await {
-                    // The order is confirmed in the judge; the capture is retried by the
-                    // gateway reconciliation. Count it so an operator sees it.
+                // The judge recorded the capture as owed with the confirmation: if this call
+                // fails or the process dies first, the money reconciliation finishes it.
+                if !self
+                    .finish_owed(&owed(&order, &reference, GatewayOwed::Capture)?)
+                    .await
+                {
                     metrics::counter!("stampede_capture_failures_total").increment(1);
-                    tracing::error!(error = %e, order = %order.id, "capture failed after confirm");
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
                 metrics::counter!("stampede_orders_confirmed_total").increment(1);
@@ -251,9 +255,11 @@ impl App {
                 Ok(order)
             }
             PaymentApplied::HoldLapsed(order) => {
-                if let Err(e) = self.gateway.void(&reference).await {
+                if !self
+                    .finish_owed(&owed(&order, &reference, GatewayOwed::Void)?)
+                    .await
+                {
                     metrics::counter!("stampede_void_failures_total").increment(1);
-                    tracing::error!(error = %e, order = %order.id, "void failed");
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "voided").increment(1);
                 self.audit_as(
@@ -313,10 +319,16 @@ impl App {
             })
             .await?;
         match outcome {
-            Cancelled::Refunded { order, reference } => {
-                if let Err(e) = self.gateway.refund(&reference).await {
+            Cancelled::Refunded {
+                order,
+                reference,
+                owed: move_owed,
+            } => {
+                if !self
+                    .finish_owed(&owed(&order, &reference, move_owed)?)
+                    .await
+                {
                     metrics::counter!("stampede_refund_failures_total").increment(1);
-                    tracing::error!(error = %e, order = %order.id, "refund failed");
                 }
                 for sale_id in sales_of(&order) {
                     self.stock_changed(&sale_id);
@@ -335,8 +347,11 @@ impl App {
             }
             Cancelled::Cancelled(order) => {
                 if let Some(reference) = order.payment.as_ref().and_then(|p| p.reference.clone()) {
-                    if let Err(e) = self.gateway.void(&reference).await {
-                        tracing::error!(error = %e, order = %order.id, "void on cancel failed");
+                    if !self
+                        .finish_owed(&owed(&order, &reference, GatewayOwed::Void)?)
+                        .await
+                    {
+                        metrics::counter!("stampede_void_failures_total").increment(1);
                     }
                 }
                 Ok(order)
@@ -422,6 +437,20 @@ impl App {
         metrics::counter!("stampede_webhooks_total", "outcome" => outcome).increment(1);
         Ok(())
     }
+}
+
+/// The money move the judge just recorded as owed for this order's payment.
+fn owed(order: &Order, reference: &str, owed: GatewayOwed) -> Result<OwedPayment, AppError> {
+    let payment = order
+        .payment
+        .as_ref()
+        .ok_or_else(|| AppError::Internal(format!("order {} has no payment", order.id)))?;
+    Ok(OwedPayment {
+        payment_id: payment.id.clone(),
+        order_id: order.id.clone(),
+        reference: reference.to_string(),
+        owed,
+    })
 }
 
 fn sales_of(order: &Order) -> Vec<SaleId> {

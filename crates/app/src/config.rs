@@ -76,6 +76,17 @@ pub struct AppConfig {
     pub admission_ttl_secs: i64,
     /// Most buyers admitted to one sale in one tick (smooths a burst of returned stock).
     pub admission_max_batch: u64,
+    /// How often the money reconciliation finishes captures, voids and refunds the gateway
+    /// has not acknowledged (a crash or a gateway error after the judge decided) and resolves
+    /// stuck pending orders. It also runs once at start.
+    pub payment_reconcile_interval_ms: u64,
+    /// A pending order whose authorization's answer was never recorded (its checkout died
+    /// with its process) is resolved once it is this old: long enough that no live checkout
+    /// can still be waiting on the gateway.
+    pub payment_answer_timeout_secs: i64,
+    /// A pending order still unsettled this long after checkout (an asynchronous payment
+    /// whose webhook never came) is failed and its authorization voided.
+    pub payment_deadline_secs: i64,
 }
 
 impl Default for AppConfig {
@@ -102,6 +113,9 @@ impl Default for AppConfig {
             admission_tick_ms: 100,
             admission_ttl_secs: 120,
             admission_max_batch: 1000,
+            payment_reconcile_interval_ms: 5000,
+            payment_answer_timeout_secs: 120,
+            payment_deadline_secs: 3600,
         }
     }
 }

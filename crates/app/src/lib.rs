@@ -12,6 +12,7 @@ pub mod checkout;
 pub mod config;
 pub mod error;
 pub mod group_commit;
+pub mod money;
 pub mod notifications;
 pub mod outbox;
 pub mod ports;
@@ -183,6 +184,18 @@ impl App {
         app.load_sales().await?;
         let drift = app.reconcile().await?;
         tracing::info!(drift, "gate rebuilt from the store");
+        // Money a crash left half-moved is finished before the first request: a capture the
+        // judge decided is owed to the buyer's order, an authorization nobody will use to
+        // the buyer. A gateway that cannot be reached now is retried by the periodic job.
+        match app.reconcile_payments().await {
+            Ok(report) if !report.is_empty() => {
+                tracing::info!(?report, "money left by a crash finished at start");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "money reconciliation at start failed; will retry")
+            }
+        }
         Ok((app, writer))
     }
 

@@ -238,6 +238,67 @@ pub enum PaymentResult {
     },
     /// The gateway will answer later through a webhook.
     Pending { reference: String },
+    /// Nobody will answer: the checkout died with its process before the authorization's
+    /// answer was recorded, or an asynchronous payment never settled by its deadline. The
+    /// order fails with `reason` and its holds let go of it; if the gateway holds an
+    /// authorization (`reference`, found by the order id), the payment is `voided` with the
+    /// void owed to the gateway, so the money is released exactly once.
+    Abandoned {
+        reference: Option<String>,
+        reason: String,
+    },
+}
+
+/// A move of money the judge has decided but the gateway has not acknowledged yet. It is
+/// written in the SAME transaction that confirms, fails, cancels or refunds the order, so a
+/// crash between that commit and the gateway call cannot lose it: the money reconciliation
+/// (`App::reconcile_payments`) finishes it. Every gateway call is idempotent per reference,
+/// so finishing one twice is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayOwed {
+    /// The order is confirmed: capture the authorization.
+    Capture,
+    /// The order failed or was cancelled: void the authorization.
+    Void,
+    /// The order was refunded after its capture was acknowledged: refund.
+    Refund,
+    /// The order was refunded while its capture was still owed: capture first (the order was
+    /// confirmed on that promise), then refund. Never a capture after a refund: the first
+    /// step done moves this to `Refund`.
+    CaptureThenRefund,
+}
+
+impl GatewayOwed {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayOwed::Capture => "capture",
+            GatewayOwed::Void => "void",
+            GatewayOwed::Refund => "refund",
+            GatewayOwed::CaptureThenRefund => "capture_refund",
+        }
+    }
+
+    /// Reads a stored word.
+    pub fn parse(s: &str) -> Option<GatewayOwed> {
+        Some(match s {
+            "capture" => GatewayOwed::Capture,
+            "void" => GatewayOwed::Void,
+            "refund" => GatewayOwed::Refund,
+            "capture_refund" => GatewayOwed::CaptureThenRefund,
+            _ => return None,
+        })
+    }
+}
+
+/// A payment whose money move is still owed to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedPayment {
+    pub payment_id: PaymentId,
+    pub order_id: OrderId,
+    /// The gateway's reference the move applies to.
+    pub reference: String,
+    pub owed: GatewayOwed,
 }
 
 /// What recording a payment result did to the order.
@@ -255,8 +316,13 @@ pub enum PaymentApplied {
 /// What cancelling an order did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
-    /// A paid order was refunded: the caller refunds `reference` at the gateway.
-    Refunded { order: Order, reference: String },
+    /// A paid order was refunded: the caller does `owed` at the gateway for `reference` (a
+    /// refund, or a capture then a refund if the capture was still owed).
+    Refunded {
+        order: Order,
+        reference: String,
+        owed: GatewayOwed,
+    },
     /// An unpaid order was cancelled and its holds let go of the order.
     Cancelled(Order),
 }
@@ -507,6 +573,29 @@ pub trait Store: Send + Sync + 'static {
         result: &PaymentResult,
         now: Timestamp,
     ) -> PortResult<Option<PaymentApplied>>;
+    /// Payments whose decided money move the gateway has not acknowledged yet (see
+    /// [`GatewayOwed`]), oldest change first, at most `limit`. A payment without a reference
+    /// owes nothing (there is nothing to move).
+    async fn payments_owed(&self, limit: u32) -> PortResult<Vec<OwedPayment>>;
+    /// Records that the gateway acknowledged `done` for this payment: the owed move becomes
+    /// `next` (`None`: nothing more is owed). Guarded by `done` still being the owed move, so a
+    /// racing finisher cannot undo a later decision. Returns whether it changed anything.
+    async fn payment_owed_done(
+        &self,
+        payment: &PaymentId,
+        done: GatewayOwed,
+        next: Option<GatewayOwed>,
+        now: Timestamp,
+    ) -> PortResult<bool>;
+    /// `pending_payment` orders nobody will settle: those with no gateway reference created
+    /// at or before `unanswered_before` (the authorization's answer was lost), and any created
+    /// at or before `deadline_before`. Oldest first, at most `limit`.
+    async fn stuck_orders(
+        &self,
+        unanswered_before: Timestamp,
+        deadline_before: Timestamp,
+        limit: u32,
+    ) -> PortResult<Vec<Order>>;
     /// The order whose payment has this gateway reference.
     async fn order_by_payment_reference(&self, reference: &str) -> PortResult<Option<Order>>;
     /// The buyer's own order.
@@ -755,6 +844,10 @@ pub trait PaymentGateway: Send + Sync + 'static {
     async fn void(&self, reference: &str) -> PortResult<()>;
     /// Returns captured money. Idempotent per reference.
     async fn refund(&self, reference: &str) -> PortResult<()>;
+    /// The reference of the authorization made for this order, if the gateway made one. A
+    /// checkout that died while the authorization's answer was on its way leaves money
+    /// authorized that the shop never heard of; this is how it is found again and voided.
+    async fn find_authorization(&self, order: &OrderId) -> PortResult<Option<String>>;
 }
 
 /// Rules of one sale's waiting room, set by an admin (all 0 = off).

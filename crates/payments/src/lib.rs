@@ -2,21 +2,27 @@
 //! the contract — `tok_ok` authorizes, `tok_decline` is declined, `tok_slow` authorizes after a
 //! delay, `tok_async` answers "pending" and confirms later through an HMAC-signed webhook — and
 //! keeps a ledger so tests can prove nobody was charged twice.
+//!
+//! A real provider outlives the shop's process; so does the sandbox's ledger when it is given a
+//! journal file ([`SandboxGateway::with_journal`], `stampede serve` keeps one in the data
+//! dir): every change of a charge is appended as one JSON line before the call answers, and a
+//! restarted sandbox reads it back, so a capture or void the shop finishes after a kill -9 finds
+//! its authorization, and tests can read what every charge became ([`read_journal`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use stampede_app::ports::{Authorization, AuthorizeRequest, PaymentGateway, PortError, PortResult};
 use stampede_app::webhook;
-use stampede_core::{Clock, Money};
+use stampede_core::{Clock, Money, OrderId};
 
 /// Where a sandbox charge is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeState {
     Authorized,
@@ -28,9 +34,12 @@ pub enum ChargeState {
 }
 
 /// One charge in the sandbox's ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charge {
     pub reference: String,
+    /// The order it was authorized for (how a lost authorization is found again).
+    #[serde(default)]
+    pub order_id: String,
     pub amount: Money,
     pub state: ChargeState,
     /// How many captures actually moved money (must never exceed 1).
@@ -70,6 +79,35 @@ pub struct SandboxGateway {
     timings: SandboxTimings,
     webhooks: mpsc::Sender<SignedEvent>,
     ledger: Mutex<HashMap<String, Charge>>,
+    /// The authorization made for each order, by order id: how a checkout that died before
+    /// hearing the answer finds its authorization again (a real provider looks it up by the
+    /// metadata or idempotency key sent with it).
+    by_order: Mutex<HashMap<String, String>>,
+    /// Where every change of a charge is appended, if the ledger must outlive the process.
+    journal: Option<Mutex<std::fs::File>>,
+}
+
+/// Every charge in a sandbox journal, as last written (for tests and drills that inspect
+/// the money after the server is gone).
+pub fn read_journal(path: &std::path::Path) -> std::io::Result<Vec<Charge>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut last: HashMap<String, Charge> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for line in text.lines() {
+        // A line cut short by a kill mid-write is the change that never answered: skip it.
+        let Ok(charge) = serde_json::from_str::<Charge>(line) else {
+            continue;
+        };
+        if !last.contains_key(&charge.reference) {
+            order.push(charge.reference.clone());
+        }
+        last.insert(charge.reference.clone(), charge);
+    }
+    Ok(order.into_iter().filter_map(|r| last.remove(&r)).collect())
 }
 
 impl SandboxGateway {
@@ -86,7 +124,45 @@ impl SandboxGateway {
             timings,
             webhooks,
             ledger: Mutex::new(HashMap::new()),
+            by_order: Mutex::new(HashMap::new()),
+            journal: None,
         }
+    }
+
+    /// Keeps the ledger in `path` (created if missing): what it holds is loaded now, and
+    /// every change is appended before the call that made it answers.
+    pub fn with_journal(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        let charges = read_journal(path)?;
+        if let (Ok(mut ledger), Ok(mut orders)) = (self.ledger.lock(), self.by_order.lock()) {
+            for charge in charges {
+                if !charge.order_id.is_empty() {
+                    orders.insert(charge.order_id.clone(), charge.reference.clone());
+                }
+                ledger.insert(charge.reference.clone(), charge);
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.journal = Some(Mutex::new(file));
+        Ok(self)
+    }
+
+    /// Appends the charge's new state to the journal (a sandbox has no better place to
+    /// report a failed write than the log and the error it returns).
+    fn journal(&self, charge: &Charge) -> PortResult<()> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let mut line = serde_json::to_vec(charge)
+            .map_err(|e| PortError::Internal(format!("sandbox journal: {e}")))?;
+        line.push(b'\n');
+        let mut file = journal
+            .lock()
+            .map_err(|_| PortError::Internal("sandbox journal poisoned".into()))?;
+        std::io::Write::write_all(&mut *file, &line)
+            .map_err(|e| PortError::Internal(format!("sandbox journal: {e}")))
     }
 
     /// Every charge so far.
@@ -97,10 +173,12 @@ impl SandboxGateway {
             .unwrap_or_default()
     }
 
-    fn record(&self, charge: Charge) {
+    fn record(&self, charge: Charge) -> PortResult<()> {
+        self.journal(&charge)?;
         if let Ok(mut l) = self.ledger.lock() {
             l.insert(charge.reference.clone(), charge);
         }
+        Ok(())
     }
 
     fn transition(&self, reference: &str, to: ChargeState) -> PortResult<()> {
@@ -114,6 +192,9 @@ impl SandboxGateway {
         use ChargeState::*;
         let allowed = match (charge.state, to) {
             (a, b) if a == b => return Ok(()), // idempotent per reference
+            // Nothing to release: a no-op, as at a real provider (a checkout that died after a
+            // decline has its lost authorization voided by the money reconciliation).
+            (Declined, Voided) => return Ok(()),
             (Authorized | Pending, Captured | Voided) => true,
             (Captured, Refunded) => true,
             _ => false,
@@ -129,7 +210,9 @@ impl SandboxGateway {
             metrics::counter!("stampede_sandbox_captures_total").increment(1);
         }
         charge.state = to;
-        Ok(())
+        // Journaled under the ledger's lock, so lines of one charge are in the order of its moves.
+        let changed = charge.clone();
+        self.journal(&changed)
     }
 
     fn schedule_webhook(&self, reference: String, kind: &'static str) {
@@ -160,6 +243,7 @@ impl PaymentGateway for SandboxGateway {
         let reference = format!("pay_{}", ulid::Ulid::new());
         let charge = |state| Charge {
             reference: reference.clone(),
+            order_id: req.order_id.to_string(),
             amount: req.amount,
             state,
             captures: 0,
@@ -190,7 +274,10 @@ impl PaymentGateway for SandboxGateway {
             Authorization::Authorized { .. } => ChargeState::Authorized,
             Authorization::Pending { .. } => ChargeState::Pending,
             Authorization::Declined { .. } => ChargeState::Declined,
-        }));
+        }))?;
+        if let Ok(mut orders) = self.by_order.lock() {
+            orders.insert(req.order_id.to_string(), reference.clone());
+        }
         if matches!(answer, Authorization::Pending { .. }) {
             self.schedule_webhook(reference, "payment.succeeded");
         }
@@ -208,12 +295,20 @@ impl PaymentGateway for SandboxGateway {
     async fn refund(&self, reference: &str) -> PortResult<()> {
         self.transition(reference, ChargeState::Refunded)
     }
+
+    async fn find_authorization(&self, order: &OrderId) -> PortResult<Option<String>> {
+        let orders = self
+            .by_order
+            .lock()
+            .map_err(|_| PortError::Internal("sandbox ledger poisoned".into()))?;
+        Ok(orders.get(order.as_str()).cloned())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stampede_core::{Currency, ManualClock, OrderId, PaymentId, Timestamp};
+    use stampede_core::{Currency, ManualClock, PaymentId, Timestamp};
 
     fn gateway() -> (SandboxGateway, mpsc::Receiver<SignedEvent>) {
         let (tx, rx) = mpsc::channel(8);

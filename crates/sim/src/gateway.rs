@@ -296,4 +296,13 @@ impl PaymentGateway for SimGateway {
     async fn refund(&self, reference: &str) -> PortResult<()> {
         self.transition(reference, ChargeState::Refunded)
     }
+
+    async fn find_authorization(&self, order: &OrderId) -> PortResult<Option<String>> {
+        self.with(|l| {
+            l.charges
+                .values()
+                .find(|c| &c.order_id == order)
+                .map(|c| c.reference.clone())
+        })
+    }
 }

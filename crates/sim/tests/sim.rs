@@ -32,6 +32,17 @@ fn every_seed_keeps_every_invariant() {
         let seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
         panic!("{first}\nfailing seeds: {seeds:?}");
     }
+    if stampede_sim::strict_capture() {
+        // Money in limbo at the end of a run: what the restarts' money reconciliation exists
+        // to leave at zero.
+        for limbo in [
+            "end: confirmed order never captured",
+            "end: authorization neither captured nor voided",
+        ] {
+            let n = stats.get(limbo).copied().unwrap_or(0);
+            assert_eq!(n, 0, "{limbo}: {n} (seeds {}..{})", seeds.start, seeds.end);
+        }
+    }
 }
 
 #[test]

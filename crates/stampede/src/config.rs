@@ -85,6 +85,15 @@ pub struct ServeArgs {
     /// Delay before the sandbox confirms a `tok_async` payment by webhook, in ms. Default 2000.
     #[arg(long, env = "STAMPEDE_SANDBOX_ASYNC_MS")]
     pub sandbox_async_ms: Option<u64>,
+    /// How often captures, voids and refunds a crash left unfinished are finished at the
+    /// gateway (and stuck pending orders resolved), in ms. Also done at start. Default 5000.
+    #[arg(long, env = "STAMPEDE_PAYMENT_RECONCILE_INTERVAL_MS")]
+    pub payment_reconcile_interval_ms: Option<u64>,
+    /// A pending order whose authorization's answer was never recorded (its checkout died
+    /// with its process) is failed and any authorization voided after this many seconds.
+    /// Default 120.
+    #[arg(long, env = "STAMPEDE_PAYMENT_ANSWER_TIMEOUT_SECS")]
+    pub payment_answer_timeout_secs: Option<i64>,
     /// Cluster mode: PostgreSQL judges and keeps everything (e.g.
     /// postgres://user:pass@db:5432/stampede). Needs --redis and --amqp too.
     #[arg(long, env = "STAMPEDE_POSTGRES_URL", hide_env_values = true)]
@@ -158,6 +167,8 @@ pub struct FileConfig {
     pub max_batch: Option<usize>,
     pub sandbox_slow_ms: Option<u64>,
     pub sandbox_async_ms: Option<u64>,
+    pub payment_reconcile_interval_ms: Option<u64>,
+    pub payment_answer_timeout_secs: Option<i64>,
     pub postgres: Option<String>,
     pub redis: Option<String>,
     pub amqp: Option<String>,
@@ -204,6 +215,8 @@ impl ServeArgs {
             max_batch,
             sandbox_slow_ms,
             sandbox_async_ms,
+            payment_reconcile_interval_ms,
+            payment_answer_timeout_secs,
             postgres,
             redis,
             amqp,

@@ -218,15 +218,21 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     };
     let secret = webhook_secret(&args, &data_dir)?;
     let (webhook_tx, webhook_rx) = mpsc::channel::<SignedEvent>(1024);
-    let gateway = Arc::new(SandboxGateway::new(
-        secret.clone(),
-        clock.clone(),
-        SandboxTimings {
-            slow: Duration::from_millis(args.sandbox_slow_ms.unwrap_or(2000)),
-            async_confirm: Duration::from_millis(args.sandbox_async_ms.unwrap_or(2000)),
-        },
-        webhook_tx,
-    ));
+    let gateway = Arc::new(
+        SandboxGateway::new(
+            secret.clone(),
+            clock.clone(),
+            SandboxTimings {
+                slow: Duration::from_millis(args.sandbox_slow_ms.unwrap_or(2000)),
+                async_confirm: Duration::from_millis(args.sandbox_async_ms.unwrap_or(2000)),
+            },
+            webhook_tx,
+        )
+        // The sandbox's charges outlive the process, as a real provider's do: money a crash
+        // left half-moved is finished against the same ledger after the restart.
+        .with_journal(&data_dir.join("sandbox-ledger.jsonl"))
+        .context("opening the sandbox gateway's ledger")?,
+    );
     let defaults = AppConfig::default();
     let config = AppConfig {
         webhook_secret: secret,
@@ -240,6 +246,12 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
             .reconcile_interval_secs
             .unwrap_or(defaults.reconcile_interval_secs),
         max_batch: args.max_batch.unwrap_or(defaults.max_batch),
+        payment_reconcile_interval_ms: args
+            .payment_reconcile_interval_ms
+            .unwrap_or(defaults.payment_reconcile_interval_ms),
+        payment_answer_timeout_secs: args
+            .payment_answer_timeout_secs
+            .unwrap_or(defaults.payment_answer_timeout_secs),
         hash_concurrency: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),

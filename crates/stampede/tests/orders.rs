@@ -471,7 +471,8 @@ in_both_modes! {
         assert_invariant(&m);
         assert_eq!(m["sold"], 1, "{m}");
 
-        // The exact replay: acknowledged, no effect.
+        // The exact replay: acknowledged, no effect (same order state, no second capture).
+        let captured_before = captures(&server).await;
         let r = server
             .post_webhook(
                 &body_a,
@@ -479,6 +480,10 @@ in_both_modes! {
             )
             .await;
         assert_eq!(r.status, 204, "replayed webhook: {}", r.text);
+        assert_eq!(order_status(&server, &buyer, &a).await, "confirmed");
+        assert_eq!(captures(&server).await, captured_before, "a replay captures nothing");
+        let m = server.metrics(&admin, &sale).await;
+        assert_eq!(m["sold"], 1, "a replay sells nothing: {m}");
         // payment.failed: the order fails, its hold stays for another attempt.
         let body_c = event(
             &format!("evt_{}", unique_suffix()),

@@ -43,15 +43,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
-    IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
-    UserStatus, WebhookDelivery,
+    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
+    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{
-    DropEvent, DropId, Hold, HoldId, Order, OrderId, Product, ProductId, Sale, SaleId, Timestamp,
-    UserId,
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, PaymentId, Product, ProductId, Sale, SaleId,
+    Timestamp, UserId,
 };
 
 use crate::error::OrPort;
@@ -294,6 +294,29 @@ impl Store for PgStore {
         now: Timestamp,
     ) -> PortResult<Option<PaymentApplied>> {
         orders::apply_payment(&self.pool, order, result, now).await
+    }
+
+    async fn payments_owed(&self, limit: u32) -> PortResult<Vec<OwedPayment>> {
+        orders::owed(&self.pool, limit).await
+    }
+
+    async fn payment_owed_done(
+        &self,
+        payment: &PaymentId,
+        done: GatewayOwed,
+        next: Option<GatewayOwed>,
+        now: Timestamp,
+    ) -> PortResult<bool> {
+        orders::owed_done(&self.pool, payment, done, next, now).await
+    }
+
+    async fn stuck_orders(
+        &self,
+        unanswered_before: Timestamp,
+        deadline_before: Timestamp,
+        limit: u32,
+    ) -> PortResult<Vec<Order>> {
+        orders::stuck(&self.pool, unanswered_before, deadline_before, limit).await
     }
 
     async fn order_by_payment_reference(&self, reference: &str) -> PortResult<Option<Order>> {

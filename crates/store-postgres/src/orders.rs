@@ -15,7 +15,8 @@
 use sqlx::{PgConnection, PgPool};
 
 use stampede_app::ports::{
-    Cancelled, CheckoutError, NewOrder, PaymentApplied, PaymentResult, PortResult,
+    Cancelled, CheckoutError, GatewayOwed, NewOrder, OwedPayment, PaymentApplied, PaymentResult,
+    PortResult,
 };
 use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
@@ -171,20 +172,23 @@ async fn set_status(
 }
 
 /// Moves the order's payment to `to` (a legal move only), recording the gateway's reference
-/// (kept if `None`) and the failure reason (cleared if `None`).
+/// (kept if `None`), the failure reason (cleared if `None`) and the money move this leaves
+/// owed to the gateway (see [`GatewayOwed`]).
 async fn set_payment(
     conn: &mut PgConnection,
     order: &Order,
     to: PaymentStatus,
     reference: Option<&str>,
     failure_reason: Option<&str>,
+    owed: Option<GatewayOwed>,
     now: Timestamp,
 ) -> PortResult<()> {
     let payment = payment_of(order)?;
     let to = payment.status.transition(to).map_err(internal)?;
     let done = sqlx::query(
         "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
-         failure_reason = $3, updated_at = $4 WHERE id = $5 AND status = $6",
+         failure_reason = $3, updated_at = $4, gateway_owed = $7 \
+         WHERE id = $5 AND status = $6",
     )
     .bind(to.as_str())
     .bind(reference)
@@ -192,6 +196,7 @@ async fn set_payment(
     .bind(now.0)
     .bind(payment.id.as_str())
     .bind(payment.status.as_str())
+    .bind(owed.map(GatewayOwed::as_str))
     .execute(&mut *conn)
     .await
     .port()?;
@@ -446,6 +451,7 @@ pub(crate) async fn apply_payment(
                 PaymentStatus::Declined,
                 reference.as_deref(),
                 Some(reason),
+                None,
                 now,
             )
             .await?;
@@ -475,6 +481,28 @@ pub(crate) async fn apply_payment(
                 .port()?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
+        PaymentResult::Abandoned { reference, reason } => {
+            // Only an authorization the gateway made has money to release.
+            let known = reference.is_some() || payment_of(&order)?.reference.is_some();
+            set_status(&mut tx, &order, OrderStatus::PaymentFailed, now).await?;
+            set_payment(
+                &mut tx,
+                &order,
+                PaymentStatus::Voided,
+                reference.as_deref(),
+                Some(reason),
+                known.then_some(GatewayOwed::Void),
+                now,
+            )
+            .await?;
+            release_holds_from(&mut tx, &user, id).await?;
+            outbox::insert(
+                &mut tx,
+                &stampede_app::ports::OutboxEvent::payment_failed(&order, reason, now),
+            )
+            .await?;
+            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+        }
         PaymentResult::Authorized { reference, retake } => {
             let lines = lines(&mut tx, &user, id).await?;
             let mut stock = TxStock::default();
@@ -491,6 +519,7 @@ pub(crate) async fn apply_payment(
                         PaymentStatus::Captured,
                         Some(reference),
                         None,
+                        Some(GatewayOwed::Capture),
                         now,
                     )
                     .await?;
@@ -511,6 +540,7 @@ pub(crate) async fn apply_payment(
                         PaymentStatus::Voided,
                         Some(reference),
                         Some(HOLD_EXPIRED),
+                        Some(GatewayOwed::Void),
                         now,
                     )
                     .await?;
@@ -603,15 +633,45 @@ pub(crate) async fn cancel(
             }
             stock.flush(&mut tx).await?;
             set_status(&mut tx, &order, OrderStatus::Refunded, now).await?;
-            set_payment(&mut tx, &order, PaymentStatus::Refunded, None, None, now).await?;
+            // A refund of money whose capture is still owed must capture first.
+            let owed = match owed_of(&mut tx, &order).await? {
+                Some(GatewayOwed::Capture | GatewayOwed::CaptureThenRefund) => {
+                    GatewayOwed::CaptureThenRefund
+                }
+                _ => GatewayOwed::Refund,
+            };
+            set_payment(
+                &mut tx,
+                &order,
+                PaymentStatus::Refunded,
+                None,
+                None,
+                Some(owed),
+                now,
+            )
+            .await?;
             Cancelled::Refunded {
                 order: load_existing(&mut tx, user, id).await?,
                 reference,
+                owed,
             }
         }
         OrderStatus::PendingPayment => {
             set_status(&mut tx, &order, OrderStatus::Cancelled, now).await?;
-            set_payment(&mut tx, &order, PaymentStatus::Voided, None, None, now).await?;
+            let owed = payment_of(&order)?
+                .reference
+                .is_some()
+                .then_some(GatewayOwed::Void);
+            set_payment(
+                &mut tx,
+                &order,
+                PaymentStatus::Voided,
+                None,
+                None,
+                owed,
+                now,
+            )
+            .await?;
             release_holds_from(&mut tx, user, id).await?;
             Cancelled::Cancelled(load_existing(&mut tx, user, id).await?)
         }
@@ -619,4 +679,97 @@ pub(crate) async fn cancel(
     };
     tx.commit().await.port()?;
     Ok(Some(Ok(cancelled)))
+}
+
+/// The money move still owed to the gateway for this order's payment.
+async fn owed_of(conn: &mut PgConnection, order: &Order) -> PortResult<Option<GatewayOwed>> {
+    let payment = payment_of(order)?;
+    let word: Option<String> =
+        sqlx::query_scalar("SELECT gateway_owed FROM payments WHERE id = $1")
+            .bind(payment.id.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .port()?
+            .flatten();
+    word.map(|w| {
+        GatewayOwed::parse(&w).ok_or_else(|| internal(format!("unknown gateway_owed {w:?}")))
+    })
+    .transpose()
+}
+
+/// Payments with a money move owed to the gateway, oldest change first.
+pub(crate) async fn owed(pool: &PgPool, limit: u32) -> PortResult<Vec<OwedPayment>> {
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT id, order_id, reference, gateway_owed FROM payments \
+         WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
+         ORDER BY updated_at, id LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .port()?;
+    rows.into_iter()
+        .map(|(id, order_id, reference, word)| {
+            Ok(OwedPayment {
+                payment_id: PaymentId::from_trusted(id),
+                order_id: OrderId::from_trusted(order_id),
+                reference,
+                owed: GatewayOwed::parse(&word)
+                    .ok_or_else(|| internal(format!("unknown gateway_owed {word:?}")))?,
+            })
+        })
+        .collect()
+}
+
+/// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
+pub(crate) async fn owed_done(
+    pool: &PgPool,
+    payment: &PaymentId,
+    done: GatewayOwed,
+    next: Option<GatewayOwed>,
+    now: Timestamp,
+) -> PortResult<bool> {
+    let changed = sqlx::query(
+        "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
+         WHERE id = $3 AND gateway_owed = $4",
+    )
+    .bind(next.map(GatewayOwed::as_str))
+    .bind(now.0)
+    .bind(payment.as_str())
+    .bind(done.as_str())
+    .execute(pool)
+    .await
+    .port()?;
+    Ok(changed.rows_affected() == 1)
+}
+
+/// Pending orders nobody will settle (see `Store::stuck_orders`), oldest first.
+pub(crate) async fn stuck(
+    pool: &PgPool,
+    unanswered_before: Timestamp,
+    deadline_before: Timestamp,
+    limit: u32,
+) -> PortResult<Vec<Order>> {
+    let mut conn = pool.acquire().await.port()?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT o.user_id, o.id FROM orders o JOIN payments p \
+         ON p.order_id = o.id AND p.user_id = o.user_id \
+         WHERE o.status = 'pending_payment' \
+         AND ((p.reference IS NULL AND o.created_at <= $1) OR o.created_at <= $2) \
+         ORDER BY o.created_at, o.id LIMIT $3",
+    )
+    .bind(unanswered_before.0)
+    .bind(deadline_before.0)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .port()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (user, id) in rows {
+        let (user, id) = (UserId::from_trusted(user), OrderId::from_trusted(id));
+        if let Some(order) = load(&mut conn, &user, &id).await? {
+            out.push(order);
+        }
+    }
+    Ok(out)
 }

@@ -39,15 +39,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, HoldError,
-    IdempotencyStart, NewOrder, Notification, OutboxEvent, PaymentApplied, PaymentResult,
-    PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User, UserAccount,
-    UserStatus, WebhookDelivery,
+    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
+    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{
-    DropEvent, DropId, Hold, HoldId, Order, OrderId, Product, ProductId, Sale, SaleId, Timestamp,
-    UserId,
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, PaymentId, Product, ProductId, Sale, SaleId,
+    Timestamp, UserId,
 };
 
 use crate::error::OrPort;
@@ -291,6 +291,29 @@ impl Store for SqliteStore {
         orders::apply_payment(&self.writer, order, result, now).await
     }
 
+    async fn payments_owed(&self, limit: u32) -> PortResult<Vec<OwedPayment>> {
+        orders::owed(&self.reader, limit).await
+    }
+
+    async fn payment_owed_done(
+        &self,
+        payment: &PaymentId,
+        done: GatewayOwed,
+        next: Option<GatewayOwed>,
+        now: Timestamp,
+    ) -> PortResult<bool> {
+        orders::owed_done(&self.writer, payment, done, next, now).await
+    }
+
+    async fn stuck_orders(
+        &self,
+        unanswered_before: Timestamp,
+        deadline_before: Timestamp,
+        limit: u32,
+    ) -> PortResult<Vec<Order>> {
+        orders::stuck(&self.reader, unanswered_before, deadline_before, limit).await
+    }
+
     async fn order_by_payment_reference(&self, reference: &str) -> PortResult<Option<Order>> {
         orders::by_payment_reference(&self.reader, reference).await
     }
@@ -473,7 +496,7 @@ mod tests {
         store.migrate().await.unwrap();
         sqlx::query(
             "INSERT INTO sales VALUES ('s', 'n', 'd', 1, 1, 'EUR', 0, 1, 1, 0, 60, 'running', \
-             5, 5, 0, 0, 0, 0)",
+             5, 5, 0, 0, 0, 0, NULL, NULL, '')",
         )
         .execute(&store.writer)
         .await

@@ -62,6 +62,8 @@ macro_rules! store_conformance_tests {
             resize_judges_growth_and_returns_shrinkage,
             concurrent_batches_never_oversell,
             paid_order_sells_and_cancel_refunds,
+            money_moves_are_owed_until_recorded_done,
+            stuck_pending_orders_are_found_and_abandoned,
             orders_are_listed_newest_first_with_items_and_payment,
             checkout_refuses_foreign_expired_busy_and_mixed_holds,
             declined_payment_leaves_holds_for_another_try,

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Cancelled, CheckoutError, HoldError, IdempotencyStart, NewOrder,
-    Notification, OutboxEvent, PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store,
-    User, WebhookDelivery,
+    AuditEntry, AuditFilter, Cancelled, CheckoutError, GatewayOwed, HoldError, IdempotencyStart,
+    NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied, PaymentResult,
+    ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::{LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -486,11 +486,14 @@ pub async fn paid_order_sells_and_cancel_refunds(store: Arc<dyn Store>) {
     let Some(Ok(Cancelled::Refunded {
         order: refunded,
         reference,
+        owed,
     })) = cancelled
     else {
         panic!("{cancelled:?}")
     };
     assert_eq!(reference, "ref-1");
+    // The capture was never recorded as done, so the refund must capture first.
+    assert_eq!(owed, GatewayOwed::CaptureThenRefund);
     assert_eq!(refunded.status, OrderStatus::Refunded);
     assert_eq!(refunded.payment.unwrap().status, PaymentStatus::Refunded);
     assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 5, 0, 0));
@@ -509,6 +512,252 @@ pub async fn paid_order_sells_and_cancel_refunds(store: Arc<dyn Store>) {
             .unwrap(),
         None
     );
+}
+
+fn owed_of<'a>(owed: &'a [OwedPayment], order: &Order) -> Option<&'a OwedPayment> {
+    owed.iter().find(|p| p.order_id == order.id)
+}
+
+/// Every money move the judge decides is recorded as owed to the gateway in the same
+/// transaction (capture on confirm, void on a lapsed authorization or a cancelled pending
+/// order, refund on cancel), listed until recorded done, and recorded done only once: a move
+/// finished twice, or a stale finisher, changes nothing.
+pub async fn money_moves_are_owed_until_recorded_done(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 10, 10).await;
+    let a = user(1);
+    let later = T0.plus_secs(1);
+
+    // Confirmed: a capture is owed.
+    let h = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let paid = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    pay(&*f.store, &paid, authorized("own-1", false), T0).await;
+    let owed = f.store.payments_owed(100).await.unwrap();
+    let capture = owed_of(&owed, &paid).expect("a capture is owed").clone();
+    assert_eq!(capture.owed, GatewayOwed::Capture);
+    assert_eq!(capture.reference, "own-1");
+    assert_eq!(&capture.payment_id, &paid.payment.as_ref().unwrap().id);
+    // A stale finisher (the wrong move) changes nothing.
+    assert!(!f
+        .store
+        .payment_owed_done(&capture.payment_id, GatewayOwed::Void, None, later)
+        .await
+        .unwrap());
+    assert!(f
+        .store
+        .payment_owed_done(&capture.payment_id, GatewayOwed::Capture, None, later)
+        .await
+        .unwrap());
+    assert!(!f
+        .store
+        .payment_owed_done(&capture.payment_id, GatewayOwed::Capture, None, later)
+        .await
+        .unwrap());
+    assert!(owed_of(&f.store.payments_owed(100).await.unwrap(), &paid).is_none());
+    // Refunding an order whose capture is done owes a plain refund.
+    let Some(Ok(Cancelled::Refunded { owed, .. })) =
+        f.store.cancel_order(&a, &paid.id, later).await.unwrap()
+    else {
+        panic!("a paid order is refunded")
+    };
+    assert_eq!(owed, GatewayOwed::Refund);
+    let listed = f.store.payments_owed(100).await.unwrap();
+    assert_eq!(
+        owed_of(&listed, &paid).map(|p| p.owed),
+        Some(GatewayOwed::Refund)
+    );
+    assert!(f
+        .store
+        .payment_owed_done(&capture.payment_id, GatewayOwed::Refund, None, later)
+        .await
+        .unwrap());
+
+    // A capture then refund moves to a plain refund once the capture is recorded.
+    let h = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    pay(&*f.store, &order, authorized("own-2", false), T0).await;
+    let Some(Ok(Cancelled::Refunded { owed, .. })) =
+        f.store.cancel_order(&a, &order.id, later).await.unwrap()
+    else {
+        panic!("a paid order is refunded")
+    };
+    assert_eq!(owed, GatewayOwed::CaptureThenRefund);
+    let pid = order.payment.as_ref().unwrap().id.clone();
+    assert!(f
+        .store
+        .payment_owed_done(
+            &pid,
+            GatewayOwed::CaptureThenRefund,
+            Some(GatewayOwed::Refund),
+            later
+        )
+        .await
+        .unwrap());
+    let listed = f.store.payments_owed(100).await.unwrap();
+    assert_eq!(
+        owed_of(&listed, &order).map(|p| p.owed),
+        Some(GatewayOwed::Refund)
+    );
+
+    // An authorization that arrives after its hold lapsed: a void is owed.
+    let h = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let lapsed = T0.plus_secs(i64::from(HOLD_SECS) + 1);
+    assert!(matches!(
+        pay(&*f.store, &order, authorized("own-3", false), lapsed).await,
+        PaymentApplied::HoldLapsed(_)
+    ));
+    let listed = f.store.payments_owed(100).await.unwrap();
+    assert_eq!(
+        owed_of(&listed, &order).map(|p| (p.owed, p.reference.as_str())),
+        Some((GatewayOwed::Void, "own-3"))
+    );
+
+    // A pending (asynchronous) payment cancelled: its authorization is voided.
+    let h = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    pay(
+        &*f.store,
+        &order,
+        PaymentResult::Pending {
+            reference: "own-4".into(),
+        },
+        T0,
+    )
+    .await;
+    assert!(owed_of(&f.store.payments_owed(100).await.unwrap(), &order).is_none());
+    f.store
+        .cancel_order(&a, &order.id, later)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let listed = f.store.payments_owed(100).await.unwrap();
+    assert_eq!(
+        owed_of(&listed, &order).map(|p| p.owed),
+        Some(GatewayOwed::Void)
+    );
+
+    // A declined payment owes nothing.
+    let h = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    pay(
+        &*f.store,
+        &order,
+        PaymentResult::Declined {
+            reference: Some("own-5".into()),
+            reason: "card_declined".into(),
+        },
+        T0,
+    )
+    .await;
+    assert!(owed_of(&f.store.payments_owed(100).await.unwrap(), &order).is_none());
+    assert_eq!(checked(&*f.store, &sale.id).await.sold, 0);
+}
+
+/// Pending orders nobody will settle are found (no recorded answer after the answer timeout,
+/// anything pending after the deadline), and abandoning one fails it, lets its holds go and
+/// owes a void only if there is an authorization to release.
+pub async fn stuck_pending_orders_are_found_and_abandoned(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 10, 10).await;
+    let a = user(1);
+    let h1 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let unanswered = checkout(&*f.store, &a, &[&h1], T0).await.unwrap();
+    let h2 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let waiting = checkout(&*f.store, &a, &[&h2], T0).await.unwrap();
+    pay(
+        &*f.store,
+        &waiting,
+        PaymentResult::Pending {
+            reference: "stuck-async".into(),
+        },
+        T0,
+    )
+    .await;
+    let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    let before = T0.plus_secs(-1);
+    assert!(f
+        .store
+        .stuck_orders(before, before, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // Past the answer timeout only the order with no recorded answer is stuck.
+    assert_eq!(
+        ids(f.store.stuck_orders(T0, before, 100).await.unwrap()),
+        vec![unanswered.id.clone()]
+    );
+    // Past the deadline both are.
+    let both = ids(f.store.stuck_orders(T0, T0, 100).await.unwrap());
+    assert_eq!(both.len(), 2);
+    assert!(both.contains(&unanswered.id) && both.contains(&waiting.id));
+
+    // The gateway had authorized the unanswered one: abandoning owes its void.
+    let later = T0.plus_secs(1);
+    let PaymentApplied::Done(failed) = pay(
+        &*f.store,
+        &unanswered,
+        PaymentResult::Abandoned {
+            reference: Some("stuck-found".into()),
+            reason: "authorization_lost".into(),
+        },
+        later,
+    )
+    .await
+    else {
+        panic!("a stuck order is abandoned")
+    };
+    assert_eq!(failed.status, OrderStatus::PaymentFailed);
+    let payment = failed.payment.clone().unwrap();
+    assert_eq!(payment.status, PaymentStatus::Voided);
+    assert_eq!(payment.reference.as_deref(), Some("stuck-found"));
+    assert_eq!(
+        payment.failure_reason.as_deref(),
+        Some("authorization_lost")
+    );
+    let listed = f.store.payments_owed(100).await.unwrap();
+    assert_eq!(
+        owed_of(&listed, &failed).map(|p| (p.owed, p.reference.as_str())),
+        Some((GatewayOwed::Void, "stuck-found"))
+    );
+    // Its hold let go of it: another order may use it.
+    let again = checkout(&*f.store, &a, &[&h1], later).await.unwrap();
+    assert_eq!(again.status, OrderStatus::PendingPayment);
+    // A second abandon changes nothing.
+    assert!(matches!(
+        pay(
+            &*f.store,
+            &unanswered,
+            PaymentResult::Abandoned {
+                reference: None,
+                reason: "authorization_lost".into(),
+            },
+            later,
+        )
+        .await,
+        PaymentApplied::AlreadySettled(_)
+    ));
+    assert_eq!(
+        ids(f.store.stuck_orders(T0, T0, 100).await.unwrap()),
+        vec![waiting.id.clone()]
+    );
+
+    // No authorization found: failed with nothing owed.
+    let h3 = reserve_one(&*f.store, &sale, &a, 1, T0).await;
+    let lost = checkout(&*f.store, &a, &[&h3], T0).await.unwrap();
+    pay(
+        &*f.store,
+        &lost,
+        PaymentResult::Abandoned {
+            reference: None,
+            reason: "authorization_lost".into(),
+        },
+        later,
+    )
+    .await;
+    assert!(owed_of(&f.store.payments_owed(100).await.unwrap(), &lost).is_none());
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(10, 7, 3, 0));
 }
 
 /// A buyer's orders list newest first, each with its items and payment.

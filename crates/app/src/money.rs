@@ -1,0 +1,171 @@
+//! The money reconciliation: every move of money the judge decided is finished at the gateway
+//! exactly once, whatever crashed in between.
+//!
+//! The judge records the move it decided (capture, void, refund, see [`GatewayOwed`]) in the
+//! same transaction that confirms, fails, cancels or refunds the order. The request that made
+//! the decision then calls the gateway and clears the record; if it dies first (kill -9, a
+//! gateway error), this job finds the record and finishes the move. Every gateway call is
+//! idempotent per reference, so a move finished twice (the request and the job racing, or a
+//! crash after the gateway answered but before the record was cleared) moves money once.
+//!
+//! It also resolves pending orders nobody will settle: a checkout that died while the
+//! authorization's answer was on its way leaves an order with no reference and, maybe, money
+//! authorized at the gateway that the shop never heard of. After
+//! `payment_answer_timeout_secs` the authorization is looked up by the order id, the order
+//! fails (its holds let go of it and lapse as usual) and the authorization is voided. An
+//! asynchronous payment still unsettled after `payment_deadline_secs` is ended the same way.
+
+use crate::ports::{Event, GatewayOwed, OwedPayment, PaymentApplied, PaymentResult};
+use crate::{App, AppError};
+
+/// Most owed moves or stuck orders handled in one run (the next run takes the rest).
+const BATCH: u32 = 200;
+
+/// Why a pending order whose authorization's answer was never recorded failed.
+pub const AUTHORIZATION_LOST: &str = "authorization_lost";
+/// Why an asynchronous payment that never settled failed.
+pub const PAYMENT_TIMEOUT: &str = "payment_timeout";
+
+/// What one run of the money reconciliation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MoneyReport {
+    /// Owed moves the gateway acknowledged.
+    pub finished: u64,
+    /// Owed moves the gateway refused or could not be asked (retried next run).
+    pub failed: u64,
+    /// Stuck pending orders failed (and their authorization, if any, voided).
+    pub stuck_orders: u64,
+}
+
+impl MoneyReport {
+    /// Nothing was found to do.
+    pub fn is_empty(&self) -> bool {
+        *self == MoneyReport::default()
+    }
+}
+
+impl App {
+    /// Resolves stuck pending orders, then finishes every money move still owed to the
+    /// gateway. Safe to run on every node at once: each step is guarded in the judge and
+    /// idempotent at the gateway.
+    pub async fn reconcile_payments(&self) -> Result<MoneyReport, AppError> {
+        let mut report = MoneyReport::default();
+        let now = self.clock.now();
+        let unanswered_before = now.plus_millis(
+            -self
+                .config
+                .payment_answer_timeout_secs
+                .max(0)
+                .saturating_mul(1000),
+        );
+        let deadline_before = now.plus_millis(
+            -self
+                .config
+                .payment_deadline_secs
+                .max(0)
+                .saturating_mul(1000),
+        );
+        for order in self
+            .store
+            .stuck_orders(unanswered_before, deadline_before, BATCH)
+            .await?
+        {
+            let known = order.payment.as_ref().and_then(|p| p.reference.clone());
+            let (reference, reason) = match known {
+                Some(r) => (Some(r), PAYMENT_TIMEOUT),
+                None => (
+                    self.gateway.find_authorization(&order.id).await?,
+                    AUTHORIZATION_LOST,
+                ),
+            };
+            let result = PaymentResult::Abandoned {
+                reference: reference.clone(),
+                reason: reason.into(),
+            };
+            if let Some(PaymentApplied::Done(o)) = self
+                .store
+                .apply_payment(&order.id, &result, self.clock.now())
+                .await?
+            {
+                report.stuck_orders += 1;
+                metrics::counter!("stampede_stuck_orders_failed_total", "reason" => reason)
+                    .increment(1);
+                tracing::warn!(order = %o.id, reason, ?reference, "stuck pending order failed");
+                self.audit_as(
+                    "reconciler",
+                    "payment.abandon",
+                    o.id.as_str(),
+                    None::<&()>,
+                    Some(&reason),
+                )
+                .await;
+                self.bus.publish(Event::PaymentFailed {
+                    order_id: o.id,
+                    user_id: o.user_id,
+                });
+                self.outbox_kick.notify_one();
+            }
+        }
+        let owed = self.store.payments_owed(BATCH).await?;
+        metrics::gauge!("stampede_payments_owed").set(owed.len() as f64);
+        for payment in &owed {
+            if self.finish_owed(payment).await {
+                report.finished += 1;
+            } else {
+                report.failed += 1;
+            }
+        }
+        if report.finished > 0 {
+            metrics::counter!("stampede_payments_finished_late_total").increment(report.finished);
+            tracing::warn!(
+                finished = report.finished,
+                "money moves left unfinished were finished"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Does the owed move at the gateway and records it done. Returns whether it is all done;
+    /// a failure is logged and counted and left owed for the next run.
+    pub(crate) async fn finish_owed(&self, payment: &OwedPayment) -> bool {
+        let mut owed = payment.owed;
+        loop {
+            let reference = payment.reference.as_str();
+            let (call, next) = match owed {
+                GatewayOwed::Capture => (self.gateway.capture(reference).await, None),
+                GatewayOwed::Void => (self.gateway.void(reference).await, None),
+                GatewayOwed::Refund => (self.gateway.refund(reference).await, None),
+                // The capture first; the refund only once the judge knows it was done, so a
+                // retry never captures after a refund.
+                GatewayOwed::CaptureThenRefund => (
+                    self.gateway.capture(reference).await,
+                    Some(GatewayOwed::Refund),
+                ),
+            };
+            if let Err(e) = call {
+                metrics::counter!("stampede_payment_moves_failed_total", "move" => owed.as_str())
+                    .increment(1);
+                tracing::error!(error = %e, order = %payment.order_id, owed = owed.as_str(), "gateway move failed; it stays owed");
+                return false;
+            }
+            match self
+                .store
+                .payment_owed_done(&payment.payment_id, owed, next, self.clock.now())
+                .await
+            {
+                Ok(true) => {}
+                // Someone else (a racing request or node) recorded it, or the judge decided
+                // something later: what is owed now is theirs to finish.
+                Ok(false) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, order = %payment.order_id, "could not record a finished money move; it will be repeated (idempotent)");
+                    return false;
+                }
+            }
+            match next {
+                Some(n) => owed = n,
+                None => return true,
+            }
+        }
+    }
+}
