@@ -14,6 +14,7 @@ use stampede_core::{
 };
 
 use crate::auth::Principal;
+use crate::catalog::text;
 use crate::ports::AuditEntry;
 use crate::{App, AppError};
 
@@ -141,17 +142,6 @@ impl SaleCache {
 
 const MAX_STOCK: i64 = 10_000_000;
 
-fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<String, AppError> {
-    let v = value.trim();
-    if (required && v.is_empty()) || v.chars().count() > max {
-        return Err(AppError::invalid(format!(
-            "{field} must be {} to {max} characters",
-            usize::from(required)
-        )));
-    }
-    Ok(v.to_owned())
-}
-
 fn in_range(field: &str, value: i64, lo: i64, hi: i64) -> Result<i64, AppError> {
     if (lo..=hi).contains(&value) {
         Ok(value)
@@ -241,7 +231,7 @@ impl App {
             }
         }
         let category = match (&draft.category, &product, &drop) {
-            (Some(c), _, _) => crate::catalog::text("category", c, 80, false)?,
+            (Some(c), _, _) => text("category", c, 80, false)?,
             (None, Some(p), _) => p.category.clone(),
             (None, None, Some(d)) => d.category.clone(),
             (None, None, None) => String::new(),
@@ -281,8 +271,8 @@ impl App {
         };
         let sale = Sale {
             id: SaleId::generate(now.millis(), rand::random()),
-            name: check_text("name", &draft.name, 200, true)?,
-            description: check_text("description", &draft.description, 5000, false)?,
+            name: text("name", &draft.name, 200, true)?,
+            description: text("description", &draft.description, 5000, false)?,
             original_price,
             sale_price,
             currency,
@@ -390,10 +380,10 @@ impl App {
         }
         let mut sale = before.clone();
         if let Some(v) = &patch.name {
-            sale.name = check_text("name", v, 200, true)?;
+            sale.name = text("name", v, 200, true)?;
         }
         if let Some(v) = &patch.description {
-            sale.description = check_text("description", v, 5000, false)?;
+            sale.description = text("description", v, 5000, false)?;
         }
         if let Some(v) = &patch.currency {
             sale.currency =
