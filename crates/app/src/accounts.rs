@@ -102,8 +102,9 @@ impl App {
     ) -> Result<UserAccount, AppError> {
         self.require_admin(who)?;
         let user = UserId::parse(id).ok_or(AppError::NotFound)?;
+        let sent_chars = reason.chars().count();
         let reason = reason.trim();
-        if reason.chars().count() > 500 || (status != UserStatus::Active && reason.is_empty()) {
+        if sent_chars > 500 || (status != UserStatus::Active && reason.is_empty()) {
             return Err(AppError::invalid(
                 "reason must be 1 to 500 characters (it is kept with the account)",
             ));

@@ -139,8 +139,9 @@ impl TokenCache {
 }
 
 fn normalize_email(email: &str) -> Result<String, AppError> {
+    let sent_chars = email.chars().count();
     let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
+    let valid = sent_chars <= 254
         && email
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
@@ -163,8 +164,11 @@ fn check_password(password: &str) -> Result<(), AppError> {
 }
 
 fn check_name(name: &str) -> Result<String, AppError> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(AppError::invalid("name must be 1 to 100 characters"));
+    }
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
+    if name.is_empty() {
         return Err(AppError::invalid("name must be 1 to 100 characters"));
     }
     Ok(name.to_owned())

@@ -54,7 +54,7 @@ fn refusal_label(e: &AppError) -> &'static str {
         AppError::SoldOut => "sold_out",
         AppError::LimitExceeded => "limit_exceeded",
         AppError::SaleNotLive => "sale_not_live",
-        AppError::NotAdmitted => "not_admitted",
+        AppError::NotAdmitted(_) => "not_admitted",
         AppError::NotFound => "not_found",
         AppError::InvalidInput(_) => "invalid_input",
         _ => "error",
@@ -266,7 +266,9 @@ impl App {
         // shrink, but growing it would skip the line (and the device's limit).
         if sale.queue_required && qty > before.quantity {
             self.count_reserve_refusal(&sale.id, "resize_without_admission");
-            return Err(AppError::NotAdmitted);
+            return Err(AppError::NotAdmitted(
+                crate::error::NotAdmitted::GrowingNeedsAdmission,
+            ));
         }
         let limit = sale.per_user_limit;
         let hold = self

@@ -105,8 +105,10 @@ pub(crate) fn text(
     max: usize,
     required: bool,
 ) -> Result<String, AppError> {
+    // The bound is on the text as sent (the document's `maxLength`), the emptiness check on
+    // the text as kept.
     let v = value.trim();
-    if (required && v.is_empty()) || v.chars().count() > max {
+    if (required && v.is_empty()) || value.chars().count() > max {
         return Err(AppError::invalid(format!(
             "{field} must be {} to {max} characters",
             usize::from(required)

@@ -53,12 +53,12 @@ fn check_checkout(req: &CheckoutRequest) -> Result<Vec<HoldId>, AppError> {
             "hold_ids must name 1 to {MAX_HOLDS_PER_ORDER} holds"
         )));
     }
-    if req.method.trim().is_empty() || req.method.len() > 32 {
+    if req.method.trim().is_empty() || req.method.chars().count() > 32 {
         return Err(AppError::invalid(
             "payment.method must be 1 to 32 characters",
         ));
     }
-    if req.token.trim().is_empty() || req.token.len() > 256 {
+    if req.token.trim().is_empty() || req.token.chars().count() > 256 {
         return Err(AppError::invalid(
             "payment.token must be 1 to 256 characters",
         ));

@@ -5,6 +5,16 @@ use stampede_core::judge::Refusal;
 
 use crate::ports::{CheckoutError, HoldError, PortError};
 
+/// Why a waiting-room sale refused a reservation: which of token, account, device or expiry
+/// failed, so the buyer (and the shop's developer) can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdmitted {
+    #[error("{0}")]
+    Token(stampede_core::admission::TokenRefusal),
+    #[error("growing a hold takes a new admission from the waiting room")]
+    GrowingNeedsAdmission,
+}
+
 /// Why a use case did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -26,8 +36,8 @@ pub enum AppError {
     SaleNotLive,
     #[error("this would take you over the per-buyer limit")]
     LimitExceeded,
-    #[error("a valid admission token from the waiting room is required")]
-    NotAdmitted,
+    #[error("not admitted: {0}")]
+    NotAdmitted(NotAdmitted),
     #[error("a hold in this order has expired")]
     HoldExpired,
     #[error("payment declined: {reason}")]

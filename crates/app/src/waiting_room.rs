@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use stampede_core::admission::{AdmissionClaims, TokenRefusal};
+use stampede_core::admission::{AdmissionClaims, Binding, TokenRefusal};
 use stampede_core::draw::{draw_order, DrawPurpose, DrawRecord, Seed};
 use stampede_core::waiting_line::{
     fifo_inversions, top_devices_share, ClaimRefusal, EntryState, EntryView, JoinRefusal,
@@ -25,6 +25,7 @@ use stampede_core::waiting_line::{
 use stampede_core::{Sale, SaleId, SaleStatus, Timestamp};
 
 use crate::auth::Principal;
+use crate::error::NotAdmitted;
 use crate::ports::RoomRules;
 use crate::{App, AppError};
 
@@ -383,7 +384,7 @@ impl App {
         let now = self.clock.now();
         let refuse = |reason: TokenRefusal| {
             self.refused(&sale.id, reason.label());
-            AppError::NotAdmitted
+            AppError::NotAdmitted(NotAdmitted::Token(reason))
         };
         let token = token.ok_or(TokenRefusal::Missing).map_err(refuse)?;
         let key = self.signing_key().await?;
@@ -412,7 +413,9 @@ impl App {
             }
             Err(ClaimRefusal::AlreadyUsed) => Err(refuse(TokenRefusal::Replayed)),
             Err(ClaimRefusal::Lapsed) => Err(refuse(TokenRefusal::Expired)),
-            Err(ClaimRefusal::Mismatch) => Err(refuse(TokenRefusal::Transferred)),
+            Err(ClaimRefusal::Mismatch) => {
+                Err(refuse(TokenRefusal::Transferred(Binding::Admission)))
+            }
             Err(ClaimRefusal::NotAdmitted) => Err(refuse(TokenRefusal::Forged)),
         }
     }

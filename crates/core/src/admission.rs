@@ -29,21 +29,35 @@ pub struct AdmissionClaims {
     pub expires_at: Timestamp,
 }
 
-/// Why a token was refused. Every variant ends in 403 `not_admitted`; the reason feeds metrics.
+/// Why a token was refused. Every variant ends in 403 `not_admitted`, with this text as the
+/// problem's detail (it names what failed, never whose the token is); the reason feeds metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
-    #[error("no admission token")]
+    #[error("no admission token: join the waiting room, then send the token it gives as X-Admission-Token")]
     Missing,
-    #[error("malformed admission token")]
+    #[error("the X-Admission-Token is not an admission token")]
     Malformed,
-    #[error("admission token signature does not match")]
+    #[error("the admission token was not issued by this service")]
     Forged,
-    #[error("admission token has expired")]
+    #[error("the admission token has expired: join the waiting room again")]
     Expired,
-    #[error("admission token belongs to another user, sale or device")]
-    Transferred,
-    #[error("admission token was already used")]
+    #[error("the admission token does not admit {0}")]
+    Transferred(Binding),
+    #[error("the admission token was already used")]
     Replayed,
+}
+
+/// What a token is bound to, named when it is used for something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Binding {
+    #[error("this sale")]
+    Sale,
+    #[error("this account")]
+    User,
+    #[error("this device: send as X-Device-Id the device_id you joined with")]
+    Device,
+    #[error("your current place in line: it is from an earlier admission")]
+    Admission,
 }
 
 impl TokenRefusal {
@@ -54,7 +68,7 @@ impl TokenRefusal {
             TokenRefusal::Malformed => "token_malformed",
             TokenRefusal::Forged => "token_forged",
             TokenRefusal::Expired => "token_expired",
-            TokenRefusal::Transferred => "token_transferred",
+            TokenRefusal::Transferred(_) => "token_transferred",
             TokenRefusal::Replayed => "token_replayed",
         }
     }
@@ -140,9 +154,14 @@ impl AdmissionClaims {
         if now >= self.expires_at {
             return Err(TokenRefusal::Expired);
         }
-        if self.sale_id != sale_id || self.user_id != user_id || device_id != Some(&self.device_id)
-        {
-            return Err(TokenRefusal::Transferred);
+        if self.sale_id != sale_id {
+            return Err(TokenRefusal::Transferred(Binding::Sale));
+        }
+        if self.user_id != user_id {
+            return Err(TokenRefusal::Transferred(Binding::User));
+        }
+        if device_id != Some(&self.device_id) {
+            return Err(TokenRefusal::Transferred(Binding::Device));
         }
         Ok(())
     }
@@ -178,19 +197,19 @@ mod tests {
         );
         assert_eq!(
             back.admits("S1", "U2", Some("phone-1"), Timestamp(1)),
-            Err(TokenRefusal::Transferred)
+            Err(TokenRefusal::Transferred(Binding::User))
         );
         assert_eq!(
             back.admits("S2", "U1", Some("phone-1"), Timestamp(1)),
-            Err(TokenRefusal::Transferred)
+            Err(TokenRefusal::Transferred(Binding::Sale))
         );
         assert_eq!(
             back.admits("S1", "U1", Some("phone-2"), Timestamp(1)),
-            Err(TokenRefusal::Transferred)
+            Err(TokenRefusal::Transferred(Binding::Device))
         );
         assert_eq!(
             back.admits("S1", "U1", None, Timestamp(1)),
-            Err(TokenRefusal::Transferred)
+            Err(TokenRefusal::Transferred(Binding::Device))
         );
     }
 

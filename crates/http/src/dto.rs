@@ -34,6 +34,19 @@ pub fn parse_time(field: &str, text: &str) -> Result<Timestamp, ApiError> {
         .map_err(|_| ApiError::invalid(format!("{field} is out of range")))
 }
 
+/// A page size from a query string: `default` when absent, refused outside `1..=max` (the
+/// document states the same bounds, so a client learns of a wrong size instead of getting a
+/// page of another).
+pub fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(l) if (1..=max).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::invalid(format!(
+            "limit must be between 1 and {max}"
+        ))),
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
@@ -139,8 +152,8 @@ impl SaleDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SalesDto {
     pub sales: Vec<SaleDto>,
-    /// Pass as `after` for the next page; absent on the last page (and when the list was
-    /// asked for without any browse parameter: then it is every sale).
+    /// Pass as `after` for the next page; null on the last page (and when the list was asked
+    /// for without any browse parameter: then it is every sale).
     pub next: Option<String>,
 }
 

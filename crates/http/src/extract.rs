@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -17,15 +16,100 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// A JSON body that must parse into `T`, or the request gets a problem.
+///
+/// A number written with a zero fraction (`3.0`) is the integer it equals, as JSON Schema
+/// reads it (and so the OpenAPI document): where `T` wants an integer, it is taken.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_problem(&rejection)),
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::invalid(
+                "expected a body with `Content-Type: application/json`",
+            ));
+        }
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(v) => Ok(ApiJson(v)),
+            Err(first) => {
+                // Rare: only a body that did not parse as sent pays for the second reading.
+                let retried = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .filter(has_integral_float)
+                    .and_then(|mut v| {
+                        integral_floats_as_integers(&mut v);
+                        serde_json::from_value::<T>(v).ok()
+                    });
+                match retried {
+                    Some(v) => Ok(ApiJson(v)),
+                    None => Err(ApiError::invalid(format!("invalid JSON body: {first}"))),
+                }
+            }
+        }
+    }
+}
+
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+        .is_some_and(|mime| {
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+}
+
+fn has_integral_float(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.is_f64(),
+        serde_json::Value::Array(items) => items.iter().any(has_integral_float),
+        serde_json::Value::Object(fields) => fields.values().any(has_integral_float),
+        _ => false,
+    }
+}
+
+/// Rewrites every number with a zero fraction that fits an `i64` as that integer.
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                // The range check keeps the cast exact (2^63 itself does not fit).
+                if f.fract() == 0.0
+                    && (-9.223_372_036_854_775e18..9.223_372_036_854_775e18).contains(&f)
+                {
+                    #[allow(clippy::cast_possible_truncation)]
+                    let i = f as i64;
+                    *v = serde_json::Value::from(i);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(integral_floats_as_integers);
+        }
+        _ => {}
+    }
+}
+
+/// The raw body (for routes that check a signature over its bytes), with the same problems as
+/// [`ApiJson`] when it cannot be read: too large → 413, stalled → 408.
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(ApiBytes(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::too_large())
+            }
+            Err(rejection) if has_timeout_cause(&rejection) => Err(ApiError::body_timeout()),
+            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
         }
     }
 }
@@ -45,13 +129,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Maps a JSON rejection: too large → 413, everything else → 422 with serde's message.
-pub fn json_problem(rejection: &JsonRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large()
-    } else {
-        ApiError::invalid(rejection.body_text())
+/// Whether a body read failed because the body timeout (`RequestBodyTimeoutLayer`) fired.
+fn has_timeout_cause(rejection: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
     }
+    false
 }
 
 /// Parses a JSON body already read as bytes (for routes that also need the raw bytes).

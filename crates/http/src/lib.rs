@@ -1,12 +1,14 @@
 //! Stampede's HTTP API: the axum router, problem+json errors, extractors, rate limits,
 //! Server-Sent Events, pages, and the OpenAPI document generated from the same route table.
 
+mod contract;
 pub mod dto;
 pub mod extract;
 pub mod live;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;
+pub mod server;
 pub mod state;
 
 use std::time::{Duration, Instant};
@@ -107,16 +109,22 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
 }
 
-/// The OpenAPI document, generated from the same table the router is built from.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) = api().split_for_parts();
+/// The OpenAPI document, generated from the same table the router is built from and completed
+/// with what every route shares (`contract`).
+pub fn openapi() -> serde_json::Value {
+    document(api().split_for_parts().1)
+}
+
+fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(generated).unwrap_or_default();
+    contract::complete(&mut doc);
     doc
 }
 
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
     let (api_router, doc) = api().split_for_parts();
-    let doc_json = doc.to_pretty_json().unwrap_or_default();
+    let doc_json = serde_json::to_string_pretty(&document(doc)).unwrap_or_default();
     api_router
         .route(
             "/openapi.json",
@@ -140,6 +148,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            // No limit: a year is as good as none, and keeps one layer type.
+            state
+                .body_read_timeout
+                .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+        ))
         .layer(middleware::from_fn_with_state(
             state.request_deadline,
             within_deadline,

@@ -9,6 +9,33 @@ use utoipa::ToSchema;
 
 use stampede_app::AppError;
 
+/// Every `code` a problem can carry: the contract's list, and the `enum` of `Problem.code` in
+/// the OpenAPI document. `tests::every_error_maps_to_a_listed_code` keeps it complete.
+pub const PROBLEM_CODES: &[&str] = &[
+    "invalid_input",
+    "unauthenticated",
+    "bad_credentials",
+    "forbidden",
+    "not_found",
+    "email_taken",
+    "sold_out",
+    "sale_not_live",
+    "limit_exceeded",
+    "not_admitted",
+    "hold_expired",
+    "payment_declined",
+    "rate_limited",
+    "bad_signature",
+    "idempotency_key_reused",
+    "idempotency_in_progress",
+    "payload_too_large",
+    "request_timeout",
+    "method_not_allowed",
+    "unavailable",
+    "conflict",
+    "internal",
+];
+
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
@@ -99,6 +126,16 @@ impl ApiError {
         )
     }
 
+    /// 408 request_timeout: the body stopped arriving.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request timeout",
+            "the request body stopped arriving before it was complete",
+        )
+    }
+
     /// 404 for a path no route serves.
     pub fn no_route() -> Self {
         let mut e = Self::new(
@@ -185,7 +222,7 @@ impl From<AppError> for ApiError {
                 "Limit exceeded",
                 detail,
             ),
-            AppError::NotAdmitted => {
+            AppError::NotAdmitted(_) => {
                 ApiError::new(S::FORBIDDEN, "not_admitted", "Not admitted", detail)
             }
             AppError::HoldExpired => {
@@ -261,5 +298,53 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_listed_code() {
+        let errors = [
+            AppError::InvalidInput("x".into()),
+            AppError::Unauthenticated,
+            AppError::BadCredentials,
+            AppError::Forbidden,
+            AppError::NotFound,
+            AppError::EmailTaken,
+            AppError::SoldOut,
+            AppError::SaleNotLive,
+            AppError::LimitExceeded,
+            AppError::NotAdmitted(stampede_app::error::NotAdmitted::GrowingNeedsAdmission),
+            AppError::HoldExpired,
+            AppError::PaymentDeclined {
+                order_id: "o".into(),
+                reason: "r".into(),
+            },
+            AppError::RateLimited {
+                retry_after_secs: 1,
+            },
+            AppError::BadSignature,
+            AppError::IdempotencyKeyReused,
+            AppError::IdempotencyInProgress,
+            AppError::Conflict("x".into()),
+            AppError::Unavailable("x".into()),
+            AppError::Internal("x".into()),
+        ];
+        let mut codes: Vec<&str> = errors
+            .into_iter()
+            .map(|e| ApiError::from(e).code())
+            .collect();
+        codes.extend([
+            ApiError::too_large().code(),
+            ApiError::body_timeout().code(),
+            ApiError::no_route().code(),
+            ApiError::method_not_allowed().code(),
+        ]);
+        for code in codes {
+            assert!(PROBLEM_CODES.contains(&code), "{code} is not listed");
+        }
     }
 }

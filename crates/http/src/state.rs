@@ -25,6 +25,10 @@ pub struct AppState {
     /// `Retry-After`): a hung dependency (a partitioned database) must not hang buyers.
     /// `None`: no deadline.
     pub request_deadline: Option<std::time::Duration>,
+    /// Longest a request body may stall between two pieces before the request is answered
+    /// 408 `request_timeout`: a client that opens a body and stops must not hold a handler.
+    /// `None`: no limit.
+    pub body_read_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {

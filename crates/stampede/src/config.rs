@@ -122,6 +122,23 @@ pub struct ServeArgs {
     /// or RabbitMQ never hangs buyers. 0 turns it off. Default 10000.
     #[arg(long, env = "STAMPEDE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// A request's head (request line and headers) must arrive whole within this many ms of
+    /// its first byte, or the connection is cut: a client trickling headers (slowloris) holds
+    /// nothing for long. Default 10000.
+    #[arg(long, env = "STAMPEDE_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// A keep-alive connection with no request in flight and no byte moving for this many ms
+    /// is closed. Default 60000.
+    #[arg(long, env = "STAMPEDE_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A request body that stops arriving for this many ms is answered 408
+    /// `request_timeout`. 0 turns it off. Default 10000.
+    #[arg(long, env = "STAMPEDE_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// Connections served at once; past it a new connection is answered 503 and closed while
+    /// the open ones are served. Keep it under the process's file limit. Default 10000.
+    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// How stale the sale list and detail shown to viewers may be, in ms: they are served from
     /// a per-node cache refreshed by one read at a time, and sent with
     /// `Cache-Control: max-age` so a CDN can take most of them. 0 turns it off. Default 1000.
@@ -176,6 +193,10 @@ pub struct FileConfig {
     pub sold_out_flag_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
     pub read_cache_ms: Option<u64>,
     pub hold_warning_secs: Option<u64>,
     pub shop_webhook_url: Option<String>,
@@ -224,6 +245,10 @@ impl ServeArgs {
             sold_out_flag_ms,
             redis_timeout_ms,
             request_timeout_ms,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            body_read_timeout_ms,
+            max_connections,
             read_cache_ms,
             hold_warning_secs,
             shop_webhook_url,
@@ -280,6 +305,31 @@ impl ServeArgs {
     /// The request deadline (default 10 s); `None` when set to 0.
     pub fn request_deadline(&self) -> Option<std::time::Duration> {
         match self.request_timeout_ms.unwrap_or(10_000) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// The listener's limits on slow and idle clients (defaults in
+    /// [`stampede_http::server::ConnectionLimits`]; a 0 timeout is taken as 1 ms, not "off").
+    pub fn connection_limits(&self) -> stampede_http::server::ConnectionLimits {
+        let defaults = stampede_http::server::ConnectionLimits::default();
+        let ms = |v: Option<u64>, d: std::time::Duration| {
+            v.map_or(d, |ms| std::time::Duration::from_millis(ms.max(1)))
+        };
+        stampede_http::server::ConnectionLimits {
+            header_read_timeout: ms(self.header_read_timeout_ms, defaults.header_read_timeout),
+            idle_timeout: ms(self.idle_timeout_ms, defaults.idle_timeout),
+            max_connections: self
+                .max_connections
+                .unwrap_or(defaults.max_connections)
+                .max(1),
+        }
+    }
+
+    /// How long a request body may stall (default 10 s); `None` when set to 0.
+    pub fn body_read_timeout(&self) -> Option<std::time::Duration> {
+        match self.body_read_timeout_ms.unwrap_or(10_000) {
             0 => None,
             ms => Some(std::time::Duration::from_millis(ms)),
         }

@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Openapi => {
-            let doc = stampede_http::openapi().to_pretty_json()?;
+            let doc = serde_json::to_string_pretty(&stampede_http::openapi())?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{doc}")?;
             Ok(())

@@ -2,7 +2,6 @@
 //! shutdown (stop taking connections, finish in-flight requests, flush the group commit).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,6 +338,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         shutdown: streams_stop,
         reserve_stats: Arc::default(),
         request_deadline: args.request_deadline(),
+        body_read_timeout: args.body_read_timeout(),
     };
     let router = stampede_http::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen())
@@ -351,11 +351,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
     }
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    stampede_http::server::serve(listener, router, args.connection_limits(), async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested: finishing in-flight requests, closing live streams");
         let _ = streams_stop_tx.send(true);

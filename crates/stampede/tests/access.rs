@@ -1,6 +1,6 @@
 //! Access control generated from the route table (the served OpenAPI document), so a new route
 //! is covered the day it is added: every admin route refuses a buyer (403) and an anonymous
-//! caller (401); every route that takes the id of a buyer's hold or order answers 404 to any
+//! caller (401), before any body or query string is read; every route that takes the id of a buyer's hold or order answers 404 to any
 //! other buyer, while the owner can reach it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -118,6 +118,20 @@ async fn admin_routes_refuse_buyers_and_anonymous_callers() {
                 (r.status, r.code()),
                 (status, code),
                 "{method} {template} as {}: {}",
+                if token.is_some() { "a buyer" } else { "nobody" },
+                r.text
+            );
+            // Authorization comes before the body is read: a body that does not parse (and a
+            // query string that does not either) still gets the refusal, never 422.
+            let rb = server
+                .request(method.clone(), &format!("{path}?limit=lots"), token)
+                .header("content-type", "application/json")
+                .body(r#"{"total_stock": "lots", "#);
+            let r = server.send(rb).await;
+            assert_eq!(
+                (r.status, r.code()),
+                (status, code),
+                "{method} {template} with an invalid body as {}: {}",
                 if token.is_some() { "a buyer" } else { "nobody" },
                 r.text
             );

@@ -158,22 +158,26 @@ in_both_modes! {
             .await
             .unwrap();
         assert_eq!(stream.status(), 200);
-        nodes[0].reserve(&tokens[first], &sale, 1).await.expect_problem(403, "not_admitted");
-        reserve_admitted(&api(0), &tokens[other], &sale, &first_token, &format!("device-{first}"))
-            .await
-            .expect_problem(403, "not_admitted");
-        reserve_admitted(&api(0), &tokens[first], &sale, &first_token, "a-bot")
-            .await
-            .expect_problem(403, "not_admitted");
+        // Each refusal says which of token, account or device failed, and nothing of whose.
+        let r = nodes[0].reserve(&tokens[first], &sale, 1).await;
+        r.expect_problem(403, "not_admitted");
+        assert!(r.json["detail"].as_str().unwrap().contains("no admission token"), "{}", r.text);
+        let r = reserve_admitted(&api(0), &tokens[other], &sale, &first_token, &format!("device-{first}")).await;
+        r.expect_problem(403, "not_admitted");
+        assert!(r.json["detail"].as_str().unwrap().contains("this account"), "{}", r.text);
+        assert!(!r.text.contains(&format!("device-{first}")), "leaks the holder's device: {}", r.text);
+        let r = reserve_admitted(&api(0), &tokens[first], &sale, &first_token, "a-bot").await;
+        r.expect_problem(403, "not_admitted");
+        assert!(r.json["detail"].as_str().unwrap().contains("X-Device-Id"), "{}", r.text);
         // The admitted reserve, each once.
         for (i, admission) in &admitted {
             reserve_admitted(&api(*i), &tokens[*i], &sale, admission, &format!("device-{i}"))
                 .await
                 .expect(201);
         }
-        reserve_admitted(&api(1), &tokens[first], &sale, &first_token, &format!("device-{first}"))
-            .await
-            .expect_problem(403, "not_admitted");
+        let r = reserve_admitted(&api(1), &tokens[first], &sale, &first_token, &format!("device-{first}")).await;
+        r.expect_problem(403, "not_admitted");
+        assert!(r.json["detail"].as_str().unwrap().contains("already used"), "{}", r.text);
         let m = nodes[0].metrics(&admin, &sale).await;
         assert_eq!((m["held"].as_i64(), m["available"].as_i64()), (Some(STOCK as i64), Some(0)));
 

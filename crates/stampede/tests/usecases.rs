@@ -437,7 +437,7 @@ async fn admission_follows_the_stock_to_the_unit() {
         w.app
             .reserve(&buyers[0], &sale, 1, None, Some("dev-0"))
             .await,
-        Err(AppError::NotAdmitted)
+        Err(AppError::NotAdmitted(_))
     ));
     w.app.admission_tick().await.unwrap();
     w.app.admission_tick().await.unwrap(); // outstanding admissions count: still three
@@ -597,7 +597,7 @@ async fn no_bad_admission_token_is_ever_accepted() {
     for (n, (who, token, dev, kind)) in bad.iter().enumerate() {
         let result = w.app.reserve(who, &sale, 1, Some(token), Some(dev)).await;
         match result {
-            Err(AppError::NotAdmitted) => {}
+            Err(AppError::NotAdmitted(_)) => {}
             other => {
                 accepted += 1;
                 eprintln!("#{n} ({kind}) was not refused: {other:?}");
@@ -610,7 +610,7 @@ async fn no_bad_admission_token_is_ever_accepted() {
         w.app
             .reserve(&owner, &sale, 1, Some(&owner_token), Some("owner-phone"))
             .await,
-        Err(AppError::NotAdmitted)
+        Err(AppError::NotAdmitted(_))
     ));
     assert_eq!(bad.len(), 10_000);
     assert_eq!(accepted, 0, "bad tokens accepted");
@@ -738,7 +738,7 @@ async fn a_sale_marked_as_a_draw_is_decided_by_lottery_at_the_start() {
             // Growing the hold would skip the line: refused.
             assert!(matches!(
                 w.app.resize_hold(b, hold.id.as_str(), 2).await,
-                Err(AppError::NotAdmitted)
+                Err(AppError::NotAdmitted(_))
             ));
         } else {
             assert_eq!(v.status, QueueStatus::LotteryLost);

@@ -10,7 +10,7 @@ use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Creates a buyer account.
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "accounts", request_body = RegisterBody,
+#[utoipa::path(operation_id = "register", post, path = "/api/v1/auth/register", tag = "accounts", request_body = RegisterBody,
     responses((status = 201, body = Registered), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn register(
     State(s): State<AppState>,
@@ -29,7 +29,7 @@ pub async fn register(
 }
 
 /// Opens a session: returns a bearer token.
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "accounts", request_body = LoginBody,
+#[utoipa::path(operation_id = "login", post, path = "/api/v1/auth/login", tag = "accounts", request_body = LoginBody,
     responses((status = 200, body = LoginDto), (status = 401, body = Problem)))]
 pub async fn login(
     State(s): State<AppState>,
@@ -45,7 +45,7 @@ pub async fn login(
 }
 
 /// Ends the session; the token is dead at once.
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "accounts",
+#[utoipa::path(operation_id = "logout", post, path = "/api/v1/auth/logout", tag = "accounts",
     responses((status = 204), (status = 401, body = Problem)), security(("bearer" = [])))]
 pub async fn logout(State(s): State<AppState>, Auth(who): Auth) -> Result<StatusCode, ApiError> {
     s.app.logout(&who).await?;
@@ -53,7 +53,7 @@ pub async fn logout(State(s): State<AppState>, Auth(who): Auth) -> Result<Status
 }
 
 /// The caller's account.
-#[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
+#[utoipa::path(operation_id = "get_me", get, path = "/api/v1/me", tag = "accounts",
     responses((status = 200, body = MeDto), (status = 401, body = Problem)), security(("bearer" = [])))]
 pub async fn me(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<MeDto>, ApiError> {
     Ok(Json(s.app.me(&who).await?.into()))

@@ -19,21 +19,20 @@ use crate::dto::{
     parse_time, rfc3339, AuditDto, AuditEntryDto, AuditQuery, CreateSaleBody, PatchSaleBody,
     SaleDto, SaleMetricsDto,
 };
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{Admin, ApiJson, ApiQuery};
 use crate::live::ReserveSnapshot;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Creates a sale.
-#[utoipa::path(post, path = "/api/v1/admin/sales", tag = "admin", request_body = CreateSaleBody,
+#[utoipa::path(operation_id = "create_sale", post, path = "/api/v1/admin/sales", tag = "admin", request_body = CreateSaleBody,
     responses((status = 201, body = SaleDto), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_sale(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     ApiJson(b): ApiJson<CreateSaleBody>,
 ) -> Result<(StatusCode, Json<SaleDto>), ApiError> {
-    s.app.require_admin(&who)?;
     let draft = SaleDraft {
         name: b.name,
         description: b.description,
@@ -62,17 +61,16 @@ pub async fn create_sale(
 }
 
 /// Changes a sale before it starts.
-#[utoipa::path(patch, path = "/api/v1/admin/sales/{sale_id}", tag = "admin", request_body = PatchSaleBody,
+#[utoipa::path(operation_id = "update_sale", patch, path = "/api/v1/admin/sales/{sale_id}", tag = "admin", request_body = PatchSaleBody,
     params(("sale_id" = String, Path)),
     responses((status = 200, body = SaleDto), (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn patch_sale(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(sale_id): Path<String>,
     ApiJson(b): ApiJson<PatchSaleBody>,
 ) -> Result<Json<SaleDto>, ApiError> {
-    s.app.require_admin(&who)?;
     let patch = SalePatch {
         name: b.name,
         description: b.description,
@@ -104,61 +102,61 @@ async fn control(
 }
 
 /// Pauses a sale: no new reservations until resumed.
-#[utoipa::path(post, path = "/api/v1/admin/sales/{sale_id}/pause", tag = "admin", params(("sale_id" = String, Path)),
+#[utoipa::path(operation_id = "pause_sale", post, path = "/api/v1/admin/sales/{sale_id}/pause", tag = "admin", params(("sale_id" = String, Path)),
     responses((status = 200, body = SaleDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn pause(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<SaleDto>, ApiError> {
     control(s, who, id, SaleAction::Pause).await
 }
 
 /// Resumes a paused sale.
-#[utoipa::path(post, path = "/api/v1/admin/sales/{sale_id}/resume", tag = "admin", params(("sale_id" = String, Path)),
+#[utoipa::path(operation_id = "resume_sale", post, path = "/api/v1/admin/sales/{sale_id}/resume", tag = "admin", params(("sale_id" = String, Path)),
     responses((status = 200, body = SaleDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn resume(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<SaleDto>, ApiError> {
     control(s, who, id, SaleAction::Resume).await
 }
 
 /// Ends a sale for good.
-#[utoipa::path(post, path = "/api/v1/admin/sales/{sale_id}/stop", tag = "admin", params(("sale_id" = String, Path)),
+#[utoipa::path(operation_id = "stop_sale", post, path = "/api/v1/admin/sales/{sale_id}/stop", tag = "admin", params(("sale_id" = String, Path)),
     responses((status = 200, body = SaleDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn stop(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<SaleDto>, ApiError> {
     control(s, who, id, SaleAction::Stop).await
 }
 
 /// A sale's figures and invariant check, from the judge.
-#[utoipa::path(get, path = "/api/v1/admin/sales/{sale_id}/metrics", tag = "admin", params(("sale_id" = String, Path)),
+#[utoipa::path(operation_id = "get_sale_metrics", get, path = "/api/v1/admin/sales/{sale_id}/metrics", tag = "admin", params(("sale_id" = String, Path)),
     responses((status = 200, body = SaleMetricsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn metrics(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<SaleMetricsDto>, ApiError> {
     Ok(Json(s.app.sale_metrics(&who, &id).await?.into()))
 }
 
 /// The append-only audit log, oldest first.
-#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
+#[utoipa::path(operation_id = "list_audit_entries", get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
     responses((status = 200, body = AuditDto), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn audit(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditDto>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = crate::dto::page_limit(q.limit, 100, 1000)?;
     let entries = s
         .app
         .audit_log(
@@ -254,13 +252,13 @@ async fn live_figures(
 /// A sale's figures, live: one `figures` event (`SaleLiveDto`) per second, for the admin
 /// dashboard. Each tick reads the judge's counts (as `…/metrics` does), so it costs one stock
 /// audit per second per viewer.
-#[utoipa::path(get, path = "/api/v1/admin/sales/{sale_id}/live", tag = "admin", params(("sale_id" = String, Path)),
+#[utoipa::path(operation_id = "stream_sale_live", get, path = "/api/v1/admin/sales/{sale_id}/live", tag = "admin", params(("sale_id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "one figures event (SaleLiveDto) per second"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn live(
     State(s): State<AppState>,
-    Auth(who): Auth,
+    Admin(who): Admin,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let mut last = None;

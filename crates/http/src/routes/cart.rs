@@ -10,12 +10,12 @@ use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Reserves units of a sale: the hot path.
-#[utoipa::path(post, path = "/api/v1/cart/items", tag = "cart", request_body = ReserveBody,
+#[utoipa::path(operation_id = "reserve", post, path = "/api/v1/cart/items", tag = "cart", request_body = ReserveBody,
     params(("X-Admission-Token" = Option<String>, Header, description = "required when the sale has queue_required"),
         ("X-Device-Id" = Option<String>, Header, description = "the device that joined the queue; required with X-Admission-Token")),
     responses((status = 201, body = HoldDto), (status = 409, body = Problem, description = "sold_out or sale_not_live"),
         (status = 422, body = Problem, description = "limit_exceeded or invalid_input"),
-        (status = 403, body = Problem, description = "not_admitted"), (status = 429, body = Problem)),
+        (status = 403, body = Problem, description = "`not_admitted`: the sale is sold through its waiting room and needs X-Admission-Token (from GET …/queue/me once admitted) with the X-Device-Id it was joined with; the detail says which of token, account, device or expiry failed"), (status = 429, body = Problem)),
     security(("bearer" = [])))]
 pub async fn reserve(
     State(s): State<AppState>,
@@ -49,7 +49,7 @@ pub async fn reserve(
 }
 
 /// The caller's live holds.
-#[utoipa::path(get, path = "/api/v1/cart", tag = "cart",
+#[utoipa::path(operation_id = "get_cart", get, path = "/api/v1/cart", tag = "cart",
     responses((status = 200, body = CartDto), (status = 401, body = Problem)), security(("bearer" = [])))]
 pub async fn get_cart(
     State(s): State<AppState>,
@@ -60,7 +60,7 @@ pub async fn get_cart(
 }
 
 /// Changes a hold's quantity.
-#[utoipa::path(patch, path = "/api/v1/cart/items/{hold_id}", tag = "cart", request_body = ResizeBody,
+#[utoipa::path(operation_id = "resize_hold", patch, path = "/api/v1/cart/items/{hold_id}", tag = "cart", request_body = ResizeBody,
     params(("hold_id" = String, Path)),
     responses((status = 200, body = HoldDto), (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem)), security(("bearer" = [])))]
@@ -75,7 +75,7 @@ pub async fn resize(
 }
 
 /// Releases a hold: its stock is back at once.
-#[utoipa::path(delete, path = "/api/v1/cart/items/{hold_id}", tag = "cart",
+#[utoipa::path(operation_id = "release_hold", delete, path = "/api/v1/cart/items/{hold_id}", tag = "cart",
     params(("hold_id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn release(

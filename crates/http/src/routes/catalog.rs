@@ -200,7 +200,7 @@ pub struct PatchDropBody {
 }
 
 /// Products by category, status and name, a page at a time.
-#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(CatalogQuery),
+#[utoipa::path(operation_id = "list_products", get, path = "/api/v1/products", tag = "catalog", params(CatalogQuery),
     responses((status = 200, body = ProductsDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 422, body = Problem)))]
 pub async fn list_products(
@@ -217,7 +217,7 @@ pub async fn list_products(
 }
 
 /// One product.
-#[utoipa::path(get, path = "/api/v1/products/{product_id}", tag = "catalog",
+#[utoipa::path(operation_id = "get_product", get, path = "/api/v1/products/{product_id}", tag = "catalog",
     params(("product_id" = String, Path)),
     responses((status = 200, body = ProductDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 404, body = Problem)))]
@@ -231,7 +231,7 @@ pub async fn product(
 }
 
 /// Adds a product to the catalog.
-#[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductBody,
+#[utoipa::path(operation_id = "create_product", post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductBody,
     responses((status = 201, body = ProductDto), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_product(
@@ -253,7 +253,7 @@ pub async fn create_product(
 }
 
 /// Edits a product; sales already made from it keep their own terms.
-#[utoipa::path(patch, path = "/api/v1/admin/products/{product_id}", tag = "admin",
+#[utoipa::path(operation_id = "update_product", patch, path = "/api/v1/admin/products/{product_id}", tag = "admin",
     request_body = PatchProductBody, params(("product_id" = String, Path)),
     responses((status = 200, body = ProductDto), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem)), security(("bearer" = [])))]
@@ -277,7 +277,7 @@ pub async fn patch_product(
 }
 
 /// Retires a product: no new sale may reference it; existing sales are untouched.
-#[utoipa::path(post, path = "/api/v1/admin/products/{product_id}/retire", tag = "admin",
+#[utoipa::path(operation_id = "retire_product", post, path = "/api/v1/admin/products/{product_id}/retire", tag = "admin",
     params(("product_id" = String, Path)),
     responses((status = 200, body = ProductDto), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
@@ -291,7 +291,7 @@ pub async fn retire_product(
 }
 
 /// Drops by category, status and name, a page at a time.
-#[utoipa::path(get, path = "/api/v1/drops", tag = "catalog", params(CatalogQuery),
+#[utoipa::path(operation_id = "list_drops", get, path = "/api/v1/drops", tag = "catalog", params(CatalogQuery),
     responses((status = 200, body = DropsDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 422, body = Problem)))]
 pub async fn list_drops(
@@ -309,7 +309,7 @@ pub async fn list_drops(
 }
 
 /// One drop with every one of its sales.
-#[utoipa::path(get, path = "/api/v1/drops/{drop_id}", tag = "catalog",
+#[utoipa::path(operation_id = "get_drop", get, path = "/api/v1/drops/{drop_id}", tag = "catalog",
     params(("drop_id" = String, Path)),
     responses((status = 200, body = DropDetailDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 404, body = Problem)))]
@@ -328,7 +328,7 @@ pub async fn drop_detail(
 }
 
 /// Creates a drop; create its sales with its `drop_id`.
-#[utoipa::path(post, path = "/api/v1/admin/drops", tag = "admin", request_body = CreateDropBody,
+#[utoipa::path(operation_id = "create_drop", post, path = "/api/v1/admin/drops", tag = "admin", request_body = CreateDropBody,
     responses((status = 201, body = DropDto), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_drop(
@@ -352,7 +352,7 @@ pub async fn create_drop(
 }
 
 /// Edits a drop's name, description, category or limit.
-#[utoipa::path(patch, path = "/api/v1/admin/drops/{drop_id}", tag = "admin",
+#[utoipa::path(operation_id = "update_drop", patch, path = "/api/v1/admin/drops/{drop_id}", tag = "admin",
     request_body = PatchDropBody, params(("drop_id" = String, Path)),
     responses((status = 200, body = DropDto), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem)), security(("bearer" = [])))]

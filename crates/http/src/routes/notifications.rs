@@ -18,14 +18,14 @@ use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// The caller's notifications, oldest first, from a cursor.
-#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(NotificationsQuery),
+#[utoipa::path(operation_id = "list_notifications", get, path = "/api/v1/notifications", tag = "notifications", params(NotificationsQuery),
     responses((status = 200, body = NotificationsDto), (status = 401, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
     Auth(who): Auth,
     ApiQuery(q): ApiQuery<NotificationsQuery>,
 ) -> Result<Json<NotificationsDto>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let limit = crate::dto::page_limit(q.limit, 50, MAX_PAGE)?;
     let items = s.app.notifications(&who, q.after.as_deref(), limit).await?;
     // An empty page keeps the caller's cursor, so polling with `next` never re-reads.
     let next = items.last().map(|n| n.id.clone()).or(q.after);
@@ -36,7 +36,7 @@ pub async fn list(
 }
 
 /// The caller's notifications as they happen (Server-Sent Events, event `notification`).
-#[utoipa::path(get, path = "/api/v1/me/events", tag = "notifications",
+#[utoipa::path(operation_id = "stream_my_events", get, path = "/api/v1/me/events", tag = "notifications",
     responses((status = 200, content_type = "text/event-stream", description = "notification events"),
         (status = 401, body = Problem)), security(("bearer" = [])))]
 pub async fn stream(

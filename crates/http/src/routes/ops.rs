@@ -9,13 +9,13 @@ use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Alive: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(operation_id = "healthz", get, path = "/healthz", tag = "operations", responses((status = 200, body = serde_json::Value)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Ready: the stores answer.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(operation_id = "readyz", get, path = "/readyz", tag = "operations",
     responses((status = 200, body = serde_json::Value), (status = 503, body = Problem)))]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     s.app
@@ -27,7 +27,7 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(operation_id = "get_metrics", get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", description = "Prometheus metrics")))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     metrics::gauge!("stampede_rate_limit_keys").set(s.limits.tracked_keys() as f64);

@@ -2,7 +2,6 @@
 //! answer is stored and replayed byte for byte; the same key with another body is 422; a
 //! duplicate while the first is in flight is 409.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,12 +13,12 @@ use stampede_app::ports::IdempotencyStart;
 use stampede_app::{AppError, Principal};
 
 use crate::dto::{OrderBody, OrderDto, OrdersDto};
-use crate::extract::{parse_json, Auth};
+use crate::extract::{parse_json, ApiBytes, Auth};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Turns holds into an order and pays for it.
-#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = OrderBody,
+#[utoipa::path(operation_id = "create_order", post, path = "/api/v1/orders", tag = "orders", request_body = OrderBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 201, body = OrderDto), (status = 402, body = Problem, description = "payment_declined"),
         (status = 404, body = Problem), (status = 409, body = Problem, description = "hold_expired, idempotency_in_progress"),
@@ -29,7 +28,7 @@ pub async fn create(
     State(s): State<AppState>,
     Auth(who): Auth,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Response, ApiError> {
     // Checkout moves money: a stricter per-user limit on top of the general one.
     if let Err(refused) = s
@@ -133,7 +132,7 @@ fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response 
 }
 
 /// The caller's orders, newest first.
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
+#[utoipa::path(operation_id = "list_orders", get, path = "/api/v1/orders", tag = "orders",
     responses((status = 200, body = OrdersDto), (status = 401, body = Problem)), security(("bearer" = [])))]
 pub async fn list(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<OrdersDto>, ApiError> {
     let orders = s.app.orders(&who).await?;
@@ -143,7 +142,7 @@ pub async fn list(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<Ord
 }
 
 /// One of the caller's orders (someone else's is 404).
-#[utoipa::path(get, path = "/api/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path)),
+#[utoipa::path(operation_id = "get_order", get, path = "/api/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path)),
     responses((status = 200, body = OrderDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn detail(
     State(s): State<AppState>,
@@ -154,7 +153,7 @@ pub async fn detail(
 }
 
 /// Cancels an order: a paid one is refunded and its stock returns.
-#[utoipa::path(post, path = "/api/v1/orders/{order_id}/cancel", tag = "orders", params(("order_id" = String, Path)),
+#[utoipa::path(operation_id = "cancel_order", post, path = "/api/v1/orders/{order_id}/cancel", tag = "orders", params(("order_id" = String, Path)),
     responses((status = 200, body = OrderDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn cancel(
@@ -168,14 +167,14 @@ pub async fn cancel(
 }
 
 /// A payment gateway event, signed with `Stampede-Signature`.
-#[utoipa::path(post, path = "/api/v1/payments/webhook", tag = "payments",
+#[utoipa::path(operation_id = "payment_webhook", post, path = "/api/v1/payments/webhook", tag = "payments",
     params(("Stampede-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">")),
     request_body(content = serde_json::Value, description = "{id, type: payment.succeeded | payment.failed, data: {reference, reason?}}"),
     responses((status = 204), (status = 401, body = Problem), (status = 422, body = Problem)))]
 pub async fn webhook(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<StatusCode, ApiError> {
     let signature = headers
         .get("stampede-signature")

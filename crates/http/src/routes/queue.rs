@@ -86,7 +86,7 @@ impl From<QueueView> for QueueDto {
 }
 
 /// Joins the sale's waiting room; joining again keeps the first place.
-#[utoipa::path(post, path = "/api/v1/sales/{sale_id}/queue", tag = "queue", request_body = JoinBody,
+#[utoipa::path(operation_id = "join_queue", post, path = "/api/v1/sales/{sale_id}/queue", tag = "queue", request_body = JoinBody,
     params(("sale_id" = String, Path)),
     responses((status = 202, body = QueueDto), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "no waiting room, sale ended, or room closed (sold_out)"),
@@ -110,7 +110,7 @@ pub async fn join(
 }
 
 /// The caller's place, ETA and (once admitted) admission token.
-#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/me", tag = "queue",
+#[utoipa::path(operation_id = "get_queue_status", get, path = "/api/v1/sales/{sale_id}/queue/me", tag = "queue",
     params(("sale_id" = String, Path)),
     responses((status = 200, body = QueueDto), (status = 404, body = Problem, description = "not in this room")),
     security(("bearer" = [])))]
@@ -124,7 +124,7 @@ pub async fn me(
 
 /// The caller's place, live: a `queue` event now and whenever it changes (each admission
 /// round), until the entry is settled (admitted, expired, lost, or the room closed).
-#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/me/events", tag = "queue",
+#[utoipa::path(operation_id = "stream_queue_status", get, path = "/api/v1/sales/{sale_id}/queue/me/events", tag = "queue",
     params(("sale_id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "queue events (QueueDto)"),
         (status = 404, body = Problem)),
@@ -191,7 +191,7 @@ pub struct ChallengeDto {
 }
 
 /// A proof-of-work challenge for joining this sale's room.
-#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/challenge", tag = "queue",
+#[utoipa::path(operation_id = "get_queue_challenge", get, path = "/api/v1/sales/{sale_id}/queue/challenge", tag = "queue",
     params(("sale_id" = String, Path)),
     responses((status = 200, body = ChallengeDto), (status = 404, body = Problem)),
     security(("bearer" = [])))]
@@ -254,7 +254,7 @@ pub struct DrawsDto {
 }
 
 /// The sale's published draws, and the commitments of those still to come.
-#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/draws", tag = "queue",
+#[utoipa::path(operation_id = "list_draws", get, path = "/api/v1/sales/{sale_id}/draws", tag = "queue",
     params(("sale_id" = String, Path)),
     responses((status = 200, body = DrawsDto), (status = 404, body = Problem)))]
 pub async fn draws(
@@ -349,7 +349,7 @@ impl From<RoomRules> for RoomRulesDto {
 }
 
 /// Queue length, admissions, refusals by reason and fairness figures of a sale's room.
-#[utoipa::path(get, path = "/api/v1/admin/sales/{sale_id}/queue", tag = "admin",
+#[utoipa::path(operation_id = "get_queue_report", get, path = "/api/v1/admin/sales/{sale_id}/queue", tag = "admin",
     params(("sale_id" = String, Path)),
     responses((status = 200, body = RoomReportDto), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
@@ -362,7 +362,7 @@ pub async fn report(
 }
 
 /// Sets a room's anti-abuse rules.
-#[utoipa::path(put, path = "/api/v1/admin/sales/{sale_id}/queue/rules", tag = "admin",
+#[utoipa::path(operation_id = "set_queue_rules", put, path = "/api/v1/admin/sales/{sale_id}/queue/rules", tag = "admin",
     params(("sale_id" = String, Path)), request_body = RoomRulesDto,
     responses((status = 200, body = RoomRulesDto), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem)),
@@ -393,7 +393,7 @@ pub struct LotteryBody {
 
 /// Draws winners among everyone waiting with the sale's committed seed; the winners are
 /// admitted, the others told they lost. The record is published on `/draws`.
-#[utoipa::path(post, path = "/api/v1/admin/sales/{sale_id}/lottery", tag = "admin",
+#[utoipa::path(operation_id = "draw_lottery", post, path = "/api/v1/admin/sales/{sale_id}/lottery", tag = "admin",
     params(("sale_id" = String, Path)), request_body = LotteryBody,
     responses((status = 200, body = DrawDto), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)),

@@ -74,7 +74,7 @@ fn strip_server_time(v: &mut serde_json::Value) {
 
 /// Lists sales: every sale (optionally by status), or with any browse parameter a page of
 /// them by category, status, drop and name.
-#[utoipa::path(get, path = "/api/v1/sales", tag = "sales", params(SalesQuery),
+#[utoipa::path(operation_id = "list_sales", get, path = "/api/v1/sales", tag = "sales", params(SalesQuery),
     responses((status = 200, body = SalesDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 422, body = Problem)))]
 pub async fn list(
@@ -118,7 +118,7 @@ pub async fn list(
 }
 
 /// One sale, with `server_time` for countdowns.
-#[utoipa::path(get, path = "/api/v1/sales/{sale_id}", tag = "sales",
+#[utoipa::path(operation_id = "get_sale", get, path = "/api/v1/sales/{sale_id}", tag = "sales",
     params(("sale_id" = String, Path)),
     responses((status = 200, body = SaleDto), (status = 304, description = "not modified (If-None-Match)"),
         (status = 404, body = Problem)))]
@@ -137,7 +137,7 @@ pub async fn detail(
 
 /// Live `stock` and `status` events for one sale (Server-Sent Events). The first event is the
 /// current stock, so a client needs no separate read.
-#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/events", tag = "sales",
+#[utoipa::path(operation_id = "stream_sale_events", get, path = "/api/v1/sales/{sale_id}/events", tag = "sales",
     params(("sale_id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "stock and status events"),
         (status = 404, body = Problem)))]

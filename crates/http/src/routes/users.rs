@@ -63,7 +63,7 @@ pub struct AccountsQuery {
 }
 
 /// Accounts whose email or name contains `q`, in id order.
-#[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(AccountsQuery),
+#[utoipa::path(operation_id = "list_users", get, path = "/api/v1/admin/users", tag = "admin", params(AccountsQuery),
     responses((status = 200, body = AccountsDto), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -71,7 +71,7 @@ pub async fn list(
     Admin(who): Admin,
     ApiQuery(q): ApiQuery<AccountsQuery>,
 ) -> Result<Json<AccountsDto>, ApiError> {
-    let limit = q.limit.unwrap_or(50);
+    let limit = crate::dto::page_limit(q.limit, 50, stampede_app::accounts::MAX_ACCOUNTS_PAGE)?;
     let found = s
         .app
         .admin_accounts(
@@ -81,7 +81,7 @@ pub async fn list(
             limit,
         )
         .await?;
-    let next = (found.len() as u32 >= limit.clamp(1, stampede_app::accounts::MAX_ACCOUNTS_PAGE))
+    let next = (found.len() as u32 >= limit)
         .then(|| found.last().map(|a| a.user.id.to_string()))
         .flatten();
     Ok(Json(AccountsDto {
@@ -112,7 +112,7 @@ impl From<&AccountDetail> for AccountDetailDto {
 }
 
 /// One account with its live holds, orders and refused attempts.
-#[utoipa::path(get, path = "/api/v1/admin/users/{user_id}", tag = "admin", params(("user_id" = String, Path)),
+#[utoipa::path(operation_id = "get_user", get, path = "/api/v1/admin/users/{user_id}", tag = "admin", params(("user_id" = String, Path)),
     responses((status = 200, body = AccountDetailDto), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn detail(
@@ -136,7 +136,7 @@ pub struct StatusBody {
 
 /// Disables, bans or reinstates a buyer's account. Disabling or banning ends its sessions at
 /// once (on every node) and releases its live holds.
-#[utoipa::path(post, path = "/api/v1/admin/users/{user_id}/status", tag = "admin",
+#[utoipa::path(operation_id = "set_user_status", post, path = "/api/v1/admin/users/{user_id}/status", tag = "admin",
     params(("user_id" = String, Path)), request_body = StatusBody,
     responses((status = 200, body = AccountDto), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "an admin account"), (status = 422, body = Problem)),
