@@ -1,5 +1,5 @@
-//! Every JSON request body, parsed exactly as the server parses it (axum's `Json` for the
-//! `ApiJson` extractor, `parse_json` for checkout), then the field checks the server applies
+//! Every JSON request body, parsed exactly as the server parses it (`parse_body`, what the
+//! `ApiJson` extractor and checkout's `parse_json` run once the body is read), then the field checks the server applies
 //! after parsing, where they can be called on their own.
 //!
 //! Asserts: nothing panics; a refused body is a 422 problem (never a 5xx or a 413: the size
@@ -10,7 +10,6 @@
 #![no_main]
 
 use axum::http::StatusCode;
-use axum::Json;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 
@@ -21,7 +20,7 @@ use stampede_http::dto::{
     parse_time, rfc3339, CreateSaleBody, LoginBody, OrderBody, PatchSaleBody, RegisterBody,
     ReserveBody, ResizeBody,
 };
-use stampede_http::extract::{json_problem, parse_json};
+use stampede_http::extract::{parse_body, parse_json};
 use stampede_http::routes::catalog::{
     CreateDropBody, CreateProductBody, PatchDropBody, PatchProductBody,
 };
@@ -30,11 +29,14 @@ use stampede_http::routes::users::StatusBody;
 
 /// What `ApiJson<T>` does with a body that passed the content-type check.
 fn api_json<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
-    match Json::<T>::from_bytes(bytes) {
-        Ok(Json(v)) => Some(v),
-        Err(rejection) => {
-            let status = json_problem(&rejection).status();
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{rejection:?}");
+    match parse_body::<T>(bytes) {
+        Ok(v) => Some(v),
+        Err(problem) => {
+            assert_eq!(
+                problem.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{problem:?}"
+            );
             None
         }
     }

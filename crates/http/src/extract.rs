@@ -31,22 +31,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             ));
         }
         let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
-        match serde_json::from_slice::<T>(&bytes) {
-            Ok(v) => Ok(ApiJson(v)),
-            Err(first) => {
-                // Rare: only a body that did not parse as sent pays for the second reading.
-                let retried = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .filter(has_integral_float)
-                    .and_then(|mut v| {
-                        integral_floats_as_integers(&mut v);
-                        serde_json::from_value::<T>(v).ok()
-                    });
-                match retried {
-                    Some(v) => Ok(ApiJson(v)),
-                    None => Err(ApiError::invalid(format!("invalid JSON body: {first}"))),
-                }
-            }
+        parse_body(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body as [`ApiJson`] does once the body is read: a body that does not parse
+/// is 422 with serde's message.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            // Rare: only a body that did not parse as sent pays for the second reading.
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .filter(has_integral_float)
+                .and_then(|mut v| {
+                    integral_floats_as_integers(&mut v);
+                    serde_json::from_value::<T>(v).ok()
+                })
+                .ok_or_else(|| ApiError::invalid(format!("invalid JSON body: {first}")))
         }
     }
 }
@@ -141,9 +144,10 @@ fn has_timeout_cause(rejection: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Parses a JSON body already read as bytes (for routes that also need the raw bytes).
+/// Parses a JSON body already read as bytes (for routes that also need the raw bytes), as
+/// [`ApiJson`] does.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    parse_body(bytes)
 }
 
 /// The authenticated caller. Rejects with 401 without a valid token, 429 past the user's rate.
