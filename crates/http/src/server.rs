@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -186,12 +187,13 @@ async fn serve_connection(
         let in_flight = InFlight(watch);
         let router = router.clone();
         async move {
-            let res = router.oneshot(req).await;
-            drop(in_flight);
-            Ok::<_, Infallible>(match res {
+            let res = match router.oneshot(req).await {
                 Ok(res) => res,
                 Err(never) => match never {},
-            })
+            };
+            // Answered once the body has gone out (or was dropped): a live stream is a
+            // request in flight, never an idle connection.
+            Ok::<_, Infallible>(res.map(|body| Body::new(Answering { body, in_flight })))
         }
     });
     let conn = builder.serve_connection(io, service).with_upgrades();
@@ -251,8 +253,36 @@ fn millis_since(t: Instant) -> u64 {
     millis(t.elapsed())
 }
 
-/// Marks a request answered when the service's future ends, however it ends.
+/// Marks a request answered when dropped: with its response body, or with the service's
+/// future if that ends first (a hang-up mid-handler).
 struct InFlight(Arc<Watch>);
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Answering {
+    body: Body,
+    in_flight: InFlight,
+}
+
+impl HttpBody for Answering {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let _ = &self.in_flight;
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
