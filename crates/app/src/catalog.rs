@@ -129,16 +129,24 @@ fn image_urls(urls: Vec<String>) -> Result<Vec<String>, AppError> {
     }
     urls.into_iter()
         .map(|u| {
+            let sent_chars = u.chars().count();
             let u = u.trim().to_owned();
             let scheme_ok = u.starts_with("https://") || u.starts_with("http://");
-            if !scheme_ok || u.len() > 2000 || u.chars().any(char::is_whitespace) {
+            if !scheme_ok || sent_chars > 2000 || !u.chars().all(url_char) {
                 return Err(AppError::invalid(
-                    "image_urls must be http(s) URLs of at most 2000 characters",
+                    "image_urls must be http(s) URLs of at most 2000 characters, written with \
+                     letters, digits and -._~:/?#@!$&'()*+,;=% only (percent-encode the rest)",
                 ));
             }
             Ok(u)
         })
         .collect()
+}
+
+/// The characters a URL may show unencoded (RFC 3986's unreserved and reserved ones, but the
+/// brackets of IPv6 literals, which no image host needs and many URL readers stumble on).
+fn url_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~:/?#@!$&'()*+,;=%".contains(c)
 }
 
 fn product_status(word: &str) -> Result<ProductStatus, AppError> {

@@ -182,6 +182,12 @@ fn money() -> Value {
             "description": "Decimal string in the currency, e.g. \"19.99\"." })
 }
 
+/// An image URL as `app::catalog` accepts it: http(s), characters RFC 3986 shows unencoded
+/// (no IPv6 brackets).
+fn image_url_pattern() -> String {
+    format!("^[{WHITESPACE}]*https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*[{WHITESPACE}]*$")
+}
+
 fn currency() -> Value {
     json!({ "type": "string", "pattern": "^[A-Za-z]{3}$", "description": "ISO 4217 code, e.g. \"EUR\"." })
 }
@@ -272,7 +278,7 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
             "CreateProductBody",
             "image_urls",
             json!({ "type": "array", "maxItems": 20,
-            "items": { "type": "string", "maxLength": 2000, "pattern": format!("^[{WHITESPACE}]*https?://[^{WHITESPACE}]*[{WHITESPACE}]*$") } }),
+            "items": { "type": "string", "maxLength": 2000, "pattern": image_url_pattern() } }),
         ),
         ("CreateProductBody", "regular_price", money()),
         ("CreateProductBody", "currency", currency()),
@@ -290,7 +296,7 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
             "PatchProductBody",
             "image_urls",
             json!({ "type": ["array", "null"], "maxItems": 20,
-            "items": { "type": "string", "maxLength": 2000, "pattern": format!("^[{WHITESPACE}]*https?://[^{WHITESPACE}]*[{WHITESPACE}]*$") } }),
+            "items": { "type": "string", "maxLength": 2000, "pattern": image_url_pattern() } }),
         ),
         ("PatchProductBody", "regular_price", nullable(money())),
         ("PatchProductBody", "currency", nullable(currency())),
