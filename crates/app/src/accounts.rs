@@ -119,9 +119,12 @@ impl App {
             .set_user_status(&user, status, reason)
             .await?
             .ok_or(AppError::NotFound)?;
-        for token_hash in ended {
-            self.forget_session(&token_hash);
-            self.bus.publish(Event::SessionRevoked { token_hash });
+        for (session_id, expires_at) in ended {
+            self.revoke_session(session_id.clone(), expires_at);
+            self.bus.publish(Event::SessionRevoked {
+                session_id,
+                expires_at,
+            });
         }
         if status != UserStatus::Active {
             // Their live holds end now: the stock is for buyers in good standing.
@@ -130,7 +133,7 @@ impl App {
                 user_id: user.clone(),
                 role: Role::Buyer,
                 expires_at: now,
-                token_hash: String::new(),
+                session_id: String::new(),
             };
             for hold in self.store.live_holds(&user, now).await? {
                 match self.release_hold(&holder, hold.id.as_str()).await {

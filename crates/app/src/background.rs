@@ -142,14 +142,17 @@ impl App {
     }
 
     /// Applies what other nodes announce: returned stock clears the sold-out flag, a revoked
-    /// session leaves the token cache, a changed sale is read again.
+    /// session is refused from now on, a changed sale is read again.
     async fn on_event(&self, event: crate::ports::Event) {
         use crate::ports::Event;
         match event {
             Event::StockReturned { sale_id } => {
                 self.sold_out_until.remove(&sale_id);
             }
-            Event::SessionRevoked { token_hash } => self.forget_session(&token_hash),
+            Event::SessionRevoked {
+                session_id,
+                expires_at,
+            } => self.revoke_session(session_id, expires_at),
             Event::SaleStatus { sale_id, .. } | Event::SaleChanged { sale_id } => {
                 self.forget_sale_reads(&sale_id);
                 match self.store.sale(&sale_id).await {
@@ -206,6 +209,7 @@ impl App {
         let publish = Duration::from_millis(self.config.stock_publish_interval_ms.max(10));
         let admission = Duration::from_millis(self.config.admission_tick_ms.max(10));
         let money = Duration::from_millis(self.config.payment_reconcile_interval_ms.max(100));
+        let revocations = Duration::from_millis(self.config.revocation_refresh_ms.max(10));
         let listener = {
             let app = self.clone();
             let mut events = self.bus.subscribe();
@@ -219,6 +223,9 @@ impl App {
                                 // Missed some: the flags and caches may be stale; drop the flags.
                                 tracing::warn!(missed = n, "event listener lagged");
                                 app.sold_out_until.clear();
+                                if let Err(e) = app.refresh_revocations().await {
+                                    tracing::warn!(error = %e, "could not reload revoked sessions");
+                                }
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         },
@@ -234,6 +241,13 @@ impl App {
         let mut jobs = vec![
             listener,
             self.spawn_outbox_relay(stop.clone()),
+            spawn_every(
+                self.clone(),
+                stop.clone(),
+                revocations,
+                "revocations",
+                |app| Box::pin(async move { app.refresh_revocations().await.map(|_| ()) }),
+            ),
             spawn_every(self.clone(), stop.clone(), sweep, "sweeper", |app| {
                 Box::pin(async move { app.sweep().await.map(|_| ()) })
             }),

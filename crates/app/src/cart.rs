@@ -46,6 +46,9 @@ fn passed(verdict: GateVerdict) -> Result<(), AppError> {
         GateVerdict::Unseeded => Err(AppError::Unavailable(
             "the gate is being seeded from the judge".into(),
         )),
+        GateVerdict::RateLimited { retry_after_ms } => Err(AppError::RateLimited {
+            retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
+        }),
     }
 }
 
@@ -57,6 +60,7 @@ fn refusal_label(e: &AppError) -> &'static str {
         AppError::NotAdmitted => "not_admitted",
         AppError::NotFound => "not_found",
         AppError::InvalidInput(_) => "invalid_input",
+        AppError::RateLimited { .. } => "rate_limited",
         _ => "error",
     }
 }
@@ -130,8 +134,9 @@ impl App {
             };
             let (app, buyer, limit) = (self.clone(), who.clone(), sale.per_user_limit);
             let settle_sale = sale_id.clone();
+            let device = device_id.map(str::to_owned);
             let judged = tokio::spawn(async move {
-                let judged = app.take_and_judge(request, limit).await;
+                let judged = app.take_and_judge(request, limit, device.as_deref()).await;
                 app.settle_admission(&buyer, &settle_sale, qty, judged.is_ok())
                     .await;
                 judged
@@ -150,7 +155,9 @@ impl App {
             quantity: qty,
             now,
         };
-        let hold = self.take_and_judge(request, sale.per_user_limit).await?;
+        let hold = self
+            .take_and_judge(request, sale.per_user_limit, device_id)
+            .await?;
         metrics::counter!("stampede_holds_created_total").increment(1);
         self.stock_changed(&sale_id);
         Ok(hold)
@@ -159,7 +166,12 @@ impl App {
     /// The gate, then the judge; a refusal or failure of the judge gives the gate its units
     /// back. Cancel-safe: if the buyer hangs up while the judge is deciding, an
     /// [`AbandonedVerdict`] finishes the pair on its own task (the common path spawns nothing).
-    async fn take_and_judge(&self, request: ReserveRequest, limit: u32) -> Result<Hold, AppError> {
+    async fn take_and_judge(
+        &self,
+        request: ReserveRequest,
+        limit: u32,
+        device: Option<&str>,
+    ) -> Result<Hold, AppError> {
         let (sale_id, user, qty) = (
             request.sale_id.clone(),
             request.user_id.clone(),
@@ -176,7 +188,9 @@ impl App {
         // Reconciliation must not read the judge between our take and our verdict.
         let pair = self.gate_sync.clone().read_owned().await;
         let pair = Some(pair);
-        let verdict = self.gate_take(&sale_id, &user, qty, limit).await?;
+        let verdict = self
+            .gate_take_counted(&sale_id, &user, device, qty, limit)
+            .await?;
         // Only a refused single unit proves the gate is empty; a refused larger request may
         // leave units a smaller one can have.
         if verdict == GateVerdict::SoldOut && qty == 1 && self.config.sold_out_flag_ms > 0 {
@@ -315,6 +329,29 @@ impl App {
         }
         self.seed_gate(sale_id).await?;
         Ok(self.gate.try_take(sale_id, user, qty, limit).await?)
+    }
+
+    /// [`Self::gate_take`] for a reserve: the gate also counts the buyer's shared rate quotas.
+    async fn gate_take_counted(
+        &self,
+        sale_id: &SaleId,
+        user: &UserId,
+        device: Option<&str>,
+        qty: u32,
+        limit: u32,
+    ) -> Result<GateVerdict, AppError> {
+        let verdict = self
+            .gate
+            .try_take_counted(sale_id, user, device, qty, limit)
+            .await?;
+        if verdict != GateVerdict::Unseeded {
+            return Ok(verdict);
+        }
+        self.seed_gate(sale_id).await?;
+        Ok(self
+            .gate
+            .try_take_counted(sale_id, user, device, qty, limit)
+            .await?)
     }
 
     /// Releases one of the caller's holds: its stock is available again at once.

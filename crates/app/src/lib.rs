@@ -10,6 +10,7 @@ pub mod cart;
 pub mod catalog;
 pub mod checkout;
 pub mod config;
+pub mod counted;
 pub mod error;
 pub mod group_commit;
 pub mod money;
@@ -24,7 +25,6 @@ pub mod webhook;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use stampede_core::{Clock, SaleId};
 
@@ -32,7 +32,7 @@ pub use auth::Principal;
 pub use config::AppConfig;
 pub use error::AppError;
 
-use auth::{PasswordHashing, TokenCache};
+use auth::{PasswordHashing, Revocations};
 use group_commit::ReserveBatcher;
 use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store, WaitingRoom};
 use sales::SaleCache;
@@ -90,7 +90,10 @@ pub struct App {
     /// Units of gate drift this node repaired, per sale (admin metrics).
     pub(crate) drift_repaired: dashmap::DashMap<SaleId, u64>,
     hashing: PasswordHashing,
-    tokens: TokenCache,
+    /// Signs and checks session tokens; the same on every node of a deployment.
+    session_key: [u8; 32],
+    /// Sessions ended early, refused until their tokens expire (see [`auth`]).
+    revoked: Revocations,
     batcher: ReserveBatcher,
     sales: SaleCache,
     /// The waiting room's lines.
@@ -132,6 +135,15 @@ impl App {
         config: AppConfig,
     ) -> Result<(Arc<App>, tokio::task::JoinHandle<()>), AppError> {
         adapters.store.migrate().await?;
+        let session_key = match &config.session_key {
+            Some(hex_key) => auth::parse_session_key(hex_key)?,
+            None => auth::parse_session_key(
+                &adapters
+                    .store
+                    .shared_secret("session_key", &auth::new_session_key())
+                    .await?,
+            )?,
+        };
         let (batcher, writer) = ReserveBatcher::start(
             adapters.store.clone(),
             config.max_batch,
@@ -144,7 +156,8 @@ impl App {
             gateway: adapters.gateway,
             clock: adapters.clock,
             hashing: PasswordHashing::new(config.argon2, config.hash_concurrency)?,
-            tokens: TokenCache::new(100_000, Duration::from_secs(config.token_cache_secs.max(1))),
+            session_key,
+            revoked: Revocations::default(),
             batcher,
             sales: SaleCache::default(),
             room: adapters.room,
@@ -182,6 +195,7 @@ impl App {
             config,
         });
         app.load_sales().await?;
+        app.refresh_revocations().await?;
         let drift = app.reconcile().await?;
         tracing::info!(drift, "gate rebuilt from the store");
         // Money a crash left half-moved is finished before the first request: a capture the

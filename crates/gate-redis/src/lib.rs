@@ -47,6 +47,40 @@ redis.call('INCR', KEYS[3])
 return 0
 "#;
 
+/// [`TAKE`] for a reserve, with the buyer's shared rate quotas counted in the same step (GCRA
+/// on Redis's clock), so a reserve that reaches Redis is one round trip. Quotas are checked
+/// before the limit and the stock, and spent only if every one passes (a refused device does
+/// not use up the buyer's quota). KEYS: avail, users, ops, the buyer's rate key and, if the
+/// client named a device, the device's. ARGV: user, quantity, limit, then (interval µs,
+/// tolerance µs) for the buyer and for the device. Returns `{code, wait_us}`: code 0 pass,
+/// 1 sold out, 2 over the limit, 3 rate limited (retry in `wait_us`), -1 unseeded.
+const TAKE_COUNTED: &str = r#"
+local avail = redis.call('GET', KEYS[1])
+if not avail then return {-1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local spend = {}
+for i = 4, #KEYS do
+  local interval = tonumber(ARGV[4 + (i - 4) * 2])
+  local tolerance = tonumber(ARGV[5 + (i - 4) * 2])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  if tat - tolerance > now then return {3, tat - tolerance - now} end
+  spend[#spend + 1] = {KEYS[i], tat + interval}
+end
+for _, s in ipairs(spend) do
+  redis.call('SET', s[1], string.format('%.0f', s[2]), 'PX', math.ceil((s[2] - now) / 1000) + 1)
+end
+local qty = tonumber(ARGV[2])
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if held + qty > tonumber(ARGV[3]) then return {2, 0} end
+if tonumber(avail) < qty then return {1, 0} end
+redis.call('DECRBY', KEYS[1], qty)
+redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
+redis.call('INCR', KEYS[3])
+return {0, 0}
+"#;
+
 /// Returns units. On an unseeded sale it does nothing: the seed, read from the judge, already
 /// counts them.
 const GIVE: &str = r#"
@@ -98,6 +132,31 @@ pub struct RedisGateConfig {
     pub timeout: Duration,
 }
 
+/// A shared rate quota: `per_sec` requests a second with bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Quota {
+    /// GCRA's emission interval and burst tolerance, in µs (as the scripts take them).
+    fn gcra_us(self) -> (u64, u64) {
+        let interval = 1_000_000 / u64::from(self.per_sec.max(1));
+        (
+            interval,
+            interval * u64::from(self.burst.max(1).saturating_sub(1)),
+        )
+    }
+}
+
+/// The quotas a reserve is counted against inside the gate's script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuyerQuotas {
+    pub user: Quota,
+    pub device: Quota,
+}
+
 /// The difference between the gate and the judge seen by one reconciliation pass, remembered
 /// until the next pass: repaired only if the next pass sees the same difference at the same
 /// `ops` (the sale was quiet in between, so no pair was half done).
@@ -114,6 +173,9 @@ pub struct RedisGate {
     namespace: String,
     timeout: Duration,
     take: Script,
+    take_counted: Script,
+    /// Counted in the take script of a reserve; `None`: reserves are not rate limited here.
+    quotas: Option<BuyerQuotas>,
     give: Script,
     seed: Script,
     snapshot: Script,
@@ -185,12 +247,20 @@ impl RedisGate {
             namespace: config.namespace,
             timeout: config.timeout,
             take: Script::new(TAKE),
+            take_counted: Script::new(TAKE_COUNTED),
+            quotas: None,
             give: Script::new(GIVE),
             seed: Script::new(SEED),
             snapshot: Script::new(SNAPSHOT),
             repair: Script::new(REPAIR),
             sightings: DashMap::new(),
         })
+    }
+
+    /// Counts every reserve against these shared quotas in the same script call as the take.
+    pub fn with_buyer_quotas(mut self, quotas: BuyerQuotas) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// The sale's keys, in the order every script expects them.
@@ -318,6 +388,47 @@ impl Gate for RedisGate {
             0 => GateVerdict::Pass,
             1 => GateVerdict::SoldOut,
             2 => GateVerdict::LimitExceeded,
+            _ => GateVerdict::Unseeded,
+        })
+    }
+
+    async fn try_take_counted(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: Option<&str>,
+        quantity: u32,
+        limit: u32,
+    ) -> PortResult<GateVerdict> {
+        let Some(quotas) = self.quotas else {
+            return self.try_take(sale, user, quantity, limit).await;
+        };
+        let [avail, users, ops] = self.keys(sale);
+        let tag = format!("stampede:{{{}:{}}}", self.namespace, sale);
+        let mut keys = vec![avail, users, ops, format!("{tag}:rl:u:{user}")];
+        let (u_interval, u_tolerance) = quotas.user.gcra_us();
+        let mut args = vec![
+            user.to_string(),
+            quantity.to_string(),
+            limit.to_string(),
+            u_interval.to_string(),
+            u_tolerance.to_string(),
+        ];
+        if let Some(device) = device {
+            let (d_interval, d_tolerance) = quotas.device.gcra_us();
+            keys.push(format!("{tag}:rl:d:{device}"));
+            args.push(d_interval.to_string());
+            args.push(d_tolerance.to_string());
+        }
+        let (code, wait_us): (i64, i64) =
+            invoke(&self.conn, self.timeout, &self.take_counted, &keys, &args).await?;
+        Ok(match code {
+            0 => GateVerdict::Pass,
+            1 => GateVerdict::SoldOut,
+            2 => GateVerdict::LimitExceeded,
+            3 => GateVerdict::RateLimited {
+                retry_after_ms: u64::try_from(wait_us).unwrap_or(0).div_ceil(1000),
+            },
             _ => GateVerdict::Unseeded,
         })
     }
