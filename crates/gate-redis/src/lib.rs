@@ -16,6 +16,11 @@
 //!
 //! Every call has a deadline: if Redis is slow or gone the call fails as
 //! [`PortError::Unavailable`] (a fast 503 with `Retry-After`), it never hangs a buyer.
+//!
+//! The URL names one Redis (`redis://host:port/db`) or a Redis Cluster
+//! (`redis+cluster://host:port,host:port,…`, or several `redis://` seeds separated by commas):
+//! then the cluster client routes every script to the master of its sale's slot, and the hash
+//! tags keep each script on one slot.
 
 mod room;
 
@@ -26,7 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::Script;
 
 use stampede_app::ports::{Gate, GateSeed, GateVerdict, PortError, PortResult};
@@ -169,7 +175,7 @@ struct Sighting {
 
 /// A [`Gate`] in Redis, shared by every node of a deployment.
 pub struct RedisGate {
-    conn: ConnectionManager,
+    conn: Conn,
     namespace: String,
     timeout: Duration,
     take: Script,
@@ -195,9 +201,94 @@ fn unavailable(e: impl std::fmt::Display) -> PortError {
     PortError::Unavailable(format!("redis: {e}"))
 }
 
-/// A self-healing connection to Redis with the config's deadline on connecting and on every
-/// reply, shared by the gate, the room and the rate limits.
-pub(crate) async fn connect_manager(config: &RedisGateConfig) -> PortResult<ConnectionManager> {
+/// A connection to one Redis or to a Redis Cluster. Both heal themselves after an outage; the
+/// cluster one follows the slot map (and its `MOVED` / `ASK` answers), so every call goes to
+/// the master of its keys' slot.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The seed nodes of a Redis Cluster named by `url`, or `None` if it names one Redis:
+/// `redis+cluster://h1:p1,h2:p2` (also `rediss+cluster://`), or `redis://h1:p1,redis://h2:p2`.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    for (scheme, plain) in [
+        ("redis+cluster://", "redis://"),
+        ("rediss+cluster://", "rediss://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let seeds: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("{plain}{}", s.trim_end_matches('/')))
+                .collect();
+            return Some(seeds);
+        }
+    }
+    if url.contains(',') {
+        return Some(
+            url.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        );
+    }
+    None
+}
+
+/// A self-healing connection to Redis (or a Redis Cluster) with the config's deadline on
+/// connecting and on every reply, shared by the gate, the room and the rate limits.
+pub async fn connect(config: &RedisGateConfig) -> PortResult<Conn> {
+    if let Some(seeds) = cluster_seeds(&config.url) {
+        if seeds.is_empty() {
+            return Err(PortError::Internal("redis url: no cluster nodes".into()));
+        }
+        let client = redis::cluster::ClusterClient::builder(seeds)
+            .connection_timeout(config.timeout)
+            .response_timeout(config.timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| PortError::Internal(format!("redis cluster url: {e}")))?;
+        return tokio::time::timeout(config.timeout * 4, client.get_async_connection())
+            .await
+            .map_err(|_| unavailable("connect timed out"))?
+            .map(Conn::Cluster)
+            .map_err(unavailable);
+    }
     let client = redis::Client::open(config.url.as_str())
         .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
     let manager_config = ConnectionManagerConfig::new()
@@ -211,13 +302,14 @@ pub(crate) async fn connect_manager(config: &RedisGateConfig) -> PortResult<Conn
     )
     .await
     .map_err(|_| unavailable("connect timed out"))?
+    .map(Conn::Single)
     .map_err(unavailable)
 }
 
 /// Runs `script` on `keys` and `args` within `timeout`: the one way every script call is
 /// made, so none can hang a buyer.
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+    conn: &Conn,
     timeout: Duration,
     script: &Script,
     keys: &[String],
@@ -241,7 +333,7 @@ impl RedisGate {
     /// Connects (within the configured deadline). The connection is re-established on its own
     /// after Redis restarts; calls made meanwhile fail fast.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisGate> {
-        let conn = connect_manager(&config).await?;
+        let conn = connect(&config).await?;
         Ok(RedisGate {
             conn,
             namespace: config.namespace,
