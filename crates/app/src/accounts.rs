@@ -29,9 +29,13 @@ impl App {
     /// Counts a refused reservation for the buyer's account page (bounded: the busiest
     /// buyers of a sale day, not every one forever).
     pub(crate) fn count_user_refusal(&self, user: &UserId, reason: &'static str) {
-        let counts = self.user_refusals.get_with(user.clone(), || {
-            Arc::new(std::sync::Mutex::new(BTreeMap::new()))
-        });
+        // A returning buyer's counts are found by the borrowed id (no clone of it).
+        let counts = match self.user_refusals.get(user) {
+            Some(counts) => counts,
+            None => self.user_refusals.get_with(user.clone(), || {
+                Arc::new(std::sync::Mutex::new(BTreeMap::new()))
+            }),
+        };
         let mut guard = match counts.lock() {
             Ok(guard) => guard,
             Err(_) => return,

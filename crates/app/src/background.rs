@@ -16,7 +16,7 @@ impl App {
     pub async fn sweep(&self) -> Result<usize, AppError> {
         let mut total = 0;
         loop {
-            let pair = self.gate_sync.read().await;
+            let pair = self.pair_guard().await;
             let expired = self.store.expire_due_holds(self.clock.now(), 1000).await?;
             let n = expired.len();
             for hold in &expired {
@@ -56,11 +56,18 @@ impl App {
         Ok(total)
     }
 
-    /// Rebuilds the gate from the judge; returns the units of drift repaired.
+    /// Rebuilds the gate from the judge; returns the units of drift repaired. A gate this node
+    /// owns is rebuilt with the node's pairs paused (a local read of the judge); a shared gate
+    /// is not paused at all: it repairs only what it saw twice, unchanged (see
+    /// [`crate::ports::Gate::is_shared`]).
     pub async fn reconcile(&self) -> Result<u64, AppError> {
         let mut drift = 0;
         {
-            let _quiet = self.gate_sync.write().await;
+            let _quiet = if self.gate.is_shared() {
+                None
+            } else {
+                Some(self.gate_sync.write().await)
+            };
             for seed in self.store.gate_seeds().await? {
                 let repaired = self.gate.rebuild(std::slice::from_ref(&seed)).await?;
                 self.record_drift(&seed.sale_id, repaired);

@@ -186,8 +186,7 @@ impl App {
             }
         }
         // Reconciliation must not read the judge between our take and our verdict.
-        let pair = self.gate_sync.clone().read_owned().await;
-        let pair = Some(pair);
+        let pair = self.pair_guard().await;
         let verdict = self
             .gate_take_counted(&sale_id, &user, device, qty, limit)
             .await?;

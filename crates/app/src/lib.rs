@@ -118,12 +118,16 @@ pub struct App {
     /// When this node first saw each sale's stock gone.
     pub(crate) sold_out_at: dashmap::DashMap<SaleId, stampede_core::Timestamp>,
     /// Refused attempts per sale and reason (admin view; the metric has the totals).
-    pub(crate) queue_refusals: dashmap::DashMap<(SaleId, &'static str), u64>,
+    /// Per sale, then per reason: found by borrowed keys, so counting a refusal of a known
+    /// sale allocates nothing and takes only a shard's read lock plus one atomic add.
+    pub(crate) queue_refusals:
+        dashmap::DashMap<SaleId, dashmap::DashMap<&'static str, std::sync::atomic::AtomicU64>>,
     /// Sales whose stock moved since the last publish.
     dirty_stock: Mutex<HashSet<SaleId>>,
     /// Shared by every operation that changes both the judge and the gate; taken exclusively
     /// by reconciliation, so it never reads the judge between the two halves of a pair (which
-    /// would count in-flight units twice or not at all).
+    /// would count in-flight units twice or not at all). Only for a gate this node owns (see
+    /// [`ports::Gate::is_shared`] and [`App::pair_guard`]).
     gate_sync: Arc<tokio::sync::RwLock<()>>,
 }
 
@@ -224,11 +228,24 @@ impl App {
     {
         let app = self.clone();
         tokio::spawn(async move {
-            let _pair = app.gate_sync.read().await;
+            let _pair = app.pair_guard().await;
             work(app.clone()).await
         })
         .await
         .map_err(|e| AppError::Internal(format!("paired task: {e}")))?
+    }
+}
+
+impl App {
+    /// Keeps reconciliation out while a pair (gate, then judge) is half done, when the gate is
+    /// this node's own. A shared gate needs no pause (its repair is a compare-and-set on what it
+    /// saw twice), and pausing reserves across its network calls is what must not happen.
+    pub(crate) async fn pair_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        if self.gate.is_shared() {
+            None
+        } else {
+            Some(self.gate_sync.clone().read_owned().await)
+        }
     }
 }
 

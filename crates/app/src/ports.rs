@@ -778,6 +778,13 @@ pub trait Gate: Send + Sync + 'static {
     async fn seed(&self, seed: &GateSeed) -> PortResult<bool>;
     /// The gate's idea of a sale's available units (for metrics and drift checks).
     async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>>;
+    /// Whether several nodes share this gate. A shared gate repairs drift only by
+    /// compare-and-set on what it saw twice ([`Gate::rebuild`]), so nodes neither pause their
+    /// reserves for reconciliation nor hold a lock across its network calls; a gate one node
+    /// owns is rebuilt while that node's pairs are paused.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// Something that happened, for live updates, notifications and follow-ups.

@@ -554,4 +554,8 @@ impl Gate for RedisGate {
     async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>> {
         Ok(self.read(sale).await?.map(|(_, a, _)| a))
     }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
 }

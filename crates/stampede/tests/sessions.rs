@@ -160,6 +160,71 @@ in_both_modes! {
         );
     }
 
+    /// 2,000 buyers the node has never seen, waiting in a sale's line, each ask for their
+    /// place: every answer comes from the room (a Fenwick tree or a sorted set: O(log n)) and
+    /// the store is not read at all.
+    async fn polling_a_place_in_line_costs_the_store_nothing(mode) {
+        let server =
+            TestServer::start_with_in(mode, &[("STAMPEDE_SESSION_KEY", SESSION_KEY)], None).await;
+        let admin = server.admin_token().await;
+        let mut body = common::sale_body(100, 1, 300);
+        body["queue_required"] = json!(true);
+        body["starts_at"] = json!(common::rfc3339(common::unix_now() + 600));
+        let sale = server.create_sale_with(&admin, &body).await.expect(201)["sale_id"]
+            .as_str()
+            .expect("sale id")
+            .to_string();
+        let api = server.api();
+        let buyers: Vec<String> = (0..2_000_u128).map(|i| mint(1_000_000 + i)).collect();
+        let joined: Vec<u16> = futures::stream::iter(buyers.iter().enumerate())
+            .map(|(i, token)| {
+                let (api, sale) = (api.clone(), sale.clone());
+                async move {
+                    api.post(
+                        &format!("/api/v1/sales/{sale}/queue"),
+                        Some(token),
+                        &json!({ "device_id": format!("phone-{i}") }),
+                    )
+                    .await
+                    .status
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(joined.iter().all(|s| *s == 202), "every buyer joins: {:?}", &joined[..5]);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = store_calls(&server).await;
+        let places: Vec<(u16, String)> = futures::stream::iter(buyers.iter())
+            .map(|token| {
+                let (api, sale) = (api.clone(), sale.clone());
+                async move {
+                    let r = api
+                        .get(&format!("/api/v1/sales/{sale}/queue/me"), Some(token))
+                        .await;
+                    (r.status, r.json["status"].as_str().unwrap_or("").to_string())
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let after = store_calls(&server).await;
+        assert!(
+            places.iter().all(|(s, st)| *s == 200 && st == "waiting"),
+            "every buyer has a place: {:?}",
+            places.iter().find(|(s, st)| *s != 200 || st != "waiting")
+        );
+        let all = delta(&before, &after);
+        let request_path: Vec<&(String, u64)> = all
+            .iter()
+            .filter(|(op, _)| !BACKGROUND_OPS.contains(&op.as_str()))
+            .collect();
+        assert!(
+            request_path.is_empty(),
+            "polling a place read the store: {request_path:?}"
+        );
+    }
+
     /// Logout and a ban end sessions at once on the node that ended them, within a second on
     /// another node of the cluster, and after either node restarts.
     async fn logout_and_ban_are_refused_everywhere_at_once_and_after_restarts(mode) {
