@@ -27,7 +27,7 @@
 #
 # Usage: bench/ratios.sh      env: DURATION=8s RUNS=3 CONNS=64 BUYERS=200 R9_BUYERS=10000 R10_BUYERS=1000000
 #                             Q_BUYERS=1000000 SKIP_CLUSTER=1 (no PostgreSQL/Redis/RabbitMQ) SKIP_R10=1
-#                             SKIP_QUEUE=1 SKIP_R8R9=1
+#                             SKIP_QUEUE=1 SKIP_R8R9=1 SKIP_R3=1 SKIP_BUILD=1 (use the binaries built)
 #                             PG=… REDIS=… AMQP=… (as bench/cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ REDIS=${REDIS:-redis://127.0.0.1:6379/}
 AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
 for c in wrk python3 curl taskset; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -p stampede -p stampede-drill --bins --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p stampede -p stampede-drill --bins --quiet
 BIN=$CARGO_TARGET_DIR/release/stampede
 TEXTBOOK=$CARGO_TARGET_DIR/release/textbook
 BARE=$CARGO_TARGET_DIR/release/bare
@@ -244,7 +244,7 @@ if [ -z "$SKIP_R10" ]; then
   mkdir -p bench/last-drill && cp "$work/r10"/* bench/last-drill/ 2>/dev/null || true
 fi
 
-cargo bench -q -p stampede-drill --bench gate | tee "$work/r3" || true
+[ -n "${SKIP_R3:-}" ] || cargo bench -q -p stampede-drill --bench gate | tee "$work/r3" || true
 
 python3 - "$work" "$R9_BUYERS" <<'PY'
 import sys, statistics, collections, os, re

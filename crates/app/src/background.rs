@@ -200,9 +200,7 @@ impl App {
     pub async fn load_sales(&self) -> Result<usize, AppError> {
         let sales = self.store.sales().await?;
         let n = sales.len();
-        for sale in sales {
-            self.sales.put(sale);
-        }
+        self.sales.put_all(sales);
         Ok(n)
     }
 

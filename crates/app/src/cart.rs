@@ -14,6 +14,12 @@ use crate::group_commit::{EnqueueError, Verdict};
 use crate::ports::{Event, Gate, GateVerdict, ReserveRequest};
 use crate::{App, AppError};
 
+/// The reserve's count and latency handles per outcome, registered once and kept: a reserve
+/// records into them without asking the metrics registry (a handful of outcomes).
+static RESERVE_METRICS: std::sync::OnceLock<
+    dashmap::DashMap<&'static str, (metrics::Counter, metrics::Histogram)>,
+> = std::sync::OnceLock::new();
+
 /// Most units one request may ask for; anything above is a client error, not a refusal.
 pub const MAX_QUANTITY: i64 = 1000;
 
@@ -89,9 +95,20 @@ impl App {
                 self.count_user_refusal(&who.user_id, outcome);
             }
         }
-        metrics::counter!("stampede_reserve_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("stampede_reserve_seconds", "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        let table = RESERVE_METRICS.get_or_init(dashmap::DashMap::new);
+        if let Some(h) = table.get(outcome) {
+            h.0.increment(1);
+            h.1.record(seconds);
+        } else {
+            let h = (
+                metrics::counter!("stampede_reserve_total", "outcome" => outcome),
+                metrics::histogram!("stampede_reserve_seconds", "outcome" => outcome),
+            );
+            h.0.increment(1);
+            h.1.record(seconds);
+            table.insert(outcome, h);
+        }
         result
     }
 

@@ -18,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -144,15 +146,49 @@ pub fn router(state: AppState) -> Router {
             state.request_deadline,
             within_deadline,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), ip_rate_limit))
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            ip_rate_limit,
+        ))
         .layer(middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(NodeRequestIds::default()))
         .with_state(state)
+}
+
+/// Request ids unique across nodes and restarts without asking the kernel for randomness per
+/// request (a UUID v4 per request cost a `getrandom` system call): 64 random bits drawn once
+/// per process, then a counter.
+#[derive(Clone)]
+struct NodeRequestIds {
+    prefix: u64,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for NodeRequestIds {
+    fn default() -> Self {
+        Self {
+            // The standard library's per-process random hash keys, as 64 random bits.
+            prefix: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::process::id(),
+            ),
+            next: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for NodeRequestIds {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}-{n:016x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// Answers 503 `unavailable` (with `Retry-After`) when the handler has not answered within the
@@ -225,9 +261,13 @@ fn cancel_safe(method: &axum::http::Method, route: Option<&MatchedPath>) -> bool
 
 /// Counts one request per client IP; past the quota it is 429 with `Retry-After` and the
 /// `RateLimit-Policy` / `RateLimit` headers.
-async fn ip_rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn ip_rate_limit(
+    State(limits): State<std::sync::Arc<RateLimits>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(ip) = extract::client_ip(req.extensions()) {
-        if let Err(refused) = s.limits.check_ip(ip) {
+        if let Err(refused) = limits.check_ip(ip) {
             return rate_limited(refused);
         }
     }
