@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Benchmarks R1–R10: each a ratio of two figures measured side by side in one run, so that the
+# Benchmarks R0–R12: each a ratio of two figures measured side by side in one run, so that the
 # machine's mood (a build on the other core, a busy disk) weighs on both sides alike.
 # Servers on core 0, the load generator (wrk, or the drill's open-model driver) on core 1.
 # Every wrk workload runs RUNS times, interleaved (run 1 of all, then run 2 of all, …); medians.
 #
-#   R1  sold-out reserve ÷ GET /healthz                       (embedded server, wrk, CONNS)
+#   R0  GET /healthz ÷ a bare axum handler with no middleware (crates/drill/src/bin/bare.rs)
+#   R1  sold-out reserve ÷ the bare handler (and ÷ GET /healthz) (embedded server, wrk, CONNS)
 #   R2  accepted reserve ÷ GET /healthz                       (embedded, huge stock)
 #   R3  gate reserve in process vs a bare CAS loop            (cargo bench -p stampede-drill)
 #   R4  accepted holds/s, Stampede cluster node ÷ textbook PostgreSQL row-lock server, 64 clients
@@ -19,22 +20,31 @@
 #       T-0, 64 connections)
 #   R10 a R10_BUYERS-buyer drill's wall time ÷ the same number of bare /healthz by the same
 #       driver (both against an embedded server the drill starts on core 0)
+#   R11 GET …/queue/me (a buyer's place among Q_BUYERS queued) ÷ the bare handler
+#   R12 POST …/queue (a new buyer joins the line) ÷ the bare handler
+#       (R11/R12: buyers this node never saw, tokens minted with the server's session key by
+#       bench/mint_tokens.py; the line is filled by joins before the runs)
 #
 # Usage: bench/ratios.sh      env: DURATION=8s RUNS=3 CONNS=64 BUYERS=200 R9_BUYERS=10000 R10_BUYERS=1000000
-#                             SKIP_CLUSTER=1 (no PostgreSQL/Redis/RabbitMQ) SKIP_R10=1
+#                             Q_BUYERS=1000000 SKIP_CLUSTER=1 (no PostgreSQL/Redis/RabbitMQ) SKIP_R10=1
+#                             SKIP_QUEUE=1 SKIP_R8R9=1 SKIP_R3=1 SKIP_BUILD=1 (use the binaries built)
 #                             PG=… REDIS=… AMQP=… (as bench/cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}; RUNS=${RUNS:-3}; CONNS=${CONNS:-64}; BUYERS=${BUYERS:-200}
 R10_BUYERS=${R10_BUYERS:-1000000}; R9_BUYERS=${R9_BUYERS:-10000}; SKIP_CLUSTER=${SKIP_CLUSTER:-}; SKIP_R10=${SKIP_R10:-}
+Q_BUYERS=${Q_BUYERS:-1000000}; SKIP_QUEUE=${SKIP_QUEUE:-}; SKIP_R8R9=${SKIP_R8R9:-}
 PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
 REDIS=${REDIS:-redis://127.0.0.1:6379/}
 AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
 for c in wrk python3 curl taskset; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -p stampede -p stampede-drill --bins --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p stampede -p stampede-drill --bins --quiet
 BIN=$CARGO_TARGET_DIR/release/stampede
 TEXTBOOK=$CARGO_TARGET_DIR/release/textbook
+BARE=$CARGO_TARGET_DIR/release/bare
+# The embedded server's session key, so tokens of made-up buyers can be minted for R11/R12.
+SESSION_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 NAME=drillbench_$(python3 -c 'import secrets; print(secrets.token_hex(5))')
 work=$(mktemp -d)
 pids=()
@@ -99,13 +109,20 @@ commits() { # label base: commits (group-commit batches) and holds the server ma
 }
 echo "conditions: $(nproc) cores, servers on core 0, load on core 1; wrk -t1 $DURATION x $RUNS; $(date -u +%FT%TZ)"
 
-# ---------------------------------------------------------------- embedded: R1 R2 R5 R6
-start embedded; E=$B; EA=$(admin_token "$E")
+# ---------------------------------------------------------------- the bare baseline
+taskset -c 0 "$BARE" --listen 127.0.0.1:0 >"$work/out-bare" 2>"$work/err-bare" &
+pids+=($!)
+for _ in $(seq 100); do grep -q listening "$work/out-bare" 2>/dev/null && break; sleep 0.1; done
+BR=$(sed -n 's/^listening on //p' "$work/out-bare")
+
+# ---------------------------------------------------------------- embedded: R0 R1 R2 R5 R6
+start embedded STAMPEDE_SESSION_KEY="$SESSION_KEY"; E=$B; EA=$(admin_token "$E")
 gone=$(sale "$E" "$EA" gone 0 1)
 buyers "$E" "$work/tokens"
 start embedded1 STAMPEDE_MAX_BATCH=1; E1=$B; E1A=$(admin_token "$E1")
 buyers "$E1" "$work/tokens1"
 for r in $(seq "$RUNS"); do
+  w bare "$r" "$CONNS" "$BR/healthz"
   w healthz "$r" "$CONNS" "$E/healthz"
   TOKENS_FILE=$work/tokens SALE_ID=$gone w sold_out "$r" "$CONNS" -s bench/reserve.lua "$E"
   big=$(fresh "$E" "$EA"); TOKENS_FILE=$work/tokens SALE_ID=$big w reserve "$r" "$CONNS" -s bench/reserve.lua "$E"
@@ -118,7 +135,34 @@ for s in "E $E $EA $big" "E1 $E1 $E1A $big1"; do
   set -- $s
   curl -sf "$2/api/v1/admin/sales/$4/metrics" -H "authorization: Bearer $3" | json '["invariant_ok"]' | sed "s/^/invariant_ok $1 /" | tee -a "$work/invariants"
 done
-kill "${pids[1]}" 2>/dev/null || true
+kill "${pids[2]}" 2>/dev/null || true
+
+# ---------------------------------------------------------------- R11 R12: the waiting room
+if [ -z "$SKIP_QUEUE" ]; then
+  # Buyers in the line (before the sale starts they wait in the pre-queue).
+  queued() {
+    curl -sf "$E/api/v1/admin/sales/$1/queue" -H "authorization: Bearer $EA" |
+      python3 -c "import sys, json; d = json.load(sys.stdin); print(d['queue_length'] + d.get('pre_queue_length', 0))"
+  }
+  qsale=$(post "$E" /api/v1/admin/sales "{\"name\":\"queue\",\"original_price\":\"10.00\",\"sale_price\":\"2.00\",\"currency\":\"EUR\",\"total_stock\":1000,\"starts_at\":\"2098-01-01T00:00:00Z\",\"ends_at\":\"2099-01-01T00:00:00Z\",\"per_user_limit\":1,\"queue_required\":true,\"hold_seconds\":300}" "$EA" | json '["sale_id"]')
+  python3 bench/mint_tokens.py "$SESSION_KEY" "$((Q_BUYERS + 2000000))" >"$work/qtokens"
+  # Fill the line (not measured), then each R12 run joins fresh buyers further down the file.
+  TOKENS_FILE=$work/qtokens SALE_ID=$qsale QUEUE_MODE=join START=0 \
+    taskset -c 1 wrk -t1 -c"$CONNS" -d600s -s bench/queue.lua "$E" >"$work/qfill" 2>&1 &
+  fill=$!
+  for _ in $(seq 600); do
+    n=$(queued "$qsale" || echo 0)
+    [ "${n:-0}" -ge "$Q_BUYERS" ] && break; sleep 1
+  done
+  kill "$fill" 2>/dev/null || true; wait "$fill" 2>/dev/null || true
+  for r in $(seq "$RUNS"); do
+    w bare "$r" "$CONNS" "$BR/healthz"
+    TOKENS_FILE=$work/qtokens SALE_ID=$qsale QUEUE_MODE=poll POLLERS=100000 w q_poll "$r" "$CONNS" -s bench/queue.lua "$E"
+    TOKENS_FILE=$work/qtokens SALE_ID=$qsale QUEUE_MODE=join START=$((Q_BUYERS + 600000 * r)) w q_join "$r" "$CONNS" -s bench/queue.lua "$E"
+  done
+  queued "$qsale" | sed 's/^/queued /' | tee -a "$work/queued"
+  awk '/Non-2xx/ {print "  non-2xx in a queue run: " $0}' "$work"/q_*.*
+fi
 
 # ---------------------------------------------------------------- R8, R9: the drill's driver
 peak=$(python3 -c "import statistics; print(int(statistics.median(float(l.split()[1]) for l in open('$work/rps') if l.startswith('sold_out '))))")
@@ -130,6 +174,7 @@ drill() { # name, then drill args
   grep -E 'wall_secs|endpoint|audit' "$work/drill-$n" | sed "s/^/$n: /"
 }
 for r in $(seq "$RUNS"); do
+  [ -n "$SKIP_R8R9" ] && break
   drill "r8_reserve_$r" --mix reserve=100 --stock 0 --arrival steady --duration-secs $secs --buyers $((rate * secs)) --connections 256
   drill "r8_healthz_$r" --mix healthz=100 --arrival steady --duration-secs $secs --buyers $((rate * secs)) --connections 256
   drill "r9_pay_$r" --mix pay=100 --stock 10000000 --per-user-limit 1000 --arrival t0 --buyers "$R9_BUYERS" --connections 64
@@ -139,7 +184,7 @@ done
 # ---------------------------------------------------------------- cluster: R4 R5(PG) R7
 if [ -z "$SKIP_CLUSTER" ]; then
   for c in psql redis-cli redis-benchmark; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
-  kill "${pids[0]}" 2>/dev/null || true
+  kill "${pids[1]}" 2>/dev/null || true
   psql "$PG" -qAtc "CREATE SCHEMA $NAME; CREATE SCHEMA ${NAME}_tb" >/dev/null
   URL="$PG?options[search_path]=$NAME"
   cluster_env=(STAMPEDE_POSTGRES_URL="$URL" STAMPEDE_REDIS_URL="$REDIS" STAMPEDE_AMQP_URL="$AMQP" STAMPEDE_CLUSTER_NAME="$NAME")
@@ -199,7 +244,7 @@ if [ -z "$SKIP_R10" ]; then
   mkdir -p bench/last-drill && cp "$work/r10"/* bench/last-drill/ 2>/dev/null || true
 fi
 
-cargo bench -q -p stampede-drill --bench gate | tee "$work/r3" || true
+[ -n "${SKIP_R3:-}" ] || cargo bench -q -p stampede-drill --bench gate | tee "$work/r3" || true
 
 python3 - "$work" "$R9_BUYERS" <<'PY'
 import sys, statistics, collections, os, re
@@ -224,7 +269,8 @@ print("\n== medians (req/s)")
 for k, v in sorted(med.items()): print(f"  {k:14s} {v:10.0f}   runs: {' · '.join(f'{x:.0f}' for x in runs[k])}")
 g = lambda k: med.get(k, float("nan"))
 print("\n== ratios")
-print(f"R1 sold-out reserve / healthz      {g('sold_out')/g('healthz'):.2f}")
+print(f"R0 healthz / bare axum            {g('healthz')/g('bare'):.2f}")
+print(f"R1 sold-out reserve / bare axum    {g('sold_out')/g('bare'):.2f}   (/ healthz {g('sold_out')/g('healthz'):.2f})")
 print(f"R2 accepted reserve / healthz      {g('reserve')/g('healthz'):.2f}")
 print(f"R4 cluster holds/s / textbook      {g('c_reserve')/g('textbook'):.1f}x   ({g('c_reserve'):.0f} vs {g('textbook'):.0f})")
 print(f"R5 SQLite group / 1 tx per hold    {g('reserve')/g('reserve_tx1'):.1f}x   ({g('reserve'):.0f} vs {g('reserve_tx1'):.0f})")
@@ -251,6 +297,10 @@ if r9:
 a, b = drill("r10"), drill("r10h")
 if a.get("wall") and b.get("wall"):
     print(f"R10 drill wall / bare requests     {a['wall']/b['wall']:.2f}   ({a['wall']:.1f} s vs {b['wall']:.1f} s; audit {a.get('audit')})")
+if "q_poll" in med:
+    queued = open(f"{w}/queued").read().split()[-1] if os.path.exists(f"{w}/queued") else "?"
+    print(f"R11 queue poll / bare axum         {g('q_poll')/g('bare'):.2f}   ({queued} queued)")
+    print(f"R12 queue join / bare axum         {g('q_join')/g('bare'):.2f}")
 if os.path.exists(f"{w}/invariants"):
     print("invariants: " + ", ".join(l.strip() for l in open(f"{w}/invariants")))
 PY

@@ -29,9 +29,13 @@ impl App {
     /// Counts a refused reservation for the buyer's account page (bounded: the busiest
     /// buyers of a sale day, not every one forever).
     pub(crate) fn count_user_refusal(&self, user: &UserId, reason: &'static str) {
-        let counts = self.user_refusals.get_with(user.clone(), || {
-            Arc::new(std::sync::Mutex::new(BTreeMap::new()))
-        });
+        // A returning buyer's counts are found by the borrowed id (no clone of it).
+        let counts = match self.user_refusals.get(user) {
+            Some(counts) => counts,
+            None => self.user_refusals.get_with(user.clone(), || {
+                Arc::new(std::sync::Mutex::new(BTreeMap::new()))
+            }),
+        };
         let mut guard = match counts.lock() {
             Ok(guard) => guard,
             Err(_) => return,
@@ -120,9 +124,12 @@ impl App {
             .set_user_status(&user, status, reason)
             .await?
             .ok_or(AppError::NotFound)?;
-        for token_hash in ended {
-            self.forget_session(&token_hash);
-            self.bus.publish(Event::SessionRevoked { token_hash });
+        for (session_id, expires_at) in ended {
+            self.revoke_session(session_id.clone(), expires_at);
+            self.bus.publish(Event::SessionRevoked {
+                session_id,
+                expires_at,
+            });
         }
         if status != UserStatus::Active {
             // Their live holds end now: the stock is for buyers in good standing.
@@ -131,7 +138,7 @@ impl App {
                 user_id: user.clone(),
                 role: Role::Buyer,
                 expires_at: now,
-                token_hash: String::new(),
+                session_id: String::new(),
             };
             for hold in self.store.live_holds(&user, now).await? {
                 match self.release_hold(&holder, hold.id.as_str()).await {

@@ -1,18 +1,21 @@
 //! Accounts and sessions: argon2id password hashes computed off the async threads with a
-//! bounded pool, opaque random tokens stored only as their SHA-256, and a token cache so the
-//! hot path does not pay a store round trip per request. Logout removes the token from the
-//! store and the cache at once.
+//! bounded pool, and signed session tokens ([`stampede_core::session`]) that any node checks in
+//! memory: a crowd of a million buyers this node has never seen costs no store or Redis read.
+//!
+//! What a signature cannot say is that a session ended early (logout, a ban). Every node keeps
+//! the set of revoked session ids: the node that revokes adds the id at once, the others hear
+//! it on the bus, and every node reloads the set from the store at start and every
+//! `revocation_refresh_ms` (so a lost event still takes effect within that time).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use stampede_core::session::{self, SessionClaims};
 use stampede_core::{Timestamp, UserId};
 
 use crate::config::Argon2Cost;
@@ -25,8 +28,8 @@ pub struct Principal {
     pub user_id: UserId,
     pub role: Role,
     pub expires_at: Timestamp,
-    /// Identifies the session for logout without keeping the token itself.
-    pub token_hash: String,
+    /// Names the session for logout and bans (the token itself is never kept).
+    pub session_id: String,
 }
 
 /// What a successful login returns to the client.
@@ -109,32 +112,56 @@ fn hash_blocking(params: &Params, password: &str) -> Result<String, AppError> {
         .map_err(|e| AppError::Internal(format!("argon2: {e}")))
 }
 
-/// SHA-256 of a token, hex: the only form in which tokens are stored or cached.
+/// SHA-256 of a secret, hex (for logs and keys that must not hold the secret itself).
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_token() -> String {
+/// A fresh signing key, hex: what the first node of a deployment stores as the shared one.
+pub(crate) fn new_session_key() -> String {
     let mut bytes = [0_u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    hex::encode(bytes)
 }
 
-/// Sessions already checked against the store, keyed by token hash. Bounded in size and
-/// age, so a revoked-elsewhere token is forgotten soon; logout on this node removes it at once.
-pub struct TokenCache {
-    cache: moka::sync::Cache<String, Principal>,
+/// Parses a signing key given as 64 hex digits.
+pub fn parse_session_key(hex_key: &str) -> Result<[u8; 32], AppError> {
+    let mut key = [0_u8; 32];
+    hex::decode_to_slice(hex_key.trim(), &mut key)
+        .map_err(|_| AppError::Internal("the session key must be 64 hex digits".into()))?;
+    Ok(key)
 }
 
-impl TokenCache {
-    /// A cache of at most `capacity` sessions, each re-checked after `ttl`.
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
-        Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
-        }
+/// Session ids ended early, with the expiry of their tokens (after which the signature alone
+/// refuses them and the entry can go). Empty in the common case, so the check is one hash
+/// lookup that finds nothing.
+#[derive(Default)]
+pub struct Revocations {
+    ids: dashmap::DashMap<String, Timestamp>,
+}
+
+impl Revocations {
+    fn contains(&self, session_id: &str) -> bool {
+        self.ids.contains_key(session_id)
+    }
+
+    fn add(&self, session_id: String, expires_at: Timestamp) {
+        self.ids.insert(session_id, expires_at);
+    }
+
+    /// Forgets entries whose tokens have expired anyway.
+    fn purge(&self, now: Timestamp) {
+        self.ids.retain(|_, expires| *expires > now);
+    }
+
+    /// How many sessions are revoked and not yet expired (a gauge).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no session is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
@@ -237,15 +264,27 @@ impl App {
             metrics::counter!("stampede_logins_total", "outcome" => "disabled").increment(1);
             return Err(AppError::Forbidden);
         }
-        let token = new_token();
         let now = self.clock.now();
         let session = Session {
-            token_hash: token_hash(&token),
+            session_id: session::session_id(rand::random()),
             user_id: user.id.clone(),
             role: user.role,
             expires_at: now.plus_secs(self.config.token_ttl_secs),
         };
-        self.store.insert_session(&session, now).await?;
+        // Refused if a ban landed since the status was read: the store decides both at once.
+        if !self.store.insert_session(&session, now).await? {
+            metrics::counter!("stampede_logins_total", "outcome" => "disabled").increment(1);
+            return Err(AppError::Forbidden);
+        }
+        let token = session::sign(
+            &self.session_key,
+            &SessionClaims {
+                user_id: session.user_id.clone(),
+                admin: session.role == Role::Admin,
+                session_id: session.session_id.clone(),
+                expires_at: session.expires_at,
+            },
+        );
         metrics::counter!("stampede_logins_total", "outcome" => "ok").increment(1);
         Ok(LoginGrant {
             token,
@@ -255,51 +294,62 @@ impl App {
         })
     }
 
-    /// Who owns this bearer token. Cached; a cache miss costs one store read.
+    /// Who owns this bearer token: its signature, expiry and this node's revocation set, all in
+    /// memory. No store or Redis read, whoever the buyer is.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
-        if token.is_empty() || token.len() > 256 {
-            return Err(AppError::Unauthenticated);
-        }
-        let hash = token_hash(token);
-        let now = self.clock.now();
-        if let Some(p) = self.tokens.cache.get(&hash) {
-            if now < p.expires_at {
-                return Ok(p);
+        let claims = match session::verify(&self.session_key, token, self.clock.now()) {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                metrics::counter!("stampede_auth_refused_total", "reason" => refusal.label())
+                    .increment(1);
+                return Err(AppError::Unauthenticated);
             }
-            self.tokens.cache.invalidate(&hash);
+        };
+        if self.revoked.contains(&claims.session_id) {
+            metrics::counter!("stampede_auth_refused_total", "reason" => "revoked").increment(1);
             return Err(AppError::Unauthenticated);
         }
-        let session = self
-            .store
-            .session(&hash)
-            .await?
-            .filter(|s| now < s.expires_at)
-            .ok_or(AppError::Unauthenticated)?;
-        let principal = Principal {
-            user_id: session.user_id,
-            role: session.role,
-            expires_at: session.expires_at,
-            token_hash: hash.clone(),
-        };
-        self.tokens.cache.insert(hash, principal.clone());
-        Ok(principal)
+        Ok(Principal {
+            user_id: claims.user_id,
+            role: if claims.admin {
+                Role::Admin
+            } else {
+                Role::Buyer
+            },
+            expires_at: claims.expires_at,
+            session_id: claims.session_id,
+        })
     }
 
-    /// Ends the session: the token is dead for every later request on this node at once, and
-    /// on the other nodes as soon as they hear of it (their token caches drop it).
+    /// Ends the session: refused on this node at once (before the store is even asked), on the
+    /// others as soon as they hear the event, and on any node that starts later (the store
+    /// keeps the revocation until the token's expiry).
     pub async fn logout(&self, who: &Principal) -> Result<(), AppError> {
-        self.tokens.cache.invalidate(&who.token_hash);
-        self.store.delete_session(&who.token_hash).await?;
-        self.tokens.cache.invalidate(&who.token_hash);
+        self.revoke_session(who.session_id.clone(), who.expires_at);
+        self.store.delete_session(&who.session_id).await?;
         self.bus.publish(crate::ports::Event::SessionRevoked {
-            token_hash: who.token_hash.clone(),
+            session_id: who.session_id.clone(),
+            expires_at: who.expires_at,
         });
         Ok(())
     }
 
-    /// Drops a session from this node's token cache (another node logged it out).
-    pub(crate) fn forget_session(&self, token_hash: &str) {
-        self.tokens.cache.invalidate(token_hash);
+    /// Refuses a session on this node from now until its expiry.
+    pub(crate) fn revoke_session(&self, session_id: String, expires_at: Timestamp) {
+        self.revoked.add(session_id, expires_at);
+    }
+
+    /// Reloads the revoked sessions from the store (at start, and periodically in case an event
+    /// was lost) and forgets the ones that expired.
+    pub async fn refresh_revocations(&self) -> Result<usize, AppError> {
+        let now = self.clock.now();
+        for (id, expires_at) in self.store.revoked_sessions(now).await? {
+            self.revoked.add(id, expires_at);
+        }
+        self.revoked.purge(now);
+        let n = self.revoked.len();
+        metrics::gauge!("stampede_sessions_revoked").set(n as f64);
+        Ok(n)
     }
 
     /// The caller's own account.
@@ -333,11 +383,12 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_random_and_hash_stably() {
-        let a = new_token();
-        assert_ne!(a, new_token());
-        assert_eq!(token_hash(&a), token_hash(&a));
-        assert_eq!(token_hash(&a).len(), 64);
+    fn session_keys_parse_from_hex_only() {
+        let key = new_session_key();
+        assert_eq!(parse_session_key(&key).unwrap().len(), 32);
+        assert!(parse_session_key("nope").is_err());
+        assert!(parse_session_key(&key[..62]).is_err());
+        assert_eq!(token_hash("a").len(), 64);
     }
 
     /// Passwords are stored as argon2id v1.3 at OWASP's recommended cost by default (19 MiB,

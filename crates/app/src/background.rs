@@ -16,7 +16,7 @@ impl App {
     pub async fn sweep(&self) -> Result<usize, AppError> {
         let mut total = 0;
         loop {
-            let pair = self.gate_sync.read().await;
+            let pair = self.pair_guard().await;
             let expired = self.store.expire_due_holds(self.clock.now(), 1000).await?;
             let n = expired.len();
             for hold in &expired {
@@ -56,11 +56,18 @@ impl App {
         Ok(total)
     }
 
-    /// Rebuilds the gate from the judge; returns the units of drift repaired.
+    /// Rebuilds the gate from the judge; returns the units of drift repaired. A gate this node
+    /// owns is rebuilt with the node's pairs paused (a local read of the judge); a shared gate
+    /// is not paused at all: it repairs only what it saw twice, unchanged (see
+    /// [`crate::ports::Gate::is_shared`]).
     pub async fn reconcile(&self) -> Result<u64, AppError> {
         let mut drift = 0;
         {
-            let _quiet = self.gate_sync.write().await;
+            let _quiet = if self.gate.is_shared() {
+                None
+            } else {
+                Some(self.gate_sync.write().await)
+            };
             for seed in self.store.gate_seeds().await? {
                 let repaired = self.gate.rebuild(std::slice::from_ref(&seed)).await?;
                 self.record_drift(&seed.sale_id, repaired);
@@ -142,14 +149,17 @@ impl App {
     }
 
     /// Applies what other nodes announce: returned stock clears the sold-out flag, a revoked
-    /// session leaves the token cache, a changed sale is read again.
+    /// session is refused from now on, a changed sale is read again.
     async fn on_event(&self, event: crate::ports::Event) {
         use crate::ports::Event;
         match event {
             Event::StockReturned { sale_id } => {
                 self.sold_out_until.remove(&sale_id);
             }
-            Event::SessionRevoked { token_hash } => self.forget_session(&token_hash),
+            Event::SessionRevoked {
+                session_id,
+                expires_at,
+            } => self.revoke_session(session_id, expires_at),
             Event::SaleStatus { sale_id, .. } | Event::SaleChanged { sale_id } => {
                 self.forget_sale_reads(&sale_id);
                 match self.store.sale(&sale_id).await {
@@ -190,9 +200,7 @@ impl App {
     pub async fn load_sales(&self) -> Result<usize, AppError> {
         let sales = self.store.sales().await?;
         let n = sales.len();
-        for sale in sales {
-            self.sales.put(sale);
-        }
+        self.sales.put_all(sales);
         Ok(n)
     }
 
@@ -206,6 +214,7 @@ impl App {
         let publish = Duration::from_millis(self.config.stock_publish_interval_ms.max(10));
         let admission = Duration::from_millis(self.config.admission_tick_ms.max(10));
         let money = Duration::from_millis(self.config.payment_reconcile_interval_ms.max(100));
+        let revocations = Duration::from_millis(self.config.revocation_refresh_ms.max(10));
         let listener = {
             let app = self.clone();
             let mut events = self.bus.subscribe();
@@ -219,6 +228,9 @@ impl App {
                                 // Missed some: the flags and caches may be stale; drop the flags.
                                 tracing::warn!(missed = n, "event listener lagged");
                                 app.sold_out_until.clear();
+                                if let Err(e) = app.refresh_revocations().await {
+                                    tracing::warn!(error = %e, "could not reload revoked sessions");
+                                }
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         },
@@ -234,6 +246,13 @@ impl App {
         let mut jobs = vec![
             listener,
             self.spawn_outbox_relay(stop.clone()),
+            spawn_every(
+                self.clone(),
+                stop.clone(),
+                revocations,
+                "revocations",
+                |app| Box::pin(async move { app.refresh_revocations().await.map(|_| ()) }),
+            ),
             spawn_every(self.clone(), stop.clone(), sweep, "sweeper", |app| {
                 Box::pin(async move { app.sweep().await.map(|_| ()) })
             }),

@@ -14,6 +14,12 @@ use crate::group_commit::{EnqueueError, Verdict};
 use crate::ports::{Event, Gate, GateVerdict, ReserveRequest};
 use crate::{App, AppError};
 
+/// The reserve's count and latency handles per outcome, registered once and kept: a reserve
+/// records into them without asking the metrics registry (a handful of outcomes).
+static RESERVE_METRICS: std::sync::OnceLock<
+    dashmap::DashMap<&'static str, (metrics::Counter, metrics::Histogram)>,
+> = std::sync::OnceLock::new();
+
 /// Most units one request may ask for; anything above is a client error, not a refusal.
 pub const MAX_QUANTITY: i64 = 1000;
 
@@ -46,6 +52,9 @@ fn passed(verdict: GateVerdict) -> Result<(), AppError> {
         GateVerdict::Unseeded => Err(AppError::Unavailable(
             "the gate is being seeded from the judge".into(),
         )),
+        GateVerdict::RateLimited { retry_after_ms } => Err(AppError::RateLimited {
+            retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
+        }),
     }
 }
 
@@ -57,6 +66,7 @@ fn refusal_label(e: &AppError) -> &'static str {
         AppError::NotAdmitted(_) => "not_admitted",
         AppError::NotFound => "not_found",
         AppError::InvalidInput(_) => "invalid_input",
+        AppError::RateLimited { .. } => "rate_limited",
         _ => "error",
     }
 }
@@ -85,9 +95,20 @@ impl App {
                 self.count_user_refusal(&who.user_id, outcome);
             }
         }
-        metrics::counter!("stampede_reserve_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("stampede_reserve_seconds", "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        let table = RESERVE_METRICS.get_or_init(dashmap::DashMap::new);
+        if let Some(h) = table.get(outcome) {
+            h.0.increment(1);
+            h.1.record(seconds);
+        } else {
+            let h = (
+                metrics::counter!("stampede_reserve_total", "outcome" => outcome),
+                metrics::histogram!("stampede_reserve_seconds", "outcome" => outcome),
+            );
+            h.0.increment(1);
+            h.1.record(seconds);
+            table.insert(outcome, h);
+        }
         result
     }
 
@@ -130,8 +151,9 @@ impl App {
             };
             let (app, buyer, limit) = (self.clone(), who.clone(), sale.per_user_limit);
             let settle_sale = sale_id.clone();
+            let device = device_id.map(str::to_owned);
             let judged = tokio::spawn(async move {
-                let judged = app.take_and_judge(request, limit).await;
+                let judged = app.take_and_judge(request, limit, device.as_deref()).await;
                 app.settle_admission(&buyer, &settle_sale, qty, judged.is_ok())
                     .await;
                 judged
@@ -150,7 +172,9 @@ impl App {
             quantity: qty,
             now,
         };
-        let hold = self.take_and_judge(request, sale.per_user_limit).await?;
+        let hold = self
+            .take_and_judge(request, sale.per_user_limit, device_id)
+            .await?;
         metrics::counter!("stampede_holds_created_total").increment(1);
         self.stock_changed(&sale_id);
         Ok(hold)
@@ -159,7 +183,12 @@ impl App {
     /// The gate, then the judge; a refusal or failure of the judge gives the gate its units
     /// back. Cancel-safe: if the buyer hangs up while the judge is deciding, an
     /// [`AbandonedVerdict`] finishes the pair on its own task (the common path spawns nothing).
-    async fn take_and_judge(&self, request: ReserveRequest, limit: u32) -> Result<Hold, AppError> {
+    async fn take_and_judge(
+        &self,
+        request: ReserveRequest,
+        limit: u32,
+        device: Option<&str>,
+    ) -> Result<Hold, AppError> {
         let (sale_id, user, qty) = (
             request.sale_id.clone(),
             request.user_id.clone(),
@@ -174,9 +203,10 @@ impl App {
             }
         }
         // Reconciliation must not read the judge between our take and our verdict.
-        let pair = self.gate_sync.clone().read_owned().await;
-        let pair = Some(pair);
-        let verdict = self.gate_take(&sale_id, &user, qty, limit).await?;
+        let pair = self.pair_guard().await;
+        let verdict = self
+            .gate_take_counted(&sale_id, &user, device, qty, limit)
+            .await?;
         // Only a refused single unit proves the gate is empty; a refused larger request may
         // leave units a smaller one can have.
         if verdict == GateVerdict::SoldOut && qty == 1 && self.config.sold_out_flag_ms > 0 {
@@ -317,6 +347,29 @@ impl App {
         }
         self.seed_gate(sale_id).await?;
         Ok(self.gate.try_take(sale_id, user, qty, limit).await?)
+    }
+
+    /// [`Self::gate_take`] for a reserve: the gate also counts the buyer's shared rate quotas.
+    async fn gate_take_counted(
+        &self,
+        sale_id: &SaleId,
+        user: &UserId,
+        device: Option<&str>,
+        qty: u32,
+        limit: u32,
+    ) -> Result<GateVerdict, AppError> {
+        let verdict = self
+            .gate
+            .try_take_counted(sale_id, user, device, qty, limit)
+            .await?;
+        if verdict != GateVerdict::Unseeded {
+            return Ok(verdict);
+        }
+        self.seed_gate(sale_id).await?;
+        Ok(self
+            .gate
+            .try_take_counted(sale_id, user, device, qty, limit)
+            .await?)
     }
 
     /// Releases one of the caller's holds: its stock is available again at once.

@@ -56,11 +56,13 @@ pub struct AppConfig {
     /// How often the outbox relay looks for undelivered events (it is also woken at once when
     /// an order event is written on this node).
     pub outbox_interval_ms: u64,
-    /// How long a node trusts a session it has looked up without asking the store again. A
-    /// logout on another node reaches this node as an event at once; this bounds how long a
-    /// lost event (broker down) could keep a dead token alive. Embedded: 60 s (one node, no
-    /// other node to log out from); cluster: 5 s.
-    pub token_cache_secs: u64,
+    /// The key session tokens are signed with (64 hex digits), the same on every node; `None`:
+    /// the one kept in the store (made by the first node that starts).
+    pub session_key: Option<String>,
+    /// How often a node reloads the revoked sessions from the store. A revocation reaches the
+    /// other nodes as an event at once; this bounds how long a lost event (broker down) could
+    /// keep an ended session alive on another node.
+    pub revocation_refresh_ms: u64,
     /// How stale the sale list and detail shown to viewers may be, in ms (0: always fresh).
     /// The hottest reads of a sale day; the reserve path never uses them.
     pub read_cache_ms: u64,
@@ -106,7 +108,8 @@ impl Default for AppConfig {
             stock_publish_interval_ms: 200,
             sold_out_flag_ms: 0,
             outbox_interval_ms: 500,
-            token_cache_secs: 60,
+            session_key: None,
+            revocation_refresh_ms: 1000,
             read_cache_ms: 1000,
             hold_warning_secs: 60,
             shop_webhook_interval_ms: 200,

@@ -10,6 +10,7 @@ pub mod cart;
 pub mod catalog;
 pub mod checkout;
 pub mod config;
+pub mod counted;
 pub mod error;
 pub mod group_commit;
 pub mod money;
@@ -24,7 +25,6 @@ pub mod webhook;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use stampede_core::{Clock, SaleId};
 
@@ -32,7 +32,7 @@ pub use auth::Principal;
 pub use config::AppConfig;
 pub use error::AppError;
 
-use auth::{PasswordHashing, TokenCache};
+use auth::{PasswordHashing, Revocations};
 use group_commit::ReserveBatcher;
 use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store, WaitingRoom};
 use sales::SaleCache;
@@ -90,7 +90,10 @@ pub struct App {
     /// Units of gate drift this node repaired, per sale (admin metrics).
     pub(crate) drift_repaired: dashmap::DashMap<SaleId, u64>,
     hashing: PasswordHashing,
-    tokens: TokenCache,
+    /// Signs and checks session tokens; the same on every node of a deployment.
+    session_key: [u8; 32],
+    /// Sessions ended early, refused until their tokens expire (see [`auth`]).
+    revoked: Revocations,
     batcher: ReserveBatcher,
     sales: SaleCache,
     /// The waiting room's lines.
@@ -115,12 +118,16 @@ pub struct App {
     /// When this node first saw each sale's stock gone.
     pub(crate) sold_out_at: dashmap::DashMap<SaleId, stampede_core::Timestamp>,
     /// Refused attempts per sale and reason (admin view; the metric has the totals).
-    pub(crate) queue_refusals: dashmap::DashMap<(SaleId, &'static str), u64>,
+    /// Per sale, then per reason: found by borrowed keys, so counting a refusal of a known
+    /// sale allocates nothing and takes only a shard's read lock plus one atomic add.
+    pub(crate) queue_refusals:
+        dashmap::DashMap<SaleId, dashmap::DashMap<&'static str, std::sync::atomic::AtomicU64>>,
     /// Sales whose stock moved since the last publish.
     dirty_stock: Mutex<HashSet<SaleId>>,
     /// Shared by every operation that changes both the judge and the gate; taken exclusively
     /// by reconciliation, so it never reads the judge between the two halves of a pair (which
-    /// would count in-flight units twice or not at all).
+    /// would count in-flight units twice or not at all). Only for a gate this node owns (see
+    /// [`ports::Gate::is_shared`] and [`App::pair_guard`]).
     gate_sync: Arc<tokio::sync::RwLock<()>>,
 }
 
@@ -132,6 +139,15 @@ impl App {
         config: AppConfig,
     ) -> Result<(Arc<App>, tokio::task::JoinHandle<()>), AppError> {
         adapters.store.migrate().await?;
+        let session_key = match &config.session_key {
+            Some(hex_key) => auth::parse_session_key(hex_key)?,
+            None => auth::parse_session_key(
+                &adapters
+                    .store
+                    .shared_secret("session_key", &auth::new_session_key())
+                    .await?,
+            )?,
+        };
         let (batcher, writer) = ReserveBatcher::start(
             adapters.store.clone(),
             config.max_batch,
@@ -144,7 +160,8 @@ impl App {
             gateway: adapters.gateway,
             clock: adapters.clock,
             hashing: PasswordHashing::new(config.argon2, config.hash_concurrency)?,
-            tokens: TokenCache::new(100_000, Duration::from_secs(config.token_cache_secs.max(1))),
+            session_key,
+            revoked: Revocations::default(),
             batcher,
             sales: SaleCache::default(),
             room: adapters.room,
@@ -182,6 +199,7 @@ impl App {
             config,
         });
         app.load_sales().await?;
+        app.refresh_revocations().await?;
         let drift = app.reconcile().await?;
         tracing::info!(drift, "gate rebuilt from the store");
         // Money a crash left half-moved is finished before the first request: a capture the
@@ -210,11 +228,24 @@ impl App {
     {
         let app = self.clone();
         tokio::spawn(async move {
-            let _pair = app.gate_sync.read().await;
+            let _pair = app.pair_guard().await;
             work(app.clone()).await
         })
         .await
         .map_err(|e| AppError::Internal(format!("paired task: {e}")))?
+    }
+}
+
+impl App {
+    /// Keeps reconciliation out while a pair (gate, then judge) is half done, when the gate is
+    /// this node's own. A shared gate needs no pause (its repair is a compare-and-set on what it
+    /// saw twice), and pausing reserves across its network calls is what must not happen.
+    pub(crate) async fn pair_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        if self.gate.is_shared() {
+            None
+        } else {
+            Some(self.gate_sync.clone().read_owned().await)
+        }
     }
 }
 

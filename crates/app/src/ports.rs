@@ -162,10 +162,11 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
-/// A live login. The token itself is never stored, only its SHA-256.
+/// A live login. The token is signed and never stored: the row names its session id, so an
+/// admin can end a buyer's sessions and every node can learn which ids were revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub token_hash: String,
+    pub session_id: String,
     pub user_id: UserId,
     pub role: Role,
     pub expires_at: Timestamp,
@@ -471,21 +472,30 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_admin(&self, user: &User, password_hash: &str) -> PortResult<User>;
     async fn credentials_by_email(&self, email: &str) -> PortResult<Option<Credentials>>;
     async fn user(&self, id: &UserId) -> PortResult<Option<User>>;
-    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<()>;
-    /// The session for this token hash, if it exists (expiry is the caller's to check).
-    async fn session(&self, token_hash: &str) -> PortResult<Option<Session>>;
-    /// Deletes a session; `Ok(false)` if there was none.
-    async fn delete_session(&self, token_hash: &str) -> PortResult<bool>;
-    /// Sets an account's status and reason; unless it is active again, deletes its sessions in
-    /// the same transaction. Returns the deleted sessions' token hashes (so every node can drop
-    /// them from its cache), or `None` if there is no such user. Sessions of a non-active
-    /// account are never returned by [`Store::session`] either.
+    /// Stores a session if its account is active; `Ok(false)` (nothing stored) if it is not,
+    /// decided atomically with a concurrent [`Store::set_user_status`].
+    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<bool>;
+    /// The session with this id, if it exists (expiry is the caller's to check).
+    async fn session(&self, session_id: &str) -> PortResult<Option<Session>>;
+    /// Ends a session early: deletes it and records its revocation (kept until its expiry) in
+    /// one transaction; `Ok(false)` if there was none.
+    async fn delete_session(&self, session_id: &str) -> PortResult<bool>;
+    /// Sets an account's status and reason; unless it is active again, deletes its sessions
+    /// and records their revocation in the same transaction. Returns the ended sessions' ids
+    /// and expiries (so every node can refuse them at once), or `None` if there is no such
+    /// user. Sessions of a non-active account are never returned by [`Store::session`] either.
     async fn set_user_status(
         &self,
         user: &UserId,
         status: UserStatus,
         reason: &str,
-    ) -> PortResult<Option<Vec<String>>>;
+    ) -> PortResult<Option<Vec<(String, Timestamp)>>>;
+    /// Sessions ended early (logout, a ban) whose tokens would still be valid at `now`, with
+    /// their expiries: what a starting node must refuse.
+    async fn revoked_sessions(&self, now: Timestamp) -> PortResult<Vec<(String, Timestamp)>>;
+    /// The deployment's secret `name`, set to `candidate` if it has none yet (the first writer
+    /// wins, so every node of a cluster ends up with the same value).
+    async fn shared_secret(&self, name: &str, candidate: &str) -> PortResult<String>;
     /// One account with its status.
     async fn account(&self, user: &UserId) -> PortResult<Option<UserAccount>>;
     /// Accounts whose email or name contains `query` (case-insensitive; empty: all), by id,
@@ -721,6 +731,11 @@ pub enum GateVerdict {
     /// The gate does not know this sale (a shared gate was flushed or restarted empty): seed
     /// it from the judge with [`Gate::seed`] and ask again.
     Unseeded,
+    /// The buyer (or their device) is over the shared rate quota the gate counted in the same
+    /// step ([`Gate::try_take_counted`]); nothing was taken.
+    RateLimited {
+        retry_after_ms: u64,
+    },
 }
 
 /// The fast stock and limit filter in front of the judge. A request it refuses never reaches
@@ -736,6 +751,21 @@ pub trait Gate: Send + Sync + 'static {
         quantity: u32,
         limit: u32,
     ) -> PortResult<GateVerdict>;
+    /// [`Gate::try_take`] for a reserve, which a gate shared by several nodes also counts
+    /// against the buyer's and the device's shared rate quotas in the same step (so a reserve
+    /// that reaches it costs one round trip, not one per quota). An in-process gate leaves rate
+    /// limits to the node, which counts them anyway.
+    async fn try_take_counted(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: Option<&str>,
+        quantity: u32,
+        limit: u32,
+    ) -> PortResult<GateVerdict> {
+        let _ = device;
+        self.try_take(sale, user, quantity, limit).await
+    }
     /// Returns units: the judge refused, a hold was released or expired, an order refunded.
     async fn give_back(&self, sale: &SaleId, user: &UserId, quantity: u32) -> PortResult<()>;
     /// Brings the gate in line with the judge; returns the absolute drift repaired (units).
@@ -748,6 +778,13 @@ pub trait Gate: Send + Sync + 'static {
     async fn seed(&self, seed: &GateSeed) -> PortResult<bool>;
     /// The gate's idea of a sale's available units (for metrics and drift checks).
     async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>>;
+    /// Whether several nodes share this gate. A shared gate repairs drift only by
+    /// compare-and-set on what it saw twice ([`Gate::rebuild`]), so nodes neither pause their
+    /// reserves for reconciliation nor hold a lock across its network calls; a gate one node
+    /// owns is rebuilt while that node's pairs are paused.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// Something that happened, for live updates, notifications and follow-ups.
@@ -774,8 +811,11 @@ pub enum Event {
     /// Units of a sale went back to available (a hold lapsed or was released, an order was
     /// refunded, the judge refused): every node clears its local "sold out" flag.
     StockReturned { sale_id: SaleId },
-    /// A session ended (logout): every node drops it from its token cache.
-    SessionRevoked { token_hash: String },
+    /// A session ended early (logout, a ban): every node refuses it until its expiry.
+    SessionRevoked {
+        session_id: String,
+        expires_at: Timestamp,
+    },
 }
 
 /// Carries events to whoever listens (SSE streams, notifiers). Delivery to live subscribers

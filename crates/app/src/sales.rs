@@ -4,7 +4,7 @@
 //! store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -91,10 +91,14 @@ pub struct SaleMetrics {
     pub gate_drift_repaired: u64,
 }
 
-/// Sale configuration by id, for the hot path.
+/// Sale configuration by id, for the hot path. Read on every reserve and changed only when an
+/// admin changes a sale: readers load the current map without a lock (`ArcSwap`), a change
+/// copies the map and swaps it in (one change at a time).
 #[derive(Default)]
 pub struct SaleCache {
-    sales: RwLock<HashMap<SaleId, Arc<Sale>>>,
+    sales: arc_swap::ArcSwap<HashMap<SaleId, Arc<Sale>>>,
+    /// Serialises changes, so two concurrent puts cannot lose one another's copy.
+    writing: Mutex<()>,
 }
 
 impl App {
@@ -121,22 +125,29 @@ impl App {
 impl SaleCache {
     /// The sale's configuration, if it exists.
     pub fn get(&self, id: &SaleId) -> Option<Arc<Sale>> {
-        self.sales.read().ok()?.get(id).cloned()
+        self.sales.load().get(id).cloned()
     }
 
     /// Every sale this node knows.
     pub fn all(&self) -> Vec<Arc<Sale>> {
-        self.sales
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.sales.load().values().cloned().collect()
     }
 
     /// Stores (or replaces) a sale's configuration.
     pub fn put(&self, sale: Sale) {
-        if let Ok(mut map) = self.sales.write() {
+        self.put_all(std::iter::once(sale));
+    }
+
+    /// Stores (or replaces) several, with one copy of the map.
+    pub fn put_all(&self, sales: impl IntoIterator<Item = Sale>) {
+        let Ok(_one) = self.writing.lock() else {
+            return;
+        };
+        let mut map = HashMap::clone(&self.sales.load());
+        for sale in sales {
             map.insert(sale.id.clone(), Arc::new(sale));
         }
+        self.sales.store(Arc::new(map));
     }
 }
 

@@ -136,18 +136,29 @@ fn purpose_label(p: DrawPurpose) -> &'static str {
 impl App {
     fn refused(&self, sale: &SaleId, reason: &'static str) {
         metrics::counter!("stampede_refusals_total", "reason" => reason).increment(1);
-        *self
-            .queue_refusals
-            .entry((sale.clone(), reason))
-            .or_insert(0) += 1;
+        self.count_reserve_refusal(sale, reason);
     }
 
     /// Counts a refused reservation by reason for the room's admin view.
     pub(crate) fn count_reserve_refusal(&self, sale: &SaleId, reason: &'static str) {
-        *self
-            .queue_refusals
-            .entry((sale.clone(), reason))
-            .or_insert(0) += 1;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        if let Some(reasons) = self.queue_refusals.get(sale) {
+            if let Some(n) = reasons.get(reason) {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            reasons
+                .entry(reason)
+                .or_insert_with(|| AtomicU64::new(0))
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.queue_refusals
+            .entry(sale.clone())
+            .or_default()
+            .entry(reason)
+            .or_insert_with(|| AtomicU64::new(0))
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     async fn signing_key(&self) -> Result<[u8; 32], AppError> {
@@ -801,10 +812,19 @@ impl App {
         let stats = self.room.stats(&sale.id).await?;
         let refusals = self
             .queue_refusals
-            .iter()
-            .filter(|e| e.key().0 == sale.id)
-            .map(|e| (e.key().1.to_owned(), *e.value()))
-            .collect();
+            .get(&sale.id)
+            .map(|reasons| {
+                reasons
+                    .iter()
+                    .map(|e| {
+                        (
+                            (*e.key()).to_owned(),
+                            e.value().load(std::sync::atomic::Ordering::Relaxed),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(RoomReport {
             queue_length: stats.waiting,
             pre_queue_length: stats.pre_queue,

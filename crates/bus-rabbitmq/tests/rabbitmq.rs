@@ -84,7 +84,10 @@ async fn cleanup(buses: Vec<Arc<AmqpBus>>) {
 }
 
 fn revoked(token: String) -> Event {
-    Event::SessionRevoked { token_hash: token }
+    Event::SessionRevoked {
+        session_id: token,
+        expires_at: stampede_core::Timestamp(0),
+    }
 }
 
 /// The tokens of the `SessionRevoked` events received until `expected` of them arrived or
@@ -100,7 +103,7 @@ async fn receive(
     loop {
         let until = extra_until.unwrap_or(deadline);
         match tokio::time::timeout_at(until, rx.recv()).await {
-            Ok(Ok(Event::SessionRevoked { token_hash })) => got.push(token_hash),
+            Ok(Ok(Event::SessionRevoked { session_id, .. })) => got.push(session_id),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => panic!("subscriber failed: {e}"),
             Err(_) => break,
@@ -412,7 +415,9 @@ async fn recovers_after_the_broker_closes_the_connections() {
         a.publish(revoked(format!("after-{n}")));
         n += 1;
         match tokio::time::timeout(Duration::from_millis(200), on_b.recv()).await {
-            Ok(Ok(Event::SessionRevoked { token_hash })) if token_hash.starts_with("after-") => {
+            Ok(Ok(Event::SessionRevoked { session_id, .. }))
+                if session_id.starts_with("after-") =>
+            {
                 break true;
             }
             _ if Instant::now() >= deadline => break false,

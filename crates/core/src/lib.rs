@@ -19,6 +19,7 @@ pub mod money;
 pub mod order;
 pub mod pow;
 pub mod sale;
+pub mod session;
 pub mod stock;
 pub mod waiting_line;
 

@@ -167,13 +167,32 @@ fn rfc3339_ms(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-fn accounts(n: usize, seed: u64, now_ms: i64) -> Vec<SeededAccount> {
+/// `n` buyers with session tokens signed by `key` (the key the drill seeds into the server's
+/// store), valid for a week from `now_ms`.
+fn accounts(n: usize, seed: u64, now_ms: i64, key: &[u8; 32]) -> Vec<SeededAccount> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_acc0_u64);
     let base = u64::try_from(now_ms).unwrap_or(0);
+    let expires_at = stampede_core::Timestamp(now_ms + 7 * 24 * 3600 * 1000);
     (0..n)
-        .map(|_| SeededAccount {
-            user_id: ulid::Ulid::from_parts(base, rng.gen()).to_string(),
-            token: hex::encode(rng.gen::<[u8; 24]>()),
+        .map(|_| {
+            let user_id = stampede_core::UserId::from_trusted(
+                ulid::Ulid::from_parts(base, rng.gen()).to_string(),
+            );
+            let session_id = stampede_core::session::session_id(rng.gen());
+            let token = stampede_core::session::sign(
+                key,
+                &stampede_core::session::SessionClaims {
+                    user_id: user_id.clone(),
+                    admin: false,
+                    session_id: session_id.clone(),
+                    expires_at,
+                },
+            );
+            SeededAccount {
+                user_id: user_id.to_string(),
+                session_id,
+                token,
+            }
         })
         .collect()
 }
@@ -284,8 +303,10 @@ pub async fn run(
             };
             let (dir, data) = launch.prepare()?;
             if args.signup != Signup::Http && needs_accounts {
-                let accounts = accounts(n_accounts, args.seed, clock.now().0);
-                store::seed_accounts(&data.join("stampede.db"), &accounts, clock.now().0).await?;
+                let key: [u8; 32] = StdRng::seed_from_u64(args.seed ^ 0x5e55_10e5).gen();
+                let accounts = accounts(n_accounts, args.seed, clock.now().0, &key);
+                store::seed_accounts(&data.join("stampede.db"), &accounts, &key, clock.now().0)
+                    .await?;
                 seeded_tokens = Some(accounts.into_iter().map(|a| a.token).collect::<Vec<_>>());
             }
             let srv = launch.start(dir, &data)?;

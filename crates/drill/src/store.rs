@@ -6,7 +6,6 @@
 
 use std::str::FromStr;
 
-use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
@@ -212,16 +211,19 @@ fn row_i64_pg(row: sqlx::postgres::PgRow) -> Result<Vec<i64>, DrillError> {
 #[derive(Debug, Clone)]
 pub struct SeededAccount {
     pub user_id: String,
+    /// The session the token names (a row in `sessions`, as a login would write).
+    pub session_id: String,
     pub token: String,
 }
 
 /// Writes `accounts` straight into a fresh, migrated embedded store whose server has not
-/// started yet: one user row and one session per buyer (the session is what the server looks
-/// up for a bearer token: the SHA-256 of the token). Their password hash is not a valid one,
-/// so nobody can log in with them; they only hold the drill's tokens.
+/// started yet: the session signing key (which the server then uses, first writer wins), one
+/// user row and one session per buyer. Their password hash is not a valid one, so nobody can
+/// log in with them; they only hold the drill's tokens, signed with `key`.
 pub async fn seed_accounts(
     path: &std::path::Path,
     accounts: &[SeededAccount],
+    key: &[u8; 32],
     now_ms: i64,
 ) -> Result<(), DrillError> {
     let mut conn = SqliteConnectOptions::new()
@@ -231,6 +233,11 @@ pub async fn seed_accounts(
         .await
         .map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
+    sqlx::query("INSERT INTO settings (name, value) VALUES ('session_key', ?)")
+        .bind(hex::encode(key))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
     let expires = now_ms + 7 * 24 * 3600 * 1000;
     // A few hundred rows per statement: SQLite's limit on bound parameters is 32,766.
     for chunk in accounts.chunks(500) {
@@ -260,7 +267,7 @@ pub async fn seed_accounts(
         let mut q = sqlx::query(&sessions);
         for a in chunk {
             q = q
-                .bind(hex::encode(Sha256::digest(a.token.as_bytes())))
+                .bind(&a.session_id)
                 .bind(&a.user_id)
                 .bind(expires)
                 .bind(now_ms);

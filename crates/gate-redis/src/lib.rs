@@ -16,6 +16,11 @@
 //!
 //! Every call has a deadline: if Redis is slow or gone the call fails as
 //! [`PortError::Unavailable`] (a fast 503 with `Retry-After`), it never hangs a buyer.
+//!
+//! The URL names one Redis (`redis://host:port/db`) or a Redis Cluster
+//! (`redis+cluster://host:port,host:port,…`, or several `redis://` seeds separated by commas):
+//! then the cluster client routes every script to the master of its sale's slot, and the hash
+//! tags keep each script on one slot.
 
 mod room;
 
@@ -26,7 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::Script;
 
 use stampede_app::ports::{Gate, GateSeed, GateVerdict, PortError, PortResult};
@@ -45,6 +51,40 @@ redis.call('DECRBY', KEYS[1], qty)
 redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
 redis.call('INCR', KEYS[3])
 return 0
+"#;
+
+/// [`TAKE`] for a reserve, with the buyer's shared rate quotas counted in the same step (GCRA
+/// on Redis's clock), so a reserve that reaches Redis is one round trip. Quotas are checked
+/// before the limit and the stock, and spent only if every one passes (a refused device does
+/// not use up the buyer's quota). KEYS: avail, users, ops, the buyer's rate key and, if the
+/// client named a device, the device's. ARGV: user, quantity, limit, then (interval µs,
+/// tolerance µs) for the buyer and for the device. Returns `{code, wait_us}`: code 0 pass,
+/// 1 sold out, 2 over the limit, 3 rate limited (retry in `wait_us`), -1 unseeded.
+const TAKE_COUNTED: &str = r#"
+local avail = redis.call('GET', KEYS[1])
+if not avail then return {-1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local spend = {}
+for i = 4, #KEYS do
+  local interval = tonumber(ARGV[4 + (i - 4) * 2])
+  local tolerance = tonumber(ARGV[5 + (i - 4) * 2])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  if tat - tolerance > now then return {3, tat - tolerance - now} end
+  spend[#spend + 1] = {KEYS[i], tat + interval}
+end
+for _, s in ipairs(spend) do
+  redis.call('SET', s[1], string.format('%.0f', s[2]), 'PX', math.ceil((s[2] - now) / 1000) + 1)
+end
+local qty = tonumber(ARGV[2])
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if held + qty > tonumber(ARGV[3]) then return {2, 0} end
+if tonumber(avail) < qty then return {1, 0} end
+redis.call('DECRBY', KEYS[1], qty)
+redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
+redis.call('INCR', KEYS[3])
+return {0, 0}
 "#;
 
 /// Returns units. On an unseeded sale it does nothing: the seed, read from the judge, already
@@ -98,6 +138,31 @@ pub struct RedisGateConfig {
     pub timeout: Duration,
 }
 
+/// A shared rate quota: `per_sec` requests a second with bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Quota {
+    /// GCRA's emission interval and burst tolerance, in µs (as the scripts take them).
+    fn gcra_us(self) -> (u64, u64) {
+        let interval = 1_000_000 / u64::from(self.per_sec.max(1));
+        (
+            interval,
+            interval * u64::from(self.burst.max(1).saturating_sub(1)),
+        )
+    }
+}
+
+/// The quotas a reserve is counted against inside the gate's script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuyerQuotas {
+    pub user: Quota,
+    pub device: Quota,
+}
+
 /// The difference between the gate and the judge seen by one reconciliation pass, remembered
 /// until the next pass: repaired only if the next pass sees the same difference at the same
 /// `ops` (the sale was quiet in between, so no pair was half done).
@@ -110,10 +175,13 @@ struct Sighting {
 
 /// A [`Gate`] in Redis, shared by every node of a deployment.
 pub struct RedisGate {
-    conn: ConnectionManager,
+    conn: Conn,
     namespace: String,
     timeout: Duration,
     take: Script,
+    take_counted: Script,
+    /// Counted in the take script of a reserve; `None`: reserves are not rate limited here.
+    quotas: Option<BuyerQuotas>,
     give: Script,
     seed: Script,
     snapshot: Script,
@@ -133,9 +201,94 @@ fn unavailable(e: impl std::fmt::Display) -> PortError {
     PortError::Unavailable(format!("redis: {e}"))
 }
 
-/// A self-healing connection to Redis with the config's deadline on connecting and on every
-/// reply, shared by the gate, the room and the rate limits.
-pub(crate) async fn connect_manager(config: &RedisGateConfig) -> PortResult<ConnectionManager> {
+/// A connection to one Redis or to a Redis Cluster. Both heal themselves after an outage; the
+/// cluster one follows the slot map (and its `MOVED` / `ASK` answers), so every call goes to
+/// the master of its keys' slot.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The seed nodes of a Redis Cluster named by `url`, or `None` if it names one Redis:
+/// `redis+cluster://h1:p1,h2:p2` (also `rediss+cluster://`), or `redis://h1:p1,redis://h2:p2`.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    for (scheme, plain) in [
+        ("redis+cluster://", "redis://"),
+        ("rediss+cluster://", "rediss://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let seeds: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("{plain}{}", s.trim_end_matches('/')))
+                .collect();
+            return Some(seeds);
+        }
+    }
+    if url.contains(',') {
+        return Some(
+            url.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        );
+    }
+    None
+}
+
+/// A self-healing connection to Redis (or a Redis Cluster) with the config's deadline on
+/// connecting and on every reply, shared by the gate, the room and the rate limits.
+pub async fn connect(config: &RedisGateConfig) -> PortResult<Conn> {
+    if let Some(seeds) = cluster_seeds(&config.url) {
+        if seeds.is_empty() {
+            return Err(PortError::Internal("redis url: no cluster nodes".into()));
+        }
+        let client = redis::cluster::ClusterClient::builder(seeds)
+            .connection_timeout(config.timeout)
+            .response_timeout(config.timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| PortError::Internal(format!("redis cluster url: {e}")))?;
+        return tokio::time::timeout(config.timeout * 4, client.get_async_connection())
+            .await
+            .map_err(|_| unavailable("connect timed out"))?
+            .map(Conn::Cluster)
+            .map_err(unavailable);
+    }
     let client = redis::Client::open(config.url.as_str())
         .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
     let manager_config = ConnectionManagerConfig::new()
@@ -149,13 +302,14 @@ pub(crate) async fn connect_manager(config: &RedisGateConfig) -> PortResult<Conn
     )
     .await
     .map_err(|_| unavailable("connect timed out"))?
+    .map(Conn::Single)
     .map_err(unavailable)
 }
 
 /// Runs `script` on `keys` and `args` within `timeout`: the one way every script call is
 /// made, so none can hang a buyer.
 pub(crate) async fn invoke<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+    conn: &Conn,
     timeout: Duration,
     script: &Script,
     keys: &[String],
@@ -179,18 +333,26 @@ impl RedisGate {
     /// Connects (within the configured deadline). The connection is re-established on its own
     /// after Redis restarts; calls made meanwhile fail fast.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisGate> {
-        let conn = connect_manager(&config).await?;
+        let conn = connect(&config).await?;
         Ok(RedisGate {
             conn,
             namespace: config.namespace,
             timeout: config.timeout,
             take: Script::new(TAKE),
+            take_counted: Script::new(TAKE_COUNTED),
+            quotas: None,
             give: Script::new(GIVE),
             seed: Script::new(SEED),
             snapshot: Script::new(SNAPSHOT),
             repair: Script::new(REPAIR),
             sightings: DashMap::new(),
         })
+    }
+
+    /// Counts every reserve against these shared quotas in the same script call as the take.
+    pub fn with_buyer_quotas(mut self, quotas: BuyerQuotas) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// The sale's keys, in the order every script expects them.
@@ -322,6 +484,47 @@ impl Gate for RedisGate {
         })
     }
 
+    async fn try_take_counted(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        device: Option<&str>,
+        quantity: u32,
+        limit: u32,
+    ) -> PortResult<GateVerdict> {
+        let Some(quotas) = self.quotas else {
+            return self.try_take(sale, user, quantity, limit).await;
+        };
+        let [avail, users, ops] = self.keys(sale);
+        let tag = format!("stampede:{{{}:{}}}", self.namespace, sale);
+        let mut keys = vec![avail, users, ops, format!("{tag}:rl:u:{user}")];
+        let (u_interval, u_tolerance) = quotas.user.gcra_us();
+        let mut args = vec![
+            user.to_string(),
+            quantity.to_string(),
+            limit.to_string(),
+            u_interval.to_string(),
+            u_tolerance.to_string(),
+        ];
+        if let Some(device) = device {
+            let (d_interval, d_tolerance) = quotas.device.gcra_us();
+            keys.push(format!("{tag}:rl:d:{device}"));
+            args.push(d_interval.to_string());
+            args.push(d_tolerance.to_string());
+        }
+        let (code, wait_us): (i64, i64) =
+            invoke(&self.conn, self.timeout, &self.take_counted, &keys, &args).await?;
+        Ok(match code {
+            0 => GateVerdict::Pass,
+            1 => GateVerdict::SoldOut,
+            2 => GateVerdict::LimitExceeded,
+            3 => GateVerdict::RateLimited {
+                retry_after_ms: u64::try_from(wait_us).unwrap_or(0).div_ceil(1000),
+            },
+            _ => GateVerdict::Unseeded,
+        })
+    }
+
     async fn give_back(&self, sale: &SaleId, user: &UserId, quantity: u32) -> PortResult<()> {
         let _: i64 = self
             .run(&self.give, sale, &[user.to_string(), quantity.to_string()])
@@ -350,5 +553,9 @@ impl Gate for RedisGate {
 
     async fn available(&self, sale: &SaleId) -> PortResult<Option<i64>> {
         Ok(self.read(sale).await?.map(|(_, a, _)| a))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 }

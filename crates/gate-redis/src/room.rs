@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
@@ -237,7 +236,7 @@ return { redis.call('HGET', KEYS[7], ARGV[1]), created }
 
 /// A [`WaitingRoom`] in Redis, shared by every node of a deployment.
 pub struct RedisRoom {
-    conn: ConnectionManager,
+    conn: crate::Conn,
     namespace: String,
     timeout: Duration,
     join: Script,
@@ -299,7 +298,7 @@ fn to_view(raw: RawView) -> PortResult<EntryView> {
 impl RedisRoom {
     /// Connects (within the configured deadline); same settings as the gate.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisRoom> {
-        let conn = crate::connect_manager(&config).await?;
+        let conn = crate::connect(&config).await?;
         let with_view = |body: &str| Script::new(&format!("{VIEW_FN}\n{body}"));
         let with_place = |body: &str| Script::new(&format!("{PLACE}\n{body}"));
         Ok(RedisRoom {
@@ -669,7 +668,7 @@ return 0
 /// Rate limits in Redis, shared by every node of a deployment. Each key expires as soon as its
 /// bucket is full again, so memory follows the clients active in the last burst window.
 pub struct RedisRateLimits {
-    conn: ConnectionManager,
+    conn: crate::Conn,
     namespace: String,
     timeout: Duration,
     gcra: Script,

@@ -20,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -158,23 +160,66 @@ pub fn router(state: AppState) -> Router {
             state.request_deadline,
             within_deadline,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), ip_rate_limit))
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            ip_rate_limit,
+        ))
         .layer(middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(NodeRequestIds::default()))
         .with_state(state)
 }
 
+/// Request ids unique across nodes and restarts without asking the kernel for randomness per
+/// request (a UUID v4 per request cost a `getrandom` system call): 64 random bits drawn once
+/// per process, then a counter.
+#[derive(Clone)]
+struct NodeRequestIds {
+    prefix: u64,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for NodeRequestIds {
+    fn default() -> Self {
+        Self {
+            // The standard library's per-process random hash keys, as 64 random bits.
+            prefix: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::process::id(),
+            ),
+            next: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for NodeRequestIds {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}-{n:016x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// Answers 503 `unavailable` (with `Retry-After`) when the handler has not answered within the
-/// request deadline. The handler runs in a task of its own and is left to finish when the
-/// deadline passes: cancelling it half-way (between a payment capture and the order that
-/// records it, say) would be worse than letting it complete unseen; an outcome the buyer was
-/// not told about is found again by a retry with the same `Idempotency-Key`, or ends as a
-/// hold that expires. Streams (SSE) answer their head at once and are not cut short.
+/// request deadline.
+///
+/// On the crowd's path — reads (`GET`, `HEAD`), reserves and queue joins — the deadline is a
+/// timer on the request's own future: no task is spawned per request, and past the deadline
+/// the handler is dropped. Those handlers are cancel-safe by construction: a read changes
+/// nothing; a reserve that already took units from the gate hands its pending verdict to
+/// `cart::AbandonedVerdict`, which gives the units back unless the hold was committed (and a
+/// waiting-room reserve runs on a task of its own); a join is one atomic step of the room.
+///
+/// Every other write (checkout and payments above all) runs in a task of its own and is left
+/// to finish when the deadline passes: cancelling it half-way (between a payment capture and
+/// the order that records it, say) would be worse than letting it complete unseen; an outcome
+/// the buyer was not told about is found again by a retry with the same `Idempotency-Key`, or
+/// ends as a hold that expires. Streams (SSE) answer their head at once and are not cut short.
 pub async fn within_deadline(
     State(deadline): State<Option<Duration>>,
     req: Request,
@@ -183,37 +228,60 @@ pub async fn within_deadline(
     let Some(deadline) = deadline else {
         return next.run(req).await;
     };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    // The handler's logs stay in the request's span (and carry its request id).
-    let mut handler = tokio::spawn(tracing::Instrument::in_current_span(next.run(req)));
-    match tokio::time::timeout(deadline, &mut handler).await {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "request handler failed");
-            ApiError::internal("handler panicked").into_response()
+    // An `Arc<str>` inside: cloning it allocates nothing.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let answer = if cancel_safe(req.method(), route.as_ref()) {
+        match tokio::time::timeout(deadline, next.run(req)).await {
+            Ok(res) => return res,
+            Err(_) => "the handler was stopped",
         }
-        Err(_) => {
-            metrics::counter!("stampede_request_deadline_exceeded_total", "route" => route.clone())
-                .increment(1);
-            tracing::warn!(%route, deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX), "request deadline passed: answered 503, the handler finishes in the background");
-            ApiError::from(stampede_app::AppError::Unavailable(format!(
-                "no answer within the request deadline ({} ms)",
-                deadline.as_millis()
-            )))
-            .into_response()
+    } else {
+        // The handler's logs stay in the request's span (and carry its request id).
+        let mut handler = tokio::spawn(tracing::Instrument::in_current_span(next.run(req)));
+        match tokio::time::timeout(deadline, &mut handler).await {
+            Ok(Ok(res)) => return res,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "request handler failed");
+                return ApiError::internal("handler panicked").into_response();
+            }
+            Err(_) => "the handler finishes in the background",
         }
+    };
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics::counter!("stampede_request_deadline_exceeded_total", "route" => route.to_owned())
+        .increment(1);
+    tracing::warn!(%route, deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX), "request deadline passed: answered 503; {answer}");
+    ApiError::from(stampede_app::AppError::Unavailable(format!(
+        "no answer within the request deadline ({} ms)",
+        deadline.as_millis()
+    )))
+    .into_response()
+}
+
+/// Whether a request's handler may be dropped at the deadline (see [`within_deadline`]).
+fn cancel_safe(method: &axum::http::Method, route: Option<&MatchedPath>) -> bool {
+    use axum::http::Method;
+    if method == Method::GET || method == Method::HEAD {
+        return true;
     }
+    method == Method::POST
+        && route.is_some_and(|r| {
+            matches!(
+                r.as_str(),
+                "/api/v1/cart/items" | "/api/v1/sales/{sale_id}/queue"
+            )
+        })
 }
 
 /// Counts one request per client IP; past the quota it is 429 with `Retry-After` and the
 /// `RateLimit-Policy` / `RateLimit` headers.
-async fn ip_rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn ip_rate_limit(
+    State(limits): State<std::sync::Arc<RateLimits>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(ip) = extract::client_ip(req.extensions()) {
-        if let Err(refused) = s.limits.check_ip(ip) {
+        if let Err(refused) = limits.check_ip(ip) {
             return rate_limited(refused);
         }
     }
@@ -250,20 +318,61 @@ fn add_rate_headers(res: &mut Response, limit: u32, burst: u32, scope: &str, res
     }
 }
 
-/// Request count and latency per route and status.
+/// The handles one (method, route, status) records into.
+#[derive(Clone)]
+struct RouteMetrics {
+    /// The route's text, to tell apart two routes that came to share an address.
+    route: std::sync::Arc<str>,
+    requests: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+/// Handles per (method, route, status), registered on first use and kept: a request records
+/// into handles found in a sharded map, without allocating or asking the registry. The route
+/// is keyed by the address of the router's own copy of its path (every request of a route
+/// carries the same one), checked against the text. Bounded by the route table.
+static ROUTE_METRICS: std::sync::OnceLock<
+    dashmap::DashMap<(&'static str, usize, u16), RouteMetrics>,
+> = std::sync::OnceLock::new();
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Request count and latency per route and status, recorded once per request.
 async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+    // A clone of the router's `Arc<str>`: no allocation.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(req.method());
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("stampede_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("stampede_http_request_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let path = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let key = (method, path.as_ptr() as usize, res.status().as_u16());
+    let seconds = started.elapsed().as_secs_f64();
+    let table = ROUTE_METRICS.get_or_init(dashmap::DashMap::new);
+    if let Some(h) = table.get(&key).filter(|h| &*h.route == path) {
+        h.requests.increment(1);
+        h.seconds.record(seconds);
+        return res;
+    }
+    let h = RouteMetrics {
+        route: std::sync::Arc::from(path),
+        requests: metrics::counter!("stampede_http_requests_total", "method" => method, "route" => path.to_owned(), "status" => key.2.to_string()),
+        seconds: metrics::histogram!("stampede_http_request_seconds", "method" => method, "route" => path.to_owned()),
+    };
+    h.requests.increment(1);
+    h.seconds.record(seconds);
+    table.insert(key, h);
     res
 }
 
@@ -295,17 +404,15 @@ mod deadline_tests {
     use super::*;
 
     fn app(deadline: Option<Duration>, finished: Arc<AtomicBool>) -> Router {
+        let hung = move || async move {
+            // A dependency that answers long after the deadline.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            finished.store(true, Ordering::SeqCst);
+            "late"
+        };
         Router::new()
             .route("/fast", get(|| async { "ok" }))
-            .route(
-                "/hung",
-                get(move || async move {
-                    // A dependency that answers long after the deadline.
-                    tokio::time::sleep(Duration::from_millis(400)).await;
-                    finished.store(true, Ordering::SeqCst);
-                    "late"
-                }),
-            )
+            .route("/hung", get(hung.clone()).post(hung))
             .layer(middleware::from_fn_with_state(deadline, within_deadline))
     }
 
@@ -313,11 +420,37 @@ mod deadline_tests {
         Request::builder().uri(path).body(Body::empty()).unwrap()
     }
 
+    fn post_req(path: &str) -> Request {
+        Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// A read past its deadline is answered 503 and dropped: nothing of it runs on.
     #[tokio::test]
-    async fn a_hung_handler_is_answered_503_unavailable_and_still_finishes() {
+    async fn a_hung_read_is_answered_503_unavailable_and_stopped() {
         let finished = Arc::new(AtomicBool::new(false));
         let app = app(Some(Duration::from_millis(50)), finished.clone());
+        let started = std::time::Instant::now();
         let res = app.clone().oneshot(get_req("/hung")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_millis(300));
+        assert_eq!(res.headers()["retry-after"], "1");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "a read is cancelled at the deadline"
+        );
+    }
+
+    /// A write past its deadline (a checkout, say) is answered 503 and runs to its end.
+    #[tokio::test]
+    async fn a_hung_write_is_answered_503_unavailable_and_still_finishes() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let app = app(Some(Duration::from_millis(50)), finished.clone());
+        let res = app.clone().oneshot(post_req("/hung")).await.unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()["retry-after"], "1");
         let body = axum::body::to_bytes(res.into_body(), 64 * 1024)

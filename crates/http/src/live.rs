@@ -6,12 +6,17 @@
 //! answered, in memory, and forgets it on restart. It is a picture for the people watching the
 //! sale, not an accounting (Prometheus has `stampede_http_request_seconds` for that).
 //!
+//! Each sale has a window of its own behind its own short lock, found in a sharded map by the
+//! borrowed sale id: a reserve allocates nothing and shares no process-wide lock.
+//!
 //! Bounded on purpose: at most [`MAX_SAMPLES`] latencies per sale (the newest win) and at most
 //! [`MAX_SALES`] sales (a sale past that is not recorded), so a flood of requests or of made-up
 //! sale ids cannot grow it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
+
+use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
 /// How far back the latency percentiles look.
@@ -34,7 +39,7 @@ struct SaleWindow {
 /// The reserve path's recent latencies and refusals, per sale, on this node.
 #[derive(Default)]
 pub struct ReserveStats {
-    sales: Mutex<HashMap<String, SaleWindow>>,
+    sales: DashMap<Box<str>, Mutex<SaleWindow>>,
 }
 
 /// One look at a sale's window.
@@ -56,31 +61,41 @@ pub struct ReserveSnapshot {
 impl ReserveStats {
     /// Records one answered reserve: `refused` is the problem code, `None` for a hold.
     pub fn record(&self, sale_id: &str, latency: Duration, refused: Option<&'static str>) {
-        let Ok(mut sales) = self.sales.lock() else {
-            return;
-        };
-        if !sales.contains_key(sale_id) && sales.len() >= MAX_SALES {
-            return;
-        }
         let now = Instant::now();
-        let w = sales.entry(sale_id.to_owned()).or_default();
-        if w.samples.len() >= MAX_SAMPLES {
-            w.samples.pop_front();
-        }
         let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        w.samples.push_back((now, micros));
-        match refused {
-            None => w.accepted += 1,
-            Some(code) => *w.refusals.entry(code).or_default() += 1,
+        let add = |w: &mut SaleWindow| {
+            if w.samples.len() >= MAX_SAMPLES {
+                w.samples.pop_front();
+            }
+            w.samples.push_back((now, micros));
+            match refused {
+                None => w.accepted += 1,
+                Some(code) => *w.refusals.entry(code).or_default() += 1,
+            }
+        };
+        // The common case: a sale already tracked, found by the borrowed id.
+        if let Some(window) = self.sales.get(sale_id) {
+            if let Ok(mut w) = window.lock() {
+                add(&mut w);
+            }
+            return;
+        }
+        if self.sales.len() >= MAX_SALES {
+            return;
+        }
+        let window = self.sales.entry(sale_id.into()).or_default();
+        let guard = window.lock();
+        if let Ok(mut w) = guard {
+            add(&mut w);
         }
     }
 
     /// The sale's percentiles over the last [`WINDOW`] and its counters.
     pub fn snapshot(&self, sale_id: &str) -> ReserveSnapshot {
-        let Ok(mut sales) = self.sales.lock() else {
+        let Some(window) = self.sales.get(sale_id) else {
             return ReserveSnapshot::default();
         };
-        let Some(w) = sales.get_mut(sale_id) else {
+        let Ok(mut w) = window.lock() else {
             return ReserveSnapshot::default();
         };
         let now = Instant::now();
@@ -98,7 +113,8 @@ impl ReserveStats {
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect();
         let accepted = w.accepted;
-        drop(sales);
+        drop(w);
+        drop(window);
         micros.sort_unstable();
         ReserveSnapshot {
             p50_ms: percentile_ms(&micros, 50),
@@ -146,7 +162,7 @@ mod tests {
         for i in 0..(MAX_SALES + 10) {
             stats.record(&format!("sale-{i}"), Duration::from_millis(1), None);
         }
-        assert_eq!(stats.sales.lock().unwrap().len(), MAX_SALES);
+        assert_eq!(stats.sales.len(), MAX_SALES);
         for _ in 0..(MAX_SAMPLES + 10) {
             stats.record("sale-0", Duration::from_millis(1), None);
         }

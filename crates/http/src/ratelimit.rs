@@ -134,12 +134,15 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
-/// The keyed limiters.
+/// The keyed limiters. Users and devices are keyed by a keyed hash of their id (64 bits, with a
+/// key random per process so no client can aim at another's bucket): counting a request
+/// allocates nothing.
 pub struct RateLimits {
-    per_user: Limiter<String>,
+    per_user: Limiter<u64>,
     per_ip: Limiter<IpAddr>,
-    per_device: Limiter<String>,
-    checkout: Limiter<String>,
+    per_device: Limiter<u64>,
+    checkout: Limiter<u64>,
+    hasher: std::collections::hash_map::RandomState,
     shared: Option<Arc<dyn SharedRateLimiter>>,
     /// After the shared limiter fails, it is skipped until then (ms since `epoch`): an
     /// outage of Redis must not add its deadline to every request.
@@ -153,7 +156,7 @@ impl RateLimits {
     pub fn new(config: RateLimitConfig) -> Self {
         let b = config.burst_factor;
         let max = config.max_keys;
-        let overflow = || String::from("\u{0}overflow");
+        let overflow = || u64::MAX;
         Self {
             per_user: Limiter::new(config.per_user_per_sec, b, "user", max, overflow()),
             per_ip: Limiter::new(
@@ -171,6 +174,7 @@ impl RateLimits {
                 max,
                 overflow(),
             ),
+            hasher: std::collections::hash_map::RandomState::new(),
             shared: None,
             shared_down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -252,17 +256,22 @@ impl RateLimits {
 
     /// Counts one request by `user`.
     pub fn check_user(&self, user: &str) -> Result<(), Refused> {
-        self.per_user.check(&user.to_owned())
+        self.per_user.check(&self.key(user))
     }
 
     /// Counts one request from `device` (the client's `X-Device-Id`).
     pub fn check_device(&self, device: &str) -> Result<(), Refused> {
-        self.per_device.check(&device.to_owned())
+        self.per_device.check(&self.key(device))
     }
 
     /// Counts one checkout by `user`.
     pub fn check_checkout(&self, user: &str) -> Result<(), Refused> {
-        self.checkout.check(&user.to_owned())
+        self.checkout.check(&self.key(user))
+    }
+
+    fn key(&self, id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(id)
     }
 
     /// Drops keys that have been idle long enough to be full again.

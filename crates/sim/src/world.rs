@@ -146,7 +146,7 @@ fn principal(user_id: UserId, role: Role) -> Principal {
         user_id,
         role,
         expires_at: Timestamp(i64::MAX),
-        token_hash: String::new(),
+        session_id: String::new(),
     }
 }
 

@@ -158,6 +158,15 @@ pub struct ServeArgs {
     /// variable over the flag).
     #[arg(long, env = "STAMPEDE_SHOP_WEBHOOK_SECRET", hide_env_values = true)]
     pub shop_webhook_secret: Option<String>,
+    /// The key session tokens are signed with, 64 hex digits, the same on every node. By
+    /// default the first node to start makes one and keeps it in the store (embedded: the
+    /// data dir's database), where every other node finds it.
+    #[arg(long, env = "STAMPEDE_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
+    /// How often a node reloads revoked sessions from the store, in ms (a revocation also
+    /// reaches every node at once as an event; this bounds a lost event). Default 1000.
+    #[arg(long, env = "STAMPEDE_REVOCATION_REFRESH_MS")]
+    pub revocation_refresh_ms: Option<u64>,
 }
 
 /// The same settings as read from a TOML file.
@@ -201,6 +210,8 @@ pub struct FileConfig {
     pub hold_warning_secs: Option<u64>,
     pub shop_webhook_url: Option<String>,
     pub shop_webhook_secret: Option<String>,
+    pub session_key: Option<String>,
+    pub revocation_refresh_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -252,7 +263,9 @@ impl ServeArgs {
             read_cache_ms,
             hold_warning_secs,
             shop_webhook_url,
-            shop_webhook_secret
+            shop_webhook_secret,
+            session_key,
+            revocation_refresh_ms
         );
         self.demo = self.demo || f.demo.unwrap_or(false);
         Ok(self)

@@ -127,7 +127,8 @@ async fn adapters(
             };
             let gate = RedisGate::connect(redis_config.clone())
                 .await
-                .context("connecting to Redis (--redis)")?;
+                .context("connecting to Redis (--redis)")?
+                .with_buyer_quotas(buyer_quotas(args));
             let room = RedisRoom::connect(redis_config)
                 .await
                 .context("connecting to Redis (--redis)")?;
@@ -153,6 +154,24 @@ async fn adapters(
                 Some(bus),
             ))
         }
+    }
+}
+
+/// The shared per-buyer and per-device quotas a cluster reserve is counted against inside the
+/// gate's one script (the same quotas the node's own limiter uses; see `serve`).
+fn buyer_quotas(args: &ServeArgs) -> stampede_gate_redis::BuyerQuotas {
+    let burst_factor = RateLimitConfig::default().burst_factor.max(1);
+    let user_rate = args.rate_limit_per_sec.unwrap_or(20).max(1);
+    let device_rate = args.device_rate_limit_per_sec.unwrap_or(user_rate).max(1);
+    stampede_gate_redis::BuyerQuotas {
+        user: stampede_gate_redis::Quota {
+            per_sec: user_rate,
+            burst: user_rate.saturating_mul(burst_factor),
+        },
+        device: stampede_gate_redis::Quota {
+            per_sec: device_rate,
+            burst: device_rate.saturating_mul(burst_factor),
+        },
     }
 }
 
@@ -254,7 +273,10 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         hash_concurrency: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
-        token_cache_secs: if cluster { 5 } else { 60 },
+        session_key: args.session_key.clone(),
+        revocation_refresh_ms: args
+            .revocation_refresh_ms
+            .unwrap_or(defaults.revocation_refresh_ms),
         read_cache_ms: args.read_cache_ms.unwrap_or(defaults.read_cache_ms),
         hold_warning_secs: args.hold_warning_secs.unwrap_or(defaults.hold_warning_secs),
         admission_tick_ms: args.admission_tick_ms.unwrap_or(defaults.admission_tick_ms),
@@ -269,7 +291,9 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         ..defaults
     };
     let adapters = Adapters {
-        store,
+        // Every call to the judge is counted by operation, so /metrics (and the tests) can
+        // hold the request path to the store reads it promises.
+        store: Arc::new(stampede_app::counted::CountedStore::new(store)),
         gate,
         room,
         bus,
@@ -446,7 +470,7 @@ pub async fn seed_demo(app: &Arc<App>) -> anyhow::Result<()> {
         user_id: admin.id,
         role: stampede_app::ports::Role::Admin,
         expires_at: Timestamp(i64::MAX),
-        token_hash: String::new(),
+        session_id: String::new(),
     };
     let now = app.clock.now();
     for (name, desc, starts_in_secs, stock, price, was) in [

@@ -155,3 +155,20 @@ in_both_modes! {
         assert_eq!(server.metrics(&admin, &sale).await["held"], 2);
     }
 }
+
+/// The race on the gate's three-master Redis Cluster (`scripts/redis-cluster`).
+mod redis_cluster {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn five_hundred_buyers_race_for_fifty_units() {
+        if let Some(mode) = super::common::Mode::redis_cluster().await {
+            super::five_hundred_buyers_race_for_fifty_units(mode).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_buyer_firing_twenty_reserves_gets_exactly_the_limit() {
+        if let Some(mode) = super::common::Mode::redis_cluster().await {
+            super::one_buyer_firing_twenty_reserves_gets_exactly_the_limit(mode).await
+        }
+    }
+}

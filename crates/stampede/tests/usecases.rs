@@ -72,7 +72,7 @@ async fn world() -> World {
         user_id: admin.id,
         role: Role::Admin,
         expires_at: Timestamp(i64::MAX),
-        token_hash: String::new(),
+        session_id: String::new(),
     };
     World {
         app,

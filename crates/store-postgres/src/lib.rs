@@ -157,16 +157,24 @@ impl Store for PgStore {
         users::by_id(&self.pool, id).await
     }
 
-    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<()> {
+    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<bool> {
         users::insert_session(&self.pool, session, created_at).await
     }
 
-    async fn session(&self, token_hash: &str) -> PortResult<Option<Session>> {
-        users::session(&self.pool, token_hash).await
+    async fn session(&self, session_id: &str) -> PortResult<Option<Session>> {
+        users::session(&self.pool, session_id).await
     }
 
-    async fn delete_session(&self, token_hash: &str) -> PortResult<bool> {
-        users::delete_session(&self.pool, token_hash).await
+    async fn delete_session(&self, session_id: &str) -> PortResult<bool> {
+        users::delete_session(&self.pool, session_id).await
+    }
+
+    async fn revoked_sessions(&self, now: Timestamp) -> PortResult<Vec<(String, Timestamp)>> {
+        users::revoked_sessions(&self.pool, now).await
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> PortResult<String> {
+        users::shared_secret(&self.pool, name, candidate).await
     }
 
     async fn set_user_status(
@@ -174,7 +182,7 @@ impl Store for PgStore {
         user: &UserId,
         status: UserStatus,
         reason: &str,
-    ) -> PortResult<Option<Vec<String>>> {
+    ) -> PortResult<Option<Vec<(String, Timestamp)>>> {
         users::set_status(&self.pool, user, status, reason).await
     }
 

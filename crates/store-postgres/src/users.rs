@@ -91,39 +91,42 @@ pub(crate) async fn by_id(pool: &PgPool, id: &UserId) -> PortResult<Option<User>
     row.map(|r| rows::user(&r)).transpose()
 }
 
-/// Stores a new session.
+/// Stores a new session if the account is active (`false` if not). The user row is share-locked
+/// by the same statement, so a ban racing the login either commits first (and this sees the
+/// new status) or waits for this insert and then ends the session with the others.
 pub(crate) async fn insert_session(
     pool: &PgPool,
     session: &Session,
     created_at: Timestamp,
-) -> PortResult<()> {
-    sqlx::query(
+) -> PortResult<bool> {
+    let done = sqlx::query(
         "INSERT INTO sessions (token_hash, user_id, expires_at, created_at) \
-         VALUES ($1, $2, $3, $4)",
+         SELECT $1, u.id, $3, $4 FROM (SELECT id, status FROM users WHERE id = $2 FOR SHARE) u \
+         WHERE u.status = 'active'",
     )
-    .bind(&session.token_hash)
+    .bind(&session.session_id)
     .bind(session.user_id.as_str())
     .bind(session.expires_at.0)
     .bind(created_at.0)
     .execute(pool)
     .await
     .port()?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 /// A session with its user's current role (so a promotion or demotion applies at once).
-pub(crate) async fn session(pool: &PgPool, token_hash: &str) -> PortResult<Option<Session>> {
+pub(crate) async fn session(pool: &PgPool, session_id: &str) -> PortResult<Option<Session>> {
     let row = sqlx::query(
         "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
          JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'",
     )
-    .bind(token_hash)
+    .bind(session_id)
     .fetch_optional(pool)
     .await
     .port()?;
     row.map(|r| {
         Ok(Session {
-            token_hash: col(&r, "token_hash")?,
+            session_id: col(&r, "token_hash")?,
             user_id: UserId::from_trusted(col(&r, "user_id")?),
             role: col_word(&r, "role", Role::parse)?,
             expires_at: col_ts(&r, "expires_at")?,
@@ -132,14 +135,55 @@ pub(crate) async fn session(pool: &PgPool, token_hash: &str) -> PortResult<Optio
     .transpose()
 }
 
-/// Logs out; `false` if there was no such session.
-pub(crate) async fn delete_session(pool: &PgPool, token_hash: &str) -> PortResult<bool> {
-    let done = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-        .bind(token_hash)
+/// Logs out: deletes the session and records its revocation until its expiry, in one
+/// transaction; `false` if there was no such session.
+pub(crate) async fn delete_session(pool: &PgPool, session_id: &str) -> PortResult<bool> {
+    let done = sqlx::query(
+        "WITH ended AS (DELETE FROM sessions WHERE token_hash = $1 RETURNING token_hash, expires_at) \
+         INSERT INTO session_revocations (session_id, expires_at) \
+         SELECT token_hash, expires_at FROM ended ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(session_id)
+    .execute(pool)
+    .await
+    .port()?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Sessions ended early that would still be valid at `now`.
+pub(crate) async fn revoked_sessions(
+    pool: &PgPool,
+    now: Timestamp,
+) -> PortResult<Vec<(String, Timestamp)>> {
+    let rows =
+        sqlx::query("SELECT session_id, expires_at FROM session_revocations WHERE expires_at > $1")
+            .bind(now.0)
+            .fetch_all(pool)
+            .await
+            .port()?;
+    rows.iter()
+        .map(|r| Ok((col(r, "session_id")?, col_ts(r, "expires_at")?)))
+        .collect()
+}
+
+/// The shared secret `name`, written as `candidate` if there was none (first writer wins).
+pub(crate) async fn shared_secret(
+    pool: &PgPool,
+    name: &str,
+    candidate: &str,
+) -> PortResult<String> {
+    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(candidate)
         .execute(pool)
         .await
         .port()?;
-    Ok(done.rows_affected() > 0)
+    let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .port()?;
+    col(&row, "value")
 }
 
 fn account(row: &sqlx::postgres::PgRow) -> PortResult<UserAccount> {
@@ -158,7 +202,7 @@ pub(crate) async fn set_status(
     user: &UserId,
     status: UserStatus,
     reason: &str,
-) -> PortResult<Option<Vec<String>>> {
+) -> PortResult<Option<Vec<(String, Timestamp)>>> {
     let mut tx = pool.begin().await.port()?;
     let done = sqlx::query("UPDATE users SET status = $1, status_reason = $2 WHERE id = $3")
         .bind(status.as_str())
@@ -172,13 +216,19 @@ pub(crate) async fn set_status(
     }
     let mut ended = Vec::new();
     if status != UserStatus::Active {
-        let rows = sqlx::query("DELETE FROM sessions WHERE user_id = $1 RETURNING token_hash")
-            .bind(user.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .port()?;
+        let rows = sqlx::query(
+            "WITH ended AS (DELETE FROM sessions WHERE user_id = $1 \
+             RETURNING token_hash, expires_at) \
+             INSERT INTO session_revocations (session_id, expires_at) \
+             SELECT token_hash, expires_at FROM ended ON CONFLICT (session_id) DO NOTHING \
+             RETURNING session_id, expires_at",
+        )
+        .bind(user.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .port()?;
         for r in &rows {
-            ended.push(col(r, "token_hash")?);
+            ended.push((col(r, "session_id")?, col_ts(r, "expires_at")?));
         }
     }
     tx.commit().await.port()?;

@@ -152,16 +152,24 @@ impl Store for SqliteStore {
         users::by_id(&self.reader, id).await
     }
 
-    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<()> {
+    async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<bool> {
         users::insert_session(&self.writer, session, created_at).await
     }
 
-    async fn session(&self, token_hash: &str) -> PortResult<Option<Session>> {
-        users::session(&self.reader, token_hash).await
+    async fn session(&self, session_id: &str) -> PortResult<Option<Session>> {
+        users::session(&self.reader, session_id).await
     }
 
-    async fn delete_session(&self, token_hash: &str) -> PortResult<bool> {
-        users::delete_session(&self.writer, token_hash).await
+    async fn delete_session(&self, session_id: &str) -> PortResult<bool> {
+        users::delete_session(&self.writer, session_id).await
+    }
+
+    async fn revoked_sessions(&self, now: Timestamp) -> PortResult<Vec<(String, Timestamp)>> {
+        users::revoked_sessions(&self.reader, now).await
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> PortResult<String> {
+        users::shared_secret(&self.writer, name, candidate).await
     }
 
     async fn set_user_status(
@@ -169,7 +177,7 @@ impl Store for SqliteStore {
         user: &UserId,
         status: UserStatus,
         reason: &str,
-    ) -> PortResult<Option<Vec<String>>> {
+    ) -> PortResult<Option<Vec<(String, Timestamp)>>> {
         users::set_status(&self.writer, user, status, reason).await
     }
 

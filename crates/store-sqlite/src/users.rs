@@ -95,39 +95,40 @@ pub(crate) async fn by_id(reader: &SqlitePool, id: &UserId) -> PortResult<Option
     row.map(|r| rows::user(&r)).transpose()
 }
 
-/// Stores a new session.
+/// Stores a new session if the account is active (`false` if not): the check and the insert are
+/// one statement under SQLite's single writer, so a ban cannot slip between them.
 pub(crate) async fn insert_session(
     writer: &SqlitePool,
     session: &Session,
     created_at: Timestamp,
-) -> PortResult<()> {
-    sqlx::query(
+) -> PortResult<bool> {
+    let done = sqlx::query(
         "INSERT INTO sessions (token_hash, user_id, expires_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4)",
+         SELECT ?1, id, ?3, ?4 FROM users WHERE id = ?2 AND status = 'active'",
     )
-    .bind(&session.token_hash)
+    .bind(&session.session_id)
     .bind(session.user_id.as_str())
     .bind(session.expires_at.0)
     .bind(created_at.0)
     .execute(writer)
     .await
     .port()?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 /// A session with its user's current role (so a promotion or demotion applies at once).
-pub(crate) async fn session(reader: &SqlitePool, token_hash: &str) -> PortResult<Option<Session>> {
+pub(crate) async fn session(reader: &SqlitePool, session_id: &str) -> PortResult<Option<Session>> {
     let row = sqlx::query(
         "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
          JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1 AND u.status = 'active'",
     )
-    .bind(token_hash)
+    .bind(session_id)
     .fetch_optional(reader)
     .await
     .port()?;
     row.map(|r| {
         Ok(Session {
-            token_hash: col(&r, "token_hash")?,
+            session_id: col(&r, "token_hash")?,
             user_id: UserId::from_trusted(col(&r, "user_id")?),
             role: col_word(&r, "role", Role::parse)?,
             expires_at: col_ts(&r, "expires_at")?,
@@ -136,14 +137,75 @@ pub(crate) async fn session(reader: &SqlitePool, token_hash: &str) -> PortResult
     .transpose()
 }
 
-/// Logs out; `false` if there was no such session.
-pub(crate) async fn delete_session(writer: &SqlitePool, token_hash: &str) -> PortResult<bool> {
-    let done = sqlx::query("DELETE FROM sessions WHERE token_hash = ?1")
-        .bind(token_hash)
+/// Logs out: deletes the session and records its revocation until its expiry, in one
+/// transaction; `false` if there was no such session.
+pub(crate) async fn delete_session(writer: &SqlitePool, session_id: &str) -> PortResult<bool> {
+    let mut tx = writer.begin_with(BEGIN_WRITE).await.port()?;
+    let row = sqlx::query("DELETE FROM sessions WHERE token_hash = ?1 RETURNING expires_at")
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .port()?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let expires_at = col_ts(&row, "expires_at")?;
+    revoke(&mut tx, session_id, expires_at).await?;
+    tx.commit().await.port()?;
+    Ok(true)
+}
+
+async fn revoke(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    session_id: &str,
+    expires_at: Timestamp,
+) -> PortResult<()> {
+    sqlx::query(
+        "INSERT INTO session_revocations (session_id, expires_at) VALUES (?1, ?2) \
+         ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(session_id)
+    .bind(expires_at.0)
+    .execute(&mut **tx)
+    .await
+    .port()?;
+    Ok(())
+}
+
+/// Sessions ended early that would still be valid at `now`.
+pub(crate) async fn revoked_sessions(
+    reader: &SqlitePool,
+    now: Timestamp,
+) -> PortResult<Vec<(String, Timestamp)>> {
+    let rows =
+        sqlx::query("SELECT session_id, expires_at FROM session_revocations WHERE expires_at > ?1")
+            .bind(now.0)
+            .fetch_all(reader)
+            .await
+            .port()?;
+    rows.iter()
+        .map(|r| Ok((col(r, "session_id")?, col_ts(r, "expires_at")?)))
+        .collect()
+}
+
+/// The shared secret `name`, written as `candidate` if there was none (first writer wins).
+pub(crate) async fn shared_secret(
+    writer: &SqlitePool,
+    name: &str,
+    candidate: &str,
+) -> PortResult<String> {
+    sqlx::query("INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(candidate)
         .execute(writer)
         .await
         .port()?;
-    Ok(done.rows_affected() > 0)
+    let row = sqlx::query("SELECT value FROM settings WHERE name = ?1")
+        .bind(name)
+        .fetch_one(writer)
+        .await
+        .port()?;
+    col(&row, "value")
 }
 
 fn account(row: &sqlx::sqlite::SqliteRow) -> PortResult<UserAccount> {
@@ -161,7 +223,7 @@ pub(crate) async fn set_status(
     user: &UserId,
     status: UserStatus,
     reason: &str,
-) -> PortResult<Option<Vec<String>>> {
+) -> PortResult<Option<Vec<(String, Timestamp)>>> {
     let mut tx = writer.begin_with(BEGIN_WRITE).await.port()?;
     let done = sqlx::query("UPDATE users SET status = ?1, status_reason = ?2 WHERE id = ?3")
         .bind(status.as_str())
@@ -175,13 +237,16 @@ pub(crate) async fn set_status(
     }
     let mut ended = Vec::new();
     if status != UserStatus::Active {
-        let rows = sqlx::query("DELETE FROM sessions WHERE user_id = ?1 RETURNING token_hash")
-            .bind(user.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .port()?;
+        let rows =
+            sqlx::query("DELETE FROM sessions WHERE user_id = ?1 RETURNING token_hash, expires_at")
+                .bind(user.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .port()?;
         for r in &rows {
-            ended.push(col(r, "token_hash")?);
+            let ended_one: (String, Timestamp) = (col(r, "token_hash")?, col_ts(r, "expires_at")?);
+            revoke(&mut tx, &ended_one.0, ended_one.1).await?;
+            ended.push(ended_one);
         }
     }
     tx.commit().await.port()?;

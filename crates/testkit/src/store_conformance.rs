@@ -1002,7 +1002,7 @@ pub async fn account_status_ends_sessions_and_accounts_are_searchable(store: Arc
     f.store.insert_user(&bob, "h").await.unwrap();
     for (t, who) in [("s1", &bea), ("s2", &bea), ("s3", &bob)] {
         let session = Session {
-            token_hash: t.into(),
+            session_id: t.into(),
             user_id: who.id.clone(),
             role: Role::Buyer,
             expires_at: T0.plus_secs(3_600),
@@ -1016,7 +1016,16 @@ pub async fn account_status_ends_sessions_and_accounts_are_searchable(store: Arc
         .unwrap()
         .unwrap();
     ended.sort();
-    assert_eq!(ended, vec!["s1", "s2"]);
+    let expiry = T0.plus_secs(3_600);
+    assert_eq!(
+        ended,
+        vec![("s1".to_string(), expiry), ("s2".to_string(), expiry)]
+    );
+    // Every node refuses them until they would have expired anyway, restarts included.
+    let mut revoked = f.store.revoked_sessions(T0).await.unwrap();
+    revoked.sort();
+    assert_eq!(revoked, ended);
+    assert!(f.store.revoked_sessions(expiry).await.unwrap().is_empty());
     assert_eq!(f.store.session("s1").await.unwrap(), None);
     assert!(
         f.store.session("s3").await.unwrap().is_some(),
@@ -1029,12 +1038,12 @@ pub async fn account_status_ends_sessions_and_accounts_are_searchable(store: Arc
     );
     // A session written after the ban (a login racing it) is not honoured either.
     let late = Session {
-        token_hash: "s4".into(),
+        session_id: "s4".into(),
         user_id: bea.id.clone(),
         role: Role::Buyer,
         expires_at: T0.plus_secs(3_600),
     };
-    f.store.insert_session(&late, T0).await.unwrap();
+    assert!(!f.store.insert_session(&late, T0).await.unwrap());
     assert_eq!(f.store.session("s4").await.unwrap(), None);
     assert_eq!(
         f.store
@@ -1051,6 +1060,7 @@ pub async fn account_status_ends_sessions_and_accounts_are_searchable(store: Arc
         .unwrap()
         .unwrap();
     assert!(lifted.is_empty());
+    assert!(f.store.insert_session(&late, T0).await.unwrap());
     assert!(f.store.session("s4").await.unwrap().is_some());
 
     let found = |q: &'static str| {
@@ -1112,12 +1122,12 @@ pub async fn users_sessions_and_admins(store: Arc<dyn Store>) {
     assert_eq!(creds.user, alice);
 
     let session = Session {
-        token_hash: "t1".into(),
+        session_id: "t1".into(),
         user_id: alice.id.clone(),
         role: Role::Buyer,
         expires_at: T0.plus_secs(3_600),
     };
-    f.store.insert_session(&session, T0).await.unwrap();
+    assert!(f.store.insert_session(&session, T0).await.unwrap());
     assert_eq!(f.store.session("t1").await.unwrap(), Some(session.clone()));
 
     // Promoting an existing user keeps their id and changes role and password.
@@ -1146,9 +1156,20 @@ pub async fn users_sessions_and_admins(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(root.id, user(4));
 
+    assert!(f.store.revoked_sessions(T0).await.unwrap().is_empty());
     assert!(f.store.delete_session("t1").await.unwrap());
     assert!(!f.store.delete_session("t1").await.unwrap());
     assert_eq!(f.store.session("t1").await.unwrap(), None);
+    assert_eq!(
+        f.store.revoked_sessions(T0).await.unwrap(),
+        vec![("t1".to_string(), T0.plus_secs(3_600))]
+    );
+
+    // The deployment's shared secret: the first writer's value, for everyone after.
+    let first = f.store.shared_secret("session_key", "aaaa").await.unwrap();
+    assert_eq!(first, "aaaa");
+    let second = f.store.shared_secret("session_key", "bbbb").await.unwrap();
+    assert_eq!(second, "aaaa");
 }
 
 /// Changing a sale's total moves `available` with it, never below zero.

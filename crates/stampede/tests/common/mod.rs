@@ -67,6 +67,9 @@ pub fn default_env() -> Vec<(String, String)> {
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The local three-master Redis Cluster `scripts/redis-cluster` starts.
+pub const REDIS_CLUSTER_NODES: [&str; 3] = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
+pub const REDIS_CLUSTER_URL: &str = "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
 /// Which deployment a test server runs as.
 #[derive(Debug, Clone)]
@@ -82,12 +85,31 @@ impl Mode {
     /// A fresh cluster namespace, or `None` (with a message saying which suite is skipped and
     /// why) when the services are not reachable. Under CI that is a failure, never a skip.
     pub async fn cluster() -> Option<Mode> {
+        Self::cluster_with(REDIS_URL, &[("Redis", "127.0.0.1:6379")]).await
+    }
+
+    /// Like [`Mode::cluster`], with the gate on the local three-master Redis Cluster
+    /// (`scripts/redis-cluster` starts it; `.ci/run` does).
+    pub async fn redis_cluster() -> Option<Mode> {
+        Self::cluster_with(
+            REDIS_CLUSTER_URL,
+            &[
+                ("Redis Cluster node", REDIS_CLUSTER_NODES[0]),
+                ("Redis Cluster node", REDIS_CLUSTER_NODES[1]),
+                ("Redis Cluster node", REDIS_CLUSTER_NODES[2]),
+            ],
+        )
+        .await
+    }
+
+    async fn cluster_with(redis_url: &str, redis: &[(&str, &str)]) -> Option<Mode> {
         let mut down = Vec::new();
-        for (name, addr) in [
+        let mut services = vec![
             ("PostgreSQL", "127.0.0.1:5432"),
-            ("Redis", "127.0.0.1:6379"),
             ("RabbitMQ", "127.0.0.1:5672"),
-        ] {
+        ];
+        services.extend_from_slice(redis);
+        for (name, addr) in services {
             let reachable =
                 tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
                     .await
@@ -108,8 +130,28 @@ impl Mode {
             return None;
         }
         Some(Mode::Cluster(std::sync::Arc::new(
-            ClusterEnv::create().await,
+            ClusterEnv::create(redis_url).await,
         )))
+    }
+
+    /// Empties the gate's Redis (every master of a Redis Cluster), as a crash of it would.
+    pub async fn flush_redis(&self) {
+        let Mode::Cluster(c) = self else {
+            return;
+        };
+        let nodes: Vec<String> = if c.redis_url == REDIS_CLUSTER_URL {
+            REDIS_CLUSTER_NODES
+                .iter()
+                .map(|n| format!("redis://{n}/"))
+                .collect()
+        } else {
+            vec![c.redis_url.clone()]
+        };
+        for url in nodes {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        }
     }
 
     /// The environment a server of this mode gets on top of the defaults.
@@ -118,7 +160,7 @@ impl Mode {
             Mode::Embedded => vec![],
             Mode::Cluster(c) => vec![
                 ("STAMPEDE_POSTGRES_URL".into(), c.postgres_url()),
-                ("STAMPEDE_REDIS_URL".into(), REDIS_URL.into()),
+                ("STAMPEDE_REDIS_URL".into(), c.redis_url.clone()),
                 ("STAMPEDE_AMQP_URL".into(), AMQP_URL.into()),
                 ("STAMPEDE_CLUSTER_NAME".into(), c.name.clone()),
                 ("STAMPEDE_RECONCILE_INTERVAL_SECS".into(), "1".into()),
@@ -136,10 +178,12 @@ impl Mode {
 #[derive(Debug)]
 pub struct ClusterEnv {
     pub name: String,
+    /// The gate's Redis: one server, or the local Redis Cluster.
+    pub redis_url: String,
 }
 
 impl ClusterEnv {
-    async fn create() -> ClusterEnv {
+    async fn create(redis_url: &str) -> ClusterEnv {
         let name = format!("stampede_bb_{:016x}", rand_u64());
         let pool = sqlx::PgPool::connect(POSTGRES_URL)
             .await
@@ -149,7 +193,10 @@ impl ClusterEnv {
             .await
             .expect("create a scratch schema");
         pool.close().await;
-        ClusterEnv { name }
+        ClusterEnv {
+            name,
+            redis_url: redis_url.to_string(),
+        }
     }
 
     /// The URL a node connects with: the scratch schema first on its search path.
