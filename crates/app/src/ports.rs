@@ -862,6 +862,14 @@ pub struct RoomRules {
     /// The sale is a draw: at the start, instead of first come first served, a lottery among
     /// everyone in the pre-queue decides who may buy the stock.
     pub lottery_at_start: bool,
+    /// At most this many admissions in any minute (0: as fast as the stock allows). Also the
+    /// operator's "ceiling on the admission rate".
+    #[serde(default)]
+    pub new_per_minute: u32,
+    /// The organiser paused admission (an operator control, not set through the rules):
+    /// nobody is admitted, waiting buyers keep their places and are told.
+    #[serde(default)]
+    pub admission_paused: bool,
 }
 
 /// The waiting room's line per sale (embedded: in memory; cluster: Redis, shared by every
@@ -937,8 +945,8 @@ pub trait WaitingRoom: Send + Sync + 'static {
     ) -> PortResult<()>;
     /// Counters and fairness inputs.
     async fn stats(&self, sale: &SaleId) -> PortResult<LineStats>;
-    /// The key admission tokens are signed with, shared by every node: the first caller's
-    /// `candidate` becomes it.
+    /// The seed of the Ed25519 key admission tokens are signed with, shared by every node: the
+    /// first caller's `candidate` becomes it (unless the adapter was given one).
     async fn signing_key(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]>;
     /// A sale's seed for one kind of draw, fixed by the first caller; `true` if this call set
     /// it (so the caller publishes its commitment).

@@ -52,6 +52,8 @@ pub struct EntryView {
     pub sold_out: bool,
     /// The room is closed: nothing will come back.
     pub closed: bool,
+    /// The organiser paused admission: nobody is admitted, places are kept.
+    pub paused: bool,
 }
 
 /// Why a join was refused.
@@ -183,7 +185,16 @@ pub struct WaitingLine {
     lottery_lost_total: u64,
     sold_out: bool,
     closed: bool,
+    /// Set by the organiser: admission rounds admit nobody (lapses still happen).
+    paused: bool,
+    /// At most this many admissions in any 60 s (0: no ceiling).
+    per_minute: u64,
+    /// When each admission of the last 60 s happened, oldest first.
+    recent_ms: std::collections::VecDeque<i64>,
 }
+
+/// The window [`WaitingLine::set_admission_limits`]' ceiling counts over.
+pub const ADMISSION_WINDOW_MS: i64 = 60_000;
 
 impl WaitingLine {
     /// An empty line whose pre-queue is open.
@@ -279,6 +290,7 @@ impl WaitingLine {
             lottery_won: entry.lottery_won,
             sold_out: self.sold_out,
             closed: self.closed,
+            paused: self.paused,
         }
     }
 
@@ -377,12 +389,25 @@ impl WaitingLine {
         max_batch: u64,
     ) -> Vec<Admitted> {
         self.expire_admissions(now_ms);
-        if !self.drawn || self.closed {
+        if !self.drawn || self.closed || self.paused {
             return Vec::new();
         }
         let per = units_per_admission.max(1);
-        let room = (units_available.saturating_sub((self.outstanding.len() as u64) * per) / per)
+        let mut room = (units_available.saturating_sub((self.outstanding.len() as u64) * per)
+            / per)
             .min(max_batch);
+        // Admissions are remembered for one window whether or not a ceiling is set, so a
+        // ceiling set mid-minute counts what that minute already admitted.
+        while self
+            .recent_ms
+            .front()
+            .is_some_and(|&t| t <= now_ms.saturating_sub(ADMISSION_WINDOW_MS))
+        {
+            self.recent_ms.pop_front();
+        }
+        if self.per_minute > 0 {
+            room = room.min(self.per_minute.saturating_sub(self.recent_ms.len() as u64));
+        }
         let mut admitted = Vec::new();
         while (admitted.len() as u64) < room && self.cursor < self.ranks.len() {
             let rank = self.cursor;
@@ -393,6 +418,7 @@ impl WaitingLine {
                 continue;
             }
             admitted.push(self.admit_slot(slot, rank, ttl_ms, now_ms, false));
+            self.recent_ms.push_back(now_ms);
         }
         admitted
     }
@@ -474,6 +500,14 @@ impl WaitingLine {
             let tally = &mut self.device_tally[entry.device as usize];
             tally.1 = tally.1.saturating_sub(quantity);
         }
+    }
+
+    /// The organiser's controls: `paused` stops admission (places kept, waiting buyers see
+    /// it); `per_minute` caps admissions in any 60 s window (0: no cap). Lottery winners are
+    /// admitted regardless (and not counted): the published draw decides them.
+    pub fn set_admission_limits(&mut self, paused: bool, per_minute: u64) {
+        self.paused = paused;
+        self.per_minute = per_minute;
     }
 
     /// Marks the stock as gone (or back). Waiting buyers see it on their next look.

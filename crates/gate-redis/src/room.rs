@@ -40,7 +40,7 @@ local function view(user)
   return { st, pos, pre, redis.call('HGET', KEYS[3], user) or '0',
     redis.call('HGET', KEYS[2], user) or '', redis.call('HGET', KEYS[4], user) or '0',
     redis.call('SISMEMBER', KEYS[11], user), redis.call('HGET', KEYS[7], 'sold_out') or '0',
-    redis.call('HGET', KEYS[7], 'closed') or '0' }
+    redis.call('HGET', KEYS[7], 'closed') or '0', redis.call('HGET', KEYS[7], 'paused') or '0' }
 end
 "#;
 
@@ -109,9 +109,11 @@ const PLACE_CALL: &str = r#"
 return place(ARGV)
 "#;
 
-/// Lapses stale admissions (a claim never settled counts as used), then admits. ARGV: units
-/// available (-1: read the gate's `avail`, KEYS[14], in this same atomic step), units per
-/// admission, ttl ms, now ms, max batch.
+/// Lapses stale admissions (a claim never settled counts as used), then admits, unless the
+/// organiser paused admission, and no more than the rules' `new_per_minute` in any 60 s
+/// (`recent`, KEYS[15]: admissions by time, kept one window). ARGV: units available (-1: read
+/// the gate's `avail`, KEYS[14], in this same atomic step), units per admission, ttl ms, now
+/// ms, max batch.
 const ADMIT: &str = r#"
 local avail, per = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl, now, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -134,13 +136,20 @@ for i = 1, #stale do
     redis.call('HINCRBY', KEYS[7], 'expired', 1)
   end
 end
-if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1' then
+if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1'
+  or redis.call('HGET', KEYS[7], 'paused') == '1' then
   return 0
 end
 local free = avail - redis.call('ZCARD', KEYS[8]) * per
 if free < 0 then free = 0 end
 local room = math.floor(free / per)
 if room > max then room = max end
+redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now - 60000)
+local per_minute = tonumber(redis.call('HGET', KEYS[7], 'new_per_minute') or '0')
+if per_minute > 0 then
+  local left = per_minute - redis.call('ZCARD', KEYS[15])
+  if room > left then room = left end
+end
 if room <= 0 then return 0 end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
 for i = 1, #next, 2 do
@@ -152,7 +161,9 @@ for i = 1, #next, 2 do
   redis.call('SREM', KEYS[11], u)
   redis.call('RPUSH', KEYS[10], r)
   redis.call('HINCRBY', KEYS[7], 'admitted', 1)
+  redis.call('ZADD', KEYS[15], now, r)
 end
+redis.call('PEXPIRE', KEYS[15], 60000)
 return #next / 2
 "#;
 
@@ -279,10 +290,21 @@ fn state_of(word: &str) -> PortResult<EntryState> {
     })
 }
 
-type RawView = (String, u64, u8, u64, String, i64, u8, String, String);
+type RawView = (
+    String,
+    u64,
+    u8,
+    u64,
+    String,
+    i64,
+    u8,
+    String,
+    String,
+    String,
+);
 
 fn to_view(raw: RawView) -> PortResult<EntryView> {
-    let (state, position, pre, ticket, device, until, won, sold_out, closed) = raw;
+    let (state, position, pre, ticket, device, until, won, sold_out, closed, paused) = raw;
     Ok(EntryView {
         state: state_of(&state)?,
         position,
@@ -293,6 +315,7 @@ fn to_view(raw: RawView) -> PortResult<EntryView> {
         lottery_won: won == 1,
         sold_out: sold_out == "1",
         closed: closed == "1",
+        paused: paused == "1",
     })
 }
 
@@ -330,6 +353,9 @@ impl RedisRoom {
         .map(|k| format!("{tag}:q:{k}"))
         .collect();
         keys.push(format!("{tag}:avail"));
+        // Admissions of the last minute (the `new_per_minute` ceiling), after the gate's key
+        // so the indexes above stay those the scripts were written against.
+        keys.push(format!("{tag}:q:recent"));
         keys
     }
 
@@ -603,14 +629,24 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn rules(&self, sale: &SaleId) -> PortResult<RoomRules> {
-        let (a, d, p, l): (Option<u32>, Option<u32>, Option<u8>, Option<u8>) = self
+        type Fields = (
+            Option<u32>,
+            Option<u32>,
+            Option<u8>,
+            Option<u8>,
+            Option<u32>,
+            Option<u8>,
+        );
+        let (a, d, p, l, n, paused): Fields = self
             .cmd(
                 redis::cmd("HMGET")
                     .arg(self.key(sale, 6))
                     .arg("max_accounts_per_device")
                     .arg("device_limit")
                     .arg("pow_bits")
-                    .arg("lottery_at_start"),
+                    .arg("lottery_at_start")
+                    .arg("new_per_minute")
+                    .arg("paused"),
             )
             .await?;
         Ok(RoomRules {
@@ -618,6 +654,8 @@ impl WaitingRoom for RedisRoom {
             device_limit: d.unwrap_or(0),
             pow_bits: p.unwrap_or(0),
             lottery_at_start: l == Some(1),
+            new_per_minute: n.unwrap_or(0),
+            admission_paused: paused == Some(1),
         })
     }
 
@@ -633,7 +671,11 @@ impl WaitingRoom for RedisRoom {
                     .arg("pow_bits")
                     .arg(rules.pow_bits)
                     .arg("lottery_at_start")
-                    .arg(u8::from(rules.lottery_at_start)),
+                    .arg(u8::from(rules.lottery_at_start))
+                    .arg("new_per_minute")
+                    .arg(rules.new_per_minute)
+                    .arg("paused")
+                    .arg(u8::from(rules.admission_paused)),
             )
             .await?;
         Ok(())

@@ -306,6 +306,8 @@ pub async fn seeds_keys_rules_and_draws(room: Arc<dyn WaitingRoom>) {
         device_limit: 2,
         pow_bits: 8,
         lottery_at_start: true,
+        new_per_minute: 60,
+        admission_paused: true,
     };
     room.set_rules(&sale, rules).await.unwrap();
     assert_eq!(room.rules(&sale).await.unwrap(), rules);
@@ -374,6 +376,121 @@ pub async fn units_per_admission_and_unsettled_claims(room: Arc<dyn WaitingRoom>
     );
 }
 
+/// Paused by the organiser: nobody is admitted however much stock there is, everyone keeps
+/// their place and sees the pause; resumed, admission goes on in the original order.
+pub async fn a_paused_room_admits_nobody_and_keeps_places(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..6).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let now = 1_000_000;
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, 60_000, now, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    let paused = RoomRules {
+        admission_paused: true,
+        ..RoomRules::default()
+    };
+    room.set_rules(&sale, paused).await.unwrap();
+    for round in 0..5 {
+        assert_eq!(
+            room.admit(&sale, Some(100), 1, 60_000, now + round, 100)
+                .await
+                .unwrap(),
+            0,
+            "admitted while paused"
+        );
+    }
+    for (i, u) in users.iter().enumerate().skip(2) {
+        let v = room.view(&sale, u).await.unwrap().unwrap();
+        assert_eq!(
+            (v.state, v.position, v.paused),
+            (EntryState::Waiting, i as u64 - 1, true)
+        );
+    }
+    // An admission made before the pause still lapses on time.
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, 60_000, now + 60_000, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(room.stats(&sale).await.unwrap().expired_total, 2);
+    room.set_rules(&sale, RoomRules::default()).await.unwrap();
+    assert!(!room.view(&sale, &users[2]).await.unwrap().unwrap().paused);
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, 60_000, now + 60_001, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    for (i, u) in users.iter().enumerate() {
+        let v = room.view(&sale, u).await.unwrap().unwrap();
+        match i {
+            0 | 1 => assert_eq!(v.state, EntryState::Expired),
+            2 | 3 => assert_eq!(v.state, EntryState::Admitted, "next in the original order"),
+            _ => assert_eq!((v.state, v.position), (EntryState::Waiting, i as u64 - 3)),
+        }
+    }
+}
+
+/// `new_per_minute`: no 60 s window admits more than the ceiling, whatever the stock, the
+/// batch size or the number of rounds; the next window admits again.
+pub async fn admissions_per_minute_are_capped(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    for i in 0..50 {
+        room.join(&sale, &user(i), "d", 0).await.unwrap().unwrap();
+    }
+    // Before the ceiling: 4 admitted at t0 (they count toward the window once it is set).
+    let t0 = 5_000_000;
+    assert_eq!(
+        room.admit(&sale, Some(1000), 1, 600_000, t0, 4)
+            .await
+            .unwrap(),
+        4
+    );
+    let rules = RoomRules {
+        new_per_minute: 10,
+        ..RoomRules::default()
+    };
+    room.set_rules(&sale, rules).await.unwrap();
+    let mut times = vec![t0; 4];
+    // One round every 5 s for three minutes, each allowed a batch of 3.
+    for step in 1..=36 {
+        let now = t0 + step * 5_000;
+        let n = room
+            .admit(&sale, Some(1000), 1, 600_000, now, 3)
+            .await
+            .unwrap();
+        times.extend(std::iter::repeat_n(now, n as usize));
+    }
+    for &start in &times {
+        let in_window = times
+            .iter()
+            .filter(|&&t| t >= start && t < start + 60_000)
+            .count();
+        assert!(
+            in_window <= 10,
+            "{in_window} admissions in the minute from {start}"
+        );
+    }
+    assert!(
+        times.len() >= 28,
+        "the ceiling still admits: {}",
+        times.len()
+    );
+    assert_eq!(
+        room.stats(&sale).await.unwrap().admitted_total,
+        times.len() as u64
+    );
+}
+
 /// Generates one `#[tokio::test]` per check for a room adapter.
 #[macro_export]
 macro_rules! room_conformance_tests {
@@ -386,7 +503,9 @@ macro_rules! room_conformance_tests {
             sold_out_and_closed,
             lottery_admits_winners_only,
             seeds_keys_rules_and_draws,
-            units_per_admission_and_unsettled_claims
+            units_per_admission_and_unsettled_claims,
+            a_paused_room_admits_nobody_and_keeps_places,
+            admissions_per_minute_are_capped
         );
     };
     (@each $make:path, $($check:ident),*) => {
