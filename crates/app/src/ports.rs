@@ -870,6 +870,10 @@ pub struct RoomRules {
     /// nobody is admitted, waiting buyers keep their places and are told.
     #[serde(default)]
     pub admission_paused: bool,
+    /// At most this many buyers admitted and shopping at once (0: no cap): an admission not
+    /// used yet, or a hold bought with one and not yet paid, released or lapsed, takes a slot.
+    #[serde(default)]
+    pub max_active: u32,
 }
 
 /// The waiting room's line per sale (embedded: in memory; cluster: Redis, shared by every
@@ -921,14 +925,19 @@ pub trait WaitingRoom: Send + Sync + 'static {
         device_limit: u64,
         now_ms: i64,
     ) -> PortResult<Result<(), ClaimRefusal>>;
-    /// Ends a claim: used up if `reserved`, else given back.
+    /// Ends a claim: used up if `reserved`, else given back. A reserved admission counts among
+    /// those shopping (the rules' `max_active`) until [`WaitingRoom::shopping_ended`] or
+    /// `shopping_until_ms` (when the hold has lapsed at the latest).
     async fn settle(
         &self,
         sale: &SaleId,
         user: &UserId,
         quantity: u64,
         reserved: bool,
+        shopping_until_ms: i64,
     ) -> PortResult<()>;
+    /// The buyer's hold ended (paid, released, lapsed): their slot is free for the next.
+    async fn shopping_ended(&self, sale: &SaleId, user: &UserId) -> PortResult<()>;
     /// Marks the stock gone (or back); `close` ends the room for good.
     async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()>;
     /// Everyone still waiting: a lottery's entrants.

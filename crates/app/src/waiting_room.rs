@@ -468,22 +468,44 @@ impl App {
         }
     }
 
-    /// Ends a claim taken by [`App::claim_admission`].
+    /// Ends a claim taken by [`App::claim_admission`]: `hold_expires_at` is the expiry of the
+    /// hold it bought, if it bought one. Until that hold ends the buyer counts among those
+    /// shopping (the rules' `max_active`); a minute past its expiry at the latest, so a missed
+    /// end notice cannot keep the slot.
     pub(crate) async fn settle_admission(
         &self,
         who: &Principal,
         sale: &SaleId,
         quantity: u32,
-        reserved: bool,
+        hold_expires_at: Option<Timestamp>,
     ) {
+        let shopping_until_ms = hold_expires_at.map_or(0, |t| t.plus_secs(60).millis());
         if let Err(e) = self
             .room
-            .settle(sale, &who.user_id, u64::from(quantity), reserved)
+            .settle(
+                sale,
+                &who.user_id,
+                u64::from(quantity),
+                hold_expires_at.is_some(),
+                shopping_until_ms,
+            )
             .await
         {
             // A claim left open lapses with its token (plus a grace period): the buyer can
             // join again; nothing is oversold, since the gate and judge decided the units.
             tracing::warn!(error = %e, sale = %sale, "admission claim not settled");
+        }
+    }
+
+    /// A hold on a waiting-room sale ended (paid, released or lapsed): the buyer's slot among
+    /// those shopping at once is free for the next in line.
+    pub(crate) async fn shopping_ended(&self, sale: &SaleId, user: &stampede_core::UserId) {
+        if !self.sales.get(sale).is_some_and(|s| s.queue_required) {
+            return;
+        }
+        if let Err(e) = self.room.shopping_ended(sale, user).await {
+            // The slot frees itself a minute after the hold's expiry.
+            tracing::warn!(error = %e, sale = %sale, "shopping slot not freed");
         }
     }
 

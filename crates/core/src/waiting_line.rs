@@ -191,6 +191,12 @@ pub struct WaitingLine {
     per_minute: u64,
     /// When each admission of the last 60 s happened, oldest first.
     recent_ms: std::collections::VecDeque<i64>,
+    /// At most this many buyers admitted and shopping at once (0: no cap).
+    max_active: u64,
+    /// Slots whose admission bought a hold that has not ended yet (paid, released or lapsed),
+    /// each with the time by which its hold has ended whatever happens: a hold never outlives
+    /// its sale's hold time, so a missed end notice frees the slot by then.
+    shopping: HashMap<u32, i64>,
 }
 
 /// The window [`WaitingLine::set_admission_limits`]' ceiling counts over.
@@ -408,6 +414,11 @@ impl WaitingLine {
         if self.per_minute > 0 {
             room = room.min(self.per_minute.saturating_sub(self.recent_ms.len() as u64));
         }
+        if self.max_active > 0 {
+            self.shopping.retain(|_, until| *until > now_ms);
+            let active = (self.outstanding.len() + self.shopping.len()) as u64;
+            room = room.min(self.max_active.saturating_sub(active));
+        }
         let mut admitted = Vec::new();
         while (admitted.len() as u64) < room && self.cursor < self.ranks.len() {
             let rank = self.cursor;
@@ -483,7 +494,10 @@ impl WaitingLine {
 
     /// Ends a claim: `reserved` uses the admission up; otherwise it is given back (the buyer
     /// may try again while it lasts) with the device's units.
-    pub fn settle(&mut self, user: &str, quantity: u64, reserved: bool) {
+    ///
+    /// A reserved admission keeps its buyer among those shopping until
+    /// [`WaitingLine::end_shopping`] or `shopping_until_ms`, whichever comes first.
+    pub fn settle(&mut self, user: &str, quantity: u64, reserved: bool, shopping_until_ms: i64) {
         let Some(&slot) = self.by_user.get(user) else {
             return;
         };
@@ -495,6 +509,7 @@ impl WaitingLine {
             entry.state = EntryState::Used;
             self.used_total += 1;
             self.outstanding.retain(|&s| s != slot);
+            self.shopping.insert(slot, shopping_until_ms);
         } else {
             entry.state = EntryState::Admitted;
             let tally = &mut self.device_tally[entry.device as usize];
@@ -505,9 +520,21 @@ impl WaitingLine {
     /// The organiser's controls: `paused` stops admission (places kept, waiting buyers see
     /// it); `per_minute` caps admissions in any 60 s window (0: no cap). Lottery winners are
     /// admitted regardless (and not counted): the published draw decides them.
-    pub fn set_admission_limits(&mut self, paused: bool, per_minute: u64) {
+    ///
+    /// `max_active` caps buyers admitted and shopping at once: an outstanding admission or a
+    /// hold bought with one takes a slot until it is used up, paid, released or lapses.
+    pub fn set_admission_limits(&mut self, paused: bool, per_minute: u64, max_active: u64) {
         self.paused = paused;
         self.per_minute = per_minute;
+        self.max_active = max_active;
+    }
+
+    /// The buyer's hold ended (paid, released or lapsed): their slot among those shopping is
+    /// free for the next in line.
+    pub fn end_shopping(&mut self, user: &str) {
+        if let Some(&slot) = self.by_user.get(user) {
+            self.shopping.remove(&slot);
+        }
     }
 
     /// Marks the stock as gone (or back). Waiting buyers see it on their next look.
@@ -714,7 +741,7 @@ mod tests {
             line.claim("u0", "d", t, 1, 0, 1),
             Err(ClaimRefusal::AlreadyUsed)
         );
-        line.settle("u0", 1, true);
+        line.settle("u0", 1, true, i64::MAX);
         assert_eq!(
             line.claim("u0", "d", t, 1, 0, 1),
             Err(ClaimRefusal::AlreadyUsed)
@@ -745,7 +772,7 @@ mod tests {
             line.view("b").unwrap().ticket,
         );
         assert_eq!(line.claim("a", "phone", ta, 1, 1, 0), Ok(()));
-        line.settle("a", 1, true);
+        line.settle("a", 1, true, i64::MAX);
         assert_eq!(
             line.claim("b", "phone", tb, 1, 1, 0),
             Err(ClaimRefusal::DeviceLimit)
@@ -759,7 +786,7 @@ mod tests {
         line.admit(1, 1, 1000, 0, 100);
         let t = line.view("a").unwrap().ticket;
         line.claim("a", "d", t, 1, 1, 0).unwrap();
-        line.settle("a", 1, false);
+        line.settle("a", 1, false, i64::MAX);
         assert_eq!(line.claim("a", "d", t, 1, 1, 0), Ok(()));
     }
 
@@ -809,7 +836,7 @@ mod tests {
                         for u in &got {
                             let t = line.view(u).unwrap().ticket;
                             line.claim(u, "d", t, 1, 0, 0).unwrap();
-                            line.settle(u, 1, true);
+                            line.settle(u, 1, true, i64::MAX);
                         }
                     }
                     _ => {

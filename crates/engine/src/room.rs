@@ -162,8 +162,19 @@ impl WaitingRoom for MemoryRoom {
         user: &UserId,
         quantity: u64,
         reserved: bool,
+        shopping_until_ms: i64,
     ) -> PortResult<()> {
-        self.with(sale, |r| r.line.settle(user.as_str(), quantity, reserved))
+        self.with(sale, |r| {
+            r.line
+                .settle(user.as_str(), quantity, reserved, shopping_until_ms)
+        })
+    }
+
+    async fn shopping_ended(&self, sale: &SaleId, user: &UserId) -> PortResult<()> {
+        if !self.rooms.contains_key(sale) {
+            return Ok(());
+        }
+        self.with(sale, |r| r.line.end_shopping(user.as_str()))
     }
 
     async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()> {
@@ -233,8 +244,11 @@ impl WaitingRoom for MemoryRoom {
     async fn set_rules(&self, sale: &SaleId, rules: RoomRules) -> PortResult<()> {
         self.with(sale, |r| {
             r.rules = rules;
-            r.line
-                .set_admission_limits(rules.admission_paused, u64::from(rules.new_per_minute));
+            r.line.set_admission_limits(
+                rules.admission_paused,
+                u64::from(rules.new_per_minute),
+                u64::from(rules.max_active),
+            );
         })
     }
 

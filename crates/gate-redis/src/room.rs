@@ -150,6 +150,12 @@ if per_minute > 0 then
   local left = per_minute - redis.call('ZCARD', KEYS[15])
   if room > left then room = left end
 end
+local max_active = tonumber(redis.call('HGET', KEYS[7], 'max_active') or '0')
+if max_active > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', now)
+  local left = max_active - redis.call('ZCARD', KEYS[8]) - redis.call('ZCARD', KEYS[16])
+  if room > left then room = left end
+end
 if room <= 0 then return 0 end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
 for i = 1, #next, 2 do
@@ -188,7 +194,8 @@ redis.call('HSET', KEYS[1], user, 'claimed')
 return 'ok'
 "#;
 
-/// ARGV: user, quantity, reserved (1/0).
+/// ARGV: user, quantity, reserved (1/0), shopping until (ms). A reserved admission joins
+/// `shop` (KEYS[16]: buyers shopping, by when their hold has ended at the latest).
 const SETTLE: &str = r#"
 local user, qty = ARGV[1], tonumber(ARGV[2])
 if redis.call('HGET', KEYS[1], user) ~= 'claimed' then return 0 end
@@ -196,6 +203,7 @@ if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], user, 'used')
   redis.call('ZREM', KEYS[8], user)
   redis.call('HINCRBY', KEYS[7], 'used', 1)
+  redis.call('ZADD', KEYS[16], tonumber(ARGV[4]), user)
 else
   redis.call('HSET', KEYS[1], user, 'admitted')
   local device = redis.call('HGET', KEYS[2], user)
@@ -356,6 +364,7 @@ impl RedisRoom {
         // Admissions of the last minute (the `new_per_minute` ceiling), after the gate's key
         // so the indexes above stay those the scripts were written against.
         keys.push(format!("{tag}:q:recent"));
+        keys.push(format!("{tag}:q:shop"));
         keys
     }
 
@@ -500,6 +509,7 @@ impl WaitingRoom for RedisRoom {
         user: &UserId,
         quantity: u64,
         reserved: bool,
+        shopping_until_ms: i64,
     ) -> PortResult<()> {
         let _: i64 = self
             .run(
@@ -509,7 +519,19 @@ impl WaitingRoom for RedisRoom {
                     user.to_string(),
                     quantity.to_string(),
                     if reserved { "1" } else { "0" }.to_owned(),
+                    shopping_until_ms.to_string(),
                 ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn shopping_ended(&self, sale: &SaleId, user: &UserId) -> PortResult<()> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("ZREM")
+                    .arg(self.key(sale, 15))
+                    .arg(user.as_str()),
             )
             .await?;
         Ok(())
@@ -636,8 +658,9 @@ impl WaitingRoom for RedisRoom {
             Option<u8>,
             Option<u32>,
             Option<u8>,
+            Option<u32>,
         );
-        let (a, d, p, l, n, paused): Fields = self
+        let (a, d, p, l, n, paused, active): Fields = self
             .cmd(
                 redis::cmd("HMGET")
                     .arg(self.key(sale, 6))
@@ -646,7 +669,8 @@ impl WaitingRoom for RedisRoom {
                     .arg("pow_bits")
                     .arg("lottery_at_start")
                     .arg("new_per_minute")
-                    .arg("paused"),
+                    .arg("paused")
+                    .arg("max_active"),
             )
             .await?;
         Ok(RoomRules {
@@ -656,6 +680,7 @@ impl WaitingRoom for RedisRoom {
             lottery_at_start: l == Some(1),
             new_per_minute: n.unwrap_or(0),
             admission_paused: paused == Some(1),
+            max_active: active.unwrap_or(0),
         })
     }
 
@@ -675,7 +700,9 @@ impl WaitingRoom for RedisRoom {
                     .arg("new_per_minute")
                     .arg(rules.new_per_minute)
                     .arg("paused")
-                    .arg(u8::from(rules.admission_paused)),
+                    .arg(u8::from(rules.admission_paused))
+                    .arg("max_active")
+                    .arg(rules.max_active),
             )
             .await?;
         Ok(())

@@ -331,6 +331,11 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
             "new_per_minute",
             integer(0, i64::from(u32::MAX)),
         ),
+        (
+            "RoomRulesDto",
+            "max_active",
+            integer(0, i64::from(u32::MAX)),
+        ),
         ("RoomControlBody", "reason", nonblank(500)),
         ("AdmissionCeilingBody", "reason", nonblank(500)),
         (

@@ -107,7 +107,7 @@ in_both_modes! {
             }
             Err(why) => panic!("PyJWT is needed under CI: {why}"),
         };
-        let nodes = if mode.is_cluster() {
+        let mut nodes = if mode.is_cluster() {
             cluster_nodes(&mode, 2).await
         } else {
             vec![TestServer::start_in(mode.clone()).await]
@@ -184,5 +184,13 @@ in_both_modes! {
         assert!(r.json["detail"].as_str().unwrap().contains("device"), "{}", r.text);
         first.send(reserve("phone-1")).await.expect(201);
         first.send(reserve("phone-1")).await.expect_problem(403, "not_admitted");
+
+        // The key outlives a restart of the embedded server (its seed is in the data dir), so
+        // shops that cached the JWKS keep verifying.
+        if !mode.is_cluster() {
+            nodes[0].restart().await;
+            let again = nodes[0].get("/.well-known/jwks.json", None).await;
+            assert_eq!(again.expect(200)["keys"], json!(keys), "the key changed on restart");
+        }
     }
 }

@@ -1042,3 +1042,99 @@ async fn operator_controls_pause_resume_ceiling_and_queue_everyone_are_audited()
         assert_eq!(entry.after.as_ref().unwrap()["reason"], reason, "{action}");
     }
 }
+
+/// Which of `buyers` are no longer waiting in `sale`'s room.
+async fn admitted(w: &World, buyers: &[Principal], sale: &str) -> Vec<usize> {
+    let mut n = Vec::new();
+    for (i, b) in buyers.iter().enumerate() {
+        if w.status(b, sale).await.status != QueueStatus::Waiting {
+            n.push(i);
+        }
+    }
+    n
+}
+
+/// Admission by capacity: with `max_active` = 10 the 11th buyer is admitted only once one of
+/// the ten pays, releases, lets the hold lapse or lets the admission lapse, each time freeing
+/// exactly one slot for the next in line.
+#[tokio::test]
+async fn max_active_admits_the_next_only_when_a_slot_frees() {
+    use stampede_app::ports::RoomRules;
+    let w = world().await;
+    let sale = w.queued_sale(100, 1, -1).await;
+    w.app
+        .set_room_rules(
+            &w.admin,
+            &sale,
+            RoomRules {
+                max_active: 10,
+                ..RoomRules::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut buyers = Vec::new();
+    for i in 0..14 {
+        let b = w.buyer(600 + i as u32).await;
+        w.app.join_queue(&b, &sale, &device(i), None).await.unwrap();
+        buyers.push(b);
+    }
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    // Nine of the ten reserve (one holds on to its admission); still ten active.
+    let mut holds = Vec::new();
+    for (i, b) in buyers.iter().enumerate().take(9) {
+        let token = w.status(b, &sale).await.admission_token.unwrap();
+        let hold = w
+            .app
+            .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
+            .await
+            .unwrap();
+        holds.push(hold);
+    }
+    for _ in 0..3 {
+        w.app.admission_tick().await.unwrap();
+    }
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await.len(),
+        10,
+        "nobody freed a slot"
+    );
+    // One pays: the 11th gets in, nobody else.
+    w.checkout(&buyers[0], holds[0].id.as_str(), "tok_ok")
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..11).collect::<Vec<_>>()
+    );
+    // One releases: the 12th.
+    w.app
+        .release_hold(&buyers[1], holds[1].id.as_str())
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..12).collect::<Vec<_>>()
+    );
+    // A payment declined keeps the hold and the slot.
+    assert!(w
+        .checkout(&buyers[2], holds[2].id.as_str(), "tok_decline")
+        .await
+        .is_err());
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(admitted(&w, &buyers, &sale).await.len(), 12);
+    // The other holds lapse (60 s): their slots free, and everyone left gets in.
+    w.clock.advance_millis(61_000);
+    w.app.sweep().await.unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..14).collect::<Vec<_>>()
+    );
+}

@@ -153,13 +153,17 @@ pub async fn admission_is_stock_bounded_and_single_use(room: Arc<dyn WaitingRoom
     assert_eq!(claim(0, "e", t).await, Err(ClaimRefusal::Mismatch));
     assert_eq!(claim(0, "d", t).await, Ok(()));
     assert_eq!(claim(0, "d", t).await, Err(ClaimRefusal::AlreadyUsed));
-    room.settle(&sale, &users[0], 1, true).await.unwrap();
+    room.settle(&sale, &users[0], 1, true, i64::MAX)
+        .await
+        .unwrap();
     assert_eq!(claim(0, "d", t).await, Err(ClaimRefusal::AlreadyUsed));
     assert_eq!(claim(2, "d", 2).await, Err(ClaimRefusal::NotAdmitted));
     // A refused reservation gives the admission back.
     let t1 = room.view(&sale, &users[1]).await.unwrap().unwrap().ticket;
     assert_eq!(claim(1, "d", t1).await, Ok(()));
-    room.settle(&sale, &users[1], 1, false).await.unwrap();
+    room.settle(&sale, &users[1], 1, false, i64::MAX)
+        .await
+        .unwrap();
     // ...but it lapses unused: its claim on stock goes to the next in line.
     assert_eq!(
         room.admit(&sale, Some(1), 1, 1000, now + 1000, 100)
@@ -215,7 +219,7 @@ pub async fn device_caps_and_limits(room: Arc<dyn WaitingRoom>) {
         room.claim(&sale, &a, "phone", ta, 1, 1, 1).await.unwrap(),
         Ok(())
     );
-    room.settle(&sale, &a, 1, true).await.unwrap();
+    room.settle(&sale, &a, 1, true, i64::MAX).await.unwrap();
     assert_eq!(
         room.claim(&sale, &b, "phone", tb, 1, 1, 1).await.unwrap(),
         Err(ClaimRefusal::DeviceLimit)
@@ -308,6 +312,7 @@ pub async fn seeds_keys_rules_and_draws(room: Arc<dyn WaitingRoom>) {
         lottery_at_start: true,
         new_per_minute: 60,
         admission_paused: true,
+        max_active: 7,
     };
     room.set_rules(&sale, rules).await.unwrap();
     assert_eq!(room.rules(&sale).await.unwrap(), rules);
@@ -491,6 +496,95 @@ pub async fn admissions_per_minute_are_capped(room: Arc<dyn WaitingRoom>) {
     );
 }
 
+/// `max_active`: an admission not used yet, or a hold bought with one until it is paid,
+/// released or lapses, takes a slot; the next in line gets in only when one frees.
+pub async fn max_active_counts_the_admitted_and_the_shopping(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..8).map(user).collect();
+    let mut tickets = Vec::new();
+    for u in &users {
+        tickets.push(room.join(&sale, u, "d", 0).await.unwrap().unwrap().ticket);
+    }
+    let rules = RoomRules {
+        max_active: 3,
+        ..RoomRules::default()
+    };
+    room.set_rules(&sale, rules).await.unwrap();
+    let now = 9_000_000;
+    let ttl = 10_000;
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now, 100)
+            .await
+            .unwrap(),
+        3
+    );
+    // Two of the three buy: they are shopping now, still taking their slots.
+    for i in 0..2 {
+        room.claim(&sale, &users[i], "d", tickets[i], 1, 0, now)
+            .await
+            .unwrap()
+            .unwrap();
+        room.settle(&sale, &users[i], 1, true, now + 300_000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 1, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // One pays (or releases, or the hold lapses): the next in line, and only they, get in.
+    room.shopping_ended(&sale, &users[0]).await.unwrap();
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 2, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        room.view(&sale, &users[3]).await.unwrap().unwrap().state,
+        EntryState::Admitted
+    );
+    assert_eq!(
+        room.view(&sale, &users[4]).await.unwrap().unwrap().position,
+        1
+    );
+    // Ending twice, or for someone not shopping, frees nothing more.
+    room.shopping_ended(&sale, &users[0]).await.unwrap();
+    room.shopping_ended(&sale, &users[5]).await.unwrap();
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 3, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // Unused admissions lapse (users 2 and 3): two slots free.
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + ttl + 2, 100)
+            .await
+            .unwrap(),
+        2
+    );
+    // A hold never heard of again stops counting once it is surely over.
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 300_001, 100)
+            .await
+            .unwrap(),
+        2
+    );
+    let admitted: Vec<bool> = {
+        let mut v = Vec::new();
+        for u in &users {
+            let st = room.view(&sale, u).await.unwrap().unwrap().state;
+            v.push(st != EntryState::Waiting);
+        }
+        v
+    };
+    assert_eq!(admitted, vec![true; 8], "everyone in, in order");
+}
+
 /// Generates one `#[tokio::test]` per check for a room adapter.
 #[macro_export]
 macro_rules! room_conformance_tests {
@@ -505,7 +599,8 @@ macro_rules! room_conformance_tests {
             seeds_keys_rules_and_draws,
             units_per_admission_and_unsettled_claims,
             a_paused_room_admits_nobody_and_keeps_places,
-            admissions_per_minute_are_capped
+            admissions_per_minute_are_capped,
+            max_active_counts_the_admitted_and_the_shopping
         );
     };
     (@each $make:path, $($check:ident),*) => {

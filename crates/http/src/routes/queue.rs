@@ -344,6 +344,10 @@ pub struct RoomRulesDto {
     /// At most this many admissions in any minute (0: as fast as the stock allows).
     #[serde(default)]
     pub new_per_minute: u32,
+    /// At most this many buyers admitted and shopping at once (0: no cap). An admission not
+    /// used yet, or a hold bought with one until it is paid, released or lapses, takes a slot.
+    #[serde(default)]
+    pub max_active: u32,
 }
 
 impl From<RoomRules> for RoomRulesDto {
@@ -354,6 +358,7 @@ impl From<RoomRules> for RoomRulesDto {
             pow_bits: r.pow_bits,
             lottery_at_start: r.lottery_at_start,
             new_per_minute: r.new_per_minute,
+            max_active: r.max_active,
         }
     }
 }
@@ -371,7 +376,8 @@ pub async fn report(
     Ok(Json(s.app.room_report(&who, &sale_id).await?.into()))
 }
 
-/// Sets a room's anti-abuse rules.
+/// Sets a room's rules: anti-abuse, the draw at the start, and the admission limits
+/// (`new_per_minute`, `max_active`).
 #[utoipa::path(operation_id = "set_queue_rules", put, path = "/api/v1/admin/sales/{sale_id}/queue/rules", tag = "admin",
     params(("sale_id" = String, Path)), request_body = RoomRulesDto,
     responses((status = 200, body = RoomRulesDto), (status = 403, body = Problem), (status = 404, body = Problem),
@@ -389,6 +395,7 @@ pub async fn set_rules(
         pow_bits: b.pow_bits,
         lottery_at_start: b.lottery_at_start,
         new_per_minute: b.new_per_minute,
+        max_active: b.max_active,
         // Kept as it is: pausing has its own audited calls.
         admission_paused: false,
     };
