@@ -32,6 +32,9 @@ impl App {
             for sale_id in returned {
                 self.stock_returned(sale_id);
             }
+            for hold in &expired {
+                self.shopping_ended(&hold.sale_id, &hold.user_id).await;
+            }
             total += n;
             if n < 1000 {
                 break;

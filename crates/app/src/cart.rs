@@ -137,7 +137,7 @@ impl App {
             self.claim_admission(who, &sale, admission_token, device_id, qty)
                 .await?;
             if qty > sale.per_user_limit {
-                self.settle_admission(who, &sale_id, qty, false).await;
+                self.settle_admission(who, &sale_id, qty, None).await;
                 return Err(AppError::LimitExceeded);
             }
             // From the claim on, the reservation and its settlement run to completion on
@@ -154,7 +154,8 @@ impl App {
             let device = device_id.map(str::to_owned);
             let judged = tokio::spawn(async move {
                 let judged = app.take_and_judge(request, limit, device.as_deref()).await;
-                app.settle_admission(&buyer, &settle_sale, qty, judged.is_ok())
+                let bought = judged.as_ref().ok().map(|h| h.expires_at);
+                app.settle_admission(&buyer, &settle_sale, qty, bought)
                     .await;
                 judged
             })
@@ -392,6 +393,7 @@ impl App {
         metrics::counter!("stampede_holds_released_total").increment(1);
         self.stock_changed(&hold.sale_id);
         self.stock_returned(&hold.sale_id);
+        self.shopping_ended(&hold.sale_id, &who.user_id).await;
         Ok(())
     }
 

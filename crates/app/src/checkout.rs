@@ -242,6 +242,7 @@ impl App {
                 .await;
                 for sale_id in sales_of(&order) {
                     self.stock_changed(&sale_id);
+                    self.shopping_ended(&sale_id, &order.user_id).await;
                 }
                 if retake {
                     // Stock may have been taken again straight into "sold": bring the gate in line.

@@ -99,7 +99,7 @@ pub struct App {
     /// The waiting room's lines.
     pub room: Arc<dyn WaitingRoom>,
     /// The key admission tokens are signed with (fetched once from the room, shared by nodes).
-    pub(crate) admission_key: tokio::sync::OnceCell<[u8; 32]>,
+    pub(crate) admission_key: tokio::sync::OnceCell<stampede_core::admission::AdmissionKey>,
     /// Bumped after every admission round: live queue streams look again.
     pub(crate) queue_tick: tokio::sync::watch::Sender<u64>,
     /// Admission rate per sale as this node measured it (for ETAs).

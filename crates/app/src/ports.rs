@@ -902,6 +902,18 @@ pub struct RoomRules {
     /// The sale is a draw: at the start, instead of first come first served, a lottery among
     /// everyone in the pre-queue decides who may buy the stock.
     pub lottery_at_start: bool,
+    /// At most this many admissions in any minute (0: as fast as the stock allows). Also the
+    /// operator's "ceiling on the admission rate".
+    #[serde(default)]
+    pub new_per_minute: u32,
+    /// The organiser paused admission (an operator control, not set through the rules):
+    /// nobody is admitted, waiting buyers keep their places and are told.
+    #[serde(default)]
+    pub admission_paused: bool,
+    /// At most this many buyers admitted and shopping at once (0: no cap): an admission not
+    /// used yet, or a hold bought with one and not yet paid, released or lapsed, takes a slot.
+    #[serde(default)]
+    pub max_active: u32,
 }
 
 /// The waiting room's line per sale (embedded: in memory; cluster: Redis, shared by every
@@ -953,14 +965,19 @@ pub trait WaitingRoom: Send + Sync + 'static {
         device_limit: u64,
         now_ms: i64,
     ) -> PortResult<Result<(), ClaimRefusal>>;
-    /// Ends a claim: used up if `reserved`, else given back.
+    /// Ends a claim: used up if `reserved`, else given back. A reserved admission counts among
+    /// those shopping (the rules' `max_active`) until [`WaitingRoom::shopping_ended`] or
+    /// `shopping_until_ms` (when the hold has lapsed at the latest).
     async fn settle(
         &self,
         sale: &SaleId,
         user: &UserId,
         quantity: u64,
         reserved: bool,
+        shopping_until_ms: i64,
     ) -> PortResult<()>;
+    /// The buyer's hold ended (paid, released, lapsed): their slot is free for the next.
+    async fn shopping_ended(&self, sale: &SaleId, user: &UserId) -> PortResult<()>;
     /// Marks the stock gone (or back); `close` ends the room for good.
     async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()>;
     /// Everyone still waiting: a lottery's entrants.
@@ -977,8 +994,8 @@ pub trait WaitingRoom: Send + Sync + 'static {
     ) -> PortResult<()>;
     /// Counters and fairness inputs.
     async fn stats(&self, sale: &SaleId) -> PortResult<LineStats>;
-    /// The key admission tokens are signed with, shared by every node: the first caller's
-    /// `candidate` becomes it.
+    /// The seed of the Ed25519 key admission tokens are signed with, shared by every node: the
+    /// first caller's `candidate` becomes it (unless the adapter was given one).
     async fn signing_key(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]>;
     /// A sale's seed for one kind of draw, fixed by the first caller; `true` if this call set
     /// it (so the caller publishes its commitment).

@@ -485,7 +485,7 @@ impl App {
         Ok(saved)
     }
 
-    async fn save_sale(
+    pub(crate) async fn save_sale(
         &self,
         who: &Principal,
         action: &str,

@@ -10,14 +10,15 @@
 //!   nothing left the room says "sold out" to everyone waiting (they keep their places: a
 //!   lapsed hold or an unused admission gives stock back, and the next in line gets it); when
 //!   nothing is held either, or the sale ends, the room closes.
-//! - **Tokens** are HMAC-signed ([`stampede_core::admission`]), bound to user, sale, device and
-//!   place in line, expire, and are used up by the reservation they allow.
+//! - **Tokens** are Ed25519-signed JWTs ([`stampede_core::admission`]) whose public key is
+//!   published as a JWKS, bound to user, sale, device and place in line, expire, and are used
+//!   up by the reservation they allow.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use stampede_core::admission::{AdmissionClaims, Binding, TokenRefusal};
+use stampede_core::admission::{AdmissionClaims, AdmissionKey, Binding, Jwk, TokenRefusal};
 use stampede_core::draw::{draw_order, DrawPurpose, DrawRecord, Seed};
 use stampede_core::waiting_line::{
     fifo_inversions, top_devices_share, ClaimRefusal, EntryState, EntryView, JoinRefusal,
@@ -57,6 +58,8 @@ pub struct QueueView {
     pub admitted_until: Option<Timestamp>,
     /// The room will not admit anyone again.
     pub closed: bool,
+    /// The organiser paused admission: places are kept, nobody is admitted until it resumes.
+    pub paused: bool,
 }
 
 /// A solved proof-of-work challenge sent with a join.
@@ -106,6 +109,33 @@ pub(crate) struct RateSample {
     at: Timestamp,
     admitted_total: u64,
     per_sec: f64,
+}
+
+/// An operator's control of a sale's waiting room (each audited with its reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomControl {
+    /// Stop admitting; the line and everyone's place are kept, waiters are told.
+    Pause,
+    /// Admit again, in the original order.
+    Resume,
+    /// At most `per_minute` admissions in any minute (0 lifts the ceiling).
+    RateCeiling { per_minute: u32 },
+    /// Put a live sale that had no room behind one: new arrivals queue from now on.
+    QueueEveryone,
+}
+
+/// The longest reason an operator may give.
+pub const MAX_REASON: usize = 500;
+
+/// Why an operator acted: required, so the audit log says it.
+fn check_reason(reason: &str) -> Result<&str, AppError> {
+    let trimmed = reason.trim();
+    if trimmed.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(AppError::invalid(
+            "reason must say why, in 1 to 500 characters",
+        ));
+    }
+    Ok(trimmed)
 }
 
 const MAX_DEVICE_ID: usize = 64;
@@ -161,12 +191,21 @@ impl App {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn signing_key(&self) -> Result<[u8; 32], AppError> {
-        let key = self
-            .admission_key
-            .get_or_try_init(|| async { self.room.signing_key(rand::random()).await })
-            .await?;
-        Ok(*key)
+    /// The deployment's admission key: its seed is kept where the room is (embedded: the data
+    /// dir; cluster: Redis, shared by every node), the first node to ask fixes it.
+    async fn signing_key(&self) -> Result<&AdmissionKey, AppError> {
+        self.admission_key
+            .get_or_try_init(|| async {
+                let seed = self.room.signing_key(rand::random()).await?;
+                Ok::<_, AppError>(AdmissionKey::from_seed(&seed))
+            })
+            .await
+    }
+
+    /// The public keys admission tokens verify with, as published at
+    /// `/.well-known/jwks.json`: a shop checks an admission without calling us.
+    pub async fn admission_jwks(&self) -> Result<Vec<Jwk>, AppError> {
+        Ok(vec![self.signing_key().await?.jwk()])
     }
 
     /// The room's seed for `purpose`; the first node to fix it publishes its commitment.
@@ -215,10 +254,11 @@ impl App {
             user_id: who.user_id.as_str().to_owned(),
             device_id: "pow".into(),
             ticket: u64::from(rules.pow_bits),
+            issued_at: self.clock.now(),
             expires_at: self.clock.now().plus_secs(300),
         };
         let challenge = claims
-            .sign(&key)
+            .sign(key)
             .ok_or_else(|| AppError::Internal("cannot sign a challenge".into()))?;
         Ok(PowChallenge {
             challenge,
@@ -228,7 +268,7 @@ impl App {
 
     fn check_pow(
         &self,
-        key: &[u8; 32],
+        key: &AdmissionKey,
         who: &Principal,
         sale: &SaleId,
         bits: u8,
@@ -275,7 +315,7 @@ impl App {
         let rules = self.room.rules(&sale.id).await?;
         if rules.pow_bits > 0 && self.room.view(&sale.id, &who.user_id).await?.is_none() {
             let key = self.signing_key().await?;
-            if let Err(e) = self.check_pow(&key, who, &sale.id, rules.pow_bits, pow) {
+            if let Err(e) = self.check_pow(key, who, &sale.id, rules.pow_bits, pow) {
                 self.refused(&sale.id, "pow_failed");
                 return Err(e);
             }
@@ -352,9 +392,16 @@ impl App {
                 user_id: who.user_id.as_str().to_owned(),
                 device_id: entry.device_id.clone(),
                 ticket: entry.ticket,
+                // The moment of admission, so every poll hands out the same token.
+                issued_at: Timestamp(
+                    entry
+                        .admitted_until_ms
+                        .saturating_sub(self.config.admission_ttl_secs.saturating_mul(1000))
+                        .min(self.clock.now().millis()),
+                ),
                 expires_at: Timestamp(entry.admitted_until_ms),
             }
-            .sign(&key)
+            .sign(key)
         } else {
             None
         };
@@ -379,6 +426,7 @@ impl App {
                 && matches!(entry.state, EntryState::Admitted | EntryState::Claimed))
             .then_some(Timestamp(entry.admitted_until_ms)),
             closed: entry.closed,
+            paused: entry.paused,
         })
     }
 
@@ -399,7 +447,7 @@ impl App {
         };
         let token = token.ok_or(TokenRefusal::Missing).map_err(refuse)?;
         let key = self.signing_key().await?;
-        let claims = AdmissionClaims::verify(&key, token).map_err(refuse)?;
+        let claims = AdmissionClaims::verify(key, token).map_err(refuse)?;
         claims
             .admits(sale.id.as_str(), who.user_id.as_str(), device, now)
             .map_err(refuse)?;
@@ -431,22 +479,44 @@ impl App {
         }
     }
 
-    /// Ends a claim taken by [`App::claim_admission`].
+    /// Ends a claim taken by [`App::claim_admission`]: `hold_expires_at` is the expiry of the
+    /// hold it bought, if it bought one. Until that hold ends the buyer counts among those
+    /// shopping (the rules' `max_active`); a minute past its expiry at the latest, so a missed
+    /// end notice cannot keep the slot.
     pub(crate) async fn settle_admission(
         &self,
         who: &Principal,
         sale: &SaleId,
         quantity: u32,
-        reserved: bool,
+        hold_expires_at: Option<Timestamp>,
     ) {
+        let shopping_until_ms = hold_expires_at.map_or(0, |t| t.plus_secs(60).millis());
         if let Err(e) = self
             .room
-            .settle(sale, &who.user_id, u64::from(quantity), reserved)
+            .settle(
+                sale,
+                &who.user_id,
+                u64::from(quantity),
+                hold_expires_at.is_some(),
+                shopping_until_ms,
+            )
             .await
         {
             // A claim left open lapses with its token (plus a grace period): the buyer can
             // join again; nothing is oversold, since the gate and judge decided the units.
             tracing::warn!(error = %e, sale = %sale, "admission claim not settled");
+        }
+    }
+
+    /// A hold on a waiting-room sale ended (paid, released or lapsed): the buyer's slot among
+    /// those shopping at once is free for the next in line.
+    pub(crate) async fn shopping_ended(&self, sale: &SaleId, user: &stampede_core::UserId) {
+        if !self.sales.get(sale).is_some_and(|s| s.queue_required) {
+            return;
+        }
+        if let Err(e) = self.room.shopping_ended(sale, user).await {
+            // The slot frees itself a minute after the hold's expiry.
+            tracing::warn!(error = %e, sale = %sale, "shopping slot not freed");
         }
     }
 
@@ -789,6 +859,11 @@ impl App {
         }
         let sale = self.queue_sale(sale_id).await?;
         let before = self.room.rules(&sale.id).await?;
+        // Pausing is an operator control with its own audited calls, not a rule.
+        let rules = RoomRules {
+            admission_paused: before.admission_paused,
+            ..rules
+        };
         self.room.set_rules(&sale.id, rules).await?;
         self.audit(
             who,
@@ -799,6 +874,106 @@ impl App {
         )
         .await;
         Ok(rules)
+    }
+
+    /// An operator's control of a sale's room, applied and audited with who and why.
+    pub async fn control_room(
+        &self,
+        who: &Principal,
+        sale_id: &str,
+        control: RoomControl,
+        reason: &str,
+    ) -> Result<RoomReport, AppError> {
+        self.require_admin(who)?;
+        let reason = check_reason(reason)?;
+        if control == RoomControl::QueueEveryone {
+            return self.queue_everyone(who, sale_id, reason).await;
+        }
+        let sale = self.queue_sale(sale_id).await?;
+        let before = self.room.rules(&sale.id).await?;
+        let (after, action) = match control {
+            RoomControl::Pause if before.admission_paused => {
+                return Err(AppError::Conflict("admission is already paused".into()))
+            }
+            RoomControl::Pause => (
+                RoomRules {
+                    admission_paused: true,
+                    ..before
+                },
+                "room.pause_admission",
+            ),
+            RoomControl::Resume if !before.admission_paused => {
+                return Err(AppError::Conflict("admission is not paused".into()))
+            }
+            RoomControl::Resume => (
+                RoomRules {
+                    admission_paused: false,
+                    ..before
+                },
+                "room.resume_admission",
+            ),
+            RoomControl::RateCeiling { per_minute } => (
+                RoomRules {
+                    new_per_minute: per_minute,
+                    ..before
+                },
+                "room.admission_ceiling",
+            ),
+            RoomControl::QueueEveryone => return self.queue_everyone(who, sale_id, reason).await,
+        };
+        self.room.set_rules(&sale.id, after).await?;
+        self.audit(
+            who,
+            action,
+            sale.id.as_str(),
+            Some(&serde_json::json!({
+                "admission_paused": before.admission_paused,
+                "new_per_minute": before.new_per_minute,
+            })),
+            Some(&serde_json::json!({
+                "admission_paused": after.admission_paused,
+                "new_per_minute": after.new_per_minute,
+                "reason": reason,
+            })),
+        )
+        .await;
+        // Waiters' live streams look again now, not at the next admission round.
+        self.queue_tick.send_modify(|n| *n = n.wrapping_add(1));
+        self.room_report(who, sale_id).await
+    }
+
+    /// "Queue everyone": a live (or scheduled) sale that had no waiting room gets one; new
+    /// arrivals must go through it from now on (holds already made stay).
+    async fn queue_everyone(
+        &self,
+        who: &Principal,
+        sale_id: &str,
+        reason: &str,
+    ) -> Result<RoomReport, AppError> {
+        let before = self.sale(sale_id).await?;
+        if before.queue_required {
+            return Err(AppError::Conflict(
+                "this sale already sells through its waiting room".into(),
+            ));
+        }
+        if before.status_at(self.clock.now()) == SaleStatus::Ended {
+            return Err(AppError::SaleNotLive);
+        }
+        let mut sale = before.clone();
+        sale.queue_required = true;
+        sale.updated_at = self.clock.now();
+        let saved = self
+            .save_sale(who, "sale.queue_required", &before, sale)
+            .await?;
+        self.audit(
+            who,
+            "room.queue_everyone",
+            saved.id.as_str(),
+            Some(&serde_json::json!({ "queue_required": false })),
+            Some(&serde_json::json!({ "queue_required": true, "reason": reason })),
+        )
+        .await;
+        self.room_report(who, sale_id).await
     }
 
     /// The admin's view of a sale's room.

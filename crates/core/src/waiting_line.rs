@@ -52,6 +52,8 @@ pub struct EntryView {
     pub sold_out: bool,
     /// The room is closed: nothing will come back.
     pub closed: bool,
+    /// The organiser paused admission: nobody is admitted, places are kept.
+    pub paused: bool,
 }
 
 /// Why a join was refused.
@@ -183,7 +185,22 @@ pub struct WaitingLine {
     lottery_lost_total: u64,
     sold_out: bool,
     closed: bool,
+    /// Set by the organiser: admission rounds admit nobody (lapses still happen).
+    paused: bool,
+    /// At most this many admissions in any 60 s (0: no ceiling).
+    per_minute: u64,
+    /// When each admission of the last 60 s happened, oldest first.
+    recent_ms: std::collections::VecDeque<i64>,
+    /// At most this many buyers admitted and shopping at once (0: no cap).
+    max_active: u64,
+    /// Slots whose admission bought a hold that has not ended yet (paid, released or lapsed),
+    /// each with the time by which its hold has ended whatever happens: a hold never outlives
+    /// its sale's hold time, so a missed end notice frees the slot by then.
+    shopping: HashMap<u32, i64>,
 }
+
+/// The window [`WaitingLine::set_admission_limits`]' ceiling counts over.
+pub const ADMISSION_WINDOW_MS: i64 = 60_000;
 
 impl WaitingLine {
     /// An empty line whose pre-queue is open.
@@ -279,6 +296,7 @@ impl WaitingLine {
             lottery_won: entry.lottery_won,
             sold_out: self.sold_out,
             closed: self.closed,
+            paused: self.paused,
         }
     }
 
@@ -377,12 +395,30 @@ impl WaitingLine {
         max_batch: u64,
     ) -> Vec<Admitted> {
         self.expire_admissions(now_ms);
-        if !self.drawn || self.closed {
+        if !self.drawn || self.closed || self.paused {
             return Vec::new();
         }
         let per = units_per_admission.max(1);
-        let room = (units_available.saturating_sub((self.outstanding.len() as u64) * per) / per)
+        let mut room = (units_available.saturating_sub((self.outstanding.len() as u64) * per)
+            / per)
             .min(max_batch);
+        // Admissions are remembered for one window whether or not a ceiling is set, so a
+        // ceiling set mid-minute counts what that minute already admitted.
+        while self
+            .recent_ms
+            .front()
+            .is_some_and(|&t| t <= now_ms.saturating_sub(ADMISSION_WINDOW_MS))
+        {
+            self.recent_ms.pop_front();
+        }
+        if self.per_minute > 0 {
+            room = room.min(self.per_minute.saturating_sub(self.recent_ms.len() as u64));
+        }
+        if self.max_active > 0 {
+            self.shopping.retain(|_, until| *until > now_ms);
+            let active = (self.outstanding.len() + self.shopping.len()) as u64;
+            room = room.min(self.max_active.saturating_sub(active));
+        }
         let mut admitted = Vec::new();
         while (admitted.len() as u64) < room && self.cursor < self.ranks.len() {
             let rank = self.cursor;
@@ -393,6 +429,7 @@ impl WaitingLine {
                 continue;
             }
             admitted.push(self.admit_slot(slot, rank, ttl_ms, now_ms, false));
+            self.recent_ms.push_back(now_ms);
         }
         admitted
     }
@@ -457,7 +494,10 @@ impl WaitingLine {
 
     /// Ends a claim: `reserved` uses the admission up; otherwise it is given back (the buyer
     /// may try again while it lasts) with the device's units.
-    pub fn settle(&mut self, user: &str, quantity: u64, reserved: bool) {
+    ///
+    /// A reserved admission keeps its buyer among those shopping until
+    /// [`WaitingLine::end_shopping`] or `shopping_until_ms`, whichever comes first.
+    pub fn settle(&mut self, user: &str, quantity: u64, reserved: bool, shopping_until_ms: i64) {
         let Some(&slot) = self.by_user.get(user) else {
             return;
         };
@@ -469,10 +509,31 @@ impl WaitingLine {
             entry.state = EntryState::Used;
             self.used_total += 1;
             self.outstanding.retain(|&s| s != slot);
+            self.shopping.insert(slot, shopping_until_ms);
         } else {
             entry.state = EntryState::Admitted;
             let tally = &mut self.device_tally[entry.device as usize];
             tally.1 = tally.1.saturating_sub(quantity);
+        }
+    }
+
+    /// The organiser's controls: `paused` stops admission (places kept, waiting buyers see
+    /// it); `per_minute` caps admissions in any 60 s window (0: no cap). Lottery winners are
+    /// admitted regardless (and not counted): the published draw decides them.
+    ///
+    /// `max_active` caps buyers admitted and shopping at once: an outstanding admission or a
+    /// hold bought with one takes a slot until it is used up, paid, released or lapses.
+    pub fn set_admission_limits(&mut self, paused: bool, per_minute: u64, max_active: u64) {
+        self.paused = paused;
+        self.per_minute = per_minute;
+        self.max_active = max_active;
+    }
+
+    /// The buyer's hold ended (paid, released or lapsed): their slot among those shopping is
+    /// free for the next in line.
+    pub fn end_shopping(&mut self, user: &str) {
+        if let Some(&slot) = self.by_user.get(user) {
+            self.shopping.remove(&slot);
         }
     }
 
@@ -680,7 +741,7 @@ mod tests {
             line.claim("u0", "d", t, 1, 0, 1),
             Err(ClaimRefusal::AlreadyUsed)
         );
-        line.settle("u0", 1, true);
+        line.settle("u0", 1, true, i64::MAX);
         assert_eq!(
             line.claim("u0", "d", t, 1, 0, 1),
             Err(ClaimRefusal::AlreadyUsed)
@@ -711,7 +772,7 @@ mod tests {
             line.view("b").unwrap().ticket,
         );
         assert_eq!(line.claim("a", "phone", ta, 1, 1, 0), Ok(()));
-        line.settle("a", 1, true);
+        line.settle("a", 1, true, i64::MAX);
         assert_eq!(
             line.claim("b", "phone", tb, 1, 1, 0),
             Err(ClaimRefusal::DeviceLimit)
@@ -725,7 +786,7 @@ mod tests {
         line.admit(1, 1, 1000, 0, 100);
         let t = line.view("a").unwrap().ticket;
         line.claim("a", "d", t, 1, 1, 0).unwrap();
-        line.settle("a", 1, false);
+        line.settle("a", 1, false, i64::MAX);
         assert_eq!(line.claim("a", "d", t, 1, 1, 0), Ok(()));
     }
 
@@ -775,7 +836,7 @@ mod tests {
                         for u in &got {
                             let t = line.view(u).unwrap().ticket;
                             line.claim(u, "d", t, 1, 0, 0).unwrap();
-                            line.settle(u, 1, true);
+                            line.settle(u, 1, true, i64::MAX);
                         }
                     }
                     _ => {

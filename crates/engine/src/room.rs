@@ -1,9 +1,10 @@
 //! The embedded waiting room: one [`WaitingLine`] per sale in this process's memory, each
 //! behind its own mutex (operations are O(log n) and never wait on I/O while holding it).
 //!
-//! The room is soft state: a restart empties it (and picks a new signing key, so earlier
-//! admission tokens die with it); buyers join again. Holds and orders, which are what must
-//! survive, live in the store.
+//! The room is soft state: a restart empties it; buyers join again. Holds and orders, which are
+//! what must survive, live in the store. The admission signing key is the exception: the
+//! server gives it from the data dir ([`MemoryRoom::with_signing_key`]), so the public key
+//! shops verify admissions with stays the same across restarts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,6 +57,15 @@ impl MemoryRoom {
         Self {
             gate: Some(gate),
             ..Self::default()
+        }
+    }
+
+    /// Signs admissions with `seed` (kept by the caller, e.g. in the data dir) instead of the
+    /// first candidate asked with.
+    pub fn with_signing_key(self, seed: [u8; 32]) -> Self {
+        Self {
+            key: Mutex::new(Some(seed)),
+            ..self
         }
     }
 
@@ -152,8 +162,19 @@ impl WaitingRoom for MemoryRoom {
         user: &UserId,
         quantity: u64,
         reserved: bool,
+        shopping_until_ms: i64,
     ) -> PortResult<()> {
-        self.with(sale, |r| r.line.settle(user.as_str(), quantity, reserved))
+        self.with(sale, |r| {
+            r.line
+                .settle(user.as_str(), quantity, reserved, shopping_until_ms)
+        })
+    }
+
+    async fn shopping_ended(&self, sale: &SaleId, user: &UserId) -> PortResult<()> {
+        if !self.rooms.contains_key(sale) {
+            return Ok(());
+        }
+        self.with(sale, |r| r.line.end_shopping(user.as_str()))
     }
 
     async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()> {
@@ -221,7 +242,14 @@ impl WaitingRoom for MemoryRoom {
     }
 
     async fn set_rules(&self, sale: &SaleId, rules: RoomRules) -> PortResult<()> {
-        self.with(sale, |r| r.rules = rules)
+        self.with(sale, |r| {
+            r.rules = rules;
+            r.line.set_admission_limits(
+                rules.admission_paused,
+                u64::from(rules.new_per_minute),
+                u64::from(rules.max_active),
+            );
+        })
     }
 
     async fn publish_draw(&self, sale: &SaleId, record: &str) -> PortResult<()> {

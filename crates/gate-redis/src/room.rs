@@ -39,7 +39,7 @@ local function view(user)
   return { st, pos, pre, redis.call('HGET', KEYS[3], user) or '0',
     redis.call('HGET', KEYS[2], user) or '', redis.call('HGET', KEYS[4], user) or '0',
     redis.call('SISMEMBER', KEYS[11], user), redis.call('HGET', KEYS[7], 'sold_out') or '0',
-    redis.call('HGET', KEYS[7], 'closed') or '0' }
+    redis.call('HGET', KEYS[7], 'closed') or '0', redis.call('HGET', KEYS[7], 'paused') or '0' }
 end
 "#;
 
@@ -108,9 +108,11 @@ const PLACE_CALL: &str = r#"
 return place(ARGV)
 "#;
 
-/// Lapses stale admissions (a claim never settled counts as used), then admits. ARGV: units
-/// available (-1: read the gate's `avail`, KEYS[14], in this same atomic step), units per
-/// admission, ttl ms, now ms, max batch.
+/// Lapses stale admissions (a claim never settled counts as used), then admits, unless the
+/// organiser paused admission, and no more than the rules' `new_per_minute` in any 60 s
+/// (`recent`, KEYS[15]: admissions by time, kept one window). ARGV: units available (-1: read
+/// the gate's `avail`, KEYS[14], in this same atomic step), units per admission, ttl ms, now
+/// ms, max batch.
 const ADMIT: &str = r#"
 local avail, per = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl, now, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -133,13 +135,26 @@ for i = 1, #stale do
     redis.call('HINCRBY', KEYS[7], 'expired', 1)
   end
 end
-if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1' then
+if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1'
+  or redis.call('HGET', KEYS[7], 'paused') == '1' then
   return 0
 end
 local free = avail - redis.call('ZCARD', KEYS[8]) * per
 if free < 0 then free = 0 end
 local room = math.floor(free / per)
 if room > max then room = max end
+redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now - 60000)
+local per_minute = tonumber(redis.call('HGET', KEYS[7], 'new_per_minute') or '0')
+if per_minute > 0 then
+  local left = per_minute - redis.call('ZCARD', KEYS[15])
+  if room > left then room = left end
+end
+local max_active = tonumber(redis.call('HGET', KEYS[7], 'max_active') or '0')
+if max_active > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', now)
+  local left = max_active - redis.call('ZCARD', KEYS[8]) - redis.call('ZCARD', KEYS[16])
+  if room > left then room = left end
+end
 if room <= 0 then return 0 end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
 for i = 1, #next, 2 do
@@ -151,7 +166,9 @@ for i = 1, #next, 2 do
   redis.call('SREM', KEYS[11], u)
   redis.call('RPUSH', KEYS[10], r)
   redis.call('HINCRBY', KEYS[7], 'admitted', 1)
+  redis.call('ZADD', KEYS[15], now, r)
 end
+redis.call('PEXPIRE', KEYS[15], 60000)
 return #next / 2
 "#;
 
@@ -176,7 +193,8 @@ redis.call('HSET', KEYS[1], user, 'claimed')
 return 'ok'
 "#;
 
-/// ARGV: user, quantity, reserved (1/0).
+/// ARGV: user, quantity, reserved (1/0), shopping until (ms). A reserved admission joins
+/// `shop` (KEYS[16]: buyers shopping, by when their hold has ended at the latest).
 const SETTLE: &str = r#"
 local user, qty = ARGV[1], tonumber(ARGV[2])
 if redis.call('HGET', KEYS[1], user) ~= 'claimed' then return 0 end
@@ -184,6 +202,7 @@ if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], user, 'used')
   redis.call('ZREM', KEYS[8], user)
   redis.call('HINCRBY', KEYS[7], 'used', 1)
+  redis.call('ZADD', KEYS[16], tonumber(ARGV[4]), user)
 else
   redis.call('HSET', KEYS[1], user, 'admitted')
   local device = redis.call('HGET', KEYS[2], user)
@@ -278,10 +297,21 @@ fn state_of(word: &str) -> PortResult<EntryState> {
     })
 }
 
-type RawView = (String, u64, u8, u64, String, i64, u8, String, String);
+type RawView = (
+    String,
+    u64,
+    u8,
+    u64,
+    String,
+    i64,
+    u8,
+    String,
+    String,
+    String,
+);
 
 fn to_view(raw: RawView) -> PortResult<EntryView> {
-    let (state, position, pre, ticket, device, until, won, sold_out, closed) = raw;
+    let (state, position, pre, ticket, device, until, won, sold_out, closed, paused) = raw;
     Ok(EntryView {
         state: state_of(&state)?,
         position,
@@ -292,6 +322,7 @@ fn to_view(raw: RawView) -> PortResult<EntryView> {
         lottery_won: won == 1,
         sold_out: sold_out == "1",
         closed: closed == "1",
+        paused: paused == "1",
     })
 }
 
@@ -329,6 +360,10 @@ impl RedisRoom {
         .map(|k| format!("{tag}:q:{k}"))
         .collect();
         keys.push(format!("{tag}:avail"));
+        // Admissions of the last minute (the `new_per_minute` ceiling), after the gate's key
+        // so the indexes above stay those the scripts were written against.
+        keys.push(format!("{tag}:q:recent"));
+        keys.push(format!("{tag}:q:shop"));
         keys
     }
 
@@ -473,6 +508,7 @@ impl WaitingRoom for RedisRoom {
         user: &UserId,
         quantity: u64,
         reserved: bool,
+        shopping_until_ms: i64,
     ) -> PortResult<()> {
         let _: i64 = self
             .run(
@@ -482,7 +518,19 @@ impl WaitingRoom for RedisRoom {
                     user.to_string(),
                     quantity.to_string(),
                     if reserved { "1" } else { "0" }.to_owned(),
+                    shopping_until_ms.to_string(),
                 ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn shopping_ended(&self, sale: &SaleId, user: &UserId) -> PortResult<()> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("ZREM")
+                    .arg(self.key(sale, 15))
+                    .arg(user.as_str()),
             )
             .await?;
         Ok(())
@@ -602,14 +650,26 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn rules(&self, sale: &SaleId) -> PortResult<RoomRules> {
-        let (a, d, p, l): (Option<u32>, Option<u32>, Option<u8>, Option<u8>) = self
+        type Fields = (
+            Option<u32>,
+            Option<u32>,
+            Option<u8>,
+            Option<u8>,
+            Option<u32>,
+            Option<u8>,
+            Option<u32>,
+        );
+        let (a, d, p, l, n, paused, active): Fields = self
             .cmd(
                 redis::cmd("HMGET")
                     .arg(self.key(sale, 6))
                     .arg("max_accounts_per_device")
                     .arg("device_limit")
                     .arg("pow_bits")
-                    .arg("lottery_at_start"),
+                    .arg("lottery_at_start")
+                    .arg("new_per_minute")
+                    .arg("paused")
+                    .arg("max_active"),
             )
             .await?;
         Ok(RoomRules {
@@ -617,6 +677,9 @@ impl WaitingRoom for RedisRoom {
             device_limit: d.unwrap_or(0),
             pow_bits: p.unwrap_or(0),
             lottery_at_start: l == Some(1),
+            new_per_minute: n.unwrap_or(0),
+            admission_paused: paused == Some(1),
+            max_active: active.unwrap_or(0),
         })
     }
 
@@ -632,7 +695,13 @@ impl WaitingRoom for RedisRoom {
                     .arg("pow_bits")
                     .arg(rules.pow_bits)
                     .arg("lottery_at_start")
-                    .arg(u8::from(rules.lottery_at_start)),
+                    .arg(u8::from(rules.lottery_at_start))
+                    .arg("new_per_minute")
+                    .arg(rules.new_per_minute)
+                    .arg("paused")
+                    .arg(u8::from(rules.admission_paused))
+                    .arg("max_active")
+                    .arg(rules.max_active),
             )
             .await?;
         Ok(())

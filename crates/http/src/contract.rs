@@ -334,6 +334,23 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("RoomRulesDto", "pow_bits", integer(0, 24)),
         (
             "RoomRulesDto",
+            "new_per_minute",
+            integer(0, i64::from(u32::MAX)),
+        ),
+        (
+            "RoomRulesDto",
+            "max_active",
+            integer(0, i64::from(u32::MAX)),
+        ),
+        ("RoomControlBody", "reason", nonblank(500)),
+        ("AdmissionCeilingBody", "reason", nonblank(500)),
+        (
+            "AdmissionCeilingBody",
+            "per_minute",
+            integer(0, i64::from(u32::MAX)),
+        ),
+        (
+            "RoomRulesDto",
             "max_accounts_per_device",
             integer(0, i64::from(u32::MAX)),
         ),

@@ -107,7 +107,7 @@ async fn adapters(
             Ok((
                 Arc::new(open_store(data_dir).await?),
                 gate.clone(),
-                Arc::new(MemoryRoom::with_gate(gate)),
+                Arc::new(MemoryRoom::with_gate(gate).with_signing_key(admission_key(data_dir)?)),
                 None,
                 Arc::new(LocalBus::default()),
                 None,
@@ -202,6 +202,38 @@ fn webhook_secret(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<String> {
     let secret = hex::encode(rand::random::<[u8; 32]>());
     std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     Ok(secret)
+}
+
+/// The seed of the Ed25519 key admission tokens are signed with: generated once and kept in
+/// the data dir (owner-only), so the published JWKS and tokens already handed out survive a
+/// restart.
+fn admission_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = data_dir.join("admission-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut seed = [0u8; 32];
+        if hex::decode_to_slice(text.trim(), &mut seed).is_ok() {
+            return Ok(seed);
+        }
+        anyhow::bail!(
+            "{} is not a 64-digit hex key: fix or remove it (a new key invalidates admissions \
+             already handed out)",
+            path.display()
+        );
+    }
+    let seed: [u8; 32] = rand::random();
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, hex::encode(seed).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(seed)
 }
 
 /// `stampede serve` (with `http`) and `stampede worker` (background jobs only).

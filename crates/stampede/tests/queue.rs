@@ -195,6 +195,68 @@ in_both_modes! {
         assert!(report["refusals"]["token_transferred"].as_u64().unwrap() >= 2, "{report}");
     }
 
+    /// The organiser pauses admission (with a reason): nobody is admitted, places are kept, and
+    /// the waiters' live stream says so; resumed, the next in the original order get in. Both
+    /// controls are in the audit log with their actor and reason.
+    async fn pausing_admission_keeps_places_and_resuming_keeps_the_order(mode) {
+        let nodes = servers(&mode).await;
+        let api = |i: usize| nodes[i % nodes.len()].api();
+        let admin = nodes[0].admin_token().await;
+        let admin_id = nodes[0].user_id_of(&admin).await;
+        let r = nodes[0].create_sale_with(&admin, &queued_sale(3, -1)).await;
+        let sale = r.expect(201)["sale_id"].as_str().unwrap().to_owned();
+        let control = |verb: &str| format!("/api/v1/admin/sales/{sale}/queue/{verb}");
+        api(1).post(&control("pause"), Some(&admin), &json!({})).await.expect_problem(422, "invalid_input");
+        let r = api(1).post(&control("pause"), Some(&admin), &json!({ "reason": "checkout incident" })).await;
+        assert_eq!(r.expect(200)["admission_paused"], true, "{}", r.text);
+        let tokens = nodes[0].buyers(5, 5).await;
+        for (i, token) in tokens.iter().enumerate() {
+            join(&api(i), token, &sale, &format!("device-{i}")).await.expect(202);
+        }
+        let stream = api(1)
+            .request(reqwest::Method::GET, &format!("/api/v1/sales/{sale}/queue/me/events"), Some(&tokens[0]))
+            .send()
+            .await
+            .unwrap();
+        let first = watch_until(stream, Duration::from_secs(5), |event, data| {
+            (event == "queue").then(|| data.clone())
+        })
+        .await;
+        assert_eq!((first["status"].as_str(), first["paused"].as_bool()), (Some("waiting"), Some(true)), "{first}");
+        // Many admission rounds later (every 100 ms, on every node): still nobody in.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for (i, token) in tokens.iter().enumerate() {
+            let v = me(&api(i), token, &sale).await;
+            assert_eq!((v["status"].as_str(), v["position"].as_u64(), v["paused"].as_bool()),
+                (Some("waiting"), Some(i as u64 + 1), Some(true)), "buyer {i}: {v}");
+        }
+        let watcher = api(0)
+            .request(reqwest::Method::GET, &format!("/api/v1/sales/{sale}/queue/me/events"), Some(&tokens[0]))
+            .send()
+            .await
+            .unwrap();
+        api(0).post(&control("resume"), Some(&admin), &json!({ "reason": "fixed" })).await.expect(200);
+        watch_until(watcher, Duration::from_secs(5), |event, data| {
+            (event == "queue" && data["status"] == "admitted" && data["paused"] == false).then_some(())
+        })
+        .await;
+        for (i, token) in tokens.iter().enumerate() {
+            let v = me(&api(i), token, &sale).await;
+            if i < 3 {
+                assert_eq!(v["status"], "admitted", "buyer {i}: {v}");
+            } else {
+                assert_eq!((v["status"].as_str(), v["position"].as_u64()), (Some("waiting"), Some(i as u64 - 2)), "buyer {i}: {v}");
+            }
+        }
+        for (action, reason) in [("room.pause_admission", "checkout incident"), ("room.resume_admission", "fixed")] {
+            let r = api(0).get(&format!("/api/v1/admin/audit?action={action}"), Some(&admin)).await;
+            let entries = r.expect(200)["entries"].as_array().unwrap().clone();
+            let entry = entries.iter().find(|e| e["target"] == sale.as_str()).unwrap_or_else(|| panic!("{action}: {}", r.text));
+            assert_eq!(entry["actor"], admin_id.as_str());
+            assert_eq!(entry["after"]["reason"], reason);
+        }
+    }
+
     /// A lottery among the waiting: the winners are admitted, the rest told; anyone can
     /// recompute it with `stampede verify-draw`, and a changed seed does not check out.
     async fn a_lottery_anyone_can_recompute(mode) {

@@ -525,7 +525,7 @@ async fn admission_follows_the_stock_to_the_unit() {
 /// Ten thousand forged, replayed, expired and transferred admission tokens: none gets a unit.
 #[tokio::test]
 async fn no_bad_admission_token_is_ever_accepted() {
-    use stampede_core::admission::AdmissionClaims;
+    use stampede_core::admission::{AdmissionClaims, AdmissionKey};
     let w = world().await;
     let sale = w.queued_sale(1000, 1, -1).await;
     let owner = w.buyer(1).await;
@@ -549,9 +549,10 @@ async fn no_bad_admission_token_is_ever_accepted() {
             user_id: owner.user_id.to_string(),
             device_id: "owner-phone".into(),
             ticket: i % 2,
+            issued_at: w.clock.now(),
             expires_at: w.clock.now().plus_secs(60),
         }
-        .sign(&rand::random::<[u8; 32]>())
+        .sign(&AdmissionKey::from_seed(&rand::random()))
         .unwrap();
         bad.push((owner.clone(), forged, "owner-phone".into(), "forged"));
         // Tampered: a real token with one byte of its payload or signature changed.
@@ -865,4 +866,275 @@ async fn a_token_dies_at_its_expiry_and_at_logout() {
         w.app.authenticate(&grant.token).await,
         Err(AppError::Unauthenticated)
     ));
+}
+
+/// The operator's controls: paused, nobody is admitted however many rounds run and everyone
+/// keeps their place (and sees the pause); resumed, the next in the original order get in; a
+/// ceiling holds admissions per minute; "queue everyone" puts a live sale behind its room.
+/// Each control is in the audit log with its actor and reason.
+#[tokio::test]
+async fn operator_controls_pause_resume_ceiling_and_queue_everyone_are_audited() {
+    use stampede_app::ports::AuditFilter;
+    use stampede_app::waiting_room::RoomControl;
+    let w = world().await;
+    let sale = w.queued_sale(100, 1, -1).await;
+    let mut buyers = Vec::new();
+    for i in 0..12 {
+        let b = w.buyer(700 + i as u32).await;
+        w.app.join_queue(&b, &sale, &device(i), None).await.unwrap();
+        buyers.push(b);
+    }
+    // A buyer may not pause, and a reason is required.
+    assert!(matches!(
+        w.app
+            .control_room(&buyers[0], &sale, RoomControl::Pause, "mine")
+            .await,
+        Err(AppError::Forbidden)
+    ));
+    assert!(matches!(
+        w.app
+            .control_room(&w.admin, &sale, RoomControl::Pause, "  ")
+            .await,
+        Err(AppError::InvalidInput(_))
+    ));
+    let report = w
+        .app
+        .control_room(
+            &w.admin,
+            &sale,
+            RoomControl::Pause,
+            "payment provider incident",
+        )
+        .await
+        .unwrap();
+    assert!(report.rules.admission_paused);
+    assert!(matches!(
+        w.app
+            .control_room(&w.admin, &sale, RoomControl::Pause, "again")
+            .await,
+        Err(AppError::Conflict(_))
+    ));
+    for _ in 0..5 {
+        w.app.admission_tick().await.unwrap();
+        w.clock.advance_millis(100);
+    }
+    for (i, b) in buyers.iter().enumerate() {
+        let v = w.status(b, &sale).await;
+        assert_eq!(
+            (v.status, v.position, v.paused),
+            (QueueStatus::Waiting, i as u64 + 1, true),
+            "buyer {i} while paused"
+        );
+        assert!(v.admission_token.is_none());
+    }
+    assert_eq!(
+        w.app.room_report(&w.admin, &sale).await.unwrap().admitted,
+        0
+    );
+    // Rules set while paused do not resume.
+    w.app
+        .set_room_rules(&w.admin, &sale, stampede_app::ports::RoomRules::default())
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        w.status(&buyers[0], &sale).await.status,
+        QueueStatus::Waiting
+    );
+
+    // Resumed with a ceiling of 5 a minute: the first five in the original order, then
+    // nobody more until the minute has passed.
+    w.app
+        .control_room(
+            &w.admin,
+            &sale,
+            RoomControl::RateCeiling { per_minute: 5 },
+            "payment provider recovering",
+        )
+        .await
+        .unwrap();
+    w.app
+        .control_room(&w.admin, &sale, RoomControl::Resume, "incident over")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        w.app.admission_tick().await.unwrap();
+        w.clock.advance_millis(1_000);
+    }
+    for (i, b) in buyers.iter().enumerate() {
+        let v = w.status(b, &sale).await;
+        assert!(!v.paused);
+        let expected = if i < 5 {
+            QueueStatus::Admitted
+        } else {
+            QueueStatus::Waiting
+        };
+        assert_eq!(v.status, expected, "buyer {i} after resuming");
+    }
+    w.clock.advance_millis(50_001);
+    w.app.admission_tick().await.unwrap();
+    for (i, b) in buyers.iter().enumerate() {
+        let expected = if i < 10 {
+            QueueStatus::Admitted
+        } else {
+            QueueStatus::Waiting
+        };
+        assert_eq!(
+            w.status(b, &sale).await.status,
+            expected,
+            "buyer {i} a minute later"
+        );
+    }
+
+    // Queue everyone: a live sale without a room gets one; reserving now needs admission.
+    let open = w.sale(10, 1, 60).await;
+    let early = w.buyer(799).await;
+    w.app.reserve(&early, &open, 1, None, None).await.unwrap();
+    w.app
+        .control_room(
+            &w.admin,
+            &open,
+            RoomControl::QueueEveryone,
+            "bots at the door",
+        )
+        .await
+        .unwrap();
+    let late = w.buyer(798).await;
+    assert!(matches!(
+        w.app.reserve(&late, &open, 1, None, None).await,
+        Err(AppError::NotAdmitted(_))
+    ));
+    w.app
+        .join_queue(&late, &open, "late-phone", None)
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    let token = w.status(&late, &open).await.admission_token.unwrap();
+    w.app
+        .reserve(&late, &open, 1, Some(&token), Some("late-phone"))
+        .await
+        .unwrap();
+
+    let audit = w
+        .app
+        .audit_log(
+            &w.admin,
+            AuditFilter {
+                actor: Some(w.admin.user_id.to_string()),
+                action: None,
+                after: None,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    for (action, reason) in [
+        ("room.pause_admission", "payment provider incident"),
+        ("room.admission_ceiling", "payment provider recovering"),
+        ("room.resume_admission", "incident over"),
+        ("room.queue_everyone", "bots at the door"),
+    ] {
+        let entry = audit
+            .iter()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("{action} not audited"));
+        assert_eq!(entry.actor, w.admin.user_id.to_string());
+        assert_eq!(entry.after.as_ref().unwrap()["reason"], reason, "{action}");
+    }
+}
+
+/// Which of `buyers` are no longer waiting in `sale`'s room.
+async fn admitted(w: &World, buyers: &[Principal], sale: &str) -> Vec<usize> {
+    let mut n = Vec::new();
+    for (i, b) in buyers.iter().enumerate() {
+        if w.status(b, sale).await.status != QueueStatus::Waiting {
+            n.push(i);
+        }
+    }
+    n
+}
+
+/// Admission by capacity: with `max_active` = 10 the 11th buyer is admitted only once one of
+/// the ten pays, releases, lets the hold lapse or lets the admission lapse, each time freeing
+/// exactly one slot for the next in line.
+#[tokio::test]
+async fn max_active_admits_the_next_only_when_a_slot_frees() {
+    use stampede_app::ports::RoomRules;
+    let w = world().await;
+    let sale = w.queued_sale(100, 1, -1).await;
+    w.app
+        .set_room_rules(
+            &w.admin,
+            &sale,
+            RoomRules {
+                max_active: 10,
+                ..RoomRules::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut buyers = Vec::new();
+    for i in 0..14 {
+        let b = w.buyer(600 + i as u32).await;
+        w.app.join_queue(&b, &sale, &device(i), None).await.unwrap();
+        buyers.push(b);
+    }
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    // Nine of the ten reserve (one holds on to its admission); still ten active.
+    let mut holds = Vec::new();
+    for (i, b) in buyers.iter().enumerate().take(9) {
+        let token = w.status(b, &sale).await.admission_token.unwrap();
+        let hold = w
+            .app
+            .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
+            .await
+            .unwrap();
+        holds.push(hold);
+    }
+    for _ in 0..3 {
+        w.app.admission_tick().await.unwrap();
+    }
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await.len(),
+        10,
+        "nobody freed a slot"
+    );
+    // One pays: the 11th gets in, nobody else.
+    w.checkout(&buyers[0], holds[0].id.as_str(), "tok_ok")
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..11).collect::<Vec<_>>()
+    );
+    // One releases: the 12th.
+    w.app
+        .release_hold(&buyers[1], holds[1].id.as_str())
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..12).collect::<Vec<_>>()
+    );
+    // A payment declined keeps the hold and the slot.
+    assert!(w
+        .checkout(&buyers[2], holds[2].id.as_str(), "tok_decline")
+        .await
+        .is_err());
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(admitted(&w, &buyers, &sale).await.len(), 12);
+    // The other holds lapse (60 s): their slots free, and everyone left gets in.
+    w.clock.advance_millis(61_000);
+    w.app.sweep().await.unwrap();
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        admitted(&w, &buyers, &sale).await,
+        (0..14).collect::<Vec<_>>()
+    );
 }

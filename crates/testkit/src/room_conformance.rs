@@ -153,13 +153,17 @@ pub async fn admission_is_stock_bounded_and_single_use(room: Arc<dyn WaitingRoom
     assert_eq!(claim(0, "e", t).await, Err(ClaimRefusal::Mismatch));
     assert_eq!(claim(0, "d", t).await, Ok(()));
     assert_eq!(claim(0, "d", t).await, Err(ClaimRefusal::AlreadyUsed));
-    room.settle(&sale, &users[0], 1, true).await.unwrap();
+    room.settle(&sale, &users[0], 1, true, i64::MAX)
+        .await
+        .unwrap();
     assert_eq!(claim(0, "d", t).await, Err(ClaimRefusal::AlreadyUsed));
     assert_eq!(claim(2, "d", 2).await, Err(ClaimRefusal::NotAdmitted));
     // A refused reservation gives the admission back.
     let t1 = room.view(&sale, &users[1]).await.unwrap().unwrap().ticket;
     assert_eq!(claim(1, "d", t1).await, Ok(()));
-    room.settle(&sale, &users[1], 1, false).await.unwrap();
+    room.settle(&sale, &users[1], 1, false, i64::MAX)
+        .await
+        .unwrap();
     // ...but it lapses unused: its claim on stock goes to the next in line.
     assert_eq!(
         room.admit(&sale, Some(1), 1, 1000, now + 1000, 100)
@@ -215,7 +219,7 @@ pub async fn device_caps_and_limits(room: Arc<dyn WaitingRoom>) {
         room.claim(&sale, &a, "phone", ta, 1, 1, 1).await.unwrap(),
         Ok(())
     );
-    room.settle(&sale, &a, 1, true).await.unwrap();
+    room.settle(&sale, &a, 1, true, i64::MAX).await.unwrap();
     assert_eq!(
         room.claim(&sale, &b, "phone", tb, 1, 1, 1).await.unwrap(),
         Err(ClaimRefusal::DeviceLimit)
@@ -306,6 +310,9 @@ pub async fn seeds_keys_rules_and_draws(room: Arc<dyn WaitingRoom>) {
         device_limit: 2,
         pow_bits: 8,
         lottery_at_start: true,
+        new_per_minute: 60,
+        admission_paused: true,
+        max_active: 7,
     };
     room.set_rules(&sale, rules).await.unwrap();
     assert_eq!(room.rules(&sale).await.unwrap(), rules);
@@ -374,6 +381,210 @@ pub async fn units_per_admission_and_unsettled_claims(room: Arc<dyn WaitingRoom>
     );
 }
 
+/// Paused by the organiser: nobody is admitted however much stock there is, everyone keeps
+/// their place and sees the pause; resumed, admission goes on in the original order.
+pub async fn a_paused_room_admits_nobody_and_keeps_places(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..6).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let now = 1_000_000;
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, 60_000, now, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    let paused = RoomRules {
+        admission_paused: true,
+        ..RoomRules::default()
+    };
+    room.set_rules(&sale, paused).await.unwrap();
+    for round in 0..5 {
+        assert_eq!(
+            room.admit(&sale, Some(100), 1, 60_000, now + round, 100)
+                .await
+                .unwrap(),
+            0,
+            "admitted while paused"
+        );
+    }
+    for (i, u) in users.iter().enumerate().skip(2) {
+        let v = room.view(&sale, u).await.unwrap().unwrap();
+        assert_eq!(
+            (v.state, v.position, v.paused),
+            (EntryState::Waiting, i as u64 - 1, true)
+        );
+    }
+    // An admission made before the pause still lapses on time.
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, 60_000, now + 60_000, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(room.stats(&sale).await.unwrap().expired_total, 2);
+    room.set_rules(&sale, RoomRules::default()).await.unwrap();
+    assert!(!room.view(&sale, &users[2]).await.unwrap().unwrap().paused);
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, 60_000, now + 60_001, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    for (i, u) in users.iter().enumerate() {
+        let v = room.view(&sale, u).await.unwrap().unwrap();
+        match i {
+            0 | 1 => assert_eq!(v.state, EntryState::Expired),
+            2 | 3 => assert_eq!(v.state, EntryState::Admitted, "next in the original order"),
+            _ => assert_eq!((v.state, v.position), (EntryState::Waiting, i as u64 - 3)),
+        }
+    }
+}
+
+/// `new_per_minute`: no 60 s window admits more than the ceiling, whatever the stock, the
+/// batch size or the number of rounds; the next window admits again.
+pub async fn admissions_per_minute_are_capped(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    for i in 0..50 {
+        room.join(&sale, &user(i), "d", 0).await.unwrap().unwrap();
+    }
+    // Before the ceiling: 4 admitted at t0 (they count toward the window once it is set).
+    let t0 = 5_000_000;
+    assert_eq!(
+        room.admit(&sale, Some(1000), 1, 600_000, t0, 4)
+            .await
+            .unwrap(),
+        4
+    );
+    let rules = RoomRules {
+        new_per_minute: 10,
+        ..RoomRules::default()
+    };
+    room.set_rules(&sale, rules).await.unwrap();
+    let mut times = vec![t0; 4];
+    // One round every 5 s for three minutes, each allowed a batch of 3.
+    for step in 1..=36 {
+        let now = t0 + step * 5_000;
+        let n = room
+            .admit(&sale, Some(1000), 1, 600_000, now, 3)
+            .await
+            .unwrap();
+        times.extend(std::iter::repeat_n(now, n as usize));
+    }
+    for &start in &times {
+        let in_window = times
+            .iter()
+            .filter(|&&t| t >= start && t < start + 60_000)
+            .count();
+        assert!(
+            in_window <= 10,
+            "{in_window} admissions in the minute from {start}"
+        );
+    }
+    assert!(
+        times.len() >= 28,
+        "the ceiling still admits: {}",
+        times.len()
+    );
+    assert_eq!(
+        room.stats(&sale).await.unwrap().admitted_total,
+        times.len() as u64
+    );
+}
+
+/// `max_active`: an admission not used yet, or a hold bought with one until it is paid,
+/// released or lapses, takes a slot; the next in line gets in only when one frees.
+pub async fn max_active_counts_the_admitted_and_the_shopping(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..8).map(user).collect();
+    let mut tickets = Vec::new();
+    for u in &users {
+        tickets.push(room.join(&sale, u, "d", 0).await.unwrap().unwrap().ticket);
+    }
+    let rules = RoomRules {
+        max_active: 3,
+        ..RoomRules::default()
+    };
+    room.set_rules(&sale, rules).await.unwrap();
+    let now = 9_000_000;
+    let ttl = 10_000;
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now, 100)
+            .await
+            .unwrap(),
+        3
+    );
+    // Two of the three buy: they are shopping now, still taking their slots.
+    for i in 0..2 {
+        room.claim(&sale, &users[i], "d", tickets[i], 1, 0, now)
+            .await
+            .unwrap()
+            .unwrap();
+        room.settle(&sale, &users[i], 1, true, now + 300_000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 1, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // One pays (or releases, or the hold lapses): the next in line, and only they, get in.
+    room.shopping_ended(&sale, &users[0]).await.unwrap();
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 2, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        room.view(&sale, &users[3]).await.unwrap().unwrap().state,
+        EntryState::Admitted
+    );
+    assert_eq!(
+        room.view(&sale, &users[4]).await.unwrap().unwrap().position,
+        1
+    );
+    // Ending twice, or for someone not shopping, frees nothing more.
+    room.shopping_ended(&sale, &users[0]).await.unwrap();
+    room.shopping_ended(&sale, &users[5]).await.unwrap();
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 3, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // Unused admissions lapse (users 2 and 3): two slots free.
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + ttl + 2, 100)
+            .await
+            .unwrap(),
+        2
+    );
+    // A hold never heard of again stops counting once it is surely over.
+    assert_eq!(
+        room.admit(&sale, Some(100), 1, ttl, now + 300_001, 100)
+            .await
+            .unwrap(),
+        2
+    );
+    let admitted: Vec<bool> = {
+        let mut v = Vec::new();
+        for u in &users {
+            let st = room.view(&sale, u).await.unwrap().unwrap().state;
+            v.push(st != EntryState::Waiting);
+        }
+        v
+    };
+    assert_eq!(admitted, vec![true; 8], "everyone in, in order");
+}
+
 /// Generates one `#[tokio::test]` per check for a room adapter.
 #[macro_export]
 macro_rules! room_conformance_tests {
@@ -386,7 +597,10 @@ macro_rules! room_conformance_tests {
             sold_out_and_closed,
             lottery_admits_winners_only,
             seeds_keys_rules_and_draws,
-            units_per_admission_and_unsettled_claims
+            units_per_admission_and_unsettled_claims,
+            a_paused_room_admits_nobody_and_keeps_places,
+            admissions_per_minute_are_capped,
+            max_active_counts_the_admitted_and_the_shopping
         );
     };
     (@each $make:path, $($check:ident),*) => {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use stampede_app::ports::RoomRules;
-use stampede_app::waiting_room::{PowSolution, QueueStatus, QueueView, RoomReport};
+use stampede_app::waiting_room::{PowSolution, QueueStatus, QueueView, RoomControl, RoomReport};
 use stampede_core::draw::{DrawPurpose, DrawRecord};
 
 use crate::dto::rfc3339;
@@ -57,6 +57,8 @@ pub struct QueueDto {
     pub pre_queue: bool,
     /// The room will admit nobody again (all sold, or the sale ended).
     pub closed: bool,
+    /// Admission is paused by the organiser: the place is kept, admission resumes in order.
+    pub paused: bool,
 }
 
 fn status_word(s: QueueStatus) -> &'static str {
@@ -81,6 +83,7 @@ impl From<QueueView> for QueueDto {
             admitted_until: v.admitted_until.map(rfc3339),
             pre_queue: v.pre_queue,
             closed: v.closed,
+            paused: v.paused,
         }
     }
 }
@@ -293,6 +296,8 @@ pub struct RoomReportDto {
     pub fifo_inversions: u64,
     pub top_1pct_device_share: f64,
     pub rules: RoomRulesDto,
+    /// Admission is paused by the organiser.
+    pub admission_paused: bool,
 }
 
 impl From<RoomReport> for RoomReportDto {
@@ -313,6 +318,7 @@ impl From<RoomReport> for RoomReportDto {
             refusals: r.refusals,
             fifo_inversions: r.fifo_inversions,
             top_1pct_device_share: r.top_1pct_device_share,
+            admission_paused: r.rules.admission_paused,
             rules: r.rules.into(),
         }
     }
@@ -335,6 +341,13 @@ pub struct RoomRulesDto {
     /// (winners: the stock), instead of first come, first served.
     #[serde(default)]
     pub lottery_at_start: bool,
+    /// At most this many admissions in any minute (0: as fast as the stock allows).
+    #[serde(default)]
+    pub new_per_minute: u32,
+    /// At most this many buyers admitted and shopping at once (0: no cap). An admission not
+    /// used yet, or a hold bought with one until it is paid, released or lapses, takes a slot.
+    #[serde(default)]
+    pub max_active: u32,
 }
 
 impl From<RoomRules> for RoomRulesDto {
@@ -344,6 +357,8 @@ impl From<RoomRules> for RoomRulesDto {
             device_limit: r.device_limit,
             pow_bits: r.pow_bits,
             lottery_at_start: r.lottery_at_start,
+            new_per_minute: r.new_per_minute,
+            max_active: r.max_active,
         }
     }
 }
@@ -361,7 +376,8 @@ pub async fn report(
     Ok(Json(s.app.room_report(&who, &sale_id).await?.into()))
 }
 
-/// Sets a room's anti-abuse rules.
+/// Sets a room's rules: anti-abuse, the draw at the start, and the admission limits
+/// (`new_per_minute`, `max_active`).
 #[utoipa::path(operation_id = "set_queue_rules", put, path = "/api/v1/admin/sales/{sale_id}/queue/rules", tag = "admin",
     params(("sale_id" = String, Path)), request_body = RoomRulesDto,
     responses((status = 200, body = RoomRulesDto), (status = 403, body = Problem), (status = 404, body = Problem),
@@ -378,6 +394,10 @@ pub async fn set_rules(
         device_limit: b.device_limit,
         pow_bits: b.pow_bits,
         lottery_at_start: b.lottery_at_start,
+        new_per_minute: b.new_per_minute,
+        max_active: b.max_active,
+        // Kept as it is: pausing has its own audited calls.
+        admission_paused: false,
     };
     Ok(Json(
         s.app.set_room_rules(&who, &sale_id, rules).await?.into(),
@@ -407,4 +427,160 @@ pub async fn lottery(
     Ok(Json(
         s.app.run_lottery(&who, &sale_id, b.winners).await?.into(),
     ))
+}
+
+/// One public key of a JWKS (RFC 7517; Ed25519 as RFC 8037 has it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JwkDto {
+    /// `OKP`.
+    pub kty: String,
+    /// `Ed25519`.
+    pub crv: String,
+    /// The public key, base64url without padding.
+    pub x: String,
+    /// The key's RFC 7638 thumbprint: the `kid` in an admission token's header.
+    pub kid: String,
+    /// `EdDSA`.
+    pub alg: String,
+    /// `sig`.
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// The keys admission tokens are signed with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JwksDto {
+    pub keys: Vec<JwkDto>,
+}
+
+/// The public keys that verify admission tokens (JWTs, `alg: EdDSA`, `iss: stampede`,
+/// `aud: stampede-admission`), so a shop's backend or CDN worker can check an admission
+/// (`sub` = user, `sale`, `device`, `exp`) without calling Stampede.
+#[utoipa::path(operation_id = "get_admission_jwks", get, path = "/.well-known/jwks.json", tag = "queue",
+    responses((status = 200, body = JwksDto)))]
+pub async fn jwks(
+    State(s): State<AppState>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Json<JwksDto>), ApiError> {
+    let keys = s
+        .app
+        .admission_jwks()
+        .await?
+        .into_iter()
+        .map(|k| JwkDto {
+            kty: k.kty,
+            crv: k.crv,
+            x: k.x,
+            kid: k.kid,
+            alg: k.alg,
+            use_: k.use_,
+        })
+        .collect();
+    // The key changes only when a deployment loses it: verifiers may cache it a while.
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(JwksDto { keys }),
+    ))
+}
+
+/// Why an operator acts on a room: kept in the audit log with who did it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomControlBody {
+    /// Why (1–500 characters), for the audit log.
+    pub reason: String,
+}
+
+/// A ceiling on the room's admission rate, and why.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionCeilingBody {
+    /// At most this many admissions in any minute (0 lifts the ceiling).
+    pub per_minute: u32,
+    /// Why (1–500 characters), for the audit log.
+    pub reason: String,
+}
+
+async fn control(
+    s: &AppState,
+    who: &stampede_app::Principal,
+    sale_id: &str,
+    control: RoomControl,
+    reason: &str,
+) -> Result<Json<RoomReportDto>, ApiError> {
+    Ok(Json(
+        s.app
+            .control_room(who, sale_id, control, reason)
+            .await?
+            .into(),
+    ))
+}
+
+/// Pauses admission: nobody is admitted, everyone keeps their place, and waiters see
+/// `paused: true` on `…/queue/me` and its live stream. Audited with the reason.
+#[utoipa::path(operation_id = "pause_admission", post, path = "/api/v1/admin/sales/{sale_id}/queue/pause", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = RoomControlBody,
+    responses((status = 200, body = RoomReportDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "no waiting room, or admission already paused")),
+    security(("bearer" = [])))]
+pub async fn pause_admission(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<RoomControlBody>,
+) -> Result<Json<RoomReportDto>, ApiError> {
+    control(&s, &who, &sale_id, RoomControl::Pause, &b.reason).await
+}
+
+/// Resumes admission, in the original order. Audited with the reason.
+#[utoipa::path(operation_id = "resume_admission", post, path = "/api/v1/admin/sales/{sale_id}/queue/resume", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = RoomControlBody,
+    responses((status = 200, body = RoomReportDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "no waiting room, or admission not paused")),
+    security(("bearer" = [])))]
+pub async fn resume_admission(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<RoomControlBody>,
+) -> Result<Json<RoomReportDto>, ApiError> {
+    control(&s, &who, &sale_id, RoomControl::Resume, &b.reason).await
+}
+
+/// Sets a ceiling on admissions per minute (the room rules' `new_per_minute`; 0 lifts it).
+/// Audited with the reason.
+#[utoipa::path(operation_id = "set_admission_ceiling", put, path = "/api/v1/admin/sales/{sale_id}/queue/ceiling", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = AdmissionCeilingBody,
+    responses((status = 200, body = RoomReportDto), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn set_admission_ceiling(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<AdmissionCeilingBody>,
+) -> Result<Json<RoomReportDto>, ApiError> {
+    let per_minute = b.per_minute;
+    control(
+        &s,
+        &who,
+        &sale_id,
+        RoomControl::RateCeiling { per_minute },
+        &b.reason,
+    )
+    .await
+}
+
+/// "Queue everyone": a sale that had no waiting room gets one, live; from now on reserving
+/// needs an admission (holds already made stay). Audited with the reason.
+#[utoipa::path(operation_id = "queue_everyone", post, path = "/api/v1/admin/sales/{sale_id}/queue/everyone", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = RoomControlBody,
+    responses((status = 200, body = RoomReportDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the sale already has a waiting room, or has ended (sale_not_live)")),
+    security(("bearer" = [])))]
+pub async fn queue_everyone(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<RoomControlBody>,
+) -> Result<Json<RoomReportDto>, ApiError> {
+    control(&s, &who, &sale_id, RoomControl::QueueEveryone, &b.reason).await
 }

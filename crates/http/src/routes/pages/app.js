@@ -339,11 +339,12 @@
     function show(q) {
       place.hidden = false;
       $("#position").textContent = q.status === "waiting" || q.status === "sold_out" ? String(q.position) : "–";
-      $("#eta").textContent = q.status === "waiting" ? (q.eta_seconds > 0 ? "about " + duration(q.eta_seconds * 1000) : "moments") : "–";
+      $("#eta").textContent = q.status === "waiting" && !q.paused ? (q.eta_seconds > 0 ? "about " + duration(q.eta_seconds * 1000) : "moments") : "–";
       const words = { waiting: q.pre_queue ? "waiting (before the start: places are drawn at the start)" : "waiting",
         admitted: "your turn", used: "you bought with your turn", expired: "your turn lapsed",
         lottery_won: "you won the draw", lottery_lost: "not drawn this time", sold_out: "sold out" };
-      $("#queue-status").textContent = words[q.status] || q.status;
+      $("#queue-status").textContent = q.paused && q.status === "waiting"
+        ? "paused by the organiser: you keep your place" : (words[q.status] || q.status);
       if ((q.status === "admitted" || q.status === "lottery_won") && q.admission_token) {
         session.setItem("stampede.admission." + id, JSON.stringify({ token: q.admission_token, device: deviceId(), until: q.admitted_until }));
         const link = el("a", { href: "/sales/" + encodeURIComponent(id), id: "to-sale", text: "Buy now" });
