@@ -150,6 +150,29 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     parse_body(bytes)
 }
 
+/// The caller named by the `Authorization: Bearer` token, or the 401 for its absence or
+/// refusal. The rate limits are the extractor's to count ([`Auth`], or the reserve's own).
+pub(crate) async fn bearer_principal(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Principal, Response> {
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| ApiError::from(AppError::Unauthenticated).into_response())?;
+    state
+        .app
+        .authenticate(token)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())
+}
+
 /// The authenticated caller. Rejects with 401 without a valid token, 429 past the user's rate.
 pub struct Auth(pub Principal);
 
@@ -157,21 +180,7 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| ApiError::from(AppError::Unauthenticated).into_response())?;
-        let principal = state
-            .app
-            .authenticate(token)
-            .await
-            .map_err(|e| ApiError::from(e).into_response())?;
+        let principal = bearer_principal(parts, state).await?;
         state
             .limits
             .check_user_everywhere(principal.user_id.as_str())

@@ -2,11 +2,11 @@
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 
-use stampede_app::{AppError, Principal};
+use stampede_app::Principal;
 
 use crate::dto::{CartDto, HoldDto, ReserveBody, ResizeBody};
 use crate::extract::{ApiJson, Auth};
@@ -23,21 +23,7 @@ impl FromRequestParts<AppState> for ReserveCaller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| ApiError::from(AppError::Unauthenticated).into_response())?;
-        let principal = state
-            .app
-            .authenticate(token)
-            .await
-            .map_err(|e| ApiError::from(e).into_response())?;
+        let principal = crate::extract::bearer_principal(parts, state).await?;
         state
             .limits
             .check_user(principal.user_id.as_str())
