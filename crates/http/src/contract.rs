@@ -188,6 +188,12 @@ fn image_url_pattern() -> String {
     format!("^[{WHITESPACE}]*https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*[{WHITESPACE}]*$")
 }
 
+/// At most 20 image URLs (`app::catalog`'s limit).
+fn image_urls() -> Value {
+    json!({ "type": "array", "maxItems": 20,
+            "items": { "type": "string", "maxLength": 2000, "pattern": image_url_pattern() } })
+}
+
 fn currency() -> Value {
     json!({ "type": "string", "pattern": "^[A-Za-z]{3}$", "description": "ISO 4217 code, e.g. \"EUR\"." })
 }
@@ -274,12 +280,7 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("CreateProductBody", "name", nonblank(200)),
         ("CreateProductBody", "description", text(5000)),
         ("CreateProductBody", "category", text(80)),
-        (
-            "CreateProductBody",
-            "image_urls",
-            json!({ "type": "array", "maxItems": 20,
-            "items": { "type": "string", "maxLength": 2000, "pattern": image_url_pattern() } }),
-        ),
+        ("CreateProductBody", "image_urls", image_urls()),
         ("CreateProductBody", "regular_price", money()),
         ("CreateProductBody", "currency", currency()),
         (
@@ -292,12 +293,7 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("PatchProductBody", "name", nullable(nonblank(200))),
         ("PatchProductBody", "description", nullable(text(5000))),
         ("PatchProductBody", "category", nullable(text(80))),
-        (
-            "PatchProductBody",
-            "image_urls",
-            json!({ "type": ["array", "null"], "maxItems": 20,
-            "items": { "type": "string", "maxLength": 2000, "pattern": image_url_pattern() } }),
-        ),
+        ("PatchProductBody", "image_urls", nullable(image_urls())),
         ("PatchProductBody", "regular_price", nullable(money())),
         ("PatchProductBody", "currency", nullable(currency())),
         (
