@@ -16,12 +16,14 @@
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use stampede_app::ports::SharedRateLimiter;
 
 /// Limits in requests per second per key.
@@ -65,9 +67,27 @@ pub struct Refused {
     pub scope: &'static str,
 }
 
+/// A keyed limiter whose map hashes with foldhash (seeded per process, so no client can aim
+/// its keys at one shard): SipHash was a tenth of a refused request's instructions.
+type KeyedLimiter<K> = RateLimiter<
+    K,
+    DashMapStateStore<K, foldhash::fast::RandomState>,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
+/// Checks between two countings of a limiter's keys while far from its bound: counting them
+/// reads every shard of the map, too dear to do on every request. Each check adds one key at
+/// most, so counting on every check once within this many of the bound keeps the bound exact.
+const COUNT_KEYS_EVERY: usize = 256;
+
 /// One keyed limiter with its memory bound.
 struct Limiter<K: Hash + Eq + Clone> {
-    keys: DefaultKeyedRateLimiter<K>,
+    keys: KeyedLimiter<K>,
+    /// Keys in the map when last counted.
+    counted: AtomicUsize,
+    /// Checks since the keys were last counted.
+    since_count: AtomicUsize,
     per_sec: u32,
     burst: u32,
     scope: &'static str,
@@ -90,7 +110,12 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         let burst_n = per_sec.max(1).saturating_mul(burst_factor.max(1));
         let burst = NonZeroU32::new(burst_n).unwrap_or(rate);
         Self {
-            keys: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            keys: RateLimiter::dashmap_with_hasher(
+                Quota::per_second(rate).allow_burst(burst),
+                foldhash::fast::RandomState::default(),
+            ),
+            counted: AtomicUsize::new(0),
+            since_count: AtomicUsize::new(0),
             per_sec: per_sec.max(1),
             burst: burst.get(),
             scope,
@@ -103,7 +128,12 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
     fn check(&self, key: &K) -> Result<(), Refused> {
         let mut key = key;
-        if self.keys.len() >= self.max_keys {
+        let near_bound = self.counted.load(Ordering::Relaxed) + COUNT_KEYS_EVERY >= self.max_keys;
+        if near_bound || self.since_count.fetch_add(1, Ordering::Relaxed) >= COUNT_KEYS_EVERY {
+            self.since_count.store(0, Ordering::Relaxed);
+            self.counted.store(self.keys.len(), Ordering::Relaxed);
+        }
+        if self.counted.load(Ordering::Relaxed) >= self.max_keys {
             let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
             let last = self.last_prune_ms.load(Ordering::Relaxed);
             if now_ms.saturating_sub(last) >= 100

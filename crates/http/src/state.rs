@@ -9,9 +9,28 @@ use stampede_app::App;
 use crate::live::ReserveStats;
 use crate::ratelimit::RateLimits;
 
-/// Shared handler state: cheap to clone.
+/// Shared handler state: one reference count to clone, because axum clones the state for every
+/// request of every route, whether its handler reads the state or not.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    /// The state handlers share.
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppParts {
     pub app: Arc<App>,
     pub limits: Arc<RateLimits>,
     /// Renders `/metrics`; `None` when no recorder is installed (e.g. in unit tests).
@@ -31,7 +50,7 @@ pub struct AppState {
     pub body_read_timeout: Option<std::time::Duration>,
 }
 
-impl AppState {
+impl AppParts {
     /// Resolves once shutdown has begun.
     pub fn shutting_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.shutdown.clone();

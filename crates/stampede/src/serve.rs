@@ -20,7 +20,7 @@ use stampede_bus_rabbitmq::{AmqpBus, AmqpConfig, EventHandler};
 use stampede_core::{Clock, Timestamp};
 use stampede_engine::{LocalBus, MemoryGate, MemoryRoom};
 use stampede_gate_redis::{RedisGate, RedisGateConfig, RedisRoom};
-use stampede_http::{AppState, RateLimitConfig, RateLimits};
+use stampede_http::{AppParts, AppState, RateLimitConfig, RateLimits};
 use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
 use stampede_store_postgres::PgStore;
 use stampede_store_sqlite::SqliteStore;
@@ -387,7 +387,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     });
     let janitor = stampede_http::spawn_rate_limit_janitor(limits.clone(), Duration::from_secs(10));
     let (streams_stop_tx, streams_stop) = watch::channel(false);
-    let state = AppState {
+    let state = AppState::new(AppParts {
         app: app.clone(),
         limits,
         prometheus: Some(prometheus),
@@ -395,7 +395,7 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         reserve_stats: Arc::default(),
         request_deadline: args.request_deadline(),
         body_read_timeout: args.body_read_timeout(),
-    };
+    });
     let router = stampede_http::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen())
         .await

@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 use axum::Router;
 use clap::Parser;
 
+/// The same allocator as the server, so that a ratio measures the server's work, not malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]

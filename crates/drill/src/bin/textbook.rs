@@ -19,6 +19,10 @@ use clap::Parser;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+/// The same allocator as the server, so that a ratio measures the server's work, not malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// PostgreSQL URL (a scratch schema through `options[search_path]=…` keeps it apart).
