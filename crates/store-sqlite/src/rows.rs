@@ -6,6 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Decode, Row, Sqlite, Type};
 
 use stampede_app::ports::{PortResult, Role, User};
+use stampede_core::checkout::OrderLine;
 use stampede_core::{
     Currency, DropId, Hold, HoldId, HoldState, Money, OrderStatus, PaymentStatus, ProductId, Sale,
     SaleControl, SaleId, StockLevels, Timestamp, UserId,
@@ -123,13 +124,8 @@ macro_rules! hold_from {
 }
 pub(crate) use hold_from;
 
-/// A hold as the adapter sees it: the domain hold plus the order paying for it.
-#[derive(Debug, Clone)]
-pub(crate) struct HoldRow {
-    pub hold: Hold,
-    /// The hold carries the id of an order that is still `pending_payment`.
-    pub in_pending_order: bool,
-}
+/// A hold as the adapter sees it: the domain hold plus whether an order is paying for it.
+pub(crate) use stampede_core::checkout::FoundHold as HoldRow;
 
 /// A `holds` row joined with its order's status.
 pub(crate) fn hold_row(row: &SqliteRow) -> PortResult<HoldRow> {
@@ -147,6 +143,20 @@ pub(crate) fn hold_row(row: &SqliteRow) -> PortResult<HoldRow> {
             expires_at: col_ts(row, "expires_at")?,
         },
         in_pending_order: order_status.as_deref() == Some(OrderStatus::PendingPayment.as_str()),
+    })
+}
+
+/// An order line joined with its hold's current state (`hold_quantity`, `state`,
+/// `expires_at` from the hold).
+pub(crate) fn order_line(row: &SqliteRow) -> PortResult<OrderLine> {
+    Ok(OrderLine {
+        hold_id: HoldId::from_trusted(col(row, "hold_id")?),
+        sale_id: SaleId::from_trusted(col(row, "sale_id")?),
+        user_id: UserId::from_trusted(col(row, "user_id")?),
+        quantity: col_u32(row, "quantity")?,
+        hold_quantity: col_u32(row, "hold_quantity")?,
+        state: col_word(row, "state", HoldState::parse)?,
+        expires_at: col_ts(row, "expires_at")?,
     })
 }
 

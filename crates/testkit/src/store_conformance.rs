@@ -499,7 +499,7 @@ pub async fn paid_order_sells_and_cancel_refunds(store: Arc<dyn Store>) {
     assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 5, 0, 0));
     assert_eq!(
         f.store.cancel_order(&a, &order.id, later).await.unwrap(),
-        Some(Err("refunded".to_owned()))
+        Some(Err(OrderStatus::Refunded))
     );
     // The refunded units count against nobody: the buyer may reserve the full limit again.
     assert!(reserve_one(&*f.store, &sale, &a, 3, later)
@@ -817,7 +817,7 @@ pub async fn checkout_refuses_foreign_expired_busy_and_mixed_holds(store: Arc<dy
     assert!(checkout(&*f.store, &a, &[&ha], T0).await.is_ok());
     assert_eq!(
         f.store.cancel_order(&a, &pending.id, T0).await.unwrap(),
-        Some(Err("cancelled".to_owned()))
+        Some(Err(OrderStatus::Cancelled))
     );
     assert_eq!(checked(&*f.store, &eur.id).await, levels(10, 8, 2, 0));
 }
@@ -881,7 +881,7 @@ pub async fn declined_payment_leaves_holds_for_another_try(store: Arc<dyn Store>
     assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 3, 0, 2));
     assert_eq!(
         f.store.cancel_order(&a, &o1.id, T0).await.unwrap(),
-        Some(Err("payment_failed".to_owned()))
+        Some(Err(OrderStatus::PaymentFailed))
     );
 }
 
