@@ -23,14 +23,13 @@ use stampede_core::checkout::{
 };
 use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
-    Currency, HoldId, HoldState, Order, OrderId, OrderItem, OrderStatus, Payment, PaymentId,
-    SaleId, Timestamp, UserId,
+    HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
 };
 
 use crate::error::{internal, OrPort};
 use crate::holds;
 use crate::outbox;
-use crate::rows::{self, col, col_money, col_ts, col_u32, col_word};
+use crate::rows;
 use crate::txstock::TxStock;
 
 /// The buyer's order with its items (in checkout order) and its payment. Orders are
@@ -62,14 +61,7 @@ pub(crate) async fn load(
     .await
     .port()?
     .iter()
-    .map(|r| {
-        Ok(OrderItem {
-            sale_id: SaleId::from_trusted(col(r, "sale_id")?),
-            hold_id: HoldId::from_trusted(col(r, "hold_id")?),
-            quantity: col_u32(r, "quantity")?,
-            unit_price: col_money(r, "unit_price")?,
-        })
-    })
+    .map(rows::order_item)
     .collect::<PortResult<Vec<_>>>()?;
     let payment = sqlx::query(
         "SELECT id, order_id, status, method, reference, amount, failure_reason, updated_at \
@@ -79,29 +71,9 @@ pub(crate) async fn load(
     .fetch_optional(&mut *conn)
     .await
     .port()?
-    .map(|r| {
-        Ok::<_, stampede_app::ports::PortError>(Payment {
-            id: PaymentId::from_trusted(col(&r, "id")?),
-            order_id: OrderId::from_trusted(col(&r, "order_id")?),
-            status: rows::payment_status(&r, "status")?,
-            method: col(&r, "method")?,
-            reference: col(&r, "reference")?,
-            amount: col_money(&r, "amount")?,
-            failure_reason: col(&r, "failure_reason")?,
-            updated_at: col_ts(&r, "updated_at")?,
-        })
-    })
+    .map(|r| rows::payment(&r))
     .transpose()?;
-    Ok(Some(Order {
-        id: OrderId::from_trusted(col(&row, "id")?),
-        user_id: UserId::from_trusted(col(&row, "user_id")?),
-        status: col_word(&row, "status", OrderStatus::parse)?,
-        items,
-        total: col_money(&row, "total")?,
-        currency: Currency::from_trusted(col(&row, "currency")?),
-        created_at: col_ts(&row, "created_at")?,
-        payment,
-    }))
+    rows::order(&row, items, payment).map(Some)
 }
 
 /// The user who placed an order, found through its payment (unpartitioned, one per order).
