@@ -12,19 +12,21 @@
 //!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
 //!   or pending answer writes none.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use stampede_app::ports::{
-    Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortResult,
+    Cancelled, CheckoutError, GatewayOwed, NewOrder, OwedPayment, PaymentApplied, PaymentResult,
+    PortResult,
 };
 use stampede_core::checkout::{
-    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, PlanError, Settlement,
+    self, AnswerPlan, CancelPlan, LineStep, OrderLine, PlanError, Settlement,
 };
 use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
-    HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
+    HoldId, HoldState, Order, OrderId, OrderStatus, PaymentId, SaleId, Timestamp, UserId,
 };
+use stampede_store_sql::engine::Write;
+use stampede_store_sql::orders as sql;
 
 use crate::error::{internal, OrPort};
 use crate::holds;
@@ -119,80 +121,32 @@ fn broken(e: PlanError) -> stampede_app::ports::PortError {
     internal(e)
 }
 
-/// Carries out a settlement the core planned for `order`: both status moves (each guarded by
-/// the status read), the owed money move, the holds letting go, and the outbox event. Stock
-/// the settlement returns is the caller's to move first.
+/// Runs a plan's writes in order, refusing to go on if a guarded one lost a race.
+async fn run(conn: &mut PgConnection, writes: Vec<Write<'_, Postgres>>) -> PortResult<()> {
+    for write in writes {
+        let done = write.statement.execute(&mut *conn).await.port()?;
+        if let Some(what) = write.exactly_one {
+            if done.rows_affected() != 1 {
+                return Err(internal(format!("{what} changed status meanwhile")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out a settlement the core planned for `order` (see `stampede_store_sql::orders::
+/// settle`), with its outbox event. Stock the settlement returns is the caller's to move first.
 async fn settle(
     conn: &mut PgConnection,
     order: &Order,
     plan: &Settlement,
     now: Timestamp,
 ) -> PortResult<()> {
-    let done = sqlx::query(
-        "UPDATE orders SET status = $1, updated_at = $2 \
-         WHERE user_id = $3 AND id = $4 AND status = $5",
-    )
-    .bind(plan.order.as_str())
-    .bind(now.0)
-    .bind(order.user_id.as_str())
-    .bind(order.id.as_str())
-    .bind(order.status.as_str())
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    if done.rows_affected() != 1 {
-        return Err(internal(format!(
-            "order {} changed status meanwhile",
-            order.id
-        )));
-    }
-    let payment = payment_of(order)?;
-    let done = sqlx::query(
-        "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
-         failure_reason = $3, updated_at = $4, gateway_owed = $7 \
-         WHERE id = $5 AND status = $6",
-    )
-    .bind(plan.payment.as_str())
-    .bind(plan.reference.as_deref())
-    .bind(plan.failure_reason.as_deref())
-    .bind(now.0)
-    .bind(payment.id.as_str())
-    .bind(payment.status.as_str())
-    .bind(plan.owed.map(GatewayOwed::as_str))
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    if done.rows_affected() != 1 {
-        return Err(internal(format!(
-            "payment {} changed status meanwhile",
-            payment.id
-        )));
-    }
-    if plan.release_holds {
-        sqlx::query("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
-            .bind(order.user_id.as_str())
-            .bind(order.id.as_str())
-            .execute(&mut *conn)
-            .await
-            .port()?;
-    }
-    match &plan.event {
-        Some(MoneyEvent::OrderConfirmed) => {
-            outbox::insert(conn, &OutboxEvent::order_confirmed(order, now)).await?;
-        }
-        Some(MoneyEvent::PaymentFailed { reason }) => {
-            outbox::insert(conn, &OutboxEvent::payment_failed(order, reason, now)).await?;
-        }
-        None => {}
+    run(conn, sql::settle(order, plan, now)?).await?;
+    if let Some(event) = sql::money_event(order, plan, now) {
+        outbox::insert(conn, &event).await?;
     }
     Ok(())
-}
-
-fn payment_of(order: &Order) -> PortResult<&Payment> {
-    order
-        .payment
-        .as_ref()
-        .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
 }
 
 /// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
@@ -210,20 +164,8 @@ pub(crate) async fn create(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    let payment = payment_of(&order)?;
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(order.id.as_str())
-    .bind(order.user_id.as_str())
-    .bind(order.status.as_str())
-    .bind(order.total.0)
-    .bind(order.currency.as_str())
-    .bind(order.created_at.0)
-    .execute(&mut *tx)
-    .await
-    .port()?;
+    let payment = sql::payment_of(&order)?;
+    run(&mut tx, sql::insert_order(&order)).await?;
     for (position, item) in (0_i64..).zip(&order.items) {
         sqlx::query(
             "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
@@ -239,13 +181,6 @@ pub(crate) async fn create(
         .execute(&mut *tx)
         .await
         .port()?;
-        sqlx::query("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
-            .bind(order.id.as_str())
-            .bind(order.user_id.as_str())
-            .bind(item.hold_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .port()?;
     }
     sqlx::query(
         "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
@@ -357,21 +292,7 @@ pub(crate) async fn apply_payment(
     let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
-            let payment = payment_of(&order)?;
-            sqlx::query("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
-                .bind(reference)
-                .bind(now.0)
-                .bind(payment.id.as_str())
-                .execute(&mut *tx)
-                .await
-                .port()?;
-            sqlx::query("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
-                .bind(now.0)
-                .bind(user.as_str())
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .port()?;
+            run(&mut tx, sql::await_answer(&order, &reference, now)?).await?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
         AnswerPlan::Settle(plan) => {
@@ -502,42 +423,23 @@ pub(crate) async fn cancel(
 
 /// The money move still owed to the gateway for this order's payment.
 async fn owed_of(conn: &mut PgConnection, order: &Order) -> PortResult<Option<GatewayOwed>> {
-    let payment = payment_of(order)?;
-    let word: Option<String> =
-        sqlx::query_scalar("SELECT gateway_owed FROM payments WHERE id = $1")
-            .bind(payment.id.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .port()?
-            .flatten();
-    word.map(|w| {
-        GatewayOwed::parse(&w).ok_or_else(|| internal(format!("unknown gateway_owed {w:?}")))
-    })
-    .transpose()
+    let word: Option<String> = sqlx::query_scalar(sql::OWED_OF)
+        .bind(sql::payment_of(order)?.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .port()?
+        .flatten();
+    word.as_deref().map(sql::owed_word).transpose()
 }
 
 /// Payments with a money move owed to the gateway, oldest change first.
 pub(crate) async fn owed(pool: &PgPool, limit: u32) -> PortResult<Vec<OwedPayment>> {
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT id, order_id, reference, gateway_owed FROM payments \
-         WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
-         ORDER BY updated_at, id LIMIT $1",
-    )
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
-    .port()?;
-    rows.into_iter()
-        .map(|(id, order_id, reference, word)| {
-            Ok(OwedPayment {
-                payment_id: PaymentId::from_trusted(id),
-                order_id: OrderId::from_trusted(order_id),
-                reference,
-                owed: GatewayOwed::parse(&word)
-                    .ok_or_else(|| internal(format!("unknown gateway_owed {word:?}")))?,
-            })
-        })
-        .collect()
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(sql::OWED)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .port()?;
+    rows.into_iter().map(sql::owed_payment).collect()
 }
 
 /// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
@@ -548,17 +450,10 @@ pub(crate) async fn owed_done(
     next: Option<GatewayOwed>,
     now: Timestamp,
 ) -> PortResult<bool> {
-    let changed = sqlx::query(
-        "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
-         WHERE id = $3 AND gateway_owed = $4",
-    )
-    .bind(next.map(GatewayOwed::as_str))
-    .bind(now.0)
-    .bind(payment.as_str())
-    .bind(done.as_str())
-    .execute(pool)
-    .await
-    .port()?;
+    let changed = sql::owed_done::<Postgres>(payment, done, next, now)
+        .execute(pool)
+        .await
+        .port()?;
     Ok(changed.rows_affected() == 1)
 }
 

@@ -2,12 +2,12 @@
 //! statements that write them and their binding), and the browse conditions on the schedule
 //! and the page. Full-text search differs (FTS5 / `tsvector`) and stays in each backend.
 
-use sqlx::query::Query;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use stampede_app::ports::{Browse, PortResult};
 use stampede_core::{DropEvent, DropId, Product, ProductId, ProductStatus, SaleStatus};
 
+use crate::engine::{Bind, Engine, Statement};
 use crate::internal;
 use crate::rows::{col, col_money, col_ts, col_word, DbRow};
 
@@ -84,54 +84,43 @@ pub fn drop_event<R: DbRow>(row: &R) -> PortResult<DropEvent> {
     })
 }
 
-/// A statement of either engine, with its arguments.
-type Statement<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
-
 /// Binds a product to [`INSERT_PRODUCT`] (`created_at` then `updated_at` last) or, with
 /// `insert` false, to [`UPDATE_PRODUCT`] (`updated_at` last).
-pub fn bind_product<'q, DB>(
+pub fn bind_product<'q, DB: Engine>(
     q: Statement<'q, DB>,
     p: &'q Product,
     insert: bool,
-) -> PortResult<Statement<'q, DB>>
-where
-    DB: Database,
-    &'q str: Encode<'q, DB> + Type<DB>,
-    String: Encode<'q, DB> + Type<DB>,
-    i64: Encode<'q, DB> + Type<DB>,
-{
+) -> PortResult<Statement<'q, DB>> {
     let urls = serde_json::to_string(&p.image_urls).map_err(internal)?;
     let q = q
-        .bind(p.id.as_str())
-        .bind(p.name.as_str())
-        .bind(p.description.as_str())
-        .bind(p.category.as_str())
-        .bind(urls)
-        .bind(p.regular_price.0)
-        .bind(p.currency.as_str())
-        .bind(p.status.as_str());
-    let q = if insert { q.bind(p.created_at.0) } else { q };
-    Ok(q.bind(p.updated_at.0))
+        .text(p.id.as_str())
+        .text(&p.name)
+        .text(&p.description)
+        .text(&p.category)
+        .string(urls)
+        .int(p.regular_price.0)
+        .text(p.currency.as_str())
+        .text(p.status.as_str());
+    let q = if insert { q.int(p.created_at.0) } else { q };
+    Ok(q.int(p.updated_at.0))
 }
 
 /// Binds a drop to [`INSERT_DROP`] or, with `insert` false, to [`UPDATE_DROP`].
-pub fn bind_drop<'q, DB>(q: Statement<'q, DB>, d: &'q DropEvent, insert: bool) -> Statement<'q, DB>
-where
-    DB: Database,
-    &'q str: Encode<'q, DB> + Type<DB>,
-    i64: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-{
+pub fn bind_drop<'q, DB: Engine>(
+    q: Statement<'q, DB>,
+    d: &'q DropEvent,
+    insert: bool,
+) -> Statement<'q, DB> {
     let q = q
-        .bind(d.id.as_str())
-        .bind(d.name.as_str())
-        .bind(d.description.as_str())
-        .bind(d.category.as_str())
-        .bind(d.starts_at.0)
-        .bind(d.ends_at.0)
-        .bind(d.per_user_limit.map(i64::from));
-    let q = if insert { q.bind(d.created_at.0) } else { q };
-    q.bind(d.updated_at.0)
+        .text(d.id.as_str())
+        .text(&d.name)
+        .text(&d.description)
+        .text(&d.category)
+        .int(d.starts_at.0)
+        .int(d.ends_at.0)
+        .opt_int(d.per_user_limit.map(i64::from));
+    let q = if insert { q.int(d.created_at.0) } else { q };
+    q.int(d.updated_at.0)
 }
 
 /// `ORDER BY` the id and `LIMIT` the page.

@@ -11,6 +11,8 @@ use std::fmt::Display;
 use stampede_app::ports::PortError;
 
 pub mod catalog;
+pub mod engine;
+pub mod orders;
 pub mod rows;
 
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):

@@ -12,19 +12,19 @@
 //!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
 //!   or pending answer writes none.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use stampede_app::ports::{
-    Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortResult,
+    Cancelled, CheckoutError, GatewayOwed, NewOrder, OwedPayment, PaymentApplied, PaymentResult,
+    PortResult,
 };
 use stampede_core::checkout::{
-    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, PlanError, Settlement,
+    self, AnswerPlan, CancelPlan, LineStep, OrderLine, PlanError, Settlement,
 };
 use stampede_core::judge::judge_reserve_in_drop;
-use stampede_core::{
-    HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, Timestamp, UserId,
-};
+use stampede_core::{HoldId, HoldState, Order, OrderId, OrderStatus, PaymentId, Timestamp, UserId};
+use stampede_store_sql::engine::Write;
+use stampede_store_sql::orders as sql;
 
 use crate::error::{internal, OrPort};
 use crate::holds;
@@ -80,76 +80,32 @@ fn broken(e: PlanError) -> stampede_app::ports::PortError {
     internal(e)
 }
 
-/// Carries out a settlement the core planned for `order`: both status moves (each guarded by
-/// the status read), the owed money move, the holds letting go, and the outbox event. Stock
-/// the settlement returns is the caller's to move first.
+/// Runs a plan's writes in order, refusing to go on if a guarded one lost a race.
+async fn run(conn: &mut SqliteConnection, writes: Vec<Write<'_, Sqlite>>) -> PortResult<()> {
+    for write in writes {
+        let done = write.statement.execute(&mut *conn).await.port()?;
+        if let Some(what) = write.exactly_one {
+            if done.rows_affected() != 1 {
+                return Err(internal(format!("{what} changed status meanwhile")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out a settlement the core planned for `order` (see `stampede_store_sql::orders::
+/// settle`), with its outbox event. Stock the settlement returns is the caller's to move first.
 async fn settle(
     conn: &mut SqliteConnection,
     order: &Order,
     plan: &Settlement,
     now: Timestamp,
 ) -> PortResult<()> {
-    let done =
-        sqlx::query("UPDATE orders SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4")
-            .bind(plan.order.as_str())
-            .bind(now.0)
-            .bind(order.id.as_str())
-            .bind(order.status.as_str())
-            .execute(&mut *conn)
-            .await
-            .port()?;
-    if done.rows_affected() != 1 {
-        return Err(internal(format!(
-            "order {} changed status meanwhile",
-            order.id
-        )));
-    }
-    let payment = payment_of(order)?;
-    let done = sqlx::query(
-        "UPDATE payments SET status = ?1, reference = COALESCE(?2, reference), \
-         failure_reason = ?3, updated_at = ?4, gateway_owed = ?7 \
-         WHERE id = ?5 AND status = ?6",
-    )
-    .bind(plan.payment.as_str())
-    .bind(plan.reference.as_deref())
-    .bind(plan.failure_reason.as_deref())
-    .bind(now.0)
-    .bind(payment.id.as_str())
-    .bind(payment.status.as_str())
-    .bind(plan.owed.map(GatewayOwed::as_str))
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    if done.rows_affected() != 1 {
-        return Err(internal(format!(
-            "payment {} changed status meanwhile",
-            payment.id
-        )));
-    }
-    if plan.release_holds {
-        sqlx::query("UPDATE holds SET order_id = NULL WHERE order_id = ?1")
-            .bind(order.id.as_str())
-            .execute(&mut *conn)
-            .await
-            .port()?;
-    }
-    match &plan.event {
-        Some(MoneyEvent::OrderConfirmed) => {
-            outbox::insert(conn, &OutboxEvent::order_confirmed(order, now)).await?;
-        }
-        Some(MoneyEvent::PaymentFailed { reason }) => {
-            outbox::insert(conn, &OutboxEvent::payment_failed(order, reason, now)).await?;
-        }
-        None => {}
+    run(conn, sql::settle(order, plan, now)?).await?;
+    if let Some(event) = sql::money_event(order, plan, now) {
+        outbox::insert(conn, &event).await?;
     }
     Ok(())
-}
-
-fn payment_of(order: &Order) -> PortResult<&Payment> {
-    order
-        .payment
-        .as_ref()
-        .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
 }
 
 /// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
@@ -167,24 +123,12 @@ pub(crate) async fn create(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    let payment = payment_of(&order)?;
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-    )
-    .bind(order.id.as_str())
-    .bind(order.user_id.as_str())
-    .bind(order.status.as_str())
-    .bind(order.total.0)
-    .bind(order.currency.as_str())
-    .bind(order.created_at.0)
-    .execute(&mut *tx)
-    .await
-    .port()?;
+    let payment = sql::payment_of(&order)?;
+    run(&mut tx, sql::insert_order(&order)).await?;
     for item in &order.items {
         sqlx::query(
             "INSERT INTO order_items (order_id, hold_id, sale_id, quantity, unit_price) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(order.id.as_str())
         .bind(item.hold_id.as_str())
@@ -194,12 +138,6 @@ pub(crate) async fn create(
         .execute(&mut *tx)
         .await
         .port()?;
-        sqlx::query("UPDATE holds SET order_id = ?1 WHERE id = ?2")
-            .bind(order.id.as_str())
-            .bind(item.hold_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .port()?;
     }
     sqlx::query(
         "INSERT INTO payments (id, order_id, status, method, reference, amount, \
@@ -292,20 +230,7 @@ pub(crate) async fn apply_payment(
     let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
-            let payment = payment_of(&order)?;
-            sqlx::query("UPDATE payments SET reference = ?1, updated_at = ?2 WHERE id = ?3")
-                .bind(reference)
-                .bind(now.0)
-                .bind(payment.id.as_str())
-                .execute(&mut *tx)
-                .await
-                .port()?;
-            sqlx::query("UPDATE orders SET updated_at = ?1 WHERE id = ?2")
-                .bind(now.0)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .port()?;
+            run(&mut tx, sql::await_answer(&order, &reference, now)?).await?;
             PaymentApplied::Done(load_existing(&mut tx, id).await?)
         }
         AnswerPlan::Settle(plan) => {
@@ -431,42 +356,23 @@ pub(crate) async fn cancel(
 
 /// The money move still owed to the gateway for this order's payment.
 async fn owed_of(conn: &mut SqliteConnection, order: &Order) -> PortResult<Option<GatewayOwed>> {
-    let payment = payment_of(order)?;
-    let word: Option<String> =
-        sqlx::query_scalar("SELECT gateway_owed FROM payments WHERE id = ?1")
-            .bind(payment.id.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .port()?
-            .flatten();
-    word.map(|w| {
-        GatewayOwed::parse(&w).ok_or_else(|| internal(format!("unknown gateway_owed {w:?}")))
-    })
-    .transpose()
+    let word: Option<String> = sqlx::query_scalar(sql::OWED_OF)
+        .bind(sql::payment_of(order)?.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .port()?
+        .flatten();
+    word.as_deref().map(sql::owed_word).transpose()
 }
 
 /// Payments with a money move owed to the gateway, oldest change first.
 pub(crate) async fn owed(pool: &SqlitePool, limit: u32) -> PortResult<Vec<OwedPayment>> {
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT id, order_id, reference, gateway_owed FROM payments \
-         WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
-         ORDER BY updated_at, id LIMIT ?1",
-    )
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
-    .port()?;
-    rows.into_iter()
-        .map(|(id, order_id, reference, word)| {
-            Ok(OwedPayment {
-                payment_id: PaymentId::from_trusted(id),
-                order_id: OrderId::from_trusted(order_id),
-                reference,
-                owed: GatewayOwed::parse(&word)
-                    .ok_or_else(|| internal(format!("unknown gateway_owed {word:?}")))?,
-            })
-        })
-        .collect()
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(sql::OWED)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .port()?;
+    rows.into_iter().map(sql::owed_payment).collect()
 }
 
 /// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
@@ -477,17 +383,10 @@ pub(crate) async fn owed_done(
     next: Option<GatewayOwed>,
     now: Timestamp,
 ) -> PortResult<bool> {
-    let changed = sqlx::query(
-        "UPDATE payments SET gateway_owed = ?1, updated_at = ?2 \
-         WHERE id = ?3 AND gateway_owed = ?4",
-    )
-    .bind(next.map(GatewayOwed::as_str))
-    .bind(now.0)
-    .bind(payment.as_str())
-    .bind(done.as_str())
-    .execute(writer)
-    .await
-    .port()?;
+    let changed = sql::owed_done::<Sqlite>(payment, done, next, now)
+        .execute(writer)
+        .await
+        .port()?;
     Ok(changed.rows_affected() == 1)
 }
 
