@@ -277,14 +277,47 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// What an order event reports: the outbox event's kind, and the kind of the notification
+/// and the shop's webhook it becomes. The stored and wire word is [`EventKind::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An order was paid and confirmed.
+    OrderConfirmed,
+    /// An order's payment failed (declined, lapsed, abandoned).
+    PaymentFailed,
+    /// A live hold is about to lapse.
+    HoldExpiring,
+}
+
+impl EventKind {
+    /// The stored and wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::OrderConfirmed => "order_confirmed",
+            EventKind::PaymentFailed => "payment_failed",
+            EventKind::HoldExpiring => "hold_expiring",
+        }
+    }
+
+    /// Reads a stored word.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "order_confirmed" => EventKind::OrderConfirmed,
+            "payment_failed" => EventKind::PaymentFailed,
+            "hold_expiring" => EventKind::HoldExpiring,
+            _ => return None,
+        })
+    }
+}
+
 /// One message in a buyer's in-app feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// A ULID: sorts by time, and is the paging cursor.
     pub id: String,
     pub user_id: UserId,
-    /// `order_confirmed`, `payment_failed`, …
-    pub kind: String,
+    pub kind: EventKind,
     pub created_at: Timestamp,
     pub data: serde_json::Value,
 }
@@ -302,7 +335,7 @@ pub struct OutboxEvent {
     /// A ULID: sorts by time; consumers de-duplicate by it.
     pub id: String,
     pub user_id: UserId,
-    pub kind: String,
+    pub kind: EventKind,
     pub created_at: Timestamp,
     pub data: serde_json::Value,
 }
@@ -317,8 +350,8 @@ pub struct OutboxEvent {
 pub struct WebhookDelivery {
     /// The outbox event's id (a ULID): the delivery's key and the shop's de-duplication key.
     pub event_id: String,
-    /// `order_confirmed`, `payment_failed`, …: sent as the body's `type`.
-    pub kind: String,
+    /// Sent as the body's `type`.
+    pub kind: EventKind,
     /// The buyer the event is about.
     pub user_id: UserId,
     /// The event's data, sent as the body's `data`.
