@@ -401,6 +401,21 @@ pub enum LineStep {
     Retake { expire_first: bool },
 }
 
+impl LineStep {
+    /// How the line's hold ends with this step, if it ends: converted when paid for, expired
+    /// when a due hold is swept before its stock is taken again.
+    pub fn hold_ending(self) -> Option<HoldState> {
+        match self {
+            LineStep::Convert => Some(HoldState::Converted),
+            LineStep::Retake { expire_first: true } => Some(HoldState::Expired),
+            LineStep::Retake {
+                expire_first: false,
+            }
+            | LineStep::Lapsed => None,
+        }
+    }
+}
+
 /// Decides one line of an authorization at `now`; `retake` as in [`PaymentResult::Authorized`].
 pub fn convert_line(line: &OrderLine, retake: bool, now: Timestamp) -> Result<LineStep, PlanError> {
     if line.is_live_at(now) {
@@ -852,6 +867,12 @@ mod tests {
         );
         let sold = line(HoldState::Converted, 50, 2);
         assert_eq!(convert_line(&sold, true, now), Ok(LineStep::Lapsed));
+        assert_eq!(LineStep::Convert.hold_ending(), Some(HoldState::Converted));
+        assert_eq!(
+            LineStep::Retake { expire_first: true }.hold_ending(),
+            Some(HoldState::Expired)
+        );
+        assert_eq!(LineStep::Lapsed.hold_ending(), None);
         assert!(!may_retake(std::slice::from_ref(&live), true, now));
         assert!(!may_retake(&[live.clone(), due.clone()], false, now));
         assert!(may_retake(&[live, due], true, now));

@@ -184,16 +184,16 @@ async fn convert(
     let mut endings = Vec::new();
     for line in lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
-        match checkout::convert_line(line, retake, now).map_err(broken)? {
-            LineStep::Convert => {
-                stock.sell(&line.sale_id, line.quantity)?;
-                endings.push((line.hold_id.clone(), line.state, HoldState::Converted));
-            }
+        let step = checkout::convert_line(line, retake, now).map_err(broken)?;
+        if let Some(to) = step.hold_ending() {
+            endings.push((line.hold_id.clone(), line.state, to));
+        }
+        match step {
+            LineStep::Convert => stock.sell(&line.sale_id, line.quantity)?,
             LineStep::Lapsed => return Ok(None),
             LineStep::Retake { expire_first } => {
                 if expire_first {
                     stock.unhold(&line.sale_id, &line.user_id, line.hold_quantity)?;
-                    endings.push((line.hold_id.clone(), line.state, HoldState::Expired));
                 }
                 let Some(sale) = stock.sale(conn, &line.sale_id).await? else {
                     return Ok(None);
