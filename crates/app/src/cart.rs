@@ -58,19 +58,6 @@ fn passed(verdict: GateVerdict) -> Result<(), AppError> {
     }
 }
 
-fn refusal_label(e: &AppError) -> &'static str {
-    match e {
-        AppError::SoldOut => "sold_out",
-        AppError::LimitExceeded => "limit_exceeded",
-        AppError::SaleNotLive => "sale_not_live",
-        AppError::NotAdmitted(_) => "not_admitted",
-        AppError::NotFound => "not_found",
-        AppError::InvalidInput(_) => "invalid_input",
-        AppError::RateLimited { .. } => "rate_limited",
-        _ => "error",
-    }
-}
-
 impl App {
     /// Reserves `quantity` units of a sale for the caller.
     pub async fn reserve(
@@ -87,7 +74,7 @@ impl App {
             .await;
         let outcome = match &result {
             Ok(_) => "reserved",
-            Err(e) => refusal_label(e),
+            Err(e) => e.class().label,
         };
         if let (Err(e), Some(sale)) = (&result, SaleId::parse(sale_id)) {
             if !matches!(e, AppError::NotFound | AppError::InvalidInput(_)) {

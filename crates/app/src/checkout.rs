@@ -308,7 +308,10 @@ impl App {
                     .await?
                     .ok_or(AppError::NotFound)?
                     .map_err(|status| {
-                        AppError::Conflict(format!("a {status} order cannot be cancelled"))
+                        AppError::Conflict(format!(
+                            "a {} order cannot be cancelled",
+                            status.as_str()
+                        ))
                     })?;
                 if let Cancelled::Refunded { order, .. } = &outcome {
                     for item in &order.items {

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use stampede_core::judge::Refusal;
 use stampede_core::{
-    DropEvent, DropId, Hold, HoldId, Order, OrderId, PaymentId, Product, ProductId, Sale, SaleId,
-    Timestamp, UserId,
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, OrderStatus, PaymentId, Product, ProductId,
+    Sale, SaleId, Timestamp, UserId,
 };
 
 use crate::ports::*;
@@ -287,7 +287,7 @@ impl Store for CountedStore {
         user: &UserId,
         order: &OrderId,
         now: Timestamp,
-    ) -> PortResult<Option<Result<Cancelled, String>>> {
+    ) -> PortResult<Option<Result<Cancelled, OrderStatus>>> {
         self.count("cancel_order");
         self.inner.cancel_order(user, order, now).await
     }

@@ -58,6 +58,79 @@ pub enum AppError {
     Internal(String),
 }
 
+/// How an error shows outside the process: the HTTP status, the problem `code` and title the
+/// client reads, and the `outcome` label metrics count it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The stable problem `code` (the contract's list).
+    pub code: &'static str,
+    /// The problem's human title.
+    pub title: &'static str,
+    /// The metric label: the code for a refusal a dashboard tells apart, `error` for the rest.
+    pub label: &'static str,
+}
+
+impl ErrorClass {
+    const fn new(
+        status: u16,
+        code: &'static str,
+        title: &'static str,
+        label: &'static str,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            label,
+        }
+    }
+}
+
+impl AppError {
+    /// The one table from error to status, code, title and metric label. No catch-all: a new
+    /// variant does not compile until it has its row.
+    pub fn class(&self) -> ErrorClass {
+        const ERROR: &str = "error";
+        let c = ErrorClass::new;
+        match self {
+            AppError::InvalidInput(_) => c(422, "invalid_input", "Invalid input", "invalid_input"),
+            AppError::Unauthenticated => {
+                c(401, "unauthenticated", "Authentication required", ERROR)
+            }
+            AppError::BadCredentials => c(401, "bad_credentials", "Bad credentials", ERROR),
+            AppError::Forbidden => c(403, "forbidden", "Forbidden", ERROR),
+            AppError::NotFound => c(404, "not_found", "Not found", "not_found"),
+            AppError::EmailTaken => c(409, "email_taken", "Email taken", ERROR),
+            AppError::SoldOut => c(409, "sold_out", "Sold out", "sold_out"),
+            AppError::SaleNotLive => c(409, "sale_not_live", "Sale not live", "sale_not_live"),
+            AppError::LimitExceeded => c(422, "limit_exceeded", "Limit exceeded", "limit_exceeded"),
+            AppError::NotAdmitted(_) => c(403, "not_admitted", "Not admitted", "not_admitted"),
+            AppError::HoldExpired => c(409, "hold_expired", "Hold expired", ERROR),
+            AppError::PaymentDeclined { .. } => {
+                c(402, "payment_declined", "Payment declined", ERROR)
+            }
+            AppError::RateLimited { .. } => {
+                c(429, "rate_limited", "Too many requests", "rate_limited")
+            }
+            AppError::BadSignature => c(401, "bad_signature", "Bad signature", ERROR),
+            AppError::IdempotencyKeyReused => c(
+                422,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                ERROR,
+            ),
+            AppError::IdempotencyInProgress => {
+                c(409, "idempotency_in_progress", "Request in progress", ERROR)
+            }
+            AppError::Conflict(_) => c(409, "conflict", "Conflict", ERROR),
+            AppError::Unavailable(_) => c(503, "unavailable", "Service unavailable", ERROR),
+            AppError::Internal(_) => c(500, "internal", "Internal error", ERROR),
+        }
+    }
+}
+
 impl AppError {
     /// Shorthand for an input error with a message for the client.
     pub fn invalid(msg: impl Into<String>) -> Self {
@@ -108,6 +181,37 @@ impl From<CheckoutError> for AppError {
             CheckoutError::MixedCurrencies => {
                 AppError::invalid("all holds of one order must be in the same currency")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_under_their_own_code() {
+        for e in [
+            AppError::SoldOut,
+            AppError::LimitExceeded,
+            AppError::SaleNotLive,
+            AppError::NotAdmitted(NotAdmitted::GrowingNeedsAdmission),
+            AppError::NotFound,
+            AppError::invalid("x"),
+            AppError::RateLimited {
+                retry_after_secs: 1,
+            },
+        ] {
+            let class = e.class();
+            assert_eq!(class.label, class.code, "{e:?}");
+        }
+        for e in [
+            AppError::Internal("x".into()),
+            AppError::Unavailable("x".into()),
+            AppError::HoldExpired,
+            AppError::Conflict("x".into()),
+        ] {
+            assert_eq!(e.class().label, "error", "{e:?}");
         }
     }
 }

@@ -131,17 +131,16 @@ impl App {
         let mut owed = payment.owed;
         loop {
             let reference = payment.reference.as_str();
-            let (call, next) = match owed {
-                GatewayOwed::Capture => (self.gateway.capture(reference).await, None),
-                GatewayOwed::Void => (self.gateway.void(reference).await, None),
-                GatewayOwed::Refund => (self.gateway.refund(reference).await, None),
-                // The capture first; the refund only once the judge knows it was done, so a
-                // retry never captures after a refund.
-                GatewayOwed::CaptureThenRefund => (
-                    self.gateway.capture(reference).await,
-                    Some(GatewayOwed::Refund),
-                ),
+            // The capture first; the refund only once the judge knows it was done, so a retry
+            // never captures after a refund.
+            let call = match owed {
+                GatewayOwed::Capture | GatewayOwed::CaptureThenRefund => {
+                    self.gateway.capture(reference).await
+                }
+                GatewayOwed::Void => self.gateway.void(reference).await,
+                GatewayOwed::Refund => self.gateway.refund(reference).await,
             };
+            let next = owed.after_first_call();
             if let Err(e) = call {
                 metrics::counter!("stampede_payment_moves_failed_total", "move" => owed.as_str())
                     .increment(1);

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use stampede_core::{Hold, Order, Timestamp};
 
-use crate::ports::{Event, Notification, OutboxEvent};
+use crate::ports::{Event, EventKind, Notification, OutboxEvent};
 use crate::{App, AppError};
 
 /// Events one relay pass leases at a time.
@@ -26,7 +26,7 @@ impl OutboxEvent {
     /// A new event for `user`, stamped `now`, with a fresh ULID.
     fn new(
         user: &stampede_core::UserId,
-        kind: &str,
+        kind: EventKind,
         data: serde_json::Value,
         now: Timestamp,
     ) -> Self {
@@ -34,7 +34,7 @@ impl OutboxEvent {
         OutboxEvent {
             id: ulid::Ulid::from_parts(ms, rand::random()).to_string(),
             user_id: user.clone(),
-            kind: kind.to_owned(),
+            kind,
             created_at: now,
             data,
         }
@@ -47,13 +47,13 @@ impl OutboxEvent {
             "total": order.total.format(&order.currency),
             "currency": order.currency.as_str(),
         });
-        Self::new(&order.user_id, "order_confirmed", data, now)
+        Self::new(&order.user_id, EventKind::OrderConfirmed, data, now)
     }
 
     /// The event the store writes when `order`'s payment has just failed, and why.
     pub fn payment_failed(order: &Order, reason: &str, now: Timestamp) -> Self {
         let data = serde_json::json!({ "order_id": order.id.as_str(), "reason": reason });
-        Self::new(&order.user_id, "payment_failed", data, now)
+        Self::new(&order.user_id, EventKind::PaymentFailed, data, now)
     }
 
     /// The warning the store writes when a live hold is about to lapse.
@@ -64,7 +64,7 @@ impl OutboxEvent {
             "quantity": hold.quantity,
             "seconds_left": now.secs_until(hold.expires_at),
         });
-        Self::new(&hold.user_id, "hold_expiring", data, now)
+        Self::new(&hold.user_id, EventKind::HoldExpiring, data, now)
     }
 }
 
@@ -138,12 +138,12 @@ impl App {
         let notification = Notification {
             id: event.id.clone(),
             user_id: event.user_id.clone(),
-            kind: event.kind.clone(),
+            kind: event.kind,
             created_at: event.created_at,
             data: event.data.clone(),
         };
         if self.store.append_notification(&notification).await? {
-            metrics::counter!("stampede_notifications_total", "kind" => event.kind.clone())
+            metrics::counter!("stampede_notifications_total", "kind" => event.kind.as_str())
                 .increment(1);
             self.bus.publish(Event::Notified { notification });
         } else {

@@ -9,8 +9,8 @@ use stampede_core::draw::DrawPurpose;
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats};
 use stampede_core::{
-    Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, PaymentId, Product,
-    ProductId, ProductStatus, Sale, SaleId, SaleStatus, StockLevels, Timestamp, UserId,
+    Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, OrderStatus, PaymentId,
+    Product, ProductId, ProductStatus, Sale, SaleId, SaleStatus, StockLevels, Timestamp, UserId,
 };
 
 /// A failure of an adapter itself (not a business refusal): the store or a service is down or
@@ -201,96 +201,7 @@ pub enum HoldError {
     Refused(#[from] Refusal),
 }
 
-/// A new order over some holds, to be written as `pending_payment` with a `pending` payment.
-#[derive(Debug, Clone)]
-pub struct NewOrder {
-    pub order_id: OrderId,
-    pub payment_id: PaymentId,
-    pub user_id: UserId,
-    pub hold_ids: Vec<HoldId>,
-    pub method: String,
-    pub now: Timestamp,
-}
-
-/// Why an order could not be created from its holds.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CheckoutError {
-    #[error("hold not found")]
-    HoldNotFound,
-    #[error("hold expired")]
-    HoldExpired,
-    #[error("hold is already in a pending order")]
-    HoldInPendingOrder,
-    #[error("all holds of one order must share a currency")]
-    MixedCurrencies,
-}
-
-/// How the gateway's answer is recorded on an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymentResult {
-    /// Money authorized (or captured): turn the holds into sold units and confirm the order.
-    /// `retake`: if a hold has lapsed meanwhile, take the stock again if it is still there
-    /// (a late asynchronous payment), instead of failing.
-    Authorized { reference: String, retake: bool },
-    /// Declined: order `payment_failed` with the reason; the holds stay for another try.
-    Declined {
-        reference: Option<String>,
-        reason: String,
-    },
-    /// The gateway will answer later through a webhook.
-    Pending { reference: String },
-    /// Nobody will answer: the checkout died with its process before the authorization's
-    /// answer was recorded, or an asynchronous payment never settled by its deadline. The
-    /// order fails with `reason` and its holds let go of it; if the gateway holds an
-    /// authorization (`reference`, found by the order id), the payment is `voided` with the
-    /// void owed to the gateway, so the money is released exactly once.
-    Abandoned {
-        reference: Option<String>,
-        reason: String,
-    },
-}
-
-/// A move of money the judge has decided but the gateway has not acknowledged yet. It is
-/// written in the SAME transaction that confirms, fails, cancels or refunds the order, so a
-/// crash between that commit and the gateway call cannot lose it: the money reconciliation
-/// (`App::reconcile_payments`) finishes it. Every gateway call is idempotent per reference,
-/// so finishing one twice is harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GatewayOwed {
-    /// The order is confirmed: capture the authorization.
-    Capture,
-    /// The order failed or was cancelled: void the authorization.
-    Void,
-    /// The order was refunded after its capture was acknowledged: refund.
-    Refund,
-    /// The order was refunded while its capture was still owed: capture first (the order was
-    /// confirmed on that promise), then refund. Never a capture after a refund: the first
-    /// step done moves this to `Refund`.
-    CaptureThenRefund,
-}
-
-impl GatewayOwed {
-    /// The stored word.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GatewayOwed::Capture => "capture",
-            GatewayOwed::Void => "void",
-            GatewayOwed::Refund => "refund",
-            GatewayOwed::CaptureThenRefund => "capture_refund",
-        }
-    }
-
-    /// Reads a stored word.
-    pub fn parse(s: &str) -> Option<GatewayOwed> {
-        Some(match s {
-            "capture" => GatewayOwed::Capture,
-            "void" => GatewayOwed::Void,
-            "refund" => GatewayOwed::Refund,
-            "capture_refund" => GatewayOwed::CaptureThenRefund,
-            _ => return None,
-        })
-    }
-}
+pub use stampede_core::checkout::{CheckoutError, GatewayOwed, NewOrder, PaymentResult};
 
 /// A payment whose money move is still owed to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,14 +277,47 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// What an order event reports: the outbox event's kind, and the kind of the notification
+/// and the shop's webhook it becomes. The stored and wire word is [`EventKind::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An order was paid and confirmed.
+    OrderConfirmed,
+    /// An order's payment failed (declined, lapsed, abandoned).
+    PaymentFailed,
+    /// A live hold is about to lapse.
+    HoldExpiring,
+}
+
+impl EventKind {
+    /// The stored and wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::OrderConfirmed => "order_confirmed",
+            EventKind::PaymentFailed => "payment_failed",
+            EventKind::HoldExpiring => "hold_expiring",
+        }
+    }
+
+    /// Reads a stored word.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "order_confirmed" => EventKind::OrderConfirmed,
+            "payment_failed" => EventKind::PaymentFailed,
+            "hold_expiring" => EventKind::HoldExpiring,
+            _ => return None,
+        })
+    }
+}
+
 /// One message in a buyer's in-app feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// A ULID: sorts by time, and is the paging cursor.
     pub id: String,
     pub user_id: UserId,
-    /// `order_confirmed`, `payment_failed`, …
-    pub kind: String,
+    pub kind: EventKind,
     pub created_at: Timestamp,
     pub data: serde_json::Value,
 }
@@ -391,7 +335,7 @@ pub struct OutboxEvent {
     /// A ULID: sorts by time; consumers de-duplicate by it.
     pub id: String,
     pub user_id: UserId,
-    pub kind: String,
+    pub kind: EventKind,
     pub created_at: Timestamp,
     pub data: serde_json::Value,
 }
@@ -406,8 +350,8 @@ pub struct OutboxEvent {
 pub struct WebhookDelivery {
     /// The outbox event's id (a ULID): the delivery's key and the shop's de-duplication key.
     pub event_id: String,
-    /// `order_confirmed`, `payment_failed`, …: sent as the body's `type`.
-    pub kind: String,
+    /// Sent as the body's `type`.
+    pub kind: EventKind,
     /// The buyer the event is about.
     pub user_id: UserId,
     /// The event's data, sent as the body's `data`.
@@ -614,13 +558,13 @@ pub trait Store: Send + Sync + 'static {
     async fn orders(&self, user: &UserId) -> PortResult<Vec<Order>>;
     /// Cancels the buyer's order: confirmed → refunded (units back to available), pending →
     /// cancelled (holds let go of it). `Ok(None)` if not found; `Err`-free conflict as
-    /// `Some(Err(status))` with the order's current status word.
+    /// `Some(Err(status))` with the order's current (final) status.
     async fn cancel_order(
         &self,
         user: &UserId,
         order: &OrderId,
         now: Timestamp,
-    ) -> PortResult<Option<Result<Cancelled, String>>>;
+    ) -> PortResult<Option<Result<Cancelled, OrderStatus>>>;
 
     // --- idempotency and webhooks
     /// Claims `(user, key)` for a request whose body hashes to `request_hash`; an in-progress

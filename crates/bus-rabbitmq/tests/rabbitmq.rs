@@ -197,7 +197,7 @@ fn outbox_event(i: u64) -> OutboxEvent {
     OutboxEvent {
         id: ulid::Ulid::new().to_string(),
         user_id: UserId::generate(now, u128::from(i)),
-        kind: "order_confirmed".into(),
+        kind: stampede_app::ports::EventKind::OrderConfirmed,
         created_at: Timestamp(now),
         data: serde_json::json!({ "order_id": format!("order-{i}"), "n": i }),
     }

@@ -6,11 +6,14 @@
 //! 1. `available + held + sold == total_stock`, each term `>= 0` — see [`StockLevels::check`].
 //! 2. per buyer `held + sold <= per_user_limit` — see [`judge::judge_reserve`].
 //! 4. every hold ends exactly once — see [`HoldState`] transitions.
+//!
+//! Every money rule (checkout, payment, cancellation, refund) is a plan in [`checkout`].
 //! 5. admission is first come, first served by place in line — see [`waiting_line`]; what a
 //!    lottery decides can be recomputed by anyone — see [`draw`].
 
 pub mod admission;
 pub mod catalog;
+pub mod checkout;
 pub mod clock;
 pub mod draw;
 pub mod ids;

@@ -489,7 +489,7 @@ impl From<stampede_app::ports::Notification> for NotificationDto {
     fn from(n: stampede_app::ports::Notification) -> Self {
         Self {
             id: n.id,
-            kind: n.kind,
+            kind: n.kind.as_str().to_owned(),
             created_at: rfc3339(n.created_at),
             data: n.data,
         }

@@ -1,6 +1,7 @@
 //! Every error leaves the server here, as `application/problem+json` (RFC 9457) with a stable
-//! `code`. This is the one table from error to status, code and title; a 5xx says little to the
-//! client and logs the whole cause once.
+//! `code`. The table from error to status, code and title is `AppError::class` (with the
+//! metric label, so the two can never disagree); a 5xx says little to the client and logs the
+//! whole cause once.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -190,94 +191,44 @@ impl ApiError {
 }
 
 impl From<AppError> for ApiError {
+    /// Status, code and title come from the one table, [`AppError::class`]; what follows adds
+    /// the few fields some problems carry, and keeps a 5xx's cause in the log only.
     fn from(e: AppError) -> Self {
-        use StatusCode as S;
-        let detail = e.to_string();
+        let class = e.class();
+        let status =
+            StatusCode::from_u16(class.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut out = ApiError::new(status, class.code, class.title, e.to_string());
         match e {
-            AppError::InvalidInput(_) => ApiError::invalid(detail),
-            AppError::Unauthenticated => ApiError::new(
-                S::UNAUTHORIZED,
-                "unauthenticated",
-                "Authentication required",
-                detail,
-            ),
-            AppError::BadCredentials => ApiError::new(
-                S::UNAUTHORIZED,
-                "bad_credentials",
-                "Bad credentials",
-                detail,
-            ),
-            AppError::Forbidden => ApiError::new(S::FORBIDDEN, "forbidden", "Forbidden", detail),
-            AppError::NotFound => ApiError::new(S::NOT_FOUND, "not_found", "Not found", detail),
-            AppError::EmailTaken => {
-                ApiError::new(S::CONFLICT, "email_taken", "Email taken", detail)
-            }
-            AppError::SoldOut => ApiError::new(S::CONFLICT, "sold_out", "Sold out", detail),
-            AppError::SaleNotLive => {
-                ApiError::new(S::CONFLICT, "sale_not_live", "Sale not live", detail)
-            }
-            AppError::LimitExceeded => ApiError::new(
-                S::UNPROCESSABLE_ENTITY,
-                "limit_exceeded",
-                "Limit exceeded",
-                detail,
-            ),
-            AppError::NotAdmitted(_) => {
-                ApiError::new(S::FORBIDDEN, "not_admitted", "Not admitted", detail)
-            }
-            AppError::HoldExpired => {
-                ApiError::new(S::CONFLICT, "hold_expired", "Hold expired", detail)
-            }
             AppError::PaymentDeclined { order_id, reason } => {
-                let mut e = ApiError::new(
-                    S::PAYMENT_REQUIRED,
-                    "payment_declined",
-                    "Payment declined",
-                    detail,
-                );
-                e.0.order_id = Some(order_id);
-                e.0.reason = Some(reason);
-                e
+                out.0.order_id = Some(order_id);
+                out.0.reason = Some(reason);
             }
             AppError::RateLimited { retry_after_secs } => {
-                let mut e = ApiError::new(
-                    S::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "Too many requests",
-                    detail,
-                );
-                e.0.retry_after = Some(retry_after_secs);
-                e
+                out.0.retry_after = Some(retry_after_secs)
             }
-            AppError::BadSignature => {
-                ApiError::new(S::UNAUTHORIZED, "bad_signature", "Bad signature", detail)
-            }
-            AppError::IdempotencyKeyReused => ApiError::new(
-                S::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "Idempotency key reused",
-                detail,
-            ),
-            AppError::IdempotencyInProgress => ApiError::new(
-                S::CONFLICT,
-                "idempotency_in_progress",
-                "Request in progress",
-                detail,
-            ),
-            AppError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", "Conflict", detail),
             AppError::Unavailable(cause) => {
                 tracing::warn!(cause, "unavailable");
-                let mut e = ApiError::new(
-                    S::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Service unavailable",
-                    "temporarily unavailable; retry shortly",
-                );
-                e.0.retry_after = Some(1);
-                e
+                out.0.detail = "temporarily unavailable; retry shortly".to_owned();
+                out.0.retry_after = Some(1);
             }
-            AppError::Internal(cause) => ApiError::internal(&cause),
+            AppError::Internal(cause) => return ApiError::internal(&cause),
+            AppError::InvalidInput(_)
+            | AppError::Unauthenticated
+            | AppError::BadCredentials
+            | AppError::Forbidden
+            | AppError::NotFound
+            | AppError::EmailTaken
+            | AppError::SoldOut
+            | AppError::SaleNotLive
+            | AppError::LimitExceeded
+            | AppError::NotAdmitted(_)
+            | AppError::HoldExpired
+            | AppError::BadSignature
+            | AppError::IdempotencyKeyReused
+            | AppError::IdempotencyInProgress
+            | AppError::Conflict(_) => {}
         }
+        out
     }
 }
 

@@ -4,155 +4,58 @@
 //! derived from the clock, so a status filter is a condition on the schedule at the browse's
 //! `now`, written to agree with `Sale::status_at` and `DropEvent::status_at`.
 
-use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use stampede_app::ports::{Browse, PortResult};
-use stampede_core::{
-    Currency, DropEvent, DropId, Product, ProductId, ProductStatus, Sale, SaleStatus,
-};
+use stampede_core::{DropEvent, DropId, Product, ProductId, Sale};
+use stampede_store_sql::catalog::{self, drop_event, product, DROP_COLS, PRODUCT_COLS};
 
-use crate::error::{internal, OrPort};
-use crate::rows::{self, col, col_money, col_ts, col_word, sale_cols};
-
-const PRODUCT_COLS: &str = "p.id, p.name, p.description, p.category, p.image_urls, \
-     p.regular_price, p.currency, p.status, p.created_at, p.updated_at";
-
-const DROP_COLS: &str = "d.id, d.name, d.description, d.category, d.starts_at, d.ends_at, \
-     d.per_user_limit, d.created_at, d.updated_at";
-
-fn product(row: &PgRow) -> PortResult<Product> {
-    let urls: String = col(row, "image_urls")?;
-    Ok(Product {
-        id: ProductId::from_trusted(col(row, "id")?),
-        name: col(row, "name")?,
-        description: col(row, "description")?,
-        category: col(row, "category")?,
-        image_urls: serde_json::from_str(&urls)
-            .map_err(|e| internal(format!("column image_urls: {e}")))?,
-        regular_price: col_money(row, "regular_price")?,
-        currency: Currency::from_trusted(col(row, "currency")?),
-        status: col_word(row, "status", ProductStatus::parse)?,
-        created_at: col_ts(row, "created_at")?,
-        updated_at: col_ts(row, "updated_at")?,
-    })
-}
-
-fn drop_event(row: &PgRow) -> PortResult<DropEvent> {
-    let limit: Option<i64> = col(row, "per_user_limit")?;
-    Ok(DropEvent {
-        id: DropId::from_trusted(col(row, "id")?),
-        name: col(row, "name")?,
-        description: col(row, "description")?,
-        category: col(row, "category")?,
-        starts_at: col_ts(row, "starts_at")?,
-        ends_at: col_ts(row, "ends_at")?,
-        per_user_limit: limit
-            .map(|l| u32::try_from(l).map_err(|_| internal("column per_user_limit: not a u32")))
-            .transpose()?,
-        created_at: col_ts(row, "created_at")?,
-        updated_at: col_ts(row, "updated_at")?,
-    })
-}
-
-fn image_urls(product: &Product) -> PortResult<String> {
-    serde_json::to_string(&product.image_urls).map_err(internal)
-}
+use crate::error::OrPort;
+use crate::rows::{self, sale_cols};
 
 pub(crate) async fn insert_product(writer: &PgPool, p: &Product) -> PortResult<()> {
-    sqlx::query(
-        "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
-         currency, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(p.id.as_str())
-    .bind(&p.name)
-    .bind(&p.description)
-    .bind(&p.category)
-    .bind(image_urls(p)?)
-    .bind(p.regular_price.0)
-    .bind(p.currency.as_str())
-    .bind(p.status.as_str())
-    .bind(p.created_at.0)
-    .bind(p.updated_at.0)
-    .execute(writer)
-    .await
-    .port()?;
+    catalog::bind_product(sqlx::query(catalog::INSERT_PRODUCT), p, true)?
+        .execute(writer)
+        .await
+        .port()?;
     Ok(())
 }
 
 pub(crate) async fn update_product(writer: &PgPool, p: &Product) -> PortResult<bool> {
-    let done = sqlx::query(
-        "UPDATE products SET name = $2, description = $3, category = $4, image_urls = $5, \
-         regular_price = $6, currency = $7, status = $8, updated_at = $9 WHERE id = $1",
-    )
-    .bind(p.id.as_str())
-    .bind(&p.name)
-    .bind(&p.description)
-    .bind(&p.category)
-    .bind(image_urls(p)?)
-    .bind(p.regular_price.0)
-    .bind(p.currency.as_str())
-    .bind(p.status.as_str())
-    .bind(p.updated_at.0)
-    .execute(writer)
-    .await
-    .port()?;
+    let done = catalog::bind_product(sqlx::query(catalog::UPDATE_PRODUCT), p, false)?
+        .execute(writer)
+        .await
+        .port()?;
     Ok(done.rows_affected() == 1)
 }
 
 pub(crate) async fn product_by_id(reader: &PgPool, id: &ProductId) -> PortResult<Option<Product>> {
-    let row = sqlx::query(&format!(
-        "SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1"
-    ))
-    .bind(id.as_str())
-    .fetch_optional(reader)
-    .await
-    .port()?;
+    let row = sqlx::query(&catalog::product_by_id_sql())
+        .bind(id.as_str())
+        .fetch_optional(reader)
+        .await
+        .port()?;
     row.map(|r| product(&r)).transpose()
 }
 
 pub(crate) async fn insert_drop(writer: &PgPool, d: &DropEvent) -> PortResult<()> {
-    sqlx::query(
-        "INSERT INTO drops (id, name, description, category, starts_at, ends_at, \
-         per_user_limit, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(d.id.as_str())
-    .bind(&d.name)
-    .bind(&d.description)
-    .bind(&d.category)
-    .bind(d.starts_at.0)
-    .bind(d.ends_at.0)
-    .bind(d.per_user_limit.map(i64::from))
-    .bind(d.created_at.0)
-    .bind(d.updated_at.0)
-    .execute(writer)
-    .await
-    .port()?;
+    catalog::bind_drop(sqlx::query(catalog::INSERT_DROP), d, true)
+        .execute(writer)
+        .await
+        .port()?;
     Ok(())
 }
 
 pub(crate) async fn update_drop(writer: &PgPool, d: &DropEvent) -> PortResult<bool> {
-    let done = sqlx::query(
-        "UPDATE drops SET name = $2, description = $3, category = $4, starts_at = $5, \
-         ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1",
-    )
-    .bind(d.id.as_str())
-    .bind(&d.name)
-    .bind(&d.description)
-    .bind(&d.category)
-    .bind(d.starts_at.0)
-    .bind(d.ends_at.0)
-    .bind(d.per_user_limit.map(i64::from))
-    .bind(d.updated_at.0)
-    .execute(writer)
-    .await
-    .port()?;
+    let done = catalog::bind_drop(sqlx::query(catalog::UPDATE_DROP), d, false)
+        .execute(writer)
+        .await
+        .port()?;
     Ok(done.rows_affected() == 1)
 }
 
 pub(crate) async fn drop_by_id(reader: &PgPool, id: &DropId) -> PortResult<Option<DropEvent>> {
-    let row = sqlx::query(&format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1"))
+    let row = sqlx::query(&catalog::drop_by_id_sql())
         .bind(id.as_str())
         .fetch_optional(reader)
         .await
@@ -190,69 +93,6 @@ fn push_common(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, b: &Browse) {
     }
 }
 
-fn push_page(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, b: &Browse) {
-    qb.push(format!(" ORDER BY {alias}.id LIMIT "))
-        .push_bind(i64::from(b.limit));
-}
-
-/// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of the
-/// statuses at `b.now`; nothing when any status will do.
-fn push_statuses(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, with_control: bool, b: &Browse) {
-    if b.statuses.is_empty() {
-        return;
-    }
-    let now = b.now.0;
-    let control = |word: &str| {
-        if with_control {
-            format!("{alias}.control = '{word}' AND ")
-        } else {
-            String::new()
-        }
-    };
-    qb.push(" AND (");
-    for (i, status) in b.statuses.iter().enumerate() {
-        if i > 0 {
-            qb.push(" OR ");
-        }
-        match status {
-            SaleStatus::Ended => {
-                if with_control {
-                    qb.push(format!("{alias}.control = 'stopped' OR "));
-                }
-                qb.push(format!("{alias}.ends_at <= ")).push_bind(now);
-            }
-            SaleStatus::Scheduled => {
-                if with_control {
-                    qb.push(format!("{alias}.control <> 'stopped' AND "));
-                }
-                qb.push(format!("{alias}.starts_at > "))
-                    .push_bind(now)
-                    .push(format!(" AND {alias}.ends_at > "))
-                    .push_bind(now);
-            }
-            SaleStatus::Paused | SaleStatus::Live => {
-                if !with_control && *status == SaleStatus::Paused {
-                    qb.push("FALSE");
-                    continue;
-                }
-                let word = if *status == SaleStatus::Paused {
-                    "paused"
-                } else {
-                    "running"
-                };
-                qb.push("(")
-                    .push(control(word))
-                    .push(format!("{alias}.starts_at <= "))
-                    .push_bind(now)
-                    .push(format!(" AND {alias}.ends_at > "))
-                    .push_bind(now)
-                    .push(")");
-            }
-        }
-    }
-    qb.push(")");
-}
-
 pub(crate) async fn browse_sales(reader: &PgPool, b: &Browse) -> PortResult<Vec<Sale>> {
     let cols = sale_cols!()
         .split(", ")
@@ -265,8 +105,8 @@ pub(crate) async fn browse_sales(reader: &PgPool, b: &Browse) -> PortResult<Vec<
         qb.push(" AND s.drop_id = ")
             .push_bind(drop.as_str().to_owned());
     }
-    push_statuses(&mut qb, "s", true, b);
-    push_page(&mut qb, "s", b);
+    catalog::push_statuses(&mut qb, "s", true, b);
+    catalog::push_page(&mut qb, "s", b);
     qb.build()
         .fetch_all(reader)
         .await
@@ -280,8 +120,8 @@ pub(crate) async fn browse_drops(reader: &PgPool, b: &Browse) -> PortResult<Vec<
     let mut qb =
         QueryBuilder::<Postgres>::new(format!("SELECT {DROP_COLS} FROM drops d WHERE TRUE"));
     push_common(&mut qb, "d", b);
-    push_statuses(&mut qb, "d", false, b);
-    push_page(&mut qb, "d", b);
+    catalog::push_statuses(&mut qb, "d", false, b);
+    catalog::push_page(&mut qb, "d", b);
     qb.build()
         .fetch_all(reader)
         .await
@@ -303,7 +143,7 @@ pub(crate) async fn browse_products(reader: &PgPool, b: &Browse) -> PortResult<V
         }
         qb.push(")");
     }
-    push_page(&mut qb, "p", b);
+    catalog::push_page(&mut qb, "p", b);
     qb.build()
         .fetch_all(reader)
         .await

@@ -50,8 +50,8 @@ use stampede_app::ports::{
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{
-    DropEvent, DropId, Hold, HoldId, Order, OrderId, PaymentId, Product, ProductId, Sale, SaleId,
-    Timestamp, UserId,
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, OrderStatus, PaymentId, Product, ProductId,
+    Sale, SaleId, Timestamp, UserId,
 };
 
 use crate::error::OrPort;
@@ -344,7 +344,7 @@ impl Store for PgStore {
         user: &UserId,
         order: &OrderId,
         now: Timestamp,
-    ) -> PortResult<Option<Result<Cancelled, String>>> {
+    ) -> PortResult<Option<Result<Cancelled, OrderStatus>>> {
         orders::cancel(&self.pool, user, order, now).await
     }
 

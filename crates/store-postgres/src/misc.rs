@@ -6,11 +6,13 @@
 
 use sqlx::PgPool;
 
-use stampede_app::ports::{AuditEntry, AuditFilter, IdempotencyStart, Notification, PortResult};
+use stampede_app::ports::{
+    AuditEntry, AuditFilter, EventKind, IdempotencyStart, Notification, PortResult,
+};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
-use crate::rows::{col, col_ts};
+use crate::rows::{col, col_ts, col_word};
 
 /// Claims a key, or says why not (replay, mismatch, in progress). The claim is an insert
 /// first, so two nodes racing on one key cannot both proceed: the loser waits for the
@@ -211,7 +213,7 @@ pub(crate) async fn append_notification(pool: &PgPool, n: &Notification) -> Port
     )
     .bind(&n.id)
     .bind(n.user_id.as_str())
-    .bind(&n.kind)
+    .bind(n.kind.as_str())
     .bind(n.created_at.0)
     .bind(n.data.to_string())
     .execute(pool)
@@ -245,7 +247,7 @@ pub(crate) async fn notifications(
         Ok(Notification {
             id: col(r, "id")?,
             user_id: UserId::from_trusted(col(r, "user_id")?),
-            kind: col(r, "kind")?,
+            kind: col_word(r, "kind", EventKind::parse)?,
             created_at: col_ts(r, "created_at")?,
             data: serde_json::from_str(&data)
                 .map_err(|e| internal(format!("notification json: {e}")))?,

@@ -6,32 +6,33 @@
 //! * recording an authorization is all-or-nothing: either every hold of the order becomes sold
 //!   units (converted, or retaken after lapsing when the caller allows it) and the order is
 //!   confirmed, or no stock moves at all and the order fails with `hold_expired`;
-//! * every order and payment status change goes through `OrderStatus::transition` /
-//!   `PaymentStatus::transition`, and its `UPDATE` is guarded by the status it was read in.
+//! * every decision is the core's plan (`stampede_core::checkout`): this module reads the facts,
+//!   asks, and writes the answer; each status `UPDATE` is guarded by the status it was read in.
 //! * an order leaving `pending_payment` for `confirmed` or `payment_failed` writes exactly one
 //!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
 //!   or pending answer writes none.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use stampede_app::ports::{
     Cancelled, CheckoutError, GatewayOwed, NewOrder, OwedPayment, PaymentApplied, PaymentResult,
     PortResult,
 };
+use stampede_core::checkout::{
+    self, AnswerPlan, CancelPlan, LineStep, OrderLine, PlanError, Settlement,
+};
 use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
-    Currency, HoldId, HoldState, Money, Order, OrderId, OrderItem, OrderStatus, Payment, PaymentId,
-    PaymentStatus, SaleId, Timestamp, UserId,
+    HoldId, HoldState, Order, OrderId, OrderStatus, PaymentId, SaleId, Timestamp, UserId,
 };
+use stampede_store_sql::engine::Write;
+use stampede_store_sql::orders as sql;
 
 use crate::error::{internal, OrPort};
 use crate::holds;
 use crate::outbox;
-use crate::rows::{self, col, col_money, col_ts, col_u32, col_word};
+use crate::rows;
 use crate::txstock::TxStock;
-
-/// Why a lapsed authorization failed, as stored on the payment.
-pub(crate) const HOLD_EXPIRED: &str = "hold_expired";
 
 /// The buyer's order with its items (in checkout order) and its payment. Orders are
 /// partitioned by user: the user is part of the key.
@@ -62,14 +63,7 @@ pub(crate) async fn load(
     .await
     .port()?
     .iter()
-    .map(|r| {
-        Ok(OrderItem {
-            sale_id: SaleId::from_trusted(col(r, "sale_id")?),
-            hold_id: HoldId::from_trusted(col(r, "hold_id")?),
-            quantity: col_u32(r, "quantity")?,
-            unit_price: col_money(r, "unit_price")?,
-        })
-    })
+    .map(rows::order_item)
     .collect::<PortResult<Vec<_>>>()?;
     let payment = sqlx::query(
         "SELECT id, order_id, status, method, reference, amount, failure_reason, updated_at \
@@ -79,29 +73,9 @@ pub(crate) async fn load(
     .fetch_optional(&mut *conn)
     .await
     .port()?
-    .map(|r| {
-        Ok::<_, stampede_app::ports::PortError>(Payment {
-            id: PaymentId::from_trusted(col(&r, "id")?),
-            order_id: OrderId::from_trusted(col(&r, "order_id")?),
-            status: rows::payment_status(&r, "status")?,
-            method: col(&r, "method")?,
-            reference: col(&r, "reference")?,
-            amount: col_money(&r, "amount")?,
-            failure_reason: col(&r, "failure_reason")?,
-            updated_at: col_ts(&r, "updated_at")?,
-        })
-    })
+    .map(|r| rows::payment(&r))
     .transpose()?;
-    Ok(Some(Order {
-        id: OrderId::from_trusted(col(&row, "id")?),
-        user_id: UserId::from_trusted(col(&row, "user_id")?),
-        status: col_word(&row, "status", OrderStatus::parse)?,
-        items,
-        total: col_money(&row, "total")?,
-        currency: Currency::from_trusted(col(&row, "currency")?),
-        created_at: col_ts(&row, "created_at")?,
-        payment,
-    }))
+    rows::order(&row, items, payment).map(Some)
 }
 
 /// The user who placed an order, found through its payment (unpartitioned, one per order).
@@ -142,202 +116,96 @@ async fn load_existing(conn: &mut PgConnection, user: &UserId, id: &OrderId) -> 
         .ok_or_else(|| internal(format!("order {id} vanished inside its transaction")))
 }
 
-/// Moves the order to `to` if that is a legal move from the status it was read in.
-async fn set_status(
-    conn: &mut PgConnection,
-    order: &Order,
-    to: OrderStatus,
-    now: Timestamp,
-) -> PortResult<()> {
-    let to = order.status.transition(to).map_err(internal)?;
-    let done = sqlx::query(
-        "UPDATE orders SET status = $1, updated_at = $2 \
-             WHERE user_id = $3 AND id = $4 AND status = $5",
-    )
-    .bind(to.as_str())
-    .bind(now.0)
-    .bind(order.user_id.as_str())
-    .bind(order.id.as_str())
-    .bind(order.status.as_str())
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    if done.rows_affected() != 1 {
-        return Err(internal(format!(
-            "order {} changed status meanwhile",
-            order.id
-        )));
+/// A broken money rule in what this transaction read: a bug or a corrupt row.
+fn broken(e: PlanError) -> stampede_app::ports::PortError {
+    internal(e)
+}
+
+/// Runs a plan's writes in order, refusing to go on if a guarded one lost a race.
+async fn run(conn: &mut PgConnection, writes: Vec<Write<'_, Postgres>>) -> PortResult<()> {
+    for write in writes {
+        let done = write.statement.execute(&mut *conn).await.port()?;
+        if let Some(what) = write.exactly_one {
+            if done.rows_affected() != 1 {
+                return Err(internal(format!("{what} changed status meanwhile")));
+            }
+        }
     }
     Ok(())
 }
 
-/// Moves the order's payment to `to` (a legal move only), recording the gateway's reference
-/// (kept if `None`), the failure reason (cleared if `None`) and the money move this leaves
-/// owed to the gateway (see [`GatewayOwed`]).
-async fn set_payment(
+/// Carries out a settlement the core planned for `order` (see `stampede_store_sql::orders::
+/// settle`), with its outbox event. Stock the settlement returns is the caller's to move first.
+async fn settle(
     conn: &mut PgConnection,
     order: &Order,
-    to: PaymentStatus,
-    reference: Option<&str>,
-    failure_reason: Option<&str>,
-    owed: Option<GatewayOwed>,
+    plan: &Settlement,
     now: Timestamp,
 ) -> PortResult<()> {
-    let payment = payment_of(order)?;
-    let to = payment.status.transition(to).map_err(internal)?;
-    let done = sqlx::query(
-        "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
-         failure_reason = $3, updated_at = $4, gateway_owed = $7 \
-         WHERE id = $5 AND status = $6",
-    )
-    .bind(to.as_str())
-    .bind(reference)
-    .bind(failure_reason)
-    .bind(now.0)
-    .bind(payment.id.as_str())
-    .bind(payment.status.as_str())
-    .bind(owed.map(GatewayOwed::as_str))
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    if done.rows_affected() != 1 {
-        return Err(internal(format!(
-            "payment {} changed status meanwhile",
-            payment.id
-        )));
+    run(conn, sql::settle(order, plan, now)?).await?;
+    if let Some(event) = sql::money_event(order, plan, now) {
+        outbox::insert(conn, &event).await?;
     }
     Ok(())
 }
 
-fn payment_of(order: &Order) -> PortResult<&Payment> {
-    order
-        .payment
-        .as_ref()
-        .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
-}
-
-/// Lets the holds go of an order that is no longer pending, so they can join another one.
-async fn release_holds_from(
-    conn: &mut PgConnection,
-    user: &UserId,
-    order: &OrderId,
-) -> PortResult<()> {
-    sqlx::query("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
-        .bind(user.as_str())
-        .bind(order.as_str())
-        .execute(&mut *conn)
-        .await
-        .port()?;
-    Ok(())
-}
-
-/// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment.
+/// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
+/// as the core's [`checkout::plan_checkout`] makes it of the holds found.
 pub(crate) async fn create(
     pool: &PgPool,
     new: &NewOrder,
 ) -> PortResult<Result<Order, CheckoutError>> {
     let mut tx = pool.begin().await.port()?;
-    let mut ids: Vec<&HoldId> = Vec::with_capacity(new.hold_ids.len());
-    for id in &new.hold_ids {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
+    let mut found = Vec::with_capacity(new.hold_ids.len());
+    for id in new.distinct_holds() {
+        found.push(holds::find(&mut tx, &new.user_id, id).await?);
     }
-    let mut holds = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(row) = holds::find(&mut tx, &new.user_id, id).await? else {
-            return Ok(Err(CheckoutError::HoldNotFound));
-        };
-        if row.hold.user_id != new.user_id {
-            return Ok(Err(CheckoutError::HoldNotFound));
-        }
-        if !row.hold.is_live_at(new.now) {
-            return Ok(Err(CheckoutError::HoldExpired));
-        }
-        if row.in_pending_order {
-            return Ok(Err(CheckoutError::HoldInPendingOrder));
-        }
-        holds.push(row.hold);
-    }
-    let Some(first) = holds.first() else {
-        return Ok(Err(CheckoutError::HoldNotFound));
+    let order = match checkout::plan_checkout(new, &found) {
+        Ok(order) => order,
+        Err(refused) => return Ok(Err(refused)),
     };
-    let currency = first.currency.clone();
-    if holds.iter().any(|h| h.currency != currency) {
-        return Ok(Err(CheckoutError::MixedCurrencies));
-    }
-    let total = holds.iter().fold(Money(0), |sum, h| {
-        Money(sum.0.saturating_add(h.unit_price.times(h.quantity).0))
-    });
-
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(new.order_id.as_str())
-    .bind(new.user_id.as_str())
-    .bind(OrderStatus::PendingPayment.as_str())
-    .bind(total.0)
-    .bind(currency.as_str())
-    .bind(new.now.0)
-    .execute(&mut *tx)
-    .await
-    .port()?;
-    for (position, h) in (0_i64..).zip(&holds) {
+    let payment = sql::payment_of(&order)?;
+    run(&mut tx, sql::insert_order(&order)).await?;
+    for (position, item) in (0_i64..).zip(&order.items) {
         sqlx::query(
             "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
              unit_price) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(new.order_id.as_str())
-        .bind(new.user_id.as_str())
-        .bind(h.id.as_str())
-        .bind(h.sale_id.as_str())
+        .bind(order.id.as_str())
+        .bind(order.user_id.as_str())
+        .bind(item.hold_id.as_str())
+        .bind(item.sale_id.as_str())
         .bind(position)
-        .bind(i64::from(h.quantity))
-        .bind(h.unit_price.0)
+        .bind(i64::from(item.quantity))
+        .bind(item.unit_price.0)
         .execute(&mut *tx)
         .await
         .port()?;
-        sqlx::query("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
-            .bind(new.order_id.as_str())
-            .bind(new.user_id.as_str())
-            .bind(h.id.as_str())
-            .execute(&mut *tx)
-            .await
-            .port()?;
     }
     sqlx::query(
         "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
          failure_reason, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7)",
     )
-    .bind(new.payment_id.as_str())
-    .bind(new.order_id.as_str())
-    .bind(new.user_id.as_str())
-    .bind(PaymentStatus::Pending.as_str())
-    .bind(&new.method)
-    .bind(total.0)
-    .bind(new.now.0)
+    .bind(payment.id.as_str())
+    .bind(order.id.as_str())
+    .bind(order.user_id.as_str())
+    .bind(payment.status.as_str())
+    .bind(&payment.method)
+    .bind(payment.amount.0)
+    .bind(payment.updated_at.0)
     .execute(&mut *tx)
     .await
     .port()?;
-    let order = load_existing(&mut tx, &new.user_id, &new.order_id).await?;
     tx.commit().await.port()?;
     Ok(Ok(order))
 }
 
-/// One line of an order with the current state of its hold.
-struct Line {
-    hold_id: HoldId,
-    sale_id: SaleId,
-    user_id: UserId,
-    quantity: u32,
-    hold_quantity: u32,
-    state: HoldState,
-    expires_at: Timestamp,
-}
-
 /// The order's lines in checkout order, their holds locked for the rest of the transaction.
-async fn lines(conn: &mut PgConnection, user: &UserId, order: &OrderId) -> PortResult<Vec<Line>> {
+async fn lines(
+    conn: &mut PgConnection,
+    user: &UserId,
+    order: &OrderId,
+) -> PortResult<Vec<OrderLine>> {
     sqlx::query(
         "SELECT i.hold_id, i.sale_id, i.quantity, h.user_id, h.quantity AS hold_quantity, \
          h.state, h.expires_at FROM order_items i \
@@ -350,38 +218,24 @@ async fn lines(conn: &mut PgConnection, user: &UserId, order: &OrderId) -> PortR
     .await
     .port()?
     .iter()
-    .map(|r| {
-        Ok(Line {
-            hold_id: HoldId::from_trusted(col(r, "hold_id")?),
-            sale_id: SaleId::from_trusted(col(r, "sale_id")?),
-            user_id: UserId::from_trusted(col(r, "user_id")?),
-            quantity: col_u32(r, "quantity")?,
-            hold_quantity: col_u32(r, "hold_quantity")?,
-            state: col_word(r, "state", HoldState::parse)?,
-            expires_at: col_ts(r, "expires_at")?,
-        })
-    })
+    .map(rows::order_line)
     .collect()
 }
 
-/// Works out, in memory, what an authorization does to each hold of the order. Returns the
-/// hold endings to write, or `None` if some hold cannot be honoured (then `stock` must be
-/// discarded).
-async fn plan_authorization(
+/// Carries out, in memory, what the core's [`checkout::convert_line`] decides for each line of
+/// an authorization. Returns the hold endings to write, or `None` if some hold cannot be
+/// honoured (then `stock` must be discarded).
+async fn convert(
     conn: &mut PgConnection,
     stock: &mut TxStock,
-    lines: &[Line],
+    lines: &[OrderLine],
     retake: bool,
     now: Timestamp,
 ) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
     let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
     // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
     // too, which needs the drop's other sales locked; a plain conversion does not.
-    let may_retake = retake
-        && lines
-            .iter()
-            .any(|l| !(l.state == HoldState::Active && now < l.expires_at));
-    if may_retake {
+    if checkout::may_retake(lines, retake, now) {
         stock.lock_sales_with_drops(conn, &sales).await?;
     } else {
         stock.lock_sales(conn, &sales).await?;
@@ -389,43 +243,39 @@ async fn plan_authorization(
     let mut endings = Vec::new();
     for line in lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
-        if line.state == HoldState::Active && now < line.expires_at {
-            if line.hold_quantity != line.quantity {
-                return Err(internal(format!(
-                    "hold {} changed quantity inside a pending order",
-                    line.hold_id
-                )));
+        let step = checkout::convert_line(line, retake, now).map_err(broken)?;
+        if let Some(to) = step.hold_ending() {
+            endings.push((line.hold_id.clone(), line.state, to));
+        }
+        match step {
+            LineStep::Convert => stock.sell(&line.sale_id, line.quantity)?,
+            LineStep::Lapsed => return Ok(None),
+            LineStep::Retake { expire_first } => {
+                if expire_first {
+                    stock.unhold(&line.sale_id, &line.user_id, line.hold_quantity)?;
+                }
+                let Some(sale) = stock.sale(conn, &line.sale_id).await? else {
+                    return Ok(None);
+                };
+                let status = sale.status_at(now);
+                let available = sale.stock.available;
+                let limit = sale.per_user_limit;
+                let units = stock.units(conn, &line.sale_id, &line.user_id).await?;
+                let drop = stock.drop_units(conn, &line.sale_id, &line.user_id).await?;
+                if judge_reserve_in_drop(status, available, units, limit, drop, line.quantity)
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                stock.retake(&line.sale_id, &line.user_id, line.quantity)?;
             }
-            stock.sell(&line.sale_id, line.quantity)?;
-            endings.push((line.hold_id.clone(), line.state, HoldState::Converted));
-            continue;
         }
-        if !retake || line.state == HoldState::Converted {
-            return Ok(None);
-        }
-        if line.state == HoldState::Active {
-            // Due but not swept yet: expire it first, exactly as the sweeper would have, so
-            // the outcome does not depend on when the sweeper last ran.
-            stock.unhold(&line.sale_id, &line.user_id, line.hold_quantity)?;
-            endings.push((line.hold_id.clone(), line.state, HoldState::Expired));
-        }
-        let Some(sale) = stock.sale(conn, &line.sale_id).await? else {
-            return Ok(None);
-        };
-        let status = sale.status_at(now);
-        let available = sale.stock.available;
-        let limit = sale.per_user_limit;
-        let units = stock.units(conn, &line.sale_id, &line.user_id).await?;
-        let drop = stock.drop_units(conn, &line.sale_id, &line.user_id).await?;
-        if judge_reserve_in_drop(status, available, units, limit, drop, line.quantity).is_err() {
-            return Ok(None);
-        }
-        stock.retake(&line.sale_id, &line.user_id, line.quantity)?;
     }
     Ok(Some(endings))
 }
 
-/// Records the gateway's answer for a pending order, with its effect on holds and stock.
+/// Records the gateway's answer for a pending order, with its effect on holds and stock, as
+/// the core's [`checkout::plan_answer`] plans it.
 pub(crate) async fn apply_payment(
     pool: &PgPool,
     id: &OrderId,
@@ -439,115 +289,35 @@ pub(crate) async fn apply_payment(
     let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
         return Ok(None);
     };
-    if order.status != OrderStatus::PendingPayment {
-        return Ok(Some(PaymentApplied::AlreadySettled(order)));
-    }
-    let applied = match result {
-        PaymentResult::Declined { reference, reason } => {
-            set_status(&mut tx, &order, OrderStatus::PaymentFailed, now).await?;
-            set_payment(
-                &mut tx,
-                &order,
-                PaymentStatus::Declined,
-                reference.as_deref(),
-                Some(reason),
-                None,
-                now,
-            )
-            .await?;
-            release_holds_from(&mut tx, &user, id).await?;
-            outbox::insert(
-                &mut tx,
-                &stampede_app::ports::OutboxEvent::payment_failed(&order, reason, now),
-            )
-            .await?;
+    let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
+        AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
+        AnswerPlan::Await { reference } => {
+            run(&mut tx, sql::await_answer(&order, &reference, now)?).await?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
-        PaymentResult::Pending { reference } => {
-            let payment = payment_of(&order)?;
-            sqlx::query("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
-                .bind(reference)
-                .bind(now.0)
-                .bind(payment.id.as_str())
-                .execute(&mut *tx)
-                .await
-                .port()?;
-            sqlx::query("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
-                .bind(now.0)
-                .bind(user.as_str())
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .port()?;
+        AnswerPlan::Settle(plan) => {
+            settle(&mut tx, &order, &plan, now).await?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
-        PaymentResult::Abandoned { reference, reason } => {
-            // Only an authorization the gateway made has money to release.
-            let known = reference.is_some() || payment_of(&order)?.reference.is_some();
-            set_status(&mut tx, &order, OrderStatus::PaymentFailed, now).await?;
-            set_payment(
-                &mut tx,
-                &order,
-                PaymentStatus::Voided,
-                reference.as_deref(),
-                Some(reason),
-                known.then_some(GatewayOwed::Void),
-                now,
-            )
-            .await?;
-            release_holds_from(&mut tx, &user, id).await?;
-            outbox::insert(
-                &mut tx,
-                &stampede_app::ports::OutboxEvent::payment_failed(&order, reason, now),
-            )
-            .await?;
-            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
-        }
-        PaymentResult::Authorized { reference, retake } => {
+        AnswerPlan::Convert { reference, retake } => {
             let lines = lines(&mut tx, &user, id).await?;
             let mut stock = TxStock::default();
-            match plan_authorization(&mut tx, &mut stock, &lines, *retake, now).await? {
+            let endings = convert(&mut tx, &mut stock, &lines, retake, now).await?;
+            let plan =
+                checkout::plan_authorized(&order, &reference, endings.is_some()).map_err(broken)?;
+            match endings {
                 Some(endings) => {
                     for (hold, from, to) in &endings {
                         holds::end(&mut tx, &user, hold, *from, *to).await?;
                     }
                     stock.flush(&mut tx).await?;
-                    set_status(&mut tx, &order, OrderStatus::Confirmed, now).await?;
-                    set_payment(
-                        &mut tx,
-                        &order,
-                        PaymentStatus::Captured,
-                        Some(reference),
-                        None,
-                        Some(GatewayOwed::Capture),
-                        now,
-                    )
-                    .await?;
-                    outbox::insert(
-                        &mut tx,
-                        &stampede_app::ports::OutboxEvent::order_confirmed(&order, now),
-                    )
-                    .await?;
+                    settle(&mut tx, &order, &plan, now).await?;
                     PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
                 }
                 None => {
                     // All or nothing: no stock moved. The money must go back at the gateway.
                     drop(stock);
-                    set_status(&mut tx, &order, OrderStatus::PaymentFailed, now).await?;
-                    set_payment(
-                        &mut tx,
-                        &order,
-                        PaymentStatus::Voided,
-                        Some(reference),
-                        Some(HOLD_EXPIRED),
-                        Some(GatewayOwed::Void),
-                        now,
-                    )
-                    .await?;
-                    release_holds_from(&mut tx, &user, id).await?;
-                    let event =
-                        stampede_app::ports::OutboxEvent::payment_failed(&order, HOLD_EXPIRED, now);
-                    outbox::insert(&mut tx, &event).await?;
+                    settle(&mut tx, &order, &plan, now).await?;
                     PaymentApplied::HoldLapsed(load_existing(&mut tx, &user, id).await?)
                 }
             }
@@ -606,76 +376,46 @@ pub(crate) async fn of_user(pool: &PgPool, user: &UserId) -> PortResult<Vec<Orde
     Ok(out)
 }
 
-/// Cancels the buyer's order: a paid one is refunded (its units available again), a pending
-/// one cancelled (its holds stay, free for another order).
+/// Cancels the buyer's order as the core's [`checkout::plan_cancel`] plans it: a paid one is
+/// refunded (its units available again), a pending one cancelled (its holds stay, free for
+/// another order); a final one is refused with its status.
 pub(crate) async fn cancel(
     pool: &PgPool,
     user: &UserId,
     id: &OrderId,
     now: Timestamp,
-) -> PortResult<Option<Result<Cancelled, String>>> {
+) -> PortResult<Option<Result<Cancelled, OrderStatus>>> {
     let mut tx = pool.begin().await.port()?;
     let Some(order) = lock_and_load(&mut tx, user, id).await? else {
         return Ok(None);
     };
-    let cancelled = match order.status {
-        OrderStatus::Confirmed => {
-            let reference = payment_of(&order)?
-                .reference
-                .clone()
-                .ok_or_else(|| internal(format!("paid order {id} has no payment reference")))?;
+    let owed_now = owed_of(&mut tx, &order).await?;
+    let cancelled = match checkout::plan_cancel(&order, owed_now).map_err(broken)? {
+        CancelPlan::Refund {
+            settlement,
+            reference,
+            owed,
+        } => {
             let mut stock = TxStock::default();
-            let sales: Vec<&SaleId> = order.items.iter().map(|i| &i.sale_id).collect();
+            let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
             stock.lock_sales(&mut tx, &sales).await?;
-            for item in &order.items {
-                stock.touch(&mut tx, &item.sale_id, user).await?;
-                stock.refund(&item.sale_id, user, item.quantity)?;
+            for (sale, quantity) in &settlement.stock_returned {
+                stock.touch(&mut tx, sale, user).await?;
+                stock.refund(sale, user, *quantity)?;
             }
             stock.flush(&mut tx).await?;
-            set_status(&mut tx, &order, OrderStatus::Refunded, now).await?;
-            // A refund of money whose capture is still owed must capture first.
-            let owed = match owed_of(&mut tx, &order).await? {
-                Some(GatewayOwed::Capture | GatewayOwed::CaptureThenRefund) => {
-                    GatewayOwed::CaptureThenRefund
-                }
-                _ => GatewayOwed::Refund,
-            };
-            set_payment(
-                &mut tx,
-                &order,
-                PaymentStatus::Refunded,
-                None,
-                None,
-                Some(owed),
-                now,
-            )
-            .await?;
+            settle(&mut tx, &order, &settlement, now).await?;
             Cancelled::Refunded {
                 order: load_existing(&mut tx, user, id).await?,
                 reference,
                 owed,
             }
         }
-        OrderStatus::PendingPayment => {
-            set_status(&mut tx, &order, OrderStatus::Cancelled, now).await?;
-            let owed = payment_of(&order)?
-                .reference
-                .is_some()
-                .then_some(GatewayOwed::Void);
-            set_payment(
-                &mut tx,
-                &order,
-                PaymentStatus::Voided,
-                None,
-                None,
-                owed,
-                now,
-            )
-            .await?;
-            release_holds_from(&mut tx, user, id).await?;
+        CancelPlan::Cancel(settlement) => {
+            settle(&mut tx, &order, &settlement, now).await?;
             Cancelled::Cancelled(load_existing(&mut tx, user, id).await?)
         }
-        other => return Ok(Some(Err(other.as_str().to_owned()))),
+        CancelPlan::Refused(status) => return Ok(Some(Err(status))),
     };
     tx.commit().await.port()?;
     Ok(Some(Ok(cancelled)))
@@ -683,42 +423,23 @@ pub(crate) async fn cancel(
 
 /// The money move still owed to the gateway for this order's payment.
 async fn owed_of(conn: &mut PgConnection, order: &Order) -> PortResult<Option<GatewayOwed>> {
-    let payment = payment_of(order)?;
-    let word: Option<String> =
-        sqlx::query_scalar("SELECT gateway_owed FROM payments WHERE id = $1")
-            .bind(payment.id.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .port()?
-            .flatten();
-    word.map(|w| {
-        GatewayOwed::parse(&w).ok_or_else(|| internal(format!("unknown gateway_owed {w:?}")))
-    })
-    .transpose()
+    let word: Option<String> = sqlx::query_scalar(sql::OWED_OF)
+        .bind(sql::payment_of(order)?.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .port()?
+        .flatten();
+    word.as_deref().map(sql::owed_word).transpose()
 }
 
 /// Payments with a money move owed to the gateway, oldest change first.
 pub(crate) async fn owed(pool: &PgPool, limit: u32) -> PortResult<Vec<OwedPayment>> {
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT id, order_id, reference, gateway_owed FROM payments \
-         WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
-         ORDER BY updated_at, id LIMIT $1",
-    )
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
-    .port()?;
-    rows.into_iter()
-        .map(|(id, order_id, reference, word)| {
-            Ok(OwedPayment {
-                payment_id: PaymentId::from_trusted(id),
-                order_id: OrderId::from_trusted(order_id),
-                reference,
-                owed: GatewayOwed::parse(&word)
-                    .ok_or_else(|| internal(format!("unknown gateway_owed {word:?}")))?,
-            })
-        })
-        .collect()
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(sql::OWED)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .port()?;
+    rows.into_iter().map(sql::owed_payment).collect()
 }
 
 /// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
@@ -729,17 +450,10 @@ pub(crate) async fn owed_done(
     next: Option<GatewayOwed>,
     now: Timestamp,
 ) -> PortResult<bool> {
-    let changed = sqlx::query(
-        "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
-         WHERE id = $3 AND gateway_owed = $4",
-    )
-    .bind(next.map(GatewayOwed::as_str))
-    .bind(now.0)
-    .bind(payment.as_str())
-    .bind(done.as_str())
-    .execute(pool)
-    .await
-    .port()?;
+    let changed = sql::owed_done::<Postgres>(payment, done, next, now)
+        .execute(pool)
+        .await
+        .port()?;
     Ok(changed.rows_affected() == 1)
 }
 

@@ -10,11 +10,11 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use stampede_app::ports::{OutboxEvent, PortResult};
+use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
-use crate::rows::{col, col_ts};
+use crate::rows::{col, col_ts, col_word};
 
 /// Writes an event inside the caller's transaction.
 pub(crate) async fn insert(conn: &mut PgConnection, e: &OutboxEvent) -> PortResult<()> {
@@ -24,7 +24,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, e: &OutboxEvent) -> PortResu
     )
     .bind(&e.id)
     .bind(e.user_id.as_str())
-    .bind(&e.kind)
+    .bind(e.kind.as_str())
     .bind(e.created_at.0)
     .bind(e.data.to_string())
     .execute(&mut *conn)
@@ -64,7 +64,7 @@ pub(crate) async fn claim(
             Ok(OutboxEvent {
                 id: col(r, "id")?,
                 user_id: UserId::from_trusted(col(r, "user_id")?),
-                kind: col(r, "kind")?,
+                kind: col_word(r, "kind", EventKind::parse)?,
                 created_at: col_ts(r, "created_at")?,
                 data: serde_json::from_str(&data)
                     .map_err(|e| internal(format!("outbox json: {e}")))?,

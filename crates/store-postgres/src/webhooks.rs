@@ -13,11 +13,11 @@
 use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 
-use stampede_app::ports::{OutboxEvent, PortResult, WebhookDelivery};
+use stampede_app::ports::{EventKind, OutboxEvent, PortResult, WebhookDelivery};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
-use crate::rows::{col, col_ts, col_u32};
+use crate::rows::{col, col_ts, col_u32, col_word};
 
 /// Queues `event` for delivery, due at `now`; `false` if it was queued before.
 pub(crate) async fn enqueue(
@@ -31,7 +31,7 @@ pub(crate) async fn enqueue(
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&event.id)
-    .bind(&event.kind)
+    .bind(event.kind.as_str())
     .bind(event.user_id.as_str())
     .bind(event.data.to_string())
     .bind(event.created_at.0)
@@ -47,7 +47,7 @@ fn delivery(r: &PgRow) -> PortResult<WebhookDelivery> {
     let payload: String = col(r, "payload_json")?;
     Ok(WebhookDelivery {
         event_id: col(r, "event_id")?,
-        kind: col(r, "kind")?,
+        kind: col_word(r, "kind", EventKind::parse)?,
         user_id: UserId::from_trusted(col(r, "user_id")?),
         payload: serde_json::from_str(&payload)
             .map_err(|e| internal(format!("webhook payload json: {e}")))?,

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Cancelled, CheckoutError, GatewayOwed, HoldError, IdempotencyStart,
-    NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied, PaymentResult,
-    ReserveRequest, Role, Session, Store, User, WebhookDelivery,
+    AuditEntry, AuditFilter, Cancelled, CheckoutError, EventKind, GatewayOwed, HoldError,
+    IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::{LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -499,7 +499,7 @@ pub async fn paid_order_sells_and_cancel_refunds(store: Arc<dyn Store>) {
     assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 5, 0, 0));
     assert_eq!(
         f.store.cancel_order(&a, &order.id, later).await.unwrap(),
-        Some(Err("refunded".to_owned()))
+        Some(Err(OrderStatus::Refunded))
     );
     // The refunded units count against nobody: the buyer may reserve the full limit again.
     assert!(reserve_one(&*f.store, &sale, &a, 3, later)
@@ -817,7 +817,7 @@ pub async fn checkout_refuses_foreign_expired_busy_and_mixed_holds(store: Arc<dy
     assert!(checkout(&*f.store, &a, &[&ha], T0).await.is_ok());
     assert_eq!(
         f.store.cancel_order(&a, &pending.id, T0).await.unwrap(),
-        Some(Err("cancelled".to_owned()))
+        Some(Err(OrderStatus::Cancelled))
     );
     assert_eq!(checked(&*f.store, &eur.id).await, levels(10, 8, 2, 0));
 }
@@ -881,7 +881,7 @@ pub async fn declined_payment_leaves_holds_for_another_try(store: Arc<dyn Store>
     assert_eq!(checked(&*f.store, &sale.id).await, levels(5, 3, 0, 2));
     assert_eq!(
         f.store.cancel_order(&a, &o1.id, T0).await.unwrap(),
-        Some(Err("payment_failed".to_owned()))
+        Some(Err(OrderStatus::PaymentFailed))
     );
 }
 
@@ -1645,7 +1645,7 @@ pub async fn notifications_are_appended_once_per_id(store: Arc<dyn Store>) {
     let n1 = Notification {
         id: UserId::generate(T0.0, 1).to_string(),
         user_id: a.clone(),
-        kind: "order_confirmed".into(),
+        kind: EventKind::OrderConfirmed,
         created_at: T0,
         data: serde_json::json!({ "order_id": "o1", "total": "25.00", "currency": "EUR" }),
     };
@@ -1689,7 +1689,7 @@ fn an_event(n: u32, at: Timestamp) -> OutboxEvent {
     OutboxEvent {
         id: UserId::generate(at.0, seq()).to_string(),
         user_id: user(n),
-        kind: "order_confirmed".into(),
+        kind: EventKind::OrderConfirmed,
         created_at: at,
         data: serde_json::json!({ "order_id": format!("o{n}"), "total": "25.00", "currency": "EUR" }),
     }
@@ -1710,7 +1710,7 @@ pub async fn webhook_enqueue_is_idempotent_per_event(store: Arc<dyn Store>) {
     assert!(f.store.webhook_enqueue(&e, now).await.unwrap());
     let replay = OutboxEvent {
         data: serde_json::json!({ "other": true }),
-        kind: "payment_failed".into(),
+        kind: EventKind::PaymentFailed,
         ..e.clone()
     };
     assert!(!f
@@ -1732,7 +1732,7 @@ pub async fn webhook_enqueue_is_idempotent_per_event(store: Arc<dyn Store>) {
         due,
         vec![WebhookDelivery {
             event_id: e.id.clone(),
-            kind: "order_confirmed".into(),
+            kind: EventKind::OrderConfirmed,
             user_id: user(1),
             payload: e.data.clone(),
             created_at: T0,
@@ -2204,7 +2204,7 @@ pub async fn expiring_holds_are_warned_once_through_the_outbox(store: Arc<dyn St
     let events = claim_all(&*f.store, now).await;
     let warnings: Vec<&OutboxEvent> = events
         .iter()
-        .filter(|e| e.kind == "hold_expiring")
+        .filter(|e| e.kind == EventKind::HoldExpiring)
         .collect();
     assert_eq!(warnings.len(), 1, "{events:?}");
     assert_eq!(warnings[0].user_id, a);
@@ -2235,7 +2235,7 @@ pub async fn notifications_page_in_the_order_they_were_added(store: Arc<dyn Stor
     let note = |id: &str| Notification {
         id: id.to_owned(),
         user_id: a.clone(),
-        kind: "order_confirmed".into(),
+        kind: EventKind::OrderConfirmed,
         created_at: T0,
         data: serde_json::json!({}),
     };

@@ -84,7 +84,7 @@ impl HttpShopWebhooks {
 pub fn body(delivery: &WebhookDelivery) -> Vec<u8> {
     serde_json::json!({
         "id": delivery.event_id,
-        "type": delivery.kind,
+        "type": delivery.kind.as_str(),
         "created_at": rfc3339(delivery.created_at),
         "data": delivery.payload,
     })
@@ -139,7 +139,7 @@ mod tests {
     fn delivery() -> WebhookDelivery {
         WebhookDelivery {
             event_id: "01JEVENT".into(),
-            kind: "order_confirmed".into(),
+            kind: stampede_app::ports::EventKind::OrderConfirmed,
             user_id: UserId::generate(1_700_000_000_000, 1),
             payload: serde_json::json!({ "order_id": "o1", "total": "25.00", "currency": "EUR" }),
             created_at: Timestamp(1_700_000_000_123),

@@ -1,0 +1,22 @@
+//! What the SQLite and PostgreSQL stores share, written once and generic over the sqlx row
+//! type: decoding rows into domain types ([`rows`]) and the column lists and statement texts
+//! both engines accept (sqlx's SQLite driver takes the same `$N` placeholders as PostgreSQL).
+//!
+//! Each backend crate keeps only what really differs: locking (`FOR NO KEY UPDATE`,
+//! `SKIP LOCKED`), the partition keys PostgreSQL's tables carry, the group-commit batch path,
+//! full-text search, migrations and pool settings.
+
+use std::fmt::Display;
+
+use stampede_app::ports::PortError;
+
+pub mod catalog;
+pub mod engine;
+pub mod orders;
+pub mod rows;
+
+/// A broken expectation about our own data (an unknown state word, a counter out of balance):
+/// always a bug, never a panic.
+pub fn internal(msg: impl Display) -> PortError {
+    PortError::Internal(msg.to_string())
+}
