@@ -62,6 +62,7 @@ fn refusal_label(e: &AppError) -> &'static str {
     match e {
         AppError::SoldOut => "sold_out",
         AppError::LimitExceeded => "limit_exceeded",
+        AppError::HoldCapReached(_) => "hold_cap_reached",
         AppError::SaleNotLive => "sale_not_live",
         AppError::NotAdmitted(_) => "not_admitted",
         AppError::NotFound => "not_found",
@@ -148,6 +149,8 @@ impl App {
                 user_id: who.user_id.clone(),
                 quantity: qty,
                 now,
+                device_id: device_id.map(str::to_owned),
+                hold_cap: self.config.hold_cap,
             };
             let (app, buyer, limit) = (self.clone(), who.clone(), sale.per_user_limit);
             let settle_sale = sale_id.clone();
@@ -172,6 +175,8 @@ impl App {
             user_id: who.user_id.clone(),
             quantity: qty,
             now,
+            device_id: device_id.map(str::to_owned),
+            hold_cap: self.config.hold_cap,
         };
         let hold = self
             .take_and_judge(request, sale.per_user_limit, device_id)

@@ -36,6 +36,10 @@ pub enum AppError {
     SaleNotLive,
     #[error("this would take you over the per-buyer limit")]
     LimitExceeded,
+    /// The denial-of-inventory guard: the account or device already has as many unpaid
+    /// holds open as allowed.
+    #[error("{0}")]
+    HoldCapReached(String),
     #[error("not admitted: {0}")]
     NotAdmitted(NotAdmitted),
     #[error("a hold in this order has expired")]
@@ -80,6 +84,11 @@ impl From<Refusal> for AppError {
             Refusal::SaleNotLive => AppError::SaleNotLive,
             Refusal::LimitExceeded => AppError::LimitExceeded,
             Refusal::SoldOut => AppError::SoldOut,
+            Refusal::HoldCapReached => AppError::HoldCapReached(
+                "too many unpaid holds open at once (per account or per device, across all \
+                 sales): pay for or release one first"
+                    .into(),
+            ),
         }
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use stampede_core::draw::DrawPurpose;
-use stampede_core::judge::Refusal;
+use stampede_core::judge::{HoldCap, Refusal};
 use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats};
 use stampede_core::{
     Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, PaymentId, Product,
@@ -182,6 +182,26 @@ pub struct ReserveRequest {
     pub quantity: u32,
     /// The judge's clock reading for this batch: decides liveness and the hold's expiry.
     pub now: Timestamp,
+    /// The device the buyer reserves from (`X-Device-Id`), if known: kept on the hold and
+    /// counted by the hold cap's per-device figure.
+    pub device_id: Option<String>,
+    /// The denial-of-inventory guard the judge applies to this request
+    /// (`stampede_core::judge::judge_hold_cap`), counted in the same transaction as the stock.
+    pub hold_cap: HoldCap,
+}
+
+/// An account or a device whose holds lapsed unpaid again and again: a likely hoarder
+/// (OWASP OAT-021, denial of inventory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LapsedHolder {
+    /// The account's user id, or the device id.
+    pub subject: String,
+    /// Holds that lapsed unpaid.
+    pub lapsed: u64,
+    /// When the latest of them lapsed.
+    pub last_lapsed_at: Timestamp,
+    /// The accounts those holds belonged to (for an account: itself).
+    pub accounts: Vec<UserId>,
 }
 
 /// Why a hold could not be changed or used.
@@ -571,6 +591,13 @@ pub trait Store: Send + Sync + 'static {
         within_ms: i64,
         limit: u32,
     ) -> PortResult<usize>;
+    /// Accounts, then devices, with at least `min_lapsed` holds that lapsed unpaid (ended
+    /// `expired`), most lapses first, at most `limit` of each: the hoarders' list.
+    async fn lapsed_holders(
+        &self,
+        min_lapsed: u32,
+        limit: u32,
+    ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)>;
 
     // --- orders and payments
     /// Creates a `pending_payment` order over live holds of this user and marks them as in it.

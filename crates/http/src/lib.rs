@@ -104,6 +104,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(users::list))
         .routes(routes!(users::detail))
         .routes(routes!(users::set_status))
+        .routes(routes!(users::hoarders))
+        .routes(routes!(users::ban_hoarder))
         .routes(routes!(queue::report))
         .routes(routes!(queue::set_rules))
         .routes(routes!(queue::lottery))

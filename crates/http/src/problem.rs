@@ -21,6 +21,7 @@ pub const PROBLEM_CODES: &[&str] = &[
     "sold_out",
     "sale_not_live",
     "limit_exceeded",
+    "hold_cap_reached",
     "not_admitted",
     "hold_expired",
     "payment_declined",
@@ -225,6 +226,12 @@ impl From<AppError> for ApiError {
             AppError::NotAdmitted(_) => {
                 ApiError::new(S::FORBIDDEN, "not_admitted", "Not admitted", detail)
             }
+            AppError::HoldCapReached(_) => ApiError::new(
+                S::CONFLICT,
+                "hold_cap_reached",
+                "Too many unpaid holds",
+                detail,
+            ),
             AppError::HoldExpired => {
                 ApiError::new(S::CONFLICT, "hold_expired", "Hold expired", detail)
             }
@@ -317,6 +324,7 @@ mod tests {
             AppError::SoldOut,
             AppError::SaleNotLive,
             AppError::LimitExceeded,
+            AppError::HoldCapReached("x".into()),
             AppError::NotAdmitted(stampede_app::error::NotAdmitted::GrowingNeedsAdmission),
             AppError::HoldExpired,
             AppError::PaymentDeclined {

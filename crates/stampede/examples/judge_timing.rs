@@ -47,6 +47,8 @@ async fn main() {
                         user_id: UserId::generate(now.0, (i % 200) as u128),
                         quantity: 1,
                         now,
+                        device_id: None,
+                        hold_cap: Default::default(),
                     }
                 })
                 .collect();

@@ -47,6 +47,9 @@ async fn world() -> World {
             iterations: 1,
             parallelism: 1,
         },
+        // The bursts here hold hundreds of units per buyer; the hold cap is tested (with its
+        // default on) in room_ops.rs.
+        hold_cap: stampede_core::judge::HoldCap::default(),
         ..AppConfig::default()
     };
     let (app, _writer) = App::start(
