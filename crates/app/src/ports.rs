@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use stampede_core::draw::DrawPurpose;
 use stampede_core::judge::{HoldCap, Refusal};
-use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats};
+use stampede_core::waiting_line::{Admitted, ClaimRefusal, EntryView, JoinRefusal, LineStats};
 use stampede_core::{
     Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, PaymentId, Product,
     ProductId, ProductStatus, Sale, SaleId, SaleStatus, StockLevels, Timestamp, UserId,
@@ -838,6 +838,12 @@ pub enum Event {
     /// Units of a sale went back to available (a hold lapsed or was released, an order was
     /// refunded, the judge refused): every node clears its local "sold out" flag.
     StockReturned { sale_id: SaleId },
+    /// An operator's message to everyone waiting in a sale's room: every node shows it.
+    RoomMessage {
+        sale_id: SaleId,
+        text: String,
+        at: Timestamp,
+    },
     /// A session ended early (logout, a ban): every node refuses it until its expiry.
     SessionRevoked {
         session_id: String,
@@ -980,6 +986,18 @@ pub trait WaitingRoom: Send + Sync + 'static {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64>;
+    /// [`WaitingRoom::admit`], naming who was let in (user and place in line), in the order
+    /// they were: what the admission rounds use, to tell each buyer it is their turn. Each
+    /// admission is named to exactly one caller, however many nodes admit at once.
+    async fn admit_named(
+        &self,
+        sale: &SaleId,
+        units_available: Option<u64>,
+        units_per_admission: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<Vec<Admitted>>;
     /// Takes the caller's admission for a reservation (single use).
     #[allow(clippy::too_many_arguments)]
     async fn claim(

@@ -345,6 +345,18 @@
         lottery_won: "you won the draw", lottery_lost: "not drawn this time", sold_out: "sold out" };
       $("#queue-status").textContent = q.paused && q.status === "waiting"
         ? "paused by the organiser: you keep your place" : (words[q.status] || q.status);
+      if (q.place_url) {
+        $("#place-url").href = q.place_url;
+        $("#place-link").hidden = false;
+      }
+      let note = $("#organiser-message");
+      if (q.message && q.message.text) {
+        if (!note) {
+          note = el("p", { id: "organiser-message", class: "notice", role: "status" });
+          card.insertBefore(note, outcome);
+        }
+        note.replaceChildren(el("strong", { text: "From the organiser: " }), document.createTextNode(q.message.text));
+      }
       if ((q.status === "admitted" || q.status === "lottery_won") && q.admission_token) {
         session.setItem("stampede.admission." + id, JSON.stringify({ token: q.admission_token, device: deviceId(), until: q.admitted_until }));
         const link = el("a", { href: "/sales/" + encodeURIComponent(id), id: "to-sale", text: "Buy now" });
