@@ -353,6 +353,16 @@ try {
     await page.getByRole("heading", { name: /Numbered poster/ }).first().waitFor({ timeout: T });
     await noJsCtx.close();
   });
+
+  await scenario("the dashboard shows a waiting room's figures, sends a broadcast, and lists suspected hoarders", async () => {
+    await dash.goto(`${BASE}/admin?sale=${print.sale_id}`);
+    await waitText(dash, "#room-figures", /Time in queue p50/, "the room's figures");
+    await waitText(dash, "#room-figures", /No-shows/, "the no-shows");
+    await dash.locator("#broadcast-text").fill("Thank you for waiting: more prints at 18:00.");
+    await dash.getByRole("button", { name: "Send" }).click();
+    await waitText(dash, "#broadcast-outcome", /Sent to everyone waiting/, "the broadcast is sent");
+    await waitText(dash, "#hoarders", /Nobody so far|account|device/, "the hoarders' list");
+  });
 } catch (e) {
   console.error(`FAIL ${current}: ${e.message}`);
   failed = true;

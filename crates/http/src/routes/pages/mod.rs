@@ -601,6 +601,24 @@ pub async fn admin(State(s): State<AppState>) -> Response {
 <figure class="chart"><figcaption>Reserve latency p50 / p99 (ms, last 10 s, this node)</figcaption><svg id="chart-latency" viewBox="0 0 300 120" role="img" aria-label="reserve latency"></svg><p class="legend" id="legend-latency"></p></figure>
 <figure class="chart"><figcaption>Refusals by reason (since start, this node)</figcaption><svg id="chart-refusals" viewBox="0 0 300 120" role="img" aria-label="refusals by reason"></svg><p class="legend" id="legend-refusals"></p></figure>
 </div>
+<div id="room-panel" hidden>
+<h3>Waiting room figures <span class="meta">(this node)</span></h3>
+<dl class="figures" id="room-figures"></dl>
+<p class="legend" id="room-per-minute"></p>
+<form id="broadcast" novalidate>
+<label for="broadcast-text">Message to everyone waiting</label>
+<input id="broadcast-text" name="message" maxlength="280" placeholder="Checkout is back in five minutes: you keep your place." required>
+<button type="submit">Send</button>
+</form>
+<div id="broadcast-outcome" class="outcome" role="status" aria-live="polite"></div>
+</div>
+</section>
+<section class="card" aria-labelledby="hoarders-title">
+<h2 id="hoarders-title">Suspected hoarders</h2>
+<p class="hint">Accounts and devices whose holds lapsed unpaid at least 3 times (denial of inventory). A ban ends their sessions and gives their live holds' stock back at once.</p>
+<button type="button" id="hoarders-refresh">Refresh</button>
+<div id="hoarders-outcome" class="outcome" role="status" aria-live="polite"></div>
+<div id="hoarders"></div>
 </section>
 <section class="card" aria-labelledby="create-title">
 <h2 id="create-title">Create and schedule a sale</h2>
