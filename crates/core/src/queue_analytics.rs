@@ -228,7 +228,8 @@ mod tests {
     use super::*;
 
     /// A deterministic clock: minutes and seconds from a fixed start.
-    const T0: i64 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+    /// On a whole minute.
+    const T0: i64 = 1_800_000_000_000;
     fn at(secs: i64) -> i64 {
         T0 + secs * 1000
     }

@@ -516,7 +516,7 @@ async fn a_node_killed_mid_burst_loses_no_acknowledged_hold() {
         ("STAMPEDE_MAX_OPEN_HOLDS_PER_ACCOUNT", "0"),
         ("STAMPEDE_MAX_OPEN_HOLDS_PER_DEVICE", "0"),
     ];
-    let mut nodes = vec![
+    let mut nodes = [
         TestServer::start_with_in(mode.clone(), &uncapped, None).await,
         TestServer::start_with_in(mode.clone(), &uncapped, None).await,
     ];
