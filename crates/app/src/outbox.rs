@@ -77,6 +77,7 @@ impl OutboxEvent {
         until: Timestamp,
     ) -> Self {
         let data = serde_json::json!({
+            "user_id": user.as_str(),
             "sale_id": sale.as_str(),
             "sale_name": sale_name,
             "admitted_at": rfc3339(now),

@@ -58,11 +58,13 @@ fn lottery_notice_id(sale: &SaleId, user: &UserId, starts_at: Timestamp) -> Stri
     ulid::Ulid::from_parts(ms, u128::from_be_bytes(random)).to_string()
 }
 
-/// Checks an operator's message: 1 to [`MAX_MESSAGE`] characters after trimming, no control
-/// characters (it is shown as text on pages and streams).
+/// Checks an operator's message: no control characters anywhere (it is shown as a line of
+/// text on pages and streams), at most [`MAX_MESSAGE`] characters as sent, not blank.
 fn check_message(text: &str) -> Result<&str, AppError> {
+    let control = text.chars().any(char::is_control);
+    let sent = text.chars().count();
     let text = text.trim();
-    if text.is_empty() || text.chars().count() > MAX_MESSAGE || text.chars().any(char::is_control) {
+    if control || text.is_empty() || sent > MAX_MESSAGE {
         return Err(AppError::invalid(format!(
             "message must be 1 to {MAX_MESSAGE} characters of text, without control characters"
         )));
@@ -304,6 +306,7 @@ mod tests {
         );
         assert!(check_message("   ").is_err());
         assert!(check_message("line\nbreak").is_err());
+        assert!(check_message("\tindented").is_err());
         assert!(check_message(&"x".repeat(MAX_MESSAGE)).is_ok());
         assert!(check_message(&"x".repeat(MAX_MESSAGE + 1)).is_err());
     }

@@ -467,6 +467,7 @@ in_both_modes! {
         assert!(hooks.iter().all(|(signed, _)| *signed), "every webhook verifies: {hooks:?}");
         assert_eq!(hooks[0].1["data"]["sale_id"], sale.as_str());
         assert_eq!(hooks[0].1["data"]["window_seconds"], 90);
+        assert_eq!(hooks[0].1["data"]["user_id"], first_id.as_str(), "the shop learns whose turn");
         // One unit: the second buyer is still waiting, and was not told anything.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let feed = node(1).get("/api/v1/notifications", Some(&second)).await;
@@ -478,7 +479,6 @@ in_both_modes! {
         assert!(
             shop.received("queue_admitted").iter().all(|(_, v)| v["data"]["sale_id"] == sale.as_str()),
         );
-        let _ = first_id;
     }
 
     /// The place link from a join shows the place on a server-rendered page that refreshes

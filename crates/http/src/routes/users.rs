@@ -247,7 +247,7 @@ pub async fn ban_hoarder(
     use stampede_app::accounts::HoarderTarget;
     let target = match (b.user_id, b.device_id) {
         (Some(user), None) => HoarderTarget::Account(user),
-        (None, Some(device)) if !device.is_empty() && device.len() <= 128 => {
+        (None, Some(device)) if !device.is_empty() && device.chars().count() <= 128 => {
             HoarderTarget::Device(device)
         }
         _ => {
