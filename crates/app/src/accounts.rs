@@ -159,3 +159,137 @@ impl App {
         Ok(after)
     }
 }
+
+/// Most hoarders of each kind (accounts, devices) one listing returns.
+pub const MAX_HOARDERS: u32 = 100;
+/// Lapses that make an account or device a suspected hoarder unless the caller says otherwise.
+pub const DEFAULT_MIN_LAPSED: u32 = 3;
+
+/// An account or device whose holds lapsed unpaid again and again, with its accounts.
+#[derive(Debug, Clone)]
+pub struct Hoarder {
+    /// The user id, or the device id.
+    pub subject: String,
+    pub lapsed: u64,
+    pub last_lapsed_at: stampede_core::Timestamp,
+    /// The accounts behind it (for an account: itself), with their status.
+    pub accounts: Vec<UserAccount>,
+}
+
+/// The hoarders' list: the denial-of-inventory guard's second half. The cap stops one buyer
+/// holding too much at once; this finds those who hold, let lapse and hold again.
+#[derive(Debug, Clone, Default)]
+pub struct Hoarders {
+    pub min_lapsed: u32,
+    pub accounts: Vec<Hoarder>,
+    pub devices: Vec<Hoarder>,
+}
+
+/// Whom a one-click ban of a hoarder is aimed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoarderTarget {
+    Account(String),
+    /// Every account whose holds lapsed on this device.
+    Device(String),
+}
+
+impl App {
+    /// Accounts and devices with at least `min_lapsed` holds that lapsed unpaid, most first.
+    /// Admin only.
+    pub async fn hoarders(
+        &self,
+        who: &Principal,
+        min_lapsed: Option<u32>,
+        limit: u32,
+    ) -> Result<Hoarders, AppError> {
+        self.require_admin(who)?;
+        let min_lapsed = min_lapsed.unwrap_or(DEFAULT_MIN_LAPSED);
+        if min_lapsed == 0 {
+            return Err(AppError::invalid("min_lapsed must be at least 1"));
+        }
+        let limit = limit.clamp(1, MAX_HOARDERS);
+        let (accounts, devices) = self.store.lapsed_holders(min_lapsed, limit).await?;
+        let mut known: std::collections::HashMap<UserId, UserAccount> =
+            std::collections::HashMap::new();
+        let mut out = Hoarders {
+            min_lapsed,
+            ..Hoarders::default()
+        };
+        for (from, into) in [(accounts, &mut out.accounts), (devices, &mut out.devices)] {
+            for holder in from {
+                let mut behind = Vec::with_capacity(holder.accounts.len());
+                for user in &holder.accounts {
+                    if let Some(account) = known.get(user) {
+                        behind.push(account.clone());
+                    } else if let Some(account) = self.store.account(user).await? {
+                        known.insert(user.clone(), account.clone());
+                        behind.push(account);
+                    }
+                }
+                into.push(Hoarder {
+                    subject: holder.subject,
+                    lapsed: holder.lapsed,
+                    last_lapsed_at: holder.last_lapsed_at,
+                    accounts: behind,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The one-click ban of a hoarder: bans the account (or every account whose holds lapsed
+    /// on the device) through [`App::set_account_status`], which ends their sessions and
+    /// returns their live holds' stock at once; audited as `hoarder.ban` as well as each
+    /// `user.status`. Admin accounts are skipped. Returns the accounts banned.
+    pub async fn ban_hoarder(
+        self: &Arc<Self>,
+        who: &Principal,
+        target: HoarderTarget,
+        reason: &str,
+    ) -> Result<Vec<UserAccount>, AppError> {
+        self.require_admin(who)?;
+        let users: Vec<String> = match &target {
+            HoarderTarget::Account(id) => vec![id.clone()],
+            HoarderTarget::Device(device) => {
+                let (_, devices) = self.store.lapsed_holders(1, MAX_HOARDERS * 10).await?;
+                devices
+                    .into_iter()
+                    .find(|d| &d.subject == device)
+                    .ok_or(AppError::NotFound)?
+                    .accounts
+                    .iter()
+                    .map(|u| u.as_str().to_owned())
+                    .collect()
+            }
+        };
+        let mut banned = Vec::with_capacity(users.len());
+        for user in &users {
+            match self
+                .set_account_status(who, user, UserStatus::Banned, reason)
+                .await
+            {
+                Ok(account) => banned.push(account),
+                // An admin account among a device's accounts is not banned from here.
+                Err(AppError::Conflict(_)) if matches!(target, HoarderTarget::Device(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (kind, subject) = match &target {
+            HoarderTarget::Account(id) => ("account", id.as_str()),
+            HoarderTarget::Device(device) => ("device", device.as_str()),
+        };
+        self.audit(
+            who,
+            "hoarder.ban",
+            subject,
+            None::<&()>,
+            Some(&serde_json::json!({
+                "kind": kind,
+                "banned": banned.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(),
+                "reason": reason.trim(),
+            })),
+        )
+        .await;
+        Ok(banned)
+    }
+}

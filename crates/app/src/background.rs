@@ -159,6 +159,9 @@ impl App {
             Event::StockReturned { sale_id } => {
                 self.sold_out_until.remove(&sale_id);
             }
+            Event::RoomMessage { sale_id, text, at } => {
+                self.room_message_heard(&sale_id, crate::room_ops::RoomMessage { text, at });
+            }
             Event::SessionRevoked {
                 session_id,
                 expires_at,

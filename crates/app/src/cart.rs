@@ -135,6 +135,8 @@ impl App {
                 user_id: who.user_id.clone(),
                 quantity: qty,
                 now,
+                device_id: device_id.map(str::to_owned),
+                hold_cap: self.config.hold_cap,
             };
             let (app, buyer, limit) = (self.clone(), who.clone(), sale.per_user_limit);
             let settle_sale = sale_id.clone();
@@ -159,6 +161,8 @@ impl App {
             user_id: who.user_id.clone(),
             quantity: qty,
             now,
+            device_id: device_id.map(str::to_owned),
+            hold_cap: self.config.hold_cap,
         };
         let hold = self
             .take_and_judge(request, sale.per_user_limit, device_id)

@@ -20,6 +20,12 @@ impl Default for Argon2Cost {
     }
 }
 
+/// Unpaid holds one account may have open at once, across all sales, unless configured: more
+/// than a buyer filling a cart from a drop needs, far fewer than a bot hoarding stock.
+pub const DEFAULT_OPEN_HOLDS_PER_ACCOUNT: u32 = 10;
+/// Unpaid holds one device may have open at once across its accounts (a household shares one).
+pub const DEFAULT_OPEN_HOLDS_PER_DEVICE: u32 = 20;
+
 /// Everything the use cases can be tuned by.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
@@ -89,6 +95,10 @@ pub struct AppConfig {
     /// A pending order still unsettled this long after checkout (an asynchronous payment
     /// whose webhook never came) is failed and its authorization voided.
     pub payment_deadline_secs: i64,
+    /// The denial-of-inventory guard: unpaid holds open at once per account and per device,
+    /// across every sale (0: no cap). The judge counts them in the reservation's own
+    /// transaction, so concurrent reserves cannot pass it together.
+    pub hold_cap: stampede_core::judge::HoldCap,
 }
 
 impl Default for AppConfig {
@@ -119,6 +129,10 @@ impl Default for AppConfig {
             payment_reconcile_interval_ms: 5000,
             payment_answer_timeout_secs: 120,
             payment_deadline_secs: 3600,
+            hold_cap: stampede_core::judge::HoldCap {
+                per_account: DEFAULT_OPEN_HOLDS_PER_ACCOUNT,
+                per_device: DEFAULT_OPEN_HOLDS_PER_DEVICE,
+            },
         }
     }
 }

@@ -424,6 +424,15 @@ impl Store for CountedStore {
         self.inner.stock_audit(sale).await
     }
 
+    async fn lapsed_holders(
+        &self,
+        min_lapsed: u32,
+        limit: u32,
+    ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
+        self.count("lapsed_holders");
+        self.inner.lapsed_holders(min_lapsed, limit).await
+    }
+
     async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>> {
         self.count("gate_seeds");
         self.inner.gate_seeds().await

@@ -36,6 +36,10 @@ pub enum AppError {
     SaleNotLive,
     #[error("this would take you over the per-buyer limit")]
     LimitExceeded,
+    /// The denial-of-inventory guard: the account or device already has as many unpaid
+    /// holds open as allowed.
+    #[error("{0}")]
+    HoldCapReached(String),
     #[error("not admitted: {0}")]
     NotAdmitted(NotAdmitted),
     #[error("a hold in this order has expired")]
@@ -107,6 +111,12 @@ impl AppError {
             AppError::SaleNotLive => c(409, "sale_not_live", "Sale not live", "sale_not_live"),
             AppError::LimitExceeded => c(422, "limit_exceeded", "Limit exceeded", "limit_exceeded"),
             AppError::NotAdmitted(_) => c(403, "not_admitted", "Not admitted", "not_admitted"),
+            AppError::HoldCapReached(_) => c(
+                409,
+                "hold_cap_reached",
+                "Too many unpaid holds",
+                "hold_cap_reached",
+            ),
             AppError::HoldExpired => c(409, "hold_expired", "Hold expired", ERROR),
             AppError::PaymentDeclined { .. } => {
                 c(402, "payment_declined", "Payment declined", ERROR)
@@ -153,6 +163,11 @@ impl From<Refusal> for AppError {
             Refusal::SaleNotLive => AppError::SaleNotLive,
             Refusal::LimitExceeded => AppError::LimitExceeded,
             Refusal::SoldOut => AppError::SoldOut,
+            Refusal::HoldCapReached => AppError::HoldCapReached(
+                "too many unpaid holds open at once (per account or per device, across all \
+                 sales): pay for or release one first"
+                    .into(),
+            ),
         }
     }
 }
@@ -196,6 +211,7 @@ mod tests {
             AppError::LimitExceeded,
             AppError::SaleNotLive,
             AppError::NotAdmitted(NotAdmitted::GrowingNeedsAdmission),
+            AppError::HoldCapReached("x".into()),
             AppError::NotFound,
             AppError::invalid("x"),
             AppError::RateLimited {

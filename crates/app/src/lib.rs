@@ -18,6 +18,7 @@ pub mod notifications;
 pub mod outbox;
 pub mod ports;
 pub mod read_cache;
+pub mod room_ops;
 pub mod sales;
 pub mod shop_webhooks;
 pub mod waiting_room;
@@ -124,6 +125,8 @@ pub struct App {
         dashmap::DashMap<SaleId, dashmap::DashMap<&'static str, std::sync::atomic::AtomicU64>>,
     /// Sales whose stock moved since the last publish.
     dirty_stock: Mutex<HashSet<SaleId>>,
+    /// Turn notices, the operator's broadcasts and the queue analytics (`room_ops`).
+    pub(crate) ops: room_ops::RoomOps,
     /// Shared by every operation that changes both the judge and the gate; taken exclusively
     /// by reconciliation, so it never reads the judge between the two halves of a pair (which
     /// would count in-flight units twice or not at all). Only for a gate this node owns (see
@@ -175,6 +178,7 @@ impl App {
             drawn_here: dashmap::DashSet::new(),
             queue_refusals: dashmap::DashMap::new(),
             dirty_stock: Mutex::new(HashSet::new()),
+            ops: room_ops::RoomOps::default(),
             gate_sync: Arc::new(tokio::sync::RwLock::new(())),
             outbox: adapters.outbox,
             shop_webhooks: adapters.shop_webhooks,

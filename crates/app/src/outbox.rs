@@ -22,6 +22,17 @@ const BATCH: u32 = 100;
 /// How long a lease keeps other relays off a batch: longer than a broker's confirm deadline.
 const LEASE_MS: i64 = 30_000;
 
+/// RFC 3339 UTC text of a timestamp (millisecond precision).
+fn rfc3339(t: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.millis()) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 impl OutboxEvent {
     /// A new event for `user`, stamped `now`, with a fresh ULID.
     fn new(
@@ -54,6 +65,26 @@ impl OutboxEvent {
     pub fn payment_failed(order: &Order, reason: &str, now: Timestamp) -> Self {
         let data = serde_json::json!({ "order_id": order.id.as_str(), "reason": reason });
         Self::new(&order.user_id, EventKind::PaymentFailed, data, now)
+    }
+
+    /// The notice that it is `user`'s turn in `sale`'s waiting room: admitted at `now`, the
+    /// admission window ends at `until` (reserve before then).
+    pub fn queue_admitted(
+        user: &stampede_core::UserId,
+        sale: &stampede_core::SaleId,
+        sale_name: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Self {
+        let data = serde_json::json!({
+            "user_id": user.as_str(),
+            "sale_id": sale.as_str(),
+            "sale_name": sale_name,
+            "admitted_at": rfc3339(now),
+            "admitted_until": rfc3339(until),
+            "window_seconds": now.secs_until(until),
+        });
+        Self::new(user, EventKind::QueueAdmitted, data, now)
     }
 
     /// The warning the store writes when a live hold is about to lapse.

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use stampede_core::draw::DrawPurpose;
-use stampede_core::judge::Refusal;
-use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats};
+use stampede_core::judge::{HoldCap, Refusal};
+use stampede_core::waiting_line::{Admitted, ClaimRefusal, EntryView, JoinRefusal, LineStats};
 use stampede_core::{
     Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, OrderStatus, PaymentId,
     Product, ProductId, ProductStatus, Sale, SaleId, SaleStatus, StockLevels, Timestamp, UserId,
@@ -182,6 +182,26 @@ pub struct ReserveRequest {
     pub quantity: u32,
     /// The judge's clock reading for this batch: decides liveness and the hold's expiry.
     pub now: Timestamp,
+    /// The device the buyer reserves from (`X-Device-Id`), if known: kept on the hold and
+    /// counted by the hold cap's per-device figure.
+    pub device_id: Option<String>,
+    /// The denial-of-inventory guard the judge applies to this request
+    /// (`stampede_core::judge::judge_hold_cap`), counted in the same transaction as the stock.
+    pub hold_cap: HoldCap,
+}
+
+/// An account or a device whose holds lapsed unpaid again and again: a likely hoarder
+/// (OWASP OAT-021, denial of inventory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LapsedHolder {
+    /// The account's user id, or the device id.
+    pub subject: String,
+    /// Holds that lapsed unpaid.
+    pub lapsed: u64,
+    /// When the latest of them lapsed.
+    pub last_lapsed_at: Timestamp,
+    /// The accounts those holds belonged to (for an account: itself).
+    pub accounts: Vec<UserId>,
 }
 
 /// Why a hold could not be changed or used.
@@ -288,6 +308,8 @@ pub enum EventKind {
     PaymentFailed,
     /// A live hold is about to lapse.
     HoldExpiring,
+    /// The waiting room let the buyer in: their admission window has started.
+    QueueAdmitted,
 }
 
 impl EventKind {
@@ -297,6 +319,7 @@ impl EventKind {
             EventKind::OrderConfirmed => "order_confirmed",
             EventKind::PaymentFailed => "payment_failed",
             EventKind::HoldExpiring => "hold_expiring",
+            EventKind::QueueAdmitted => "queue_admitted",
         }
     }
 
@@ -306,6 +329,7 @@ impl EventKind {
             "order_confirmed" => EventKind::OrderConfirmed,
             "payment_failed" => EventKind::PaymentFailed,
             "hold_expiring" => EventKind::HoldExpiring,
+            "queue_admitted" => EventKind::QueueAdmitted,
             _ => return None,
         })
     }
@@ -515,6 +539,13 @@ pub trait Store: Send + Sync + 'static {
         within_ms: i64,
         limit: u32,
     ) -> PortResult<usize>;
+    /// Accounts, then devices, with at least `min_lapsed` holds that lapsed unpaid (ended
+    /// `expired`), most lapses first, at most `limit` of each: the hoarders' list.
+    async fn lapsed_holders(
+        &self,
+        min_lapsed: u32,
+        limit: u32,
+    ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)>;
 
     // --- orders and payments
     /// Creates a `pending_payment` order over live holds of this user and marks them as in it.
@@ -755,6 +786,12 @@ pub enum Event {
     /// Units of a sale went back to available (a hold lapsed or was released, an order was
     /// refunded, the judge refused): every node clears its local "sold out" flag.
     StockReturned { sale_id: SaleId },
+    /// An operator's message to everyone waiting in a sale's room: every node shows it.
+    RoomMessage {
+        sale_id: SaleId,
+        text: String,
+        at: Timestamp,
+    },
     /// A session ended early (logout, a ban): every node refuses it until its expiry.
     SessionRevoked {
         session_id: String,
@@ -897,6 +934,18 @@ pub trait WaitingRoom: Send + Sync + 'static {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64>;
+    /// [`WaitingRoom::admit`], naming who was let in (user and place in line), in the order
+    /// they were: what the admission rounds use, to tell each buyer it is their turn. Each
+    /// admission is named to exactly one caller, however many nodes admit at once.
+    async fn admit_named(
+        &self,
+        sale: &SaleId,
+        units_available: Option<u64>,
+        units_per_admission: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<Vec<Admitted>>;
     /// Takes the caller's admission for a reservation (single use).
     #[allow(clippy::too_many_arguments)]
     async fn claim(

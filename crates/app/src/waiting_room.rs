@@ -60,6 +60,11 @@ pub struct QueueView {
     pub closed: bool,
     /// The organiser paused admission: places are kept, nobody is admitted until it resumes.
     pub paused: bool,
+    /// The operator's latest message to everyone waiting, if any.
+    pub message: Option<crate::room_ops::RoomMessage>,
+    /// A signed link key to follow the place without logging in or JavaScript (the
+    /// server-rendered place page); given with a join only.
+    pub place_ticket: Option<String>,
 }
 
 /// A solved proof-of-work challenge sent with a join.
@@ -101,6 +106,11 @@ pub struct RoomReport {
     /// Share of the units bought through the room that went to the top 1% of devices.
     pub top_1pct_device_share: f64,
     pub rules: RoomRules,
+    /// Time in queue, abandonment, no-shows, ETA error and admissions per minute against the
+    /// limit, as this node saw them ([`stampede_core::queue_analytics`]).
+    pub analytics: stampede_core::queue_analytics::QueueFigures,
+    /// The operator's latest message to everyone waiting, if any.
+    pub message: Option<crate::room_ops::RoomMessage>,
 }
 
 /// Admission rate bookkeeping per sale on this node.
@@ -193,7 +203,7 @@ impl App {
 
     /// The deployment's admission key: its seed is kept where the room is (embedded: the data
     /// dir; cluster: Redis, shared by every node), the first node to ask fixes it.
-    async fn signing_key(&self) -> Result<&AdmissionKey, AppError> {
+    pub(crate) async fn signing_key(&self) -> Result<&AdmissionKey, AppError> {
         self.admission_key
             .get_or_try_init(|| async {
                 let seed = self.room.signing_key(rand::random()).await?;
@@ -350,7 +360,12 @@ impl App {
             }
         };
         metrics::counter!("stampede_queue_joins_total").increment(1);
-        self.view_for(who, &sale.id, entry).await
+        let mut view = self.view_for(who, &sale.id, entry).await?;
+        self.analytics(&sale.id, |a| {
+            a.joined(who.user_id.as_str(), now.millis(), view.eta_seconds)
+        });
+        view.place_ticket = self.place_ticket(who, &sale.id).await.ok();
+        Ok(view)
     }
 
     /// The caller's place in the sale's waiting room (404 if they never joined).
@@ -368,7 +383,7 @@ impl App {
         self.view_for(who, &id, entry).await
     }
 
-    async fn view_for(
+    pub(crate) async fn view_for(
         &self,
         who: &Principal,
         sale: &SaleId,
@@ -416,7 +431,12 @@ impl App {
         } else {
             0
         };
+        self.analytics(sale, |a| {
+            a.seen(who.user_id.as_str(), self.clock.now().millis())
+        });
         Ok(QueueView {
+            place_ticket: None,
+            message: self.room_message(sale).await,
             position: entry.position,
             eta_seconds,
             status,
@@ -491,6 +511,9 @@ impl App {
         hold_expires_at: Option<Timestamp>,
     ) {
         let shopping_until_ms = hold_expires_at.map_or(0, |t| t.plus_secs(60).millis());
+        if hold_expires_at.is_some() {
+            self.analytics(sale, |a| a.reserved(who.user_id.as_str()));
+        }
         if let Err(e) = self
             .room
             .settle(
@@ -521,7 +544,7 @@ impl App {
     }
 
     /// One admission round over every live sale with a waiting room.
-    pub async fn admission_tick(&self) -> Result<(), AppError> {
+    pub async fn admission_tick(self: &Arc<Self>) -> Result<(), AppError> {
         // This node's sale configurations (kept current by sale-changed events and the
         // reconciler's reload), not a store read ten times a second.
         let sales = self.sales.all();
@@ -535,7 +558,7 @@ impl App {
         Ok(())
     }
 
-    async fn admit_sale(&self, sale: &Sale, now: Timestamp) -> Result<(), AppError> {
+    async fn admit_sale(self: &Arc<Self>, sale: &Sale, now: Timestamp) -> Result<(), AppError> {
         // A closed room stays closed: nothing left to do for it.
         if self.closed_rooms.contains(&sale.id) {
             return Ok(());
@@ -567,19 +590,22 @@ impl App {
         };
         let available = u64::try_from(available).unwrap_or(0);
         // The room reads the gate's count itself, in the same atomic step as the admission.
+        let ttl_ms = self.config.admission_ttl_secs.saturating_mul(1000);
         let admitted = self
             .room
-            .admit(
+            .admit_named(
                 &sale.id,
                 None,
                 u64::from(sale.per_user_limit),
-                self.config.admission_ttl_secs.saturating_mul(1000),
+                ttl_ms,
                 now.millis(),
                 self.config.admission_max_batch,
             )
             .await?;
-        if admitted > 0 {
-            metrics::counter!("stampede_queue_admitted_total").increment(admitted);
+        if !admitted.is_empty() {
+            metrics::counter!("stampede_queue_admitted_total").increment(admitted.len() as u64);
+            let users = admitted.into_iter().map(|a| a.user_id).collect();
+            self.admitted_now(sale, users, now, now.plus_millis(ttl_ms), false);
         }
         let sold_out = available == 0;
         let close = if sold_out {
@@ -657,7 +683,11 @@ impl App {
     /// For a sale marked as a draw: at the first round after the start, everyone who joined
     /// before it enters a lottery for the units the gate has. One node does it (the room's
     /// pre-queue is placed by whoever gets there first; only that node publishes).
-    async fn lottery_at_start(&self, sale: &Sale, now: Timestamp) -> Result<(), AppError> {
+    async fn lottery_at_start(
+        self: &Arc<Self>,
+        sale: &Sale,
+        now: Timestamp,
+    ) -> Result<(), AppError> {
         if self.room.pre_queue(&sale.id).await?.is_none() {
             return Ok(());
         }
@@ -690,15 +720,25 @@ impl App {
                     .unwrap_or(record)
             }
         };
+        let ttl_ms = self.config.admission_ttl_secs.saturating_mul(1000);
         self.room
             .apply_lottery(
                 &sale.id,
                 &record.entrants,
                 &record.winners,
-                self.config.admission_ttl_secs.saturating_mul(1000),
+                ttl_ms,
                 now.millis(),
             )
             .await?;
+        // Every node that gets here applies the same published record: the winners' notices
+        // carry ids fixed by the draw, so each is told once.
+        self.admitted_now(
+            sale,
+            record.winners.clone(),
+            now,
+            now.plus_millis(ttl_ms),
+            true,
+        );
         Ok(())
     }
 
@@ -760,7 +800,7 @@ impl App {
     /// Draws `winners` (default: the units the gate has) among everyone waiting; the winners
     /// are admitted, the rest told they lost. Admin only.
     pub async fn run_lottery(
-        &self,
+        self: &Arc<Self>,
         who: &Principal,
         sale_id: &str,
         winners: Option<u64>,
@@ -798,15 +838,23 @@ impl App {
             usize::try_from(count).unwrap_or(usize::MAX),
         );
         let now = self.clock.now();
+        let ttl_ms = self.config.admission_ttl_secs.saturating_mul(1000);
         self.room
             .apply_lottery(
                 &sale.id,
                 &record.entrants,
                 &record.winners,
-                self.config.admission_ttl_secs.saturating_mul(1000),
+                ttl_ms,
                 now.millis(),
             )
             .await?;
+        self.admitted_now(
+            &sale,
+            record.winners.clone(),
+            now,
+            now.plus_millis(ttl_ms),
+            true,
+        );
         self.publish_draw(&sale.id, &record).await?;
         self.audit(
             who,
@@ -985,6 +1033,7 @@ impl App {
         self.require_admin(who)?;
         let sale = self.queue_sale(sale_id).await?;
         let stats = self.room.stats(&sale.id).await?;
+        let rules = self.room.rules(&sale.id).await?;
         let refusals = self
             .queue_refusals
             .get(&sale.id)
@@ -1020,7 +1069,9 @@ impl App {
             refusals,
             fifo_inversions: fifo_inversions(&stats.admission_ranks),
             top_1pct_device_share: top_devices_share(&stats.device_units, 1.0),
-            rules: self.room.rules(&sale.id).await?,
+            analytics: self.queue_figures(&sale.id, self.clock.now(), rules.new_per_minute),
+            message: self.room_message(&sale.id).await,
+            rules,
         })
     }
 

@@ -23,6 +23,45 @@ pub enum Refusal {
     LimitExceeded,
     #[error("sold out")]
     SoldOut,
+    /// The buyer (account or device) already has as many unpaid holds open, across all
+    /// sales, as the denial-of-inventory guard allows.
+    #[error("too many unpaid holds open at once: pay for or release one first")]
+    HoldCapReached,
+}
+
+/// The denial-of-inventory guard (OWASP OAT-021): at most this many unpaid holds open at once
+/// per account and per device, across every sale (0: no cap). A hold is open while it is
+/// active and its time has not run out; paying, releasing or letting it lapse closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HoldCap {
+    pub per_account: u32,
+    pub per_device: u32,
+}
+
+impl HoldCap {
+    /// No cap at all: the judge skips the count.
+    pub fn is_off(&self) -> bool {
+        self.per_account == 0 && self.per_device == 0
+    }
+}
+
+/// May a buyer with `account_open` unpaid holds open (and `device_open` on the device they
+/// reserve from, if it is known) open one more? Judged last, after liveness, the buyer's
+/// limit and stock, so the answers the gate gives first stay the same at the judge.
+pub fn judge_hold_cap(
+    cap: HoldCap,
+    account_open: i64,
+    device_open: Option<i64>,
+) -> Result<(), Refusal> {
+    if cap.per_account > 0 && account_open >= i64::from(cap.per_account) {
+        return Err(Refusal::HoldCapReached);
+    }
+    if let Some(open) = device_open {
+        if cap.per_device > 0 && open >= i64::from(cap.per_device) {
+            return Err(Refusal::HoldCapReached);
+        }
+    }
+    Ok(())
 }
 
 /// A deliberately broken judge, for proving that the simulation's checker notices an oversell:
@@ -357,6 +396,30 @@ mod tests {
         );
         assert_eq!(
             judge_resize(SaleStatus::Live, 5, 1, 2, drop(1), 1, 1),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_hold_cap_counts_account_and_device_and_zero_is_off() {
+        let cap = HoldCap {
+            per_account: 2,
+            per_device: 3,
+        };
+        assert_eq!(judge_hold_cap(cap, 1, Some(2)), Ok(()));
+        assert_eq!(
+            judge_hold_cap(cap, 2, Some(0)),
+            Err(Refusal::HoldCapReached)
+        );
+        assert_eq!(
+            judge_hold_cap(cap, 0, Some(3)),
+            Err(Refusal::HoldCapReached)
+        );
+        // An unknown device is judged by the account alone.
+        assert_eq!(judge_hold_cap(cap, 1, None), Ok(()));
+        assert!(HoldCap::default().is_off());
+        assert_eq!(
+            judge_hold_cap(HoldCap::default(), 1_000, Some(1_000)),
             Ok(())
         );
     }

@@ -21,6 +21,7 @@ pub mod judge;
 pub mod money;
 pub mod order;
 pub mod pow;
+pub mod queue_analytics;
 pub mod sale;
 pub mod session;
 pub mod stock;

@@ -14,7 +14,9 @@ use dashmap::DashMap;
 
 use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
 use stampede_core::draw::DrawPurpose;
-use stampede_core::waiting_line::{ClaimRefusal, EntryView, JoinRefusal, LineStats, WaitingLine};
+use stampede_core::waiting_line::{
+    Admitted, ClaimRefusal, EntryView, JoinRefusal, LineStats, WaitingLine,
+};
 use stampede_core::{SaleId, UserId};
 
 use crate::MemoryGate;
@@ -131,6 +133,28 @@ impl WaitingRoom for MemoryRoom {
             r.line
                 .admit(units, units_per_admission, ttl_ms, now_ms, max_batch)
                 .len() as u64
+        })
+    }
+
+    async fn admit_named(
+        &self,
+        sale: &SaleId,
+        units_available: Option<u64>,
+        units_per_admission: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<Vec<Admitted>> {
+        let gate = self.gate.clone();
+        self.with(sale, |r| {
+            let units = units_available.unwrap_or_else(|| {
+                gate.as_ref()
+                    .and_then(|g| g.available_now(sale))
+                    .map(|a| u64::try_from(a).unwrap_or(0))
+                    .unwrap_or(0)
+            });
+            r.line
+                .admit(units, units_per_admission, ttl_ms, now_ms, max_batch)
         })
     }
 

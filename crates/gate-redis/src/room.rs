@@ -18,7 +18,9 @@ use redis::Script;
 
 use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
 use stampede_core::draw::DrawPurpose;
-use stampede_core::waiting_line::{ClaimRefusal, EntryState, EntryView, JoinRefusal, LineStats};
+use stampede_core::waiting_line::{
+    Admitted, ClaimRefusal, EntryState, EntryView, JoinRefusal, LineStats,
+};
 use stampede_core::{SaleId, UserId};
 
 use crate::RedisGateConfig;
@@ -108,6 +110,7 @@ const PLACE_CALL: &str = r#"
 return place(ARGV)
 "#;
 
+/// Returns who was admitted, as a flat list of user, rank pairs.
 /// Lapses stale admissions (a claim never settled counts as used), then admits, unless the
 /// organiser paused admission, and no more than the rules' `new_per_minute` in any 60 s
 /// (`recent`, KEYS[15]: admissions by time, kept one window). ARGV: units available (-1: read
@@ -137,7 +140,7 @@ for i = 1, #stale do
 end
 if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1'
   or redis.call('HGET', KEYS[7], 'paused') == '1' then
-  return 0
+  return {}
 end
 local free = avail - redis.call('ZCARD', KEYS[8]) * per
 if free < 0 then free = 0 end
@@ -155,7 +158,7 @@ if max_active > 0 then
   local left = max_active - redis.call('ZCARD', KEYS[8]) - redis.call('ZCARD', KEYS[16])
   if room > left then room = left end
 end
-if room <= 0 then return 0 end
+if room <= 0 then return {} end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
 for i = 1, #next, 2 do
   local u, r = next[i], next[i + 1]
@@ -169,7 +172,7 @@ for i = 1, #next, 2 do
   redis.call('ZADD', KEYS[15], now, r)
 end
 redis.call('PEXPIRE', KEYS[15], 60000)
-return #next / 2
+return next
 "#;
 
 /// ARGV: user, device, ticket, quantity, device limit, now ms. Returns a word.
@@ -454,18 +457,48 @@ impl WaitingRoom for RedisRoom {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64> {
-        self.run(
-            &self.admit,
-            sale,
-            &[
-                units_available.map_or_else(|| "-1".to_owned(), |u| u.to_string()),
-                units_per_admission.to_string(),
-                ttl_ms.to_string(),
-                now_ms.to_string(),
-                max_batch.to_string(),
-            ],
-        )
-        .await
+        let admitted = self
+            .admit_named(
+                sale,
+                units_available,
+                units_per_admission,
+                ttl_ms,
+                now_ms,
+                max_batch,
+            )
+            .await?;
+        Ok(admitted.len() as u64)
+    }
+
+    async fn admit_named(
+        &self,
+        sale: &SaleId,
+        units_available: Option<u64>,
+        units_per_admission: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<Vec<Admitted>> {
+        let flat: Vec<String> = self
+            .run(
+                &self.admit,
+                sale,
+                &[
+                    units_available.map_or_else(|| "-1".to_owned(), |u| u.to_string()),
+                    units_per_admission.to_string(),
+                    ttl_ms.to_string(),
+                    now_ms.to_string(),
+                    max_batch.to_string(),
+                ],
+            )
+            .await?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| Admitted {
+                user_id: pair[0].clone(),
+                ticket: pair[1].parse().unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn claim(

@@ -153,6 +153,18 @@ fn nonblank(max: u64) -> Value {
     json!({ "type": "string", "maxLength": max, "pattern": format!("[^{WHITESPACE}]") })
 }
 
+/// Text the server trims and then needs non-empty, at most `max` characters as sent, with no
+/// control characters anywhere (it is shown as a line of text).
+fn plain_nonblank(max: u64) -> Value {
+    // As regex escapes: the document must not carry control characters itself.
+    let cc = "\\u0000-\\u001f\\u007f-\\u009f";
+    json!({
+        "type": "string",
+        "maxLength": max,
+        "pattern": format!("^[^{cc}]*[^{cc}{WHITESPACE}][^{cc}]*$"),
+    })
+}
+
 /// Text of at most `max` characters, blank allowed.
 fn text(max: u64) -> Value {
     json!({ "type": "string", "maxLength": max })
@@ -339,6 +351,13 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
             integer(0, i64::from(u32::MAX)),
         ),
         ("RoomControlBody", "reason", nonblank(500)),
+        ("BroadcastBody", "message", plain_nonblank(280)),
+        ("BanHoarderBody", "reason", nonblank(500)),
+        (
+            "BanHoarderBody",
+            "device_id",
+            nullable(json!({ "type": "string", "minLength": 1, "maxLength": 128 })),
+        ),
         ("AdmissionCeilingBody", "reason", nonblank(500)),
         (
             "AdmissionCeilingBody",
@@ -391,6 +410,12 @@ fn query_rules() -> Vec<(&'static str, &'static str, Value)> {
     rules.push(("list_users", "limit", integer(1, 200)));
     rules.push(("list_notifications", "limit", integer(1, 100)));
     rules.push(("list_audit_entries", "limit", integer(1, 1000)));
+    rules.push(("list_hoarders", "limit", integer(1, 100)));
+    rules.push((
+        "list_hoarders",
+        "min_lapsed",
+        integer(1, i64::from(u32::MAX)),
+    ));
     rules
 }
 

@@ -22,6 +22,7 @@ pub const PROBLEM_CODES: &[&str] = &[
     "sold_out",
     "sale_not_live",
     "limit_exceeded",
+    "hold_cap_reached",
     "not_admitted",
     "hold_expired",
     "payment_declined",
@@ -222,6 +223,7 @@ impl From<AppError> for ApiError {
             | AppError::SaleNotLive
             | AppError::LimitExceeded
             | AppError::NotAdmitted(_)
+            | AppError::HoldCapReached(_)
             | AppError::HoldExpired
             | AppError::BadSignature
             | AppError::IdempotencyKeyReused
@@ -268,6 +270,7 @@ mod tests {
             AppError::SoldOut,
             AppError::SaleNotLive,
             AppError::LimitExceeded,
+            AppError::HoldCapReached("x".into()),
             AppError::NotAdmitted(stampede_app::error::NotAdmitted::GrowingNeedsAdmission),
             AppError::HoldExpired,
             AppError::PaymentDeclined {

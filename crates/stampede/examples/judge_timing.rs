@@ -1,4 +1,5 @@
-//! Times the judge alone: batches of reservations straight into the SQLite store.
+//! Times the judge alone: batches of reservations straight into the SQLite store, without and
+//! with the hold cap (10 per account, 20 per device), each buyer distinct, in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
 
@@ -33,20 +34,32 @@ async fn main() {
         updated_at: now,
     };
     store.insert_sale(&sale).await.unwrap();
-    for batch_size in [1usize, 16, 64, 256] {
+    let mut n = 0u128;
+    for (capped, batch_size) in [false, true]
+        .into_iter()
+        .flat_map(|c| [1usize, 16, 64, 256].map(|b| (c, b)))
+    {
         let batches = 4000 / batch_size.max(1);
         let started = Instant::now();
-        let mut n = 0u128;
         for _ in 0..batches {
             let batch: Vec<ReserveRequest> = (0..batch_size)
-                .map(|i| {
+                .map(|_| {
                     n += 1;
                     ReserveRequest {
-                        hold_id: HoldId::generate(now.0, n + 1_000_000 * batch_size as u128),
+                        hold_id: HoldId::generate(now.0, n),
                         sale_id: sale.id.clone(),
-                        user_id: UserId::generate(now.0, (i % 200) as u128),
+                        user_id: UserId::generate(now.0, n),
                         quantity: 1,
                         now,
+                        device_id: capped.then(|| format!("device-{}", n % 5000)),
+                        hold_cap: if capped {
+                            judge::HoldCap {
+                                per_account: 10,
+                                per_device: 20,
+                            }
+                        } else {
+                            judge::HoldCap::default()
+                        },
                     }
                 })
                 .collect();
@@ -55,7 +68,8 @@ async fn main() {
         let secs = started.elapsed().as_secs_f64();
         let holds = (batches * batch_size) as f64;
         println!(
-            "batch {batch_size:4}: {:8.0} holds/s, {:6.1} µs/hold, {:6.2} ms/batch",
+            "cap {:3} batch {batch_size:4}: {:8.0} holds/s, {:6.1} µs/hold, {:6.2} ms/batch",
+            if capped { "on" } else { "off" },
             holds / secs,
             secs * 1e6 / holds,
             secs * 1e3 / batches as f64

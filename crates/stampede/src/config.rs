@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// How long an admission token lasts, in seconds. Default 120.
     #[arg(long, env = "STAMPEDE_ADMISSION_TTL_SECS")]
     pub admission_ttl_secs: Option<i64>,
+    /// Unpaid holds one account may have open at once, across all sales (the
+    /// denial-of-inventory guard; 0: no cap). Default 10.
+    #[arg(long, env = "STAMPEDE_MAX_OPEN_HOLDS_PER_ACCOUNT")]
+    pub max_open_holds_per_account: Option<u32>,
+    /// Unpaid holds one device (`X-Device-Id`) may have open at once across its accounts and
+    /// all sales (0: no cap). Default 20.
+    #[arg(long, env = "STAMPEDE_MAX_OPEN_HOLDS_PER_DEVICE")]
+    pub max_open_holds_per_device: Option<u32>,
     /// argon2id memory cost in KiB (default 19456, OWASP). Lower only for tests.
     #[arg(long, env = "STAMPEDE_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<u32>,
@@ -186,6 +194,8 @@ pub struct FileConfig {
     pub checkout_rate_limit_per_sec: Option<u32>,
     pub admission_tick_ms: Option<u64>,
     pub admission_ttl_secs: Option<i64>,
+    pub max_open_holds_per_account: Option<u32>,
+    pub max_open_holds_per_device: Option<u32>,
     pub argon2_memory_kib: Option<u32>,
     pub argon2_iterations: Option<u32>,
     pub sweep_interval_ms: Option<u64>,
@@ -240,6 +250,8 @@ impl ServeArgs {
             checkout_rate_limit_per_sec,
             admission_tick_ms,
             admission_ttl_secs,
+            max_open_holds_per_account,
+            max_open_holds_per_device,
             argon2_memory_kib,
             argon2_iterations,
             sweep_interval_ms,

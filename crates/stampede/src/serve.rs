@@ -315,6 +315,14 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         admission_ttl_secs: args
             .admission_ttl_secs
             .unwrap_or(defaults.admission_ttl_secs),
+        hold_cap: stampede_core::judge::HoldCap {
+            per_account: args
+                .max_open_holds_per_account
+                .unwrap_or(defaults.hold_cap.per_account),
+            per_device: args
+                .max_open_holds_per_device
+                .unwrap_or(defaults.hold_cap.per_device),
+        },
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {

@@ -511,7 +511,15 @@ async fn a_node_killed_mid_burst_loses_no_acknowledged_hold() {
     let Some(mode) = Mode::cluster().await else {
         return;
     };
-    let mut nodes = cluster_nodes(&mode, 2).await;
+    // Each buyer holds up to 500 units here: the hold cap (tested in room_ops.rs) is lifted.
+    let uncapped = [
+        ("STAMPEDE_MAX_OPEN_HOLDS_PER_ACCOUNT", "0"),
+        ("STAMPEDE_MAX_OPEN_HOLDS_PER_DEVICE", "0"),
+    ];
+    let mut nodes = [
+        TestServer::start_with_in(mode.clone(), &uncapped, None).await,
+        TestServer::start_with_in(mode.clone(), &uncapped, None).await,
+    ];
     let admin = nodes[1].admin_token().await;
     let sale = nodes[1].create_sale(&admin, 100_000, 1000, 600).await;
     let buyers = nodes[1].buyers(20, 10).await;

@@ -47,6 +47,9 @@ async fn world() -> World {
             iterations: 1,
             parallelism: 1,
         },
+        // The bursts here hold hundreds of units per buyer; the hold cap is tested (with its
+        // default on) in room_ops.rs.
+        hold_cap: stampede_core::judge::HoldCap::default(),
         ..AppConfig::default()
     };
     let (app, _writer) = App::start(
@@ -1137,4 +1140,72 @@ async fn max_active_admits_the_next_only_when_a_slot_frees() {
         admitted(&w, &buyers, &sale).await,
         (0..14).collect::<Vec<_>>()
     );
+}
+
+/// The queue's figures through the use cases, on the manual clock: waits measured from join
+/// to admission, the ETA told at join against the admission, a buyer who stops looking is
+/// counted as having left, an admission that lapses unused as a no-show, and admissions per
+/// minute against the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_figures_follow_the_room_on_a_manual_clock() {
+    use stampede_app::waiting_room::RoomControl;
+    let w = world().await;
+    let sale = w.queued_sale(2, 1, -1).await;
+    w.app
+        .control_room(&w.admin, &sale, RoomControl::Pause, "lining up")
+        .await
+        .unwrap();
+    w.app
+        .control_room(
+            &w.admin,
+            &sale,
+            RoomControl::RateCeiling { per_minute: 30 },
+            "steady",
+        )
+        .await
+        .unwrap();
+    let buyers = [w.buyer(900).await, w.buyer(901).await, w.buyer(902).await];
+    for (i, who) in buyers.iter().enumerate() {
+        let v = w
+            .app
+            .join_queue(who, &sale, &device(i), None)
+            .await
+            .unwrap();
+        assert!(v.eta_seconds <= 1, "nothing measured yet: a tick a place");
+    }
+    // The first two keep looking at their place; the third never looks again.
+    for _ in 0..2 {
+        w.clock.advance_millis(30_000);
+        w.status(&buyers[0], &sale).await;
+        w.status(&buyers[1], &sale).await;
+    }
+    w.app
+        .control_room(&w.admin, &sale, RoomControl::Resume, "open")
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    let token = w.status(&buyers[0], &sale).await.admission_token.unwrap();
+    w.app
+        .reserve(&buyers[0], &sale, 1, Some(&token), Some(&device(0)))
+        .await
+        .unwrap();
+
+    let f = w.app.room_report(&w.admin, &sale).await.unwrap().analytics;
+    assert_eq!((f.joined, f.admitted), (3, 2), "{f:?}");
+    assert_eq!(f.time_in_queue_p50_secs, 60.0);
+    assert_eq!(f.time_in_queue_p99_secs, 60.0);
+    // Told about 1 s, admitted after 60 s: 59 s late.
+    assert!((58.0..=60.0).contains(&f.eta_error_p50_secs), "{f:?}");
+    assert!(f.eta_bias_secs > 0.0);
+    assert_eq!((f.abandoned, f.no_shows), (0, 0), "{f:?}");
+    assert_eq!(f.admissions_per_minute.iter().sum::<u64>(), 2);
+    assert_eq!(f.admissions_per_minute_limit, 30);
+
+    // Past the admission window (120 s): the second buyer bought nothing, and the third has
+    // not looked at their place for over two minutes.
+    w.clock.advance_millis(130_000);
+    let f = w.app.room_report(&w.admin, &sale).await.unwrap().analytics;
+    assert_eq!((f.abandoned, f.no_shows), (1, 1), "{f:?}");
+    assert_eq!(f.no_show_rate, 0.5);
+    assert_eq!(f.max_admissions_in_a_minute, 2);
 }

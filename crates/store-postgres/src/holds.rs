@@ -21,6 +21,7 @@ use stampede_core::judge::{judge_reserve_in_drop, judge_resize, Refusal};
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
+use crate::hold_cap::OpenHolds;
 use crate::rows::{self, hold_cols, hold_from, HoldRow};
 use crate::txstock::TxStock;
 
@@ -91,14 +92,14 @@ pub(crate) async fn end(
 /// Claims the hold's id in `hold_ids` and inserts the hold, in one statement; `false`
 /// (nothing written) if the id is taken. A concurrent claim of the same id by another
 /// transaction makes this wait for it, then report the id as taken.
-async fn insert(conn: &mut PgConnection, hold: &Hold) -> PortResult<bool> {
+async fn insert(conn: &mut PgConnection, hold: &Hold, device: Option<&str>) -> PortResult<bool> {
     let done = sqlx::query(
         "WITH claimed AS ( \
            INSERT INTO hold_ids (id, user_id, sale_id) VALUES ($1, $3, $2) \
            ON CONFLICT (id) DO NOTHING RETURNING id) \
          INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
-         created_at, expires_at, order_id) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, NULL FROM claimed",
+         created_at, expires_at, order_id, device_id) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM claimed",
     )
     .bind(hold.id.as_str())
     .bind(hold.sale_id.as_str())
@@ -109,6 +110,7 @@ async fn insert(conn: &mut PgConnection, hold: &Hold) -> PortResult<bool> {
     .bind(hold.state.as_str())
     .bind(hold.created_at.0)
     .bind(hold.expires_at.0)
+    .bind(device)
     .execute(&mut *conn)
     .await
     .port()?;
@@ -133,6 +135,7 @@ pub(crate) async fn reserve(
     let pairs: Vec<(&SaleId, &UserId)> = batch.iter().map(|r| (&r.sale_id, &r.user_id)).collect();
     stock.load_units(&mut tx, &pairs).await?;
     stock.load_drop_units(&mut tx, &pairs).await?;
+    let mut open = OpenHolds::lock_and_load(&mut tx, batch).await?;
     // Ids already issued (retries after a lost reply), read after the sale locks: a retry of a
     // hold in a sale we now hold locked cannot be in flight elsewhere.
     let ids: Vec<String> = batch
@@ -152,7 +155,7 @@ pub(crate) async fn reserve(
         .collect();
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
-        out.push(reserve_one(&mut tx, &mut stock, &mut issued, req).await?);
+        out.push(reserve_one(&mut tx, &mut stock, &mut open, &mut issued, req).await?);
     }
     stock.flush(&mut tx).await?;
     tx.commit().await.port()?;
@@ -162,6 +165,7 @@ pub(crate) async fn reserve(
 async fn reserve_one(
     conn: &mut PgConnection,
     stock: &mut TxStock,
+    open: &mut OpenHolds,
     issued: &mut HashMap<String, (String, String)>,
     req: &ReserveRequest,
 ) -> PortResult<Result<Hold, Refusal>> {
@@ -212,7 +216,11 @@ async fn reserve_one(
     {
         return Ok(Err(refusal));
     }
-    if !insert(conn, &hold).await? {
+    // The hold cap is judged last, after liveness, the buyer's limit and stock.
+    if let Err(refusal) = open.judge(req) {
+        return Ok(Err(refusal));
+    }
+    if !insert(conn, &hold, req.device_id.as_deref()).await? {
         // Claimed meanwhile by a transaction on another sale: not this buyer's hold.
         tracing::warn!(hold = %req.hold_id, "hold id claimed concurrently for another sale");
         return Ok(Err(Refusal::SaleNotLive));
@@ -225,6 +233,7 @@ async fn reserve_one(
         ),
     );
     stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
+    open.opened(req);
     Ok(Ok(hold))
 }
 

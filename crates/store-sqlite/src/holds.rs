@@ -12,6 +12,7 @@ use stampede_core::judge::{judge_reserve_in_drop, judge_resize, Refusal};
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
+use crate::hold_cap::OpenHolds;
 use crate::rows::{self, hold_cols, hold_from, HoldRow};
 use crate::txstock::TxStock;
 use crate::BEGIN_WRITE;
@@ -71,6 +72,7 @@ pub(crate) async fn reserve(
         .collect();
     stock.preload_units(&mut tx, &pairs).await?;
     stock.preload_drop_units(&mut tx, &pairs).await?;
+    let mut open = OpenHolds::load(&mut tx, batch).await?;
 
     // Judge in order; `None` marks a request the judge accepted, pending its insert.
     let mut verdicts: Vec<Option<Result<Hold, Refusal>>> = Vec::with_capacity(batch.len());
@@ -85,9 +87,14 @@ pub(crate) async fn reserve(
             verdicts.push(None);
             continue;
         }
-        match judge_one(&mut tx, &mut stock, req).await? {
+        // The hold cap is judged last, after liveness, the buyer's limit and stock.
+        let judged = judge_one(&mut tx, &mut stock, req)
+            .await?
+            .and_then(|hold| open.judge(req).map(|()| hold));
+        match judged {
             Ok(hold) => {
                 stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
+                open.opened(req);
                 accepted.push((i, hold));
                 verdicts.push(None);
             }
@@ -97,13 +104,20 @@ pub(crate) async fn reserve(
 
     // The common case is fresh ids: insert them all, and look only at the ones that collided
     // (a retry of a request whose hold exists; its stock was taken by the first try).
-    let inserted = insert_many(&mut tx, accepted.iter().map(|(_, h)| h)).await?;
+    let inserted = insert_many(
+        &mut tx,
+        accepted
+            .iter()
+            .map(|(i, h)| (h, batch[*i].device_id.as_deref())),
+    )
+    .await?;
     for (i, hold) in accepted {
         if inserted.contains(hold.id.as_str()) {
             verdicts[i] = Some(Ok(hold));
         } else {
             let req = &batch[i];
             stock.unhold(&req.sale_id, &req.user_id, req.quantity)?;
+            open.not_opened(req);
             verdicts[i] = Some(already_held_or(&mut tx, req, Refusal::SaleNotLive).await?);
         }
     }
@@ -155,16 +169,16 @@ async fn judge_one(
 /// Inserts holds in multi-row statements, skipping ids that exist; returns the ids written.
 async fn insert_many<'h>(
     conn: &mut SqliteConnection,
-    holds: impl Iterator<Item = &'h Hold>,
+    holds: impl Iterator<Item = (&'h Hold, Option<&'h str>)>,
 ) -> PortResult<std::collections::HashSet<String>> {
-    let holds: Vec<&Hold> = holds.collect();
+    let holds: Vec<(&Hold, Option<&str>)> = holds.collect();
     let mut written = std::collections::HashSet::with_capacity(holds.len());
     for chunk in holds.chunks(HOLDS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
-             created_at, expires_at) ",
+             created_at, expires_at, device_id) ",
         );
-        qb.push_values(chunk, |mut row, h| {
+        qb.push_values(chunk, |mut row, (h, device)| {
             row.push_bind(h.id.as_str().to_owned())
                 .push_bind(h.sale_id.as_str().to_owned())
                 .push_bind(h.user_id.as_str().to_owned())
@@ -173,7 +187,8 @@ async fn insert_many<'h>(
                 .push_bind(h.currency.as_str().to_owned())
                 .push_bind(h.state.as_str())
                 .push_bind(h.created_at.0)
-                .push_bind(h.expires_at.0);
+                .push_bind(h.expires_at.0)
+                .push_bind(device.map(str::to_owned));
         });
         qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
         let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *conn).await.port()?;
@@ -182,7 +197,7 @@ async fn insert_many<'h>(
     Ok(written)
 }
 
-/// Holds per multi-row insert: 9 parameters each, well under SQLite's limit.
+/// Holds per multi-row insert: 10 parameters each, well under SQLite's limit.
 const HOLDS_PER_STATEMENT: usize = 200;
 
 /// A retried request whose hold already exists gets that hold (its stock was taken once, by

@@ -20,6 +20,7 @@
 
 mod catalog;
 mod error;
+mod hold_cap;
 mod holds;
 mod misc;
 mod orders;
@@ -40,9 +41,9 @@ use sqlx::SqlitePool;
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
-    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
-    UserAccount, UserStatus, WebhookDelivery,
+    HoldError, IdempotencyStart, LapsedHolder, NewOrder, Notification, OutboxEvent, OwedPayment,
+    PaymentApplied, PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit,
+    Store, User, UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{
@@ -284,6 +285,14 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> PortResult<usize> {
         holds::warn_expiring(&self.writer, now, within_ms, limit).await
+    }
+
+    async fn lapsed_holders(
+        &self,
+        min_lapsed: u32,
+        limit: u32,
+    ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
+        hold_cap::lapsed_holders(&self.reader, min_lapsed, limit).await
     }
 
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {

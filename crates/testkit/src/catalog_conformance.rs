@@ -60,6 +60,8 @@ fn req(sale: &Sale, who: &UserId, quantity: u32) -> ReserveRequest {
         user_id: who.clone(),
         quantity,
         now: T0,
+        device_id: None,
+        hold_cap: Default::default(),
     }
 }
 

@@ -585,6 +585,62 @@ pub async fn max_active_counts_the_admitted_and_the_shopping(room: Arc<dyn Waiti
     assert_eq!(admitted, vec![true; 8], "everyone in, in order");
 }
 
+/// A named admission says who was let in and at which place, in line order, and several
+/// callers admitting at once never name the same buyer twice (each is told once).
+pub async fn admissions_are_named_once_in_line_order(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..30).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let first = room
+        .admit_named(&sale, Some(3), 1, 60_000, 1_000, 100)
+        .await
+        .unwrap();
+    let named: Vec<(String, u64)> = first
+        .iter()
+        .map(|a| (a.user_id.clone(), a.ticket))
+        .collect();
+    assert_eq!(
+        named,
+        vec![
+            (users[0].to_string(), 0),
+            (users[1].to_string(), 1),
+            (users[2].to_string(), 2)
+        ]
+    );
+    // The rest, admitted by eight callers at once, a few at a time.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (room, sale) = (room.clone(), sale.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for round in 0..10 {
+                got.extend(
+                    room.admit_named(&sale, Some(1_000), 1, 60_000, 2_000 + round, 2)
+                        .await
+                        .unwrap(),
+                );
+            }
+            got
+        }));
+    }
+    let mut all: Vec<String> = first.into_iter().map(|a| a.user_id).collect();
+    for t in tasks {
+        all.extend(t.await.unwrap().into_iter().map(|a| a.user_id));
+    }
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 30, "everyone admitted: {all:?}");
+    assert_eq!(distinct.len(), 30, "nobody named twice");
+    for u in &users {
+        assert_eq!(
+            room.view(&sale, u).await.unwrap().unwrap().state,
+            EntryState::Admitted
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per check for a room adapter.
 #[macro_export]
 macro_rules! room_conformance_tests {
@@ -600,7 +656,8 @@ macro_rules! room_conformance_tests {
             units_per_admission_and_unsettled_claims,
             a_paused_room_admits_nobody_and_keeps_places,
             admissions_per_minute_are_capped,
-            max_active_counts_the_admitted_and_the_shopping
+            max_active_counts_the_admitted_and_the_shopping,
+            admissions_are_named_once_in_line_order
         );
     };
     (@each $make:path, $($check:ident),*) => {

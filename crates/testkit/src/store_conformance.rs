@@ -15,7 +15,7 @@ use stampede_app::ports::{
     IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
     PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
-use stampede_core::judge::{LedgerError, Refusal, SaleLedger};
+use stampede_core::judge::{HoldCap, LedgerError, Refusal, SaleLedger};
 use stampede_core::{
     Currency, Hold, HoldId, HoldState, Money, Order, OrderId, OrderStatus, PaymentId,
     PaymentStatus, Sale, SaleControl, SaleId, StockLevels, Timestamp, UserId,
@@ -90,7 +90,24 @@ pub fn req(sale: &Sale, user: &UserId, quantity: u32, now: Timestamp) -> Reserve
         user_id: user.clone(),
         quantity,
         now,
+        device_id: None,
+        hold_cap: HoldCap::default(),
     }
+}
+
+/// [`req`] from `device` (if any) under the hold cap `per_account` / `per_device`.
+pub fn capped(
+    mut r: ReserveRequest,
+    per_account: u32,
+    per_device: u32,
+    device: Option<&str>,
+) -> ReserveRequest {
+    r.hold_cap = HoldCap {
+        per_account,
+        per_device,
+    };
+    r.device_id = device.map(str::to_owned);
+    r
 }
 
 /// Reserves in a batch of one and expects a hold.
@@ -432,6 +449,202 @@ pub async fn concurrent_batches_never_oversell(store: Arc<dyn Store>) {
     }
     assert_eq!(ok, 25);
     assert_eq!(checked(&*store, &sale.id).await, levels(25, 0, 25, 0));
+}
+
+// --- the hold cap (denial of inventory) ----------------------------------------------------
+
+/// The cap counts unpaid holds open at once per account and per device across every sale,
+/// inside a batch too; a released or lapsed hold frees its place; a retry of a hold made
+/// before the cap was reached still gets its hold.
+pub async fn the_hold_cap_counts_open_holds_per_account_and_device_across_sales(
+    store: Arc<dyn Store>,
+) {
+    let f = Fx { store };
+    let mut sales = Vec::new();
+    for _ in 0..4 {
+        sales.push(new_sale(&*f.store, 10, 5).await);
+    }
+    let a = user(1);
+    let one = |sale: &Sale, who: &UserId, device: Option<&str>, now: Timestamp| {
+        capped(req(sale, who, 1, now), 2, 3, device)
+    };
+    let first = f
+        .store
+        .reserve(&[one(&sales[0], &a, None, T0)])
+        .await
+        .unwrap();
+    let first_hold = first[0].clone().unwrap();
+    let out = f
+        .store
+        .reserve(&[one(&sales[1], &a, None, T0), one(&sales[2], &a, None, T0)])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok(), "{out:?}");
+    assert_eq!(out[1], Err(Refusal::HoldCapReached), "the third open hold");
+    // Nothing was taken by the refusal.
+    assert_eq!(checked(&*f.store, &sales[2].id).await, levels(10, 10, 0, 0));
+    // A retry of the first request (a lost reply) still gets its hold, cap or not.
+    let retry = ReserveRequest {
+        hold_id: first_hold.id.clone(),
+        ..one(&sales[0], &a, None, T0)
+    };
+    assert_eq!(
+        f.store.reserve(&[retry]).await.unwrap(),
+        vec![Ok(first_hold.clone())]
+    );
+    // Releasing one frees its place.
+    f.store
+        .release_hold(&a, &first_hold.id, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    let out = f
+        .store
+        .reserve(&[one(&sales[2], &a, None, T0)])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok(), "{out:?}");
+    // Holds whose time ran out are not open, swept or not.
+    let later = T0.plus_secs(i64::from(HOLD_SECS) + 1);
+    let out = f
+        .store
+        .reserve(&[one(&sales[3], &a, None, later)])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok(), "{out:?}");
+
+    // Per device, across accounts: three open from "dev-x", the fourth account is refused
+    // there but not from another device.
+    let dev = Some("dev-x");
+    for n in 2..5 {
+        let out = f
+            .store
+            .reserve(&[one(&sales[0], &user(n), dev, T0)])
+            .await
+            .unwrap();
+        assert!(out[0].is_ok(), "buyer {n}: {out:?}");
+    }
+    let out = f
+        .store
+        .reserve(&[one(&sales[1], &user(5), dev, T0)])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Err(Refusal::HoldCapReached));
+    let out = f
+        .store
+        .reserve(&[one(&sales[1], &user(5), Some("dev-y"), T0)])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok(), "{out:?}");
+    // A cap of 0 is no cap.
+    let free: Vec<_> = (0..4)
+        .map(|i| capped(req(&sales[i], &user(6), 1, T0), 0, 0, dev))
+        .collect();
+    let out = f.store.reserve(&free).await.unwrap();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+}
+
+/// Reserves for one buyer (or one device) in different sales, judged at once by concurrent
+/// batches, never open more holds than the cap: the sale locks do not cover this, so the
+/// adapter must serialise batches per buyer and device.
+pub async fn concurrent_batches_respect_the_hold_cap(store: Arc<dyn Store>) {
+    let mut sales = Vec::new();
+    for _ in 0..8 {
+        sales.push(new_sale(&*store, 100, 5).await);
+    }
+    for round in 0..4_u32 {
+        // By account: one buyer, eight sales, eight batches at once, cap 3.
+        let buyer = user(100 + round);
+        let mut tasks = Vec::new();
+        for (i, sale) in sales.iter().enumerate() {
+            let store = Arc::clone(&store);
+            let mut batch = vec![capped(req(sale, &buyer, 1, T0), 3, 0, None)];
+            // Other buyers in the same batch, so batches take a while and overlap.
+            for k in 0..5_u32 {
+                batch.push(req(
+                    sale,
+                    &user(1_000 + round * 100 + i as u32 * 10 + k),
+                    1,
+                    T0,
+                ));
+            }
+            tasks.push(tokio::spawn(
+                async move { store.reserve(&batch).await.unwrap() },
+            ));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            let out = t.await.unwrap();
+            match &out[0] {
+                Ok(_) => ok += 1,
+                Err(r) => assert_eq!(*r, Refusal::HoldCapReached),
+            }
+        }
+        assert_eq!(ok, 3, "round {round}: open holds of one account");
+        // By device: eight accounts on one device, cap 2.
+        let device = format!("shared-{round}");
+        let mut tasks = Vec::new();
+        for (i, sale) in sales.iter().enumerate() {
+            let store = Arc::clone(&store);
+            let r = capped(
+                req(sale, &user(5_000 + round * 10 + i as u32), 1, T0),
+                0,
+                2,
+                Some(&device),
+            );
+            tasks.push(tokio::spawn(
+                async move { store.reserve(&[r]).await.unwrap() },
+            ));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap()[0].is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 2, "round {round}: open holds of one device");
+    }
+}
+
+/// Accounts and devices whose holds lapsed unpaid at least the given number of times are
+/// listed, most first; paid, released and live holds do not count.
+pub async fn lapsed_holds_list_accounts_and_devices(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let mut sales = Vec::new();
+    for _ in 0..3 {
+        sales.push(new_sale(&*f.store, 10, 5).await);
+    }
+    let (hoarder, once, payer) = (user(1), user(2), user(3));
+    for sale in &sales {
+        let r = capped(req(sale, &hoarder, 1, T0), 0, 0, Some("bot-1"));
+        assert!(f.store.reserve(&[r]).await.unwrap()[0].is_ok());
+    }
+    reserve_one(&*f.store, &sales[0], &once, 1, T0).await;
+    let released = reserve_one(&*f.store, &sales[1], &payer, 1, T0).await;
+    f.store
+        .release_hold(&payer, &released.id, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    // Not lapsed yet: nobody is listed.
+    let (accounts, devices) = f.store.lapsed_holders(2, 10).await.unwrap();
+    assert!(accounts.is_empty() && devices.is_empty());
+    let due = T0.plus_secs(i64::from(HOLD_SECS));
+    assert_eq!(f.store.expire_due_holds(due, 100).await.unwrap().len(), 4);
+    let (accounts, devices) = f.store.lapsed_holders(2, 10).await.unwrap();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(accounts[0].subject, hoarder.as_str());
+    assert_eq!(accounts[0].lapsed, 3);
+    assert_eq!(accounts[0].last_lapsed_at, due);
+    assert_eq!(accounts[0].accounts, vec![hoarder.clone()]);
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0].subject, "bot-1");
+    assert_eq!(devices[0].lapsed, 3);
+    assert_eq!(devices[0].accounts, vec![hoarder.clone()]);
+    // A threshold of 1 lists the one-off lapse too, after the hoarder.
+    let (accounts, _) = f.store.lapsed_holders(1, 10).await.unwrap();
+    let subjects: Vec<&str> = accounts.iter().map(|a| a.subject.as_str()).collect();
+    assert_eq!(subjects, vec![hoarder.as_str(), once.as_str()]);
 }
 
 // --- orders and payments -----------------------------------------------------------------

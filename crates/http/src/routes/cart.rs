@@ -43,7 +43,7 @@ impl FromRequestParts<AppState> for ReserveCaller {
     params(("X-Admission-Token" = Option<String>, Header, description = "required when the sale has queue_required"),
         ("X-Device-Id" = Option<String>, Header, description = "the device that joined the queue; required with X-Admission-Token")),
     responses((status = 201, body = HoldDto), (status = 404, body = Problem, description = "`not_found`: no such sale"),
-        (status = 409, body = Problem, description = "sold_out or sale_not_live"),
+        (status = 409, body = Problem, description = "sold_out, sale_not_live, or hold_cap_reached (too many unpaid holds open at once for this account or device, across all sales)"),
         (status = 422, body = Problem, description = "limit_exceeded or invalid_input"),
         (status = 403, body = Problem, description = "`not_admitted`: the sale is sold through its waiting room and needs X-Admission-Token (from GET …/queue/me once admitted) with the X-Device-Id it was joined with; the detail says which of token, account, device or expiry failed"), (status = 429, body = Problem)),
     security(("bearer" = [])))]

@@ -59,9 +59,84 @@ pub struct QueueDto {
     pub closed: bool,
     /// Admission is paused by the organiser: the place is kept, admission resumes in order.
     pub paused: bool,
+    /// The organiser's latest message to everyone waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<RoomMessageDto>,
+    /// With a join: a link (relative to the server) to a page that shows this place and
+    /// refreshes itself, without logging in or JavaScript, for a day. It shows the place; it
+    /// cannot buy. Keep it to yourself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place_url: Option<String>,
 }
 
-fn status_word(s: QueueStatus) -> &'static str {
+/// An operator's message to everyone waiting in a room.
+#[derive(Debug, Serialize, ToSchema, PartialEq, Clone)]
+pub struct RoomMessageDto {
+    pub text: String,
+    pub at: String,
+}
+
+impl From<stampede_app::room_ops::RoomMessage> for RoomMessageDto {
+    fn from(m: stampede_app::room_ops::RoomMessage) -> Self {
+        Self {
+            text: m.text,
+            at: rfc3339(m.at),
+        }
+    }
+}
+
+/// The queue's figures (see the README's definitions), as the node answering saw them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueFiguresDto {
+    /// Buyers who joined; `tracked` of them followed one by one.
+    pub joined: u64,
+    pub tracked: u64,
+    pub admitted: u64,
+    /// Time from join to admission.
+    pub time_in_queue_p50_secs: f64,
+    pub time_in_queue_p99_secs: f64,
+    /// Left before admission: did not look at their place for 2 minutes while waiting.
+    pub abandoned: u64,
+    pub abandonment_rate: f64,
+    /// Admitted, window over, nothing reserved.
+    pub no_shows: u64,
+    pub no_show_rate: f64,
+    /// |admitted − ETA told at join|, median and 90th percentile.
+    pub eta_error_p50_secs: f64,
+    pub eta_error_p90_secs: f64,
+    /// Mean of admitted − told (positive: later than told).
+    pub eta_bias_secs: f64,
+    /// Admissions in each of the last 10 minutes, oldest first.
+    pub admissions_per_minute: Vec<u64>,
+    pub max_admissions_in_a_minute: u64,
+    /// The room's admissions-per-minute limit (0: none).
+    pub admissions_per_minute_limit: u32,
+}
+
+impl From<stampede_core::queue_analytics::QueueFigures> for QueueFiguresDto {
+    fn from(f: stampede_core::queue_analytics::QueueFigures) -> Self {
+        Self {
+            joined: f.joined,
+            tracked: f.tracked,
+            admitted: f.admitted,
+            time_in_queue_p50_secs: f.time_in_queue_p50_secs,
+            time_in_queue_p99_secs: f.time_in_queue_p99_secs,
+            abandoned: f.abandoned,
+            abandonment_rate: f.abandonment_rate,
+            no_shows: f.no_shows,
+            no_show_rate: f.no_show_rate,
+            eta_error_p50_secs: f.eta_error_p50_secs,
+            eta_error_p90_secs: f.eta_error_p90_secs,
+            eta_bias_secs: f.eta_bias_secs,
+            admissions_per_minute: f.admissions_per_minute,
+            max_admissions_in_a_minute: f.max_admissions_in_a_minute,
+            admissions_per_minute_limit: f.admissions_per_minute_limit,
+        }
+    }
+}
+
+/// The contract's word for a queue status.
+pub fn status_word(s: QueueStatus) -> &'static str {
     match s {
         QueueStatus::Waiting => "waiting",
         QueueStatus::Admitted => "admitted",
@@ -73,9 +148,27 @@ fn status_word(s: QueueStatus) -> &'static str {
     }
 }
 
+impl QueueDto {
+    /// The DTO of `v` for `sale_id` (whose place link, if the view carries its key, it names).
+    pub fn of(sale_id: &str, v: QueueView) -> Self {
+        // A sale id that reached here parsed as a ULID, and the key is a compact JWT
+        // (base64url and dots): both are URL-safe as they are.
+        let place_url = v
+            .place_ticket
+            .as_ref()
+            .map(|t| format!("/sales/{sale_id}/queue/place?ticket={t}"));
+        Self {
+            place_url,
+            ..Self::from(v)
+        }
+    }
+}
+
 impl From<QueueView> for QueueDto {
     fn from(v: QueueView) -> Self {
         Self {
+            message: v.message.map(RoomMessageDto::from),
+            place_url: None,
             position: v.position,
             eta_seconds: v.eta_seconds,
             status: status_word(v.status).to_owned(),
@@ -109,7 +202,7 @@ pub async fn join(
         .app
         .join_queue(&who, &sale_id, &body.device_id, pow.as_ref())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(view.into())))
+    Ok((StatusCode::ACCEPTED, Json(QueueDto::of(&sale_id, view))))
 }
 
 /// The caller's place, ETA and (once admitted) admission token.
@@ -298,6 +391,11 @@ pub struct RoomReportDto {
     pub rules: RoomRulesDto,
     /// Admission is paused by the organiser.
     pub admission_paused: bool,
+    /// Time in queue, abandonment, no-shows, ETA error, admissions per minute against the
+    /// limit.
+    pub analytics: QueueFiguresDto,
+    /// The organiser's latest message to everyone waiting.
+    pub message: Option<RoomMessageDto>,
 }
 
 impl From<RoomReport> for RoomReportDto {
@@ -319,6 +417,8 @@ impl From<RoomReport> for RoomReportDto {
             fifo_inversions: r.fifo_inversions,
             top_1pct_device_share: r.top_1pct_device_share,
             admission_paused: r.rules.admission_paused,
+            analytics: r.analytics.into(),
+            message: r.message.map(RoomMessageDto::from),
             rules: r.rules.into(),
         }
     }
@@ -583,4 +683,29 @@ pub async fn queue_everyone(
     ApiJson(b): ApiJson<RoomControlBody>,
 ) -> Result<Json<RoomReportDto>, ApiError> {
     control(&s, &who, &sale_id, RoomControl::QueueEveryone, &b.reason).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    /// 1–280 characters of plain text, shown to everyone waiting.
+    pub message: String,
+}
+
+/// Sends a short message to everyone waiting in the sale's room: shown on `…/queue/me`, its
+/// live stream and the queue pages from now on (the latest replaces the one before). Audited
+/// as `room.broadcast`.
+#[utoipa::path(operation_id = "broadcast_to_queue", post, path = "/api/v1/admin/sales/{sale_id}/queue/broadcast", tag = "admin",
+    params(("sale_id" = String, Path)), request_body = BroadcastBody,
+    responses((status = 200, body = RoomMessageDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the sale has no waiting room"), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn broadcast(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    Path(sale_id): Path<String>,
+    ApiJson(b): ApiJson<BroadcastBody>,
+) -> Result<Json<RoomMessageDto>, ApiError> {
+    let message = s.app.broadcast_to_room(&who, &sale_id, &b.message).await?;
+    Ok(Json(message.into()))
 }

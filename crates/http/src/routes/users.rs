@@ -155,3 +155,109 @@ pub async fn set_status(
         .await?;
     Ok(Json(AccountDto::from(&account)))
 }
+
+/// An account or device whose holds lapsed unpaid again and again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoarderDto {
+    /// The user id (for an account) or the device id.
+    pub subject: String,
+    /// Holds that lapsed unpaid.
+    pub lapsed: u64,
+    pub last_lapsed_at: String,
+    /// The accounts behind it (for an account: itself).
+    pub accounts: Vec<AccountDto>,
+}
+
+impl From<&stampede_app::accounts::Hoarder> for HoarderDto {
+    fn from(h: &stampede_app::accounts::Hoarder) -> Self {
+        Self {
+            subject: h.subject.clone(),
+            lapsed: h.lapsed,
+            last_lapsed_at: rfc3339(h.last_lapsed_at),
+            accounts: h.accounts.iter().map(AccountDto::from).collect(),
+        }
+    }
+}
+
+/// Suspected hoarders (OWASP OAT-021, denial of inventory), most lapses first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoardersDto {
+    /// The threshold applied: at least this many holds lapsed unpaid.
+    pub min_lapsed: u32,
+    pub accounts: Vec<HoarderDto>,
+    pub devices: Vec<HoarderDto>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HoardersQuery {
+    /// Lapsed holds that make a suspect, at least 1 (default 3).
+    pub min_lapsed: Option<u32>,
+    /// Most accounts and most devices listed, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+}
+
+/// Accounts and devices whose holds repeatedly lapsed unpaid: the hoarders' list.
+#[utoipa::path(operation_id = "list_hoarders", get, path = "/api/v1/admin/hoarders", tag = "admin", params(HoardersQuery),
+    responses((status = 200, body = HoardersDto), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn hoarders(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    ApiQuery(q): ApiQuery<HoardersQuery>,
+) -> Result<Json<HoardersDto>, ApiError> {
+    let limit = crate::dto::page_limit(q.limit, 50, stampede_app::accounts::MAX_HOARDERS)?;
+    let found = s.app.hoarders(&who, q.min_lapsed, limit).await?;
+    Ok(Json(HoardersDto {
+        min_lapsed: found.min_lapsed,
+        accounts: found.accounts.iter().map(HoarderDto::from).collect(),
+        devices: found.devices.iter().map(HoarderDto::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BanHoarderBody {
+    /// The account to ban (give this or `device_id`).
+    pub user_id: Option<String>,
+    /// Ban every account whose holds lapsed on this device.
+    pub device_id: Option<String>,
+    /// Why (kept with each account and in the audit log).
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BannedDto {
+    pub banned: Vec<AccountDto>,
+}
+
+/// The one-click ban of a hoarder: bans the account, or every account behind the device; their
+/// sessions end and their live holds are released at once (stock back).
+#[utoipa::path(operation_id = "ban_hoarder", post, path = "/api/v1/admin/hoarders/ban", tag = "admin",
+    request_body = BanHoarderBody,
+    responses((status = 200, body = BannedDto), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "an admin account"), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn ban_hoarder(
+    State(s): State<AppState>,
+    Admin(who): Admin,
+    ApiJson(b): ApiJson<BanHoarderBody>,
+) -> Result<Json<BannedDto>, ApiError> {
+    use stampede_app::accounts::HoarderTarget;
+    let target = match (b.user_id, b.device_id) {
+        (Some(user), None) => HoarderTarget::Account(user),
+        (None, Some(device)) if !device.is_empty() && device.chars().count() <= 128 => {
+            HoarderTarget::Device(device)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of user_id or device_id (at most 128 characters)",
+            ))
+        }
+    };
+    let banned = s.app.ban_hoarder(&who, target, &b.reason).await?;
+    Ok(Json(BannedDto {
+        banned: banned.iter().map(AccountDto::from).collect(),
+    }))
+}

@@ -328,6 +328,41 @@ try {
     await buyer.locator("#buy-button").click();
     await waitText(buyer, "#outcome", /Reserved 1 ×/, "the admitted buyer reserves");
   });
+
+  await scenario("without JavaScript, the place page shows the place, announces it, and moves to the sale once admitted", async () => {
+    const poster = await createSale(admin, {
+      name: "Numbered poster", description: "Sold through the waiting room.", original_price: "40.00", sale_price: "20.00",
+      total_stock: 3, per_user_limit: 1, queue_required: true,
+    });
+    // Paused, so the buyer waits in line while the page is looked at.
+    expectStatus(await call("POST", `/api/v1/admin/sales/${poster.sale_id}/queue/pause`, admin, { reason: "lining up" }), 200, "pause admission");
+    const t = await newBuyer("nojs");
+    const joined = expectStatus(await call("POST", `/api/v1/sales/${poster.sale_id}/queue`, t, { device_id: "nojs-phone" }), 202, "join");
+    if (!joined.place_url) throw new Error("the join gave no place link: " + JSON.stringify(joined));
+    const noJsCtx = await browser.newContext({ viewport: PHONE, javaScriptEnabled: false });
+    const page = await noJsCtx.newPage();
+    await page.goto(BASE + joined.place_url);
+    const status = page.getByRole("status");
+    await status.getByText(/You are number 1 in line/).waitFor({ timeout: T });
+    if ((await status.getAttribute("aria-live")) !== "polite") throw new Error("the place is not in a polite live region");
+    await page.getByText(/paused by the organiser/).first().waitFor({ timeout: T });
+    await shot(page, "waiting-room-no-js.png");
+    expectStatus(await call("POST", `/api/v1/admin/sales/${poster.sale_id}/queue/resume`, admin, { reason: "open" }), 200, "resume admission");
+    // The page refreshes itself (no script) and lands on the sale once the buyer is admitted.
+    await page.waitForURL(`${BASE}/sales/${poster.sale_id}`, { timeout: 2 * T });
+    await page.getByRole("heading", { name: /Numbered poster/ }).first().waitFor({ timeout: T });
+    await noJsCtx.close();
+  });
+
+  await scenario("the dashboard shows a waiting room's figures, sends a broadcast, and lists suspected hoarders", async () => {
+    await dash.goto(`${BASE}/admin?sale=${print.sale_id}`);
+    await waitText(dash, "#room-figures", /Time in queue p50/, "the room's figures");
+    await waitText(dash, "#room-figures", /No-shows/, "the no-shows");
+    await dash.locator("#broadcast-text").fill("Thank you for waiting: more prints at 18:00.");
+    await dash.getByRole("button", { name: "Send" }).click();
+    await waitText(dash, "#broadcast-outcome", /Sent to everyone waiting/, "the broadcast is sent");
+    await waitText(dash, "#hoarders", /Nobody so far|account|device/, "the hoarders' list");
+  });
 } catch (e) {
   console.error(`FAIL ${current}: ${e.message}`);
   failed = true;

@@ -345,6 +345,18 @@
         lottery_won: "you won the draw", lottery_lost: "not drawn this time", sold_out: "sold out" };
       $("#queue-status").textContent = q.paused && q.status === "waiting"
         ? "paused by the organiser: you keep your place" : (words[q.status] || q.status);
+      if (q.place_url) {
+        $("#place-url").href = q.place_url;
+        $("#place-link").hidden = false;
+      }
+      let note = $("#organiser-message");
+      if (q.message && q.message.text) {
+        if (!note) {
+          note = el("p", { id: "organiser-message", class: "notice", role: "status" });
+          card.insertBefore(note, outcome);
+        }
+        note.replaceChildren(el("strong", { text: "From the organiser: " }), document.createTextNode(q.message.text));
+      }
       if ((q.status === "admitted" || q.status === "lottery_won") && q.admission_token) {
         session.setItem("stampede.admission." + id, JSON.stringify({ token: q.admission_token, device: deviceId(), until: q.admitted_until }));
         const link = el("a", { href: "/sales/" + encodeURIComponent(id), id: "to-sale", text: "Buy now" });
@@ -688,6 +700,7 @@
       const want = pick || new URLSearchParams(location.search).get("sale") || (sales.find((s) => s.status === "live") || sales[0] || {}).sale_id;
       if (want) select.value = want;
       watch();
+      roomFigures();
     }
 
     function watch() {
@@ -739,7 +752,70 @@
       legend("legend-refusals", [["accepted reserves", COLORS.available, f.reserve.accepted]]);
     }
 
-    select.addEventListener("change", watch);
+    // The waiting room's figures and the broadcast, for a sale sold through one.
+    const roomPanel = $("#room-panel");
+    async function roomFigures() {
+      const id = select.value;
+      if (!id) { roomPanel.hidden = true; return; }
+      const r = await api("GET", "/api/v1/admin/sales/" + encodeURIComponent(id) + "/queue");
+      if (r.status !== 200 || select.value !== id) { roomPanel.hidden = true; return; }
+      roomPanel.hidden = false;
+      const a = r.json.analytics;
+      const pct = (x) => Math.round(x * 100) + "%";
+      const rows = [
+        ["Joined / admitted", a.joined + " / " + a.admitted],
+        ["Time in queue p50 / p99", a.time_in_queue_p50_secs.toFixed(0) + " s / " + a.time_in_queue_p99_secs.toFixed(0) + " s"],
+        ["Abandoned (left before their turn)", a.abandoned + " (" + pct(a.abandonment_rate) + ")"],
+        ["No-shows (admitted, bought nothing)", a.no_shows + " (" + pct(a.no_show_rate) + ")"],
+        ["ETA error p50 / p90", a.eta_error_p50_secs.toFixed(0) + " s / " + a.eta_error_p90_secs.toFixed(0) + " s (bias " + a.eta_bias_secs.toFixed(0) + " s)"],
+        ["Admissions, busiest minute", a.max_admissions_in_a_minute + (a.admissions_per_minute_limit ? " (limit " + a.admissions_per_minute_limit + "/min)" : " (no limit)")],
+      ];
+      $("#room-figures").replaceChildren(...rows.map(([k, v]) => el("div", {}, [el("dt", { text: k }), el("dd", { text: v })])));
+      $("#room-per-minute").textContent = "Admitted per minute, last 10 minutes: " + a.admissions_per_minute.join(" · ");
+    }
+    $("#broadcast").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const id = select.value;
+      const out = $("#broadcast-outcome");
+      const r = await api("POST", "/api/v1/admin/sales/" + encodeURIComponent(id) + "/queue/broadcast", { message: $("#broadcast-text").value });
+      if (r.status === 200) say(out, "ok", ["Sent to everyone waiting: " + r.json.text]);
+      else say(out, "bad", [problemText(r)]);
+    });
+    setInterval(roomFigures, 5000);
+
+    // Suspected hoarders, with a one-click ban.
+    async function hoarders() {
+      const out = $("#hoarders-outcome");
+      const r = await api("GET", "/api/v1/admin/hoarders");
+      if (r.status !== 200) { say(out, "bad", [problemText(r)]); return; }
+      const ban = (body, what) => el("button", { type: "button", class: "danger", text: "Ban", on: { click: async () => {
+        body.reason = "holds lapsed unpaid again and again (" + what + ")";
+        const b = await api("POST", "/api/v1/admin/hoarders/ban", body);
+        if (b.status === 200) { say(out, "ok", ["Banned " + b.json.banned.map((a) => a.email).join(", ") + "; their holds are back in stock."]); hoarders(); }
+        else say(out, "bad", [problemText(b)]);
+      } } });
+      const rows = [];
+      (r.json.accounts || []).forEach((h) => {
+        const a = h.accounts[0] || { email: h.subject, status: "?" };
+        rows.push(el("tr", {}, [el("td", { text: "account" }), el("td", { text: a.email }), el("td", { text: String(h.lapsed) }),
+          el("td", { text: new Date(h.last_lapsed_at).toLocaleString() }), el("td", { text: a.status }),
+          el("td", {}, a.status === "banned" ? [] : [ban({ user_id: h.subject }, a.email)])]));
+      });
+      (r.json.devices || []).forEach((h) => {
+        const active = h.accounts.filter((a) => a.status !== "banned");
+        rows.push(el("tr", {}, [el("td", { text: "device" }), el("td", { text: h.subject + " (" + h.accounts.map((a) => a.email).join(", ") + ")" }),
+          el("td", { text: String(h.lapsed) }), el("td", { text: new Date(h.last_lapsed_at).toLocaleString() }),
+          el("td", { text: active.length ? active.length + " active" : "banned" }),
+          el("td", {}, active.length ? [ban({ device_id: h.subject }, "device " + h.subject)] : [])]));
+      });
+      if (!rows.length) { $("#hoarders").replaceChildren(el("p", { text: "Nobody so far." })); return; }
+      const head = el("tr", {}, ["Kind", "Who", "Lapsed", "Last lapsed", "Status", ""].map((t) => el("th", { scope: "col", text: t })));
+      $("#hoarders").replaceChildren(el("table", { id: "hoarders-table" }, [el("thead", {}, [head]), el("tbody", {}, rows)]));
+    }
+    $("#hoarders-refresh").addEventListener("click", hoarders);
+    hoarders();
+
+    select.addEventListener("change", () => { watch(); roomFigures(); });
     ["pause", "resume", "stop"].forEach((action) => {
       $("#" + action).addEventListener("click", async () => {
         const id = select.value;

@@ -52,6 +52,18 @@ connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 /// A whole page: the layout around `main`. `page` names the script's entry point.
 fn page(s: &AppState, status: StatusCode, title: &str, page: &str, main: &str) -> Response {
+    page_with_head(s, status, title, page, "", main)
+}
+
+/// [`page`] with `head` (trusted markup of our own) added to the document's head.
+fn page_with_head(
+    s: &AppState,
+    status: StatusCode,
+    title: &str,
+    page: &str,
+    head: &str,
+    main: &str,
+) -> Response {
     let now = rfc3339(s.app.clock.now());
     let html = format!(
         r##"<!doctype html>
@@ -62,7 +74,7 @@ fn page(s: &AppState, status: StatusCode, title: &str, page: &str, main: &str) -
 <title>{title} · Stampede</title>
 <link rel="stylesheet" href="/assets/{css}">
 <script src="/assets/{js}" defer></script>
-</head>
+{head}</head>
 <body data-page="{page}" data-server-time="{now}">
 <a class="skip" href="#main">Skip to content</a>
 <header class="top">
@@ -280,7 +292,14 @@ pub async fn sale(State(s): State<AppState>, Path(id): Path<String>) -> Response
 }
 
 /// A sale's waiting room: join, live place and ETA, and the hand-over once admitted.
-pub async fn queue(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn queue(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if is_crawler(&headers) {
+        return crawler_answer();
+    }
     let now = s.app.clock.now();
     let sale = match s.app.sale(&id).await {
         Ok(sale) => sale,
@@ -300,6 +319,8 @@ pub async fn queue(State(s): State<AppState>, Path(id): Path<String>) -> Respons
 <div><dt>Status</dt><dd id="queue-status">–</dd></div>
 </dl>
 <div id="room-outcome" class="outcome" role="status" aria-live="polite"></div>
+<p class="hint" id="place-link" hidden>To follow your place without this page's script (or on another screen), keep <a id="place-url" href=".">this link</a>: it refreshes by itself and takes you to the sale when it is your turn. It shows your place; it cannot buy.</p>
+<noscript><p>This page needs JavaScript to join the line. If you joined elsewhere (the shop's app, its e-mail), open the place link you were given: it works without JavaScript.</p></noscript>
 </article>"#,
         attrs = sale_attrs(&sale, now),
         name = escape(&sale.name),
@@ -307,6 +328,195 @@ pub async fn queue(State(s): State<AppState>, Path(id): Path<String>) -> Respons
         status = status_html(sale.status_at(now)),
     );
     page(&s, StatusCode::OK, "Waiting room", "queue", &main)
+}
+
+/// Words in the user agents of crawlers, link previewers and monitors: a waiting room is no
+/// place for them (each would hold a place or cost a render a second).
+const CRAWLER_WORDS: [&str; 8] = [
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "facebookexternalhit",
+    "preview",
+    "archiver",
+    "mediapartners",
+];
+
+/// Whether the request comes from a crawler (by its user agent; a headless browser driven for
+/// a real buyer is not one).
+fn is_crawler(headers: &axum::http::HeaderMap) -> bool {
+    let Some(agent) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let agent = agent.to_ascii_lowercase();
+    CRAWLER_WORDS.iter().any(|w| agent.contains(w))
+}
+
+/// What a crawler gets from the queue pages: 503 with `Retry-After`, so it comes back later
+/// (and search engines keep the page as it was) instead of indexing a line or holding a place.
+fn crawler_answer() -> Response {
+    let mut res = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The waiting room is for buyers; crawlers please come back later.\n",
+    )
+        .into_response();
+    let h = res.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// The place link's query.
+#[derive(Debug, serde::Deserialize)]
+pub struct PlaceQuery {
+    pub ticket: Option<String>,
+}
+
+/// Seconds until the place page looks again: often near the front, rarely far back.
+fn place_refresh_secs(position: u64, eta_seconds: u64) -> u64 {
+    if position <= 50 {
+        3
+    } else {
+        (eta_seconds / 10).clamp(5, 30)
+    }
+}
+
+/// The buyer's place, rendered on the server: works without JavaScript. It refreshes itself
+/// (`Refresh` header and `<meta http-equiv="refresh">`) and, once the buyer is admitted,
+/// sends them to the sale page (`303 See Other`). Changes are announced to screen readers by
+/// an ARIA live region. The key in the link shows this place only; it cannot buy.
+pub async fn queue_place(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PlaceQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if is_crawler(&headers) {
+        return crawler_answer();
+    }
+    let ticket = q.ticket.unwrap_or_default();
+    let (sale, view) = match s.app.queue_status_by_place_ticket(&id, &ticket).await {
+        Ok(found) => found,
+        Err(stampede_app::AppError::NotFound) => {
+            return page(
+                &s,
+                StatusCode::NOT_FOUND,
+                "Place not found",
+                "none",
+                r#"<h1>This place link does not work</h1><p>It has expired, or it is not a link we gave. Join the line again from the sale's waiting room.</p>"#,
+            )
+        }
+        Err(_) => return unavailable(&s),
+    };
+    use stampede_app::waiting_room::QueueStatus as Q;
+    let sale_url = format!("/sales/{}", sale.id.as_str());
+    if matches!(view.status, Q::Admitted | Q::LotteryWon) {
+        let mut res = StatusCode::SEE_OTHER.into_response();
+        if let Ok(to) = HeaderValue::from_str(&sale_url) {
+            res.headers_mut().insert(header::LOCATION, to);
+        }
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return res;
+    }
+    let (now_text, keep_looking) = match view.status {
+        Q::Waiting if view.paused => (
+            format!(
+                "You are number {} in line. Admission is paused by the organiser; your place is kept.",
+                view.position
+            ),
+            true,
+        ),
+        Q::Waiting if view.pre_queue => (
+            format!(
+                "You are number {} in line for now: at the start, places before it are drawn at random.",
+                view.position
+            ),
+            true,
+        ),
+        Q::Waiting => (
+            format!(
+                "You are number {} in line. Estimated wait: about {}.",
+                view.position,
+                human_secs(view.eta_seconds.max(1))
+            ),
+            true,
+        ),
+        Q::SoldOut if !view.closed => (
+            "Sold out for now. You keep your place: if units come back, the next in line get them.".to_owned(),
+            true,
+        ),
+        Q::SoldOut => ("Sold out. The waiting room is closed.".to_owned(), false),
+        Q::Used => (
+            "You have used your turn. See your cart or orders.".to_owned(),
+            false,
+        ),
+        Q::Expired => (
+            "Your turn lapsed unused. Join the line again from the waiting room.".to_owned(),
+            false,
+        ),
+        Q::LotteryLost => ("You were not drawn this time.".to_owned(), false),
+        Q::Admitted | Q::LotteryWon => ("It is your turn.".to_owned(), false),
+    };
+    let message = view
+        .message
+        .as_ref()
+        .map(|m| {
+            format!(
+                r#"<p class="notice" id="organiser-message"><strong>From the organiser:</strong> {}</p>"#,
+                escape(&m.text)
+            )
+        })
+        .unwrap_or_default();
+    let refresh = place_refresh_secs(view.position, view.eta_seconds);
+    let head = if keep_looking {
+        format!(r#"<meta http-equiv="refresh" content="{refresh}">"#)
+    } else {
+        String::new()
+    };
+    let main = format!(
+        r#"<article class="card room">
+<h1>Waiting room: {name}</h1>
+<div id="place-status" role="status" aria-live="polite" aria-atomic="true">
+<p class="lede" id="place-now">{now_text}</p>
+{message}</div>
+<dl class="figures">
+<div><dt>Your place</dt><dd id="position">{position}</dd></div>
+<div><dt>Status</dt><dd id="queue-status">{status}</dd></div>
+</dl>
+<p>{looking} <a href="{sale_url}">The sale</a>.</p>
+</article>"#,
+        name = escape(&sale.name),
+        position = view.position,
+        status = crate::routes::queue::status_word(view.status),
+        looking = if keep_looking {
+            format!("This page looks again every {refresh} seconds and takes you to the sale when it is your turn; you may also leave it and come back.")
+        } else {
+            String::new()
+        },
+    );
+    let mut res = page_with_head(&s, StatusCode::OK, "Your place", "place", &head, &main);
+    let h = res.headers_mut();
+    if keep_looking {
+        if let Ok(v) = HeaderValue::from_str(&refresh.to_string()) {
+            h.insert(header::REFRESH, v);
+        }
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The key is in the URL: never send it on to another site.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
 }
 
 /// The cart: holds with their countdowns, release, and checkout with the sandbox tokens.
@@ -391,6 +601,24 @@ pub async fn admin(State(s): State<AppState>) -> Response {
 <figure class="chart"><figcaption>Reserve latency p50 / p99 (ms, last 10 s, this node)</figcaption><svg id="chart-latency" viewBox="0 0 300 120" role="img" aria-label="reserve latency"></svg><p class="legend" id="legend-latency"></p></figure>
 <figure class="chart"><figcaption>Refusals by reason (since start, this node)</figcaption><svg id="chart-refusals" viewBox="0 0 300 120" role="img" aria-label="refusals by reason"></svg><p class="legend" id="legend-refusals"></p></figure>
 </div>
+<div id="room-panel" hidden>
+<h3>Waiting room figures <span class="meta">(this node)</span></h3>
+<dl class="figures" id="room-figures"></dl>
+<p class="legend" id="room-per-minute"></p>
+<form id="broadcast" novalidate>
+<label for="broadcast-text">Message to everyone waiting</label>
+<input id="broadcast-text" name="message" maxlength="280" placeholder="Checkout is back in five minutes: you keep your place." required>
+<button type="submit">Send</button>
+</form>
+<div id="broadcast-outcome" class="outcome" role="status" aria-live="polite"></div>
+</div>
+</section>
+<section class="card" aria-labelledby="hoarders-title">
+<h2 id="hoarders-title">Suspected hoarders</h2>
+<p class="hint">Accounts and devices whose holds lapsed unpaid at least 3 times (denial of inventory). A ban ends their sessions and gives their live holds' stock back at once.</p>
+<button type="button" id="hoarders-refresh">Refresh</button>
+<div id="hoarders-outcome" class="outcome" role="status" aria-live="polite"></div>
+<div id="hoarders"></div>
 </section>
 <section class="card" aria-labelledby="create-title">
 <h2 id="create-title">Create and schedule a sale</h2>
