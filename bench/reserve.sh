@@ -12,7 +12,7 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 cargo build --release -p stampede --quiet
 work=$(mktemp -d); trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 STAMPEDE_ADMIN_EMAIL=bench@example.com STAMPEDE_ADMIN_PASSWORD=bench-password \
-STAMPEDE_RATE_LIMIT_PER_SEC=1000000 STAMPEDE_ARGON2_MEMORY_KIB=256 STAMPEDE_ARGON2_ITERATIONS=1 \
+STAMPEDE_RATE_LIMIT_PER_SEC=1000000 STAMPEDE_MAX_OPEN_HOLDS_PER_ACCOUNT=0 STAMPEDE_MAX_OPEN_HOLDS_PER_DEVICE=0 STAMPEDE_ARGON2_MEMORY_KIB=256 STAMPEDE_ARGON2_ITERATIONS=1 \
 STAMPEDE_LOG=warn taskset -c 0 target/release/stampede serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
