@@ -16,9 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Script;
 
-use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
+use stampede_app::ports::{PortError, PortResult, RoomRules, RoomSnapshot, WaitingRoom};
 use stampede_core::draw::DrawPurpose;
-use stampede_core::waiting_line::{ClaimRefusal, EntryState, EntryView, JoinRefusal, LineStats};
+use stampede_core::waiting_line::{
+    Admitted, ClaimRefusal, EntryState, EntryView, JoinRefusal, LineStats,
+};
 use stampede_core::{SaleId, UserId};
 
 use crate::RedisGateConfig;
@@ -137,7 +139,7 @@ for i = 1, #stale do
 end
 if redis.call('HGET', KEYS[7], 'drawn') ~= '1' or redis.call('HGET', KEYS[7], 'closed') == '1'
   or redis.call('HGET', KEYS[7], 'paused') == '1' then
-  return 0
+  return {}
 end
 local free = avail - redis.call('ZCARD', KEYS[8]) * per
 if free < 0 then free = 0 end
@@ -155,8 +157,9 @@ if max_active > 0 then
   local left = max_active - redis.call('ZCARD', KEYS[8]) - redis.call('ZCARD', KEYS[16])
   if room > left then room = left end
 end
-if room <= 0 then return 0 end
+if room <= 0 then return {} end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
+local out = {}
 for i = 1, #next, 2 do
   local u, r = next[i], next[i + 1]
   redis.call('ZREM', KEYS[5], u)
@@ -167,9 +170,13 @@ for i = 1, #next, 2 do
   redis.call('RPUSH', KEYS[10], r)
   redis.call('HINCRBY', KEYS[7], 'admitted', 1)
   redis.call('ZADD', KEYS[15], now, r)
+  out[#out + 1] = u
+  out[#out + 1] = r
+  out[#out + 1] = redis.call('HGET', KEYS[2], u) or ''
+  out[#out + 1] = tostring(now + ttl)
 end
 redis.call('PEXPIRE', KEYS[15], 60000)
-return #next / 2
+return out
 "#;
 
 /// ARGV: user, device, ticket, quantity, device limit, now ms. Returns a word.
@@ -253,11 +260,23 @@ local created = redis.call('HSETNX', KEYS[7], ARGV[1], ARGV[2])
 return { redis.call('HGET', KEYS[7], ARGV[1]), created }
 "#;
 
+/// Put in front of the scripts of a durable room ([`RedisRoom::durable`]): a sale whose line
+/// Redis lost (flushed, restarted empty) answers `unloaded` instead of starting a new line.
+const GUARD: &str = "if redis.call('HGET', KEYS[7], 'ready') ~= '1' then return 'unloaded' end\n";
+
+/// Entries written per pipeline when a line is restored.
+const RESTORE_CHUNK: usize = 10_000;
+
+/// How long a restore may hold its lock before another node may take over.
+const RESTORE_LEASE_MS: u64 = 120_000;
+
 /// A [`WaitingRoom`] in Redis, shared by every node of a deployment.
 pub struct RedisRoom {
     conn: crate::Conn,
     namespace: String,
     timeout: Duration,
+    /// Restores lines from a log: a sale's keys are used only once marked `ready`.
+    guarded: bool,
     join: Script,
     view: Script,
     place: Script,
@@ -330,22 +349,38 @@ impl RedisRoom {
     /// Connects (within the configured deadline); same settings as the gate.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisRoom> {
         let conn = crate::connect(&config).await?;
-        let with_view = |body: &str| Script::new(&format!("{VIEW_FN}\n{body}"));
-        let with_place = |body: &str| Script::new(&format!("{PLACE}\n{body}"));
-        Ok(RedisRoom {
+        Ok(Self::build(conn, config.namespace, config.timeout, false))
+    }
+
+    fn build(conn: crate::Conn, namespace: String, timeout: Duration, guarded: bool) -> Self {
+        let guard = if guarded { GUARD } else { "" };
+        let plain = |body: &str| Script::new(&format!("{guard}{body}"));
+        let with_view = |body: &str| Script::new(&format!("{guard}{VIEW_FN}\n{body}"));
+        let with_place = |body: &str| Script::new(&format!("{guard}{PLACE}\n{body}"));
+        RedisRoom {
             conn,
-            namespace: config.namespace,
-            timeout: config.timeout,
+            namespace,
+            timeout,
+            guarded,
             join: with_view(JOIN),
             view: with_view(VIEW),
             place: with_place(PLACE_CALL),
-            admit: Script::new(ADMIT),
-            claim: Script::new(CLAIM),
-            settle: Script::new(SETTLE),
+            admit: plain(ADMIT),
+            claim: plain(CLAIM),
+            settle: plain(SETTLE),
             lottery: with_place(LOTTERY),
             stats: Script::new(STATS),
-            setnx_meta: Script::new(SETNX_META),
-        })
+            setnx_meta: plain(SETNX_META),
+        }
+    }
+
+    /// The room for a durable deployment (behind
+    /// [`stampede_app::durable_room::DurableRoom`]): a sale's line is used only once it was
+    /// restored from the log (or found empty there), and a line Redis loses answers
+    /// [`PortError::RoomNotLoaded`] until it is restored again, instead of starting over with
+    /// everyone's place gone.
+    pub fn durable(self) -> Self {
+        Self::build(self.conn, self.namespace, self.timeout, true)
     }
 
     /// The sale's room keys in the order the scripts expect, then the gate's `avail` (same
@@ -373,7 +408,12 @@ impl RedisRoom {
         sale: &SaleId,
         args: &[String],
     ) -> PortResult<T> {
-        crate::invoke(&self.conn, self.timeout, script, &self.keys(sale), args).await
+        let value: redis::Value =
+            crate::invoke(&self.conn, self.timeout, script, &self.keys(sale), args).await?;
+        if self.guarded && matches!(&value, redis::Value::BulkString(b) if b == b"unloaded") {
+            return Err(PortError::RoomNotLoaded);
+        }
+        redis::from_redis_value(value).map_err(|e| PortError::Internal(format!("room reply: {e}")))
     }
 
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
@@ -386,6 +426,222 @@ impl RedisRoom {
 
     fn key(&self, sale: &SaleId, which: usize) -> String {
         self.keys(sale).swap_remove(which)
+    }
+
+    /// Replaces the sale's room keys with `snapshot`, in pipelines of [`RESTORE_CHUNK`]
+    /// entries, and marks the line `ready` last (until then a guarded script answers
+    /// `unloaded`, so nobody uses a half-written line).
+    async fn write_snapshot(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<()> {
+        let keys = self.keys(sale);
+        let k = |i: usize| keys[i].as_str();
+        let mut wipe = redis::cmd("DEL");
+        for (i, key) in keys.iter().enumerate() {
+            // 13 is the gate's stock: not the room's to drop.
+            if i != 13 {
+                wipe.arg(key);
+            }
+        }
+        let _: i64 = self.cmd(&wipe).await?;
+        let mut devices: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut pre_seq = 0u64;
+        let mut next_rank = 0u64;
+        let (mut admitted, mut used, mut expired, mut lost) = (0u64, 0u64, 0u64, 0u64);
+        let mut admission_ranks: Vec<u64> = Vec::new();
+        for chunk in snapshot.entries.chunks(RESTORE_CHUNK) {
+            let mut pipe = redis::pipe();
+            let (mut state, mut dev, mut rank) =
+                (redis::cmd("HSET"), redis::cmd("HSET"), redis::cmd("HSET"));
+            let (mut line, mut pre, mut until, mut adm, mut won) = (
+                redis::cmd("ZADD"),
+                redis::cmd("ZADD"),
+                redis::cmd("HSET"),
+                redis::cmd("ZADD"),
+                redis::cmd("SADD"),
+            );
+            state.arg(k(0));
+            dev.arg(k(1));
+            rank.arg(k(2));
+            line.arg(k(4));
+            pre.arg(k(5));
+            until.arg(k(3));
+            adm.arg(k(7));
+            won.arg(k(10));
+            let (mut n_rank, mut n_line, mut n_pre, mut n_until, mut n_won) = (0, 0, 0, 0, 0);
+            for e in chunk {
+                let word = match e.state {
+                    EntryState::Waiting => "waiting",
+                    EntryState::Admitted | EntryState::Claimed => "admitted",
+                    EntryState::Used => "used",
+                    EntryState::Expired => "expired",
+                    EntryState::LotteryLost => "lost",
+                };
+                state.arg(&e.user_id).arg(word);
+                dev.arg(&e.user_id).arg(&e.device_id);
+                let tally = devices.entry(e.device_id.as_str()).or_default();
+                tally.0 += 1;
+                tally.1 += e.units;
+                match (snapshot.drawn, e.rank) {
+                    (true, Some(r)) => {
+                        rank.arg(&e.user_id).arg(r);
+                        n_rank += 1;
+                        next_rank = next_rank.max(r + 1);
+                        if e.state == EntryState::Waiting {
+                            line.arg(r).arg(&e.user_id);
+                            n_line += 1;
+                        }
+                        if matches!(
+                            e.state,
+                            EntryState::Admitted
+                                | EntryState::Claimed
+                                | EntryState::Used
+                                | EntryState::Expired
+                        ) {
+                            admission_ranks.push(r);
+                        }
+                    }
+                    _ => {
+                        if e.state == EntryState::Waiting {
+                            pre_seq += 1;
+                            pre.arg(e.pre_seq.unwrap_or(pre_seq)).arg(&e.user_id);
+                            n_pre += 1;
+                        }
+                    }
+                }
+                match e.state {
+                    EntryState::Admitted | EntryState::Claimed => {
+                        admitted += 1;
+                        until.arg(&e.user_id).arg(e.until_ms);
+                        adm.arg(e.until_ms).arg(&e.user_id);
+                        n_until += 1;
+                        if e.lottery_won {
+                            won.arg(&e.user_id);
+                            n_won += 1;
+                        }
+                    }
+                    EntryState::Used => {
+                        admitted += 1;
+                        used += 1;
+                    }
+                    EntryState::Expired => {
+                        admitted += 1;
+                        expired += 1;
+                    }
+                    EntryState::LotteryLost => lost += 1,
+                    EntryState::Waiting => {}
+                }
+            }
+            pipe.add_command(state).ignore();
+            pipe.add_command(dev).ignore();
+            if n_rank > 0 {
+                pipe.add_command(rank).ignore();
+            }
+            if n_line > 0 {
+                pipe.add_command(line).ignore();
+            }
+            if n_pre > 0 {
+                pipe.add_command(pre).ignore();
+            }
+            if n_until > 0 {
+                pipe.add_command(until).ignore();
+                pipe.add_command(adm).ignore();
+            }
+            if n_won > 0 {
+                pipe.add_command(won).ignore();
+            }
+            self.pipe(&pipe).await?;
+        }
+        let mut pipe = redis::pipe();
+        if !devices.is_empty() {
+            let mut devn = redis::cmd("HSET");
+            devn.arg(k(8));
+            let mut devu = redis::cmd("HSET");
+            devu.arg(k(11));
+            let mut any_units = false;
+            for (device, (accounts, units)) in &devices {
+                devn.arg(*device).arg(*accounts);
+                if *units > 0 {
+                    devu.arg(*device).arg(*units);
+                    any_units = true;
+                }
+            }
+            pipe.add_command(devn).ignore();
+            if any_units {
+                pipe.add_command(devu).ignore();
+            }
+        }
+        if !admission_ranks.is_empty() {
+            admission_ranks.sort_unstable();
+            let mut order = redis::cmd("RPUSH");
+            order.arg(k(9)).arg(&admission_ranks);
+            pipe.add_command(order).ignore();
+        }
+        if !snapshot.draws.is_empty() {
+            let mut draws = redis::cmd("RPUSH");
+            draws.arg(k(12)).arg(&snapshot.draws);
+            pipe.add_command(draws).ignore();
+        }
+        let mut meta = redis::cmd("HSET");
+        meta.arg(k(6))
+            .arg("drawn")
+            .arg(if snapshot.drawn { "1" } else { "0" })
+            .arg("next_rank")
+            .arg(next_rank)
+            .arg("seq")
+            .arg(
+                pre_seq.max(
+                    snapshot
+                        .entries
+                        .iter()
+                        .filter_map(|e| e.pre_seq)
+                        .max()
+                        .map_or(0, |s| s + 1),
+                ),
+            )
+            .arg("admitted")
+            .arg(admitted)
+            .arg("used")
+            .arg(used)
+            .arg("expired")
+            .arg(expired)
+            .arg("lost")
+            .arg(lost);
+        for (purpose, seed) in &snapshot.seeds {
+            let field = match purpose {
+                DrawPurpose::PreQueue => "seed_pre_queue",
+                DrawPurpose::Lottery => "seed_lottery",
+            };
+            meta.arg(field).arg(to_hex(seed));
+        }
+        if let Some(rules) = snapshot.rules {
+            meta.arg("max_accounts_per_device")
+                .arg(rules.max_accounts_per_device)
+                .arg("device_limit")
+                .arg(rules.device_limit)
+                .arg("pow_bits")
+                .arg(rules.pow_bits)
+                .arg("lottery_at_start")
+                .arg(u8::from(rules.lottery_at_start))
+                .arg("new_per_minute")
+                .arg(rules.new_per_minute)
+                .arg("paused")
+                .arg(u8::from(rules.admission_paused))
+                .arg("max_active")
+                .arg(rules.max_active);
+        }
+        pipe.add_command(meta).ignore();
+        // Last: the line is usable from here on.
+        pipe.add_command(redis::cmd("HSET").arg(k(6)).arg("ready").arg("1").clone())
+            .ignore();
+        self.pipe(&pipe).await
+    }
+
+    async fn pipe(&self, pipe: &redis::Pipeline) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        // A chunk of a restore is bigger than a request: it gets a longer deadline.
+        tokio::time::timeout(self.timeout * 20, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| unavailable("restore call timed out"))?
+            .map_err(unavailable)
     }
 }
 
@@ -454,18 +710,90 @@ impl WaitingRoom for RedisRoom {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64> {
-        self.run(
-            &self.admit,
-            sale,
-            &[
-                units_available.map_or_else(|| "-1".to_owned(), |u| u.to_string()),
-                units_per_admission.to_string(),
-                ttl_ms.to_string(),
-                now_ms.to_string(),
-                max_batch.to_string(),
-            ],
-        )
-        .await
+        Ok(self
+            .admit_listed(
+                sale,
+                units_available,
+                units_per_admission,
+                ttl_ms,
+                now_ms,
+                max_batch,
+            )
+            .await?
+            .len() as u64)
+    }
+
+    async fn admit_listed(
+        &self,
+        sale: &SaleId,
+        units_available: Option<u64>,
+        units_per_admission: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<Vec<Admitted>> {
+        let flat: Vec<String> = self
+            .run(
+                &self.admit,
+                sale,
+                &[
+                    units_available.map_or_else(|| "-1".to_owned(), |u| u.to_string()),
+                    units_per_admission.to_string(),
+                    ttl_ms.to_string(),
+                    now_ms.to_string(),
+                    max_batch.to_string(),
+                ],
+            )
+            .await?;
+        Ok(flat
+            .chunks_exact(4)
+            .map(|c| Admitted {
+                user_id: c[0].clone(),
+                ticket: c[1].parse().unwrap_or(0),
+                device_id: c[2].clone(),
+                until_ms: c[3].parse().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn holds(&self, sale: &SaleId) -> PortResult<bool> {
+        let ready: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("ready"))
+            .await?;
+        Ok(ready.as_deref() == Some("1"))
+    }
+
+    async fn restore(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<bool> {
+        let lock = format!("stampede:{{{}:{}}}:q:restoring", self.namespace, sale);
+        let deadline = std::time::Instant::now() + Duration::from_millis(RESTORE_LEASE_MS);
+        loop {
+            if self.holds(sale).await? {
+                return Ok(false);
+            }
+            let took: Option<String> = self
+                .cmd(
+                    redis::cmd("SET")
+                        .arg(&lock)
+                        .arg(std::process::id())
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(RESTORE_LEASE_MS),
+                )
+                .await?;
+            if took.is_some() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(PortError::Unavailable(
+                    "another node is still restoring this waiting room".into(),
+                ));
+            }
+            // Another node is restoring: its line is ready soon.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let outcome = self.write_snapshot(sale, snapshot).await;
+        let _: i64 = self.cmd(redis::cmd("DEL").arg(&lock)).await.unwrap_or(0);
+        outcome.map(|()| true)
     }
 
     async fn claim(
