@@ -560,7 +560,15 @@ impl WaitingRoom for DurableRoom {
 
     async fn publish_draw(&self, sale: &SaleId, record: &str) -> PortResult<()> {
         self.ensure(sale).await?;
-        let key = format!("draw.{}", ulid::Ulid::new());
+        // Keys sort in publication order: time first, and monotonic within a millisecond.
+        static KEYS: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+        let id = {
+            let mut keys = KEYS.lock().map_err(internal)?;
+            keys.get_or_insert_with(ulid::Generator::new)
+                .generate()
+                .unwrap_or_else(|_| ulid::Ulid::new())
+        };
+        let key = format!("draw.{id}");
         self.put_value(sale.as_str(), &key, record).await?;
         self.on_line(sale, || self.inner.publish_draw(sale, record))
             .await

@@ -143,8 +143,13 @@ impl LoggedEntry {
             rank: self.rank.or(older.rank),
             pre_seq: older.pre_seq.or(self.pre_seq),
             state: self.state,
-            until_ms: self.until_ms,
-            lottery_won: self.lottery_won,
+            // A record without a place (a spent admission) keeps the admission's deadline.
+            until_ms: if self.rank.is_none() && self.until_ms == 0 {
+                older.until_ms
+            } else {
+                self.until_ms
+            },
+            lottery_won: self.lottery_won || older.lottery_won,
             units: self.units.max(older.units),
         }
     }
@@ -659,11 +664,7 @@ impl WaitingLine {
                 device,
                 rank,
                 state,
-                until_ms: if state == EntryState::Admitted {
-                    e.until_ms
-                } else {
-                    0
-                },
+                until_ms: e.until_ms,
                 lottery_won: e.lottery_won,
                 pre_seq: 0,
             });

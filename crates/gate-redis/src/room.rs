@@ -466,7 +466,8 @@ impl RedisRoom {
             until.arg(k(3));
             adm.arg(k(7));
             won.arg(k(10));
-            let (mut n_rank, mut n_line, mut n_pre, mut n_until, mut n_won) = (0, 0, 0, 0, 0);
+            let (mut n_rank, mut n_line, mut n_pre, mut n_until, mut n_adm, mut n_won) =
+                (0, 0, 0, 0, 0, 0);
             for e in chunk {
                 let word = match e.state {
                     EntryState::Waiting => "waiting",
@@ -507,16 +508,19 @@ impl RedisRoom {
                         }
                     }
                 }
+                if e.lottery_won {
+                    won.arg(&e.user_id);
+                    n_won += 1;
+                }
+                if e.until_ms != 0 {
+                    until.arg(&e.user_id).arg(e.until_ms);
+                    n_until += 1;
+                }
                 match e.state {
                     EntryState::Admitted | EntryState::Claimed => {
                         admitted += 1;
-                        until.arg(&e.user_id).arg(e.until_ms);
                         adm.arg(e.until_ms).arg(&e.user_id);
-                        n_until += 1;
-                        if e.lottery_won {
-                            won.arg(&e.user_id);
-                            n_won += 1;
-                        }
+                        n_adm += 1;
                     }
                     EntryState::Used => {
                         admitted += 1;
@@ -543,6 +547,8 @@ impl RedisRoom {
             }
             if n_until > 0 {
                 pipe.add_command(until).ignore();
+            }
+            if n_adm > 0 {
                 pipe.add_command(adm).ignore();
             }
             if n_won > 0 {

@@ -42,13 +42,7 @@ fn env() -> Vec<(&'static str, &'static str)> {
 fn synthetic_session(i: usize) -> String {
     let mut key = [0u8; 32];
     hex::decode_to_slice(SESSION_KEY, &mut key).unwrap();
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now_ms = common::unix_now_millis();
     sign(
         &key,
         &SessionClaims {
@@ -171,13 +165,13 @@ async fn fill(server: &TestServer) -> Queue {
 /// After the room lost its memory: same places, and the admissions still buy.
 async fn check_after(api: &Api, q: &Queue) {
     let after = places(api, &q.waiting, &q.sale).await;
-    let moved: Vec<(usize, &(u64, String), &(u64, String))> = q
+    let moved: Vec<String> = q
         .places
         .iter()
         .zip(&after)
         .enumerate()
         .filter(|(_, (a, b))| a != b)
-        .map(|(i, (a, b))| (i, a, b))
+        .map(|(i, (a, b))| format!("buyer {i}: {a:?} then {b:?}"))
         .take(5)
         .collect();
     assert!(
@@ -243,16 +237,18 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("start a private redis-server (redis-server on PATH)");
+        // Owned at once: dropped (killed and waited for) whatever happens next.
+        let redis = PrivateRedis {
+            child,
+            port,
+            _dir: dir,
+        };
         for _ in 0..250 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return PrivateRedis {
-                    child,
-                    port,
-                    _dir: dir,
-                };
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -63,8 +63,11 @@ impl RoomLog for PgStore {
              ON CONFLICT (sale_id, user_id) DO UPDATE SET \
                rank = COALESCE(excluded.rank, l.rank), \
                pre_seq = COALESCE(l.pre_seq, excluded.pre_seq), \
-               stage = excluded.stage, state = excluded.state, until_ms = excluded.until_ms, \
-               lottery_won = excluded.lottery_won, units = GREATEST(l.units, excluded.units) \
+               stage = excluded.stage, state = excluded.state, \
+               until_ms = CASE WHEN excluded.rank IS NULL AND excluded.until_ms = 0 \
+                 THEN l.until_ms ELSE excluded.until_ms END, \
+               lottery_won = GREATEST(l.lottery_won, excluded.lottery_won), \
+               units = GREATEST(l.units, excluded.units) \
              WHERE (excluded.rank IS NOT NULL AND excluded.rank > COALESCE(l.rank, -1)) \
                 OR ((excluded.rank IS NULL OR excluded.rank = l.rank) \
                     AND excluded.stage > l.stage)",

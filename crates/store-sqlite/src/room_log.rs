@@ -20,9 +20,12 @@ const ROWS_PER_STATEMENT: usize = 1000;
 const UPSERT_TAIL: &str = " ON CONFLICT (sale_id, user_id) DO UPDATE SET \
      rank = COALESCE(excluded.rank, room_log.rank), \
      pre_seq = COALESCE(room_log.pre_seq, excluded.pre_seq), \
-     stage = excluded.stage, state = excluded.state, until_ms = excluded.until_ms, \
-     lottery_won = excluded.lottery_won, units = MAX(room_log.units, excluded.units) \
-     WHERE (excluded.rank IS NOT NULL AND excluded.rank > COALESCE(room_log.rank, -1)) \
+     stage = excluded.stage, state = excluded.state, \
+     until_ms = CASE WHEN excluded.rank IS NULL AND excluded.until_ms = 0 \
+       THEN room_log.until_ms ELSE excluded.until_ms END, \
+     lottery_won = MAX(room_log.lottery_won, excluded.lottery_won), \
+     units = MAX(room_log.units, excluded.units) \
+   WHERE (excluded.rank IS NOT NULL AND excluded.rank > COALESCE(room_log.rank, -1)) \
         OR ((excluded.rank IS NULL OR excluded.rank = room_log.rank) \
             AND excluded.stage > room_log.stage)";
 
