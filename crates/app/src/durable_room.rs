@@ -60,6 +60,8 @@ pub struct DurableRoom {
     loaded: DashMap<SaleId, ()>,
     /// One rebuild at a time per sale on this node.
     loading: DashMap<SaleId, Arc<tokio::sync::Mutex<()>>>,
+    /// Sales whose waitlist flag this node has written to the log.
+    waitlists_logged: DashMap<SaleId, ()>,
     /// Seeds this node has written to the log (once per sale and purpose is enough).
     seeds_logged: DashMap<(SaleId, &'static str), ()>,
     /// Admissions the log could not take yet: written with the next round.
@@ -170,6 +172,7 @@ impl DurableRoom {
             loaded: DashMap::new(),
             loading: DashMap::new(),
             seeds_logged: DashMap::new(),
+            waitlists_logged: DashMap::new(),
             unlogged: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -207,6 +210,7 @@ impl DurableRoom {
         for (key, value) in self.log.values(sale.as_str()).await? {
             match key.as_str() {
                 "drawn" => order = Some(serde_json::from_str(&value).map_err(internal)?),
+                "waitlist" => snapshot.waitlist = value == "1",
                 "rules" => snapshot.rules = Some(serde_json::from_str(&value).map_err(internal)?),
                 "seed.pre_queue" | "seed.lottery" => {
                     let purpose = if key == "seed.lottery" {
@@ -356,7 +360,7 @@ impl WaitingRoom for DurableRoom {
         max_batch: u64,
     ) -> PortResult<u64> {
         let admitted = self
-            .admit_listed(
+            .admit_named(
                 sale,
                 units_available,
                 units_per_admission,
@@ -368,7 +372,7 @@ impl WaitingRoom for DurableRoom {
         Ok(admitted.len() as u64)
     }
 
-    async fn admit_listed(
+    async fn admit_named(
         &self,
         sale: &SaleId,
         units_available: Option<u64>,
@@ -379,7 +383,7 @@ impl WaitingRoom for DurableRoom {
     ) -> PortResult<Vec<Admitted>> {
         let admitted = self
             .on_line(sale, || {
-                self.inner.admit_listed(
+                self.inner.admit_named(
                     sale,
                     units_available,
                     units_per_admission,
@@ -450,6 +454,11 @@ impl WaitingRoom for DurableRoom {
     }
 
     async fn set_sold_out(&self, sale: &SaleId, sold_out: bool, close: bool) -> PortResult<()> {
+        if (sold_out || close) && !self.waitlists_logged.contains_key(sale) {
+            // Admissions are waitlist offers from now on, after a restart too.
+            self.put_value(sale.as_str(), "waitlist", "1").await?;
+            self.waitlists_logged.insert(sale.clone(), ());
+        }
         self.on_line(sale, || self.inner.set_sold_out(sale, sold_out, close))
             .await
     }

@@ -1019,8 +1019,10 @@ pub trait WaitingRoom: Send + Sync + 'static {
     /// The published draw records (JSON), oldest first.
     async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>>;
 
-    /// [`WaitingRoom::admit`], saying who was let in (the durable room logs them).
-    async fn admit_listed(
+    /// [`WaitingRoom::admit`], naming who was let in (user, place in line, device, until when),
+    /// in the order they were: the durable room logs them. Each admission is named to exactly
+    /// one caller, however many nodes admit at once.
+    async fn admit_named(
         &self,
         sale: &SaleId,
         units_available: Option<u64>,
@@ -1048,6 +1050,8 @@ pub struct RoomSnapshot {
     pub rules: Option<RoomRules>,
     /// Published draw records (JSON), oldest first.
     pub draws: Vec<String>,
+    /// The room had said sold out: admissions are waitlist offers.
+    pub waitlist: bool,
 }
 
 /// The durable log of a waiting room: every join and every admission, written in batches (a

@@ -54,6 +54,9 @@ pub struct EntryView {
     pub closed: bool,
     /// The organiser paused admission: nobody is admitted, places are kept.
     pub paused: bool,
+    /// The admission is a waitlist offer: made after the room said sold out, for a unit that
+    /// came back (it lasts the claim window, then passes on to the next in line).
+    pub offered: bool,
 }
 
 /// Why a join was refused.
@@ -303,6 +306,8 @@ struct Slot {
     state: EntryState,
     until_ms: i64,
     lottery_won: bool,
+    /// Admitted after the room said sold out: a waitlist offer.
+    offered: bool,
     /// Join order within the pre-queue (its provisional position).
     pre_seq: u32,
 }
@@ -332,6 +337,9 @@ pub struct WaitingLine {
     expired_total: u64,
     lottery_lost_total: u64,
     sold_out: bool,
+    /// The room has said sold out once: from then on every admission is a waitlist offer
+    /// (a unit that came back, for the next in line).
+    waitlist: bool,
     closed: bool,
     /// Set by the organiser: admission rounds admit nobody (lapses still happen).
     paused: bool,
@@ -391,6 +399,7 @@ impl WaitingLine {
                 entry.rank = Some(rank);
                 entry.state = EntryState::Waiting;
                 entry.until_ms = 0;
+                entry.offered = false;
             }
             return Ok(self.view_slot(slot));
         }
@@ -418,6 +427,7 @@ impl WaitingLine {
             state: EntryState::Waiting,
             until_ms: 0,
             lottery_won: false,
+            offered: false,
             pre_seq,
         });
         self.by_user.insert(user.into(), slot);
@@ -445,6 +455,8 @@ impl WaitingLine {
             sold_out: self.sold_out,
             closed: self.closed,
             paused: self.paused,
+            offered: entry.offered
+                && matches!(entry.state, EntryState::Admitted | EntryState::Claimed),
         }
     }
 
@@ -599,6 +611,7 @@ impl WaitingLine {
         entry.state = EntryState::Admitted;
         entry.until_ms = now_ms.saturating_add(ttl_ms);
         entry.lottery_won = won;
+        entry.offered = self.waitlist && !won;
         self.outstanding.push(slot);
         self.admission_ranks.push(rank as u64);
         self.admitted_total += 1;
@@ -666,6 +679,7 @@ impl WaitingLine {
                 state,
                 until_ms: e.until_ms,
                 lottery_won: e.lottery_won,
+                offered: false,
                 pre_seq: 0,
             });
             line.by_user.insert(e.user_id.as_str().into(), slot);
@@ -807,11 +821,23 @@ impl WaitingLine {
     /// Marks the stock as gone (or back). Waiting buyers see it on their next look.
     pub fn set_sold_out(&mut self, sold_out: bool) {
         self.sold_out = sold_out;
+        self.waitlist |= sold_out;
+    }
+
+    /// Whether the room has said sold out (admissions are waitlist offers from then on).
+    pub fn is_waitlist(&self) -> bool {
+        self.waitlist
+    }
+
+    /// Puts back the waitlist flag of a line rebuilt from its log.
+    pub fn set_waitlist(&mut self, waitlist: bool) {
+        self.waitlist = waitlist;
     }
 
     /// Closes the room for good: nothing will come back (all sold, or the sale ended).
     pub fn close(&mut self) {
         self.sold_out = true;
+        self.waitlist = true;
         self.closed = true;
     }
 

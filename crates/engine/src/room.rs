@@ -125,7 +125,7 @@ impl WaitingRoom for MemoryRoom {
         max_batch: u64,
     ) -> PortResult<u64> {
         Ok(self
-            .admit_listed(
+            .admit_named(
                 sale,
                 units_available,
                 units_per_admission,
@@ -137,7 +137,7 @@ impl WaitingRoom for MemoryRoom {
             .len() as u64)
     }
 
-    async fn admit_listed(
+    async fn admit_named(
         &self,
         sale: &SaleId,
         units_available: Option<u64>,
@@ -169,6 +169,7 @@ impl WaitingRoom for MemoryRoom {
         }
         // Built outside any lock: a million entries take a moment.
         let mut line = WaitingLine::restore(&snapshot.entries, snapshot.drawn);
+        line.set_waitlist(snapshot.waitlist);
         let rules = snapshot.rules.unwrap_or_default();
         line.set_admission_limits(
             rules.admission_paused,

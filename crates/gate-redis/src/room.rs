@@ -41,7 +41,8 @@ local function view(user)
   return { st, pos, pre, redis.call('HGET', KEYS[3], user) or '0',
     redis.call('HGET', KEYS[2], user) or '', redis.call('HGET', KEYS[4], user) or '0',
     redis.call('SISMEMBER', KEYS[11], user), redis.call('HGET', KEYS[7], 'sold_out') or '0',
-    redis.call('HGET', KEYS[7], 'closed') or '0', redis.call('HGET', KEYS[7], 'paused') or '0' }
+    redis.call('HGET', KEYS[7], 'closed') or '0', redis.call('HGET', KEYS[7], 'paused') or '0',
+    (st == 'admitted' or st == 'claimed') and redis.call('SISMEMBER', KEYS[17], user) or 0 }
 end
 "#;
 
@@ -53,6 +54,7 @@ local closed = redis.call('HGET', KEYS[7], 'closed') == '1'
 if st then
   if st == 'expired' and not closed then
     redis.call('SREM', KEYS[11], user)
+    redis.call('SREM', KEYS[17], user)
     local r = redis.call('HINCRBY', KEYS[7], 'next_rank', 1) - 1
     redis.call('ZADD', KEYS[5], r, user)
     redis.call('HSET', KEYS[1], user, 'waiting')
@@ -160,6 +162,8 @@ end
 if room <= 0 then return {} end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
 local out = {}
+-- Admitted once the room said sold out: a waitlist offer (KEYS[17]).
+local sold_out = redis.call('HGET', KEYS[7], 'waitlist') == '1'
 for i = 1, #next, 2 do
   local u, r = next[i], next[i + 1]
   redis.call('ZREM', KEYS[5], u)
@@ -170,6 +174,7 @@ for i = 1, #next, 2 do
   redis.call('RPUSH', KEYS[10], r)
   redis.call('HINCRBY', KEYS[7], 'admitted', 1)
   redis.call('ZADD', KEYS[15], now, r)
+  if sold_out then redis.call('SADD', KEYS[17], u) else redis.call('SREM', KEYS[17], u) end
   out[#out + 1] = u
   out[#out + 1] = r
   out[#out + 1] = redis.call('HGET', KEYS[2], u) or ''
@@ -327,10 +332,11 @@ type RawView = (
     String,
     String,
     String,
+    u8,
 );
 
 fn to_view(raw: RawView) -> PortResult<EntryView> {
-    let (state, position, pre, ticket, device, until, won, sold_out, closed, paused) = raw;
+    let (state, position, pre, ticket, device, until, won, sold_out, closed, paused, offered) = raw;
     Ok(EntryView {
         state: state_of(&state)?,
         position,
@@ -342,6 +348,7 @@ fn to_view(raw: RawView) -> PortResult<EntryView> {
         sold_out: sold_out == "1",
         closed: closed == "1",
         paused: paused == "1",
+        offered: offered == 1,
     })
 }
 
@@ -399,6 +406,8 @@ impl RedisRoom {
         // so the indexes above stay those the scripts were written against.
         keys.push(format!("{tag}:q:recent"));
         keys.push(format!("{tag}:q:shop"));
+        // Admissions that are waitlist offers (made after the room said sold out).
+        keys.push(format!("{tag}:q:offer"));
         keys
     }
 
@@ -610,7 +619,9 @@ impl RedisRoom {
             .arg("expired")
             .arg(expired)
             .arg("lost")
-            .arg(lost);
+            .arg(lost)
+            .arg("waitlist")
+            .arg(if snapshot.waitlist { "1" } else { "0" });
         for (purpose, seed) in &snapshot.seeds {
             let field = match purpose {
                 DrawPurpose::PreQueue => "seed_pre_queue",
@@ -717,7 +728,7 @@ impl WaitingRoom for RedisRoom {
         max_batch: u64,
     ) -> PortResult<u64> {
         Ok(self
-            .admit_listed(
+            .admit_named(
                 sale,
                 units_available,
                 units_per_admission,
@@ -729,7 +740,7 @@ impl WaitingRoom for RedisRoom {
             .len() as u64)
     }
 
-    async fn admit_listed(
+    async fn admit_named(
         &self,
         sale: &SaleId,
         units_available: Option<u64>,
@@ -876,6 +887,10 @@ impl WaitingRoom for RedisRoom {
         cmd.arg(&meta)
             .arg("sold_out")
             .arg(if sold_out || close { "1" } else { "0" });
+        if sold_out || close {
+            // Sticky: admissions from now on are waitlist offers.
+            cmd.arg("waitlist").arg("1");
+        }
         if close {
             cmd.arg("closed").arg("1");
         }

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// How long an admission token lasts, in seconds. Default 120.
     #[arg(long, env = "STAMPEDE_ADMISSION_TTL_SECS")]
     pub admission_ttl_secs: Option<i64>,
+    /// How long a waitlist offer lasts, in seconds: after a sale sold out, a unit that comes
+    /// back goes to the next in line, who has this long to reserve it before it passes on.
+    /// Default 300.
+    #[arg(long, env = "STAMPEDE_WAITLIST_CLAIM_SECS")]
+    pub waitlist_claim_secs: Option<i64>,
     /// argon2id memory cost in KiB (default 19456, OWASP). Lower only for tests.
     #[arg(long, env = "STAMPEDE_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<u32>,
@@ -186,6 +191,7 @@ pub struct FileConfig {
     pub checkout_rate_limit_per_sec: Option<u32>,
     pub admission_tick_ms: Option<u64>,
     pub admission_ttl_secs: Option<i64>,
+    pub waitlist_claim_secs: Option<i64>,
     pub argon2_memory_kib: Option<u32>,
     pub argon2_iterations: Option<u32>,
     pub sweep_interval_ms: Option<u64>,
@@ -240,6 +246,7 @@ impl ServeArgs {
             checkout_rate_limit_per_sec,
             admission_tick_ms,
             admission_ttl_secs,
+            waitlist_claim_secs,
             argon2_memory_kib,
             argon2_iterations,
             sweep_interval_ms,

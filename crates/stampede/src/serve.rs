@@ -325,6 +325,9 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         admission_ttl_secs: args
             .admission_ttl_secs
             .unwrap_or(defaults.admission_ttl_secs),
+        waitlist_claim_secs: args
+            .waitlist_claim_secs
+            .unwrap_or(defaults.waitlist_claim_secs),
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {

@@ -600,7 +600,8 @@ macro_rules! room_conformance_tests {
             units_per_admission_and_unsettled_claims,
             a_paused_room_admits_nobody_and_keeps_places,
             admissions_per_minute_are_capped,
-            max_active_counts_the_admitted_and_the_shopping
+            max_active_counts_the_admitted_and_the_shopping,
+            after_sell_out_admissions_are_offers_that_pass_on
         );
     };
     (@each $make:path, $($check:ident),*) => {
@@ -613,6 +614,83 @@ macro_rules! room_conformance_tests {
             }
         )*
     };
+}
+
+/// Once the room has said sold out it is a waitlist: an admission made after that (a unit
+/// came back) is an offer; unclaimed by its deadline it lapses and the next round offers the
+/// unit to the next in line. Admissions before the sell-out are not offers, and the room
+/// stays a waitlist while units come and go.
+pub async fn after_sell_out_admissions_are_offers_that_pass_on(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..4).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let now = 5_000_000;
+    assert_eq!(
+        room.admit(&sale, Some(1), 1, 1000, now, 100).await.unwrap(),
+        1
+    );
+    let first = room.view(&sale, &users[0]).await.unwrap().unwrap();
+    assert_eq!((first.state, first.offered), (EntryState::Admitted, false));
+    let t = first.ticket;
+    room.claim(&sale, &users[0], "d", t, 1, 0, now + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    room.settle(&sale, &users[0], 1, true, i64::MAX)
+        .await
+        .unwrap();
+    room.set_sold_out(&sale, true, false).await.unwrap();
+    // A unit comes back (and the flag with it): the next in line is offered it.
+    assert_eq!(
+        room.admit(&sale, Some(1), 1, 500, now + 10, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    room.set_sold_out(&sale, false, false).await.unwrap();
+    let offer = room.view(&sale, &users[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (offer.state, offer.offered, offer.admitted_until_ms),
+        (EntryState::Admitted, true, now + 510)
+    );
+    assert!(!room.view(&sale, &users[0]).await.unwrap().unwrap().offered);
+    let next = room.view(&sale, &users[2]).await.unwrap().unwrap();
+    assert_eq!((next.position, next.offered), (1, false));
+    // Unclaimed by the deadline: it lapses, and the unit goes to the next.
+    assert_eq!(
+        room.claim(&sale, &users[1], "d", offer.ticket, 1, 0, now + 510)
+            .await
+            .unwrap(),
+        Err(ClaimRefusal::Lapsed)
+    );
+    assert_eq!(
+        room.admit(&sale, Some(1), 1, 500, now + 510, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        room.view(&sale, &users[1]).await.unwrap().unwrap().state,
+        EntryState::Expired
+    );
+    let passed = room.view(&sale, &users[2]).await.unwrap().unwrap();
+    assert_eq!((passed.state, passed.offered), (EntryState::Admitted, true));
+    // Claimed within its window, the offer buys.
+    assert_eq!(
+        room.claim(&sale, &users[2], "d", passed.ticket, 1, 0, now + 600)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // The lapsed buyer who joins again is waiting at the back, no offer in hand.
+    let back = room.join(&sale, &users[1], "d", 0).await.unwrap().unwrap();
+    assert_eq!(
+        (back.state, back.position, back.offered),
+        (EntryState::Waiting, 2, false)
+    );
 }
 
 /// How a room loses its lines in a durable check: the memory room is replaced by an empty
