@@ -59,6 +59,13 @@ pub struct QueueDto {
     pub closed: bool,
     /// Admission is paused by the organiser: the place is kept, admission resumes in order.
     pub paused: bool,
+    /// The sale sold out and the buyer is still in line: their place on the waitlist (1 = the
+    /// next unit that comes back is offered to them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waitlist_position: Option<u64>,
+    /// The admission is a waitlist offer: reserve before this, or it passes to the next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_deadline: Option<String>,
 }
 
 fn status_word(s: QueueStatus) -> &'static str {
@@ -84,6 +91,8 @@ impl From<QueueView> for QueueDto {
             pre_queue: v.pre_queue,
             closed: v.closed,
             paused: v.paused,
+            waitlist_position: v.waitlist_position,
+            claim_deadline: v.claim_deadline.map(rfc3339),
         }
     }
 }
