@@ -376,7 +376,7 @@ impl RedisRoom {
             claim: plain(CLAIM),
             settle: plain(SETTLE),
             lottery: with_place(LOTTERY),
-            stats: Script::new(STATS),
+            stats: plain(STATS),
             setnx_meta: plain(SETNX_META),
         }
     }
@@ -435,6 +435,26 @@ impl RedisRoom {
 
     fn key(&self, sale: &SaleId, which: usize) -> String {
         self.keys(sale).swap_remove(which)
+    }
+
+    /// A guarded room answers only from a line marked `ready` (see [`GUARD`]).
+    fn check_ready(&self, ready: Option<&str>) -> PortResult<()> {
+        if self.guarded && ready != Some("1") {
+            return Err(PortError::RoomNotLoaded);
+        }
+        Ok(())
+    }
+
+    /// [`RedisRoom::check_ready`] for reads that are not scripts: one more round trip, only in
+    /// a guarded room, on calls the admission rounds make rarely.
+    async fn ensure_ready(&self, sale: &SaleId) -> PortResult<()> {
+        if !self.guarded {
+            return Ok(());
+        }
+        let ready: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("ready"))
+            .await?;
+        self.check_ready(ready.as_deref())
     }
 
     /// Replaces the sale's room keys with `snapshot`, in pipelines of [`RESTORE_CHUNK`]
@@ -701,9 +721,15 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn pre_queue(&self, sale: &SaleId) -> PortResult<Option<Vec<String>>> {
-        let drawn: Option<String> = self
-            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("drawn"))
+        let (drawn, ready): (Option<String>, Option<String>) = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(self.key(sale, 6))
+                    .arg("drawn")
+                    .arg("ready"),
+            )
             .await?;
+        self.check_ready(ready.as_deref())?;
         if drawn.as_deref() == Some("1") {
             return Ok(None);
         }
@@ -899,6 +925,7 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn waiting_entrants(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        self.ensure_ready(sale).await?;
         let mut line: Vec<String> = self
             .cmd(redis::cmd("ZRANGE").arg(self.key(sale, 4)).arg(0).arg(-1))
             .await?;
@@ -1007,8 +1034,9 @@ impl WaitingRoom for RedisRoom {
             Option<u32>,
             Option<u8>,
             Option<u32>,
+            Option<String>,
         );
-        let (a, d, p, l, n, paused, active): Fields = self
+        let (a, d, p, l, n, paused, active, ready): Fields = self
             .cmd(
                 redis::cmd("HMGET")
                     .arg(self.key(sale, 6))
@@ -1018,9 +1046,11 @@ impl WaitingRoom for RedisRoom {
                     .arg("lottery_at_start")
                     .arg("new_per_minute")
                     .arg("paused")
-                    .arg("max_active"),
+                    .arg("max_active")
+                    .arg("ready"),
             )
             .await?;
+        self.check_ready(ready.as_deref())?;
         Ok(RoomRules {
             max_accounts_per_device: a.unwrap_or(0),
             device_limit: d.unwrap_or(0),
@@ -1064,6 +1094,7 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        self.ensure_ready(sale).await?;
         self.cmd(redis::cmd("LRANGE").arg(self.key(sale, 12)).arg(0).arg(-1))
             .await
     }
