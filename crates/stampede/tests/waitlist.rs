@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{parse_rfc3339, sale_body, unix_now, Api, Mode, TestServer};
+use common::{parse_rfc3339, sale_body, unix_now, Api, TestServer};
 use serde_json::{json, Value};
 
 /// The claim window the server is started with.
