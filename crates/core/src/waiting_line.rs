@@ -1142,6 +1142,70 @@ mod tests {
             prop_assert_eq!(line.stats().waiting, model.len() as u64);
         }
 
+        /// A line rebuilt from what a log keeps of it (every buyer's latest view) answers
+        /// every buyer as the line did: same place, state, ticket and deadline.
+        #[test]
+        fn a_restored_line_answers_as_the_original(
+            ops in proptest::collection::vec((0u8..4, 0u8..30), 1..200)
+        ) {
+            let mut line = drawn_line();
+            let mut now = 0i64;
+            let mut users: Vec<String> = Vec::new();
+            for (op, who) in ops {
+                let user = format!("u{who}");
+                match op {
+                    0 | 1 => {
+                        if line.join(&user, &format!("d{}", who % 7), 0).is_ok()
+                            && !users.contains(&user)
+                        {
+                            users.push(user);
+                        }
+                    }
+                    2 => {
+                        let _ = line.admit(3, 1, 1000, now, 3);
+                    }
+                    _ => {
+                        now += 400;
+                        if let Some(v) = line.view(&user) {
+                            if v.state == EntryState::Admitted
+                                && line.claim(&user, &v.device_id, v.ticket, 1, 0, now).is_ok()
+                            {
+                                line.settle(&user, 1, true, i64::MAX);
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = line.admit(0, 1, 1000, now, 0);
+            let entries: Vec<LoggedEntry> = users
+                .iter()
+                .map(|u| {
+                    let v = line.view(u).unwrap();
+                    LoggedEntry {
+                        user_id: u.clone(),
+                        device_id: v.device_id.clone(),
+                        rank: Some(v.ticket),
+                        pre_seq: None,
+                        state: v.state,
+                        until_ms: v.admitted_until_ms,
+                        lottery_won: v.lottery_won,
+                        units: 0,
+                    }
+                })
+                .collect();
+            let mut restored = WaitingLine::restore(&entries, true);
+            let _ = restored.admit(0, 1, 1000, now, 0);
+            for u in &users {
+                prop_assert_eq!(restored.view(u), line.view(u));
+            }
+            prop_assert_eq!(restored.stats().waiting, line.stats().waiting);
+            prop_assert_eq!(restored.stats().outstanding, line.stats().outstanding);
+            // Both admit the same next buyers.
+            let a: Vec<String> = line.admit(5, 1, 1000, now, 5).into_iter().map(|a| a.user_id).collect();
+            let b: Vec<String> = restored.admit(5, 1, 1000, now, 5).into_iter().map(|a| a.user_id).collect();
+            prop_assert_eq!(a, b);
+        }
+
         #[test]
         fn inversions_match_the_quadratic_count(v in proptest::collection::vec(0u64..50, 0..60)) {
             let mut slow = 0;
