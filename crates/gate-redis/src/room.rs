@@ -463,7 +463,8 @@ impl RedisRoom {
     async fn write_snapshot(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<()> {
         let keys = self.keys(sale);
         let k = |i: usize| keys[i].as_str();
-        let mut wipe = redis::cmd("DEL");
+        // UNLINK: what is left of a big line is freed in Redis's background.
+        let mut wipe = redis::cmd("UNLINK");
         for (i, key) in keys.iter().enumerate() {
             // 13 is the gate's stock: not the room's to drop.
             if i != 13 {

@@ -10,7 +10,6 @@ use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 
 use crate::error::{internal, OrPort};
-use crate::rows::col;
 use crate::{SqliteStore, BEGIN_WRITE};
 
 /// Rows per INSERT: 10 parameters each, well under SQLite's 32,766.
@@ -70,35 +69,57 @@ impl RoomLog for SqliteStore {
         cursor: i64,
         limit: u32,
     ) -> PortResult<(Vec<LoggedEntry>, i64)> {
-        let rows = sqlx::query(
-            "SELECT id, user_id, device_id, rank, pre_seq, state, until_ms, lottery_won, units \
-             FROM room_log WHERE sale_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        // One value per page (a JSON array of rows) instead of one row at a time: a rebuild
+        // reads a million entries, and the per-row cost of the driver would dominate it.
+        let page: Option<String> = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, user_id, device_id, rank, pre_seq, state, \
+               until_ms, lottery_won, units)) \
+             FROM (SELECT * FROM room_log WHERE sale_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
         )
         .bind(sale.as_str())
         .bind(cursor)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_one(&self.reader)
         .await
         .port()?;
-        let mut next = cursor;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            next = col(&row, "id")?;
-            let word: String = col(&row, "state")?;
-            let nonneg = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-            out.push(LoggedEntry {
-                user_id: col(&row, "user_id")?,
-                device_id: col(&row, "device_id")?,
-                rank: nonneg(col(&row, "rank")?),
-                pre_seq: nonneg(col(&row, "pre_seq")?),
-                state: LoggedEntry::state_from_word(&word)
-                    .ok_or_else(|| internal(format!("room_log state {word}")))?,
-                until_ms: col(&row, "until_ms")?,
-                lottery_won: col::<i64>(&row, "lottery_won")? != 0,
-                units: nonneg(Some(col(&row, "units")?)).unwrap_or(0),
-            });
-        }
-        Ok((out, next))
+        type Row = (
+            i64,
+            String,
+            String,
+            Option<u64>,
+            Option<u64>,
+            String,
+            i64,
+            i64,
+            u64,
+        );
+        let mut rows: Vec<Row> = match page {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| internal(format!("room_log page: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        rows.sort_unstable_by_key(|r| r.0);
+        let next = rows.last().map_or(cursor, |r| r.0);
+        let entries = rows
+            .into_iter()
+            .map(
+                |(_, user_id, device_id, rank, pre_seq, word, until_ms, won, units)| {
+                    Ok(LoggedEntry {
+                        user_id,
+                        device_id,
+                        rank,
+                        pre_seq,
+                        state: LoggedEntry::state_from_word(&word)
+                            .ok_or_else(|| internal(format!("room_log state {word}")))?,
+                        until_ms,
+                        lottery_won: won != 0,
+                        units,
+                    })
+                },
+            )
+            .collect::<PortResult<Vec<_>>>()?;
+        Ok((entries, next))
     }
 
     async fn put_value(&self, scope: &str, key: &str, value: &str) -> PortResult<()> {
