@@ -82,6 +82,9 @@ pub struct AppConfig {
     pub admission_tick_ms: u64,
     /// How long an admission token lasts.
     pub admission_ttl_secs: i64,
+    /// How long a waitlist offer lasts: once a sale sold out, a unit that comes back is
+    /// offered to the next in line for this long, then passes on.
+    pub waitlist_claim_secs: i64,
     /// Most buyers admitted to one sale in one tick (smooths a burst of returned stock).
     pub admission_max_batch: u64,
     /// How often the money reconciliation finishes captures, voids and refunds the gateway
@@ -125,6 +128,7 @@ impl Default for AppConfig {
             shop_webhook_interval_ms: 200,
             admission_tick_ms: 100,
             admission_ttl_secs: 120,
+            waitlist_claim_secs: 300,
             admission_max_batch: 1000,
             payment_reconcile_interval_ms: 5000,
             payment_answer_timeout_secs: 120,

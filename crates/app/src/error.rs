@@ -148,11 +148,16 @@ impl AppError {
     }
 }
 
+fn e_room_not_loaded() -> String {
+    PortError::RoomNotLoaded.to_string()
+}
+
 impl From<PortError> for AppError {
     fn from(e: PortError) -> Self {
         match e {
             PortError::Unavailable(m) => AppError::Unavailable(m),
             PortError::Internal(m) => AppError::Internal(m),
+            PortError::RoomNotLoaded => AppError::Unavailable(e_room_not_loaded()),
         }
     }
 }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use stampede_core::draw::DrawPurpose;
 use stampede_core::judge::{HoldCap, Refusal};
-use stampede_core::waiting_line::{Admitted, ClaimRefusal, EntryView, JoinRefusal, LineStats};
+use stampede_core::waiting_line::{
+    Admitted, ClaimRefusal, EntryView, JoinRefusal, LineStats, LoggedEntry,
+};
 use stampede_core::{
     Currency, DropEvent, DropId, Hold, HoldId, Money, Order, OrderId, OrderStatus, PaymentId,
     Product, ProductId, ProductStatus, Sale, SaleId, SaleStatus, StockLevels, Timestamp, UserId,
@@ -23,6 +25,10 @@ pub enum PortError {
     /// Anything else that went wrong inside the adapter.
     #[error("internal: {0}")]
     Internal(String),
+    /// A shared waiting room does not hold this sale's line (it was flushed or restarted
+    /// empty): rebuild it from the log ([`WaitingRoom::restore`]) and ask again.
+    #[error("the waiting room does not hold this sale's line")]
+    RoomNotLoaded,
 }
 
 /// Result of a port call.
@@ -934,18 +940,6 @@ pub trait WaitingRoom: Send + Sync + 'static {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64>;
-    /// [`WaitingRoom::admit`], naming who was let in (user and place in line), in the order
-    /// they were: what the admission rounds use, to tell each buyer it is their turn. Each
-    /// admission is named to exactly one caller, however many nodes admit at once.
-    async fn admit_named(
-        &self,
-        sale: &SaleId,
-        units_available: Option<u64>,
-        units_per_admission: u64,
-        ttl_ms: i64,
-        now_ms: i64,
-        max_batch: u64,
-    ) -> PortResult<Vec<Admitted>>;
     /// Takes the caller's admission for a reservation (single use).
     #[allow(clippy::too_many_arguments)]
     async fn claim(
@@ -1005,6 +999,65 @@ pub trait WaitingRoom: Send + Sync + 'static {
     async fn publish_draw(&self, sale: &SaleId, record: &str) -> PortResult<()>;
     /// The published draw records (JSON), oldest first.
     async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>>;
+
+    /// [`WaitingRoom::admit`], naming who was let in (user, place in line, device, until when),
+    /// in the order they were: what the admission rounds use, to tell each buyer it is their
+    /// turn, and what the durable room logs. Each admission is named to exactly one caller,
+    /// however many nodes admit at once.
+    async fn admit_named(
+        &self,
+        sale: &SaleId,
+        units_available: Option<u64>,
+        units_per_admission: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+        max_batch: u64,
+    ) -> PortResult<Vec<Admitted>>;
+    /// Whether the room holds the sale's line (it was restored, or created, since the room
+    /// last started empty).
+    async fn holds(&self, sale: &SaleId) -> PortResult<bool>;
+    /// Rebuilds the sale's line from its log, unless the room holds it already (another node
+    /// restored it first): `true` if this call did. The line is usable once this returns.
+    async fn restore(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<bool>;
+}
+
+/// A sale's room as its log has it, ready to be put back ([`WaitingRoom::restore`]).
+#[derive(Debug, Clone, Default)]
+pub struct RoomSnapshot {
+    /// Every entry, ranks given ([`stampede_core::waiting_line::restore_ranks`]).
+    pub entries: Vec<LoggedEntry>,
+    /// The pre-queue was drawn (entries carry their ranks).
+    pub drawn: bool,
+    pub seeds: Vec<(DrawPurpose, [u8; 32])>,
+    pub rules: Option<RoomRules>,
+    /// Published draw records (JSON), oldest first.
+    pub draws: Vec<String>,
+    /// The room had said sold out: admissions are waitlist offers.
+    pub waitlist: bool,
+}
+
+/// The durable log of a waiting room: every join and every admission, written in batches (a
+/// join is acknowledged once its batch has committed), read back in one pass to rebuild a
+/// room that lost its lines (embedded: a restart; cluster: Redis flushed or restarted empty).
+/// Beside the entries it keeps a few values per sale (seeds, rules, the drawn order, draw
+/// records) and per deployment (the admission signing key).
+#[async_trait]
+pub trait RoomLog: Send + Sync + 'static {
+    /// Writes a batch in one transaction. Per buyer the log keeps the record that
+    /// [supersedes](LoggedEntry::supersedes) the others, whatever order they arrive in.
+    async fn append_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()>;
+    /// Up to `limit` of a sale's entries after `cursor` (0 to start), with the cursor to go on
+    /// from; fewer than `limit` means the end.
+    async fn entries(
+        &self,
+        sale: &SaleId,
+        cursor: i64,
+        limit: u32,
+    ) -> PortResult<(Vec<LoggedEntry>, i64)>;
+    /// Sets a value kept beside the log (`scope`: a sale id, or `*` for the deployment).
+    async fn put_value(&self, scope: &str, key: &str, value: &str) -> PortResult<()>;
+    /// Every value of `scope`, by key.
+    async fn values(&self, scope: &str) -> PortResult<Vec<(String, String)>>;
 }
 
 /// Rate limits shared by every node (cluster: Redis), so that N nodes behind a load balancer do

@@ -65,6 +65,11 @@ pub struct QueueView {
     /// A signed link key to follow the place without logging in or JavaScript (the
     /// server-rendered place page); given with a join only.
     pub place_ticket: Option<String>,
+    /// Sold out, still waiting: the place on the waitlist (1 = offered the next unit that
+    /// comes back).
+    pub waitlist_position: Option<u64>,
+    /// The admission is a waitlist offer: reserve before this, or it passes to the next.
+    pub claim_deadline: Option<Timestamp>,
 }
 
 /// A solved proof-of-work challenge sent with a join.
@@ -411,7 +416,7 @@ impl App {
                 issued_at: Timestamp(
                     entry
                         .admitted_until_ms
-                        .saturating_sub(self.config.admission_ttl_secs.saturating_mul(1000))
+                        .saturating_sub(self.admission_ttl_ms(entry.offered))
                         .min(self.clock.now().millis()),
                 ),
                 expires_at: Timestamp(entry.admitted_until_ms),
@@ -447,7 +452,28 @@ impl App {
             .then_some(Timestamp(entry.admitted_until_ms)),
             closed: entry.closed,
             paused: entry.paused,
+            // Once the sale sold out, everyone still waiting is on its waitlist (in line
+            // for units that come back), whether or not one is back right now.
+            waitlist_position: (entry.state == EntryState::Waiting
+                && !entry.pre_queue
+                && !entry.closed
+                && (entry.sold_out || self.sold_out_at.contains_key(sale)))
+            .then_some(entry.position),
+            claim_deadline: (entry.offered
+                && matches!(entry.state, EntryState::Admitted | EntryState::Claimed))
+            .then_some(Timestamp(entry.admitted_until_ms)),
         })
+    }
+
+    /// How long an admission lasts: a waitlist offer (made once the sale sold out) has the
+    /// claim window, any other the admission time.
+    fn admission_ttl_ms(&self, offer: bool) -> i64 {
+        let secs = if offer {
+            self.config.waitlist_claim_secs
+        } else {
+            self.config.admission_ttl_secs
+        };
+        secs.saturating_mul(1000)
     }
 
     /// Checks a reservation's admission token and takes the admission it grants (single use):
@@ -590,7 +616,10 @@ impl App {
         };
         let available = u64::try_from(available).unwrap_or(0);
         // The room reads the gate's count itself, in the same atomic step as the admission.
-        let ttl_ms = self.config.admission_ttl_secs.saturating_mul(1000);
+        // Once the sale sold out, a unit that comes back is a waitlist offer: it lasts the
+        // claim window.
+        let offer = self.sold_out_at.contains_key(&sale.id);
+        let ttl_ms = self.admission_ttl_ms(offer);
         let admitted = self
             .room
             .admit_named(
@@ -610,9 +639,13 @@ impl App {
         let sold_out = available == 0;
         let close = if sold_out {
             self.sold_out_at.entry(sale.id.clone()).or_insert(now);
-            // Closed for good only when nothing is held that could come back.
+            // Closed for good only when nothing is held that could come back and nobody is
+            // on the waitlist (a cancelled order's unit is offered to them).
             match self.store.sale(&sale.id).await? {
-                Some(fresh) => fresh.stock.available == 0 && fresh.stock.held == 0,
+                Some(fresh) if fresh.stock.available == 0 && fresh.stock.held == 0 => {
+                    self.room.stats(&sale.id).await?.waiting == 0
+                }
+                Some(_) => false,
                 None => true,
             }
         } else {

@@ -54,6 +54,9 @@ pub struct EntryView {
     pub closed: bool,
     /// The organiser paused admission: nobody is admitted, places are kept.
     pub paused: bool,
+    /// The admission is a waitlist offer: made after the room said sold out, for a unit that
+    /// came back (it lasts the claim window, then passes on to the next in line).
+    pub offered: bool,
 }
 
 /// Why a join was refused.
@@ -85,6 +88,141 @@ pub enum ClaimRefusal {
 pub struct Admitted {
     pub user_id: String,
     pub ticket: u64,
+    /// The device the buyer joined from (the room's log keeps it with the admission).
+    pub device_id: String,
+    /// When the admission lapses.
+    pub until_ms: i64,
+}
+
+/// One buyer's entry as the room's durable log keeps it: enough to put the buyer back in the
+/// same place, with the same admission, after a restart (see [`WaitingLine::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEntry {
+    pub user_id: String,
+    pub device_id: String,
+    /// Place in line for good; `None` for a pre-queue entry whose rank the draw gives (see
+    /// [`restore_ranks`]).
+    pub rank: Option<u64>,
+    /// Join order in the pre-queue, if the buyer joined before the draw.
+    pub pre_seq: Option<u64>,
+    /// `Claimed` is kept as `Admitted`: a claim is settled, or lapses, after a restart.
+    pub state: EntryState,
+    /// When an admission lapses (0 unless admitted).
+    pub until_ms: i64,
+    pub lottery_won: bool,
+    /// Units bought with the admission (the device's tally).
+    pub units: u64,
+}
+
+impl LoggedEntry {
+    /// How far along its life the entry is: waiting 0, admitted 1, ended 2.
+    pub fn stage(&self) -> u8 {
+        match self.state {
+            EntryState::Waiting => 0,
+            EntryState::Admitted | EntryState::Claimed => 1,
+            EntryState::Used | EntryState::Expired | EntryState::LotteryLost => 2,
+        }
+    }
+
+    /// Whether this record replaces `older` for the same buyer: a new rank (joined again
+    /// after a lapse) or, at the same place, a later stage. Records may reach the log out of
+    /// order (a join and its admission in different batches); the log keeps the furthest,
+    /// never goes back. Both stores apply this same rule in SQL.
+    pub fn supersedes(&self, older: &LoggedEntry) -> bool {
+        let old_rank = older.rank.map_or(-1, i128::from);
+        match self.rank.map(i128::from) {
+            Some(rank) if rank > old_rank => true,
+            Some(rank) if rank < old_rank => false,
+            _ => self.stage() > older.stage(),
+        }
+    }
+
+    /// `self` written over `older` (when it [`supersedes`](Self::supersedes) it): the place
+    /// and the pre-queue seat are kept unless `self` names new ones.
+    pub fn merged_over(&self, older: &LoggedEntry) -> LoggedEntry {
+        LoggedEntry {
+            user_id: older.user_id.clone(),
+            device_id: older.device_id.clone(),
+            rank: self.rank.or(older.rank),
+            pre_seq: older.pre_seq.or(self.pre_seq),
+            state: self.state,
+            // A record without a place (a spent admission) keeps the admission's deadline.
+            until_ms: if self.rank.is_none() && self.until_ms == 0 {
+                older.until_ms
+            } else {
+                self.until_ms
+            },
+            lottery_won: self.lottery_won || older.lottery_won,
+            units: self.units.max(older.units),
+        }
+    }
+
+    /// The stored word of a state.
+    pub fn state_word(&self) -> &'static str {
+        match self.state {
+            EntryState::Waiting => "waiting",
+            EntryState::Admitted | EntryState::Claimed => "admitted",
+            EntryState::Used => "used",
+            EntryState::Expired => "expired",
+            EntryState::LotteryLost => "lost",
+        }
+    }
+
+    /// The state a stored word names.
+    pub fn state_from_word(word: &str) -> Option<EntryState> {
+        Some(match word {
+            "waiting" => EntryState::Waiting,
+            "admitted" => EntryState::Admitted,
+            "used" => EntryState::Used,
+            "expired" => EntryState::Expired,
+            "lost" => EntryState::LotteryLost,
+            _ => return None,
+        })
+    }
+}
+
+/// Gives every pre-queue entry without a rank the rank the draw gave it: `order` first (those
+/// it names, in its order), then the rest in join order, exactly as
+/// [`WaitingLine::place_drawn`] did. Entries that already carry a rank keep it (their draw
+/// rank, recorded, or a later one after joining again). Returns whether the line counts as
+/// drawn: `order` was given, or some entry has a rank (joined after a draw whose record was
+/// lost: its pre-queue is placed in join order).
+pub fn restore_ranks(entries: &mut [LoggedEntry], order: Option<&[String]>) -> bool {
+    let drawn = order.is_some() || entries.iter().any(|e| e.rank.is_some());
+    if !drawn {
+        return false;
+    }
+    let mut pre: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].pre_seq.is_some())
+        .collect();
+    pre.sort_by_key(|&i| entries[i].pre_seq);
+    let index_of: HashMap<&str, usize> = pre
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| (entries[i].user_id.as_str(), k))
+        .collect();
+    let mut placed = vec![false; pre.len()];
+    let mut sequence: Vec<usize> = Vec::with_capacity(pre.len());
+    for user in order.unwrap_or(&[]) {
+        if let Some(&k) = index_of.get(user.as_str()) {
+            if !placed[k] {
+                placed[k] = true;
+                sequence.push(pre[k]);
+            }
+        }
+    }
+    for (k, &i) in pre.iter().enumerate() {
+        if !placed[k] {
+            sequence.push(i);
+        }
+    }
+    for (rank, i) in sequence.into_iter().enumerate() {
+        let entry = &mut entries[i];
+        if entry.rank.is_none() {
+            entry.rank = Some(rank as u64);
+        }
+    }
+    true
 }
 
 /// Counters for the admin view and the fairness figures.
@@ -144,6 +282,19 @@ impl Fenwick {
         let covered = self.prefix(i - 1) - self.prefix(i - low);
         self.tree.push(value + covered);
     }
+
+    /// Built from every rank's value at once, in O(n).
+    fn from_values(values: Vec<i64>) -> Self {
+        let mut tree = values;
+        let n = tree.len();
+        for i in 1..=n {
+            let parent = i + (i & i.wrapping_neg());
+            if parent <= n {
+                tree[parent - 1] += tree[i - 1];
+            }
+        }
+        Self { tree }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +306,8 @@ struct Slot {
     state: EntryState,
     until_ms: i64,
     lottery_won: bool,
+    /// Admitted after the room said sold out: a waitlist offer.
+    offered: bool,
     /// Join order within the pre-queue (its provisional position).
     pre_seq: u32,
 }
@@ -184,6 +337,9 @@ pub struct WaitingLine {
     expired_total: u64,
     lottery_lost_total: u64,
     sold_out: bool,
+    /// The room has said sold out once: from then on every admission is a waitlist offer
+    /// (a unit that came back, for the next in line).
+    waitlist: bool,
     closed: bool,
     /// Set by the organiser: admission rounds admit nobody (lapses still happen).
     paused: bool,
@@ -243,6 +399,7 @@ impl WaitingLine {
                 entry.rank = Some(rank);
                 entry.state = EntryState::Waiting;
                 entry.until_ms = 0;
+                entry.offered = false;
             }
             return Ok(self.view_slot(slot));
         }
@@ -270,6 +427,7 @@ impl WaitingLine {
             state: EntryState::Waiting,
             until_ms: 0,
             lottery_won: false,
+            offered: false,
             pre_seq,
         });
         self.by_user.insert(user.into(), slot);
@@ -297,6 +455,8 @@ impl WaitingLine {
             sold_out: self.sold_out,
             closed: self.closed,
             paused: self.paused,
+            offered: entry.offered
+                && matches!(entry.state, EntryState::Admitted | EntryState::Claimed),
         }
     }
 
@@ -424,7 +584,11 @@ impl WaitingLine {
             let rank = self.cursor;
             self.cursor += 1;
             let slot = self.ranks[rank];
-            let entry = &self.slots[slot as usize];
+            // A restored line may have ranks nobody holds (joins lost before their batch
+            // committed): they point at no slot.
+            let Some(entry) = self.slots.get(slot as usize) else {
+                continue;
+            };
             if entry.state != EntryState::Waiting || entry.rank != u32::try_from(rank).ok() {
                 continue;
             }
@@ -447,13 +611,130 @@ impl WaitingLine {
         entry.state = EntryState::Admitted;
         entry.until_ms = now_ms.saturating_add(ttl_ms);
         entry.lottery_won = won;
+        entry.offered = self.waitlist && !won;
         self.outstanding.push(slot);
         self.admission_ranks.push(rank as u64);
         self.admitted_total += 1;
         Admitted {
             user_id: entry.user.to_string(),
             ticket: rank as u64,
+            device_id: self.device_names[entry.device as usize].to_string(),
+            until_ms: entry.until_ms,
         }
+    }
+
+    /// A line rebuilt from its log (entries with the ranks [`restore_ranks`] gave them):
+    /// every buyer at the same place, admissions not used yet still outstanding (lapsing at
+    /// the same time), used ones spent, device tallies counted again. O(n), one pass.
+    /// `drawn` is what [`restore_ranks`] answered: if not, every entry is back in the
+    /// pre-queue in join order.
+    pub fn restore(entries: &[LoggedEntry], drawn: bool) -> WaitingLine {
+        let mut line = WaitingLine::new();
+        line.drawn = drawn;
+        let rank_count = if drawn {
+            entries
+                .iter()
+                .filter_map(|e| e.rank)
+                .filter(|&r| r < u64::from(u32::MAX))
+                .max()
+                .map_or(0, |r| r as usize + 1)
+        } else {
+            0
+        };
+        line.ranks = vec![u32::MAX; rank_count];
+        let mut values = vec![0i64; rank_count];
+        let mut pre: Vec<(u64, u32)> = Vec::new();
+        let mut unplaced: Vec<u32> = Vec::new();
+        line.slots.reserve(entries.len());
+        line.by_user.reserve(entries.len());
+        for e in entries {
+            if line.by_user.contains_key(e.user_id.as_str()) {
+                continue;
+            }
+            let device = line.device_index(&e.device_id);
+            let tally = &mut line.device_tally[device as usize];
+            tally.0 += 1;
+            tally.1 += e.units;
+            let slot = u32::try_from(line.slots.len()).unwrap_or(u32::MAX);
+            let state = match e.state {
+                EntryState::Claimed => EntryState::Admitted,
+                s => s,
+            };
+            let mut rank = None;
+            if drawn {
+                match e.rank.and_then(|r| usize::try_from(r).ok()) {
+                    Some(r) if r < rank_count && line.ranks[r] == u32::MAX => {
+                        line.ranks[r] = slot;
+                        rank = u32::try_from(r).ok();
+                    }
+                    _ => unplaced.push(slot),
+                }
+            } else {
+                pre.push((e.pre_seq.unwrap_or(u64::MAX), slot));
+            }
+            line.slots.push(Slot {
+                user: e.user_id.as_str().into(),
+                device,
+                rank,
+                state,
+                until_ms: e.until_ms,
+                lottery_won: e.lottery_won,
+                offered: false,
+                pre_seq: 0,
+            });
+            line.by_user.insert(e.user_id.as_str().into(), slot);
+            match state {
+                EntryState::Waiting => {
+                    if let Some(r) = rank {
+                        values[r as usize] = 1;
+                    }
+                }
+                EntryState::Admitted | EntryState::Claimed => {
+                    line.outstanding.push(slot);
+                    line.admitted_total += 1;
+                }
+                EntryState::Used => {
+                    line.used_total += 1;
+                    line.admitted_total += 1;
+                }
+                EntryState::Expired => {
+                    line.expired_total += 1;
+                    line.admitted_total += 1;
+                }
+                EntryState::LotteryLost => line.lottery_lost_total += 1,
+            }
+        }
+        line.waiting = Fenwick::from_values(values);
+        line.admission_ranks = line
+            .ranks
+            .iter()
+            .enumerate()
+            .filter(|(_, &slot)| {
+                line.slots.get(slot as usize).is_some_and(|s| {
+                    matches!(
+                        s.state,
+                        EntryState::Admitted | EntryState::Used | EntryState::Expired
+                    )
+                })
+            })
+            .map(|(r, _)| r as u64)
+            .collect();
+        // Ranks the log had twice or not at all (never in a consistent log): at the back.
+        for slot in unplaced {
+            let rank = line.next_rank(slot);
+            let entry = &mut line.slots[slot as usize];
+            entry.rank = Some(rank);
+            if entry.state != EntryState::Waiting {
+                line.waiting.add(rank as usize, -1);
+            }
+        }
+        pre.sort_unstable();
+        for (seq, (_, slot)) in pre.into_iter().enumerate() {
+            line.slots[slot as usize].pre_seq = u32::try_from(seq).unwrap_or(u32::MAX);
+            line.pre_queue.push(slot);
+        }
+        debug_assert_eq!(line.waiting.len(), line.ranks.len());
+        line
     }
 
     /// Takes the caller's admission for a reservation of `quantity` units.
@@ -540,11 +821,23 @@ impl WaitingLine {
     /// Marks the stock as gone (or back). Waiting buyers see it on their next look.
     pub fn set_sold_out(&mut self, sold_out: bool) {
         self.sold_out = sold_out;
+        self.waitlist |= sold_out;
+    }
+
+    /// Whether the room has said sold out (admissions are waitlist offers from then on).
+    pub fn is_waitlist(&self) -> bool {
+        self.waitlist
+    }
+
+    /// Puts back the waitlist flag of a line rebuilt from its log.
+    pub fn set_waitlist(&mut self, waitlist: bool) {
+        self.waitlist = waitlist;
     }
 
     /// Closes the room for good: nothing will come back (all sold, or the sale ended).
     pub fn close(&mut self) {
         self.sold_out = true;
+        self.waitlist = true;
         self.closed = true;
     }
 
@@ -847,6 +1140,70 @@ mod tests {
                 }
             }
             prop_assert_eq!(line.stats().waiting, model.len() as u64);
+        }
+
+        /// A line rebuilt from what a log keeps of it (every buyer's latest view) answers
+        /// every buyer as the line did: same place, state, ticket and deadline.
+        #[test]
+        fn a_restored_line_answers_as_the_original(
+            ops in proptest::collection::vec((0u8..4, 0u8..30), 1..200)
+        ) {
+            let mut line = drawn_line();
+            let mut now = 0i64;
+            let mut users: Vec<String> = Vec::new();
+            for (op, who) in ops {
+                let user = format!("u{who}");
+                match op {
+                    0 | 1 => {
+                        if line.join(&user, &format!("d{}", who % 7), 0).is_ok()
+                            && !users.contains(&user)
+                        {
+                            users.push(user);
+                        }
+                    }
+                    2 => {
+                        let _ = line.admit(3, 1, 1000, now, 3);
+                    }
+                    _ => {
+                        now += 400;
+                        if let Some(v) = line.view(&user) {
+                            if v.state == EntryState::Admitted
+                                && line.claim(&user, &v.device_id, v.ticket, 1, 0, now).is_ok()
+                            {
+                                line.settle(&user, 1, true, i64::MAX);
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = line.admit(0, 1, 1000, now, 0);
+            let entries: Vec<LoggedEntry> = users
+                .iter()
+                .map(|u| {
+                    let v = line.view(u).unwrap();
+                    LoggedEntry {
+                        user_id: u.clone(),
+                        device_id: v.device_id.clone(),
+                        rank: Some(v.ticket),
+                        pre_seq: None,
+                        state: v.state,
+                        until_ms: v.admitted_until_ms,
+                        lottery_won: v.lottery_won,
+                        units: 0,
+                    }
+                })
+                .collect();
+            let mut restored = WaitingLine::restore(&entries, true);
+            let _ = restored.admit(0, 1, 1000, now, 0);
+            for u in &users {
+                prop_assert_eq!(restored.view(u), line.view(u));
+            }
+            prop_assert_eq!(restored.stats().waiting, line.stats().waiting);
+            prop_assert_eq!(restored.stats().outstanding, line.stats().outstanding);
+            // Both admit the same next buyers.
+            let a: Vec<String> = line.admit(5, 1, 1000, now, 5).into_iter().map(|a| a.user_id).collect();
+            let b: Vec<String> = restored.admit(5, 1, 1000, now, 5).into_iter().map(|a| a.user_id).collect();
+            prop_assert_eq!(a, b);
         }
 
         #[test]

@@ -1,10 +1,12 @@
 //! The embedded waiting room: one [`WaitingLine`] per sale in this process's memory, each
 //! behind its own mutex (operations are O(log n) and never wait on I/O while holding it).
 //!
-//! The room is soft state: a restart empties it; buyers join again. Holds and orders, which are
-//! what must survive, live in the store. The admission signing key is the exception: the
-//! server gives it from the data dir ([`MemoryRoom::with_signing_key`]), so the public key
-//! shops verify admissions with stays the same across restarts.
+//! The room itself is soft state: a restart empties it. The server puts it behind
+//! [`stampede_app::durable_room::DurableRoom`], which logs joins and admissions to the store
+//! and gives a sale's line back through [`WaitingRoom::restore`] on its first use after a
+//! restart. The admission signing key comes from the data dir
+//! ([`MemoryRoom::with_signing_key`]), so the public key shops verify admissions with stays
+//! the same across restarts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
+use stampede_app::ports::{PortError, PortResult, RoomRules, RoomSnapshot, WaitingRoom};
 use stampede_core::draw::DrawPurpose;
 use stampede_core::waiting_line::{
     Admitted, ClaimRefusal, EntryView, JoinRefusal, LineStats, WaitingLine,
@@ -122,18 +124,17 @@ impl WaitingRoom for MemoryRoom {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64> {
-        let gate = self.gate.clone();
-        self.with(sale, |r| {
-            let units = units_available.unwrap_or_else(|| {
-                gate.as_ref()
-                    .and_then(|g| g.available_now(sale))
-                    .map(|a| u64::try_from(a).unwrap_or(0))
-                    .unwrap_or(0)
-            });
-            r.line
-                .admit(units, units_per_admission, ttl_ms, now_ms, max_batch)
-                .len() as u64
-        })
+        Ok(self
+            .admit_named(
+                sale,
+                units_available,
+                units_per_admission,
+                ttl_ms,
+                now_ms,
+                max_batch,
+            )
+            .await?
+            .len() as u64)
     }
 
     async fn admit_named(
@@ -156,6 +157,42 @@ impl WaitingRoom for MemoryRoom {
             r.line
                 .admit(units, units_per_admission, ttl_ms, now_ms, max_batch)
         })
+    }
+
+    async fn holds(&self, sale: &SaleId) -> PortResult<bool> {
+        Ok(self.rooms.contains_key(sale))
+    }
+
+    async fn restore(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<bool> {
+        if self.rooms.contains_key(sale) {
+            return Ok(false);
+        }
+        // Built outside any lock: a million entries take a moment.
+        let mut line = WaitingLine::restore(&snapshot.entries, snapshot.drawn);
+        line.set_waitlist(snapshot.waitlist);
+        let rules = snapshot.rules.unwrap_or_default();
+        line.set_admission_limits(
+            rules.admission_paused,
+            u64::from(rules.new_per_minute),
+            u64::from(rules.max_active),
+        );
+        let room = Room {
+            line,
+            rules,
+            seeds: snapshot
+                .seeds
+                .iter()
+                .map(|(p, s)| (purpose_key(*p), *s))
+                .collect(),
+            draws: snapshot.draws.clone(),
+        };
+        match self.rooms.entry(sale.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(_) => Ok(false),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(Arc::new(Mutex::new(room)));
+                Ok(true)
+            }
+        }
     }
 
     async fn claim(

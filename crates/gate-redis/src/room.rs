@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Script;
 
-use stampede_app::ports::{PortError, PortResult, RoomRules, WaitingRoom};
+use stampede_app::ports::{PortError, PortResult, RoomRules, RoomSnapshot, WaitingRoom};
 use stampede_core::draw::DrawPurpose;
 use stampede_core::waiting_line::{
     Admitted, ClaimRefusal, EntryState, EntryView, JoinRefusal, LineStats,
@@ -41,7 +41,8 @@ local function view(user)
   return { st, pos, pre, redis.call('HGET', KEYS[3], user) or '0',
     redis.call('HGET', KEYS[2], user) or '', redis.call('HGET', KEYS[4], user) or '0',
     redis.call('SISMEMBER', KEYS[11], user), redis.call('HGET', KEYS[7], 'sold_out') or '0',
-    redis.call('HGET', KEYS[7], 'closed') or '0', redis.call('HGET', KEYS[7], 'paused') or '0' }
+    redis.call('HGET', KEYS[7], 'closed') or '0', redis.call('HGET', KEYS[7], 'paused') or '0',
+    (st == 'admitted' or st == 'claimed') and redis.call('SISMEMBER', KEYS[17], user) or 0 }
 end
 "#;
 
@@ -53,6 +54,7 @@ local closed = redis.call('HGET', KEYS[7], 'closed') == '1'
 if st then
   if st == 'expired' and not closed then
     redis.call('SREM', KEYS[11], user)
+    redis.call('SREM', KEYS[17], user)
     local r = redis.call('HINCRBY', KEYS[7], 'next_rank', 1) - 1
     redis.call('ZADD', KEYS[5], r, user)
     redis.call('HSET', KEYS[1], user, 'waiting')
@@ -160,6 +162,9 @@ if max_active > 0 then
 end
 if room <= 0 then return {} end
 local next = redis.call('ZRANGE', KEYS[5], 0, room - 1, 'WITHSCORES')
+local out = {}
+-- Admitted once the room said sold out: a waitlist offer (KEYS[17]).
+local sold_out = redis.call('HGET', KEYS[7], 'waitlist') == '1'
 for i = 1, #next, 2 do
   local u, r = next[i], next[i + 1]
   redis.call('ZREM', KEYS[5], u)
@@ -170,9 +175,14 @@ for i = 1, #next, 2 do
   redis.call('RPUSH', KEYS[10], r)
   redis.call('HINCRBY', KEYS[7], 'admitted', 1)
   redis.call('ZADD', KEYS[15], now, r)
+  if sold_out then redis.call('SADD', KEYS[17], u) else redis.call('SREM', KEYS[17], u) end
+  out[#out + 1] = u
+  out[#out + 1] = r
+  out[#out + 1] = redis.call('HGET', KEYS[2], u) or ''
+  out[#out + 1] = tostring(now + ttl)
 end
 redis.call('PEXPIRE', KEYS[15], 60000)
-return next
+return out
 "#;
 
 /// ARGV: user, device, ticket, quantity, device limit, now ms. Returns a word.
@@ -256,11 +266,23 @@ local created = redis.call('HSETNX', KEYS[7], ARGV[1], ARGV[2])
 return { redis.call('HGET', KEYS[7], ARGV[1]), created }
 "#;
 
+/// Put in front of the scripts of a durable room ([`RedisRoom::durable`]): a sale whose line
+/// Redis lost (flushed, restarted empty) answers `unloaded` instead of starting a new line.
+const GUARD: &str = "if redis.call('HGET', KEYS[7], 'ready') ~= '1' then return 'unloaded' end\n";
+
+/// Entries written per pipeline when a line is restored.
+const RESTORE_CHUNK: usize = 10_000;
+
+/// How long a restore may hold its lock before another node may take over.
+const RESTORE_LEASE_MS: u64 = 120_000;
+
 /// A [`WaitingRoom`] in Redis, shared by every node of a deployment.
 pub struct RedisRoom {
     conn: crate::Conn,
     namespace: String,
     timeout: Duration,
+    /// Restores lines from a log: a sale's keys are used only once marked `ready`.
+    guarded: bool,
     join: Script,
     view: Script,
     place: Script,
@@ -311,10 +333,11 @@ type RawView = (
     String,
     String,
     String,
+    u8,
 );
 
 fn to_view(raw: RawView) -> PortResult<EntryView> {
-    let (state, position, pre, ticket, device, until, won, sold_out, closed, paused) = raw;
+    let (state, position, pre, ticket, device, until, won, sold_out, closed, paused, offered) = raw;
     Ok(EntryView {
         state: state_of(&state)?,
         position,
@@ -326,6 +349,7 @@ fn to_view(raw: RawView) -> PortResult<EntryView> {
         sold_out: sold_out == "1",
         closed: closed == "1",
         paused: paused == "1",
+        offered: offered == 1,
     })
 }
 
@@ -333,22 +357,38 @@ impl RedisRoom {
     /// Connects (within the configured deadline); same settings as the gate.
     pub async fn connect(config: RedisGateConfig) -> PortResult<RedisRoom> {
         let conn = crate::connect(&config).await?;
-        let with_view = |body: &str| Script::new(&format!("{VIEW_FN}\n{body}"));
-        let with_place = |body: &str| Script::new(&format!("{PLACE}\n{body}"));
-        Ok(RedisRoom {
+        Ok(Self::build(conn, config.namespace, config.timeout, false))
+    }
+
+    fn build(conn: crate::Conn, namespace: String, timeout: Duration, guarded: bool) -> Self {
+        let guard = if guarded { GUARD } else { "" };
+        let plain = |body: &str| Script::new(&format!("{guard}{body}"));
+        let with_view = |body: &str| Script::new(&format!("{guard}{VIEW_FN}\n{body}"));
+        let with_place = |body: &str| Script::new(&format!("{guard}{PLACE}\n{body}"));
+        RedisRoom {
             conn,
-            namespace: config.namespace,
-            timeout: config.timeout,
+            namespace,
+            timeout,
+            guarded,
             join: with_view(JOIN),
             view: with_view(VIEW),
             place: with_place(PLACE_CALL),
-            admit: Script::new(ADMIT),
-            claim: Script::new(CLAIM),
-            settle: Script::new(SETTLE),
+            admit: plain(ADMIT),
+            claim: plain(CLAIM),
+            settle: plain(SETTLE),
             lottery: with_place(LOTTERY),
-            stats: Script::new(STATS),
-            setnx_meta: Script::new(SETNX_META),
-        })
+            stats: plain(STATS),
+            setnx_meta: plain(SETNX_META),
+        }
+    }
+
+    /// The room for a durable deployment (behind
+    /// [`stampede_app::durable_room::DurableRoom`]): a sale's line is used only once it was
+    /// restored from the log (or found empty there), and a line Redis loses answers
+    /// [`PortError::RoomNotLoaded`] until it is restored again, instead of starting over with
+    /// everyone's place gone.
+    pub fn durable(self) -> Self {
+        Self::build(self.conn, self.namespace, self.timeout, true)
     }
 
     /// The sale's room keys in the order the scripts expect, then the gate's `avail` (same
@@ -367,6 +407,8 @@ impl RedisRoom {
         // so the indexes above stay those the scripts were written against.
         keys.push(format!("{tag}:q:recent"));
         keys.push(format!("{tag}:q:shop"));
+        // Admissions that are waitlist offers (made after the room said sold out).
+        keys.push(format!("{tag}:q:offer"));
         keys
     }
 
@@ -376,7 +418,12 @@ impl RedisRoom {
         sale: &SaleId,
         args: &[String],
     ) -> PortResult<T> {
-        crate::invoke(&self.conn, self.timeout, script, &self.keys(sale), args).await
+        let value: redis::Value =
+            crate::invoke(&self.conn, self.timeout, script, &self.keys(sale), args).await?;
+        if self.guarded && matches!(&value, redis::Value::BulkString(b) if b == b"unloaded") {
+            return Err(PortError::RoomNotLoaded);
+        }
+        redis::from_redis_value(value).map_err(|e| PortError::Internal(format!("room reply: {e}")))
     }
 
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
@@ -389,6 +436,251 @@ impl RedisRoom {
 
     fn key(&self, sale: &SaleId, which: usize) -> String {
         self.keys(sale).swap_remove(which)
+    }
+
+    /// A guarded room answers only from a line marked `ready` (see [`GUARD`]).
+    fn check_ready(&self, ready: Option<&str>) -> PortResult<()> {
+        if self.guarded && ready != Some("1") {
+            return Err(PortError::RoomNotLoaded);
+        }
+        Ok(())
+    }
+
+    /// [`RedisRoom::check_ready`] for reads that are not scripts: one more round trip, only in
+    /// a guarded room, on calls the admission rounds make rarely.
+    async fn ensure_ready(&self, sale: &SaleId) -> PortResult<()> {
+        if !self.guarded {
+            return Ok(());
+        }
+        let ready: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("ready"))
+            .await?;
+        self.check_ready(ready.as_deref())
+    }
+
+    /// Replaces the sale's room keys with `snapshot`, in pipelines of [`RESTORE_CHUNK`]
+    /// entries, and marks the line `ready` last (until then a guarded script answers
+    /// `unloaded`, so nobody uses a half-written line).
+    async fn write_snapshot(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<()> {
+        let keys = self.keys(sale);
+        let k = |i: usize| keys[i].as_str();
+        // UNLINK: what is left of a big line is freed in Redis's background.
+        let mut wipe = redis::cmd("UNLINK");
+        for (i, key) in keys.iter().enumerate() {
+            // 13 is the gate's stock: not the room's to drop.
+            if i != 13 {
+                wipe.arg(key);
+            }
+        }
+        let _: i64 = self.cmd(&wipe).await?;
+        let mut devices: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut pre_seq = 0u64;
+        let mut next_rank = 0u64;
+        let (mut admitted, mut used, mut expired, mut lost) = (0u64, 0u64, 0u64, 0u64);
+        let mut admission_ranks: Vec<u64> = Vec::new();
+        for chunk in snapshot.entries.chunks(RESTORE_CHUNK) {
+            let mut pipe = redis::pipe();
+            let (mut state, mut dev, mut rank) =
+                (redis::cmd("HSET"), redis::cmd("HSET"), redis::cmd("HSET"));
+            let (mut line, mut pre, mut until, mut adm, mut won) = (
+                redis::cmd("ZADD"),
+                redis::cmd("ZADD"),
+                redis::cmd("HSET"),
+                redis::cmd("ZADD"),
+                redis::cmd("SADD"),
+            );
+            state.arg(k(0));
+            dev.arg(k(1));
+            rank.arg(k(2));
+            line.arg(k(4));
+            pre.arg(k(5));
+            until.arg(k(3));
+            adm.arg(k(7));
+            won.arg(k(10));
+            let (mut n_rank, mut n_line, mut n_pre, mut n_until, mut n_adm, mut n_won) =
+                (0, 0, 0, 0, 0, 0);
+            for e in chunk {
+                let word = match e.state {
+                    EntryState::Waiting => "waiting",
+                    EntryState::Admitted | EntryState::Claimed => "admitted",
+                    EntryState::Used => "used",
+                    EntryState::Expired => "expired",
+                    EntryState::LotteryLost => "lost",
+                };
+                state.arg(&e.user_id).arg(word);
+                dev.arg(&e.user_id).arg(&e.device_id);
+                let tally = devices.entry(e.device_id.as_str()).or_default();
+                tally.0 += 1;
+                tally.1 += e.units;
+                match (snapshot.drawn, e.rank) {
+                    (true, Some(r)) => {
+                        rank.arg(&e.user_id).arg(r);
+                        n_rank += 1;
+                        next_rank = next_rank.max(r + 1);
+                        if e.state == EntryState::Waiting {
+                            line.arg(r).arg(&e.user_id);
+                            n_line += 1;
+                        }
+                        if matches!(
+                            e.state,
+                            EntryState::Admitted
+                                | EntryState::Claimed
+                                | EntryState::Used
+                                | EntryState::Expired
+                        ) {
+                            admission_ranks.push(r);
+                        }
+                    }
+                    _ => {
+                        if e.state == EntryState::Waiting {
+                            pre_seq += 1;
+                            pre.arg(e.pre_seq.unwrap_or(pre_seq)).arg(&e.user_id);
+                            n_pre += 1;
+                        }
+                    }
+                }
+                if e.lottery_won {
+                    won.arg(&e.user_id);
+                    n_won += 1;
+                }
+                if e.until_ms != 0 {
+                    until.arg(&e.user_id).arg(e.until_ms);
+                    n_until += 1;
+                }
+                match e.state {
+                    EntryState::Admitted | EntryState::Claimed => {
+                        admitted += 1;
+                        adm.arg(e.until_ms).arg(&e.user_id);
+                        n_adm += 1;
+                    }
+                    EntryState::Used => {
+                        admitted += 1;
+                        used += 1;
+                    }
+                    EntryState::Expired => {
+                        admitted += 1;
+                        expired += 1;
+                    }
+                    EntryState::LotteryLost => lost += 1,
+                    EntryState::Waiting => {}
+                }
+            }
+            pipe.add_command(state).ignore();
+            pipe.add_command(dev).ignore();
+            if n_rank > 0 {
+                pipe.add_command(rank).ignore();
+            }
+            if n_line > 0 {
+                pipe.add_command(line).ignore();
+            }
+            if n_pre > 0 {
+                pipe.add_command(pre).ignore();
+            }
+            if n_until > 0 {
+                pipe.add_command(until).ignore();
+            }
+            if n_adm > 0 {
+                pipe.add_command(adm).ignore();
+            }
+            if n_won > 0 {
+                pipe.add_command(won).ignore();
+            }
+            self.pipe(&pipe).await?;
+        }
+        let mut pipe = redis::pipe();
+        if !devices.is_empty() {
+            let mut devn = redis::cmd("HSET");
+            devn.arg(k(8));
+            let mut devu = redis::cmd("HSET");
+            devu.arg(k(11));
+            let mut any_units = false;
+            for (device, (accounts, units)) in &devices {
+                devn.arg(*device).arg(*accounts);
+                if *units > 0 {
+                    devu.arg(*device).arg(*units);
+                    any_units = true;
+                }
+            }
+            pipe.add_command(devn).ignore();
+            if any_units {
+                pipe.add_command(devu).ignore();
+            }
+        }
+        if !admission_ranks.is_empty() {
+            admission_ranks.sort_unstable();
+            let mut order = redis::cmd("RPUSH");
+            order.arg(k(9)).arg(&admission_ranks);
+            pipe.add_command(order).ignore();
+        }
+        if !snapshot.draws.is_empty() {
+            let mut draws = redis::cmd("RPUSH");
+            draws.arg(k(12)).arg(&snapshot.draws);
+            pipe.add_command(draws).ignore();
+        }
+        let mut meta = redis::cmd("HSET");
+        meta.arg(k(6))
+            .arg("drawn")
+            .arg(if snapshot.drawn { "1" } else { "0" })
+            .arg("next_rank")
+            .arg(next_rank)
+            .arg("seq")
+            .arg(
+                pre_seq.max(
+                    snapshot
+                        .entries
+                        .iter()
+                        .filter_map(|e| e.pre_seq)
+                        .max()
+                        .map_or(0, |s| s + 1),
+                ),
+            )
+            .arg("admitted")
+            .arg(admitted)
+            .arg("used")
+            .arg(used)
+            .arg("expired")
+            .arg(expired)
+            .arg("lost")
+            .arg(lost)
+            .arg("waitlist")
+            .arg(if snapshot.waitlist { "1" } else { "0" });
+        for (purpose, seed) in &snapshot.seeds {
+            let field = match purpose {
+                DrawPurpose::PreQueue => "seed_pre_queue",
+                DrawPurpose::Lottery => "seed_lottery",
+            };
+            meta.arg(field).arg(to_hex(seed));
+        }
+        if let Some(rules) = snapshot.rules {
+            meta.arg("max_accounts_per_device")
+                .arg(rules.max_accounts_per_device)
+                .arg("device_limit")
+                .arg(rules.device_limit)
+                .arg("pow_bits")
+                .arg(rules.pow_bits)
+                .arg("lottery_at_start")
+                .arg(u8::from(rules.lottery_at_start))
+                .arg("new_per_minute")
+                .arg(rules.new_per_minute)
+                .arg("paused")
+                .arg(u8::from(rules.admission_paused))
+                .arg("max_active")
+                .arg(rules.max_active);
+        }
+        pipe.add_command(meta).ignore();
+        // Last: the line is usable from here on.
+        pipe.add_command(redis::cmd("HSET").arg(k(6)).arg("ready").arg("1").clone())
+            .ignore();
+        self.pipe(&pipe).await
+    }
+
+    async fn pipe(&self, pipe: &redis::Pipeline) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        // A chunk of a restore is bigger than a request: it gets a longer deadline.
+        tokio::time::timeout(self.timeout * 20, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| unavailable("restore call timed out"))?
+            .map_err(unavailable)
     }
 }
 
@@ -431,9 +723,15 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn pre_queue(&self, sale: &SaleId) -> PortResult<Option<Vec<String>>> {
-        let drawn: Option<String> = self
-            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("drawn"))
+        let (drawn, ready): (Option<String>, Option<String>) = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(self.key(sale, 6))
+                    .arg("drawn")
+                    .arg("ready"),
+            )
             .await?;
+        self.check_ready(ready.as_deref())?;
         if drawn.as_deref() == Some("1") {
             return Ok(None);
         }
@@ -457,7 +755,7 @@ impl WaitingRoom for RedisRoom {
         now_ms: i64,
         max_batch: u64,
     ) -> PortResult<u64> {
-        let admitted = self
+        Ok(self
             .admit_named(
                 sale,
                 units_available,
@@ -466,8 +764,8 @@ impl WaitingRoom for RedisRoom {
                 now_ms,
                 max_batch,
             )
-            .await?;
-        Ok(admitted.len() as u64)
+            .await?
+            .len() as u64)
     }
 
     async fn admit_named(
@@ -493,12 +791,54 @@ impl WaitingRoom for RedisRoom {
             )
             .await?;
         Ok(flat
-            .chunks_exact(2)
-            .map(|pair| Admitted {
-                user_id: pair[0].clone(),
-                ticket: pair[1].parse().unwrap_or(0),
+            .chunks_exact(4)
+            .map(|c| Admitted {
+                user_id: c[0].clone(),
+                ticket: c[1].parse().unwrap_or(0),
+                device_id: c[2].clone(),
+                until_ms: c[3].parse().unwrap_or(0),
             })
             .collect())
+    }
+
+    async fn holds(&self, sale: &SaleId) -> PortResult<bool> {
+        let ready: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(self.key(sale, 6)).arg("ready"))
+            .await?;
+        Ok(ready.as_deref() == Some("1"))
+    }
+
+    async fn restore(&self, sale: &SaleId, snapshot: &RoomSnapshot) -> PortResult<bool> {
+        let lock = format!("stampede:{{{}:{}}}:q:restoring", self.namespace, sale);
+        let deadline = std::time::Instant::now() + Duration::from_millis(RESTORE_LEASE_MS);
+        loop {
+            if self.holds(sale).await? {
+                return Ok(false);
+            }
+            let took: Option<String> = self
+                .cmd(
+                    redis::cmd("SET")
+                        .arg(&lock)
+                        .arg(std::process::id())
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(RESTORE_LEASE_MS),
+                )
+                .await?;
+            if took.is_some() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(PortError::Unavailable(
+                    "another node is still restoring this waiting room".into(),
+                ));
+            }
+            // Another node is restoring: its line is ready soon.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let outcome = self.write_snapshot(sale, snapshot).await;
+        let _: i64 = self.cmd(redis::cmd("DEL").arg(&lock)).await.unwrap_or(0);
+        outcome.map(|()| true)
     }
 
     async fn claim(
@@ -575,6 +915,10 @@ impl WaitingRoom for RedisRoom {
         cmd.arg(&meta)
             .arg("sold_out")
             .arg(if sold_out || close { "1" } else { "0" });
+        if sold_out || close {
+            // Sticky: admissions from now on are waitlist offers.
+            cmd.arg("waitlist").arg("1");
+        }
         if close {
             cmd.arg("closed").arg("1");
         }
@@ -583,6 +927,7 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn waiting_entrants(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        self.ensure_ready(sale).await?;
         let mut line: Vec<String> = self
             .cmd(redis::cmd("ZRANGE").arg(self.key(sale, 4)).arg(0).arg(-1))
             .await?;
@@ -691,8 +1036,9 @@ impl WaitingRoom for RedisRoom {
             Option<u32>,
             Option<u8>,
             Option<u32>,
+            Option<String>,
         );
-        let (a, d, p, l, n, paused, active): Fields = self
+        let (a, d, p, l, n, paused, active, ready): Fields = self
             .cmd(
                 redis::cmd("HMGET")
                     .arg(self.key(sale, 6))
@@ -702,9 +1048,11 @@ impl WaitingRoom for RedisRoom {
                     .arg("lottery_at_start")
                     .arg("new_per_minute")
                     .arg("paused")
-                    .arg("max_active"),
+                    .arg("max_active")
+                    .arg("ready"),
             )
             .await?;
+        self.check_ready(ready.as_deref())?;
         Ok(RoomRules {
             max_accounts_per_device: a.unwrap_or(0),
             device_limit: d.unwrap_or(0),
@@ -748,6 +1096,7 @@ impl WaitingRoom for RedisRoom {
     }
 
     async fn draws(&self, sale: &SaleId) -> PortResult<Vec<String>> {
+        self.ensure_ready(sale).await?;
         self.cmd(redis::cmd("LRANGE").arg(self.key(sale, 12)).arg(0).arg(-1))
             .await
     }

@@ -113,3 +113,62 @@ async fn admission_reads_the_gates_count() {
     assert_eq!(room.admit(&sale, None, 1, 1000, now, 100).await.unwrap(), 3);
     assert_eq!(room.admit(&sale, None, 1, 1000, now, 100).await.unwrap(), 0);
 }
+
+/// The Redis room as a durable deployment uses it: guarded, behind the log.
+mod durable {
+    use super::*;
+    use stampede_app::durable_room::DurableRoom;
+    use stampede_core::SaleId;
+    use stampede_testkit::room_log_conformance::MemoryRoomLog;
+
+    async fn guarded_room() -> Option<Arc<dyn WaitingRoom>> {
+        let config = RedisGateConfig {
+            url: URL.to_string(),
+            namespace: format!("t{}", rand::random::<u32>()),
+            timeout: Duration::from_millis(2000),
+        };
+        match RedisRoom::connect(config).await {
+            Ok(room) => Some(Arc::new(room.durable())),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("Redis must be reachable in CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: Redis not reachable at {URL}: {e}");
+                None
+            }
+        }
+    }
+
+    async fn durable_redis_room() -> Option<Arc<dyn WaitingRoom>> {
+        let room = guarded_room().await?;
+        Some(DurableRoom::start(room, Arc::new(MemoryRoomLog::default())))
+    }
+
+    stampede_testkit::room_conformance_tests!(durable_redis_room);
+
+    /// As a flush would: every key of the sale's room goes (the namespace's other sales and
+    /// the machine's other users of Redis are left alone).
+    fn flush_sale(
+        room: Arc<dyn WaitingRoom>,
+        sale: SaleId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn WaitingRoom>> + Send>> {
+        Box::pin(async move {
+            let client = redis::Client::open(URL).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("stampede:{{*:{sale}}}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(!keys.is_empty(), "the sale had keys to lose");
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            room
+        })
+    }
+
+    stampede_testkit::durable_room_conformance_tests!(guarded_room, flush_sale);
+}

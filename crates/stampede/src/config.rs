@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// all sales (0: no cap). Default 20.
     #[arg(long, env = "STAMPEDE_MAX_OPEN_HOLDS_PER_DEVICE")]
     pub max_open_holds_per_device: Option<u32>,
+    /// How long a waitlist offer lasts, in seconds: after a sale sold out, a unit that comes
+    /// back goes to the next in line, who has this long to reserve it before it passes on.
+    /// Default 300.
+    #[arg(long, env = "STAMPEDE_WAITLIST_CLAIM_SECS")]
+    pub waitlist_claim_secs: Option<i64>,
     /// argon2id memory cost in KiB (default 19456, OWASP). Lower only for tests.
     #[arg(long, env = "STAMPEDE_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<u32>,
@@ -196,6 +201,7 @@ pub struct FileConfig {
     pub admission_ttl_secs: Option<i64>,
     pub max_open_holds_per_account: Option<u32>,
     pub max_open_holds_per_device: Option<u32>,
+    pub waitlist_claim_secs: Option<i64>,
     pub argon2_memory_kib: Option<u32>,
     pub argon2_iterations: Option<u32>,
     pub sweep_interval_ms: Option<u64>,
@@ -252,6 +258,7 @@ impl ServeArgs {
             admission_ttl_secs,
             max_open_holds_per_account,
             max_open_holds_per_device,
+            waitlist_claim_secs,
             argon2_memory_kib,
             argon2_iterations,
             sweep_interval_ms,

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::{mpsc, watch};
 
 use stampede_app::config::Argon2Cost;
+use stampede_app::durable_room::DurableRoom;
 use stampede_app::ports::{
     EventBus, Gate, OutboxEvent, OutboxSink, PortError, PortResult, SharedRateLimiter,
     ShopWebhooks, Store, WaitingRoom,
@@ -104,10 +105,16 @@ async fn adapters(
     match args.mode()? {
         Mode::Embedded => {
             let gate = Arc::new(MemoryGate::new());
+            let store = open_store(data_dir).await?;
+            // The room's lines live in memory; their joins and admissions are logged to the
+            // store, so a restart gives everyone their place back.
+            let room = Arc::new(
+                MemoryRoom::with_gate(gate.clone()).with_signing_key(admission_key(data_dir)?),
+            );
             Ok((
-                Arc::new(open_store(data_dir).await?),
-                gate.clone(),
-                Arc::new(MemoryRoom::with_gate(gate).with_signing_key(admission_key(data_dir)?)),
+                Arc::new(store.clone()),
+                gate,
+                DurableRoom::start(room, Arc::new(store)),
                 None,
                 Arc::new(LocalBus::default()),
                 None,
@@ -145,10 +152,13 @@ async fn adapters(
             .await;
             tracing::info!(cluster = %name, node = %node_id, "cluster mode: PostgreSQL judge, Redis gate, RabbitMQ bus");
             let limits = Arc::new(room.rate_limits()) as Arc<dyn SharedRateLimiter>;
+            // Redis is the fast index of the room; PostgreSQL keeps its log, which a line Redis
+            // lost is rebuilt from.
+            let room = DurableRoom::start(Arc::new(room.durable()), Arc::new(store.clone()));
             Ok((
                 Arc::new(store),
                 Arc::new(gate),
-                Arc::new(room),
+                room,
                 Some(limits),
                 bus.clone() as Arc<dyn EventBus>,
                 Some(bus),
@@ -323,6 +333,9 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
                 .max_open_holds_per_device
                 .unwrap_or(defaults.hold_cap.per_device),
         },
+        waitlist_claim_secs: args
+            .waitlist_claim_secs
+            .unwrap_or(defaults.waitlist_claim_secs),
         sold_out_flag_ms: if cluster {
             args.sold_out_flag_ms.unwrap_or(1000)
         } else {

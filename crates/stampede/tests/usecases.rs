@@ -493,8 +493,11 @@ async fn admission_follows_the_stock_to_the_unit() {
         QueueStatus::Waiting
     );
     assert_eq!(w.status(&buyers[4], &sale).await.position, 1);
-    // That admission lapses unused (120 s): the next one gets the unit instead.
-    w.clock.advance_millis(121_000);
+    // The sale had sold out: that admission is a waitlist offer. It lapses unused (the
+    // claim window): the next one gets the unit instead.
+    assert!(w.status(&buyers[3], &sale).await.claim_deadline.is_some());
+    w.clock
+        .advance_millis(w.app.config.waitlist_claim_secs.saturating_mul(1000) + 1_000);
     // Meanwhile the other two holds lapsed too (60 s): three units are back.
     w.app.sweep().await.unwrap();
     w.app.admission_tick().await.unwrap();
@@ -502,23 +505,77 @@ async fn admission_follows_the_stock_to_the_unit() {
         w.status(&buyers[3], &sale).await.status,
         QueueStatus::Expired
     );
+    let mut orders = Vec::new();
     for (i, b) in buyers.iter().enumerate().skip(4).take(3) {
         let v = w.status(b, &sale).await;
         assert_eq!(v.status, QueueStatus::Admitted, "buyer {i}");
+        assert!(
+            v.claim_deadline.is_some(),
+            "a unit that came back is an offer"
+        );
         let token = v.admission_token.unwrap();
         let hold = w
             .app
             .reserve(b, &sale, 1, Some(&token), Some(&device(i)))
             .await
             .unwrap();
-        w.checkout(b, hold.id.as_str(), "tok_ok").await.unwrap();
+        orders.push(w.checkout(b, hold.id.as_str(), "tok_ok").await.unwrap());
     }
-    // Everything sold and nothing held: the room closes for good.
+    // Everything sold and nothing held, but three still wait: the room stays open as their
+    // waitlist, in order.
+    w.app.admission_tick().await.unwrap();
+    for (place, b) in buyers[7..].iter().enumerate() {
+        let v = w.status(b, &sale).await;
+        assert_eq!((v.status, v.closed), (QueueStatus::SoldOut, false));
+        assert_eq!(v.waitlist_position, Some(place as u64 + 1));
+    }
+    // A cancelled order's unit is offered to the first on the waitlist, for the claim window.
+    w.app
+        .cancel_order(&buyers[4], orders[0].id.as_str())
+        .await
+        .unwrap();
+    w.app.admission_tick().await.unwrap();
+    let offer = w.status(&buyers[7], &sale).await;
+    assert_eq!(offer.status, QueueStatus::Admitted);
+    assert_eq!(
+        offer.claim_deadline,
+        Some(w.clock.now().plus_secs(w.app.config.waitlist_claim_secs))
+    );
+    assert_eq!(w.status(&buyers[8], &sale).await.waitlist_position, Some(1));
+    // Unclaimed, it passes on to the next.
+    w.clock
+        .advance_millis(w.app.config.waitlist_claim_secs.saturating_mul(1000) + 1);
+    w.app.admission_tick().await.unwrap();
+    assert_eq!(
+        w.status(&buyers[7], &sale).await.status,
+        QueueStatus::Expired
+    );
+    let offer = w.status(&buyers[8], &sale).await;
+    assert_eq!(offer.status, QueueStatus::Admitted);
+    let hold = w
+        .app
+        .reserve(
+            &buyers[8],
+            &sale,
+            1,
+            offer.admission_token.as_deref(),
+            Some(&device(8)),
+        )
+        .await
+        .unwrap();
+    w.checkout(&buyers[8], hold.id.as_str(), "tok_ok")
+        .await
+        .unwrap();
+    // Only the last one waits now; everything sold, nothing held: the room stays open for
+    // them until the sale ends.
     w.app.admission_tick().await.unwrap();
     let v = w.status(&buyers[9], &sale).await;
-    assert_eq!((v.status, v.closed), (QueueStatus::SoldOut, true));
+    assert_eq!(
+        (v.status, v.waitlist_position),
+        (QueueStatus::SoldOut, Some(1))
+    );
     let report = w.app.room_report(&w.admin, &sale).await.unwrap();
-    assert_eq!(report.admitted, 7, "3 + 1 returned + 3 returned");
+    assert_eq!(report.admitted, 9, "3 + 1 returned + 3 returned + 2 offers");
     assert_eq!(report.fifo_inversions, 0);
     let m = w.app.sale_metrics(&w.admin, &sale).await.unwrap();
     assert_eq!((m.sold, m.held, m.available), (3, 0, 0));

@@ -29,6 +29,7 @@ mod misc;
 mod orders;
 mod outbox;
 mod report;
+mod room_log;
 mod rows;
 mod sales;
 mod txstock;

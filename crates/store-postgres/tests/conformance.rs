@@ -319,3 +319,14 @@ async fn unreachable_server_is_unavailable() {
     let out = PgStore::connect("postgres://postgres@127.0.0.1:1/nothing").await;
     assert!(matches!(out, Err(PortError::Unavailable(_))), "{out:?}");
 }
+
+/// The room's log on PostgreSQL against the shared log suite (each check on its own schema).
+async fn with_room_log<C, Fut>(check: C)
+where
+    C: FnOnce(Arc<dyn stampede_app::ports::RoomLog>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    with_fixture(fixture().await, |store, _schema| check(Arc::new(store))).await;
+}
+
+stampede_testkit::room_log_conformance_tests!(with_room_log);

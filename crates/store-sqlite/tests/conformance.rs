@@ -65,3 +65,15 @@ async fn committed_holds_survive_a_reopen() {
     store.close().await;
     drop(dir);
 }
+
+/// The room's log on SQLite against the shared log suite.
+async fn with_room_log<C, Fut>(check: C)
+where
+    C: FnOnce(Arc<dyn stampede_app::ports::RoomLog>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let f = fx().await;
+    check(Arc::new(f.store.clone())).await;
+}
+
+stampede_testkit::room_log_conformance_tests!(with_room_log);

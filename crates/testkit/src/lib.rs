@@ -14,6 +14,7 @@ use stampede_app::ports::Store;
 
 pub mod catalog_conformance;
 pub mod room_conformance;
+pub mod room_log_conformance;
 pub mod store_conformance;
 
 /// One fresh, migrated, empty store for one conformance check, plus whatever must outlive it

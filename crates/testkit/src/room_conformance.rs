@@ -17,7 +17,7 @@ fn sale() -> SaleId {
     SaleId::generate(1, rand_u128())
 }
 
-fn rand_u128() -> u128 {
+pub(crate) fn rand_u128() -> u128 {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     #[allow(clippy::disallowed_methods)] // test ids only need to differ between runs
@@ -657,7 +657,8 @@ macro_rules! room_conformance_tests {
             a_paused_room_admits_nobody_and_keeps_places,
             admissions_per_minute_are_capped,
             max_active_counts_the_admitted_and_the_shopping,
-            admissions_are_named_once_in_line_order
+            admissions_are_named_once_in_line_order,
+            after_sell_out_admissions_are_offers_that_pass_on
         );
     };
     (@each $make:path, $($check:ident),*) => {
@@ -666,6 +667,381 @@ macro_rules! room_conformance_tests {
             async fn $check() {
                 if let Some(room) = $make().await {
                     $crate::room_conformance::$check(room).await;
+                }
+            }
+        )*
+    };
+}
+
+/// Once the room has said sold out it is a waitlist: an admission made after that (a unit
+/// came back) is an offer; unclaimed by its deadline it lapses and the next round offers the
+/// unit to the next in line. Admissions before the sell-out are not offers, and the room
+/// stays a waitlist while units come and go.
+pub async fn after_sell_out_admissions_are_offers_that_pass_on(room: Arc<dyn WaitingRoom>) {
+    let sale = sale();
+    room.place_drawn(&sale, &[]).await.unwrap();
+    let users: Vec<UserId> = (0..4).map(user).collect();
+    for u in &users {
+        room.join(&sale, u, "d", 0).await.unwrap().unwrap();
+    }
+    let now = 5_000_000;
+    assert_eq!(
+        room.admit(&sale, Some(1), 1, 1000, now, 100).await.unwrap(),
+        1
+    );
+    let first = room.view(&sale, &users[0]).await.unwrap().unwrap();
+    assert_eq!((first.state, first.offered), (EntryState::Admitted, false));
+    let t = first.ticket;
+    room.claim(&sale, &users[0], "d", t, 1, 0, now + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    room.settle(&sale, &users[0], 1, true, i64::MAX)
+        .await
+        .unwrap();
+    room.set_sold_out(&sale, true, false).await.unwrap();
+    // A unit comes back (and the flag with it): the next in line is offered it.
+    assert_eq!(
+        room.admit(&sale, Some(1), 1, 500, now + 10, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    room.set_sold_out(&sale, false, false).await.unwrap();
+    let offer = room.view(&sale, &users[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (offer.state, offer.offered, offer.admitted_until_ms),
+        (EntryState::Admitted, true, now + 510)
+    );
+    assert!(!room.view(&sale, &users[0]).await.unwrap().unwrap().offered);
+    let next = room.view(&sale, &users[2]).await.unwrap().unwrap();
+    assert_eq!((next.position, next.offered), (1, false));
+    // Unclaimed by the deadline: it lapses, and the unit goes to the next.
+    assert_eq!(
+        room.claim(&sale, &users[1], "d", offer.ticket, 1, 0, now + 510)
+            .await
+            .unwrap(),
+        Err(ClaimRefusal::Lapsed)
+    );
+    assert_eq!(
+        room.admit(&sale, Some(1), 1, 500, now + 510, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        room.view(&sale, &users[1]).await.unwrap().unwrap().state,
+        EntryState::Expired
+    );
+    let passed = room.view(&sale, &users[2]).await.unwrap().unwrap();
+    assert_eq!((passed.state, passed.offered), (EntryState::Admitted, true));
+    // Claimed within its window, the offer buys.
+    assert_eq!(
+        room.claim(&sale, &users[2], "d", passed.ticket, 1, 0, now + 600)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // The lapsed buyer who joins again is waiting at the back, no offer in hand.
+    let back = room.join(&sale, &users[1], "d", 0).await.unwrap().unwrap();
+    assert_eq!(
+        (back.state, back.position, back.offered),
+        (EntryState::Waiting, 2, false)
+    );
+}
+
+/// How a room loses its lines in a durable check: the memory room is replaced by an empty
+/// one (a restart); Redis's keys for the sale are deleted (a flush). Returns the room to go
+/// on with.
+pub type LoseLines =
+    fn(
+        Arc<dyn WaitingRoom>,
+        SaleId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn WaitingRoom>> + Send>>;
+
+/// Every view of `users`, in order.
+async fn views(
+    room: &dyn WaitingRoom,
+    sale: &SaleId,
+    users: &[UserId],
+) -> Vec<Option<stampede_core::waiting_line::EntryView>> {
+    let mut out = Vec::with_capacity(users.len());
+    for u in users {
+        out.push(room.view(sale, u).await.unwrap());
+    }
+    out
+}
+
+/// A line with a drawn pre-queue, later joins, admissions used, lapsed and outstanding and a
+/// buyer who joined again after a lapse is lost; the running node rebuilds it from the log
+/// on its next use, and so does a node that starts afresh: every view is what it was, the
+/// outstanding admissions still claim, and the next round admits the next in line.
+pub async fn a_lost_line_is_rebuilt_with_every_place_and_admission(
+    room: Arc<dyn WaitingRoom>,
+    lose: LoseLines,
+) {
+    use stampede_app::durable_room::DurableRoom;
+    use stampede_app::ports::RoomLog;
+    let log: Arc<dyn RoomLog> = Arc::new(crate::room_log_conformance::MemoryRoomLog::default());
+    let node = DurableRoom::start(room.clone(), log.clone());
+    let sale = sale();
+    let users: Vec<UserId> = (0..32).map(user).collect();
+    for (i, u) in users[..12].iter().enumerate() {
+        let v = node
+            .join(&sale, u, &format!("d{}", i % 5), 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(v.pre_queue);
+    }
+    let order: Vec<String> = users[..12]
+        .iter()
+        .rev()
+        .step_by(2)
+        .map(ToString::to_string)
+        .collect();
+    assert!(node.place_drawn(&sale, &order).await.unwrap());
+    for (i, u) in users[12..].iter().enumerate() {
+        node.join(&sale, u, &format!("d{}", i % 7), 0)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let now = 1_000_000;
+    assert_eq!(
+        node.admit(&sale, Some(4), 1, 60_000, now, 100)
+            .await
+            .unwrap(),
+        4
+    );
+    let admitted: Vec<UserId> = {
+        let all = views(node.as_ref(), &sale, &users).await;
+        users
+            .iter()
+            .zip(all)
+            .filter(|(_, v)| v.as_ref().unwrap().state == EntryState::Admitted)
+            .map(|(u, _)| u.clone())
+            .collect()
+    };
+    assert_eq!(admitted.len(), 4);
+    // One spends its admission; the other three let theirs lapse, and one joins again.
+    let first = node.view(&sale, &admitted[0]).await.unwrap().unwrap();
+    node.claim(
+        &sale,
+        &admitted[0],
+        &first.device_id,
+        first.ticket,
+        1,
+        0,
+        now + 1,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    node.settle(&sale, &admitted[0], 1, true, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        node.admit(&sale, Some(3), 1, 60_000, now + 60_000, 100)
+            .await
+            .unwrap(),
+        3
+    );
+    let back = node
+        .join(&sale, &admitted[1], "d0", 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.state, EntryState::Waiting);
+    let before = views(node.as_ref(), &sale, &users).await;
+    let stats = node.stats(&sale).await.unwrap();
+
+    let lost = lose(room, sale.clone()).await;
+    // The running node finds the line gone (Redis) or still there (its own memory). The log
+    // keeps admissions, not their lapsing: the first round lapses them again (no units:
+    // nobody admitted).
+    assert_eq!(
+        node.admit(&sale, Some(0), 1, 60_000, now + 60_000, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(views(node.as_ref(), &sale, &users).await, before);
+    // A node that starts afresh over an empty room (a restart) rebuilds it from the log.
+    let lost = lose(lost, sale.clone()).await;
+    let fresh = DurableRoom::start(lost, log);
+    assert_eq!(
+        fresh
+            .admit(&sale, Some(0), 1, 60_000, now + 60_000, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    let after = views(fresh.as_ref(), &sale, &users).await;
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(a, b, "buyer {i} after the rebuild");
+    }
+    let again = fresh.stats(&sale).await.unwrap();
+    assert_eq!(
+        (
+            again.waiting,
+            again.outstanding,
+            again.used_total,
+            again.drawn
+        ),
+        (
+            stats.waiting,
+            stats.outstanding,
+            stats.used_total,
+            stats.drawn
+        )
+    );
+    // An outstanding admission claims with the ticket it was handed before.
+    let out = users
+        .iter()
+        .zip(&after)
+        .find(|(_, v)| v.as_ref().unwrap().state == EntryState::Admitted)
+        .map(|(u, v)| (u.clone(), v.clone().unwrap()))
+        .unwrap();
+    assert_eq!(
+        fresh
+            .claim(
+                &sale,
+                &out.0,
+                &out.1.device_id,
+                out.1.ticket,
+                1,
+                0,
+                now + 60_001
+            )
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // The next round admits the buyer who was first in line; a new join goes to the back.
+    let next = users
+        .iter()
+        .zip(&before)
+        .find(|(_, v)| v.as_ref().unwrap().position == 1)
+        .map(|(u, _)| u.clone())
+        .unwrap();
+    assert_eq!(
+        fresh
+            .admit(&sale, Some(10), 1, 60_000, now + 60_001, 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        fresh.view(&sale, &next).await.unwrap().unwrap().state,
+        EntryState::Admitted
+    );
+    let late = fresh
+        .join(&sale, &user(99), "dz", 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.position, stats.waiting);
+}
+
+/// A pre-queue not drawn yet comes back in join order, with its seeds, rules and draws, and
+/// is drawn after the rebuild exactly as it would have been.
+pub async fn an_undrawn_pre_queue_comes_back_with_seeds_rules_and_draws(
+    room: Arc<dyn WaitingRoom>,
+    lose: LoseLines,
+) {
+    use stampede_app::durable_room::DurableRoom;
+    use stampede_app::ports::RoomLog;
+    let log: Arc<dyn RoomLog> = Arc::new(crate::room_log_conformance::MemoryRoomLog::default());
+    let node = DurableRoom::start(room.clone(), log.clone());
+    let sale = sale();
+    let users: Vec<UserId> = (0..6).map(user).collect();
+    for u in &users {
+        node.join(&sale, u, "phone", 0).await.unwrap().unwrap();
+    }
+    let (seed, created) = node
+        .draw_seed(&sale, DrawPurpose::PreQueue, [7; 32])
+        .await
+        .unwrap();
+    assert!(created);
+    let rules = RoomRules {
+        max_accounts_per_device: 9,
+        device_limit: 2,
+        pow_bits: 0,
+        lottery_at_start: false,
+        new_per_minute: 30,
+        admission_paused: true,
+        max_active: 4,
+    };
+    node.set_rules(&sale, rules).await.unwrap();
+    node.publish_draw(&sale, "{\"first\":1}").await.unwrap();
+    node.publish_draw(&sale, "{\"second\":2}").await.unwrap();
+    let before = views(node.as_ref(), &sale, &users).await;
+
+    let lost = lose(room, sale.clone()).await;
+    let fresh = DurableRoom::start(lost, log);
+    assert_eq!(views(fresh.as_ref(), &sale, &users).await, before);
+    assert_eq!(
+        fresh.pre_queue(&sale).await.unwrap().unwrap(),
+        users.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        fresh
+            .draw_seed(&sale, DrawPurpose::PreQueue, [9; 32])
+            .await
+            .unwrap(),
+        (seed, false),
+        "the committed seed survives"
+    );
+    assert_eq!(fresh.rules(&sale).await.unwrap(), rules);
+    assert_eq!(
+        fresh.draws(&sale).await.unwrap(),
+        vec!["{\"first\":1}".to_owned(), "{\"second\":2}".to_owned()]
+    );
+    assert!(
+        before.iter().all(|v| v.as_ref().unwrap().paused),
+        "paused before"
+    );
+    fresh
+        .place_drawn(&sale, &[users[3].to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh
+            .view(&sale, &users[3])
+            .await
+            .unwrap()
+            .unwrap()
+            .position,
+        1
+    );
+    assert_eq!(
+        fresh
+            .view(&sale, &users[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .position,
+        2
+    );
+}
+
+/// One test per durable check: `$make` gives a room (for Redis, the guarded one a durable
+/// deployment uses), `$lose` makes it lose a sale's line.
+#[macro_export]
+macro_rules! durable_room_conformance_tests {
+    ($make:path, $lose:path) => {
+        $crate::durable_room_conformance_tests!(@each $make, $lose,
+            a_lost_line_is_rebuilt_with_every_place_and_admission,
+            an_undrawn_pre_queue_comes_back_with_seeds_rules_and_draws
+        );
+    };
+    (@each $make:path, $lose:path, $($check:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                if let Some(room) = $make().await {
+                    $crate::room_conformance::$check(room, $lose).await;
                 }
             }
         )*

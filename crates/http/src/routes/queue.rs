@@ -67,6 +67,13 @@ pub struct QueueDto {
     /// cannot buy. Keep it to yourself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub place_url: Option<String>,
+    /// The sale sold out and the buyer is still in line: their place on the waitlist (1 = the
+    /// next unit that comes back is offered to them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waitlist_position: Option<u64>,
+    /// The admission is a waitlist offer: reserve before this, or it passes to the next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_deadline: Option<String>,
 }
 
 /// An operator's message to everyone waiting in a room.
@@ -177,6 +184,8 @@ impl From<QueueView> for QueueDto {
             pre_queue: v.pre_queue,
             closed: v.closed,
             paused: v.paused,
+            waitlist_position: v.waitlist_position,
+            claim_deadline: v.claim_deadline.map(rfc3339),
         }
     }
 }

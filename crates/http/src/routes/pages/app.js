@@ -344,7 +344,8 @@
         admitted: "your turn", used: "you bought with your turn", expired: "your turn lapsed",
         lottery_won: "you won the draw", lottery_lost: "not drawn this time", sold_out: "sold out" };
       $("#queue-status").textContent = q.paused && q.status === "waiting"
-        ? "paused by the organiser: you keep your place" : (words[q.status] || q.status);
+        ? "paused by the organiser: you keep your place"
+        : q.waitlist_position ? "on the waitlist: place " + q.waitlist_position : (words[q.status] || q.status);
       if (q.place_url) {
         $("#place-url").href = q.place_url;
         $("#place-link").hidden = false;
@@ -360,12 +361,15 @@
       if ((q.status === "admitted" || q.status === "lottery_won") && q.admission_token) {
         session.setItem("stampede.admission." + id, JSON.stringify({ token: q.admission_token, device: deviceId(), until: q.admitted_until }));
         const link = el("a", { href: "/sales/" + encodeURIComponent(id), id: "to-sale", text: "Buy now" });
-        say(outcome, "ok", ["It is your turn! ", link, " — taking you to the sale…"]);
+        const claim = q.claim_deadline
+          ? " A unit came back for you: reserve it before " + new Date(q.claim_deadline).toLocaleTimeString() + ", or it passes to the next on the waitlist."
+          : "";
+        say(outcome, "ok", ["It is your turn! ", link, " — taking you to the sale…" + claim]);
         setTimeout(() => { location.href = "/sales/" + encodeURIComponent(id); }, 1200);
         return false;
       }
       if (q.status === "sold_out" && !q.closed) {
-        say(outcome, "bad", ["Sold out for now. Keep your place: if a hold lapses or a buyer lets go, the next in line gets the unit."]);
+        say(outcome, "bad", ["Sold out for now. You are on the waitlist" + (q.waitlist_position ? " (place " + q.waitlist_position + ")" : "") + ": if a hold lapses, a buyer lets go or an order is cancelled, the unit is offered to the next in line for a limited time."]);
       } else if (q.closed) {
         say(outcome, "bad", ["Sold out: this waiting room is closed."]);
         return false;
