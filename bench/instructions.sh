@@ -21,7 +21,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 SECS=${SECONDS_PER_RUN:-10}
 work=$(mktemp -d)
 vp=""
-cleanup() { [ -n "$vp" ] && kill "$vp" 2>/dev/null; rm -rf "$work"; }
+cleanup() { [ -n "$vp" ] && kill "$vp" 2>/dev/null; [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"; }
 trap cleanup EXIT
 
 # measure NAME PORT PATH [wrk args…]: the server on PORT is already running under callgrind.
@@ -66,11 +66,12 @@ measure bare 18090 /healthz
 stop
 
 KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-start 18091 env STAMPEDE_ADMIN_EMAIL=bench@example.com STAMPEDE_ADMIN_PASSWORD=bench-password \
+# Under valgrind itself (not `valgrind env …`, whose exec valgrind would not follow).
+export STAMPEDE_ADMIN_EMAIL=bench@example.com STAMPEDE_ADMIN_PASSWORD=bench-password \
   STAMPEDE_RATE_LIMIT_PER_SEC=1000000 STAMPEDE_IP_RATE_LIMIT_PER_SEC=100000000 \
   STAMPEDE_ARGON2_MEMORY_KIB=256 STAMPEDE_ARGON2_ITERATIONS=1 STAMPEDE_LOG=warn \
-  STAMPEDE_SESSION_KEY="$KEY" \
-  "$CARGO_TARGET_DIR/release/stampede" serve --listen 127.0.0.1:18091 --data-dir "$work/data"
+  STAMPEDE_SESSION_KEY="$KEY"
+start 18091 "$CARGO_TARGET_DIR/release/stampede" serve --listen 127.0.0.1:18091 --data-dir "$work/data"
 measure healthz 18091 /healthz
 B=http://127.0.0.1:18091
 admin=$(curl -sf -XPOST $B/api/v1/auth/login -H 'content-type: application/json' \
