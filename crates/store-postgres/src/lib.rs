@@ -31,7 +31,6 @@ mod outbox;
 mod report;
 mod room_log;
 mod rows;
-mod sales;
 mod txstock;
 mod users;
 mod webhooks;
@@ -57,6 +56,7 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
+use stampede_store_sql::sales;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -1,15 +1,48 @@
-//! Binding arguments on either engine without repeating sqlx's bounds in every shared
-//! function: [`Engine`] is implemented for SQLite and PostgreSQL, and [`Bind`] gives every
-//! statement of an `Engine` the argument types the stores' tables use.
+//! Running the shared SQL on either engine without repeating sqlx's bounds in every shared
+//! function: [`Engine`] is implemented for SQLite and PostgreSQL, [`Bind`] gives every
+//! statement of an `Engine` the argument types the stores' tables use, and [`Run`] executes it
+//! on a connection, a transaction or a pool, with errors already classified.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
-use sqlx::Database;
+use sqlx::{Database, Pool, Transaction};
+
+use stampede_app::ports::PortResult;
+
+use crate::error::OrPort;
+use crate::rows::DbRow;
+
+/// A boxed future that may cross threads: what the engines' concrete executors return.
+pub type Pending<'c, T> = Pin<Box<dyn Future<Output = PortResult<T>> + Send + 'c>>;
 
 /// A statement of either engine, with its arguments.
 pub type Statement<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
 
-/// An engine the shared SQL runs on: binds the argument types the tables use.
-pub trait Engine: Database {
+/// An engine the shared SQL runs on: binds the argument types the tables use and runs
+/// statements on its own connection type (sqlx's executor bounds stay in the two concrete
+/// implementations below instead of every shared function).
+pub trait Engine: Database<Row: DbRow> {
+    /// How a transaction that writes starts: SQLite takes the write lock up front, so a
+    /// transaction that reads before it writes never fails to upgrade its lock half-way.
+    const BEGIN_WRITE: &'static str;
+    /// Runs a statement; the rows it changed.
+    fn execute<'c, 'q: 'c>(
+        conn: &'c mut Self::Connection,
+        q: Statement<'q, Self>,
+    ) -> Pending<'c, u64>;
+    /// Runs a query; every row.
+    fn fetch_all<'c, 'q: 'c>(
+        conn: &'c mut Self::Connection,
+        q: Statement<'q, Self>,
+    ) -> Pending<'c, Vec<Self::Row>>;
+    /// Runs a query; its first row, if any.
+    fn fetch_optional<'c, 'q: 'c>(
+        conn: &'c mut Self::Connection,
+        q: Statement<'q, Self>,
+    ) -> Pending<'c, Option<Self::Row>>;
     /// Binds a text argument.
     fn text<'q>(q: Statement<'q, Self>, v: &'q str) -> Statement<'q, Self>;
     /// Binds a text argument or NULL.
@@ -20,11 +53,32 @@ pub trait Engine: Database {
     fn int<'q>(q: Statement<'q, Self>, v: i64) -> Statement<'q, Self>;
     /// Binds a 64-bit integer or NULL.
     fn opt_int<'q>(q: Statement<'q, Self>, v: Option<i64>) -> Statement<'q, Self>;
+    /// Binds a boolean.
+    fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self>;
 }
 
 macro_rules! engine {
-    ($db:ty) => {
+    ($db:ty, $begin:literal) => {
         impl Engine for $db {
+            const BEGIN_WRITE: &'static str = $begin;
+            fn execute<'c, 'q: 'c>(
+                conn: &'c mut Self::Connection,
+                q: Statement<'q, Self>,
+            ) -> Pending<'c, u64> {
+                Box::pin(async move { Ok(q.execute(conn).await.port()?.rows_affected()) })
+            }
+            fn fetch_all<'c, 'q: 'c>(
+                conn: &'c mut Self::Connection,
+                q: Statement<'q, Self>,
+            ) -> Pending<'c, Vec<Self::Row>> {
+                Box::pin(async move { q.fetch_all(conn).await.port() })
+            }
+            fn fetch_optional<'c, 'q: 'c>(
+                conn: &'c mut Self::Connection,
+                q: Statement<'q, Self>,
+            ) -> Pending<'c, Option<Self::Row>> {
+                Box::pin(async move { q.fetch_optional(conn).await.port() })
+            }
             fn text<'q>(q: Statement<'q, Self>, v: &'q str) -> Statement<'q, Self> {
                 q.bind(v)
             }
@@ -40,12 +94,27 @@ macro_rules! engine {
             fn opt_int<'q>(q: Statement<'q, Self>, v: Option<i64>) -> Statement<'q, Self> {
                 q.bind(v)
             }
+            fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self> {
+                q.bind(v)
+            }
         }
     };
 }
 
-engine!(sqlx::Sqlite);
-engine!(sqlx::Postgres);
+engine!(sqlx::Sqlite, "BEGIN IMMEDIATE");
+engine!(sqlx::Postgres, "BEGIN");
+
+impl Conn<sqlx::Sqlite> for sqlx::SqliteConnection {
+    fn conn(&mut self) -> &mut Self {
+        self
+    }
+}
+
+impl Conn<sqlx::Postgres> for sqlx::PgConnection {
+    fn conn(&mut self) -> &mut Self {
+        self
+    }
+}
 
 /// [`Engine`]'s binds as methods of the statement, so shared code reads like sqlx's own.
 pub trait Bind<'q>: Sized {
@@ -59,6 +128,8 @@ pub trait Bind<'q>: Sized {
     fn int(self, v: i64) -> Self;
     /// Binds a 64-bit integer or NULL.
     fn opt_int(self, v: Option<i64>) -> Self;
+    /// Binds a boolean.
+    fn flag(self, v: bool) -> Self;
 }
 
 impl<'q, DB: Engine> Bind<'q> for Statement<'q, DB> {
@@ -77,6 +148,9 @@ impl<'q, DB: Engine> Bind<'q> for Statement<'q, DB> {
     fn opt_int(self, v: Option<i64>) -> Self {
         DB::opt_int(self, v)
     }
+    fn flag(self, v: bool) -> Self {
+        DB::flag(self, v)
+    }
 }
 
 /// A new statement of engine `DB`.
@@ -90,4 +164,83 @@ pub struct Write<'q, DB: Database> {
     /// `Some(what)`: it must change exactly one row, or `what` changed meanwhile (a race lost,
     /// or a bug): the transaction must not commit.
     pub exactly_one: Option<String>,
+}
+
+/// Where a statement can run: a connection of the engine, borrowed for the statement.
+pub trait Conn<DB: Engine>: Send {
+    /// The connection to run on.
+    fn conn(&mut self) -> &mut DB::Connection;
+}
+
+impl<DB: Engine> Conn<DB> for PoolConnection<DB> {
+    fn conn(&mut self) -> &mut DB::Connection {
+        self
+    }
+}
+
+impl<DB: Engine> Conn<DB> for Transaction<'_, DB> {
+    fn conn(&mut self) -> &mut DB::Connection {
+        self
+    }
+}
+
+/// Runs a statement on a [`Conn`] or a pool, like sqlx's own `execute`/`fetch_*`, with the
+/// error classified ([`crate::error`]).
+pub trait Run<'q, DB: Engine>: Sized {
+    /// Runs on a connection or transaction; the rows changed.
+    fn run<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, u64>
+    where
+        'q: 'c;
+    /// Runs a query on a connection or transaction; every row.
+    fn all<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Vec<DB::Row>>
+    where
+        'q: 'c;
+    /// Runs a query on a connection or transaction; the first row, if any.
+    fn first<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Option<DB::Row>>
+    where
+        'q: 'c;
+    /// Runs on a connection of `pool`; the rows changed.
+    fn run_in(self, pool: &Pool<DB>) -> impl Future<Output = PortResult<u64>> + Send;
+    /// Runs a query on a connection of `pool`; every row.
+    fn all_in(self, pool: &Pool<DB>) -> impl Future<Output = PortResult<Vec<DB::Row>>> + Send;
+    /// Runs a query on a connection of `pool`; the first row, if any.
+    fn first_in(self, pool: &Pool<DB>) -> impl Future<Output = PortResult<Option<DB::Row>>> + Send;
+}
+
+impl<'q, DB: Engine> Run<'q, DB> for Statement<'q, DB> {
+    fn run<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, u64>
+    where
+        'q: 'c,
+    {
+        DB::execute(on.conn(), self)
+    }
+    fn all<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Vec<DB::Row>>
+    where
+        'q: 'c,
+    {
+        DB::fetch_all(on.conn(), self)
+    }
+    fn first<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Option<DB::Row>>
+    where
+        'q: 'c,
+    {
+        DB::fetch_optional(on.conn(), self)
+    }
+    async fn run_in(self, pool: &Pool<DB>) -> PortResult<u64> {
+        let mut conn = pool.acquire().await.port()?;
+        DB::execute(&mut conn, self).await
+    }
+    async fn all_in(self, pool: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
+        let mut conn = pool.acquire().await.port()?;
+        DB::fetch_all(&mut conn, self).await
+    }
+    async fn first_in(self, pool: &Pool<DB>) -> PortResult<Option<DB::Row>> {
+        let mut conn = pool.acquire().await.port()?;
+        DB::fetch_optional(&mut conn, self).await
+    }
+}
+
+/// Starts a transaction that writes ([`Engine::BEGIN_WRITE`]).
+pub async fn begin_write<DB: Engine>(pool: &Pool<DB>) -> PortResult<Transaction<'static, DB>> {
+    pool.begin_with(DB::BEGIN_WRITE).await.port()
 }

@@ -12,8 +12,10 @@ use stampede_app::ports::PortError;
 
 pub mod catalog;
 pub mod engine;
+pub mod error;
 pub mod orders;
 pub mod rows;
+pub mod sales;
 
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):
 /// always a bug, never a panic.

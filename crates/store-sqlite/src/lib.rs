@@ -28,7 +28,6 @@ mod outbox;
 mod report;
 mod room_log;
 mod rows;
-mod sales;
 mod txstock;
 mod users;
 mod webhooks;
@@ -53,6 +52,7 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
+use stampede_store_sql::sales;
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.
