@@ -105,7 +105,7 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn internal(e: impl std::fmt::Display) -> PortError {
-    PortError::Internal(e.to_string())
+    PortError::internal(e.to_string())
 }
 
 /// A buyer's entry as the room answered it, as a log record.
@@ -150,8 +150,8 @@ async fn write_loop(log: Arc<dyn RoomLog>, mut rx: mpsc::Receiver<Pending>) {
         for pending in batch.drain(..) {
             let reply = match &outcome {
                 Ok(()) => Ok(()),
-                Err(PortError::Internal(m)) => Err(PortError::Internal(m.clone())),
-                Err(e) => Err(PortError::Unavailable(e.to_string())),
+                Err(PortError::Internal { what, .. }) => Err(PortError::internal(what.clone())),
+                Err(e) => Err(PortError::unavailable(e.to_string())),
             };
             // A caller who gave up waiting is not an error: the record stands.
             let _ = pending.reply.send(reply);
@@ -186,10 +186,10 @@ impl DurableRoom {
         self.queue
             .send(Pending { records, reply })
             .await
-            .map_err(|_| PortError::Unavailable("the room log is shutting down".into()))?;
+            .map_err(|_| PortError::unavailable("the room log is shutting down"))?;
         answer
             .await
-            .map_err(|_| PortError::Unavailable("the room log writer stopped".into()))?
+            .map_err(|_| PortError::unavailable("the room log writer stopped"))?
     }
 
     /// What the log has of a sale, ready for [`WaitingRoom::restore`].

@@ -60,6 +60,10 @@ pub enum AppError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An adapter failed; kept whole (with its client library's error as the source) so the
+    /// log shows the chain. A 503 when a retry may cure it, else a 500.
+    #[error("{0}")]
+    Port(#[from] PortError),
 }
 
 /// How an error shows outside the process: the HTTP status, the problem `code` and title the
@@ -137,28 +141,30 @@ impl AppError {
             AppError::Conflict(_) => c(409, "conflict", "Conflict", ERROR),
             AppError::Unavailable(_) => c(503, "unavailable", "Service unavailable", ERROR),
             AppError::Internal(_) => c(500, "internal", "Internal error", ERROR),
+            AppError::Port(PortError::Internal { .. }) => {
+                c(500, "internal", "Internal error", ERROR)
+            }
+            AppError::Port(PortError::Unavailable { .. } | PortError::RoomNotLoaded) => {
+                c(503, "unavailable", "Service unavailable", ERROR)
+            }
         }
     }
 }
 
 impl AppError {
+    /// A 503: the store or a service is down or slow, and a retry may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        self.class().status == 503
+    }
+
+    /// A 500: a bug or a broken expectation, never the client's fault.
+    pub fn is_internal(&self) -> bool {
+        self.class().status == 500
+    }
+
     /// Shorthand for an input error with a message for the client.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::InvalidInput(msg.into())
-    }
-}
-
-fn e_room_not_loaded() -> String {
-    PortError::RoomNotLoaded.to_string()
-}
-
-impl From<PortError> for AppError {
-    fn from(e: PortError) -> Self {
-        match e {
-            PortError::Unavailable(m) => AppError::Unavailable(m),
-            PortError::Internal(m) => AppError::Internal(m),
-            PortError::RoomNotLoaded => AppError::Unavailable(e_room_not_loaded()),
-        }
     }
 }
 
@@ -234,5 +240,20 @@ mod tests {
         ] {
             assert_eq!(e.class().label, "error", "{e:?}");
         }
+    }
+
+    #[test]
+    fn an_adapter_failure_keeps_its_cause_and_its_class() {
+        use std::error::Error as _;
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = AppError::from(PortError::unavailable_because("redis", refused));
+        assert_eq!(e.class().status, 503);
+        assert!(e.is_unavailable());
+        let port = e.source().expect("the port error is the source");
+        assert_eq!(port.to_string(), "unavailable: redis: refused");
+        let cause = port.source().expect("the client error is kept");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+        assert!(AppError::from(PortError::internal("x")).is_internal());
+        assert!(AppError::from(PortError::RoomNotLoaded).is_unavailable());
     }
 }

@@ -91,18 +91,18 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, max_
                 for pending in batch.drain(..) {
                     let _ = pending
                         .reply
-                        .send(Err(PortError::Internal("verdict count mismatch".into())));
+                        .send(Err(PortError::internal("verdict count mismatch")));
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "group commit failed");
                 let message = e.to_string();
-                let unavailable = matches!(e, PortError::Unavailable(_));
+                let unavailable = matches!(e, PortError::Unavailable { .. });
                 for pending in batch.drain(..) {
                     let err = if unavailable {
-                        PortError::Unavailable(message.clone())
+                        PortError::unavailable(message.clone())
                     } else {
-                        PortError::Internal(message.clone())
+                        PortError::internal(message.clone())
                     };
                     let _ = pending.reply.send(Err(err));
                 }

@@ -16,19 +16,89 @@ use stampede_core::{
 };
 
 /// A failure of an adapter itself (not a business refusal): the store or a service is down or
-/// broke. Mapped to 503 or 500; the detail is logged, never shown to clients.
+/// broke. Mapped to 503 or 500; the detail is logged, never shown to clients. When a client
+/// library reported it (sqlx, redis, lapin, reqwest), its error is kept as the `source`, so a
+/// log line shows the whole chain rather than a flattened string.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// Could not reach the backing service, or it timed out: worth a retry later.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("unavailable: {what}")]
+    Unavailable {
+        /// What failed, in the adapter's words.
+        what: String,
+        /// The client library's error, if one was the cause.
+        source: Option<Cause>,
+    },
     /// Anything else that went wrong inside the adapter.
-    #[error("internal: {0}")]
-    Internal(String),
+    #[error("internal: {what}")]
+    Internal {
+        /// What failed, in the adapter's words.
+        what: String,
+        /// The client library's error, if one was the cause.
+        source: Option<Cause>,
+    },
     /// A shared waiting room does not hold this sale's line (it was flushed or restarted
     /// empty): rebuild it from the log ([`WaitingRoom::restore`]) and ask again.
     #[error("the waiting room does not hold this sale's line")]
     RoomNotLoaded,
+}
+
+/// The message (context, then the cause's own words) and the cause kept whole.
+fn caused(
+    what: String,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> (String, Option<Cause>) {
+    let what = if what.is_empty() {
+        source.to_string()
+    } else {
+        format!("{what}: {source}")
+    };
+    (what, Some(Box::new(source)))
+}
+
+/// The error a client library reported, kept whole under a [`PortError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl PortError {
+    /// Not reachable now, found by the adapter itself.
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A broken expectation found by the adapter itself (a bug, never the client's fault).
+    pub fn internal(what: impl Into<String>) -> Self {
+        Self::Internal {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Not reachable now, as a client library reported: `what` is the adapter's context
+    /// (may be empty); the message shows the cause too, and the cause itself stays the `source`.
+    pub fn unavailable_because(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let (what, source) = caused(what.into(), source);
+        Self::Unavailable { what, source }
+    }
+
+    /// Failed inside a client library for a reason a retry will not cure (`what` as above).
+    pub fn internal_because(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let (what, source) = caused(what.into(), source);
+        Self::Internal { what, source }
+    }
+
+    /// Worth a retry later: the service is down, slow or has not got the data yet.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// Result of a port call.

@@ -322,7 +322,7 @@ impl AmqpBus {
         let link = self
             .shared
             .current_link()
-            .ok_or_else(|| PortError::Unavailable("not connected to RabbitMQ".into()))?;
+            .ok_or_else(|| PortError::unavailable("not connected to RabbitMQ"))?;
         let names = &self.shared.names;
         let work = async {
             let channel = link
@@ -346,10 +346,8 @@ impl AmqpBus {
             Ok::<(), String>(())
         };
         match tokio::time::timeout(CONFIRM_TIMEOUT, work).await {
-            Ok(result) => result.map_err(PortError::Unavailable),
-            Err(_) => Err(PortError::Unavailable(
-                "deleting the topology timed out".into(),
-            )),
+            Ok(result) => result.map_err(PortError::unavailable),
+            Err(_) => Err(PortError::unavailable("deleting the topology timed out")),
         }
     }
 
@@ -413,12 +411,12 @@ impl OutboxSink for AmqpBus {
         let shared = &self.shared;
         let link = shared
             .current_link()
-            .ok_or_else(|| PortError::Unavailable("not connected to RabbitMQ".into()))?;
+            .ok_or_else(|| PortError::unavailable("not connected to RabbitMQ"))?;
         let result =
             tokio::time::timeout(CONFIRM_TIMEOUT, publish_confirmed(shared, &link, events))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(PortError::Unavailable(format!(
+                    Err(PortError::unavailable(format!(
                         "RabbitMQ did not confirm {} event(s) within {CONFIRM_TIMEOUT:?}",
                         events.len()
                     )))
@@ -442,12 +440,12 @@ impl OutboxSink for AmqpBus {
 /// Publishes `events` on the link's confirm channel and waits for every confirm.
 async fn publish_confirmed(shared: &Shared, link: &Link, events: &[OutboxEvent]) -> PortResult<()> {
     let names = &shared.names;
-    let exchange = short(&names.events_exchange).map_err(PortError::Internal)?;
-    let routing_key = short(EVENTS_ROUTING_KEY).map_err(PortError::Internal)?;
+    let exchange = short(&names.events_exchange).map_err(PortError::internal)?;
+    let routing_key = short(EVENTS_ROUTING_KEY).map_err(PortError::internal)?;
     let mut confirms = Vec::with_capacity(events.len());
     for event in events {
         let payload = serde_json::to_vec(event)
-            .map_err(|e| PortError::Internal(format!("encoding event {}: {e}", event.id)))?;
+            .map_err(|e| PortError::internal(format!("encoding event {}: {e}", event.id)))?;
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -469,30 +467,30 @@ async fn publish_confirmed(shared: &Shared, link: &Link, events: &[OutboxEvent])
                 properties,
             )
             .await
-            .map_err(|e| PortError::Unavailable(format!("publishing event {}: {e}", event.id)))?;
+            .map_err(|e| PortError::unavailable(format!("publishing event {}: {e}", event.id)))?;
         confirms.push((event.id.as_str(), confirm));
     }
     for (id, confirm) in confirms {
         match confirm.await {
             Ok(Confirmation::Ack(None)) => {}
             Ok(Confirmation::Ack(Some(returned))) => {
-                return Err(PortError::Unavailable(format!(
+                return Err(PortError::unavailable(format!(
                     "event {id} was not routed to a queue ({})",
                     returned.reply_text
                 )));
             }
             Ok(Confirmation::Nack(_)) => {
-                return Err(PortError::Unavailable(format!(
+                return Err(PortError::unavailable(format!(
                     "RabbitMQ refused (nacked) event {id}"
                 )));
             }
             Ok(Confirmation::NotRequested) => {
-                return Err(PortError::Internal(
-                    "the confirm channel is not in confirm mode".into(),
+                return Err(PortError::internal(
+                    "the confirm channel is not in confirm mode",
                 ));
             }
             Err(e) => {
-                return Err(PortError::Unavailable(format!(
+                return Err(PortError::unavailable(format!(
                     "no confirm for event {id}: {e}"
                 )));
             }

@@ -81,7 +81,7 @@ impl MemoryRoom {
         let room = self.room(sale);
         let mut guard: MutexGuard<'_, Room> = room
             .lock()
-            .map_err(|_| PortError::Internal("waiting room lock poisoned".into()))?;
+            .map_err(|_| PortError::internal("waiting room lock poisoned"))?;
         Ok(f(&mut guard))
     }
 }
@@ -276,7 +276,7 @@ impl WaitingRoom for MemoryRoom {
         let mut key = self
             .key
             .lock()
-            .map_err(|_| PortError::Internal("key lock poisoned".into()))?;
+            .map_err(|_| PortError::internal("key lock poisoned"))?;
         Ok(*key.get_or_insert(candidate))
     }
 

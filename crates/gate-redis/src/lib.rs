@@ -197,8 +197,8 @@ impl std::fmt::Debug for RedisGate {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> PortError {
-    PortError::Unavailable(format!("redis: {e}"))
+fn unavailable(e: redis::RedisError) -> PortError {
+    PortError::unavailable_because("redis", e)
 }
 
 /// A connection to one Redis or to a Redis Cluster. Both heal themselves after an outage; the
@@ -275,22 +275,22 @@ pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
 pub async fn connect(config: &RedisGateConfig) -> PortResult<Conn> {
     if let Some(seeds) = cluster_seeds(&config.url) {
         if seeds.is_empty() {
-            return Err(PortError::Internal("redis url: no cluster nodes".into()));
+            return Err(PortError::internal("redis url: no cluster nodes"));
         }
         let client = redis::cluster::ClusterClient::builder(seeds)
             .connection_timeout(config.timeout)
             .response_timeout(config.timeout)
             .retries(1)
             .build()
-            .map_err(|e| PortError::Internal(format!("redis cluster url: {e}")))?;
+            .map_err(|e| PortError::internal_because("redis cluster url", e))?;
         return tokio::time::timeout(config.timeout * 4, client.get_async_connection())
             .await
-            .map_err(|_| unavailable("connect timed out"))?
+            .map_err(|_| PortError::unavailable("redis: connect timed out"))?
             .map(Conn::Cluster)
             .map_err(unavailable);
     }
     let client = redis::Client::open(config.url.as_str())
-        .map_err(|e| PortError::Internal(format!("redis url: {e}")))?;
+        .map_err(|e| PortError::internal_because("redis url", e))?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.timeout))
         .set_response_timeout(Some(config.timeout))
@@ -301,7 +301,7 @@ pub async fn connect(config: &RedisGateConfig) -> PortResult<Conn> {
         ConnectionManager::new_with_config(client, manager_config),
     )
     .await
-    .map_err(|_| unavailable("connect timed out"))?
+    .map_err(|_| PortError::unavailable("redis: connect timed out"))?
     .map(Conn::Single)
     .map_err(unavailable)
 }
@@ -325,7 +325,7 @@ pub(crate) async fn invoke<T: redis::FromRedisValue>(
     let mut conn = conn.clone();
     tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
         .await
-        .map_err(|_| unavailable("call timed out"))?
+        .map_err(|_| PortError::unavailable("redis: call timed out"))?
         .map_err(unavailable)
 }
 

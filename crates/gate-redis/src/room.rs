@@ -294,8 +294,8 @@ pub struct RedisRoom {
     setnx_meta: Script,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> PortError {
-    PortError::Unavailable(format!("redis: {e}"))
+fn unavailable(e: redis::RedisError) -> PortError {
+    PortError::unavailable_because("redis", e)
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -318,7 +318,7 @@ fn state_of(word: &str) -> PortResult<EntryState> {
         "used" => EntryState::Used,
         "expired" => EntryState::Expired,
         "lost" => EntryState::LotteryLost,
-        other => return Err(PortError::Internal(format!("unknown queue state {other}"))),
+        other => return Err(PortError::internal(format!("unknown queue state {other}"))),
     })
 }
 
@@ -423,14 +423,14 @@ impl RedisRoom {
         if self.guarded && matches!(&value, redis::Value::BulkString(b) if b == b"unloaded") {
             return Err(PortError::RoomNotLoaded);
         }
-        redis::from_redis_value(value).map_err(|e| PortError::Internal(format!("room reply: {e}")))
+        redis::from_redis_value(value).map_err(|e| PortError::internal_because("room reply", e))
     }
 
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
         let mut conn = self.conn.clone();
         tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
             .await
-            .map_err(|_| unavailable("call timed out"))?
+            .map_err(|_| PortError::unavailable("redis: call timed out"))?
             .map_err(unavailable)
     }
 
@@ -679,7 +679,7 @@ impl RedisRoom {
         // A chunk of a restore is bigger than a request: it gets a longer deadline.
         tokio::time::timeout(self.timeout * 20, pipe.query_async::<()>(&mut conn))
             .await
-            .map_err(|_| unavailable("restore call timed out"))?
+            .map_err(|_| PortError::unavailable("redis: restore call timed out"))?
             .map_err(unavailable)
     }
 }
@@ -711,7 +711,7 @@ impl WaitingRoom for RedisRoom {
             }
             _ => {
                 let raw: RawView = redis::from_redis_value(value.clone())
-                    .map_err(|e| PortError::Internal(format!("join reply: {e}")))?;
+                    .map_err(|e| PortError::internal_because("join reply", e))?;
                 Ok(Ok(to_view(raw)?))
             }
         }
@@ -829,8 +829,8 @@ impl WaitingRoom for RedisRoom {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                return Err(PortError::Unavailable(
-                    "another node is still restoring this waiting room".into(),
+                return Err(PortError::unavailable(
+                    "another node is still restoring this waiting room",
                 ));
             }
             // Another node is restoring: its line is ready soon.
@@ -1003,7 +1003,7 @@ impl WaitingRoom for RedisRoom {
         stored
             .as_deref()
             .and_then(hex32)
-            .ok_or_else(|| PortError::Internal("admission key unreadable".into()))
+            .ok_or_else(|| PortError::internal("admission key unreadable"))
     }
 
     async fn draw_seed(
@@ -1023,7 +1023,7 @@ impl WaitingRoom for RedisRoom {
                 &[field.to_owned(), to_hex(&candidate)],
             )
             .await?;
-        let seed = hex32(&value).ok_or_else(|| PortError::Internal("seed unreadable".into()))?;
+        let seed = hex32(&value).ok_or_else(|| PortError::internal("seed unreadable"))?;
         Ok((seed, created == 1))
     }
 

@@ -213,6 +213,12 @@ impl From<AppError> for ApiError {
                 out.0.retry_after = Some(1);
             }
             AppError::Internal(cause) => return ApiError::internal(&cause),
+            AppError::Port(e) if class.status == 503 => {
+                tracing::warn!(cause = %chain(&e), "unavailable");
+                out.0.detail = "temporarily unavailable; retry shortly".to_owned();
+                out.0.retry_after = Some(1);
+            }
+            AppError::Port(e) => return ApiError::internal(&chain(&e)),
             AppError::InvalidInput(_)
             | AppError::Unauthenticated
             | AppError::BadCredentials
@@ -252,6 +258,22 @@ impl IntoResponse for ApiError {
         }
         res
     }
+}
+
+/// An error and every cause under it, for the log: `a: b: c` without repeating a cause whose
+/// words its parent already shows.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let words = cause.to_string();
+        if !out.contains(&words) {
+            out.push_str(": ");
+            out.push_str(&words);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

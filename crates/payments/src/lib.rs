@@ -156,13 +156,13 @@ impl SandboxGateway {
             return Ok(());
         };
         let mut line = serde_json::to_vec(charge)
-            .map_err(|e| PortError::Internal(format!("sandbox journal: {e}")))?;
+            .map_err(|e| PortError::internal_because("sandbox journal", e))?;
         line.push(b'\n');
         let mut file = journal
             .lock()
-            .map_err(|_| PortError::Internal("sandbox journal poisoned".into()))?;
+            .map_err(|_| PortError::internal("sandbox journal poisoned"))?;
         std::io::Write::write_all(&mut *file, &line)
-            .map_err(|e| PortError::Internal(format!("sandbox journal: {e}")))
+            .map_err(|e| PortError::internal_because("sandbox journal", e))
     }
 
     /// Every charge so far.
@@ -185,10 +185,10 @@ impl SandboxGateway {
         let mut l = self
             .ledger
             .lock()
-            .map_err(|_| PortError::Internal("sandbox ledger poisoned".into()))?;
+            .map_err(|_| PortError::internal("sandbox ledger poisoned"))?;
         let charge = l
             .get_mut(reference)
-            .ok_or_else(|| PortError::Internal(format!("unknown reference {reference}")))?;
+            .ok_or_else(|| PortError::internal(format!("unknown reference {reference}")))?;
         use ChargeState::*;
         let allowed = match (charge.state, to) {
             (a, b) if a == b => return Ok(()), // idempotent per reference
@@ -200,7 +200,7 @@ impl SandboxGateway {
             _ => false,
         };
         if !allowed {
-            return Err(PortError::Internal(format!(
+            return Err(PortError::internal(format!(
                 "sandbox: {:?} -> {:?} not allowed for {reference}",
                 charge.state, to
             )));
@@ -300,7 +300,7 @@ impl PaymentGateway for SandboxGateway {
         let orders = self
             .by_order
             .lock()
-            .map_err(|_| PortError::Internal("sandbox ledger poisoned".into()))?;
+            .map_err(|_| PortError::internal("sandbox ledger poisoned"))?;
         Ok(orders.get(order.as_str()).cloned())
     }
 }

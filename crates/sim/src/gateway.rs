@@ -112,7 +112,7 @@ impl SimGateway {
         let mut ledger = self
             .ledger
             .lock()
-            .map_err(|_| PortError::Internal("sim gateway ledger poisoned".into()))?;
+            .map_err(|_| PortError::internal("sim gateway ledger poisoned"))?;
         Ok(f(&mut ledger))
     }
 
@@ -178,7 +178,7 @@ impl SimGateway {
                     reference.to_string(),
                     format!("{to:?} of unknown reference {reference}"),
                 ));
-                return Err(PortError::Internal(format!(
+                return Err(PortError::internal(format!(
                     "unknown reference {reference}"
                 )));
             };
@@ -198,7 +198,7 @@ impl SimGateway {
                         charge.state, charge.order_id
                     ),
                 ));
-                return Err(PortError::Internal(format!(
+                return Err(PortError::internal(format!(
                     "{:?} -> {to:?} not allowed",
                     charge.state
                 )));
@@ -216,7 +216,7 @@ impl SimGateway {
 impl PaymentGateway for SimGateway {
     async fn authorize(&self, req: &AuthorizeRequest) -> PortResult<Authorization> {
         if req.token == tokens::DOWN {
-            return Err(PortError::Unavailable("sim gateway down".into()));
+            return Err(PortError::unavailable("sim gateway down"));
         }
         let answer = self.with(|l| {
             l.next += 1;

@@ -182,7 +182,7 @@ fn render(result: &Result<Order, AppError>) -> (u16, String) {
                 AppError::NotFound => 404,
                 AppError::HoldExpired | AppError::Conflict(_) => 409,
                 AppError::InvalidInput(_) => 422,
-                AppError::Unavailable(_) => 503,
+                e if e.is_unavailable() => 503,
                 _ => 500,
             };
             let order = match e {
@@ -565,12 +565,9 @@ impl World {
                         }
                         Err(e) => return Self::unexpected("release while paying", &e),
                     }
-                    if let Err(AppError::Unavailable(_)) = &paid {
-                        if token != tokens::DOWN {
-                            return Self::unexpected(
-                                "checkout while releasing",
-                                &AppError::Unavailable(String::new()),
-                            );
+                    if let Err(e) = &paid {
+                        if e.is_unavailable() && token != tokens::DOWN {
+                            return Self::unexpected("checkout while releasing", e);
                         }
                     }
                     self.after_checkout(h.user, &[id], paid, Ending::Told)?;
@@ -1084,9 +1081,9 @@ impl World {
             }
         };
         let unavailable_ok = token == tokens::DOWN;
-        if let Err(AppError::Unavailable(_)) = &result {
-            if !unavailable_ok {
-                return Self::unexpected("checkout", &AppError::Unavailable(String::new()));
+        if let Err(e) = &result {
+            if e.is_unavailable() && !unavailable_ok {
+                return Self::unexpected("checkout", e);
             }
         }
         self.after_checkout(user, &holds, result, ending)?;
@@ -1116,7 +1113,7 @@ impl World {
             Err(AppError::HoldExpired) => "checkout: hold expired",
             Err(AppError::NotFound) => "checkout: hold not found",
             Err(AppError::Conflict(_)) => "checkout: hold in another order",
-            Err(AppError::Unavailable(_)) => "checkout: gateway down",
+            Err(e) if e.is_unavailable() => "checkout: gateway down",
             Err(_) => "checkout: other error",
         });
         let told = ending == Ending::Told;
@@ -1134,7 +1131,7 @@ impl World {
             {
                 return Err(format!("checkout answered an order that is {:?}", o.status))
             }
-            (Err(AppError::Internal(_)), _) => {
+            (Err(e), _) if e.is_internal() => {
                 if let Err(e) = result {
                     return Self::unexpected("checkout", &e);
                 }

@@ -194,7 +194,7 @@ impl EventHandler for AppliesEvents {
         self.0
             .apply_outbox_event(&event)
             .await
-            .map_err(|e| PortError::Unavailable(e.to_string()))
+            .map_err(|e| PortError::unavailable_because("", e))
     }
 }
 

@@ -91,7 +91,7 @@ impl PgStore {
     /// [`Store::migrate`] before use. An unreachable server is `PortError::Unavailable`.
     pub async fn connect(url: &str) -> Result<PgStore, PortError> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| PortError::Internal(format!("bad PostgreSQL URL: {e}")))?;
+            .map_err(|e| PortError::internal_because("bad PostgreSQL URL", e))?;
         Self::connect_with(options).await
     }
 
@@ -481,7 +481,7 @@ impl Store for PgStore {
         // checks and applies migrations, so nodes starting together apply each one once.
         MIGRATOR.run(&self.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => error::port_error(e),
-            other => PortError::Internal(format!("migrate: {other}")),
+            other => PortError::internal(format!("migrate: {other}")),
         })
     }
 

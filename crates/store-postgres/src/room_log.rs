@@ -119,7 +119,7 @@ impl RoomLog for PgStore {
         );
         let rows: Vec<Row> = match page {
             Some(json) => serde_json::from_str(&json)
-                .map_err(|e| PortError::Internal(format!("room_log page: {e}")))?,
+                .map_err(|e| PortError::internal_because("room_log page", e))?,
             None => Vec::new(),
         };
         let next = rows.last().map_or(cursor, |r| r.0);
@@ -133,7 +133,7 @@ impl RoomLog for PgStore {
                         rank,
                         pre_seq,
                         state: LoggedEntry::state_from_word(&word)
-                            .ok_or_else(|| PortError::Internal(format!("room_log state {word}")))?,
+                            .ok_or_else(|| PortError::internal(format!("room_log state {word}")))?,
                         until_ms,
                         lottery_won: won != 0,
                         units,

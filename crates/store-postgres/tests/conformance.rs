@@ -318,7 +318,7 @@ async fn two_nodes_racing_checkouts_of_one_hold_yield_one_order() {
 #[tokio::test]
 async fn unreachable_server_is_unavailable() {
     let out = PgStore::connect("postgres://postgres@127.0.0.1:1/nothing").await;
-    assert!(matches!(out, Err(PortError::Unavailable(_))), "{out:?}");
+    assert!(matches!(out, Err(PortError::Unavailable { .. })), "{out:?}");
 }
 
 /// The room's log on PostgreSQL against the shared log suite (each check on its own schema).

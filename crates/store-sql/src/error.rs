@@ -30,9 +30,9 @@ pub fn port_error(e: sqlx::Error) -> PortError {
         _ => false,
     };
     if unavailable {
-        PortError::Unavailable(e.to_string())
+        PortError::unavailable_because("", e)
     } else {
-        PortError::Internal(e.to_string())
+        PortError::internal_because("", e)
     }
 }
 
@@ -74,11 +74,11 @@ mod tests {
         }
         assert!(matches!(
             port_error(sqlx::Error::PoolTimedOut),
-            PortError::Unavailable(_)
+            PortError::Unavailable { .. }
         ));
         assert!(matches!(
             port_error(sqlx::Error::RowNotFound),
-            PortError::Internal(_)
+            PortError::Internal { .. }
         ));
     }
 }

@@ -20,5 +20,5 @@ pub mod sales;
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):
 /// always a bug, never a panic.
 pub fn internal(msg: impl Display) -> PortError {
-    PortError::Internal(msg.to_string())
+    PortError::internal(msg.to_string())
 }

@@ -85,7 +85,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|e| PortError::Unavailable(format!("creating {}: {e}", dir.display())))?;
+                .map_err(|e| PortError::unavailable(format!("creating {}: {e}", dir.display())))?;
         }
         let base = SqliteConnectOptions::new()
             .filename(path)
@@ -477,7 +477,7 @@ impl Store for SqliteStore {
         sqlx::migrate!("./migrations")
             .run(&self.writer)
             .await
-            .map_err(|e| PortError::Internal(format!("migrate: {e}")))
+            .map_err(|e| PortError::internal_because("migrate", e))
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -27,7 +27,7 @@ pub struct MemoryRoomLog {
 type Rows = (Vec<(SaleId, LoggedEntry)>, HashMap<(SaleId, String), usize>);
 
 fn poisoned<T>(_: T) -> PortError {
-    PortError::Internal("memory log lock poisoned".into())
+    PortError::internal("memory log lock poisoned")
 }
 
 #[async_trait]

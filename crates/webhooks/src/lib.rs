@@ -52,16 +52,14 @@ impl HttpShopWebhooks {
     /// failing every delivery later.
     pub fn new(url: &str, secret: &str, clock: Arc<dyn Clock>) -> Result<Self, PortError> {
         let url = reqwest::Url::parse(url)
-            .map_err(|e| PortError::Internal(format!("shop webhook URL {url:?}: {e}")))?;
+            .map_err(|e| PortError::internal(format!("shop webhook URL {url:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(PortError::Internal(format!(
+            return Err(PortError::internal(format!(
                 "shop webhook URL {url}: must be an absolute http:// or https:// URL"
             )));
         }
         if secret.is_empty() {
-            return Err(PortError::Internal(
-                "shop webhook secret must not be empty".into(),
-            ));
+            return Err(PortError::internal("shop webhook secret must not be empty"));
         }
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
@@ -70,7 +68,7 @@ impl HttpShopWebhooks {
             // A redirect would re-send the event elsewhere: the shop gives the final URL.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| PortError::Internal(format!("building the webhook client: {e}")))?;
+            .map_err(|e| PortError::internal_because("building the webhook client", e))?;
         Ok(Self {
             client,
             url,
@@ -115,12 +113,12 @@ impl ShopWebhooks for HttpShopWebhooks {
             .send()
             .await
             // Without the URL: it may carry credentials in its query.
-            .map_err(|e| PortError::Unavailable(format!("shop webhook: {}", e.without_url())))?;
+            .map_err(|e| PortError::unavailable(format!("shop webhook: {}", e.without_url())))?;
         let status = answer.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(PortError::Unavailable(format!(
+            Err(PortError::unavailable(format!(
                 "shop webhook answered {status}"
             )))
         }
@@ -219,7 +217,7 @@ mod tests {
         let sender = HttpShopWebhooks::new(&format!("http://{addr}/x"), "s", clock).unwrap();
         assert!(matches!(
             sender.send(&delivery()).await,
-            Err(PortError::Unavailable(_))
+            Err(PortError::Unavailable { .. })
         ));
     }
 
