@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use stampede_core::judge::Refusal;
 use stampede_core::Hold;
 
-use crate::ports::{PortError, PortResult, ReserveRequest, Store};
+use crate::ports::{Holds, PortError, PortResult, ReserveRequest};
 
 /// The judge's answer to one reservation, or why its batch failed.
 pub type Verdict = PortResult<Result<Hold, Refusal>>;
@@ -37,10 +37,10 @@ pub enum EnqueueError {
 }
 
 impl ReserveBatcher {
-    /// Starts the writer over `store`. Returns the handle and the writer's task, which ends once
+    /// Starts the writer over the judge (it needs only the `Holds` role). Returns the handle and the writer's task, which ends once
     /// every handle is dropped and the queue is drained.
     pub fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Holds>,
         max_batch: usize,
         queue_depth: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -66,7 +66,7 @@ impl ReserveBatcher {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn write_loop(store: Arc<dyn Holds>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let requests: Vec<ReserveRequest> = batch.iter().map(|p| p.request.clone()).collect();
