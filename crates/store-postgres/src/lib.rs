@@ -27,7 +27,6 @@ mod hold_cap;
 mod holds;
 mod misc;
 mod orders;
-mod outbox;
 mod report;
 mod room_log;
 mod rows;
@@ -57,6 +56,7 @@ use stampede_core::{
 
 use crate::error::OrPort;
 use stampede_store_sql::sales;
+use stampede_store_sql::outbox;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod orders;
+pub mod outbox;
 pub mod rows;
 pub mod sales;
 
