@@ -32,7 +32,6 @@ mod room_log;
 mod rows;
 mod txstock;
 mod users;
-mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -57,6 +56,7 @@ use stampede_core::{
 use crate::error::OrPort;
 use stampede_store_sql::sales;
 use stampede_store_sql::outbox;
+use stampede_store_sql::webhooks;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -2,7 +2,7 @@
 //! `stampede_store_sql::rows`; what is this engine's own is how `holds` joins `orders`.
 
 pub(crate) use stampede_store_sql::rows::{
-    col, col_ts, col_u32, col_word, hold_row, order, order_item, order_line, payment, sale, user,
+    col, col_ts, col_word, hold_row, order, order_item, order_line, payment, sale, user,
 };
 pub(crate) use stampede_store_sql::{hold_cols, sale_cols, user_cols};
 

@@ -17,6 +17,7 @@ pub mod orders;
 pub mod outbox;
 pub mod rows;
 pub mod sales;
+pub mod webhooks;
 
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):
 /// always a bug, never a panic.

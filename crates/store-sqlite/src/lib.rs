@@ -29,7 +29,6 @@ mod room_log;
 mod rows;
 mod txstock;
 mod users;
-mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,6 +52,7 @@ use stampede_core::{
 use crate::error::OrPort;
 use stampede_store_sql::sales;
 use stampede_store_sql::outbox;
+use stampede_store_sql::webhooks;
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.
