@@ -27,7 +27,6 @@ mod hold_cap;
 mod holds;
 mod misc;
 mod orders;
-mod report;
 mod room_log;
 mod rows;
 mod txstock;
@@ -57,6 +56,7 @@ use crate::error::OrPort;
 use stampede_store_sql::sales;
 use stampede_store_sql::outbox;
 use stampede_store_sql::webhooks;
+use stampede_store_sql::report;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod orders;
 pub mod outbox;
+pub mod report;
 pub mod rows;
 pub mod sales;
 pub mod webhooks;

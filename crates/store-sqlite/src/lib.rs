@@ -24,7 +24,6 @@ mod hold_cap;
 mod holds;
 mod misc;
 mod orders;
-mod report;
 mod room_log;
 mod rows;
 mod txstock;
@@ -53,6 +52,7 @@ use crate::error::OrPort;
 use stampede_store_sql::sales;
 use stampede_store_sql::outbox;
 use stampede_store_sql::webhooks;
+use stampede_store_sql::report;
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.
