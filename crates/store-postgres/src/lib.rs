@@ -25,7 +25,6 @@ mod catalog;
 mod error;
 mod hold_cap;
 mod holds;
-mod misc;
 mod orders;
 mod room_log;
 mod rows;
@@ -57,6 +56,7 @@ use stampede_store_sql::sales;
 use stampede_store_sql::outbox;
 use stampede_store_sql::webhooks;
 use stampede_store_sql::report;
+use stampede_store_sql::misc;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

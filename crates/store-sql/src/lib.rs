@@ -13,6 +13,7 @@ use stampede_app::ports::PortError;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod misc;
 pub mod orders;
 pub mod outbox;
 pub mod report;

@@ -22,7 +22,6 @@ mod catalog;
 mod error;
 mod hold_cap;
 mod holds;
-mod misc;
 mod orders;
 mod room_log;
 mod rows;
@@ -53,6 +52,7 @@ use stampede_store_sql::sales;
 use stampede_store_sql::outbox;
 use stampede_store_sql::webhooks;
 use stampede_store_sql::report;
+use stampede_store_sql::misc;
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.
