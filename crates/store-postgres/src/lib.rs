@@ -29,7 +29,6 @@ mod orders;
 mod room_log;
 mod rows;
 mod txstock;
-mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -52,11 +51,12 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
-use stampede_store_sql::sales;
-use stampede_store_sql::outbox;
-use stampede_store_sql::webhooks;
-use stampede_store_sql::report;
 use stampede_store_sql::misc;
+use stampede_store_sql::outbox;
+use stampede_store_sql::report;
+use stampede_store_sql::sales;
+use stampede_store_sql::users;
+use stampede_store_sql::webhooks;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod report;
 pub mod rows;
 pub mod sales;
+pub mod users;
 pub mod webhooks;
 
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):

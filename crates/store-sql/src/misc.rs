@@ -179,7 +179,11 @@ pub async fn append_audit<DB: Engine>(writer: &Pool<DB>, e: &AuditEntry) -> Port
 
 /// Entries matching the filter, oldest first. A `limit` of 0 means no limit.
 pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
-    let limit = if f.limit == 0 { i64::MAX } else { i64::from(f.limit) };
+    let limit = if f.limit == 0 {
+        i64::MAX
+    } else {
+        i64::from(f.limit)
+    };
     statement::<DB>(
         "SELECT id, at, actor, action, target, CAST(before_json AS TEXT) AS before_json, \
          CAST(after_json AS TEXT) AS after_json FROM audit \

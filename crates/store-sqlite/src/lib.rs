@@ -26,7 +26,6 @@ mod orders;
 mod room_log;
 mod rows;
 mod txstock;
-mod users;
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,11 +47,12 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
-use stampede_store_sql::sales;
-use stampede_store_sql::outbox;
-use stampede_store_sql::webhooks;
-use stampede_store_sql::report;
 use stampede_store_sql::misc;
+use stampede_store_sql::outbox;
+use stampede_store_sql::report;
+use stampede_store_sql::sales;
+use stampede_store_sql::users;
+use stampede_store_sql::webhooks;
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.
