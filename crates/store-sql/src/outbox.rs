@@ -38,18 +38,13 @@ pub async fn insert<DB: Engine>(conn: &mut impl Conn<DB>, e: &OutboxEvent) -> Po
     Ok(())
 }
 
-/// Leases up to `limit` waiting events whose lease has lapsed, oldest first. The rows are
-/// locked as they are chosen, and rows locked by a concurrent claim are skipped (a row whose
-/// lease a concurrent claim has just renewed is re-checked and dropped).
+/// Leases up to `limit` waiting events whose lease has lapsed, oldest first.
 pub async fn claim<DB: Engine>(
     writer: &Pool<DB>,
     now: Timestamp,
     lease_ms: i64,
     limit: u32,
 ) -> PortResult<Vec<OutboxEvent>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
     let sql = format!(
         "UPDATE outbox SET lease_until = $1 WHERE id IN (\
              SELECT id FROM outbox WHERE delivered_at IS NULL AND lease_until <= $2 \
@@ -57,31 +52,47 @@ pub async fn claim<DB: Engine>(
          RETURNING id, user_id, kind, created_at, CAST(data_json AS TEXT) AS data_json",
         DB::SKIP_LOCKED
     );
+    let mut events = lease(writer, &sql, now, lease_ms, limit, |r| {
+        let data: String = col(r, "data_json")?;
+        Ok(OutboxEvent {
+            id: col(r, "id")?,
+            user_id: UserId::from_trusted(col(r, "user_id")?),
+            kind: col_word(r, "kind", EventKind::parse)?,
+            created_at: col_ts(r, "created_at")?,
+            data: serde_json::from_str(&data).map_err(|e| internal(format!("outbox json: {e}")))?,
+        })
+    })
+    .await?;
+    // RETURNING comes in no promised order.
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(events)
+}
+
+/// Runs a claim (`sql`: `$1` the lease's end, `$2` now, `$3` the limit) in one write
+/// transaction; the rows it leased, each read by `row`. The rows are locked as they are
+/// chosen, and rows locked by a concurrent claim are skipped (a row whose lease a concurrent
+/// claim has just renewed is re-checked and dropped).
+pub(crate) async fn lease<DB: Engine, T>(
+    writer: &Pool<DB>,
+    sql: &str,
+    now: Timestamp,
+    lease_ms: i64,
+    limit: u32,
+    row: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Vec<T>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let mut tx = begin_write(writer).await?;
-    let rows = statement::<DB>(&sql)
+    let rows = statement::<DB>(sql)
         .int(now.plus_millis(lease_ms).0)
         .int(now.0)
         .int(i64::from(limit))
         .all(&mut tx)
         .await?;
-    let mut events = rows
-        .iter()
-        .map(|r| {
-            let data: String = col(r, "data_json")?;
-            Ok(OutboxEvent {
-                id: col(r, "id")?,
-                user_id: UserId::from_trusted(col(r, "user_id")?),
-                kind: col_word(r, "kind", EventKind::parse)?,
-                created_at: col_ts(r, "created_at")?,
-                data: serde_json::from_str(&data)
-                    .map_err(|e| internal(format!("outbox json: {e}")))?,
-            })
-        })
-        .collect::<PortResult<Vec<_>>>()?;
+    let leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
     tx.commit().await.port()?;
-    // RETURNING comes in no promised order.
-    events.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(events)
+    Ok(leased)
 }
 
 /// Marks events delivered (the first delivery time is kept).

@@ -17,8 +17,7 @@ use sqlx::Pool;
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult, WebhookDelivery};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Engine, Run};
-use crate::error::OrPort;
+use crate::engine::{statement, Bind, Engine, Run};
 use crate::internal;
 use crate::rows::{col, col_ts, col_u32, col_word, DbRow};
 
@@ -60,18 +59,13 @@ fn delivery<R: DbRow>(r: &R) -> PortResult<WebhookDelivery> {
     })
 }
 
-/// Leases up to `limit` due deliveries until `now + lease_ms`, oldest first. The rows are
-/// locked as they are chosen, and rows locked by a concurrent claim are skipped (a row whose
-/// lease a concurrent claim has just renewed is re-checked and dropped).
+/// Leases up to `limit` due deliveries until `now + lease_ms`, oldest first.
 pub async fn claim<DB: Engine>(
     writer: &Pool<DB>,
     now: Timestamp,
     lease_ms: i64,
     limit: u32,
 ) -> PortResult<Vec<WebhookDelivery>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
     let sql = format!(
         "UPDATE webhook_deliveries SET lease_until = $1 WHERE event_id IN (\
              SELECT event_id FROM webhook_deliveries \
@@ -81,15 +75,7 @@ pub async fn claim<DB: Engine>(
              next_attempt_at, last_error",
         DB::SKIP_LOCKED
     );
-    let mut tx = begin_write(writer).await?;
-    let rows = statement::<DB>(&sql)
-        .int(now.plus_millis(lease_ms).0)
-        .int(now.0)
-        .int(i64::from(limit))
-        .all(&mut tx)
-        .await?;
-    let mut due = rows.iter().map(delivery).collect::<PortResult<Vec<_>>>()?;
-    tx.commit().await.port()?;
+    let mut due = crate::outbox::lease(writer, &sql, now, lease_ms, limit, delivery).await?;
     // RETURNING comes in no promised order.
     due.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     Ok(due)
