@@ -32,17 +32,7 @@ impl CountedStore {
 }
 
 #[async_trait]
-impl Store for CountedStore {
-    async fn migrate(&self) -> PortResult<()> {
-        self.count("migrate");
-        self.inner.migrate().await
-    }
-
-    async fn ping(&self) -> PortResult<()> {
-        self.count("ping");
-        self.inner.ping().await
-    }
-
+impl Accounts for CountedStore {
     async fn insert_user(&self, user: &User, password_hash: &str) -> PortResult<bool> {
         self.count("insert_user");
         self.inner.insert_user(user, password_hash).await
@@ -112,7 +102,10 @@ impl Store for CountedStore {
         self.count("accounts");
         self.inner.accounts(query, after, limit).await
     }
+}
 
+#[async_trait]
+impl Catalog for CountedStore {
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()> {
         self.count("insert_sale");
         self.inner.insert_sale(sale).await
@@ -177,7 +170,10 @@ impl Store for CountedStore {
         self.count("drops");
         self.inner.drops(browse).await
     }
+}
 
+#[async_trait]
+impl Holds for CountedStore {
     async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {
         self.count("reserve");
         self.inner.reserve(batch).await
@@ -224,6 +220,18 @@ impl Store for CountedStore {
         self.inner.warn_expiring_holds(now, within_ms, limit).await
     }
 
+    async fn lapsed_holders(
+        &self,
+        min_lapsed: u32,
+        limit: u32,
+    ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
+        self.count("lapsed_holders");
+        self.inner.lapsed_holders(min_lapsed, limit).await
+    }
+}
+
+#[async_trait]
+impl Orders for CountedStore {
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
         self.count("create_order");
         self.inner.create_order(order).await
@@ -331,7 +339,10 @@ impl Store for CountedStore {
         self.count("record_webhook_event");
         self.inner.record_webhook_event(event_id, now).await
     }
+}
 
+#[async_trait]
+impl Outbox for CountedStore {
     async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
         self.count("append_notification");
         self.inner.append_notification(notification).await
@@ -408,7 +419,10 @@ impl Store for CountedStore {
         self.count("webhook_backlog");
         self.inner.webhook_backlog().await
     }
+}
 
+#[async_trait]
+impl Audit for CountedStore {
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {
         self.count("append_audit");
         self.inner.append_audit(entry).await
@@ -418,23 +432,30 @@ impl Store for CountedStore {
         self.count("audit");
         self.inner.audit(filter).await
     }
+}
 
+#[async_trait]
+impl AdminReads for CountedStore {
     async fn stock_audit(&self, sale: &SaleId) -> PortResult<Option<StockAudit>> {
         self.count("stock_audit");
         self.inner.stock_audit(sale).await
     }
 
-    async fn lapsed_holders(
-        &self,
-        min_lapsed: u32,
-        limit: u32,
-    ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
-        self.count("lapsed_holders");
-        self.inner.lapsed_holders(min_lapsed, limit).await
-    }
-
     async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>> {
         self.count("gate_seeds");
         self.inner.gate_seeds().await
+    }
+}
+
+#[async_trait]
+impl Store for CountedStore {
+    async fn migrate(&self) -> PortResult<()> {
+        self.count("migrate");
+        self.inner.migrate().await
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        self.count("ping");
+        self.inner.ping().await
     }
 }

@@ -429,16 +429,9 @@ pub struct GateSeed {
     pub user_units: Vec<(UserId, u32)>,
 }
 
-/// The durable system of record and the judge of every reservation. Whatever it commits is
-/// acknowledged; its checks are what make overselling impossible even if the gate is wrong.
+/// Accounts and sessions: who a buyer or admin is, and whether they may still act.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies schema migrations. Idempotent.
-    async fn migrate(&self) -> PortResult<()>;
-    /// Cheap liveness probe for `/readyz`.
-    async fn ping(&self) -> PortResult<()>;
-
-    // --- users and sessions
+pub trait Accounts: Send + Sync + 'static {
     /// Inserts a user; `Ok(false)` if the email is taken.
     async fn insert_user(&self, user: &User, password_hash: &str) -> PortResult<bool>;
     /// Creates the admin with this email, or makes the existing user an admin with this
@@ -447,7 +440,7 @@ pub trait Store: Send + Sync + 'static {
     async fn credentials_by_email(&self, email: &str) -> PortResult<Option<Credentials>>;
     async fn user(&self, id: &UserId) -> PortResult<Option<User>>;
     /// Stores a session if its account is active; `Ok(false)` (nothing stored) if it is not,
-    /// decided atomically with a concurrent [`Store::set_user_status`].
+    /// decided atomically with a concurrent [`Accounts::set_user_status`].
     async fn insert_session(&self, session: &Session, created_at: Timestamp) -> PortResult<bool>;
     /// The session with this id, if it exists (expiry is the caller's to check).
     async fn session(&self, session_id: &str) -> PortResult<Option<Session>>;
@@ -457,7 +450,7 @@ pub trait Store: Send + Sync + 'static {
     /// Sets an account's status and reason; unless it is active again, deletes its sessions
     /// and records their revocation in the same transaction. Returns the ended sessions' ids
     /// and expiries (so every node can refuse them at once), or `None` if there is no such
-    /// user. Sessions of a non-active account are never returned by [`Store::session`] either.
+    /// user. Sessions of a non-active account are never returned by [`Accounts::session`] either.
     async fn set_user_status(
         &self,
         user: &UserId,
@@ -480,8 +473,11 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&UserId>,
         limit: u32,
     ) -> PortResult<Vec<UserAccount>>;
+}
 
-    // --- sales
+/// Catalog and sales: what is on sale, when, at what price, written by admins and read by everyone.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()>;
     /// Writes the sale's configuration (name … control, total). If `total` changed, `available`
     /// moves by the same amount; `Ok(false)` (nothing written) if that would make it negative
@@ -490,11 +486,8 @@ pub trait Store: Send + Sync + 'static {
     async fn sale(&self, id: &SaleId) -> PortResult<Option<Sale>>;
     /// Every sale, oldest first.
     async fn sales(&self) -> PortResult<Vec<Sale>>;
-
     /// Sales matching `browse`, by id, after its cursor, at most its limit.
     async fn browse_sales(&self, browse: &Browse) -> PortResult<Vec<Sale>>;
-
-    // --- catalog: products and drops
     async fn insert_product(&self, product: &Product) -> PortResult<()>;
     /// Writes every field but the id and `created_at`; `Ok(false)` if there is no such product.
     async fn update_product(&self, product: &Product) -> PortResult<bool>;
@@ -507,8 +500,11 @@ pub trait Store: Send + Sync + 'static {
     async fn drop_event(&self, id: &DropId) -> PortResult<Option<DropEvent>>;
     /// Drops matching `browse`, by id.
     async fn drops(&self, browse: &Browse) -> PortResult<Vec<DropEvent>>;
+}
 
-    // --- holds: the judge
+/// Holds: the judge. Every unit a buyer holds was granted here, in a transaction that moved the stock counters with it.
+#[async_trait]
+pub trait Holds: Send + Sync + 'static {
     /// Judges a batch of reservations in ONE transaction (group commit): each in order gets
     /// its hold (committed when this returns) or the judge's refusal. The hold's price and
     /// expiry come from the sale row; `available` and the buyer's units are checked with
@@ -552,8 +548,11 @@ pub trait Store: Send + Sync + 'static {
         min_lapsed: u32,
         limit: u32,
     ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)>;
+}
 
-    // --- orders and payments
+/// Orders and payments: checkout, the payment's outcome, cancellation, the money moves still owed to the gateway, and the keys that make retries safe.
+#[async_trait]
+pub trait Orders: Send + Sync + 'static {
     /// Creates a `pending_payment` order over live holds of this user and marks them as in it.
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>>;
     /// Records the gateway's answer for a `pending_payment` order, in one transaction with its
@@ -602,8 +601,6 @@ pub trait Store: Send + Sync + 'static {
         order: &OrderId,
         now: Timestamp,
     ) -> PortResult<Option<Result<Cancelled, OrderStatus>>>;
-
-    // --- idempotency and webhooks
     /// Claims `(user, key)` for a request whose body hashes to `request_hash`; an in-progress
     /// claim older than `lease_ms` counts as abandoned and is taken over.
     async fn idempotency_start(
@@ -628,8 +625,11 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook_event_seen(&self, event_id: &str) -> PortResult<bool>;
     /// Records a webhook event id; `Ok(false)` if it was seen before.
     async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool>;
+}
 
-    // --- notifications
+/// Outbox and webhooks: events committed with the state they describe, delivered at least once to the bus, the buyer's notifications and the shop's webhooks.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
     /// Adds a notification to the buyer's feed; `Ok(false)` (nothing written) if one with the
     /// same id exists, so a redelivered event takes effect once.
     async fn append_notification(&self, notification: &Notification) -> PortResult<bool>;
@@ -642,8 +642,6 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> PortResult<Vec<Notification>>;
-
-    // --- the outbox
     /// Leases up to `limit` undelivered outbox events, oldest first, until `now + lease_ms`:
     /// another relay (on any node) skips them until the lease lapses, so relays never step
     /// on each other and a relay that dies mid-way is taken over.
@@ -661,8 +659,6 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_release(&self, ids: &[String]) -> PortResult<()>;
     /// How many events wait, and the `created_at` of the oldest (for the outbox-lag metric).
     async fn outbox_backlog(&self) -> PortResult<(i64, Option<Timestamp>)>;
-
-    // --- outgoing webhooks to the shop
     /// Queues the delivery of an order event to the shop, due at `now`. Idempotent per event
     /// id (`ON CONFLICT DO NOTHING`): the outbox delivers an event at least once, and a
     /// redelivery must not send the shop a second webhook. `Ok(false)` if it was queued before.
@@ -691,14 +687,34 @@ pub trait Store: Send + Sync + 'static {
     /// How many deliveries wait, and the `created_at` of the oldest (for the webhook-lag
     /// metric: a shop that is down shows as a growing lag, not as lost events).
     async fn webhook_backlog(&self) -> PortResult<(i64, Option<Timestamp>)>;
+}
 
-    // --- audit, metrics, reconciliation
+/// Audit: who changed what, kept for operators.
+#[async_trait]
+pub trait Audit: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()>;
     async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>>;
+}
+
+/// Admin reads: reconciliation figures recomputed from the rows, and what a gate is rebuilt from.
+#[async_trait]
+pub trait AdminReads: Send + Sync + 'static {
     /// The judge's accounting of a sale; `None` if it does not exist.
     async fn stock_audit(&self, sale: &SaleId) -> PortResult<Option<StockAudit>>;
     /// What the gate must be rebuilt to.
     async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>>;
+}
+
+/// The durable system of record and the judge of every reservation. Whatever it commits is
+/// acknowledged; its checks are what make overselling impossible even if the gate is wrong.
+#[async_trait]
+pub trait Store:
+    Accounts + Catalog + Holds + Orders + Outbox + Audit + AdminReads + Send + Sync + 'static
+{
+    /// Applies schema migrations. Idempotent.
+    async fn migrate(&self) -> PortResult<()>;
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> PortResult<()>;
 }
 
 /// The gate's answer: a cheap, possibly stale filter in front of the judge.

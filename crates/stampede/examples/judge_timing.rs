@@ -1,6 +1,7 @@
 //! Times the judge alone: batches of reservations straight into the SQLite store, without and
 //! with the hold cap (10 per account, 20 per device), each buyer distinct, in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use stampede_app::ports::{Catalog, Holds};
 use std::time::Instant;
 
 use stampede_app::ports::{ReserveRequest, Store};

@@ -10,7 +10,7 @@
 //!   UPDATE`: exclusive among judges, yet foreign-key checks pass), several at once in sale
 //!   id order, and reads `user_units` only under those locks; hold and order
 //!   rows are locked before sale rows. One order everywhere, so nodes queue, never deadlock;
-//! * [`Store::reserve`] judges a whole batch in ONE transaction (group commit): each touched
+//! * [`Holds::reserve`] judges a whole batch in ONE transaction (group commit): each touched
 //!   sale is locked and read once, each sale's counters written once;
 //! * `synchronous_commit` is forced `on` for every connection: a committed hold is on disk;
 //! * holds, orders and order items are hash-partitioned by user id (see the migration), so
@@ -39,10 +39,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
-    HoldError, IdempotencyStart, LapsedHolder, NewOrder, Notification, OutboxEvent, OwedPayment,
-    PaymentApplied, PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit,
-    Store, User, UserAccount, UserStatus, WebhookDelivery,
+    Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled, Catalog,
+    CheckoutError, Credentials, GateSeed, GatewayOwed, HoldError, Holds, IdempotencyStart,
+    LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{
@@ -125,24 +126,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
-    async fn migrate(&self) -> PortResult<()> {
-        // sqlx's migrator holds a PostgreSQL advisory lock (keyed on the database) while it
-        // checks and applies migrations, so nodes starting together apply each one once.
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => error::port_error(e),
-            other => PortError::Internal(format!("migrate: {other}")),
-        })
-    }
-
-    async fn ping(&self) -> PortResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .port()
-            .map(|_| ())
-    }
-
+impl Accounts for PgStore {
     async fn insert_user(&self, user: &User, password_hash: &str) -> PortResult<bool> {
         users::insert(&self.pool, user, password_hash).await
     }
@@ -200,7 +184,10 @@ impl Store for PgStore {
     ) -> PortResult<Vec<UserAccount>> {
         users::accounts(&self.pool, query, after, limit).await
     }
+}
 
+#[async_trait]
+impl Catalog for PgStore {
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()> {
         sales::insert(&self.pool, sale).await
     }
@@ -252,7 +239,10 @@ impl Store for PgStore {
     async fn drops(&self, browse: &Browse) -> PortResult<Vec<DropEvent>> {
         catalog::browse_drops(&self.pool, browse).await
     }
+}
 
+#[async_trait]
+impl Holds for PgStore {
     async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {
         holds::reserve(&self.pool, batch).await
     }
@@ -300,7 +290,10 @@ impl Store for PgStore {
     ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
         hold_cap::lapsed_holders(&self.pool, min_lapsed, limit).await
     }
+}
 
+#[async_trait]
+impl Orders for PgStore {
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
         orders::create(&self.pool, order).await
     }
@@ -390,7 +383,10 @@ impl Store for PgStore {
     async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool> {
         misc::record_webhook_event(&self.pool, event_id, now).await
     }
+}
 
+#[async_trait]
+impl Outbox for PgStore {
     async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
         misc::append_notification(&self.pool, notification).await
     }
@@ -454,7 +450,10 @@ impl Store for PgStore {
     async fn webhook_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
         webhooks::backlog(&self.pool).await
     }
+}
 
+#[async_trait]
+impl Audit for PgStore {
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {
         misc::append_audit(&self.pool, entry).await
     }
@@ -462,12 +461,35 @@ impl Store for PgStore {
     async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
         misc::audit(&self.pool, filter).await
     }
+}
 
+#[async_trait]
+impl AdminReads for PgStore {
     async fn stock_audit(&self, sale: &SaleId) -> PortResult<Option<StockAudit>> {
         report::stock_audit(&self.pool, sale).await
     }
 
     async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>> {
         report::gate_seeds(&self.pool).await
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> PortResult<()> {
+        // sqlx's migrator holds a PostgreSQL advisory lock (keyed on the database) while it
+        // checks and applies migrations, so nodes starting together apply each one once.
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => error::port_error(e),
+            other => PortError::Internal(format!("migrate: {other}")),
+        })
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .port()
+            .map(|_| ())
     }
 }

@@ -8,14 +8,14 @@
 //!   instead of fighting for SQLite's lock; transactions start with `BEGIN IMMEDIATE`. Pure
 //!   reads run on the **reader** pool (WAL lets them run beside the writer), whose connections
 //!   are `query_only`.
-//! * [`Store::reserve`] judges a whole batch in one transaction: one fsync for hundreds of
+//! * [`Holds::reserve`] judges a whole batch in one transaction: one fsync for hundreds of
 //!   buyers (group commit).
 //!
 //! Stock invariants (see `stampede_core`): every move of units goes through `StockLevels`'
 //! methods on a per-transaction cache of the `sales` row and the buyer's `user_units` row, and
 //! is written in the same transaction as the hold or order rows that justify it. The schema
 //! re-checks `available + held + sold = total_stock` and non-negativity, so a bug aborts the
-//! transaction instead of committing an oversell. [`Store::stock_audit`] recomputes the counters
+//! transaction instead of committing an oversell. [`AdminReads::stock_audit`] recomputes the counters
 //! from the rows.
 
 mod catalog;
@@ -35,10 +35,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Browse, Cancelled, CheckoutError, Credentials, GateSeed, GatewayOwed,
-    HoldError, IdempotencyStart, LapsedHolder, NewOrder, Notification, OutboxEvent, OwedPayment,
-    PaymentApplied, PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit,
-    Store, User, UserAccount, UserStatus, WebhookDelivery,
+    Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled, Catalog,
+    CheckoutError, Credentials, GateSeed, GatewayOwed, HoldError, Holds, IdempotencyStart,
+    LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult, ReserveRequest, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::{
@@ -122,22 +123,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> PortResult<()> {
-        sqlx::migrate!("./migrations")
-            .run(&self.writer)
-            .await
-            .map_err(|e| PortError::Internal(format!("migrate: {e}")))
-    }
-
-    async fn ping(&self) -> PortResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .port()
-            .map(|_| ())
-    }
-
+impl Accounts for SqliteStore {
     async fn insert_user(&self, user: &User, password_hash: &str) -> PortResult<bool> {
         users::insert(&self.writer, user, password_hash).await
     }
@@ -195,7 +181,10 @@ impl Store for SqliteStore {
     ) -> PortResult<Vec<UserAccount>> {
         users::accounts(&self.reader, query, after, limit).await
     }
+}
 
+#[async_trait]
+impl Catalog for SqliteStore {
     async fn insert_sale(&self, sale: &Sale) -> PortResult<()> {
         sales::insert(&self.writer, sale).await
     }
@@ -247,7 +236,10 @@ impl Store for SqliteStore {
     async fn drops(&self, browse: &Browse) -> PortResult<Vec<DropEvent>> {
         catalog::browse_drops(&self.reader, browse).await
     }
+}
 
+#[async_trait]
+impl Holds for SqliteStore {
     async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {
         holds::reserve(&self.writer, batch).await
     }
@@ -295,7 +287,10 @@ impl Store for SqliteStore {
     ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
         hold_cap::lapsed_holders(&self.reader, min_lapsed, limit).await
     }
+}
 
+#[async_trait]
+impl Orders for SqliteStore {
     async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
         orders::create(&self.writer, order).await
     }
@@ -385,7 +380,10 @@ impl Store for SqliteStore {
     async fn record_webhook_event(&self, event_id: &str, now: Timestamp) -> PortResult<bool> {
         misc::record_webhook_event(&self.writer, event_id, now).await
     }
+}
 
+#[async_trait]
+impl Outbox for SqliteStore {
     async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
         misc::append_notification(&self.writer, notification).await
     }
@@ -449,7 +447,10 @@ impl Store for SqliteStore {
     async fn webhook_backlog(&self) -> PortResult<(i64, Option<Timestamp>)> {
         webhooks::backlog(&self.reader).await
     }
+}
 
+#[async_trait]
+impl Audit for SqliteStore {
     async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {
         misc::append_audit(&self.writer, entry).await
     }
@@ -457,13 +458,34 @@ impl Store for SqliteStore {
     async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
         misc::audit(&self.reader, filter).await
     }
+}
 
+#[async_trait]
+impl AdminReads for SqliteStore {
     async fn stock_audit(&self, sale: &SaleId) -> PortResult<Option<StockAudit>> {
         report::stock_audit(&self.reader, sale).await
     }
 
     async fn gate_seeds(&self) -> PortResult<Vec<GateSeed>> {
         report::gate_seeds(&self.reader).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> PortResult<()> {
+        sqlx::migrate!("./migrations")
+            .run(&self.writer)
+            .await
+            .map_err(|e| PortError::Internal(format!("migrate: {e}")))
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .port()
+            .map(|_| ())
     }
 }
 

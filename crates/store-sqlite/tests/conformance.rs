@@ -5,6 +5,7 @@
 // A test crate: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use stampede_app::ports::{AdminReads, Holds};
 use std::path::PathBuf;
 use std::sync::Arc;
 
