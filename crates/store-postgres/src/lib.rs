@@ -25,15 +25,10 @@ mod catalog;
 mod error;
 mod hold_cap;
 mod holds;
-mod misc;
 mod orders;
-mod outbox;
-mod report;
 mod room_log;
 mod rows;
 mod txstock;
-mod users;
-mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -57,7 +52,12 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
+use stampede_store_sql::misc;
+use stampede_store_sql::outbox;
+use stampede_store_sql::report;
 use stampede_store_sql::sales;
+use stampede_store_sql::users;
+use stampede_store_sql::webhooks;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

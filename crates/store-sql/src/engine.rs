@@ -55,10 +55,32 @@ pub trait Engine: Database<Row: DbRow> {
     fn opt_int<'q>(q: Statement<'q, Self>, v: Option<i64>) -> Statement<'q, Self>;
     /// Binds a boolean.
     fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self>;
+
+    // Accounts, feeds, outbox, webhooks and the stock audit.
+    /// Appended to the `SELECT` a claim leases from: several PostgreSQL nodes claim at once,
+    /// each skipping the rows another has locked; SQLite's single writer needs nothing.
+    const SKIP_LOCKED: &'static str;
+    /// Appended to a `SELECT` whose rows the transaction goes on to change.
+    const FOR_UPDATE: &'static str;
+    /// Appended to a `SELECT` whose rows must not change before the transaction ends.
+    const FOR_SHARE: &'static str;
+    /// How a read that must see one snapshot across several statements starts.
+    const BEGIN_SNAPSHOT: &'static str;
+    /// The SQL type a JSON parameter is cast to (`CAST($n AS ...)`) to fill a JSON column.
+    const JSON: &'static str;
+    /// The texts of a JSON array parameter `$1`, as a subquery (`id IN (...)`).
+    const JSON_TEXTS: &'static str;
+    /// The database clock, in milliseconds since the epoch.
+    const NOW_MS: &'static str;
+    /// The column that orders a buyer's notifications as they were added.
+    const NOTIFICATION_SEQ: &'static str;
+    /// What joins `order_items i` to `orders o` besides `o.id = i.order_id`: PostgreSQL's
+    /// tables are partitioned by buyer, and the key says which partition.
+    const ITEM_ORDER_KEY: &'static str;
 }
 
 macro_rules! engine {
-    ($db:ty, $begin:literal) => {
+    ($db:ty, $begin:literal $(, $clause:ident = $text:literal)* $(,)?) => {
         impl Engine for $db {
             const BEGIN_WRITE: &'static str = $begin;
             fn execute<'c, 'q: 'c>(
@@ -97,12 +119,42 @@ macro_rules! engine {
             fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self> {
                 q.bind(v)
             }
+            // The engine's own spelling of each clause, `NAME = "text"`.
+            $(const $clause: &'static str = $text;)*
         }
     };
 }
 
-engine!(sqlx::Sqlite, "BEGIN IMMEDIATE");
-engine!(sqlx::Postgres, "BEGIN");
+engine!(
+    sqlx::Sqlite,
+    "BEGIN IMMEDIATE",
+    // Accounts, feeds, outbox, webhooks and the stock audit.
+    SKIP_LOCKED = "",
+    FOR_UPDATE = "",
+    FOR_SHARE = "",
+    // A read transaction sees one snapshot of a WAL database.
+    BEGIN_SNAPSHOT = "BEGIN",
+    JSON = "TEXT",
+    JSON_TEXTS = "SELECT value FROM json_each($1)",
+    NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    // Notifications are never deleted, so rowid grows as they are added.
+    NOTIFICATION_SEQ = "rowid",
+    ITEM_ORDER_KEY = "",
+);
+engine!(
+    sqlx::Postgres,
+    "BEGIN",
+    // Accounts, feeds, outbox, webhooks and the stock audit.
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED",
+    FOR_UPDATE = " FOR UPDATE",
+    FOR_SHARE = " FOR SHARE",
+    BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    JSON = "JSONB",
+    JSON_TEXTS = "SELECT json_array_elements_text($1::json)",
+    NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    NOTIFICATION_SEQ = "seq",
+    ITEM_ORDER_KEY = " AND o.user_id = i.user_id",
+);
 
 impl Conn<sqlx::Sqlite> for sqlx::SqliteConnection {
     fn conn(&mut self) -> &mut Self {

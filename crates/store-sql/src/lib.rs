@@ -13,9 +13,14 @@ use stampede_app::ports::PortError;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod misc;
 pub mod orders;
+pub mod outbox;
+pub mod report;
 pub mod rows;
 pub mod sales;
+pub mod users;
+pub mod webhooks;
 
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):
 /// always a bug, never a panic.

@@ -22,15 +22,10 @@ mod catalog;
 mod error;
 mod hold_cap;
 mod holds;
-mod misc;
 mod orders;
-mod outbox;
-mod report;
 mod room_log;
 mod rows;
 mod txstock;
-mod users;
-mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,7 +48,12 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
+use stampede_store_sql::misc;
+use stampede_store_sql::outbox;
+use stampede_store_sql::report;
 use stampede_store_sql::sales;
+use stampede_store_sql::users;
+use stampede_store_sql::webhooks;
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.

@@ -5,45 +5,46 @@
 //! * one row per event id: queueing again is a no-op (`ON CONFLICT DO NOTHING`), whichever
 //!   node applies a redelivered event;
 //! * a claimed delivery is leased (`lease_until`): no other claim returns it before the lease
-//!   lapses. Senders on several nodes claim at once: each locks the rows it leases and skips
-//!   rows another claim has locked (`FOR UPDATE SKIP LOCKED`), so no delivery goes to two;
+//!   lapses. On SQLite claims run on the single writer connection, so two claims never
+//!   interleave; on PostgreSQL senders on several nodes claim at once: each locks the rows it
+//!   leases and skips rows another claim has locked ([`Engine::SKIP_LOCKED`]), so no delivery
+//!   goes to two;
 //! * a delivery is due only once `next_attempt_at <= now` (the backoff);
 //! * a delivered row (`delivered_at` set) is never claimed again.
 
-use sqlx::postgres::PgRow;
-use sqlx::PgPool;
+use sqlx::Pool;
 
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult, WebhookDelivery};
 use stampede_core::{Timestamp, UserId};
 
-use crate::error::{internal, OrPort};
-use crate::rows::{col, col_ts, col_u32, col_word};
+use crate::engine::{statement, Bind, Engine, Run};
+use crate::internal;
+use crate::rows::{col, col_ts, col_u32, col_word, DbRow};
 
 /// Queues `event` for delivery, due at `now`; `false` if it was queued before.
-pub(crate) async fn enqueue(
-    pool: &PgPool,
+pub async fn enqueue<DB: Engine>(
+    writer: &Pool<DB>,
     event: &OutboxEvent,
     now: Timestamp,
 ) -> PortResult<bool> {
-    let done = sqlx::query(
+    let done = statement::<DB>(
         "INSERT INTO webhook_deliveries \
              (event_id, kind, user_id, payload_json, created_at, next_attempt_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
     )
-    .bind(&event.id)
-    .bind(event.kind.as_str())
-    .bind(event.user_id.as_str())
-    .bind(event.data.to_string())
-    .bind(event.created_at.0)
-    .bind(now.0)
-    .execute(pool)
-    .await
-    .port()?;
-    Ok(done.rows_affected() == 1)
+    .text(&event.id)
+    .text(event.kind.as_str())
+    .text(event.user_id.as_str())
+    .string(event.data.to_string())
+    .int(event.created_at.0)
+    .int(now.0)
+    .run_in(writer)
+    .await?;
+    Ok(done == 1)
 }
 
 /// A `webhook_deliveries` row.
-fn delivery(r: &PgRow) -> PortResult<WebhookDelivery> {
+fn delivery<R: DbRow>(r: &R) -> PortResult<WebhookDelivery> {
     let payload: String = col(r, "payload_json")?;
     Ok(WebhookDelivery {
         event_id: col(r, "event_id")?,
@@ -58,80 +59,66 @@ fn delivery(r: &PgRow) -> PortResult<WebhookDelivery> {
     })
 }
 
-/// Leases up to `limit` due deliveries until `now + lease_ms`, oldest first. One statement:
-/// the rows are locked as they are chosen, and rows locked by a concurrent claim are skipped
-/// (a row whose lease a concurrent claim has just renewed is re-checked and dropped).
-pub(crate) async fn claim(
-    pool: &PgPool,
+/// Leases up to `limit` due deliveries until `now + lease_ms`, oldest first.
+pub async fn claim<DB: Engine>(
+    writer: &Pool<DB>,
     now: Timestamp,
     lease_ms: i64,
     limit: u32,
 ) -> PortResult<Vec<WebhookDelivery>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
+    let sql = format!(
         "UPDATE webhook_deliveries SET lease_until = $1 WHERE event_id IN (\
              SELECT event_id FROM webhook_deliveries \
              WHERE delivered_at IS NULL AND next_attempt_at <= $2 AND lease_until <= $2 \
-             ORDER BY event_id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             ORDER BY event_id LIMIT $3{}) \
          RETURNING event_id, kind, user_id, payload_json, created_at, attempts, \
              next_attempt_at, last_error",
-    )
-    .bind(now.plus_millis(lease_ms).0)
-    .bind(now.0)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
-    .port()?;
-    let mut due = rows.iter().map(delivery).collect::<PortResult<Vec<_>>>()?;
+        DB::SKIP_LOCKED
+    );
+    let mut due = crate::outbox::lease(writer, &sql, now, lease_ms, limit, delivery).await?;
     // RETURNING comes in no promised order.
     due.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     Ok(due)
 }
 
 /// Marks a delivery done (the first delivery time is kept) and lets go of its lease.
-pub(crate) async fn delivered(pool: &PgPool, event_id: &str, now: Timestamp) -> PortResult<()> {
-    sqlx::query(
+pub async fn delivered<DB: Engine>(
+    writer: &Pool<DB>,
+    event_id: &str,
+    now: Timestamp,
+) -> PortResult<()> {
+    statement::<DB>(
         "UPDATE webhook_deliveries SET delivered_at = $2, lease_until = 0 \
          WHERE event_id = $1 AND delivered_at IS NULL",
     )
-    .bind(event_id)
-    .bind(now.0)
-    .execute(pool)
-    .await
-    .port()?;
+    .text(event_id)
+    .int(now.0)
+    .run_in(writer)
+    .await?;
     Ok(())
 }
 
 /// Counts a failed attempt, keeps its error, and makes the delivery due at `next_attempt_at`.
-pub(crate) async fn failed(
-    pool: &PgPool,
+pub async fn failed<DB: Engine>(
+    writer: &Pool<DB>,
     event_id: &str,
     next_attempt_at: Timestamp,
     error: &str,
 ) -> PortResult<()> {
-    sqlx::query(
+    statement::<DB>(
         "UPDATE webhook_deliveries \
          SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, lease_until = 0 \
          WHERE event_id = $1 AND delivered_at IS NULL",
     )
-    .bind(event_id)
-    .bind(next_attempt_at.0)
-    .bind(error)
-    .execute(pool)
-    .await
-    .port()?;
+    .text(event_id)
+    .int(next_attempt_at.0)
+    .text(error)
+    .run_in(writer)
+    .await?;
     Ok(())
 }
 
 /// How many deliveries wait, and when the oldest of their events happened.
-pub(crate) async fn backlog(pool: &PgPool) -> PortResult<(i64, Option<Timestamp>)> {
-    let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE delivered_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await
-    .port()?;
-    Ok((count, oldest.map(Timestamp)))
+pub async fn backlog<DB: Engine>(reader: &Pool<DB>) -> PortResult<(i64, Option<Timestamp>)> {
+    crate::outbox::waiting(reader, "webhook_deliveries").await
 }

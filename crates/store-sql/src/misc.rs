@@ -1,0 +1,273 @@
+//! Idempotency keys, webhook de-duplication, the append-only audit log and buyers'
+//! notification feeds.
+//!
+//! Idempotency: one row per `(user, key)`; `status` is NULL while the first request is being
+//! worked on. A claim older than the caller's lease counts as abandoned (its request died) and
+//! is taken over by the next request with that key, which then owns the row.
+
+use sqlx::Pool;
+
+use stampede_app::ports::{
+    AuditEntry, AuditFilter, EventKind, IdempotencyStart, Notification, PortResult,
+};
+use stampede_core::{Timestamp, UserId};
+
+use crate::engine::{begin_write, statement, Bind, Engine, Run};
+use crate::error::OrPort;
+use crate::internal;
+use crate::rows::{col, col_ts, col_word};
+
+/// Claims a key, or says why not (replay, mismatch, in progress). The claim is an insert
+/// first, so two nodes racing on one key cannot both proceed: the loser waits for the
+/// winner's insert to commit, then reads and locks the winner's row.
+pub async fn idempotency_start<DB: Engine>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    key: &str,
+    request_hash: &str,
+    now: Timestamp,
+    lease_ms: i64,
+) -> PortResult<IdempotencyStart> {
+    let mut tx = begin_write(writer).await?;
+    let claimed = statement::<DB>(
+        "INSERT INTO idempotency (user_id, key, request_hash, status, body, started_at) \
+         VALUES ($1, $2, $3, NULL, NULL, $4) ON CONFLICT (user_id, key) DO NOTHING",
+    )
+    .text(user.as_str())
+    .text(key)
+    .text(request_hash)
+    .int(now.0)
+    .run(&mut tx)
+    .await?;
+    if claimed == 1 {
+        tx.commit().await.port()?;
+        return Ok(IdempotencyStart::Proceed);
+    }
+    let sql = format!(
+        "SELECT request_hash, status, body, started_at FROM idempotency \
+         WHERE user_id = $1 AND key = $2{}",
+        DB::FOR_UPDATE
+    );
+    let row = statement::<DB>(&sql)
+        .text(user.as_str())
+        .text(key)
+        .first(&mut tx)
+        .await?
+        .ok_or_else(|| internal(format!("idempotency key {key} of {user} vanished")))?;
+    let stored_hash: String = col(&row, "request_hash")?;
+    let status: Option<i64> = col(&row, "status")?;
+    let started_at = col_ts(&row, "started_at")?;
+    let verdict = match status {
+        Some(status) if stored_hash == request_hash => IdempotencyStart::Replay {
+            status: u16::try_from(status)
+                .map_err(|_| internal(format!("stored status {status}")))?,
+            body: col::<Option<String>>(&row, "body")?.unwrap_or_default(),
+        },
+        Some(_) => IdempotencyStart::Mismatch,
+        None if started_at.plus_millis(lease_ms) <= now => {
+            statement::<DB>(
+                "UPDATE idempotency SET request_hash = $3, started_at = $4 \
+                 WHERE user_id = $1 AND key = $2 AND status IS NULL",
+            )
+            .text(user.as_str())
+            .text(key)
+            .text(request_hash)
+            .int(now.0)
+            .run(&mut tx)
+            .await?;
+            IdempotencyStart::Proceed
+        }
+        None if stored_hash == request_hash => IdempotencyStart::InProgress,
+        None => IdempotencyStart::Mismatch,
+    };
+    tx.commit().await.port()?;
+    Ok(verdict)
+}
+
+/// Stores the answer for a claimed key.
+pub async fn idempotency_finish<DB: Engine>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    key: &str,
+    status: u16,
+    body: &str,
+) -> PortResult<()> {
+    let done = statement::<DB>(
+        "UPDATE idempotency SET status = $3, body = $4 WHERE user_id = $1 AND key = $2",
+    )
+    .text(user.as_str())
+    .text(key)
+    .int(i64::from(status))
+    .text(body)
+    .run_in(writer)
+    .await?;
+    if done == 0 {
+        tracing::warn!(%user, key, "idempotency_finish for a key that was never claimed");
+    }
+    Ok(())
+}
+
+/// Drops an unanswered claim (an answered one stays, so it keeps replaying).
+pub async fn idempotency_abandon<DB: Engine>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    key: &str,
+) -> PortResult<()> {
+    statement::<DB>("DELETE FROM idempotency WHERE user_id = $1 AND key = $2 AND status IS NULL")
+        .text(user.as_str())
+        .text(key)
+        .run_in(writer)
+        .await?;
+    Ok(())
+}
+
+/// Whether a webhook event id has been recorded.
+pub async fn webhook_event_seen<DB: Engine>(reader: &Pool<DB>, event_id: &str) -> PortResult<bool> {
+    let row = statement::<DB>("SELECT 1 FROM webhook_events WHERE event_id = $1")
+        .text(event_id)
+        .first_in(reader)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Records a webhook event id; `false` if it was already seen.
+pub async fn record_webhook_event<DB: Engine>(
+    writer: &Pool<DB>,
+    event_id: &str,
+    now: Timestamp,
+) -> PortResult<bool> {
+    let done = statement::<DB>(
+        "INSERT INTO webhook_events (event_id, received_at) VALUES ($1, $2) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .text(event_id)
+    .int(now.0)
+    .run_in(writer)
+    .await?;
+    Ok(done == 1)
+}
+
+fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().map(serde_json::Value::to_string)
+}
+
+fn json_value(text: Option<String>) -> PortResult<Option<serde_json::Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| internal(format!("audit json: {e}"))))
+        .transpose()
+}
+
+/// Appends one entry (the table refuses updates and deletes).
+pub async fn append_audit<DB: Engine>(writer: &Pool<DB>, e: &AuditEntry) -> PortResult<()> {
+    let sql = format!(
+        "INSERT INTO audit (id, at, actor, action, target, before_json, after_json) \
+         VALUES ($1, $2, $3, $4, $5, CAST($6 AS {json}), CAST($7 AS {json}))",
+        json = DB::JSON
+    );
+    let (before, after) = (json_text(&e.before), json_text(&e.after));
+    statement::<DB>(&sql)
+        .text(&e.id)
+        .int(e.at.0)
+        .text(&e.actor)
+        .text(&e.action)
+        .text(&e.target)
+        .opt_text(before.as_deref())
+        .opt_text(after.as_deref())
+        .run_in(writer)
+        .await?;
+    Ok(())
+}
+
+/// Entries matching the filter, oldest first. A `limit` of 0 means no limit.
+pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
+    let limit = if f.limit == 0 {
+        i64::MAX
+    } else {
+        i64::from(f.limit)
+    };
+    statement::<DB>(
+        "SELECT id, at, actor, action, target, CAST(before_json AS TEXT) AS before_json, \
+         CAST(after_json AS TEXT) AS after_json FROM audit \
+         WHERE (CAST($1 AS TEXT) IS NULL OR actor = $1) \
+         AND (CAST($2 AS TEXT) IS NULL OR action = $2) \
+         AND (CAST($3 AS TEXT) IS NULL OR id > $3) ORDER BY id LIMIT $4",
+    )
+    .opt_text(f.actor.as_deref())
+    .opt_text(f.action.as_deref())
+    .opt_text(f.after.as_deref())
+    .int(limit)
+    .all_in(reader)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(AuditEntry {
+            id: col(r, "id")?,
+            at: col_ts(r, "at")?,
+            actor: col(r, "actor")?,
+            action: col(r, "action")?,
+            target: col(r, "target")?,
+            before: json_value(col(r, "before_json")?)?,
+            after: json_value(col(r, "after_json")?)?,
+        })
+    })
+    .collect()
+}
+
+/// Adds one notification to a buyer's feed; `false` (nothing written) if its id is there
+/// already, so a redelivered event takes effect once.
+pub async fn append_notification<DB: Engine>(
+    writer: &Pool<DB>,
+    n: &Notification,
+) -> PortResult<bool> {
+    let sql = format!(
+        "INSERT INTO notifications (id, user_id, kind, created_at, data_json) \
+         VALUES ($1, $2, $3, $4, CAST($5 AS {})) ON CONFLICT (id) DO NOTHING",
+        DB::JSON
+    );
+    let done = statement::<DB>(&sql)
+        .text(&n.id)
+        .text(n.user_id.as_str())
+        .text(n.kind.as_str())
+        .int(n.created_at.0)
+        .string(n.data.to_string())
+        .run_in(writer)
+        .await?;
+    Ok(done == 1)
+}
+
+/// A buyer's notifications after a cursor, oldest first: in the order they were added
+/// ([`Engine::NOTIFICATION_SEQ`]), not by id, so an event applied late cannot land behind a
+/// reader's cursor.
+pub async fn notifications<DB: Engine>(
+    reader: &Pool<DB>,
+    user: &UserId,
+    after: Option<&str>,
+    limit: u32,
+) -> PortResult<Vec<Notification>> {
+    let sql = format!(
+        "SELECT id, user_id, kind, created_at, CAST(data_json AS TEXT) AS data_json \
+         FROM notifications \
+         WHERE user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR {seq} > COALESCE( \
+             (SELECT {seq} FROM notifications WHERE id = $2 AND user_id = $1), -1)) \
+         ORDER BY {seq} LIMIT $3",
+        seq = DB::NOTIFICATION_SEQ
+    );
+    statement::<DB>(&sql)
+        .text(user.as_str())
+        .opt_text(after)
+        .int(i64::from(limit))
+        .all_in(reader)
+        .await?
+        .iter()
+        .map(|r| {
+            let data: String = col(r, "data_json")?;
+            Ok(Notification {
+                id: col(r, "id")?,
+                user_id: UserId::from_trusted(col(r, "user_id")?),
+                kind: col_word(r, "kind", EventKind::parse)?,
+                created_at: col_ts(r, "created_at")?,
+                data: serde_json::from_str(&data)
+                    .map_err(|e| internal(format!("notification json: {e}")))?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! The transactional outbox: events about buyers' orders, written by `apply_payment` in the
+//! same transaction as the change they report, and handed to a relay at least once.
+//!
+//! Invariants:
+//! * an event exists iff its order change committed (same transaction);
+//! * a claimed event is leased (`lease_until`): no other claim returns it before the lease
+//!   lapses. On SQLite claims run on the single writer connection, so two claims never
+//!   interleave; on PostgreSQL relays on several nodes claim at once: each locks the rows it
+//!   leases and skips rows another claim has locked ([`Engine::SKIP_LOCKED`]), so no event
+//!   goes to two;
+//! * a delivered event (`delivered_at` set) is never claimed again.
+
+use sqlx::Pool;
+
+use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
+use stampede_core::{Timestamp, UserId};
+
+use crate::engine::{begin_write, statement, Bind, Conn, Engine, Run};
+use crate::error::OrPort;
+use crate::internal;
+use crate::rows::{col, col_ts, col_word};
+
+/// Writes an event inside the caller's transaction.
+pub async fn insert<DB: Engine>(conn: &mut impl Conn<DB>, e: &OutboxEvent) -> PortResult<()> {
+    let sql = format!(
+        "INSERT INTO outbox (id, user_id, kind, created_at, data_json) \
+         VALUES ($1, $2, $3, $4, CAST($5 AS {}))",
+        DB::JSON
+    );
+    statement::<DB>(&sql)
+        .text(&e.id)
+        .text(e.user_id.as_str())
+        .text(e.kind.as_str())
+        .int(e.created_at.0)
+        .string(e.data.to_string())
+        .run(conn)
+        .await?;
+    Ok(())
+}
+
+/// Leases up to `limit` waiting events whose lease has lapsed, oldest first.
+pub async fn claim<DB: Engine>(
+    writer: &Pool<DB>,
+    now: Timestamp,
+    lease_ms: i64,
+    limit: u32,
+) -> PortResult<Vec<OutboxEvent>> {
+    let sql = format!(
+        "UPDATE outbox SET lease_until = $1 WHERE id IN (\
+             SELECT id FROM outbox WHERE delivered_at IS NULL AND lease_until <= $2 \
+             ORDER BY id LIMIT $3{}) \
+         RETURNING id, user_id, kind, created_at, CAST(data_json AS TEXT) AS data_json",
+        DB::SKIP_LOCKED
+    );
+    let mut events = lease(writer, &sql, now, lease_ms, limit, |r| {
+        let data: String = col(r, "data_json")?;
+        Ok(OutboxEvent {
+            id: col(r, "id")?,
+            user_id: UserId::from_trusted(col(r, "user_id")?),
+            kind: col_word(r, "kind", EventKind::parse)?,
+            created_at: col_ts(r, "created_at")?,
+            data: serde_json::from_str(&data).map_err(|e| internal(format!("outbox json: {e}")))?,
+        })
+    })
+    .await?;
+    // RETURNING comes in no promised order.
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(events)
+}
+
+/// Runs a claim (`sql`: `$1` the lease's end, `$2` now, `$3` the limit) in one write
+/// transaction; the rows it leased, each read by `row`. The rows are locked as they are
+/// chosen, and rows locked by a concurrent claim are skipped (a row whose lease a concurrent
+/// claim has just renewed is re-checked and dropped).
+pub(crate) async fn lease<DB: Engine, T>(
+    writer: &Pool<DB>,
+    sql: &str,
+    now: Timestamp,
+    lease_ms: i64,
+    limit: u32,
+    row: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Vec<T>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = begin_write(writer).await?;
+    let rows = statement::<DB>(sql)
+        .int(now.plus_millis(lease_ms).0)
+        .int(now.0)
+        .int(i64::from(limit))
+        .all(&mut tx)
+        .await?;
+    let leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
+    tx.commit().await.port()?;
+    Ok(leased)
+}
+
+/// Marks events delivered (the first delivery time is kept).
+pub async fn delivered<DB: Engine>(writer: &Pool<DB>, ids: &[String]) -> PortResult<()> {
+    // When it was delivered is bookkeeping only (no decision depends on it): the database's
+    // clock, in milliseconds since the epoch, is good enough.
+    let set = format!("delivered_at = {}", DB::NOW_MS);
+    undelivered(writer, &set, ids).await
+}
+
+/// Ends the lease of undelivered events, so the next claim takes them again.
+pub async fn release<DB: Engine>(writer: &Pool<DB>, ids: &[String]) -> PortResult<()> {
+    undelivered(writer, "lease_until = 0", ids).await
+}
+
+/// Applies `set` to those of `ids` not delivered yet.
+async fn undelivered<DB: Engine>(writer: &Pool<DB>, set: &str, ids: &[String]) -> PortResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE outbox SET {set} WHERE delivered_at IS NULL AND id IN ({})",
+        DB::JSON_TEXTS
+    );
+    statement::<DB>(&sql)
+        .string(serde_json::Value::from(ids.to_vec()).to_string())
+        .run_in(writer)
+        .await?;
+    Ok(())
+}
+
+/// How many events wait, and when the oldest of them was written.
+pub async fn backlog<DB: Engine>(reader: &Pool<DB>) -> PortResult<(i64, Option<Timestamp>)> {
+    waiting(reader, "outbox").await
+}
+
+/// How many rows of `table` are not delivered yet, and the oldest `created_at` among them.
+pub(crate) async fn waiting<DB: Engine>(
+    reader: &Pool<DB>,
+    table: &str,
+) -> PortResult<(i64, Option<Timestamp>)> {
+    let sql = format!(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM {table} WHERE delivered_at IS NULL"
+    );
+    let row = statement::<DB>(&sql)
+        .first_in(reader)
+        .await?
+        .ok_or_else(|| internal(format!("{table} backlog: no row")))?;
+    let oldest: Option<i64> = col(&row, "oldest")?;
+    Ok((col(&row, "n")?, oldest.map(Timestamp)))
+}

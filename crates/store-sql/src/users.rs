@@ -1,0 +1,287 @@
+//! Users and sessions. Emails are stored exactly as given (the app lower-cases and trims them)
+//! and are unique; a session stores only the SHA-256 of its token.
+
+use sqlx::Pool;
+
+use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
+use stampede_core::{Timestamp, UserId};
+
+use crate::engine::{begin_write, statement, Bind, Conn, Engine, Run};
+use crate::error::OrPort;
+use crate::rows::{self, col, col_ts, col_word, DbRow};
+use crate::user_cols;
+
+/// Inserts a user; `false` if the email is taken.
+pub async fn insert<DB: Engine>(writer: &Pool<DB>, user: &User, hash: &str) -> PortResult<bool> {
+    let done = statement::<DB>(
+        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING",
+    )
+    .text(user.id.as_str())
+    .text(&user.email)
+    .text(&user.name)
+    .text(user.role.as_str())
+    .text(hash)
+    .int(user.created_at.0)
+    .run_in(writer)
+    .await?;
+    Ok(done == 1)
+}
+
+/// Creates the admin, or promotes the user with this email and sets the password.
+pub async fn upsert_admin<DB: Engine>(
+    writer: &Pool<DB>,
+    user: &User,
+    hash: &str,
+) -> PortResult<User> {
+    let mut tx = begin_write(writer).await?;
+    statement::<DB>(
+        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, 'admin', $4, $5) \
+         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash",
+    )
+    .text(user.id.as_str())
+    .text(&user.email)
+    .text(&user.name)
+    .text(hash)
+    .int(user.created_at.0)
+    .run(&mut tx)
+    .await?;
+    let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
+    let row = statement::<DB>(sql)
+        .text(&user.email)
+        .first(&mut tx)
+        .await?
+        .ok_or_else(|| crate::internal(format!("admin {} vanished", user.email)))?;
+    let stored = rows::user(&row)?;
+    tx.commit().await.port()?;
+    Ok(stored)
+}
+
+/// The login path's view of a user.
+pub async fn credentials<DB: Engine>(
+    reader: &Pool<DB>,
+    email: &str,
+) -> PortResult<Option<Credentials>> {
+    let sql = concat!(
+        "SELECT ",
+        user_cols!(),
+        ", password_hash FROM users WHERE email = $1"
+    );
+    let row = statement::<DB>(sql).text(email).first_in(reader).await?;
+    row.map(|r| {
+        Ok(Credentials {
+            user: rows::user(&r)?,
+            password_hash: col(&r, "password_hash")?,
+        })
+    })
+    .transpose()
+}
+
+/// A user by id.
+pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &UserId) -> PortResult<Option<User>> {
+    let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1");
+    let row = statement::<DB>(sql)
+        .text(id.as_str())
+        .first_in(reader)
+        .await?;
+    row.map(|r| rows::user(&r)).transpose()
+}
+
+/// Stores a new session if the account is active (`false` if not). The check and the insert are
+/// one statement: under SQLite's single writer a ban cannot slip between them; on PostgreSQL
+/// the user row is share-locked by the same statement ([`Engine::FOR_SHARE`]), so a ban racing
+/// the login either commits first (and this sees the new status) or waits for this insert and
+/// then ends the session with the others.
+pub async fn insert_session<DB: Engine>(
+    writer: &Pool<DB>,
+    session: &Session,
+    created_at: Timestamp,
+) -> PortResult<bool> {
+    let sql = format!(
+        "INSERT INTO sessions (token_hash, user_id, expires_at, created_at) \
+         SELECT $1, u.id, $3, $4 FROM (SELECT id, status FROM users WHERE id = $2{}) u \
+         WHERE u.status = 'active'",
+        DB::FOR_SHARE
+    );
+    let done = statement::<DB>(&sql)
+        .text(&session.session_id)
+        .text(session.user_id.as_str())
+        .int(session.expires_at.0)
+        .int(created_at.0)
+        .run_in(writer)
+        .await?;
+    Ok(done > 0)
+}
+
+/// A session with its user's current role (so a promotion or demotion applies at once).
+pub async fn session<DB: Engine>(
+    reader: &Pool<DB>,
+    session_id: &str,
+) -> PortResult<Option<Session>> {
+    let row = statement::<DB>(
+        "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
+         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'",
+    )
+    .text(session_id)
+    .first_in(reader)
+    .await?;
+    row.map(|r| {
+        Ok(Session {
+            session_id: col(&r, "token_hash")?,
+            user_id: UserId::from_trusted(col(&r, "user_id")?),
+            role: col_word(&r, "role", Role::parse)?,
+            expires_at: col_ts(&r, "expires_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Logs out: deletes the session and records its revocation until its expiry, in one
+/// transaction; `false` if there was no such session.
+pub async fn delete_session<DB: Engine>(writer: &Pool<DB>, session_id: &str) -> PortResult<bool> {
+    let mut tx = begin_write(writer).await?;
+    let ended = end_sessions(&mut tx, "token_hash", session_id).await?;
+    if ended.is_empty() {
+        return Ok(false);
+    }
+    tx.commit().await.port()?;
+    Ok(true)
+}
+
+/// Deletes the sessions whose `column` is `value` and records their revocations (until each
+/// would have expired anyway), inside the caller's transaction; the sessions ended. The
+/// revocations are copied before the sessions go, since SQLite cannot feed one statement's
+/// `DELETE ... RETURNING` into another's `INSERT`.
+async fn end_sessions<DB: Engine>(
+    tx: &mut impl Conn<DB>,
+    column: &str,
+    value: &str,
+) -> PortResult<Vec<(String, Timestamp)>> {
+    let revoke = format!(
+        "INSERT INTO session_revocations (session_id, expires_at) \
+         SELECT token_hash, expires_at FROM sessions WHERE {column} = $1 \
+         ON CONFLICT (session_id) DO NOTHING"
+    );
+    statement::<DB>(&revoke).text(value).run(tx).await?;
+    let delete =
+        format!("DELETE FROM sessions WHERE {column} = $1 RETURNING token_hash, expires_at");
+    let rows = statement::<DB>(&delete).text(value).all(tx).await?;
+    rows.iter()
+        .map(|r| Ok((col(r, "token_hash")?, col_ts(r, "expires_at")?)))
+        .collect()
+}
+
+/// Sessions ended early that would still be valid at `now`.
+pub async fn revoked_sessions<DB: Engine>(
+    reader: &Pool<DB>,
+    now: Timestamp,
+) -> PortResult<Vec<(String, Timestamp)>> {
+    let rows = statement::<DB>(
+        "SELECT session_id, expires_at FROM session_revocations WHERE expires_at > $1",
+    )
+    .int(now.0)
+    .all_in(reader)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((col(r, "session_id")?, col_ts(r, "expires_at")?)))
+        .collect()
+}
+
+/// The shared secret `name`, written as `candidate` if there was none (first writer wins).
+pub async fn shared_secret<DB: Engine>(
+    writer: &Pool<DB>,
+    name: &str,
+    candidate: &str,
+) -> PortResult<String> {
+    statement::<DB>(
+        "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .text(name)
+    .text(candidate)
+    .run_in(writer)
+    .await?;
+    let row = statement::<DB>("SELECT value FROM settings WHERE name = $1")
+        .text(name)
+        .first_in(writer)
+        .await?
+        .ok_or_else(|| crate::internal(format!("setting {name} vanished")))?;
+    col(&row, "value")
+}
+
+fn account<R: DbRow>(row: &R) -> PortResult<UserAccount> {
+    Ok(UserAccount {
+        user: rows::user(row)?,
+        status: col_word(row, "status", UserStatus::parse)?,
+        status_reason: col(row, "status_reason")?,
+    })
+}
+
+/// Sets the status; ends the sessions of an account that is no longer active, in one
+/// transaction (the user row is locked first, so on PostgreSQL a login racing the change
+/// either lands before it, and its session is deleted here, or after it, and [`session`]
+/// refuses it).
+pub async fn set_status<DB: Engine>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    status: UserStatus,
+    reason: &str,
+) -> PortResult<Option<Vec<(String, Timestamp)>>> {
+    let mut tx = begin_write(writer).await?;
+    let done = statement::<DB>("UPDATE users SET status = $1, status_reason = $2 WHERE id = $3")
+        .text(status.as_str())
+        .text(reason)
+        .text(user.as_str())
+        .run(&mut tx)
+        .await?;
+    if done == 0 {
+        return Ok(None);
+    }
+    let mut ended = Vec::new();
+    if status != UserStatus::Active {
+        ended = end_sessions(&mut tx, "user_id", user.as_str()).await?;
+    }
+    tx.commit().await.port()?;
+    Ok(Some(ended))
+}
+
+/// One account with its status.
+pub async fn account_by_id<DB: Engine>(
+    reader: &Pool<DB>,
+    user: &UserId,
+) -> PortResult<Option<UserAccount>> {
+    let sql = concat!(
+        "SELECT ",
+        user_cols!(),
+        ", status, status_reason FROM users WHERE id = $1"
+    );
+    let row = statement::<DB>(sql)
+        .text(user.as_str())
+        .first_in(reader)
+        .await?;
+    row.map(|r| account(&r)).transpose()
+}
+
+/// Accounts matching `query` in email or name, by id, after `after`.
+pub async fn accounts<DB: Engine>(
+    reader: &Pool<DB>,
+    query: &str,
+    after: Option<&UserId>,
+    limit: u32,
+) -> PortResult<Vec<UserAccount>> {
+    let pattern = stampede_app::ports::contains_pattern(query);
+    let sql = concat!(
+        "SELECT ",
+        user_cols!(),
+        ", status, status_reason FROM users \
+         WHERE (lower(email) LIKE $1 ESCAPE '\\' OR lower(name) LIKE $1 ESCAPE '\\') \
+         AND id > $2 ORDER BY id LIMIT $3"
+    );
+    let rows = statement::<DB>(sql)
+        .string(pattern)
+        .text(after.map(|a| a.as_str()).unwrap_or(""))
+        .int(i64::from(limit))
+        .all_in(reader)
+        .await?;
+    rows.iter().map(account).collect()
+}
