@@ -55,10 +55,26 @@ pub trait Engine: Database<Row: DbRow> {
     fn opt_int<'q>(q: Statement<'q, Self>, v: Option<i64>) -> Statement<'q, Self>;
     /// Binds a boolean.
     fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self>;
+
+    // Catalog, room log, hold cap: where the engines' SQL really differs.
+    /// The condition that the row `alias` of `table` (`sales`, `drops`, `products`) has a name
+    /// matching the search query in the argument `param` (see [`Engine::search_query`]).
+    fn search_condition(table: &str, alias: &str, param: &str) -> String;
+    /// The search query for search words: each a prefix, all required. The words are letters
+    /// and digits only (`search_words`), so no operator or quote can be slipped in.
+    fn search_query(words: &[String]) -> String;
+    /// The larger of two values (`MAX` of two arguments on SQLite, `GREATEST` on PostgreSQL).
+    const GREATEST: &'static str;
+    /// The JSON array of its arguments.
+    const JSON_ARRAY: &'static str;
+    /// The aggregate of JSON values into one JSON array.
+    const JSON_ARRAY_AGG: &'static str;
+    /// The aggregate of the distinct `user_id`s of a group, as one comma-separated text.
+    const DISTINCT_USER_IDS: &'static str;
 }
 
 macro_rules! engine {
-    ($db:ty, $begin:literal) => {
+    ($db:ty, $begin:literal, { $($own:tt)* }) => {
         impl Engine for $db {
             const BEGIN_WRITE: &'static str = $begin;
             fn execute<'c, 'q: 'c>(
@@ -97,12 +113,48 @@ macro_rules! engine {
             fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self> {
                 q.bind(v)
             }
+
+            $($own)*
         }
     };
 }
 
-engine!(sqlx::Sqlite, "BEGIN IMMEDIATE");
-engine!(sqlx::Postgres, "BEGIN");
+engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
+    // Catalog, room log, hold cap.
+    /// FTS5, the search tables kept in step by the triggers of migration 0008.
+    fn search_condition(table: &str, alias: &str, param: &str) -> String {
+        format!("{alias}.id IN (SELECT id FROM {table}_search WHERE {table}_search MATCH {param})")
+    }
+    /// FTS5: each word a quoted prefix; the words cannot break out of the quotes.
+    fn search_query(words: &[String]) -> String {
+        let words: Vec<String> = words.iter().map(|w| format!("\"{w}\"*")).collect();
+        words.join(" ")
+    }
+    const GREATEST: &'static str = "MAX";
+    const JSON_ARRAY: &'static str = "json_array";
+    const JSON_ARRAY_AGG: &'static str = "json_group_array";
+    const DISTINCT_USER_IDS: &'static str = "group_concat(DISTINCT user_id)";
+});
+engine!(sqlx::Postgres, "BEGIN", {
+    // Catalog, room log, hold cap.
+    /// Full-text search over the letters-and-digits of names, 'simple' configuration: the
+    /// expression of the GIN indexes of migration 0007, so they serve it.
+    fn search_condition(_table: &str, alias: &str, param: &str) -> String {
+        format!(
+            "to_tsvector('simple', regexp_replace({alias}.name, '[^[:alnum:]]+', ' ', 'g')) \
+             @@ to_tsquery('simple', {param})"
+        )
+    }
+    /// `to_tsquery`: each word a prefix (`:*`), all required (`&`).
+    fn search_query(words: &[String]) -> String {
+        let words: Vec<String> = words.iter().map(|w| format!("{w}:*")).collect();
+        words.join(" & ")
+    }
+    const GREATEST: &'static str = "GREATEST";
+    const JSON_ARRAY: &'static str = "json_build_array";
+    const JSON_ARRAY_AGG: &'static str = "json_agg";
+    const DISTINCT_USER_IDS: &'static str = "string_agg(DISTINCT user_id, ',')";
+});
 
 impl Conn<sqlx::Sqlite> for sqlx::SqliteConnection {
     fn conn(&mut self) -> &mut Self {
