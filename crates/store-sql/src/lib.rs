@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod orders;
+pub mod room_log;
 pub mod rows;
 pub mod sales;
 
