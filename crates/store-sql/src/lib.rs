@@ -13,6 +13,7 @@ use stampede_app::ports::PortError;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod hold_cap;
 pub mod orders;
 pub mod room_log;
 pub mod rows;
