@@ -22,35 +22,19 @@ impl RoomLog for PgStore {
         }
         // One row per buyer per statement: ON CONFLICT may not touch a row twice.
         let batch = stampede_app::durable_room::fold_batch(batch);
-        let n = batch.len();
-        let (mut sales, mut users, mut devices) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut ranks, mut pre_seqs, mut stages, mut states) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut untils, mut won, mut units) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (sale, e) in &batch {
-            sales.push(sale.as_str());
-            users.push(e.user_id.as_str());
-            devices.push(e.device_id.as_str());
-            ranks.push(e.rank.map(to_i64));
-            pre_seqs.push(e.pre_seq.map(to_i64));
-            stages.push(i64::from(e.stage()));
-            states.push(e.state_word());
-            untils.push(e.until_ms);
-            won.push(i64::from(e.lottery_won));
-            units.push(to_i64(e.units));
-        }
+        let sales: Vec<&str> = batch.iter().map(|(s, _)| s.as_str()).collect();
+        let users: Vec<&str> = batch.iter().map(|(_, e)| e.user_id.as_str()).collect();
+        let devices: Vec<&str> = batch.iter().map(|(_, e)| e.device_id.as_str()).collect();
+        let ranks: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.rank.map(to_i64)).collect();
+        let pre_seqs: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.pre_seq.map(to_i64)).collect();
+        let stages: Vec<i64> = batch.iter().map(|(_, e)| i64::from(e.stage())).collect();
+        let states: Vec<&str> = batch.iter().map(|(_, e)| e.state_word()).collect();
+        let untils: Vec<i64> = batch.iter().map(|(_, e)| e.until_ms).collect();
+        let won: Vec<i64> = batch
+            .iter()
+            .map(|(_, e)| i64::from(e.lottery_won))
+            .collect();
+        let units: Vec<i64> = batch.iter().map(|(_, e)| to_i64(e.units)).collect();
         let sql = format!(
             "INSERT INTO room_log AS l ({ENTRY_COLS}) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \

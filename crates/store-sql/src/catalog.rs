@@ -43,16 +43,6 @@ pub const INSERT_DROP: &str = "INSERT INTO drops (id, name, description, categor
 pub const UPDATE_DROP: &str = "UPDATE drops SET name = $2, description = $3, category = $4, \
      starts_at = $5, ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1";
 
-/// One product by id.
-pub fn product_by_id_sql() -> String {
-    format!("SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1")
-}
-
-/// One drop by id.
-pub fn drop_by_id_sql() -> String {
-    format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1")
-}
-
 /// A `products` row.
 pub fn product<R: DbRow>(row: &R) -> PortResult<Product> {
     let urls: String = col(row, "image_urls")?;
@@ -149,7 +139,7 @@ pub async fn product_by_id<DB: Engine>(
     reader: &Pool<DB>,
     id: &ProductId,
 ) -> PortResult<Option<Product>> {
-    let sql = product_by_id_sql();
+    let sql = format!("SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1");
     let row = statement::<DB>(&sql)
         .text(id.as_str())
         .first_in(reader)
@@ -178,7 +168,7 @@ pub async fn drop_by_id<DB: Engine>(
     reader: &Pool<DB>,
     id: &DropId,
 ) -> PortResult<Option<DropEvent>> {
-    let sql = drop_by_id_sql();
+    let sql = format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1");
     let row = statement::<DB>(&sql)
         .text(id.as_str())
         .first_in(reader)
