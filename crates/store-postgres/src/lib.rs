@@ -21,7 +21,6 @@
 //! Errors: a lost connection, a timeout, a server shutting down, a deadlock or serialization
 //! failure is `PortError::Unavailable` (worth a retry); anything else `Internal`.
 
-mod catalog;
 mod error;
 mod hold_cap;
 mod holds;
@@ -55,9 +54,9 @@ use crate::error::OrPort;
 use stampede_store_sql::misc;
 use stampede_store_sql::outbox;
 use stampede_store_sql::report;
-use stampede_store_sql::sales;
 use stampede_store_sql::users;
 use stampede_store_sql::webhooks;
+use stampede_store_sql::{catalog, sales};
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -1,15 +1,20 @@
-//! The catalog's SQL both engines agree on: products and drops (columns, decoding, the
-//! statements that write them and their binding), and the browse conditions on the schedule
-//! and the page. Full-text search differs (FTS5 / `tsvector`) and stays in each backend.
+//! The catalog, written once for both engines: products, drops, and browsing sales, drops and
+//! products by category, status and name. Only the full-text search condition differs (FTS5
+//! on SQLite, `tsvector` on PostgreSQL): it comes from [`Engine::search_condition`]. Statuses
+//! of sales and drops are derived from the clock, so a status filter is a condition on the
+//! schedule at the browse's `now`, written to agree with `Sale::status_at` and
+//! `DropEvent::status_at`.
 
-use sqlx::{Database, Encode, QueryBuilder, Type};
+use std::fmt::Write as _;
+
+use sqlx::Pool;
 
 use stampede_app::ports::{Browse, PortResult};
-use stampede_core::{DropEvent, DropId, Product, ProductId, ProductStatus, SaleStatus};
+use stampede_core::{DropEvent, DropId, Product, ProductId, ProductStatus, Sale, SaleStatus};
 
-use crate::engine::{Bind, Engine, Statement};
-use crate::internal;
-use crate::rows::{col, col_money, col_ts, col_word, DbRow};
+use crate::engine::{statement, Bind, Engine, Run, Statement};
+use crate::rows::{self, col, col_money, col_ts, col_word, DbRow};
+use crate::{internal, sale_cols};
 
 /// Columns of [`product`], from `products p`.
 pub const PRODUCT_COLS: &str = "p.id, p.name, p.description, p.category, p.image_urls, \
@@ -37,16 +42,6 @@ pub const INSERT_DROP: &str = "INSERT INTO drops (id, name, description, categor
 /// A drop's new fields; bind with [`bind_drop`] (`$8` is the update time).
 pub const UPDATE_DROP: &str = "UPDATE drops SET name = $2, description = $3, category = $4, \
      starts_at = $5, ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1";
-
-/// One product by id.
-pub fn product_by_id_sql() -> String {
-    format!("SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1")
-}
-
-/// One drop by id.
-pub fn drop_by_id_sql() -> String {
-    format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1")
-}
 
 /// A `products` row.
 pub fn product<R: DbRow>(row: &R) -> PortResult<Product> {
@@ -123,79 +118,247 @@ pub fn bind_drop<'q, DB: Engine>(
     q.int(d.updated_at.0)
 }
 
-/// `ORDER BY` the id and `LIMIT` the page.
-pub fn push_page<'a, DB>(qb: &mut QueryBuilder<'a, DB>, alias: &str, b: &Browse)
-where
-    DB: Database,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    qb.push(format!(" ORDER BY {alias}.id LIMIT "))
-        .push_bind(i64::from(b.limit));
+/// Stores a new product.
+pub async fn insert_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<()> {
+    bind_product(statement::<DB>(INSERT_PRODUCT), p, true)?
+        .run_in(writer)
+        .await?;
+    Ok(())
 }
 
-/// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of the
-/// statuses at `b.now`; nothing when any status will do. Written to agree with
-/// `Sale::status_at` and `DropEvent::status_at`.
-pub fn push_statuses<'a, DB>(
-    qb: &mut QueryBuilder<'a, DB>,
-    alias: &str,
-    with_control: bool,
+/// Writes a product's fields; `false` if it does not exist.
+pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<bool> {
+    let changed = bind_product(statement::<DB>(UPDATE_PRODUCT), p, false)?
+        .run_in(writer)
+        .await?;
+    Ok(changed == 1)
+}
+
+/// One product.
+pub async fn product_by_id<DB: Engine>(
+    reader: &Pool<DB>,
+    id: &ProductId,
+) -> PortResult<Option<Product>> {
+    let sql = format!("SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1");
+    let row = statement::<DB>(&sql)
+        .text(id.as_str())
+        .first_in(reader)
+        .await?;
+    row.map(|r| product(&r)).transpose()
+}
+
+/// Stores a new drop.
+pub async fn insert_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<()> {
+    bind_drop(statement::<DB>(INSERT_DROP), d, true)
+        .run_in(writer)
+        .await?;
+    Ok(())
+}
+
+/// Writes a drop's fields; `false` if it does not exist.
+pub async fn update_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<bool> {
+    let changed = bind_drop(statement::<DB>(UPDATE_DROP), d, false)
+        .run_in(writer)
+        .await?;
+    Ok(changed == 1)
+}
+
+/// One drop.
+pub async fn drop_by_id<DB: Engine>(
+    reader: &Pool<DB>,
+    id: &DropId,
+) -> PortResult<Option<DropEvent>> {
+    let sql = format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1");
+    let row = statement::<DB>(&sql)
+        .text(id.as_str())
+        .first_in(reader)
+        .await?;
+    row.map(|r| drop_event(&r)).transpose()
+}
+
+/// A page of sales matching the browse.
+pub async fn browse_sales<DB: Engine>(reader: &Pool<DB>, b: &Browse) -> PortResult<Vec<Sale>> {
+    let cols = sale_cols!()
+        .split(", ")
+        .map(|c| format!("s.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut q = Browsing::new(format!("SELECT {cols} FROM sales s WHERE 1 = 1"));
+    q.common::<DB>("sales", "s", b);
+    if let Some(drop) = &b.drop_id {
+        q.push(" AND s.drop_id = ").text(drop.as_str());
+    }
+    q.statuses("s", true, b);
+    q.page("s", b);
+    q.rows(reader).await?.iter().map(rows::sale).collect()
+}
+
+/// A page of drops matching the browse.
+pub async fn browse_drops<DB: Engine>(reader: &Pool<DB>, b: &Browse) -> PortResult<Vec<DropEvent>> {
+    let mut q = Browsing::new(format!("SELECT {DROP_COLS} FROM drops d WHERE 1 = 1"));
+    q.common::<DB>("drops", "d", b);
+    q.statuses("d", false, b);
+    q.page("d", b);
+    q.rows(reader).await?.iter().map(drop_event).collect()
+}
+
+/// A page of products matching the browse.
+pub async fn browse_products<DB: Engine>(
+    reader: &Pool<DB>,
     b: &Browse,
-) where
-    DB: Database,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    if b.statuses.is_empty() {
-        return;
+) -> PortResult<Vec<Product>> {
+    let mut q = Browsing::new(format!("SELECT {PRODUCT_COLS} FROM products p WHERE 1 = 1"));
+    q.common::<DB>("products", "p", b);
+    if !b.product_statuses.is_empty() {
+        q.push(" AND p.status IN (");
+        for (i, status) in b.product_statuses.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.text(status.as_str());
+        }
+        q.push(")");
     }
-    let now = b.now.0;
-    let control = |word: &str| {
-        if with_control {
-            format!("{alias}.control = '{word}' AND ")
-        } else {
-            String::new()
-        }
-    };
-    qb.push(" AND (");
-    for (i, status) in b.statuses.iter().enumerate() {
-        if i > 0 {
-            qb.push(" OR ");
-        }
-        match status {
-            SaleStatus::Ended => {
-                if with_control {
-                    qb.push(format!("{alias}.control = 'stopped' OR "));
-                }
-                qb.push(format!("{alias}.ends_at <= ")).push_bind(now);
-            }
-            SaleStatus::Scheduled => {
-                if with_control {
-                    qb.push(format!("{alias}.control <> 'stopped' AND "));
-                }
-                qb.push(format!("{alias}.starts_at > "))
-                    .push_bind(now)
-                    .push(format!(" AND {alias}.ends_at > "))
-                    .push_bind(now);
-            }
-            SaleStatus::Paused | SaleStatus::Live => {
-                if !with_control && *status == SaleStatus::Paused {
-                    qb.push("1 = 0");
-                    continue;
-                }
-                let word = if *status == SaleStatus::Paused {
-                    "paused"
-                } else {
-                    "running"
-                };
-                qb.push("(")
-                    .push(control(word))
-                    .push(format!("{alias}.starts_at <= "))
-                    .push_bind(now)
-                    .push(format!(" AND {alias}.ends_at > "))
-                    .push_bind(now)
-                    .push(")");
-            }
+    q.page("p", b);
+    q.rows(reader).await?.iter().map(product).collect()
+}
+
+/// An argument of a browse statement.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// A browse statement as it is built: its text, and its arguments in placeholder order.
+struct Browsing {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Browsing {
+    fn new(sql: String) -> Self {
+        Self {
+            sql,
+            args: Vec::new(),
         }
     }
-    qb.push(")");
+
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Takes an argument; its placeholder (`$N`).
+    fn arg(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+
+    /// A text argument, in place.
+    fn text(&mut self, v: &str) -> &mut Self {
+        let p = self.arg(Arg::Text(v.to_owned()));
+        self.push(&p)
+    }
+
+    /// An integer argument, in place.
+    fn int(&mut self, v: i64) -> &mut Self {
+        let p = self.arg(Arg::Int(v));
+        self.push(&p)
+    }
+
+    /// `AND` the conditions every browse shares: category, name, cursor.
+    fn common<DB: Engine>(&mut self, table: &str, alias: &str, b: &Browse) {
+        if let Some(category) = &b.category {
+            self.push(&format!(" AND {alias}.category = "))
+                .text(category);
+        }
+        if !b.words.is_empty() {
+            let param = self.arg(Arg::Text(DB::search_query(&b.words)));
+            let _ = write!(
+                self.sql,
+                " AND {}",
+                DB::search_condition(table, alias, &param)
+            );
+        }
+        if let Some(after) = &b.after {
+            self.push(&format!(" AND {alias}.id > ")).text(after);
+        }
+    }
+
+    /// `ORDER BY` the id and `LIMIT` the page.
+    fn page(&mut self, alias: &str, b: &Browse) {
+        self.push(&format!(" ORDER BY {alias}.id LIMIT "))
+            .int(i64::from(b.limit));
+    }
+
+    /// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of
+    /// the statuses at `b.now`; nothing when any status will do. Written to agree with
+    /// `Sale::status_at` and `DropEvent::status_at`.
+    fn statuses(&mut self, alias: &str, with_control: bool, b: &Browse) {
+        if b.statuses.is_empty() {
+            return;
+        }
+        let now = b.now.0;
+        let control = |word: &str| {
+            if with_control {
+                format!("{alias}.control = '{word}' AND ")
+            } else {
+                String::new()
+            }
+        };
+        self.push(" AND (");
+        for (i, status) in b.statuses.iter().enumerate() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            match status {
+                SaleStatus::Ended => {
+                    if with_control {
+                        self.push(&format!("{alias}.control = 'stopped' OR "));
+                    }
+                    self.push(&format!("{alias}.ends_at <= ")).int(now);
+                }
+                SaleStatus::Scheduled => {
+                    if with_control {
+                        self.push(&format!("{alias}.control <> 'stopped' AND "));
+                    }
+                    self.push(&format!("{alias}.starts_at > "))
+                        .int(now)
+                        .push(&format!(" AND {alias}.ends_at > "))
+                        .int(now);
+                }
+                SaleStatus::Paused | SaleStatus::Live => {
+                    if !with_control && *status == SaleStatus::Paused {
+                        self.push("1 = 0");
+                        continue;
+                    }
+                    let word = if *status == SaleStatus::Paused {
+                        "paused"
+                    } else {
+                        "running"
+                    };
+                    self.push("(")
+                        .push(&control(word))
+                        .push(&format!("{alias}.starts_at <= "))
+                        .int(now)
+                        .push(&format!(" AND {alias}.ends_at > "))
+                        .int(now)
+                        .push(")");
+                }
+            }
+        }
+        self.push(")");
+    }
+
+    /// Runs the statement on a connection of `reader`; every row.
+    async fn rows<DB: Engine>(&self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
+        let mut q = statement::<DB>(&self.sql);
+        for arg in &self.args {
+            q = match arg {
+                Arg::Text(v) => q.text(v),
+                Arg::Int(v) => q.int(*v),
+            };
+        }
+        q.all_in(reader).await
+    }
 }

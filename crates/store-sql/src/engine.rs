@@ -77,10 +77,25 @@ pub trait Engine: Database<Row: DbRow> {
     /// What joins `order_items i` to `orders o` besides `o.id = i.order_id`: PostgreSQL's
     /// tables are partitioned by buyer, and the key says which partition.
     const ITEM_ORDER_KEY: &'static str;
+    // Catalog, room log, hold cap: where the engines' SQL really differs.
+    /// The condition that the row `alias` of `table` (`sales`, `drops`, `products`) has a name
+    /// matching the search query in the argument `param` (see [`Engine::search_query`]).
+    fn search_condition(table: &str, alias: &str, param: &str) -> String;
+    /// The search query for search words: each a prefix, all required. The words are letters
+    /// and digits only (`search_words`), so no operator or quote can be slipped in.
+    fn search_query(words: &[String]) -> String;
+    /// The larger of two values (`MAX` of two arguments on SQLite, `GREATEST` on PostgreSQL).
+    const GREATEST: &'static str;
+    /// The JSON array of its arguments.
+    const JSON_ARRAY: &'static str;
+    /// The aggregate of JSON values into one JSON array.
+    const JSON_ARRAY_AGG: &'static str;
+    /// The aggregate of the distinct `user_id`s of a group, as one comma-separated text.
+    const DISTINCT_USER_IDS: &'static str;
 }
 
 macro_rules! engine {
-    ($db:ty, $begin:literal $(, $clause:ident = $text:literal)* $(,)?) => {
+    ($db:ty, $begin:literal, { $($own:tt)* }) => {
         impl Engine for $db {
             const BEGIN_WRITE: &'static str = $begin;
             fn execute<'c, 'q: 'c>(
@@ -119,42 +134,70 @@ macro_rules! engine {
             fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self> {
                 q.bind(v)
             }
-            // The engine's own spelling of each clause, `NAME = "text"`.
-            $(const $clause: &'static str = $text;)*
+            // The engine's own items.
+            $($own)*
         }
     };
 }
 
-engine!(
-    sqlx::Sqlite,
-    "BEGIN IMMEDIATE",
+engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
     // Accounts, feeds, outbox, webhooks and the stock audit.
-    SKIP_LOCKED = "",
-    FOR_UPDATE = "",
-    FOR_SHARE = "",
+    const SKIP_LOCKED: &'static str = "";
+    const FOR_UPDATE: &'static str = "";
+    const FOR_SHARE: &'static str = "";
     // A read transaction sees one snapshot of a WAL database.
-    BEGIN_SNAPSHOT = "BEGIN",
-    JSON = "TEXT",
-    JSON_TEXTS = "SELECT value FROM json_each($1)",
-    NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN";
+    const JSON: &'static str = "TEXT";
+    const JSON_TEXTS: &'static str = "SELECT value FROM json_each($1)";
+    const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     // Notifications are never deleted, so rowid grows as they are added.
-    NOTIFICATION_SEQ = "rowid",
-    ITEM_ORDER_KEY = "",
-);
-engine!(
-    sqlx::Postgres,
-    "BEGIN",
+    const NOTIFICATION_SEQ: &'static str = "rowid";
+    const ITEM_ORDER_KEY: &'static str = "";
+    // Catalog, room log, hold cap.
+    /// FTS5, the search tables kept in step by the triggers of migration 0008.
+    fn search_condition(table: &str, alias: &str, param: &str) -> String {
+        format!("{alias}.id IN (SELECT id FROM {table}_search WHERE {table}_search MATCH {param})")
+    }
+    /// FTS5: each word a quoted prefix; the words cannot break out of the quotes.
+    fn search_query(words: &[String]) -> String {
+        let words: Vec<String> = words.iter().map(|w| format!("\"{w}\"*")).collect();
+        words.join(" ")
+    }
+    const GREATEST: &'static str = "MAX";
+    const JSON_ARRAY: &'static str = "json_array";
+    const JSON_ARRAY_AGG: &'static str = "json_group_array";
+    const DISTINCT_USER_IDS: &'static str = "group_concat(DISTINCT user_id)";
+});
+engine!(sqlx::Postgres, "BEGIN", {
     // Accounts, feeds, outbox, webhooks and the stock audit.
-    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED",
-    FOR_UPDATE = " FOR UPDATE",
-    FOR_SHARE = " FOR SHARE",
-    BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    JSON = "JSONB",
-    JSON_TEXTS = "SELECT json_array_elements_text($1::json)",
-    NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-    NOTIFICATION_SEQ = "seq",
-    ITEM_ORDER_KEY = " AND o.user_id = i.user_id",
-);
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const FOR_SHARE: &'static str = " FOR SHARE";
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const JSON: &'static str = "JSONB";
+    const JSON_TEXTS: &'static str = "SELECT json_array_elements_text($1::json)";
+    const NOW_MS: &'static str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+    const NOTIFICATION_SEQ: &'static str = "seq";
+    const ITEM_ORDER_KEY: &'static str = " AND o.user_id = i.user_id";
+    // Catalog, room log, hold cap.
+    /// Full-text search over the letters-and-digits of names, 'simple' configuration: the
+    /// expression of the GIN indexes of migration 0007, so they serve it.
+    fn search_condition(_table: &str, alias: &str, param: &str) -> String {
+        format!(
+            "to_tsvector('simple', regexp_replace({alias}.name, '[^[:alnum:]]+', ' ', 'g')) \
+             @@ to_tsquery('simple', {param})"
+        )
+    }
+    /// `to_tsquery`: each word a prefix (`:*`), all required (`&`).
+    fn search_query(words: &[String]) -> String {
+        let words: Vec<String> = words.iter().map(|w| format!("{w}:*")).collect();
+        words.join(" & ")
+    }
+    const GREATEST: &'static str = "GREATEST";
+    const JSON_ARRAY: &'static str = "json_build_array";
+    const JSON_ARRAY_AGG: &'static str = "json_agg";
+    const DISTINCT_USER_IDS: &'static str = "string_agg(DISTINCT user_id, ',')";
+});
 
 impl Conn<sqlx::Sqlite> for sqlx::SqliteConnection {
     fn conn(&mut self) -> &mut Self {

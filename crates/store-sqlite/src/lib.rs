@@ -18,7 +18,6 @@
 //! transaction instead of committing an oversell. [`AdminReads::stock_audit`] recomputes the counters
 //! from the rows.
 
-mod catalog;
 mod error;
 mod hold_cap;
 mod holds;
@@ -51,9 +50,9 @@ use crate::error::OrPort;
 use stampede_store_sql::misc;
 use stampede_store_sql::outbox;
 use stampede_store_sql::report;
-use stampede_store_sql::sales;
 use stampede_store_sql::users;
 use stampede_store_sql::webhooks;
+use stampede_store_sql::{catalog, sales};
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.

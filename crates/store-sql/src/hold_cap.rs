@@ -1,0 +1,195 @@
+//! The denial-of-inventory guard at the judge, written once for both engines: unpaid holds
+//! open at once per account and per device, across every sale, counted inside the group
+//! commit's transaction, then kept up to date as the batch accepts holds; and the accounts and
+//! devices whose holds keep lapsing unpaid. What makes the counts exact under concurrency is
+//! each engine's own (SQLite's single writer; PostgreSQL's advisory locks): see the backends'
+//! `hold_cap` modules.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sqlx::Pool;
+
+use stampede_app::ports::{LapsedHolder, PortResult, ReserveRequest};
+use stampede_core::judge::{judge_hold_cap, Refusal};
+use stampede_core::{Timestamp, UserId};
+
+use crate::engine::{statement, Bind, Conn, Engine, Run};
+use crate::rows::col;
+
+/// Ids per `IN (…)` list: well under SQLite's parameter limit.
+const IDS_PER_STATEMENT: usize = 400;
+
+/// Open unpaid holds per account and per device of one batch.
+#[derive(Debug, Default)]
+pub struct OpenHolds {
+    /// Open holds per user id.
+    pub accounts: HashMap<String, i64>,
+    /// Open holds per device id.
+    pub devices: HashMap<String, i64>,
+}
+
+/// The accounts and devices of a batch's requests that carry a cap, and the batch's earliest
+/// clock reading: what the counts are taken of.
+pub struct Capped {
+    /// The earliest `now` of the capped requests.
+    pub now: Timestamp,
+    /// Their user ids, in order (the order PostgreSQL's locks are taken in).
+    pub users: BTreeSet<String>,
+    /// Their device ids, in order.
+    pub devices: BTreeSet<String>,
+}
+
+impl Capped {
+    /// `None` when no request of the batch carries a cap: nothing to lock or count.
+    pub fn of(batch: &[ReserveRequest]) -> Option<Self> {
+        let capped: Vec<&ReserveRequest> = batch.iter().filter(|r| !r.hold_cap.is_off()).collect();
+        let now = capped.iter().map(|r| r.now).min()?;
+        Some(Self {
+            now,
+            users: capped
+                .iter()
+                .map(|r| r.user_id.as_str().to_owned())
+                .collect(),
+            devices: capped.iter().filter_map(|r| r.device_id.clone()).collect(),
+        })
+    }
+}
+
+impl OpenHolds {
+    /// Counts, at the batch's earliest clock reading, the open holds of every account and
+    /// device the batch names. Nothing is read when no request carries a cap. The counts are
+    /// exact only if no other transaction can open a hold for these buyers before the batch
+    /// commits (the caller's business).
+    pub async fn load<DB: Engine>(
+        conn: &mut impl Conn<DB>,
+        batch: &[ReserveRequest],
+    ) -> PortResult<Self> {
+        let Some(capped) = Capped::of(batch) else {
+            return Ok(Self::default());
+        };
+        Ok(Self {
+            accounts: count(conn, "user_id", &capped.users, capped.now).await?,
+            devices: count(conn, "device_id", &capped.devices, capped.now).await?,
+        })
+    }
+
+    /// The guard's verdict on one more hold for this request's account and device.
+    pub fn judge(&self, req: &ReserveRequest) -> Result<(), Refusal> {
+        if req.hold_cap.is_off() {
+            return Ok(());
+        }
+        let account = self
+            .accounts
+            .get(req.user_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        let device = req
+            .device_id
+            .as_deref()
+            .map(|d| self.devices.get(d).copied().unwrap_or(0));
+        judge_hold_cap(req.hold_cap, account, device)
+    }
+
+    /// The batch accepted a hold for this request: it counts for the requests after it.
+    pub fn opened(&mut self, req: &ReserveRequest) {
+        *self
+            .accounts
+            .entry(req.user_id.as_str().to_owned())
+            .or_default() += 1;
+        if let Some(device) = &req.device_id {
+            *self.devices.entry(device.clone()).or_default() += 1;
+        }
+    }
+
+    /// A hold counted by [`Self::opened`] was not written after all (a retry's id collided).
+    pub fn not_opened(&mut self, req: &ReserveRequest) {
+        if let Some(n) = self.accounts.get_mut(req.user_id.as_str()) {
+            *n -= 1;
+        }
+        if let Some(device) = &req.device_id {
+            if let Some(n) = self.devices.get_mut(device) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+/// Open holds per value of `column` (`user_id` or `device_id`) among `ids`.
+async fn count<DB: Engine>(
+    conn: &mut impl Conn<DB>,
+    column: &'static str,
+    ids: &BTreeSet<String>,
+    now: Timestamp,
+) -> PortResult<HashMap<String, i64>> {
+    let ids: Vec<&String> = ids.iter().collect();
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {column} AS id, COUNT(*) AS n FROM holds \
+             WHERE state = 'active' AND expires_at > $1 AND {column} IN ({}) GROUP BY {column}",
+            list.join(", ")
+        );
+        let mut q = statement::<DB>(&sql).int(now.0);
+        for id in chunk {
+            q = q.text(id);
+        }
+        for row in q.all(&mut *conn).await? {
+            out.insert(col(&row, "id")?, col(&row, "n")?);
+        }
+    }
+    Ok(out)
+}
+
+/// Accounts and devices with at least `min_lapsed` holds that lapsed unpaid, most first, at
+/// most `limit` of each.
+pub async fn lapsed_holders<DB: Engine>(
+    reader: &Pool<DB>,
+    min_lapsed: u32,
+    limit: u32,
+) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
+    let accounts = statement::<DB>(
+        "SELECT user_id AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at FROM holds \
+         WHERE state = 'expired' \
+         GROUP BY user_id HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, user_id LIMIT $2",
+    )
+    .int(i64::from(min_lapsed))
+    .int(i64::from(limit))
+    .all_in(reader)
+    .await?;
+    let sql = format!(
+        "SELECT device_id AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at, \
+         {} AS users FROM holds WHERE state = 'expired' AND device_id IS NOT NULL \
+         GROUP BY device_id HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, device_id LIMIT $2",
+        DB::DISTINCT_USER_IDS
+    );
+    let devices = statement::<DB>(&sql)
+        .int(i64::from(min_lapsed))
+        .int(i64::from(limit))
+        .all_in(reader)
+        .await?;
+    let holder = |row: &DB::Row, accounts: Vec<UserId>| -> PortResult<LapsedHolder> {
+        let lapsed: i64 = col(row, "lapsed")?;
+        Ok(LapsedHolder {
+            subject: col(row, "subject")?,
+            lapsed: u64::try_from(lapsed).unwrap_or(0),
+            last_lapsed_at: Timestamp(col(row, "last_at")?),
+            accounts,
+        })
+    };
+    let accounts = accounts
+        .iter()
+        .map(|row| {
+            let user: String = col(row, "subject")?;
+            holder(row, UserId::parse(&user).into_iter().collect())
+        })
+        .collect::<PortResult<_>>()?;
+    let devices = devices
+        .iter()
+        .map(|row| {
+            let users: String = col(row, "users")?;
+            holder(row, users.split(',').filter_map(UserId::parse).collect())
+        })
+        .collect::<PortResult<_>>()?;
+    Ok((accounts, devices))
+}
