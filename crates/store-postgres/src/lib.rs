@@ -26,12 +26,10 @@ mod error;
 mod hold_cap;
 mod holds;
 mod misc;
-mod orders;
 mod outbox;
 mod report;
 mod room_log;
 mod rows;
-mod txstock;
 mod users;
 mod webhooks;
 
@@ -56,7 +54,7 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
-use stampede_store_sql::sales;
+use stampede_store_sql::{orders, sales};
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -8,30 +8,13 @@
 //!   rows another claim has locked (`FOR UPDATE SKIP LOCKED`), so no event goes to two;
 //! * a delivered event (`delivered_at` set) is never claimed again.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
 use stampede_core::{Timestamp, UserId};
 
 use crate::error::{internal, OrPort};
 use crate::rows::{col, col_ts, col_word};
-
-/// Writes an event inside the caller's transaction.
-pub(crate) async fn insert(conn: &mut PgConnection, e: &OutboxEvent) -> PortResult<()> {
-    sqlx::query(
-        "INSERT INTO outbox (id, user_id, kind, created_at, data_json) \
-         VALUES ($1, $2, $3, $4, $5::jsonb)",
-    )
-    .bind(&e.id)
-    .bind(e.user_id.as_str())
-    .bind(e.kind.as_str())
-    .bind(e.created_at.0)
-    .bind(e.data.to_string())
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    Ok(())
-}
 
 /// Leases up to `limit` waiting events whose lease has lapsed, oldest first. One statement:
 /// the rows are locked as they are chosen, and rows locked by a concurrent claim are skipped

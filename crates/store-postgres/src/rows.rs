@@ -1,18 +1,5 @@
 //! Decoding rows back into domain types: the decoders are the shared ones of
-//! `stampede_store_sql::rows`; what is this engine's own is how `holds` joins `orders`.
+//! `stampede_store_sql::rows`.
 
-pub(crate) use stampede_store_sql::rows::{
-    col, col_ts, col_u32, col_word, hold_row, order, order_item, order_line, payment, sale, user,
-};
-pub(crate) use stampede_store_sql::{hold_cols, sale_cols, user_cols};
-
-/// A hold as the adapter sees it: the domain hold plus whether an order is paying for it.
-pub(crate) use stampede_core::checkout::FoundHold as HoldRow;
-
-/// The `FROM` clause that goes with [`hold_cols`].
-macro_rules! hold_from {
-    () => {
-        " FROM holds h LEFT JOIN orders o ON o.user_id = h.user_id AND o.id = h.order_id "
-    };
-}
-pub(crate) use hold_from;
+pub(crate) use stampede_store_sql::rows::{col, col_ts, col_u32, col_word, sale, user};
+pub(crate) use stampede_store_sql::{sale_cols, user_cols};

@@ -13,9 +13,12 @@ use stampede_app::ports::PortError;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod holds;
+pub mod judging;
 pub mod orders;
 pub mod rows;
 pub mod sales;
+pub mod txstock;
 
 /// A broken expectation about our own data (an unknown state word, a counter out of balance):
 /// always a bug, never a panic.

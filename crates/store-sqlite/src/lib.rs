@@ -23,12 +23,10 @@ mod error;
 mod hold_cap;
 mod holds;
 mod misc;
-mod orders;
 mod outbox;
 mod report;
 mod room_log;
 mod rows;
-mod txstock;
 mod users;
 mod webhooks;
 
@@ -52,7 +50,7 @@ use stampede_core::{
 };
 
 use crate::error::OrPort;
-use stampede_store_sql::sales;
+use stampede_store_sql::{orders, sales};
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.

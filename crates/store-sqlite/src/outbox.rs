@@ -7,7 +7,7 @@
 //!   lapses. Claims run on the single writer connection, so two claims never interleave;
 //! * a delivered event (`delivered_at` set) is never claimed again.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
 use stampede_core::{Timestamp, UserId};
@@ -15,23 +15,6 @@ use stampede_core::{Timestamp, UserId};
 use crate::error::{internal, OrPort};
 use crate::rows::{col, col_ts, col_word};
 use crate::BEGIN_WRITE;
-
-/// Writes an event inside the caller's transaction.
-pub(crate) async fn insert(conn: &mut SqliteConnection, e: &OutboxEvent) -> PortResult<()> {
-    sqlx::query(
-        "INSERT INTO outbox (id, user_id, kind, created_at, data_json) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(&e.id)
-    .bind(e.user_id.as_str())
-    .bind(e.kind.as_str())
-    .bind(e.created_at.0)
-    .bind(e.data.to_string())
-    .execute(&mut *conn)
-    .await
-    .port()?;
-    Ok(())
-}
 
 /// Leases up to `limit` waiting events whose lease has lapsed, oldest first.
 pub(crate) async fn claim(
