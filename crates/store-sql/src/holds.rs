@@ -17,12 +17,12 @@ use sqlx::Pool;
 
 use stampede_app::ports::{HoldError, OutboxEvent, PortResult, ReserveRequest};
 use stampede_core::checkout::FoundHold;
-use stampede_core::judge::{judge_reserve_in_drop, judge_resize, Refusal};
+use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
-use crate::judging::{write_event, Judging};
+use crate::judging::{lock_own, write_event, Judging};
 use crate::rows;
 use crate::txstock::TxStock;
 use crate::{hold_cols, hold_from, internal};
@@ -61,19 +61,8 @@ pub async fn find<DB: Judging>(
     user: &UserId,
     id: &HoldId,
 ) -> PortResult<Option<FoundHold>> {
-    if DB::locks_rows() {
-        let sql = format!(
-            "SELECT 1 FROM holds WHERE user_id = $1 AND id = $2{}",
-            DB::LOCK
-        );
-        let locked = statement::<DB>(&sql)
-            .text(user.as_str())
-            .text(id.as_str())
-            .first(conn)
-            .await?;
-        if locked.is_none() {
-            return Ok(None);
-        }
+    if !lock_own(conn, "holds", user.as_str(), id.as_str()).await? {
+        return Ok(None);
     }
     find_unlocked(conn, user, id).await
 }
@@ -119,9 +108,6 @@ pub async fn judge_request<DB: Judging>(
     let Some(sale) = stock.sale(conn, &req.sale_id).await? else {
         return Ok(Err(Refusal::SaleNotLive));
     };
-    let status = sale.status_at(req.now);
-    let available = sale.stock.available;
-    let limit = sale.per_user_limit;
     let hold = Hold {
         id: req.hold_id.clone(),
         sale_id: req.sale_id.clone(),
@@ -133,9 +119,10 @@ pub async fn judge_request<DB: Judging>(
         created_at: req.now,
         expires_at: req.now.plus_secs(i64::from(sale.hold_seconds)),
     };
-    let units = stock.units(conn, &req.sale_id, &req.user_id).await?;
-    let drop = stock.drop_units(conn, &req.sale_id, &req.user_id).await?;
-    Ok(judge_reserve_in_drop(status, available, units, limit, drop, req.quantity).map(|()| hold))
+    let verdict = stock
+        .judge_more(conn, &req.sale_id, &req.user_id, req.quantity, req.now)
+        .await?;
+    Ok(verdict.unwrap_or(Err(Refusal::SaleNotLive)).map(|()| hold))
 }
 
 /// The buyer's holds that are active and unexpired at `now`, oldest first.
@@ -225,43 +212,28 @@ pub async fn resize<DB: Judging>(
         return Ok(Ok(hold));
     }
     let mut stock = TxStock::default();
-    let growing = quantity > hold.quantity;
-    if growing {
-        // Growth is judged under the drop's limit too: lock the drop's other sales with it.
+    if quantity > hold.quantity {
+        // Growth is a reservation of the difference, judged under the drop's limit too: lock
+        // the drop's other sales with it. Shrinking is always allowed.
         stock
             .lock_sales_with_drops(&mut tx, &[&hold.sale_id])
             .await?;
-    }
-    let Some(sale) = stock.sale(&mut tx, &hold.sale_id).await? else {
-        return Err(internal(format!(
-            "sale {} of hold {id} missing",
-            hold.sale_id
-        )));
-    };
-    let status = sale.status_at(now);
-    let available = sale.stock.available;
-    let limit = sale.per_user_limit;
-    let units = stock.units(&mut tx, &hold.sale_id, user).await?;
-    // Shrinking is always allowed: the drop's units are not needed to judge it.
-    let drop = if growing {
-        stock.drop_units(&mut tx, &hold.sale_id, user).await?
+        let more = quantity - hold.quantity;
+        match stock
+            .judge_more(&mut tx, &hold.sale_id, user, more, now)
+            .await?
+        {
+            None => {
+                return Err(internal(format!(
+                    "sale {} of hold {id} missing",
+                    hold.sale_id
+                )))
+            }
+            Some(Err(refusal)) => return Ok(Err(HoldError::Refused(refusal))),
+            Some(Ok(())) => stock.reserve(&hold.sale_id, user, more)?,
+        }
     } else {
-        None
-    };
-    if let Err(refusal) = judge_resize(
-        status,
-        available,
-        units,
-        limit,
-        drop,
-        hold.quantity,
-        quantity,
-    ) {
-        return Ok(Err(HoldError::Refused(refusal)));
-    }
-    if growing {
-        stock.reserve(&hold.sale_id, user, quantity - hold.quantity)?;
-    } else {
+        stock.touch(&mut tx, &hold.sale_id, user).await?;
         stock.unhold(&hold.sale_id, user, hold.quantity - quantity)?;
     }
     let done = statement::<DB>(

@@ -202,3 +202,27 @@ pub async fn write_event<DB: Judging>(conn: &mut impl Conn<DB>, e: &OutboxEvent)
         .await?;
     Ok(())
 }
+
+/// Locks the buyer's row `id` of `table` (`holds` or `orders`, keyed by buyer) for the rest of
+/// the transaction; whether it exists. Without row locks there is nothing to take: `true`, and
+/// the caller's read finds out.
+pub async fn lock_own<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    table: &str,
+    user: &str,
+    id: &str,
+) -> PortResult<bool> {
+    if !DB::locks_rows() {
+        return Ok(true);
+    }
+    let sql = format!(
+        "SELECT 1 FROM {table} WHERE user_id = $1 AND id = $2{}",
+        DB::LOCK
+    );
+    let locked = statement::<DB>(&sql)
+        .text(user)
+        .text(id)
+        .first(conn)
+        .await?;
+    Ok(locked.is_some())
+}

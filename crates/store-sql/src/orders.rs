@@ -27,14 +27,13 @@ use stampede_app::ports::{
 use stampede_core::checkout::{
     self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, PlanError, Settlement,
 };
-use stampede_core::judge::judge_reserve_in_drop;
 use stampede_core::{
     HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
 };
 
-use crate::engine::{begin_write, statement, Bind, Conn, Engine, Run, Statement, Write};
+use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
-use crate::judging::{write_event, Judging};
+use crate::judging::{lock_own, write_event, Judging};
 use crate::rows::{self, col, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
 use crate::{holds, internal};
@@ -113,95 +112,65 @@ async fn lock_and_load<DB: Judging>(
     user: &UserId,
     id: &OrderId,
 ) -> PortResult<Option<Order>> {
-    if DB::locks_rows() {
-        let sql = format!(
-            "SELECT 1 FROM orders WHERE user_id = $1 AND id = $2{}",
-            DB::LOCK
-        );
-        let locked = statement::<DB>(&sql)
-            .text(user.as_str())
-            .text(id.as_str())
-            .first(conn)
-            .await?;
-        if locked.is_none() {
-            return Ok(None);
-        }
+    if !lock_own(conn, "orders", user.as_str(), id.as_str()).await? {
+        return Ok(None);
     }
     load(conn, user, id).await
 }
 
-/// Runs a plan's writes in order, refusing to go on if a guarded one lost a race.
-async fn run<DB: Engine>(conn: &mut impl Conn<DB>, writes: Vec<Write<'_, DB>>) -> PortResult<()> {
-    for write in writes {
-        let done = write.statement.run(conn).await?;
-        if let Some(what) = write.exactly_one {
-            if done != 1 {
-                return Err(internal(format!("{what} changed status meanwhile")));
-            }
-        }
+/// A guarded status move must change exactly one row, or `what` changed meanwhile (a race
+/// lost, or a bug): the transaction must not commit.
+fn moved_one(done: u64, what: impl std::fmt::Display) -> PortResult<()> {
+    if done != 1 {
+        return Err(internal(format!("{what} changed status meanwhile")));
     }
     Ok(())
 }
 
-/// The writes of a settlement: both status moves, each guarded by the status read, the money
-/// move now owed, and the holds letting go of the order.
-fn settle_writes<'q, DB: Engine>(
-    order: &'q Order,
-    plan: &'q Settlement,
-    now: Timestamp,
-) -> PortResult<Vec<Write<'q, DB>>> {
-    let payment = payment_of(order)?;
-    let mut writes = vec![
-        Write {
-            statement: statement::<DB>(
-                "UPDATE orders SET status = $1, updated_at = $2 \
-                 WHERE user_id = $3 AND id = $4 AND status = $5",
-            )
-            .text(plan.order.as_str())
-            .int(now.0)
-            .text(order.user_id.as_str())
-            .text(order.id.as_str())
-            .text(order.status.as_str()),
-            exactly_one: Some(format!("order {}", order.id)),
-        },
-        Write {
-            statement: statement::<DB>(
-                "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
-                 failure_reason = $3, updated_at = $4, gateway_owed = $7 \
-                 WHERE id = $5 AND status = $6",
-            )
-            .text(plan.payment.as_str())
-            .opt_text(plan.reference.as_deref())
-            .opt_text(plan.failure_reason.as_deref())
-            .int(now.0)
-            .text(payment.id.as_str())
-            .text(payment.status.as_str())
-            .opt_text(plan.owed.map(GatewayOwed::as_str)),
-            exactly_one: Some(format!("payment {}", payment.id)),
-        },
-    ];
-    if plan.release_holds {
-        writes.push(Write {
-            statement: statement::<DB>(
-                "UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2",
-            )
-            .text(order.user_id.as_str())
-            .text(order.id.as_str()),
-            exactly_one: None,
-        });
-    }
-    Ok(writes)
-}
-
-/// Carries out a settlement the core planned for `order`, with its outbox event (if any).
-/// Stock the settlement returns is the caller's to move first.
+/// Carries out a settlement the core planned for `order`: both status moves, each guarded by
+/// the status read, the money move now owed, the holds letting go of the order, and its
+/// outbox event (if any). Stock the settlement returns is the caller's to move first.
 async fn settle<DB: Judging>(
     conn: &mut impl Conn<DB>,
     order: &Order,
     plan: &Settlement,
     now: Timestamp,
 ) -> PortResult<()> {
-    run(conn, settle_writes(order, plan, now)?).await?;
+    let payment = payment_of(order)?;
+    let done = statement::<DB>(
+        "UPDATE orders SET status = $1, updated_at = $2 \
+         WHERE user_id = $3 AND id = $4 AND status = $5",
+    )
+    .text(plan.order.as_str())
+    .int(now.0)
+    .text(order.user_id.as_str())
+    .text(order.id.as_str())
+    .text(order.status.as_str())
+    .run(conn)
+    .await?;
+    moved_one(done, format_args!("order {}", order.id))?;
+    let done = statement::<DB>(
+        "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
+         failure_reason = $3, updated_at = $4, gateway_owed = $7 \
+         WHERE id = $5 AND status = $6",
+    )
+    .text(plan.payment.as_str())
+    .opt_text(plan.reference.as_deref())
+    .opt_text(plan.failure_reason.as_deref())
+    .int(now.0)
+    .text(payment.id.as_str())
+    .text(payment.status.as_str())
+    .opt_text(plan.owed.map(GatewayOwed::as_str))
+    .run(conn)
+    .await?;
+    moved_one(done, format_args!("payment {}", payment.id))?;
+    if plan.release_holds {
+        statement::<DB>("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
+            .text(order.user_id.as_str())
+            .text(order.id.as_str())
+            .run(conn)
+            .await?;
+    }
     let event = match &plan.event {
         Some(MoneyEvent::OrderConfirmed) => OutboxEvent::order_confirmed(order, now),
         Some(MoneyEvent::PaymentFailed { reason }) => {
@@ -212,88 +181,75 @@ async fn settle<DB: Judging>(
     write_event(conn, &event).await
 }
 
-/// The writes of an answer that comes later: the gateway's reference, and the time.
-fn await_answer<'q, DB: Engine>(
-    order: &'q Order,
-    reference: &'q str,
+/// An answer that comes later: records the gateway's reference, and the time.
+async fn await_answer<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    order: &Order,
+    reference: &str,
     now: Timestamp,
-) -> PortResult<Vec<Write<'q, DB>>> {
-    let payment = payment_of(order)?;
-    Ok(vec![
-        Write {
-            statement: statement::<DB>(
-                "UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3",
-            )
-            .text(reference)
-            .int(now.0)
-            .text(payment.id.as_str()),
-            exactly_one: None,
-        },
-        Write {
-            statement: statement::<DB>(
-                "UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3",
-            )
-            .int(now.0)
-            .text(order.user_id.as_str())
-            .text(order.id.as_str()),
-            exactly_one: None,
-        },
-    ])
+) -> PortResult<()> {
+    statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
+        .text(reference)
+        .int(now.0)
+        .text(payment_of(order)?.id.as_str())
+        .run(conn)
+        .await?;
+    statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
+        .int(now.0)
+        .text(order.user_id.as_str())
+        .text(order.id.as_str())
+        .run(conn)
+        .await?;
+    Ok(())
 }
 
-/// The writes of a new order: the order row, each hold taken into it, its lines (with their
+/// Writes a new order: the order row, each hold taken into it, its lines (with their
 /// position, the checkout order) and its payment.
-fn insert_order<'q, DB: Judging>(order: &'q Order) -> PortResult<Vec<Write<'q, DB>>> {
+async fn insert_order<DB: Judging>(conn: &mut impl Conn<DB>, order: &Order) -> PortResult<()> {
     let payment = payment_of(order)?;
-    let mut writes = vec![Write {
-        statement: statement::<DB>(
-            "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .text(order.id.as_str())
-        .text(order.user_id.as_str())
-        .text(order.status.as_str())
-        .int(order.total.0)
-        .text(order.currency.as_str())
-        .int(order.created_at.0),
-        exactly_one: None,
-    }];
-    writes.extend(order.items.iter().map(|item| Write {
-        statement: link_hold::<DB>(order, &item.hold_id),
-        exactly_one: None,
-    }));
-    writes.extend((0_i64..).zip(&order.items).map(|(position, item)| {
-        Write {
-            statement: statement::<DB>(DB::INSERT_ORDER_ITEM)
-                .text(order.id.as_str())
-                .text(order.user_id.as_str())
-                .text(item.hold_id.as_str())
-                .text(item.sale_id.as_str())
-                .int(position)
-                .int(i64::from(item.quantity))
-                .int(item.unit_price.0),
-            exactly_one: None,
-        }
-    }));
-    writes.push(Write {
-        statement: statement::<DB>(DB::INSERT_PAYMENT)
-            .text(payment.id.as_str())
+    statement::<DB>(
+        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .text(order.id.as_str())
+    .text(order.user_id.as_str())
+    .text(order.status.as_str())
+    .int(order.total.0)
+    .text(order.currency.as_str())
+    .int(order.created_at.0)
+    .run(conn)
+    .await?;
+    for item in &order.items {
+        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
             .text(order.id.as_str())
             .text(order.user_id.as_str())
-            .text(payment.status.as_str())
-            .text(&payment.method)
-            .int(payment.amount.0)
-            .int(payment.updated_at.0),
-        exactly_one: None,
-    });
-    Ok(writes)
-}
-
-fn link_hold<'q, DB: Engine>(order: &'q Order, hold: &'q HoldId) -> Statement<'q, DB> {
-    statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
+            .text(item.hold_id.as_str())
+            .run(conn)
+            .await?;
+    }
+    for (position, item) in (0_i64..).zip(&order.items) {
+        statement::<DB>(DB::INSERT_ORDER_ITEM)
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .text(item.sale_id.as_str())
+            .int(position)
+            .int(i64::from(item.quantity))
+            .int(item.unit_price.0)
+            .run(conn)
+            .await?;
+    }
+    statement::<DB>(DB::INSERT_PAYMENT)
+        .text(payment.id.as_str())
         .text(order.id.as_str())
         .text(order.user_id.as_str())
-        .text(hold.as_str())
+        .text(payment.status.as_str())
+        .text(&payment.method)
+        .int(payment.amount.0)
+        .int(payment.updated_at.0)
+        .run(conn)
+        .await?;
+    Ok(())
 }
 
 /// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
@@ -311,7 +267,7 @@ pub async fn create<DB: Judging>(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    run(&mut tx, insert_order(&order)?).await?;
+    insert_order(&mut tx, &order).await?;
     tx.commit().await.port()?;
     Ok(Ok(order))
 }
@@ -364,17 +320,10 @@ async fn convert<DB: Judging>(
                 if expire_first {
                     stock.unhold(&line.sale_id, &line.user_id, line.hold_quantity)?;
                 }
-                let Some(sale) = stock.sale(conn, &line.sale_id).await? else {
-                    return Ok(None);
-                };
-                let status = sale.status_at(now);
-                let available = sale.stock.available;
-                let limit = sale.per_user_limit;
-                let units = stock.units(conn, &line.sale_id, &line.user_id).await?;
-                let drop = stock.drop_units(conn, &line.sale_id, &line.user_id).await?;
-                if judge_reserve_in_drop(status, available, units, limit, drop, line.quantity)
-                    .is_err()
-                {
+                let verdict = stock
+                    .judge_more(conn, &line.sale_id, &line.user_id, line.quantity, now)
+                    .await?;
+                if verdict != Some(Ok(())) {
                     return Ok(None);
                 }
                 stock.retake(&line.sale_id, &line.user_id, line.quantity)?;
@@ -402,7 +351,7 @@ pub async fn apply_payment<DB: Judging>(
     let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
-            run(&mut tx, await_answer(&order, &reference, now)?).await?;
+            await_answer(&mut tx, &order, &reference, now).await?;
             PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
         }
         AnswerPlan::Settle(plan) => {

@@ -23,8 +23,8 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use stampede_app::ports::PortResult;
-use stampede_core::judge::DropUnits;
-use stampede_core::{DropId, Sale, SaleId, StockLevels, UserId};
+use stampede_core::judge::{judge_reserve_in_drop, DropUnits, Refusal};
+use stampede_core::{DropId, Sale, SaleId, StockLevels, Timestamp, UserId};
 
 use crate::engine::{statement, Bind, Conn, Run};
 use crate::judging::Judging;
@@ -292,6 +292,27 @@ impl TxStock {
             },
         );
         Ok(units)
+    }
+
+    /// The judge's verdict on `qty` more units of `sale` for `user` at `now`, on what this
+    /// transaction sees (the drop's limit included); `None` if the sale does not exist.
+    pub async fn judge_more<DB: Judging>(
+        &mut self,
+        conn: &mut impl Conn<DB>,
+        sale: &SaleId,
+        user: &UserId,
+        qty: u32,
+        now: Timestamp,
+    ) -> PortResult<Option<Result<(), Refusal>>> {
+        let Some(s) = self.sale(conn, sale).await? else {
+            return Ok(None);
+        };
+        let (status, available, limit) = (s.status_at(now), s.stock.available, s.per_user_limit);
+        let units = self.units(conn, sale, user).await?;
+        let drop = self.drop_units(conn, sale, user).await?;
+        Ok(Some(judge_reserve_in_drop(
+            status, available, units, limit, drop, qty,
+        )))
     }
 
     /// Loads the sale and the buyer's units so the synchronous moves below can apply. The sale
