@@ -27,8 +27,8 @@ use crate::rows;
 use crate::txstock::TxStock;
 use crate::{hold_cols, hold_from, internal};
 
-/// The buyer's hold with this id, with its order's status, read without a lock.
-pub const SELECT_HOLD: &str = concat!(
+/// The buyer's hold with this id, with its order's status.
+const SELECT_HOLD: &str = concat!(
     "SELECT ",
     hold_cols!(),
     hold_from!(),

@@ -52,7 +52,7 @@ fn broken(e: PlanError) -> PortError {
 }
 
 /// The buyer's order with its items (in checkout order) and its payment.
-pub async fn load<DB: Judging>(
+async fn load<DB: Judging>(
     conn: &mut impl Conn<DB>,
     user: &UserId,
     id: &OrderId,

@@ -271,27 +271,11 @@ impl TxStock {
         sale: &SaleId,
         user: &UserId,
     ) -> PortResult<i64> {
-        let key = (sale.clone(), user.clone());
-        if let Some(c) = self.units.get(&key) {
-            return Ok(c.units);
-        }
-        let units: Option<i64> =
-            statement::<DB>("SELECT units FROM user_units WHERE sale_id = $1 AND user_id = $2")
-                .text(sale.as_str())
-                .text(user.as_str())
-                .first(conn)
-                .await?
-                .map(|r| col(&r, "units"))
-                .transpose()?;
-        let units = units.unwrap_or(0);
-        self.units.insert(
-            key,
-            CachedUnits {
-                units,
-                dirty: false,
-            },
-        );
-        Ok(units)
+        self.load_units(conn, &[(sale, user)]).await?;
+        self.units
+            .get(&(sale.clone(), user.clone()))
+            .map(|c| c.units)
+            .ok_or_else(|| internal(format!("units of {user} in {sale} not loaded")))
     }
 
     /// The judge's verdict on `qty` more units of `sale` for `user` at `now`, on what this
