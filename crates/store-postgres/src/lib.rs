@@ -24,10 +24,7 @@
 mod error;
 mod hold_cap;
 mod holds;
-mod orders;
 mod room_log;
-mod rows;
-mod txstock;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,7 +53,7 @@ use stampede_store_sql::outbox;
 use stampede_store_sql::report;
 use stampede_store_sql::users;
 use stampede_store_sql::webhooks;
-use stampede_store_sql::{catalog, sales};
+use stampede_store_sql::{catalog, orders, sales};
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

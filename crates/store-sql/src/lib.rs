@@ -14,6 +14,8 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod hold_cap;
+pub mod holds;
+pub mod judging;
 pub mod misc;
 pub mod orders;
 pub mod outbox;
@@ -21,6 +23,7 @@ pub mod report;
 pub mod room_log;
 pub mod rows;
 pub mod sales;
+pub mod txstock;
 pub mod users;
 pub mod webhooks;
 

@@ -1,170 +1,536 @@
-//! The order statements both engines agree on: carrying out the core's money plans
-//! (`stampede_core::checkout`) and keeping the money moves owed to the gateway. Orders, holds
-//! and order lines are keyed by their buyer too, which PostgreSQL's partitions need and SQLite
-//! accepts as one more condition. The engines' own parts stay in each backend: how an order
-//! is found and locked, its lines' order, and the stock moves.
+//! Orders and payments, for both engines: checkout over live holds, the gateway's answer,
+//! cancellation, and the money moves owed to the gateway.
+//!
+//! Invariants:
+//! * a hold is in at most one `pending_payment` order (its `order_id` column), and only a
+//!   live hold of the buyer may enter one;
+//! * recording an authorization is all-or-nothing: either every hold of the order becomes sold
+//!   units (converted, or retaken after lapsing when the caller allows it) and the order is
+//!   confirmed, or no stock moves at all and the order fails with `hold_expired`;
+//! * every decision is the core's plan (`stampede_core::checkout`): this module reads the facts,
+//!   asks, and writes the answer; each status `UPDATE` is guarded by the status it was read in.
+//! * an order leaving `pending_payment` for `confirmed` or `payment_failed` writes exactly one
+//!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
+//!   or pending answer writes none.
+//!
+//! Orders, holds and order lines are keyed by their buyer too, which PostgreSQL's partitions
+//! need and SQLite accepts as one more condition; the statements whose columns differ are
+//! [`Judging`]'s. On PostgreSQL a transaction locks the order row, then its holds, then its
+//! sales (in id order): the lock order of [`crate::judging`].
 
-use stampede_app::ports::{GatewayOwed, OutboxEvent, PortResult};
-use stampede_core::checkout::{MoneyEvent, Settlement};
-use stampede_core::{HoldId, Order, Payment, PaymentId, Timestamp};
+use sqlx::Pool;
 
-use crate::engine::{statement, Bind, Engine, Write};
-use crate::internal;
+use stampede_app::ports::{
+    Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedPayment, PaymentApplied,
+    PaymentResult, PortError, PortResult,
+};
+use stampede_core::checkout::{
+    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, PlanError, Settlement,
+};
+use stampede_core::{
+    HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
+};
+
+use crate::engine::{begin_write, statement, Bind, Conn, Run};
+use crate::error::OrPort;
+use crate::judging::{lock_own, Judging};
+use crate::outbox::insert as write_event;
+use crate::rows::{self, col, ORDER_COLS, PAYMENT_COLS};
+use crate::txstock::TxStock;
+use crate::{holds, internal};
 
 /// The order's payment; every order has one.
-pub fn payment_of(order: &Order) -> PortResult<&Payment> {
+fn payment_of(order: &Order) -> PortResult<&Payment> {
     order
         .payment
         .as_ref()
         .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
 }
 
-/// The writes of a settlement: both status moves, each guarded by the status read, the money
-/// move now owed, and the holds letting go of the order. Stock the settlement returns is moved
-/// by the caller first; its outbox event is [`money_event`].
-pub fn settle<'q, DB: Engine>(
-    order: &'q Order,
-    plan: &'q Settlement,
+/// A broken money rule in what this transaction read: a bug or a corrupt row.
+fn broken(e: PlanError) -> PortError {
+    internal(e)
+}
+
+/// The buyer's order with its items (in checkout order) and its payment.
+async fn load<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &OrderId,
+) -> PortResult<Option<Order>> {
+    let sql = format!("SELECT {ORDER_COLS} FROM orders WHERE user_id = $1 AND id = $2");
+    let Some(row) = statement::<DB>(&sql)
+        .text(user.as_str())
+        .text(id.as_str())
+        .first(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let items = statement::<DB>(DB::ORDER_ITEMS)
+        .text(user.as_str())
+        .text(id.as_str())
+        .all(conn)
+        .await?
+        .iter()
+        .map(rows::order_item)
+        .collect::<PortResult<Vec<_>>>()?;
+    let sql = format!("SELECT {PAYMENT_COLS} FROM payments WHERE order_id = $1");
+    let payment = statement::<DB>(&sql)
+        .text(id.as_str())
+        .first(conn)
+        .await?
+        .map(|r| rows::payment(&r))
+        .transpose()?;
+    rows::order(&row, items, payment).map(Some)
+}
+
+async fn load_existing<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &OrderId,
+) -> PortResult<Order> {
+    load(conn, user, id)
+        .await?
+        .ok_or_else(|| internal(format!("order {id} vanished inside its transaction")))
+}
+
+/// The buyer who placed an order ([`Judging::ORDER_OWNER`]).
+async fn owner<DB: Judging>(conn: &mut impl Conn<DB>, id: &OrderId) -> PortResult<Option<UserId>> {
+    let row = statement::<DB>(DB::ORDER_OWNER)
+        .text(id.as_str())
+        .first(conn)
+        .await?;
+    row.map(|r| col(&r, "user_id").map(UserId::from_trusted))
+        .transpose()
+}
+
+/// Locks the buyer's order row for the rest of the transaction, then loads it: two answers
+/// for one order (a webhook and the synchronous reply, on two nodes) are applied one after
+/// the other, the second seeing the first's outcome.
+async fn lock_and_load<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &OrderId,
+) -> PortResult<Option<Order>> {
+    if !lock_own(conn, "orders", user.as_str(), id.as_str()).await? {
+        return Ok(None);
+    }
+    load(conn, user, id).await
+}
+
+/// A guarded status move must change exactly one row, or `what` changed meanwhile (a race
+/// lost, or a bug): the transaction must not commit.
+fn moved_one(done: u64, what: impl std::fmt::Display) -> PortResult<()> {
+    if done != 1 {
+        return Err(internal(format!("{what} changed status meanwhile")));
+    }
+    Ok(())
+}
+
+/// Carries out a settlement the core planned for `order`: both status moves, each guarded by
+/// the status read, the money move now owed, the holds letting go of the order, and its
+/// outbox event (if any). Stock the settlement returns is the caller's to move first.
+async fn settle<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    order: &Order,
+    plan: &Settlement,
     now: Timestamp,
-) -> PortResult<Vec<Write<'q, DB>>> {
+) -> PortResult<()> {
     let payment = payment_of(order)?;
-    let mut writes = vec![
-        Write {
-            statement: statement::<DB>(
-                "UPDATE orders SET status = $1, updated_at = $2 \
-                 WHERE user_id = $3 AND id = $4 AND status = $5",
-            )
-            .text(plan.order.as_str())
-            .int(now.0)
+    let done = statement::<DB>(
+        "UPDATE orders SET status = $1, updated_at = $2 \
+         WHERE user_id = $3 AND id = $4 AND status = $5",
+    )
+    .text(plan.order.as_str())
+    .int(now.0)
+    .text(order.user_id.as_str())
+    .text(order.id.as_str())
+    .text(order.status.as_str())
+    .run(conn)
+    .await?;
+    moved_one(done, format_args!("order {}", order.id))?;
+    let done = statement::<DB>(
+        "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
+         failure_reason = $3, updated_at = $4, gateway_owed = $7 \
+         WHERE id = $5 AND status = $6",
+    )
+    .text(plan.payment.as_str())
+    .opt_text(plan.reference.as_deref())
+    .opt_text(plan.failure_reason.as_deref())
+    .int(now.0)
+    .text(payment.id.as_str())
+    .text(payment.status.as_str())
+    .opt_text(plan.owed.map(GatewayOwed::as_str))
+    .run(conn)
+    .await?;
+    moved_one(done, format_args!("payment {}", payment.id))?;
+    if plan.release_holds {
+        statement::<DB>("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
             .text(order.user_id.as_str())
             .text(order.id.as_str())
-            .text(order.status.as_str()),
-            exactly_one: Some(format!("order {}", order.id)),
-        },
-        Write {
-            statement: statement::<DB>(
-                "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
-                 failure_reason = $3, updated_at = $4, gateway_owed = $7 \
-                 WHERE id = $5 AND status = $6",
-            )
-            .text(plan.payment.as_str())
-            .opt_text(plan.reference.as_deref())
-            .opt_text(plan.failure_reason.as_deref())
-            .int(now.0)
-            .text(payment.id.as_str())
-            .text(payment.status.as_str())
-            .opt_text(plan.owed.map(GatewayOwed::as_str)),
-            exactly_one: Some(format!("payment {}", payment.id)),
-        },
-    ];
-    if plan.release_holds {
-        writes.push(Write {
-            statement: statement::<DB>(
-                "UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2",
-            )
-            .text(order.user_id.as_str())
-            .text(order.id.as_str()),
-            exactly_one: None,
-        });
+            .run(conn)
+            .await?;
     }
-    Ok(writes)
-}
-
-/// The outbox event a settlement writes in its transaction, if any.
-pub fn money_event(order: &Order, plan: &Settlement, now: Timestamp) -> Option<OutboxEvent> {
-    match &plan.event {
-        Some(MoneyEvent::OrderConfirmed) => Some(OutboxEvent::order_confirmed(order, now)),
+    let event = match &plan.event {
+        Some(MoneyEvent::OrderConfirmed) => OutboxEvent::order_confirmed(order, now),
         Some(MoneyEvent::PaymentFailed { reason }) => {
-            Some(OutboxEvent::payment_failed(order, reason, now))
+            OutboxEvent::payment_failed(order, reason, now)
         }
-        None => None,
-    }
+        None => return Ok(()),
+    };
+    write_event(conn, &event).await
 }
 
-/// The writes of an answer that comes later: the gateway's reference, and the time.
-pub fn await_answer<'q, DB: Engine>(
-    order: &'q Order,
-    reference: &'q str,
+/// An answer that comes later: records the gateway's reference, and the time.
+async fn await_answer<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    order: &Order,
+    reference: &str,
     now: Timestamp,
-) -> PortResult<Vec<Write<'q, DB>>> {
+) -> PortResult<()> {
+    statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
+        .text(reference)
+        .int(now.0)
+        .text(payment_of(order)?.id.as_str())
+        .run(conn)
+        .await?;
+    statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
+        .int(now.0)
+        .text(order.user_id.as_str())
+        .text(order.id.as_str())
+        .run(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes a new order: the order row, each hold taken into it, its lines (with their
+/// position, the checkout order) and its payment.
+async fn insert_order<DB: Judging>(conn: &mut impl Conn<DB>, order: &Order) -> PortResult<()> {
     let payment = payment_of(order)?;
-    Ok(vec![
-        Write {
-            statement: statement::<DB>(
-                "UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3",
-            )
-            .text(reference)
-            .int(now.0)
-            .text(payment.id.as_str()),
-            exactly_one: None,
-        },
-        Write {
-            statement: statement::<DB>(
-                "UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3",
-            )
-            .int(now.0)
+    statement::<DB>(
+        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .text(order.id.as_str())
+    .text(order.user_id.as_str())
+    .text(order.status.as_str())
+    .int(order.total.0)
+    .text(order.currency.as_str())
+    .int(order.created_at.0)
+    .run(conn)
+    .await?;
+    for item in &order.items {
+        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
+            .text(order.id.as_str())
             .text(order.user_id.as_str())
-            .text(order.id.as_str()),
-            exactly_one: None,
-        },
-    ])
-}
-
-/// The writes of a new order that both engines share: the order row, and each hold taken
-/// into it. Its lines and its payment are the backend's (PostgreSQL keys them by buyer).
-pub fn insert_order<'q, DB: Engine>(order: &'q Order) -> Vec<Write<'q, DB>> {
-    let mut writes = vec![Write {
-        statement: statement::<DB>(
-            "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
+            .text(item.hold_id.as_str())
+            .run(conn)
+            .await?;
+    }
+    for (position, item) in (0_i64..).zip(&order.items) {
+        statement::<DB>(DB::INSERT_ORDER_ITEM)
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .text(item.sale_id.as_str())
+            .int(position)
+            .int(i64::from(item.quantity))
+            .int(item.unit_price.0)
+            .run(conn)
+            .await?;
+    }
+    statement::<DB>(DB::INSERT_PAYMENT)
+        .text(payment.id.as_str())
         .text(order.id.as_str())
         .text(order.user_id.as_str())
-        .text(order.status.as_str())
-        .int(order.total.0)
-        .text(order.currency.as_str())
-        .int(order.created_at.0),
-        exactly_one: None,
-    }];
-    writes.extend(order.items.iter().map(|item| Write {
-        statement: link_hold::<DB>(order, &item.hold_id),
-        exactly_one: None,
-    }));
-    writes
+        .text(payment.status.as_str())
+        .text(&payment.method)
+        .int(payment.amount.0)
+        .int(payment.updated_at.0)
+        .run(conn)
+        .await?;
+    Ok(())
 }
 
-fn link_hold<'q, DB: Engine>(
-    order: &'q Order,
-    hold: &'q HoldId,
-) -> crate::engine::Statement<'q, DB> {
-    statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
-        .text(order.id.as_str())
-        .text(order.user_id.as_str())
-        .text(hold.as_str())
+/// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
+/// as the core's [`checkout::plan_checkout`] makes it of the holds found (each locked).
+pub async fn create<DB: Judging>(
+    writer: &Pool<DB>,
+    new: &NewOrder,
+) -> PortResult<Result<Order, CheckoutError>> {
+    let mut tx = begin_write(writer).await?;
+    let mut found = Vec::with_capacity(new.hold_ids.len());
+    for id in new.distinct_holds() {
+        found.push(holds::find(&mut tx, &new.user_id, id).await?);
+    }
+    let order = match checkout::plan_checkout(new, &found) {
+        Ok(order) => order,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    insert_order(&mut tx, &order).await?;
+    tx.commit().await.port()?;
+    Ok(Ok(order))
 }
 
-/// The money move owed on a payment (`gateway_owed`, one row, maybe NULL).
-pub const OWED_OF: &str = "SELECT gateway_owed FROM payments WHERE id = $1";
+/// The order's lines in checkout order, their holds locked for the rest of the transaction.
+async fn lines<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    order: &OrderId,
+) -> PortResult<Vec<OrderLine>> {
+    statement::<DB>(DB::ORDER_LINES)
+        .text(user.as_str())
+        .text(order.as_str())
+        .all(conn)
+        .await?
+        .iter()
+        .map(rows::order_line)
+        .collect()
+}
 
-/// Payments with a money move owed to the gateway, oldest change first; bind the limit.
-pub const OWED: &str = "SELECT id, order_id, reference, gateway_owed FROM payments \
-     WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
-     ORDER BY updated_at, id LIMIT $1";
+/// Carries out, in memory, what the core's [`checkout::convert_line`] decides for each line of
+/// an authorization. Returns the hold endings to write, or `None` if some hold cannot be
+/// honoured (then `stock` must be discarded).
+async fn convert<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    stock: &mut TxStock,
+    lines: &[OrderLine],
+    retake: bool,
+    now: Timestamp,
+) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
+    let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
+    // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
+    // too, which needs the drop's other sales locked; a plain conversion does not.
+    if checkout::may_retake(lines, retake, now) {
+        stock.lock_sales_with_drops(conn, &sales).await?;
+    } else {
+        stock.lock_sales(conn, &sales).await?;
+    }
+    let mut endings = Vec::new();
+    for line in lines {
+        stock.touch(conn, &line.sale_id, &line.user_id).await?;
+        let step = checkout::convert_line(line, retake, now).map_err(broken)?;
+        if let Some(to) = step.hold_ending() {
+            endings.push((line.hold_id.clone(), line.state, to));
+        }
+        match step {
+            LineStep::Convert => stock.sell(&line.sale_id, line.quantity)?,
+            LineStep::Lapsed => return Ok(None),
+            LineStep::Retake { expire_first } => {
+                if expire_first {
+                    stock.unhold(&line.sale_id, &line.user_id, line.hold_quantity)?;
+                }
+                let verdict = stock
+                    .judge_more(conn, &line.sale_id, &line.user_id, line.quantity, now)
+                    .await?;
+                if verdict != Some(Ok(())) {
+                    return Ok(None);
+                }
+                stock.retake(&line.sale_id, &line.user_id, line.quantity)?;
+            }
+        }
+    }
+    Ok(Some(endings))
+}
+
+/// Records the gateway's answer for a pending order, with its effect on holds and stock, as
+/// the core's [`checkout::plan_answer`] plans it.
+pub async fn apply_payment<DB: Judging>(
+    writer: &Pool<DB>,
+    id: &OrderId,
+    result: &PaymentResult,
+    now: Timestamp,
+) -> PortResult<Option<PaymentApplied>> {
+    let mut tx = begin_write(writer).await?;
+    let Some(user) = owner(&mut tx, id).await? else {
+        return Ok(None);
+    };
+    let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
+        return Ok(None);
+    };
+    let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
+        AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
+        AnswerPlan::Await { reference } => {
+            await_answer(&mut tx, &order, &reference, now).await?;
+            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+        }
+        AnswerPlan::Settle(plan) => {
+            settle(&mut tx, &order, &plan, now).await?;
+            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+        }
+        AnswerPlan::Convert { reference, retake } => {
+            let lines = lines(&mut tx, &user, id).await?;
+            let mut stock = TxStock::default();
+            let endings = convert(&mut tx, &mut stock, &lines, retake, now).await?;
+            let plan =
+                checkout::plan_authorized(&order, &reference, endings.is_some()).map_err(broken)?;
+            match endings {
+                Some(endings) => {
+                    for (hold, from, to) in &endings {
+                        holds::end(&mut tx, &user, hold, *from, *to).await?;
+                    }
+                    stock.flush(&mut tx).await?;
+                    settle(&mut tx, &order, &plan, now).await?;
+                    PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+                }
+                None => {
+                    // All or nothing: no stock moved. The money must go back at the gateway.
+                    drop(stock);
+                    settle(&mut tx, &order, &plan, now).await?;
+                    PaymentApplied::HoldLapsed(load_existing(&mut tx, &user, id).await?)
+                }
+            }
+        }
+    };
+    tx.commit().await.port()?;
+    Ok(Some(applied))
+}
+
+/// The order paid with this gateway reference.
+pub async fn by_payment_reference<DB: Judging>(
+    reader: &Pool<DB>,
+    reference: &str,
+) -> PortResult<Option<Order>> {
+    let mut conn = reader.acquire().await.port()?;
+    let Some(row) = statement::<DB>(DB::ORDER_OF_REFERENCE)
+        .text(reference)
+        .first(&mut conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let user = UserId::from_trusted(col(&row, "user_id")?);
+    let id = OrderId::from_trusted(col(&row, "order_id")?);
+    load(&mut conn, &user, &id).await
+}
+
+/// The buyer's own order (another buyer's is "not found").
+pub async fn own<DB: Judging>(
+    reader: &Pool<DB>,
+    user: &UserId,
+    id: &OrderId,
+) -> PortResult<Option<Order>> {
+    let mut conn = reader.acquire().await.port()?;
+    load(&mut conn, user, id).await
+}
+
+/// The buyer's orders, newest first.
+pub async fn of_user<DB: Judging>(reader: &Pool<DB>, user: &UserId) -> PortResult<Vec<Order>> {
+    let mut tx = reader.begin().await.port()?;
+    let ids = statement::<DB>(
+        "SELECT id FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+    )
+    .text(user.as_str())
+    .all(&mut tx)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for row in &ids {
+        let id = OrderId::from_trusted(col(row, "id")?);
+        out.push(load_existing(&mut tx, user, &id).await?);
+    }
+    tx.commit().await.port()?;
+    Ok(out)
+}
+
+/// Cancels the buyer's order as the core's [`checkout::plan_cancel`] plans it: a paid one is
+/// refunded (its units available again), a pending one cancelled (its holds stay, free for
+/// another order); a final one is refused with its status.
+pub async fn cancel<DB: Judging>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    id: &OrderId,
+    now: Timestamp,
+) -> PortResult<Option<Result<Cancelled, OrderStatus>>> {
+    let mut tx = begin_write(writer).await?;
+    let Some(order) = lock_and_load(&mut tx, user, id).await? else {
+        return Ok(None);
+    };
+    let owed_now = owed_of(&mut tx, &order).await?;
+    let cancelled = match checkout::plan_cancel(&order, owed_now).map_err(broken)? {
+        CancelPlan::Refund {
+            settlement,
+            reference,
+            owed,
+        } => {
+            let mut stock = TxStock::default();
+            let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
+            stock.lock_sales(&mut tx, &sales).await?;
+            for (sale, quantity) in &settlement.stock_returned {
+                stock.touch(&mut tx, sale, user).await?;
+                stock.refund(sale, user, *quantity)?;
+            }
+            stock.flush(&mut tx).await?;
+            settle(&mut tx, &order, &settlement, now).await?;
+            Cancelled::Refunded {
+                order: load_existing(&mut tx, user, id).await?,
+                reference,
+                owed,
+            }
+        }
+        CancelPlan::Cancel(settlement) => {
+            settle(&mut tx, &order, &settlement, now).await?;
+            Cancelled::Cancelled(load_existing(&mut tx, user, id).await?)
+        }
+        CancelPlan::Refused(status) => return Ok(Some(Err(status))),
+    };
+    tx.commit().await.port()?;
+    Ok(Some(Ok(cancelled)))
+}
+
+/// The money move still owed to the gateway for this order's payment.
+async fn owed_of<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    order: &Order,
+) -> PortResult<Option<GatewayOwed>> {
+    let row = statement::<DB>("SELECT gateway_owed FROM payments WHERE id = $1")
+        .text(payment_of(order)?.id.as_str())
+        .first(conn)
+        .await?;
+    let word: Option<String> = match row {
+        Some(r) => col(&r, "gateway_owed")?,
+        None => None,
+    };
+    word.as_deref().map(owed_word).transpose()
+}
 
 /// Reads a stored `gateway_owed` word.
-pub fn owed_word(word: &str) -> PortResult<GatewayOwed> {
+fn owed_word(word: &str) -> PortResult<GatewayOwed> {
     GatewayOwed::parse(word).ok_or_else(|| internal(format!("unknown gateway_owed {word:?}")))
 }
 
+/// Payments with a money move owed to the gateway, oldest change first.
+pub async fn owed<DB: Judging>(reader: &Pool<DB>, limit: u32) -> PortResult<Vec<OwedPayment>> {
+    let found = statement::<DB>(
+        "SELECT id, order_id, reference, gateway_owed FROM payments \
+         WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
+         ORDER BY updated_at, id LIMIT $1",
+    )
+    .int(i64::from(limit))
+    .all_in(reader)
+    .await?;
+    found
+        .iter()
+        .map(|r| {
+            Ok(OwedPayment {
+                payment_id: PaymentId::from_trusted(col(r, "id")?),
+                order_id: OrderId::from_trusted(col(r, "order_id")?),
+                reference: col(r, "reference")?,
+                owed: owed_word(&col::<String>(r, "gateway_owed")?)?,
+            })
+        })
+        .collect()
+}
+
 /// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
-/// Changes one row if it applied.
-pub fn owed_done<'q, DB: Engine>(
-    payment: &'q PaymentId,
+pub async fn owed_done<DB: Judging>(
+    writer: &Pool<DB>,
+    payment: &PaymentId,
     done: GatewayOwed,
     next: Option<GatewayOwed>,
     now: Timestamp,
-) -> crate::engine::Statement<'q, DB> {
-    statement::<DB>(
+) -> PortResult<bool> {
+    let changed = statement::<DB>(
         "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
          WHERE id = $3 AND gateway_owed = $4",
     )
@@ -172,16 +538,37 @@ pub fn owed_done<'q, DB: Engine>(
     .int(now.0)
     .text(payment.as_str())
     .text(done.as_str())
+    .run_in(writer)
+    .await?;
+    Ok(changed == 1)
 }
 
-/// A row of [`OWED`]: `(id, order_id, reference, gateway_owed)`.
-pub fn owed_payment(
-    (id, order_id, reference, word): (String, String, String, String),
-) -> PortResult<stampede_app::ports::OwedPayment> {
-    Ok(stampede_app::ports::OwedPayment {
-        payment_id: PaymentId::from_trusted(id),
-        order_id: stampede_core::OrderId::from_trusted(order_id),
-        reference,
-        owed: owed_word(&word)?,
-    })
+/// Pending orders nobody will settle (see `Store::stuck_orders`), oldest first.
+pub async fn stuck<DB: Judging>(
+    reader: &Pool<DB>,
+    unanswered_before: Timestamp,
+    deadline_before: Timestamp,
+    limit: u32,
+) -> PortResult<Vec<Order>> {
+    let mut conn = reader.acquire().await.port()?;
+    let found = statement::<DB>(
+        "SELECT o.user_id, o.id FROM orders o JOIN payments p ON p.order_id = o.id \
+         WHERE o.status = 'pending_payment' \
+         AND ((p.reference IS NULL AND o.created_at <= $1) OR o.created_at <= $2) \
+         ORDER BY o.created_at, o.id LIMIT $3",
+    )
+    .int(unanswered_before.0)
+    .int(deadline_before.0)
+    .int(i64::from(limit))
+    .all(&mut conn)
+    .await?;
+    let mut out = Vec::with_capacity(found.len());
+    for row in &found {
+        let user = UserId::from_trusted(col(row, "user_id")?);
+        let id = OrderId::from_trusted(col(row, "id")?);
+        if let Some(order) = load(&mut conn, &user, &id).await? {
+            out.push(order);
+        }
+    }
+    Ok(out)
 }

@@ -140,13 +140,22 @@ pub fn sale<R: DbRow>(row: &R) -> PortResult<Sale> {
     })
 }
 
-/// Columns of [`hold_row`]: the hold, plus the status of the order it is in (if any). Each
-/// backend joins `holds h` to `orders o` on its own key.
+/// Columns of [`hold_row`]: the hold, plus the status of the order it is in (if any), from
+/// `holds h` joined to `orders o` by [`hold_from`].
 #[macro_export]
 macro_rules! hold_cols {
     () => {
         "h.id, h.sale_id, h.user_id, h.quantity, h.unit_price, h.currency, h.state, \
          h.created_at, h.expires_at, o.status AS order_status"
+    };
+}
+
+/// The `FROM` clause that goes with [`hold_cols`]: the hold and the order it is in, if any
+/// (orders are keyed by their buyer too, which PostgreSQL's partitions need).
+#[macro_export]
+macro_rules! hold_from {
+    () => {
+        " FROM holds h LEFT JOIN orders o ON o.user_id = h.user_id AND o.id = h.order_id "
     };
 }
 

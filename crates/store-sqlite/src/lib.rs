@@ -21,10 +21,7 @@
 mod error;
 mod hold_cap;
 mod holds;
-mod orders;
 mod room_log;
-mod rows;
-mod txstock;
 
 use std::path::Path;
 use std::time::Duration;
@@ -52,7 +49,7 @@ use stampede_store_sql::outbox;
 use stampede_store_sql::report;
 use stampede_store_sql::users;
 use stampede_store_sql::webhooks;
-use stampede_store_sql::{catalog, sales};
+use stampede_store_sql::{catalog, orders, sales};
 
 /// How every write transaction starts: take the write lock up front, so a transaction that
 /// reads before it writes can never fail to upgrade its lock half-way.

@@ -4,30 +4,32 @@
 //!
 //! This is what lets a group-commit batch of hundreds of reservations on one sale read and
 //! write that sale's row once. Invariants:
-//! * every `sales` row is read `FOR NO KEY UPDATE` (the row lock an `UPDATE` of non-key columns
-//!   takes; it excludes every other judge but not the `FOR KEY SHARE` of a foreign-key check,
-//!   so checkouts inserting order items never queue behind a batch) inside the transaction
-//!   that will write it back, so no other node's transaction can change it (or the
-//!   `user_units` rows of that sale, which are only ever written under the sale's lock) in
-//!   between;
-//! * a transaction that touches several sales locks them up front with [`TxStock::lock_sales`],
-//!   in sale id order, so two nodes can never deadlock on each other's sale rows;
+//! * a value is read inside the transaction that will write it back, so nobody else can change
+//!   it in between: on SQLite the single writer connection excludes every other writer; on
+//!   PostgreSQL every `sales` row is read `FOR NO KEY UPDATE` ([`Judging::LOCK`], the row lock
+//!   an `UPDATE` of non-key columns takes; it excludes every other judge but not the
+//!   `FOR KEY SHARE` of a foreign-key check, so checkouts inserting order items never queue
+//!   behind a batch), and the `user_units` rows of that sale are only ever read and written
+//!   under the sale's lock;
+//! * on PostgreSQL a transaction that touches several sales locks them up front with
+//!   [`TxStock::lock_sales`], in sale id order, so two nodes can never deadlock on each
+//!   other's sale rows;
 //! * `flush` refuses to write counters that do not balance or per-buyer units below zero
 //!   (release builds too), so a bug aborts the transaction instead of committing an oversell;
 //! * dropping a `TxStock` without flushing discards every change (used by the all-or-nothing
 //!   payment path).
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
-
-use sqlx::PgConnection;
+use std::collections::{BTreeMap, BTreeSet};
 
 use stampede_app::ports::PortResult;
-use stampede_core::judge::DropUnits;
-use stampede_core::{DropId, Sale, SaleId, StockLevels, UserId};
+use stampede_core::judge::{judge_reserve_in_drop, DropUnits, Refusal};
+use stampede_core::{DropId, Sale, SaleId, StockLevels, Timestamp, UserId};
 
-use crate::error::{internal, OrPort};
-use crate::rows::{self, sale_cols};
+use crate::engine::{statement, Bind, Conn, Run};
+use crate::judging::Judging;
+use crate::rows::{self, col};
+use crate::{internal, sale_cols};
 
 struct CachedSale {
     sale: Sale,
@@ -47,56 +49,45 @@ struct CachedDrop {
 
 /// The sales and per-buyer units one transaction has read, with its pending changes.
 #[derive(Default)]
-pub(crate) struct TxStock {
+pub struct TxStock {
     /// `None`: looked up and not found (so a batch does not look again).
     sales: BTreeMap<SaleId, Option<CachedSale>>,
     units: BTreeMap<(SaleId, UserId), CachedUnits>,
     drops: BTreeMap<DropId, Option<CachedDrop>>,
 }
 
-const SELECT_SALE: &str = concat!(
-    "SELECT ",
-    sale_cols!(),
-    " FROM sales WHERE id = $1 FOR NO KEY UPDATE"
-);
-
-const SELECT_SALES: &str = concat!(
-    "SELECT ",
-    sale_cols!(),
-    " FROM sales WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
-);
+/// Rows per multi-row `user_units` write: well under SQLite's limit on bound parameters.
+const UNITS_PER_STATEMENT: usize = 300;
 
 impl TxStock {
     /// Locks and loads every sale in `ids` not loaded yet, in one statement and in id order
     /// (the deadlock-free order every multi-sale transaction uses). Missing sales are
-    /// remembered as missing.
-    pub(crate) async fn lock_sales(
+    /// remembered as missing. Nothing to do on an engine without row locks: sales are read
+    /// when first needed.
+    pub async fn lock_sales<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         ids: &[&SaleId],
     ) -> PortResult<()> {
-        let mut wanted: Vec<String> = ids
+        if !DB::locks_rows() {
+            return Ok(());
+        }
+        let wanted: BTreeSet<&SaleId> = ids
             .iter()
-            .filter(|id| !self.sales.contains_key(**id))
-            .map(|id| id.as_str().to_owned())
+            .copied()
+            .filter(|id| !self.sales.contains_key(*id))
             .collect();
-        wanted.sort();
-        wanted.dedup();
         if wanted.is_empty() {
             return Ok(());
         }
-        let found = sqlx::query(SELECT_SALES)
-            .bind(&wanted)
-            .fetch_all(&mut *conn)
-            .await
-            .port()?;
-        for row in &found {
+        let strings = wanted.iter().map(|id| id.as_str().to_owned()).collect();
+        for row in &DB::lock_sales(conn.conn(), strings).await? {
             let sale = rows::sale(row)?;
             self.sales
                 .insert(sale.id.clone(), Some(CachedSale { sale, dirty: false }));
         }
         for id in wanted {
-            self.sales.entry(SaleId::from_trusted(id)).or_insert(None);
+            self.sales.entry(id.clone()).or_insert(None);
         }
         Ok(())
     }
@@ -106,33 +97,33 @@ impl TxStock {
     /// the buyer's units in all of them to stay put until the commit. A sale's drop never
     /// changes after creation, so finding the siblings before locking is safe. Call it as the
     /// transaction's first lock on sales.
-    pub(crate) async fn lock_sales_with_drops(
+    pub async fn lock_sales_with_drops<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         ids: &[&SaleId],
     ) -> PortResult<()> {
-        let wanted: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
-        let siblings: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM sales WHERE drop_id IN \
-             (SELECT drop_id FROM sales WHERE id = ANY($1) AND drop_id IS NOT NULL)",
-        )
-        .bind(&wanted)
-        .fetch_all(&mut *conn)
-        .await
-        .port()?;
-        let siblings: Vec<SaleId> = siblings.into_iter().map(SaleId::from_trusted).collect();
+        if !DB::locks_rows() {
+            return Ok(());
+        }
+        let wanted = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        let siblings: Vec<SaleId> = DB::drop_siblings(conn.conn(), wanted)
+            .await?
+            .into_iter()
+            .map(SaleId::from_trusted)
+            .collect();
         let all: Vec<&SaleId> = ids.iter().copied().chain(siblings.iter()).collect();
         self.lock_sales(conn, &all).await
     }
 
     /// What `user` holds or owns across the drop `sale` belongs to, with the drop's limit, as
     /// this transaction sees it (pending changes included); `None` if the sale is in no drop
-    /// or its drop has no limit. Every sale of the drop must be locked by this transaction
-    /// ([`TxStock::lock_sales_with_drops`]); if one is not, this refuses (`Internal`) rather
-    /// than judge on units another node could be changing.
-    pub(crate) async fn drop_units(
+    /// or its drop has no limit. With row locks, every sale of the drop must be locked by this
+    /// transaction ([`TxStock::lock_sales_with_drops`]); if one is not, this refuses
+    /// (`Internal`) rather than judge on units another node could be changing. SQLite's one
+    /// writer connection: nobody else can change these units before the commit.
+    pub async fn drop_units<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         sale: &SaleId,
         user: &UserId,
     ) -> PortResult<Option<DropUnits>> {
@@ -148,10 +139,12 @@ impl TxStock {
             return Ok(None);
         };
         let (limit, sales) = (*limit, sales.clone());
-        if let Some(unlocked) = sales.iter().find(|s| !self.sales.contains_key(*s)) {
-            return Err(internal(format!(
-                "sale {unlocked} of drop {drop} judged without its lock"
-            )));
+        if DB::locks_rows() {
+            if let Some(unlocked) = sales.iter().find(|s| !self.sales.contains_key(*s)) {
+                return Err(internal(format!(
+                    "sale {unlocked} of drop {drop} judged without its lock"
+                )));
+            }
         }
         let pairs: Vec<(&SaleId, &UserId)> = sales.iter().map(|s| (s, user)).collect();
         self.load_units(conn, &pairs).await?;
@@ -167,9 +160,9 @@ impl TxStock {
 
     /// Loads the buyers' units in every other sale of the drops their sales belong to, in one
     /// statement, so judging a batch on a drop costs no statement per buyer.
-    pub(crate) async fn load_drop_units(
+    pub async fn load_drop_units<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         pairs: &[(&SaleId, &UserId)],
     ) -> PortResult<()> {
         let mut wanted: Vec<(SaleId, UserId)> = Vec::new();
@@ -188,39 +181,45 @@ impl TxStock {
         self.load_units(conn, &refs).await
     }
 
-    async fn load_drop(&mut self, conn: &mut PgConnection, drop: &DropId) -> PortResult<()> {
+    async fn load_drop<DB: Judging>(
+        &mut self,
+        conn: &mut impl Conn<DB>,
+        drop: &DropId,
+    ) -> PortResult<()> {
         if self.drops.contains_key(drop) {
             return Ok(());
         }
         let limit: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT per_user_limit FROM drops WHERE id = $1")
-                .bind(drop.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .port()?;
-        let sales: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM sales WHERE drop_id = $1 ORDER BY id")
-                .bind(drop.as_str())
-                .fetch_all(&mut *conn)
-                .await
-                .port()?;
+            statement::<DB>("SELECT per_user_limit FROM drops WHERE id = $1")
+                .text(drop.as_str())
+                .first(conn)
+                .await?
+                .map(|r| col(&r, "per_user_limit"))
+                .transpose()?;
+        let sales = statement::<DB>("SELECT id FROM sales WHERE drop_id = $1 ORDER BY id")
+            .text(drop.as_str())
+            .all(conn)
+            .await?
+            .iter()
+            .map(|r| col(r, "id").map(SaleId::from_trusted))
+            .collect::<PortResult<Vec<_>>>()?;
         let cached = limit.map(|limit| CachedDrop {
             per_user_limit: limit.and_then(|l| u32::try_from(l).ok()),
-            sales: sales.into_iter().map(SaleId::from_trusted).collect(),
+            sales,
         });
         self.drops.insert(drop.clone(), cached);
         Ok(())
     }
 
-    /// Loads the units of many `(sale, user)` pairs in one statement (missing rows are 0).
-    /// Call with the sales already locked.
-    pub(crate) async fn load_units(
+    /// Loads the units of many `(sale, user)` pairs not yet cached, in a constant number of
+    /// statements instead of one per buyer (missing rows are 0). With row locks, call with the
+    /// sales already locked.
+    pub async fn load_units<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         pairs: &[(&SaleId, &UserId)],
     ) -> PortResult<()> {
-        let mut sales = Vec::new();
-        let mut users = Vec::new();
+        let mut wanted = Vec::new();
         for (sale, user) in pairs {
             let key = ((*sale).clone(), (*user).clone());
             if let Entry::Vacant(slot) = self.units.entry(key) {
@@ -228,24 +227,13 @@ impl TxStock {
                     units: 0,
                     dirty: false,
                 });
-                sales.push(sale.as_str().to_owned());
-                users.push(user.as_str().to_owned());
+                wanted.push((sale.as_str().to_owned(), user.as_str().to_owned()));
             }
         }
-        if sales.is_empty() {
+        if wanted.is_empty() {
             return Ok(());
         }
-        let found: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT u.sale_id, u.user_id, u.units FROM user_units u \
-             JOIN UNNEST($1::text[], $2::text[]) AS k(sale_id, user_id) \
-             ON u.sale_id = k.sale_id AND u.user_id = k.user_id",
-        )
-        .bind(&sales)
-        .bind(&users)
-        .fetch_all(&mut *conn)
-        .await
-        .port()?;
-        for (sale, user, units) in found {
+        for (sale, user, units) in DB::units_of(conn.conn(), wanted).await? {
             let key = (SaleId::from_trusted(sale), UserId::from_trusted(user));
             if let Some(c) = self.units.get_mut(&key) {
                 c.units = units;
@@ -256,17 +244,17 @@ impl TxStock {
 
     /// The sale as this transaction sees it (its counters include the pending changes), locked
     /// on first read.
-    pub(crate) async fn sale(
+    pub async fn sale<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         id: &SaleId,
     ) -> PortResult<Option<&Sale>> {
         if !self.sales.contains_key(id) {
-            let row = sqlx::query(SELECT_SALE)
-                .bind(id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .port()?;
+            let sql = format!(
+                concat!("SELECT ", sale_cols!(), " FROM sales WHERE id = $1{}"),
+                DB::LOCK
+            );
+            let row = statement::<DB>(&sql).text(id.as_str()).first(conn).await?;
             let loaded = row.map(|r| rows::sale(&r)).transpose()?;
             self.sales.insert(
                 id.clone(),
@@ -277,39 +265,45 @@ impl TxStock {
     }
 
     /// Units `user` holds or owns in `sale`, as this transaction sees them.
-    pub(crate) async fn units(
+    pub async fn units<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         sale: &SaleId,
         user: &UserId,
     ) -> PortResult<i64> {
-        let key = (sale.clone(), user.clone());
-        if let Some(c) = self.units.get(&key) {
-            return Ok(c.units);
-        }
-        let units: Option<i64> =
-            sqlx::query_scalar("SELECT units FROM user_units WHERE sale_id = $1 AND user_id = $2")
-                .bind(sale.as_str())
-                .bind(user.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .port()?;
-        let units = units.unwrap_or(0);
-        self.units.insert(
-            key,
-            CachedUnits {
-                units,
-                dirty: false,
-            },
-        );
-        Ok(units)
+        self.load_units(conn, &[(sale, user)]).await?;
+        self.units
+            .get(&(sale.clone(), user.clone()))
+            .map(|c| c.units)
+            .ok_or_else(|| internal(format!("units of {user} in {sale} not loaded")))
+    }
+
+    /// The judge's verdict on `qty` more units of `sale` for `user` at `now`, on what this
+    /// transaction sees (the drop's limit included); `None` if the sale does not exist.
+    pub async fn judge_more<DB: Judging>(
+        &mut self,
+        conn: &mut impl Conn<DB>,
+        sale: &SaleId,
+        user: &UserId,
+        qty: u32,
+        now: Timestamp,
+    ) -> PortResult<Option<Result<(), Refusal>>> {
+        let Some(s) = self.sale(conn, sale).await? else {
+            return Ok(None);
+        };
+        let (status, available, limit) = (s.status_at(now), s.stock.available, s.per_user_limit);
+        let units = self.units(conn, sale, user).await?;
+        let drop = self.drop_units(conn, sale, user).await?;
+        Ok(Some(judge_reserve_in_drop(
+            status, available, units, limit, drop, qty,
+        )))
     }
 
     /// Loads the sale and the buyer's units so the synchronous moves below can apply. The sale
     /// must exist (every hold and order item references it by foreign key).
-    pub(crate) async fn touch(
+    pub async fn touch<DB: Judging>(
         &mut self,
-        conn: &mut PgConnection,
+        conn: &mut impl Conn<DB>,
         sale: &SaleId,
         user: &UserId,
     ) -> PortResult<()> {
@@ -346,26 +340,26 @@ impl TxStock {
     }
 
     /// A new or grown hold: available → held, the buyer's units up.
-    pub(crate) fn reserve(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
+    pub fn reserve(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
         self.stock_mut(sale)?.reserve(i64::from(qty));
         self.add_units(sale, user, i64::from(qty))
     }
 
     /// A hold released, expired or shrunk: held → available, the buyer's units down.
-    pub(crate) fn unhold(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
+    pub fn unhold(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
         self.stock_mut(sale)?.unhold(i64::from(qty));
         self.add_units(sale, user, -i64::from(qty))
     }
 
     /// A live hold paid for: held → sold; the buyer's units do not change.
-    pub(crate) fn sell(&mut self, sale: &SaleId, qty: u32) -> PortResult<()> {
+    pub fn sell(&mut self, sale: &SaleId, qty: u32) -> PortResult<()> {
         self.stock_mut(sale)?.sell(i64::from(qty));
         Ok(())
     }
 
     /// A late payment takes the stock of a lapsed hold again: available → sold (through held,
     /// so both steps are checked), the buyer's units up.
-    pub(crate) fn retake(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
+    pub fn retake(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
         let stock = self.stock_mut(sale)?;
         stock.reserve(i64::from(qty));
         stock.sell(i64::from(qty));
@@ -373,13 +367,14 @@ impl TxStock {
     }
 
     /// A paid order refunded: sold → available, the buyer's units down.
-    pub(crate) fn refund(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
+    pub fn refund(&mut self, sale: &SaleId, user: &UserId, qty: u32) -> PortResult<()> {
         self.stock_mut(sale)?.refund(i64::from(qty));
         self.add_units(sale, user, -i64::from(qty))
     }
 
-    /// Writes every changed counter and per-buyer unit back, once each, after checking them.
-    pub(crate) async fn flush(self, conn: &mut PgConnection) -> PortResult<()> {
+    /// Writes every changed counter and per-buyer unit back, once each, after checking them:
+    /// one statement per sale and one per [`UNITS_PER_STATEMENT`] buyers.
+    pub async fn flush<DB: Judging>(self, conn: &mut impl Conn<DB>) -> PortResult<()> {
         for (id, cached) in self.sales {
             let Some(c) = cached.filter(|c| c.dirty) else {
                 continue;
@@ -387,42 +382,46 @@ impl TxStock {
             let s = c.sale.stock;
             s.check()
                 .map_err(|v| internal(format!("refusing to write sale {id}: {v}")))?;
-            let done = sqlx::query(
+            let done = statement::<DB>(
                 "UPDATE sales SET available = $1, held = $2, sold = $3 \
                  WHERE id = $4 AND total_stock = $5",
             )
-            .bind(s.available)
-            .bind(s.held)
-            .bind(s.sold)
-            .bind(id.as_str())
-            .bind(s.total)
-            .execute(&mut *conn)
-            .await
-            .port()?;
-            if done.rows_affected() != 1 {
+            .int(s.available)
+            .int(s.held)
+            .int(s.sold)
+            .text(id.as_str())
+            .int(s.total)
+            .run(conn)
+            .await?;
+            if done != 1 {
                 return Err(internal(format!("sale {id} changed under its transaction")));
             }
         }
-        for ((sale, user), c) in self.units {
-            if !c.dirty {
-                continue;
-            }
-            if c.units < 0 {
-                return Err(internal(format!(
-                    "refusing to write {} units for {user} in {sale}",
-                    c.units
-                )));
-            }
-            sqlx::query(
-                "INSERT INTO user_units (sale_id, user_id, units) VALUES ($1, $2, $3) \
+        let dirty: Vec<((SaleId, UserId), i64)> = self
+            .units
+            .into_iter()
+            .filter(|(_, c)| c.dirty)
+            .map(|(k, c)| (k, c.units))
+            .collect();
+        if let Some(((sale, user), units)) = dirty.iter().find(|(_, n)| *n < 0) {
+            return Err(internal(format!(
+                "refusing to write {units} units for {user} in {sale}"
+            )));
+        }
+        for chunk in dirty.chunks(UNITS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO user_units (sale_id, user_id, units) VALUES {} \
                  ON CONFLICT (sale_id, user_id) DO UPDATE SET units = excluded.units",
-            )
-            .bind(sale.as_str())
-            .bind(user.as_str())
-            .bind(c.units)
-            .execute(&mut *conn)
-            .await
-            .port()?;
+                values.join(", ")
+            );
+            let mut q = statement::<DB>(&sql);
+            for ((sale, user), units) in chunk {
+                q = q.text(sale.as_str()).text(user.as_str()).int(*units);
+            }
+            q.run(conn).await?;
         }
         Ok(())
     }

@@ -1,0 +1,349 @@
+//! Holds: the judge's side of reserving, releasing, resizing and expiring, for both engines.
+//! The group commit itself (`reserve`) is each backend's: SQLite inserts a batch's holds in
+//! multi-row statements, PostgreSQL claims each id in the unpartitioned `hold_ids` first.
+//!
+//! Every function here is one write transaction, and every stock movement goes through
+//! [`TxStock`], so the `sales` counters and `user_units` change in the same transaction as the
+//! hold rows that justify them. A hold ends exactly once: each ending goes through
+//! [`HoldState::end`] and the `UPDATE` is guarded by `state = 'active'`.
+//!
+//! Locking order on PostgreSQL (see [`crate::judging`]): the hold rows a transaction changes,
+//! then the sale rows (in sale id order), then `user_units`. The group commit takes no hold
+//! locks: it only inserts new holds and reads retried ones without locking. Holds are keyed
+//! by their buyer too, which PostgreSQL's partitions need and SQLite accepts as one more
+//! condition.
+
+use sqlx::Pool;
+
+use stampede_app::ports::{HoldError, OutboxEvent, PortResult, ReserveRequest};
+use stampede_core::checkout::FoundHold;
+use stampede_core::judge::Refusal;
+use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
+
+use crate::engine::{begin_write, statement, Bind, Conn, Run};
+use crate::error::OrPort;
+use crate::judging::{lock_own, Judging};
+use crate::outbox::insert as write_event;
+use crate::rows;
+use crate::txstock::TxStock;
+use crate::{hold_cols, hold_from, internal};
+
+/// The buyer's hold with this id, with its order's status.
+const SELECT_HOLD: &str = concat!(
+    "SELECT ",
+    hold_cols!(),
+    hold_from!(),
+    "WHERE h.user_id = $1 AND h.id = $2"
+);
+
+/// The buyer's hold with this id, with its order's status, read without a lock.
+pub async fn find_unlocked<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &HoldId,
+) -> PortResult<Option<FoundHold>> {
+    let row = statement::<DB>(SELECT_HOLD)
+        .text(user.as_str())
+        .text(id.as_str())
+        .first(conn)
+        .await?;
+    row.map(|r| rows::hold_row(&r)).transpose()
+}
+
+/// The buyer's hold with this id, with its order's status, locked for the rest of the
+/// transaction.
+///
+/// Locks first, then reads in a second statement: under PostgreSQL's READ COMMITTED that read
+/// sees everything committed before the lock was granted, including the order a concurrent
+/// checkout on another node just put this hold in (a single locking statement would re-check
+/// the hold row but keep its stale view of the joined order).
+pub async fn find<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &HoldId,
+) -> PortResult<Option<FoundHold>> {
+    if !lock_own(conn, "holds", user.as_str(), id.as_str()).await? {
+        return Ok(None);
+    }
+    find_unlocked(conn, user, id).await
+}
+
+/// Moves an active hold to its final state and returns it; refuses (as `Internal`) if it was
+/// not active, which the callers have already checked, so this is the last line against a
+/// double end.
+pub async fn end<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &HoldId,
+    from: HoldState,
+    to: HoldState,
+) -> PortResult<HoldState> {
+    let state = from.end(to).map_err(internal)?;
+    let done = statement::<DB>(
+        "UPDATE holds SET state = $1 WHERE user_id = $2 AND id = $3 AND state = 'active'",
+    )
+    .text(state.as_str())
+    .text(user.as_str())
+    .text(id.as_str())
+    .run(conn)
+    .await?;
+    if done != 1 {
+        return Err(internal(format!("hold {id} was not active")));
+    }
+    Ok(state)
+}
+
+/// The judge's decision on one request of a batch against the batch's in-memory state: the
+/// hold it would write, or why not. The hold cap is the backend's to judge after this.
+pub async fn judge_request<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    stock: &mut TxStock,
+    req: &ReserveRequest,
+) -> PortResult<Result<Hold, Refusal>> {
+    if req.quantity == 0 {
+        // The app validates quantities; a zero would break the holds CHECK and with it the
+        // whole batch, so refuse just this one.
+        tracing::warn!(hold = %req.hold_id, "reserve of zero units");
+        return Ok(Err(Refusal::LimitExceeded));
+    }
+    let Some(sale) = stock.sale(conn, &req.sale_id).await? else {
+        return Ok(Err(Refusal::SaleNotLive));
+    };
+    let hold = Hold {
+        id: req.hold_id.clone(),
+        sale_id: req.sale_id.clone(),
+        user_id: req.user_id.clone(),
+        quantity: req.quantity,
+        unit_price: sale.sale_price,
+        currency: sale.currency.clone(),
+        state: HoldState::Active,
+        created_at: req.now,
+        expires_at: req.now.plus_secs(i64::from(sale.hold_seconds)),
+    };
+    let verdict = stock
+        .judge_more(conn, &req.sale_id, &req.user_id, req.quantity, req.now)
+        .await?;
+    Ok(verdict.unwrap_or(Err(Refusal::SaleNotLive)).map(|()| hold))
+}
+
+/// The buyer's holds that are active and unexpired at `now`, oldest first.
+pub async fn live<DB: Judging>(
+    reader: &Pool<DB>,
+    user: &UserId,
+    now: Timestamp,
+) -> PortResult<Vec<Hold>> {
+    let found = statement::<DB>(concat!(
+        "SELECT ",
+        hold_cols!(),
+        hold_from!(),
+        "WHERE h.user_id = $1 AND h.state = 'active' AND h.expires_at > $2 \
+         ORDER BY h.created_at, h.id"
+    ))
+    .text(user.as_str())
+    .int(now.0)
+    .all_in(reader)
+    .await?;
+    found
+        .iter()
+        .map(|r| rows::hold_row(r).map(|h| h.hold))
+        .collect()
+}
+
+/// A hold of this user that may be changed at `now` (locked), or why not.
+async fn own_changeable<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    user: &UserId,
+    id: &HoldId,
+    now: Timestamp,
+) -> PortResult<Result<Hold, HoldError>> {
+    let Some(row) = find(conn, user, id).await? else {
+        return Ok(Err(HoldError::NotFound));
+    };
+    if &row.hold.user_id != user || row.hold.state != HoldState::Active {
+        return Ok(Err(HoldError::NotFound));
+    }
+    if !row.hold.is_live_at(now) {
+        return Ok(Err(HoldError::Expired));
+    }
+    if row.in_pending_order {
+        return Ok(Err(HoldError::InPendingOrder));
+    }
+    Ok(Ok(row.hold))
+}
+
+/// The buyer lets go of a live hold: its units are available again at once.
+pub async fn release<DB: Judging>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    id: &HoldId,
+    now: Timestamp,
+) -> PortResult<Result<Hold, HoldError>> {
+    let mut tx = begin_write(writer).await?;
+    let mut hold = match own_changeable(&mut tx, user, id, now).await? {
+        Ok(hold) => hold,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut stock = TxStock::default();
+    stock.touch(&mut tx, &hold.sale_id, user).await?;
+    hold.state = end(&mut tx, user, &hold.id, hold.state, HoldState::Released).await?;
+    stock.unhold(&hold.sale_id, user, hold.quantity)?;
+    stock.flush(&mut tx).await?;
+    tx.commit().await.port()?;
+    Ok(Ok(hold))
+}
+
+/// Changes a live hold's quantity: growth is a reservation of the difference, judged with the
+/// sale's status at `now`; shrinking returns the difference at once. The expiry stays.
+pub async fn resize<DB: Judging>(
+    writer: &Pool<DB>,
+    user: &UserId,
+    id: &HoldId,
+    quantity: u32,
+    now: Timestamp,
+) -> PortResult<Result<Hold, HoldError>> {
+    if quantity == 0 {
+        return Err(internal("resize to zero units: release the hold instead"));
+    }
+    let mut tx = begin_write(writer).await?;
+    let mut hold = match own_changeable(&mut tx, user, id, now).await? {
+        Ok(hold) => hold,
+        Err(e) => return Ok(Err(e)),
+    };
+    if quantity == hold.quantity {
+        return Ok(Ok(hold));
+    }
+    let mut stock = TxStock::default();
+    if quantity > hold.quantity {
+        // Growth is a reservation of the difference, judged under the drop's limit too: lock
+        // the drop's other sales with it. Shrinking is always allowed.
+        stock
+            .lock_sales_with_drops(&mut tx, &[&hold.sale_id])
+            .await?;
+        let more = quantity - hold.quantity;
+        match stock
+            .judge_more(&mut tx, &hold.sale_id, user, more, now)
+            .await?
+        {
+            None => {
+                return Err(internal(format!(
+                    "sale {} of hold {id} missing",
+                    hold.sale_id
+                )))
+            }
+            Some(Err(refusal)) => return Ok(Err(HoldError::Refused(refusal))),
+            Some(Ok(())) => stock.reserve(&hold.sale_id, user, more)?,
+        }
+    } else {
+        stock.touch(&mut tx, &hold.sale_id, user).await?;
+        stock.unhold(&hold.sale_id, user, hold.quantity - quantity)?;
+    }
+    let done = statement::<DB>(
+        "UPDATE holds SET quantity = $1 WHERE user_id = $2 AND id = $3 AND state = 'active'",
+    )
+    .int(i64::from(quantity))
+    .text(user.as_str())
+    .text(id.as_str())
+    .run(&mut tx)
+    .await?;
+    if done != 1 {
+        return Err(internal(format!("hold {id} was not active")));
+    }
+    hold.quantity = quantity;
+    stock.flush(&mut tx).await?;
+    tx.commit().await.port()?;
+    Ok(Ok(hold))
+}
+
+/// The sweeper: ends up to `limit` due active holds as expired (earliest due first) and
+/// returns their stock. Holds inside a pending order keep their `order_id`, so a late payment
+/// can still find them and retake the stock. On PostgreSQL, holds another transaction has
+/// locked (a sweeper on another node, a payment in progress) are skipped, not waited for: the
+/// next sweep gets them if they are still due.
+pub async fn expire_due<DB: Judging>(
+    writer: &Pool<DB>,
+    now: Timestamp,
+    limit: u32,
+) -> PortResult<Vec<Hold>> {
+    let mut tx = begin_write(writer).await?;
+    let sql = format!(
+        concat!(
+            "SELECT ",
+            hold_cols!(),
+            hold_from!(),
+            "WHERE h.state = 'active' AND h.expires_at <= $1 ORDER BY h.expires_at, h.id \
+             LIMIT $2{}"
+        ),
+        DB::SKIP_LOCKED_HOLDS
+    );
+    let due = statement::<DB>(&sql)
+        .int(now.0)
+        .int(i64::from(limit))
+        .all(&mut tx)
+        .await?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let due = due
+        .iter()
+        .map(|r| rows::hold_row(r).map(|h| h.hold))
+        .collect::<PortResult<Vec<_>>>()?;
+    let mut stock = TxStock::default();
+    let sales: Vec<&SaleId> = due.iter().map(|h| &h.sale_id).collect();
+    stock.lock_sales(&mut tx, &sales).await?;
+    let mut out = Vec::with_capacity(due.len());
+    for mut hold in due {
+        stock.touch(&mut tx, &hold.sale_id, &hold.user_id).await?;
+        hold.state = end(
+            &mut tx,
+            &hold.user_id,
+            &hold.id,
+            hold.state,
+            HoldState::Expired,
+        )
+        .await?;
+        stock.unhold(&hold.sale_id, &hold.user_id, hold.quantity)?;
+        out.push(hold);
+    }
+    stock.flush(&mut tx).await?;
+    tx.commit().await.port()?;
+    Ok(out)
+}
+
+/// Marks live holds lapsing within `within_ms` as warned and writes their `hold_expiring`
+/// events, in one write transaction. On PostgreSQL, rows another sweeper (or a payment) has
+/// locked are skipped; the next pass gets them if they are still unwarned.
+pub async fn warn_expiring<DB: Judging>(
+    writer: &Pool<DB>,
+    now: Timestamp,
+    within_ms: i64,
+    limit: u32,
+) -> PortResult<usize> {
+    let mut tx = begin_write(writer).await?;
+    let sql = format!(
+        concat!(
+            "SELECT ",
+            hold_cols!(),
+            hold_from!(),
+            "WHERE h.state = 'active' AND NOT h.expiry_warned AND h.expires_at > $1 \
+             AND h.expires_at <= $2 ORDER BY h.expires_at, h.id LIMIT $3{}"
+        ),
+        DB::SKIP_LOCKED_HOLDS
+    );
+    let due = statement::<DB>(&sql)
+        .int(now.0)
+        .int(now.0.saturating_add(within_ms))
+        .int(i64::from(limit))
+        .all(&mut tx)
+        .await?;
+    for row in &due {
+        let hold = rows::hold_row(row)?.hold;
+        statement::<DB>("UPDATE holds SET expiry_warned = TRUE WHERE user_id = $1 AND id = $2")
+            .text(hold.user_id.as_str())
+            .text(hold.id.as_str())
+            .run(&mut tx)
+            .await?;
+        write_event(&mut tx, &OutboxEvent::hold_expiring(&hold, now)).await?;
+    }
+    tx.commit().await.port()?;
+    Ok(due.len())
+}
