@@ -22,8 +22,6 @@ use stampede_app::ports::{RoomLog, Store, WaitingRoom};
 use stampede_core::{SaleId, UserId};
 use stampede_engine::MemoryRoom;
 use stampede_gate_redis::{RedisGateConfig, RedisRoom};
-use stampede_store_postgres::PgStore;
-use stampede_store_sqlite::SqliteStore;
 
 /// Buyers joining or looking up at once (each join waits for its batch to commit).
 const CONCURRENCY: usize = 512;
@@ -123,7 +121,7 @@ fn users(n: usize) -> Arc<Vec<UserId>> {
 async fn embedded(n: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stampede.db");
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = stampede_store_sqlite::open(&path).await.unwrap();
     store.migrate().await.unwrap();
     let log: Arc<dyn RoomLog> = Arc::new(store.clone());
     let sale = SaleId::generate(1, 42);
@@ -178,7 +176,9 @@ async fn cluster(n: usize) -> Option<Figures> {
     let options = sqlx::postgres::PgConnectOptions::from_str(&pg_url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
-    let store = PgStore::connect_with(options).await.unwrap();
+    let store = stampede_store_postgres::connect_with(options)
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let namespace = format!("bench{}", std::process::id());
     let redis_room = RedisRoom::connect(RedisGateConfig {

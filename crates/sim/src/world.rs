@@ -271,7 +271,7 @@ impl World {
     /// SQLite store, in-process gate, waiting room on that gate, in-process bus. `App::start`
     /// migrates, loads the sales and rebuilds the gate from the judge.
     async fn start(&self) -> Result<Node, String> {
-        let store = SqliteStore::open(&self.db)
+        let store = stampede_store_sqlite::open(&self.db)
             .await
             .map_err(|e| app_err("opening the store", e))?;
         let gate = Arc::new(MemoryGate::new());

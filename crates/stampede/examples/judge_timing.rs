@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use stampede_app::ports::{ReserveRequest, Store};
 use stampede_core::*;
-use stampede_store_sqlite::SqliteStore;
 
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    let store = stampede_store_sqlite::open(&dir.path().join("s.db"))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let now = Timestamp(1_800_000_000_000);
     let sale = Sale {

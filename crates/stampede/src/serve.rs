@@ -58,7 +58,7 @@ fn init_logs(format: LogFormat) {
 async fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir.join("stampede.db"))
+    let store = stampede_store_sqlite::open(&data_dir.join("stampede.db"))
         .await
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     Ok(store)
@@ -66,7 +66,7 @@ async fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
 
 /// Connects to the cluster's PostgreSQL (the judge).
 async fn open_postgres(url: &str) -> anyhow::Result<PgStore> {
-    PgStore::connect(url)
+    stampede_store_postgres::connect(url)
         .await
         .context("connecting to PostgreSQL (--postgres)")
 }

@@ -12,7 +12,6 @@ use stampede_app::{Adapters, App, AppConfig, AppError, Principal};
 use stampede_core::{Clock, ManualClock, OrderStatus, Timestamp};
 use stampede_engine::{LocalBus, MemoryGate};
 use stampede_payments::{SandboxGateway, SandboxTimings, SignedEvent};
-use stampede_store_sqlite::SqliteStore;
 use tokio::sync::mpsc;
 
 struct World {
@@ -27,7 +26,11 @@ struct World {
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+    let store = Arc::new(
+        stampede_store_sqlite::open(&dir.path().join("s.db"))
+            .await
+            .unwrap(),
+    );
     let clock = ManualClock::new(Timestamp(1_800_000_000_000));
     let (tx, webhooks) = mpsc::channel(16);
     let sandbox = Arc::new(SandboxGateway::new(

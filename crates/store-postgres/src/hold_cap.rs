@@ -19,8 +19,6 @@ use stampede_store_sql::hold_cap::{self, Capped};
 
 use crate::error::OrPort;
 
-pub(crate) use stampede_store_sql::hold_cap::lapsed_holders;
-
 /// Open unpaid holds per account and per device of one batch, counted under the locks.
 #[derive(Debug, Default)]
 pub(crate) struct OpenHolds(hold_cap::OpenHolds);

@@ -13,7 +13,6 @@ use stampede_app::ports::{PortResult, ReserveRequest};
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, SaleId, UserId};
 use stampede_store_sql::engine::begin_write;
-pub(crate) use stampede_store_sql::holds::{expire_due, live, release, resize, warn_expiring};
 use stampede_store_sql::holds::{find_unlocked, judge_request};
 use stampede_store_sql::txstock::TxStock;
 

@@ -3,75 +3,51 @@
 //! (`UNNEST` of one array per column, whatever its size), a rebuild reads a sale's rows in
 //! pages by their id (the shared SQL of `stampede_store_sql::room_log`).
 
-use async_trait::async_trait;
-use sqlx::Postgres;
+use sqlx::{PgPool, Postgres};
 
-use stampede_app::ports::{PortResult, RoomLog};
+use stampede_app::ports::PortResult;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 use stampede_store_sql::room_log::{self, to_i64, ENTRY_COLS};
 
 use crate::error::OrPort;
-use crate::PgStore;
 
-#[async_trait]
-impl RoomLog for PgStore {
-    async fn append_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // One row per buyer per statement: ON CONFLICT may not touch a row twice.
-        let batch = stampede_app::durable_room::fold_batch(batch);
-        let sales: Vec<&str> = batch.iter().map(|(s, _)| s.as_str()).collect();
-        let users: Vec<&str> = batch.iter().map(|(_, e)| e.user_id.as_str()).collect();
-        let devices: Vec<&str> = batch.iter().map(|(_, e)| e.device_id.as_str()).collect();
-        let ranks: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.rank.map(to_i64)).collect();
-        let pre_seqs: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.pre_seq.map(to_i64)).collect();
-        let stages: Vec<i64> = batch.iter().map(|(_, e)| i64::from(e.stage())).collect();
-        let states: Vec<&str> = batch.iter().map(|(_, e)| e.state_word()).collect();
-        let untils: Vec<i64> = batch.iter().map(|(_, e)| e.until_ms).collect();
-        let won: Vec<i64> = batch
-            .iter()
-            .map(|(_, e)| i64::from(e.lottery_won))
-            .collect();
-        let units: Vec<i64> = batch.iter().map(|(_, e)| to_i64(e.units)).collect();
-        let sql = format!(
-            "INSERT INTO room_log AS l ({ENTRY_COLS}) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
-               $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]){}",
-            room_log::upsert_tail::<Postgres>()
-        );
-        sqlx::query(&sql)
-            .bind(&sales)
-            .bind(&users)
-            .bind(&devices)
-            .bind(&ranks)
-            .bind(&pre_seqs)
-            .bind(&stages)
-            .bind(&states)
-            .bind(&untils)
-            .bind(&won)
-            .bind(&units)
-            .execute(&self.pool)
-            .await
-            .port()
-            .map(|_| ())
-    }
-
-    async fn entries(
-        &self,
-        sale: &SaleId,
-        cursor: i64,
-        limit: u32,
-    ) -> PortResult<(Vec<LoggedEntry>, i64)> {
-        room_log::entries(&self.pool, sale, cursor, limit).await
-    }
-
-    async fn put_value(&self, scope: &str, key: &str, value: &str) -> PortResult<()> {
-        room_log::put_value(&self.pool, scope, key, value).await
-    }
-
-    async fn values(&self, scope: &str) -> PortResult<Vec<(String, String)>> {
-        room_log::values(&self.pool, scope).await
-    }
+/// Writes a batch of entries (never empty) in one transaction.
+pub(crate) async fn append(pool: &PgPool, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
+    // One row per buyer per statement: ON CONFLICT may not touch a row twice.
+    let batch = stampede_app::durable_room::fold_batch(batch);
+    let sales: Vec<&str> = batch.iter().map(|(s, _)| s.as_str()).collect();
+    let users: Vec<&str> = batch.iter().map(|(_, e)| e.user_id.as_str()).collect();
+    let devices: Vec<&str> = batch.iter().map(|(_, e)| e.device_id.as_str()).collect();
+    let ranks: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.rank.map(to_i64)).collect();
+    let pre_seqs: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.pre_seq.map(to_i64)).collect();
+    let stages: Vec<i64> = batch.iter().map(|(_, e)| i64::from(e.stage())).collect();
+    let states: Vec<&str> = batch.iter().map(|(_, e)| e.state_word()).collect();
+    let untils: Vec<i64> = batch.iter().map(|(_, e)| e.until_ms).collect();
+    let won: Vec<i64> = batch
+        .iter()
+        .map(|(_, e)| i64::from(e.lottery_won))
+        .collect();
+    let units: Vec<i64> = batch.iter().map(|(_, e)| to_i64(e.units)).collect();
+    let sql = format!(
+        "INSERT INTO room_log AS l ({ENTRY_COLS}) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
+           $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]){}",
+        room_log::upsert_tail::<Postgres>()
+    );
+    sqlx::query(&sql)
+        .bind(&sales)
+        .bind(&users)
+        .bind(&devices)
+        .bind(&ranks)
+        .bind(&pre_seqs)
+        .bind(&stages)
+        .bind(&states)
+        .bind(&untils)
+        .bind(&won)
+        .bind(&units)
+        .execute(pool)
+        .await
+        .port()
+        .map(|_| ())
 }

@@ -99,7 +99,9 @@ async fn unmigrated() -> Option<PgFixture> {
     let options = PgConnectOptions::from_str(&url())
         .unwrap()
         .options([("search_path", schema.as_str())]);
-    let store = PgStore::connect_with(options).await.unwrap();
+    let store = stampede_store_postgres::connect_with(options)
+        .await
+        .unwrap();
     Some(PgFixture { store, schema })
 }
 
@@ -133,7 +135,9 @@ async fn concurrent_migrations_are_safe() {
             let options = PgConnectOptions::from_str(&url())
                 .unwrap()
                 .options([("search_path", schema.as_str())]);
-            let node = PgStore::connect_with(options).await.unwrap();
+            let node = stampede_store_postgres::connect_with(options)
+                .await
+                .unwrap();
             tasks.push(tokio::spawn(async move {
                 node.migrate().await.unwrap();
                 node.migrate().await.unwrap();
@@ -224,7 +228,9 @@ async fn two_nodes_crossing_batches_neither_deadlock_nor_oversell() {
         let options = PgConnectOptions::from_str(&url())
             .unwrap()
             .options([("search_path", schema.as_str())]);
-        let second = PgStore::connect_with(options).await.unwrap();
+        let second = stampede_store_postgres::connect_with(options)
+            .await
+            .unwrap();
         let (a, b) = (sale_with(30, 2, "EUR"), sale_with(30, 2, "EUR"));
         first.insert_sale(&a).await.unwrap();
         first.insert_sale(&b).await.unwrap();
@@ -270,7 +276,9 @@ async fn two_nodes_racing_checkouts_of_one_hold_yield_one_order() {
         let options = PgConnectOptions::from_str(&url())
             .unwrap()
             .options([("search_path", schema.as_str())]);
-        let second = PgStore::connect_with(options).await.unwrap();
+        let second = stampede_store_postgres::connect_with(options)
+            .await
+            .unwrap();
         let sale = sale_with(5, 5, "EUR");
         first.insert_sale(&sale).await.unwrap();
         let buyer = user(1);
@@ -317,7 +325,7 @@ async fn two_nodes_racing_checkouts_of_one_hold_yield_one_order() {
 /// A server that is not there is `Unavailable` (worth a retry), not `Internal`.
 #[tokio::test]
 async fn unreachable_server_is_unavailable() {
-    let out = PgStore::connect("postgres://postgres@127.0.0.1:1/nothing").await;
+    let out = stampede_store_postgres::connect("postgres://postgres@127.0.0.1:1/nothing").await;
     assert!(matches!(out, Err(PortError::Unavailable { .. })), "{out:?}");
 }
 

@@ -23,6 +23,7 @@ pub mod report;
 pub mod room_log;
 pub mod rows;
 pub mod sales;
+pub mod store;
 pub mod txstock;
 pub mod users;
 pub mod webhooks;

@@ -7,4 +7,4 @@
 //! (read once per batch, then kept up to date as the batch accepts holds) are exact and two
 //! concurrent reserves cannot both pass the cap.
 
-pub(crate) use stampede_store_sql::hold_cap::{lapsed_holders, OpenHolds};
+pub(crate) use stampede_store_sql::hold_cap::OpenHolds;

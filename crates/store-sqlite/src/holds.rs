@@ -15,7 +15,6 @@ use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, SaleId, UserId};
 use stampede_store_sql::engine::begin_write;
 use stampede_store_sql::holds::judge_request;
-pub(crate) use stampede_store_sql::holds::{expire_due, live, release, resize, warn_expiring};
 use stampede_store_sql::rows::hold_row;
 use stampede_store_sql::txstock::TxStock;
 use stampede_store_sql::{hold_cols, hold_from};

@@ -38,7 +38,7 @@ impl StoreFixture for Fx {
 async fn fx() -> Fx {
     let dir = tempfile::tempdir().unwrap();
     // A missing parent directory is created by `open`.
-    let store = SqliteStore::open(&dir.path().join("data").join("stampede.db"))
+    let store = stampede_store_sqlite::open(&dir.path().join("data").join("stampede.db"))
         .await
         .unwrap();
     store.migrate().await.unwrap();
@@ -57,7 +57,7 @@ async fn committed_holds_survive_a_reopen() {
     // Dropped without closing: as close to a crash as a test gets.
     let Fx { dir, store } = f;
     drop(store);
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = stampede_store_sqlite::open(&path).await.unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.live_holds(&a, T0).await.unwrap(), vec![h]);
     assert_eq!(checked(&store, &sale.id).await, levels(10, 7, 3, 0));
