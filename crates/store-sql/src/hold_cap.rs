@@ -148,48 +148,48 @@ pub async fn lapsed_holders<DB: Engine>(
     min_lapsed: u32,
     limit: u32,
 ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
-    let accounts = statement::<DB>(
-        "SELECT user_id AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at FROM holds \
-         WHERE state = 'expired' \
-         GROUP BY user_id HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, user_id LIMIT $2",
+    let accounts = lapsed_by(reader, "user_id", "user_id", min_lapsed, limit).await?;
+    let devices = lapsed_by(
+        reader,
+        "device_id",
+        DB::DISTINCT_USER_IDS,
+        min_lapsed,
+        limit,
     )
-    .int(i64::from(min_lapsed))
-    .int(i64::from(limit))
-    .all_in(reader)
     .await?;
+    Ok((accounts, devices))
+}
+
+/// [`lapsed_holders`] per value of `subject` (`user_id` or `device_id`); `users` aggregates
+/// the comma-separated accounts behind each.
+async fn lapsed_by<DB: Engine>(
+    reader: &Pool<DB>,
+    subject: &str,
+    users: &str,
+    min_lapsed: u32,
+    limit: u32,
+) -> PortResult<Vec<LapsedHolder>> {
     let sql = format!(
-        "SELECT device_id AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at, \
-         {} AS users FROM holds WHERE state = 'expired' AND device_id IS NOT NULL \
-         GROUP BY device_id HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, device_id LIMIT $2",
-        DB::DISTINCT_USER_IDS
+        "SELECT {subject} AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at, \
+         {users} AS users FROM holds WHERE state = 'expired' AND {subject} IS NOT NULL \
+         GROUP BY {subject} HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, {subject} LIMIT $2"
     );
-    let devices = statement::<DB>(&sql)
+    let found = statement::<DB>(&sql)
         .int(i64::from(min_lapsed))
         .int(i64::from(limit))
         .all_in(reader)
         .await?;
-    let holder = |row: &DB::Row, accounts: Vec<UserId>| -> PortResult<LapsedHolder> {
-        let lapsed: i64 = col(row, "lapsed")?;
-        Ok(LapsedHolder {
-            subject: col(row, "subject")?,
-            lapsed: u64::try_from(lapsed).unwrap_or(0),
-            last_lapsed_at: Timestamp(col(row, "last_at")?),
-            accounts,
-        })
-    };
-    let accounts = accounts
+    found
         .iter()
         .map(|row| {
-            let user: String = col(row, "subject")?;
-            holder(row, UserId::parse(&user).into_iter().collect())
-        })
-        .collect::<PortResult<_>>()?;
-    let devices = devices
-        .iter()
-        .map(|row| {
+            let lapsed: i64 = col(row, "lapsed")?;
             let users: String = col(row, "users")?;
-            holder(row, users.split(',').filter_map(UserId::parse).collect())
+            Ok(LapsedHolder {
+                subject: col(row, "subject")?,
+                lapsed: u64::try_from(lapsed).unwrap_or(0),
+                last_lapsed_at: Timestamp(col(row, "last_at")?),
+                accounts: users.split(',').filter_map(UserId::parse).collect(),
+            })
         })
-        .collect::<PortResult<_>>()?;
-    Ok((accounts, devices))
+        .collect()
 }

@@ -22,10 +22,10 @@ use sqlx::Pool;
 
 use stampede_app::ports::{
     Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortError, PortResult,
+    PaymentResult, PortResult,
 };
 use stampede_core::checkout::{
-    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, PlanError, Settlement,
+    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, Settlement,
 };
 use stampede_core::{
     HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
@@ -45,11 +45,6 @@ fn payment_of(order: &Order) -> PortResult<&Payment> {
         .payment
         .as_ref()
         .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
-}
-
-/// A broken money rule in what this transaction read: a bug or a corrupt row.
-fn broken(e: PlanError) -> PortError {
-    internal(e)
 }
 
 /// The buyer's order with its items (in checkout order) and its payment.
@@ -93,16 +88,6 @@ async fn load_existing<DB: Judging>(
     load(conn, user, id)
         .await?
         .ok_or_else(|| internal(format!("order {id} vanished inside its transaction")))
-}
-
-/// The buyer who placed an order ([`Judging::ORDER_OWNER`]).
-async fn owner<DB: Judging>(conn: &mut impl Conn<DB>, id: &OrderId) -> PortResult<Option<UserId>> {
-    let row = statement::<DB>(DB::ORDER_OWNER)
-        .text(id.as_str())
-        .first(conn)
-        .await?;
-    row.map(|r| col(&r, "user_id").map(UserId::from_trusted))
-        .transpose()
 }
 
 /// Locks the buyer's order row for the rest of the transaction, then loads it: two answers
@@ -220,15 +205,13 @@ async fn insert_order<DB: Judging>(conn: &mut impl Conn<DB>, order: &Order) -> P
     .int(order.created_at.0)
     .run(conn)
     .await?;
-    for item in &order.items {
+    for (position, item) in (0_i64..).zip(&order.items) {
         statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
             .text(order.id.as_str())
             .text(order.user_id.as_str())
             .text(item.hold_id.as_str())
             .run(conn)
             .await?;
-    }
-    for (position, item) in (0_i64..).zip(&order.items) {
         statement::<DB>(DB::INSERT_ORDER_ITEM)
             .text(order.id.as_str())
             .text(order.user_id.as_str())
@@ -310,7 +293,7 @@ async fn convert<DB: Judging>(
     let mut endings = Vec::new();
     for line in lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
-        let step = checkout::convert_line(line, retake, now).map_err(broken)?;
+        let step = checkout::convert_line(line, retake, now).map_err(internal)?;
         if let Some(to) = step.hold_ending() {
             endings.push((line.hold_id.clone(), line.state, to));
         }
@@ -343,48 +326,54 @@ pub async fn apply_payment<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<Option<PaymentApplied>> {
     let mut tx = begin_write(writer).await?;
-    let Some(user) = owner(&mut tx, id).await? else {
+    let owner = statement::<DB>(DB::ORDER_OWNER)
+        .text(id.as_str())
+        .first(&mut tx)
+        .await?;
+    let Some(user) = owner
+        .map(|r| col(&r, "user_id").map(UserId::from_trusted))
+        .transpose()?
+    else {
         return Ok(None);
     };
     let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
         return Ok(None);
     };
-    let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
+    let lapsed = match checkout::plan_answer(&order, result).map_err(internal)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
             await_answer(&mut tx, &order, &reference, now).await?;
-            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+            false
         }
         AnswerPlan::Settle(plan) => {
             settle(&mut tx, &order, &plan, now).await?;
-            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+            false
         }
         AnswerPlan::Convert { reference, retake } => {
             let lines = lines(&mut tx, &user, id).await?;
             let mut stock = TxStock::default();
             let endings = convert(&mut tx, &mut stock, &lines, retake, now).await?;
-            let plan =
-                checkout::plan_authorized(&order, &reference, endings.is_some()).map_err(broken)?;
-            match endings {
-                Some(endings) => {
-                    for (hold, from, to) in &endings {
-                        holds::end(&mut tx, &user, hold, *from, *to).await?;
-                    }
-                    stock.flush(&mut tx).await?;
-                    settle(&mut tx, &order, &plan, now).await?;
-                    PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+            let plan = checkout::plan_authorized(&order, &reference, endings.is_some())
+                .map_err(internal)?;
+            // All or nothing: without endings `stock` is dropped unflushed and no stock moves;
+            // the money must go back at the gateway.
+            if let Some(endings) = &endings {
+                for (hold, from, to) in endings {
+                    holds::end(&mut tx, &user, hold, *from, *to).await?;
                 }
-                None => {
-                    // All or nothing: no stock moved. The money must go back at the gateway.
-                    drop(stock);
-                    settle(&mut tx, &order, &plan, now).await?;
-                    PaymentApplied::HoldLapsed(load_existing(&mut tx, &user, id).await?)
-                }
+                stock.flush(&mut tx).await?;
             }
+            settle(&mut tx, &order, &plan, now).await?;
+            endings.is_none()
         }
     };
+    let order = load_existing(&mut tx, &user, id).await?;
     tx.commit().await.port()?;
-    Ok(Some(applied))
+    Ok(Some(if lapsed {
+        PaymentApplied::HoldLapsed(order)
+    } else {
+        PaymentApplied::Done(order)
+    }))
 }
 
 /// The order paid with this gateway reference.
@@ -447,7 +436,7 @@ pub async fn cancel<DB: Judging>(
         return Ok(None);
     };
     let owed_now = owed_of(&mut tx, &order).await?;
-    let cancelled = match checkout::plan_cancel(&order, owed_now).map_err(broken)? {
+    let cancelled = match checkout::plan_cancel(&order, owed_now).map_err(internal)? {
         CancelPlan::Refund {
             settlement,
             reference,
@@ -487,11 +476,8 @@ async fn owed_of<DB: Judging>(
         .text(payment_of(order)?.id.as_str())
         .first(conn)
         .await?;
-    let word: Option<String> = match row {
-        Some(r) => col(&r, "gateway_owed")?,
-        None => None,
-    };
-    word.as_deref().map(owed_word).transpose()
+    let word: Option<Option<String>> = row.map(|r| col(&r, "gateway_owed")).transpose()?;
+    word.flatten().as_deref().map(owed_word).transpose()
 }
 
 /// Reads a stored `gateway_owed` word.

@@ -10,9 +10,8 @@ use std::collections::HashSet;
 use sqlx::{SqliteConnection, SqlitePool};
 
 use stampede_app::ports::{PortResult, ReserveRequest};
-use stampede_core::checkout::FoundHold;
 use stampede_core::judge::Refusal;
-use stampede_core::{Hold, HoldId, SaleId, UserId};
+use stampede_core::{Hold, SaleId, UserId};
 use stampede_store_sql::engine::begin_write;
 use stampede_store_sql::holds::judge_request;
 use stampede_store_sql::rows::hold_row;
@@ -21,19 +20,6 @@ use stampede_store_sql::{hold_cols, hold_from};
 
 use crate::error::{internal, OrPort};
 use crate::hold_cap::OpenHolds;
-
-const SELECT_HOLD: &str = concat!("SELECT ", hold_cols!(), hold_from!(), "WHERE h.id = $1");
-
-/// The hold with this id, whoever's it is, with its order's status: a retried request's id
-/// may have been taken by another buyer or sale.
-async fn find(conn: &mut SqliteConnection, id: &HoldId) -> PortResult<Option<FoundHold>> {
-    let row = sqlx::query(SELECT_HOLD)
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .port()?;
-    row.map(|r| hold_row(&r)).transpose()
-}
 
 /// The group commit: judges every request in order inside one transaction.
 ///
@@ -148,14 +134,20 @@ async fn insert_many<'h>(
 const HOLDS_PER_STATEMENT: usize = 200;
 
 /// A retried request whose hold already exists gets that hold (its stock was taken once, by
-/// the first try); any other request gets `refusal`. Someone else's hold under the same id is
-/// never shown.
+/// the first try); any other request gets `refusal`. The hold is looked up by id alone, whoever's
+/// it is: someone else's hold under the same id is never shown.
 async fn already_held_or(
     conn: &mut SqliteConnection,
     req: &ReserveRequest,
     refusal: Refusal,
 ) -> PortResult<Result<Hold, Refusal>> {
-    match find(conn, &req.hold_id).await? {
+    let sql = concat!("SELECT ", hold_cols!(), hold_from!(), "WHERE h.id = $1");
+    let row = sqlx::query(sql)
+        .bind(req.hold_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .port()?;
+    match row.map(|r| hold_row(&r)).transpose()? {
         Some(existing)
             if existing.hold.user_id == req.user_id && existing.hold.sale_id == req.sale_id =>
         {
