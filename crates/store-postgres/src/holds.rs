@@ -131,6 +131,6 @@ async fn reserve_one(
     );
     issued.insert(req.hold_id.as_str().to_owned(), owner);
     stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
-    open.opened(req);
+    open.opened(req, 1);
     Ok(Ok(hold))
 }

@@ -78,38 +78,24 @@ impl OpenHolds {
         if req.hold_cap.is_off() {
             return Ok(());
         }
-        let account = self
-            .accounts
-            .get(req.user_id.as_str())
-            .copied()
-            .unwrap_or(0);
-        let device = req
-            .device_id
-            .as_deref()
-            .map(|d| self.devices.get(d).copied().unwrap_or(0));
-        judge_hold_cap(req.hold_cap, account, device)
+        let open = |of: &HashMap<String, i64>, id: &str| of.get(id).copied().unwrap_or(0);
+        let device = req.device_id.as_deref().map(|d| open(&self.devices, d));
+        judge_hold_cap(
+            req.hold_cap,
+            open(&self.accounts, req.user_id.as_str()),
+            device,
+        )
     }
 
-    /// The batch accepted a hold for this request: it counts for the requests after it.
-    pub fn opened(&mut self, req: &ReserveRequest) {
+    /// The batch accepted a hold for this request (`1`): it counts for the requests after it;
+    /// or a hold so counted was not written after all (`-1`: a retry's id collided).
+    pub fn opened(&mut self, req: &ReserveRequest, n: i64) {
         *self
             .accounts
             .entry(req.user_id.as_str().to_owned())
-            .or_default() += 1;
+            .or_default() += n;
         if let Some(device) = &req.device_id {
-            *self.devices.entry(device.clone()).or_default() += 1;
-        }
-    }
-
-    /// A hold counted by [`Self::opened`] was not written after all (a retry's id collided).
-    pub fn not_opened(&mut self, req: &ReserveRequest) {
-        if let Some(n) = self.accounts.get_mut(req.user_id.as_str()) {
-            *n -= 1;
-        }
-        if let Some(device) = &req.device_id {
-            if let Some(n) = self.devices.get_mut(device) {
-                *n -= 1;
-            }
+            *self.devices.entry(device.clone()).or_default() += n;
         }
     }
 }

@@ -22,7 +22,7 @@ use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
-use crate::judging::{lock_own, Judging};
+use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
 use crate::rows;
 use crate::txstock::TxStock;
@@ -87,9 +87,7 @@ pub async fn end<DB: Judging>(
     .text(id.as_str())
     .run(conn)
     .await?;
-    if done != 1 {
-        return Err(internal(format!("hold {id} was not active")));
-    }
+    exactly_one(done, format_args!("hold {id} was not active"))?;
     Ok(state)
 }
 
@@ -237,9 +235,7 @@ pub async fn resize<DB: Judging>(
     .text(id.as_str())
     .run(&mut tx)
     .await?;
-    if done != 1 {
-        return Err(internal(format!("hold {id} was not active")));
-    }
+    exactly_one(done, format_args!("hold {id} was not active"))?;
     hold.quantity = quantity;
     stock.flush(&mut tx).await?;
     tx.commit().await.port()?;

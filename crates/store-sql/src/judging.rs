@@ -180,6 +180,16 @@ impl Judging for sqlx::Postgres {
     }
 }
 
+/// A guarded write (a status move, a hold still active, a sale's counters) must change exactly
+/// one row, or what `broken` names changed meanwhile (a race lost, or a bug): the transaction
+/// must not commit.
+pub(crate) fn exactly_one(done: u64, broken: impl std::fmt::Display) -> PortResult<()> {
+    if done != 1 {
+        return Err(crate::internal(broken));
+    }
+    Ok(())
+}
+
 /// Locks the buyer's row `id` of `table` (`holds` or `orders`, keyed by buyer) for the rest of
 /// the transaction; whether it exists. Without row locks there is nothing to take: `true`, and
 /// the caller's read finds out.

@@ -33,7 +33,7 @@ use stampede_core::{
 
 use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
-use crate::judging::{lock_own, Judging};
+use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
 use crate::rows::{self, col, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
@@ -104,15 +104,6 @@ async fn lock_and_load<DB: Judging>(
     load(conn, user, id).await
 }
 
-/// A guarded status move must change exactly one row, or `what` changed meanwhile (a race
-/// lost, or a bug): the transaction must not commit.
-fn moved_one(done: u64, what: impl std::fmt::Display) -> PortResult<()> {
-    if done != 1 {
-        return Err(internal(format!("{what} changed status meanwhile")));
-    }
-    Ok(())
-}
-
 /// Carries out a settlement the core planned for `order`: both status moves, each guarded by
 /// the status read, the money move now owed, the holds letting go of the order, and its
 /// outbox event (if any). Stock the settlement returns is the caller's to move first.
@@ -134,7 +125,10 @@ async fn settle<DB: Judging>(
     .text(order.status.as_str())
     .run(conn)
     .await?;
-    moved_one(done, format_args!("order {}", order.id))?;
+    exactly_one(
+        done,
+        format_args!("order {} changed status meanwhile", order.id),
+    )?;
     let done = statement::<DB>(
         "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
          failure_reason = $3, updated_at = $4, gateway_owed = $7 \
@@ -149,7 +143,10 @@ async fn settle<DB: Judging>(
     .opt_text(plan.owed.map(GatewayOwed::as_str))
     .run(conn)
     .await?;
-    moved_one(done, format_args!("payment {}", payment.id))?;
+    exactly_one(
+        done,
+        format_args!("payment {} changed status meanwhile", payment.id),
+    )?;
     if plan.release_holds {
         statement::<DB>("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
             .text(order.user_id.as_str())
@@ -165,28 +162,6 @@ async fn settle<DB: Judging>(
         None => return Ok(()),
     };
     write_event(conn, &event).await
-}
-
-/// An answer that comes later: records the gateway's reference, and the time.
-async fn await_answer<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    order: &Order,
-    reference: &str,
-    now: Timestamp,
-) -> PortResult<()> {
-    statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
-        .text(reference)
-        .int(now.0)
-        .text(payment_of(order)?.id.as_str())
-        .run(conn)
-        .await?;
-    statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
-        .int(now.0)
-        .text(order.user_id.as_str())
-        .text(order.id.as_str())
-        .run(conn)
-        .await?;
-    Ok(())
 }
 
 /// Writes a new order: the order row, each hold taken into it, its lines (with their
@@ -256,42 +231,37 @@ pub async fn create<DB: Judging>(
     Ok(Ok(order))
 }
 
-/// The order's lines in checkout order, their holds locked for the rest of the transaction.
-async fn lines<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    user: &UserId,
-    order: &OrderId,
-) -> PortResult<Vec<OrderLine>> {
-    statement::<DB>(DB::ORDER_LINES)
-        .text(user.as_str())
-        .text(order.as_str())
-        .all(conn)
-        .await?
-        .iter()
-        .map(rows::order_line)
-        .collect()
-}
-
 /// Carries out, in memory, what the core's [`checkout::convert_line`] decides for each line of
-/// an authorization. Returns the hold endings to write, or `None` if some hold cannot be
-/// honoured (then `stock` must be discarded).
+/// the buyer's order `id` on an authorization. Returns the hold endings to write, or `None` if
+/// some hold cannot be honoured (then `stock` must be discarded).
 async fn convert<DB: Judging>(
     conn: &mut impl Conn<DB>,
     stock: &mut TxStock,
-    lines: &[OrderLine],
+    user: &UserId,
+    id: &OrderId,
     retake: bool,
     now: Timestamp,
 ) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
+    // The order's lines in checkout order, their holds locked for the rest of the transaction.
+    let found = statement::<DB>(DB::ORDER_LINES)
+        .text(user.as_str())
+        .text(id.as_str())
+        .all(conn)
+        .await?;
+    let lines = found
+        .iter()
+        .map(rows::order_line)
+        .collect::<PortResult<Vec<OrderLine>>>()?;
     let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
     // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
     // too, which needs the drop's other sales locked; a plain conversion does not.
-    if checkout::may_retake(lines, retake, now) {
+    if checkout::may_retake(&lines, retake, now) {
         stock.lock_sales_with_drops(conn, &sales).await?;
     } else {
         stock.lock_sales(conn, &sales).await?;
     }
     let mut endings = Vec::new();
-    for line in lines {
+    for line in &lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
         let step = checkout::convert_line(line, retake, now).map_err(internal)?;
         if let Some(to) = step.hold_ending() {
@@ -342,7 +312,19 @@ pub async fn apply_payment<DB: Judging>(
     let lapsed = match checkout::plan_answer(&order, result).map_err(internal)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
-            await_answer(&mut tx, &order, &reference, now).await?;
+            // An answer that comes later: records the gateway's reference, and the time.
+            statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
+                .text(&reference)
+                .int(now.0)
+                .text(payment_of(&order)?.id.as_str())
+                .run(&mut tx)
+                .await?;
+            statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
+                .int(now.0)
+                .text(user.as_str())
+                .text(id.as_str())
+                .run(&mut tx)
+                .await?;
             false
         }
         AnswerPlan::Settle(plan) => {
@@ -350,9 +332,8 @@ pub async fn apply_payment<DB: Judging>(
             false
         }
         AnswerPlan::Convert { reference, retake } => {
-            let lines = lines(&mut tx, &user, id).await?;
             let mut stock = TxStock::default();
-            let endings = convert(&mut tx, &mut stock, &lines, retake, now).await?;
+            let endings = convert(&mut tx, &mut stock, &user, id, retake, now).await?;
             let plan = checkout::plan_authorized(&order, &reference, endings.is_some())
                 .map_err(internal)?;
             // All or nothing: without endings `stock` is dropped unflushed and no stock moves;
@@ -435,49 +416,42 @@ pub async fn cancel<DB: Judging>(
     let Some(order) = lock_and_load(&mut tx, user, id).await? else {
         return Ok(None);
     };
-    let owed_now = owed_of(&mut tx, &order).await?;
-    let cancelled = match checkout::plan_cancel(&order, owed_now).map_err(internal)? {
+    // The money move still owed to the gateway for this order's payment.
+    let owed_now = statement::<DB>("SELECT gateway_owed FROM payments WHERE id = $1")
+        .text(payment_of(&order)?.id.as_str())
+        .first(&mut tx)
+        .await?;
+    let owed_now: Option<Option<String>> = owed_now.map(|r| col(&r, "gateway_owed")).transpose()?;
+    let owed_now = owed_now.flatten().as_deref().map(owed_word).transpose()?;
+    let (settlement, refunded) = match checkout::plan_cancel(&order, owed_now).map_err(internal)? {
         CancelPlan::Refund {
             settlement,
             reference,
             owed,
-        } => {
-            let mut stock = TxStock::default();
-            let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
-            stock.lock_sales(&mut tx, &sales).await?;
-            for (sale, quantity) in &settlement.stock_returned {
-                stock.touch(&mut tx, sale, user).await?;
-                stock.refund(sale, user, *quantity)?;
-            }
-            stock.flush(&mut tx).await?;
-            settle(&mut tx, &order, &settlement, now).await?;
-            Cancelled::Refunded {
-                order: load_existing(&mut tx, user, id).await?,
-                reference,
-                owed,
-            }
-        }
-        CancelPlan::Cancel(settlement) => {
-            settle(&mut tx, &order, &settlement, now).await?;
-            Cancelled::Cancelled(load_existing(&mut tx, user, id).await?)
-        }
+        } => (settlement, Some((reference, owed))),
+        CancelPlan::Cancel(settlement) => (settlement, None),
         CancelPlan::Refused(status) => return Ok(Some(Err(status))),
     };
+    // The stock the settlement returns (a refund's; none when a pending order is cancelled).
+    let mut stock = TxStock::default();
+    let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
+    stock.lock_sales(&mut tx, &sales).await?;
+    for (sale, quantity) in &settlement.stock_returned {
+        stock.touch(&mut tx, sale, user).await?;
+        stock.refund(sale, user, *quantity)?;
+    }
+    stock.flush(&mut tx).await?;
+    settle(&mut tx, &order, &settlement, now).await?;
+    let order = load_existing(&mut tx, user, id).await?;
     tx.commit().await.port()?;
-    Ok(Some(Ok(cancelled)))
-}
-
-/// The money move still owed to the gateway for this order's payment.
-async fn owed_of<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    order: &Order,
-) -> PortResult<Option<GatewayOwed>> {
-    let row = statement::<DB>("SELECT gateway_owed FROM payments WHERE id = $1")
-        .text(payment_of(order)?.id.as_str())
-        .first(conn)
-        .await?;
-    let word: Option<Option<String>> = row.map(|r| col(&r, "gateway_owed")).transpose()?;
-    word.flatten().as_deref().map(owed_word).transpose()
+    Ok(Some(Ok(match refunded {
+        Some((reference, owed)) => Cancelled::Refunded {
+            order,
+            reference,
+            owed,
+        },
+        None => Cancelled::Cancelled(order),
+    })))
 }
 
 /// Reads a stored `gateway_owed` word.

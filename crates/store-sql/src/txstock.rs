@@ -27,26 +27,31 @@ use stampede_core::judge::{judge_reserve_in_drop, DropUnits, Refusal};
 use stampede_core::{DropId, Sale, SaleId, StockLevels, Timestamp, UserId};
 
 use crate::engine::{statement, Bind, Conn, Run};
-use crate::judging::Judging;
+use crate::judging::{exactly_one, Judging};
 use crate::rows::{self, col};
 use crate::{internal, sale_cols};
 
-struct CachedSale {
-    sale: Sale,
+/// A value read in this transaction; `dirty` once changed in memory.
+struct Cached<T> {
+    value: T,
     dirty: bool,
 }
 
-struct CachedUnits {
-    units: i64,
-    dirty: bool,
+impl<T> Cached<T> {
+    fn clean(value: T) -> Self {
+        Self {
+            value,
+            dirty: false,
+        }
+    }
 }
 
 /// The sales and per-buyer units one transaction has read, with its pending changes.
 #[derive(Default)]
 pub struct TxStock {
     /// `None`: looked up and not found (so a batch does not look again).
-    sales: BTreeMap<SaleId, Option<CachedSale>>,
-    units: BTreeMap<(SaleId, UserId), CachedUnits>,
+    sales: BTreeMap<SaleId, Option<Cached<Sale>>>,
+    units: BTreeMap<(SaleId, UserId), Cached<i64>>,
     /// A drop's per-buyer limit and its sales; `None`: missing, or without a limit.
     drops: BTreeMap<DropId, Option<(u32, Vec<SaleId>)>>,
 }
@@ -79,7 +84,7 @@ impl TxStock {
         for row in &DB::lock_sales(conn.conn(), strings).await? {
             let sale = rows::sale(row)?;
             self.sales
-                .insert(sale.id.clone(), Some(CachedSale { sale, dirty: false }));
+                .insert(sale.id.clone(), Some(Cached::clean(sale)));
         }
         for id in wanted {
             self.sales.entry(id.clone()).or_insert(None);
@@ -205,10 +210,7 @@ impl TxStock {
         for (sale, user) in pairs {
             let key = ((*sale).clone(), (*user).clone());
             if let Entry::Vacant(slot) = self.units.entry(key) {
-                slot.insert(CachedUnits {
-                    units: 0,
-                    dirty: false,
-                });
+                slot.insert(Cached::clean(0));
                 wanted.push((sale.as_str().to_owned(), user.as_str().to_owned()));
             }
         }
@@ -218,7 +220,7 @@ impl TxStock {
         for (sale, user, units) in DB::units_of(conn.conn(), wanted).await? {
             let key = (SaleId::from_trusted(sale), UserId::from_trusted(user));
             if let Some(c) = self.units.get_mut(&key) {
-                c.units = units;
+                c.value = units;
             }
         }
         Ok(())
@@ -238,12 +240,13 @@ impl TxStock {
             );
             let row = statement::<DB>(&sql).text(id.as_str()).first(conn).await?;
             let loaded = row.map(|r| rows::sale(&r)).transpose()?;
-            self.sales.insert(
-                id.clone(),
-                loaded.map(|sale| CachedSale { sale, dirty: false }),
-            );
+            self.sales.insert(id.clone(), loaded.map(Cached::clean));
         }
-        Ok(self.sales.get(id).and_then(Option::as_ref).map(|c| &c.sale))
+        Ok(self
+            .sales
+            .get(id)
+            .and_then(Option::as_ref)
+            .map(|c| &c.value))
     }
 
     /// Units `user` holds or owns in `sale`, as this transaction sees them.
@@ -256,7 +259,7 @@ impl TxStock {
         self.load_units(conn, &[(sale, user)]).await?;
         self.units
             .get(&(sale.clone(), user.clone()))
-            .map(|c| c.units)
+            .map(|c| c.value)
             .ok_or_else(|| internal(format!("units of {user} in {sale} not loaded")))
     }
 
@@ -300,7 +303,7 @@ impl TxStock {
         let c = self.sales.get_mut(sale).and_then(Option::as_mut);
         let c = c.ok_or_else(|| internal(format!("sale {sale} not loaded in this transaction")))?;
         c.dirty = true;
-        Ok(&mut c.sale.stock)
+        Ok(&mut c.value.stock)
     }
 
     fn add_units(&mut self, sale: &SaleId, user: &UserId, delta: i64) -> PortResult<()> {
@@ -313,7 +316,7 @@ impl TxStock {
                 ))
             })?;
         c.dirty = true;
-        c.units += delta;
+        c.value += delta;
         Ok(())
     }
 
@@ -357,7 +360,7 @@ impl TxStock {
             let Some(c) = cached.filter(|c| c.dirty) else {
                 continue;
             };
-            let s = c.sale.stock;
+            let s = c.value.stock;
             s.check()
                 .map_err(|v| internal(format!("refusing to write sale {id}: {v}")))?;
             let done = statement::<DB>(
@@ -371,15 +374,16 @@ impl TxStock {
             .int(s.total)
             .run(conn)
             .await?;
-            if done != 1 {
-                return Err(internal(format!("sale {id} changed under its transaction")));
-            }
+            exactly_one(
+                done,
+                format_args!("sale {id} changed under its transaction"),
+            )?;
         }
         let dirty: Vec<((SaleId, UserId), i64)> = self
             .units
             .into_iter()
             .filter(|(_, c)| c.dirty)
-            .map(|(k, c)| (k, c.units))
+            .map(|(k, c)| (k, c.value))
             .collect();
         if let Some(((sale, user), units)) = dirty.iter().find(|(_, n)| *n < 0) {
             return Err(internal(format!(

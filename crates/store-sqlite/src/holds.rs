@@ -61,7 +61,7 @@ pub(crate) async fn reserve(
         match judged {
             Ok(hold) => {
                 stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
-                open.opened(req);
+                open.opened(req, 1);
                 accepted.push((i, hold));
                 verdicts.push(None);
             }
@@ -84,7 +84,7 @@ pub(crate) async fn reserve(
         } else {
             let req = &batch[i];
             stock.unhold(&req.sale_id, &req.user_id, req.quantity)?;
-            open.not_opened(req);
+            open.opened(req, -1);
             verdicts[i] = Some(already_held_or(&mut tx, req, Refusal::SaleNotLive).await?);
         }
     }
