@@ -69,10 +69,7 @@ pub(crate) async fn reserve(
     let mut open = hold_cap::lock_and_load(&mut tx, batch).await?;
     // Ids already issued (retries after a lost reply), read after the sale locks: a retry of a
     // hold in a sale we now hold locked cannot be in flight elsewhere.
-    let ids: Vec<String> = batch
-        .iter()
-        .map(|r| r.hold_id.as_str().to_owned())
-        .collect();
+    let ids: Vec<String> = batch.iter().map(|r| r.hold_id.to_string()).collect();
     let mut issued: HashMap<String, (String, String)> =
         sqlx::query_as::<_, (String, String, String)>(
             "SELECT id, user_id, sale_id FROM hold_ids WHERE id = ANY($1)",

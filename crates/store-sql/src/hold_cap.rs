@@ -46,10 +46,7 @@ impl Capped {
         let now = capped.iter().map(|r| r.now).min()?;
         Some(Self {
             now,
-            users: capped
-                .iter()
-                .map(|r| r.user_id.as_str().to_owned())
-                .collect(),
+            users: capped.iter().map(|r| r.user_id.to_string()).collect(),
             devices: capped.iter().filter_map(|r| r.device_id.clone()).collect(),
         })
     }

@@ -91,17 +91,11 @@ impl Judging for sqlx::Sqlite {
             let mut found = Vec::new();
             for chunk in pairs.chunks(PAIRS_PER_STATEMENT) {
                 let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "SELECT sale_id, user_id, units FROM user_units \
-                     WHERE (sale_id, user_id) IN (VALUES ",
+                    "SELECT sale_id, user_id, units FROM user_units WHERE (sale_id, user_id) IN (",
                 );
-                let mut list = qb.separated(", ");
-                for (sale, user) in chunk {
-                    list.push("(")
-                        .push_bind_unseparated(sale.clone())
-                        .push_unseparated(", ")
-                        .push_bind_unseparated(user.clone())
-                        .push_unseparated(")");
-                }
+                qb.push_values(chunk, |mut row, (sale, user)| {
+                    row.push_bind(sale.clone()).push_bind(user.clone());
+                });
                 qb.push(")");
                 found.extend(
                     qb.build_query_as::<(String, String, i64)>()

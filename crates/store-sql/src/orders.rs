@@ -164,53 +164,6 @@ async fn settle<DB: Judging>(
     write_event(conn, &event).await
 }
 
-/// Writes a new order: the order row, each hold taken into it, its lines (with their
-/// position, the checkout order) and its payment.
-async fn insert_order<DB: Judging>(conn: &mut impl Conn<DB>, order: &Order) -> PortResult<()> {
-    let payment = payment_of(order)?;
-    statement::<DB>(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .text(order.id.as_str())
-    .text(order.user_id.as_str())
-    .text(order.status.as_str())
-    .int(order.total.0)
-    .text(order.currency.as_str())
-    .int(order.created_at.0)
-    .run(conn)
-    .await?;
-    for (position, item) in (0_i64..).zip(&order.items) {
-        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
-            .text(order.id.as_str())
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .run(conn)
-            .await?;
-        statement::<DB>(DB::INSERT_ORDER_ITEM)
-            .text(order.id.as_str())
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .text(item.sale_id.as_str())
-            .int(position)
-            .int(i64::from(item.quantity))
-            .int(item.unit_price.0)
-            .run(conn)
-            .await?;
-    }
-    statement::<DB>(DB::INSERT_PAYMENT)
-        .text(payment.id.as_str())
-        .text(order.id.as_str())
-        .text(order.user_id.as_str())
-        .text(payment.status.as_str())
-        .text(&payment.method)
-        .int(payment.amount.0)
-        .int(payment.updated_at.0)
-        .run(conn)
-        .await?;
-    Ok(())
-}
-
 /// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
 /// as the core's [`checkout::plan_checkout`] makes it of the holds found (each locked).
 pub async fn create<DB: Judging>(
@@ -226,7 +179,49 @@ pub async fn create<DB: Judging>(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    insert_order(&mut tx, &order).await?;
+    // The order row, each hold taken into it, its lines (with their position, the checkout
+    // order) and its payment.
+    let payment = payment_of(&order)?;
+    statement::<DB>(
+        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .text(order.id.as_str())
+    .text(order.user_id.as_str())
+    .text(order.status.as_str())
+    .int(order.total.0)
+    .text(order.currency.as_str())
+    .int(order.created_at.0)
+    .run(&mut tx)
+    .await?;
+    for (position, item) in (0_i64..).zip(&order.items) {
+        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .run(&mut tx)
+            .await?;
+        statement::<DB>(DB::INSERT_ORDER_ITEM)
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .text(item.sale_id.as_str())
+            .int(position)
+            .int(i64::from(item.quantity))
+            .int(item.unit_price.0)
+            .run(&mut tx)
+            .await?;
+    }
+    statement::<DB>(DB::INSERT_PAYMENT)
+        .text(payment.id.as_str())
+        .text(order.id.as_str())
+        .text(order.user_id.as_str())
+        .text(payment.status.as_str())
+        .text(&payment.method)
+        .int(payment.amount.0)
+        .int(payment.updated_at.0)
+        .run(&mut tx)
+        .await?;
     tx.commit().await.port()?;
     Ok(Ok(order))
 }

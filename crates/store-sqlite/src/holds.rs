@@ -71,13 +71,7 @@ pub(crate) async fn reserve(
 
     // The common case is fresh ids: insert them all, and look only at the ones that collided
     // (a retry of a request whose hold exists; its stock was taken by the first try).
-    let inserted = insert_many(
-        &mut tx,
-        accepted
-            .iter()
-            .map(|(i, h)| (h, batch[*i].device_id.as_deref())),
-    )
-    .await?;
+    let inserted = insert_many(&mut tx, batch, &accepted).await?;
     for (i, hold) in accepted {
         if inserted.contains(hold.id.as_str()) {
             verdicts[i] = Some(Ok(hold));
@@ -99,19 +93,20 @@ pub(crate) async fn reserve(
         .collect()
 }
 
-/// Inserts holds in multi-row statements, skipping ids that exist; returns the ids written.
-async fn insert_many<'h>(
+/// Inserts the accepted holds (each with its request's index in `batch`) in multi-row
+/// statements, skipping ids that exist; returns the ids written.
+async fn insert_many(
     conn: &mut SqliteConnection,
-    holds: impl Iterator<Item = (&'h Hold, Option<&'h str>)>,
+    batch: &[ReserveRequest],
+    accepted: &[(usize, Hold)],
 ) -> PortResult<HashSet<String>> {
-    let holds: Vec<(&Hold, Option<&str>)> = holds.collect();
-    let mut written = HashSet::with_capacity(holds.len());
-    for chunk in holds.chunks(HOLDS_PER_STATEMENT) {
+    let mut written = HashSet::with_capacity(accepted.len());
+    for chunk in accepted.chunks(HOLDS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
              created_at, expires_at, device_id) ",
         );
-        qb.push_values(chunk, |mut row, (h, device)| {
+        qb.push_values(chunk, |mut row, (i, h)| {
             row.push_bind(h.id.as_str().to_owned())
                 .push_bind(h.sale_id.as_str().to_owned())
                 .push_bind(h.user_id.as_str().to_owned())
@@ -121,7 +116,7 @@ async fn insert_many<'h>(
                 .push_bind(h.state.as_str())
                 .push_bind(h.created_at.0)
                 .push_bind(h.expires_at.0)
-                .push_bind(device.map(str::to_owned));
+                .push_bind(batch[*i].device_id.clone());
         });
         qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
         let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *conn).await.port()?;
