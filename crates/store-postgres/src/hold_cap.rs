@@ -25,25 +25,21 @@ pub(crate) async fn lock_and_load(
     batch: &[ReserveRequest],
 ) -> PortResult<OpenHolds> {
     let mut open = OpenHolds::default();
-    let Some(Capped {
-        now,
-        users,
-        devices,
-    }) = Capped::of(batch)
-    else {
+    let Some(capped) = Capped::of(batch) else {
         return Ok(open);
     };
-    let subjects: Vec<String> = users
+    let subjects: Vec<String> = capped
+        .users
         .iter()
         .map(|u| format!("hold-cap:u:{u}"))
-        .chain(devices.iter().map(|d| format!("hold-cap:d:{d}")))
+        .chain(capped.devices.iter().map(|d| format!("hold-cap:d:{d}")))
         .collect();
     // Volatile functions in the select list run after the sort: the locks are taken in
     // key order.
     sqlx::query(
         "SELECT pg_advisory_xact_lock(k) FROM \
-             (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s) AS keys \
-             ORDER BY k",
+         (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s) AS keys \
+         ORDER BY k",
     )
     .bind(&subjects)
     .fetch_all(&mut *conn)
@@ -51,8 +47,8 @@ pub(crate) async fn lock_and_load(
     .port()?;
     // One statement per column, whatever the batch's size (`= ANY` of one array).
     for (column, ids, counts) in [
-        ("user_id", users, &mut open.accounts),
-        ("device_id", devices, &mut open.devices),
+        ("user_id", capped.users, &mut open.accounts),
+        ("device_id", capped.devices, &mut open.devices),
     ] {
         if ids.is_empty() {
             continue;
@@ -63,7 +59,7 @@ pub(crate) async fn lock_and_load(
                  AND state = 'active' AND expires_at > $2 GROUP BY {column}"
         ))
         .bind(&ids)
-        .bind(now.0)
+        .bind(capped.now.0)
         .fetch_all(&mut *conn)
         .await
         .port()?

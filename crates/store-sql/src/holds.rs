@@ -28,21 +28,19 @@ use crate::rows;
 use crate::txstock::TxStock;
 use crate::{hold_cols, hold_from, internal};
 
-/// The buyer's hold with this id, with its order's status.
-const SELECT_HOLD: &str = concat!(
-    "SELECT ",
-    hold_cols!(),
-    hold_from!(),
-    "WHERE h.user_id = $1 AND h.id = $2"
-);
-
 /// The buyer's hold with this id, with its order's status, read without a lock.
 pub async fn find_unlocked<DB: Judging>(
     conn: &mut impl Conn<DB>,
     user: &UserId,
     id: &HoldId,
 ) -> PortResult<Option<FoundHold>> {
-    let row = statement::<DB>(SELECT_HOLD)
+    let sql = concat!(
+        "SELECT ",
+        hold_cols!(),
+        hold_from!(),
+        "WHERE h.user_id = $1 AND h.id = $2"
+    );
+    let row = statement::<DB>(sql)
         .text(user.as_str())
         .text(id.as_str())
         .first(conn)

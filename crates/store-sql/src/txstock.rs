@@ -102,9 +102,6 @@ impl TxStock {
         conn: &mut impl Conn<DB>,
         ids: &[&SaleId],
     ) -> PortResult<()> {
-        if !DB::locks_rows() {
-            return Ok(());
-        }
         let wanted = ids.iter().map(|id| id.as_str().to_owned()).collect();
         let siblings: Vec<SaleId> = DB::drop_siblings(conn.conn(), wanted)
             .await?
