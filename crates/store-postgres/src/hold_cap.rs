@@ -10,86 +10,61 @@
 //! first to commit, and its count (a fresh statement under READ COMMITTED) then sees the first
 //! batch's holds: the cap cannot be passed by reserves arriving together on several nodes.
 
-use std::ops::{Deref, DerefMut};
-
 use sqlx::PgConnection;
 
 use stampede_app::ports::{PortResult, ReserveRequest};
-use stampede_store_sql::hold_cap::{self, Capped};
+use stampede_store_sql::hold_cap::{Capped, OpenHolds};
 
 use crate::error::OrPort;
 
-/// Open unpaid holds per account and per device of one batch, counted under the locks.
-#[derive(Debug, Default)]
-pub(crate) struct OpenHolds(hold_cap::OpenHolds);
-
-impl Deref for OpenHolds {
-    type Target = hold_cap::OpenHolds;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for OpenHolds {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl OpenHolds {
-    /// Locks every account and device the batch names (see the module's doc), then counts
-    /// their open holds at the batch's earliest clock reading. Nothing is locked or read when
-    /// no request carries a cap. Call after the batch's sale locks.
-    pub(crate) async fn lock_and_load(
-        conn: &mut PgConnection,
-        batch: &[ReserveRequest],
-    ) -> PortResult<Self> {
-        let mut open = Self::default();
-        let Some(Capped {
-            now,
-            users,
-            devices,
-        }) = Capped::of(batch)
-        else {
-            return Ok(open);
-        };
-        let subjects: Vec<String> = users
-            .iter()
-            .map(|u| format!("hold-cap:u:{u}"))
-            .chain(devices.iter().map(|d| format!("hold-cap:d:{d}")))
-            .collect();
-        // Volatile functions in the select list run after the sort: the locks are taken in
-        // key order.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM \
-             (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s) AS keys \
-             ORDER BY k",
-        )
-        .bind(&subjects)
+/// Locks every account and device the batch names (see the module's doc), then counts
+/// their open holds at the batch's earliest clock reading. Nothing is locked or read when
+/// no request carries a cap. Call after the batch's sale locks.
+pub(crate) async fn lock_and_load(
+    conn: &mut PgConnection,
+    batch: &[ReserveRequest],
+) -> PortResult<OpenHolds> {
+    let mut open = OpenHolds::default();
+    let Some(capped) = Capped::of(batch) else {
+        return Ok(open);
+    };
+    let subjects: Vec<String> = capped
+        .users
+        .iter()
+        .map(|u| format!("hold-cap:u:{u}"))
+        .chain(capped.devices.iter().map(|d| format!("hold-cap:d:{d}")))
+        .collect();
+    // Volatile functions in the select list run after the sort: the locks are taken in
+    // key order.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+         (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s) AS keys \
+         ORDER BY k",
+    )
+    .bind(&subjects)
+    .fetch_all(&mut *conn)
+    .await
+    .port()?;
+    // One statement per column, whatever the batch's size (`= ANY` of one array).
+    for (column, ids, counts) in [
+        ("user_id", capped.users, &mut open.accounts),
+        ("device_id", capped.devices, &mut open.devices),
+    ] {
+        if ids.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        *counts = sqlx::query_as::<_, (String, i64)>(&format!(
+            "SELECT {column}, COUNT(*) FROM holds WHERE {column} = ANY($1) \
+                 AND state = 'active' AND expires_at > $2 GROUP BY {column}"
+        ))
+        .bind(&ids)
+        .bind(capped.now.0)
         .fetch_all(&mut *conn)
         .await
-        .port()?;
-        // One statement per column, whatever the batch's size (`= ANY` of one array).
-        for (column, ids, counts) in [
-            ("user_id", users, &mut open.0.accounts),
-            ("device_id", devices, &mut open.0.devices),
-        ] {
-            if ids.is_empty() {
-                continue;
-            }
-            let ids: Vec<String> = ids.into_iter().collect();
-            *counts = sqlx::query_as::<_, (String, i64)>(&format!(
-                "SELECT {column}, COUNT(*) FROM holds WHERE {column} = ANY($1) \
-                 AND state = 'active' AND expires_at > $2 GROUP BY {column}"
-            ))
-            .bind(&ids)
-            .bind(now.0)
-            .fetch_all(&mut *conn)
-            .await
-            .port()?
-            .into_iter()
-            .collect();
-        }
-        Ok(open)
+        .port()?
+        .into_iter()
+        .collect();
     }
+    Ok(open)
 }

@@ -13,11 +13,12 @@ use stampede_app::ports::{PortResult, ReserveRequest};
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, SaleId, UserId};
 use stampede_store_sql::engine::begin_write;
+use stampede_store_sql::hold_cap::OpenHolds;
 use stampede_store_sql::holds::{find_unlocked, judge_request};
 use stampede_store_sql::txstock::TxStock;
 
 use crate::error::OrPort;
-use crate::hold_cap::OpenHolds;
+use crate::hold_cap;
 
 /// Claims the hold's id in `hold_ids` and inserts the hold, in one statement; `false`
 /// (nothing written) if the id is taken. A concurrent claim of the same id by another
@@ -65,13 +66,10 @@ pub(crate) async fn reserve(
     let pairs: Vec<(&SaleId, &UserId)> = batch.iter().map(|r| (&r.sale_id, &r.user_id)).collect();
     stock.load_units(&mut tx, &pairs).await?;
     stock.load_drop_units(&mut tx, &pairs).await?;
-    let mut open = OpenHolds::lock_and_load(&mut tx, batch).await?;
+    let mut open = hold_cap::lock_and_load(&mut tx, batch).await?;
     // Ids already issued (retries after a lost reply), read after the sale locks: a retry of a
     // hold in a sale we now hold locked cannot be in flight elsewhere.
-    let ids: Vec<String> = batch
-        .iter()
-        .map(|r| r.hold_id.as_str().to_owned())
-        .collect();
+    let ids: Vec<String> = batch.iter().map(|r| r.hold_id.to_string()).collect();
     let mut issued: HashMap<String, (String, String)> =
         sqlx::query_as::<_, (String, String, String)>(
             "SELECT id, user_id, sale_id FROM hold_ids WHERE id = ANY($1)",
@@ -124,14 +122,12 @@ async fn reserve_one(
         tracing::warn!(hold = %req.hold_id, "hold id claimed concurrently for another sale");
         return Ok(Err(Refusal::SaleNotLive));
     }
-    issued.insert(
-        req.hold_id.as_str().to_owned(),
-        (
-            req.user_id.as_str().to_owned(),
-            req.sale_id.as_str().to_owned(),
-        ),
+    let owner = (
+        req.user_id.as_str().to_owned(),
+        req.sale_id.as_str().to_owned(),
     );
+    issued.insert(req.hold_id.as_str().to_owned(), owner);
     stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
-    open.opened(req);
+    open.opened(req, 1);
     Ok(Ok(hold))
 }

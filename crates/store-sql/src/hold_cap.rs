@@ -46,10 +46,7 @@ impl Capped {
         let now = capped.iter().map(|r| r.now).min()?;
         Some(Self {
             now,
-            users: capped
-                .iter()
-                .map(|r| r.user_id.as_str().to_owned())
-                .collect(),
+            users: capped.iter().map(|r| r.user_id.to_string()).collect(),
             devices: capped.iter().filter_map(|r| r.device_id.clone()).collect(),
         })
     }
@@ -78,38 +75,24 @@ impl OpenHolds {
         if req.hold_cap.is_off() {
             return Ok(());
         }
-        let account = self
-            .accounts
-            .get(req.user_id.as_str())
-            .copied()
-            .unwrap_or(0);
-        let device = req
-            .device_id
-            .as_deref()
-            .map(|d| self.devices.get(d).copied().unwrap_or(0));
-        judge_hold_cap(req.hold_cap, account, device)
+        let open = |of: &HashMap<String, i64>, id: &str| of.get(id).copied().unwrap_or(0);
+        let device = req.device_id.as_deref().map(|d| open(&self.devices, d));
+        judge_hold_cap(
+            req.hold_cap,
+            open(&self.accounts, req.user_id.as_str()),
+            device,
+        )
     }
 
-    /// The batch accepted a hold for this request: it counts for the requests after it.
-    pub fn opened(&mut self, req: &ReserveRequest) {
+    /// The batch accepted a hold for this request (`1`): it counts for the requests after it;
+    /// or a hold so counted was not written after all (`-1`: a retry's id collided).
+    pub fn opened(&mut self, req: &ReserveRequest, n: i64) {
         *self
             .accounts
             .entry(req.user_id.as_str().to_owned())
-            .or_default() += 1;
+            .or_default() += n;
         if let Some(device) = &req.device_id {
-            *self.devices.entry(device.clone()).or_default() += 1;
-        }
-    }
-
-    /// A hold counted by [`Self::opened`] was not written after all (a retry's id collided).
-    pub fn not_opened(&mut self, req: &ReserveRequest) {
-        if let Some(n) = self.accounts.get_mut(req.user_id.as_str()) {
-            *n -= 1;
-        }
-        if let Some(device) = &req.device_id {
-            if let Some(n) = self.devices.get_mut(device) {
-                *n -= 1;
-            }
+            *self.devices.entry(device.clone()).or_default() += n;
         }
     }
 }
@@ -148,48 +131,48 @@ pub async fn lapsed_holders<DB: Engine>(
     min_lapsed: u32,
     limit: u32,
 ) -> PortResult<(Vec<LapsedHolder>, Vec<LapsedHolder>)> {
-    let accounts = statement::<DB>(
-        "SELECT user_id AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at FROM holds \
-         WHERE state = 'expired' \
-         GROUP BY user_id HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, user_id LIMIT $2",
+    let accounts = lapsed_by(reader, "user_id", "user_id", min_lapsed, limit).await?;
+    let devices = lapsed_by(
+        reader,
+        "device_id",
+        DB::DISTINCT_USER_IDS,
+        min_lapsed,
+        limit,
     )
-    .int(i64::from(min_lapsed))
-    .int(i64::from(limit))
-    .all_in(reader)
     .await?;
+    Ok((accounts, devices))
+}
+
+/// [`lapsed_holders`] per value of `subject` (`user_id` or `device_id`); `users` aggregates
+/// the comma-separated accounts behind each.
+async fn lapsed_by<DB: Engine>(
+    reader: &Pool<DB>,
+    subject: &str,
+    users: &str,
+    min_lapsed: u32,
+    limit: u32,
+) -> PortResult<Vec<LapsedHolder>> {
     let sql = format!(
-        "SELECT device_id AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at, \
-         {} AS users FROM holds WHERE state = 'expired' AND device_id IS NOT NULL \
-         GROUP BY device_id HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, device_id LIMIT $2",
-        DB::DISTINCT_USER_IDS
+        "SELECT {subject} AS subject, COUNT(*) AS lapsed, MAX(expires_at) AS last_at, \
+         {users} AS users FROM holds WHERE state = 'expired' AND {subject} IS NOT NULL \
+         GROUP BY {subject} HAVING COUNT(*) >= $1 ORDER BY COUNT(*) DESC, {subject} LIMIT $2"
     );
-    let devices = statement::<DB>(&sql)
+    let found = statement::<DB>(&sql)
         .int(i64::from(min_lapsed))
         .int(i64::from(limit))
         .all_in(reader)
         .await?;
-    let holder = |row: &DB::Row, accounts: Vec<UserId>| -> PortResult<LapsedHolder> {
-        let lapsed: i64 = col(row, "lapsed")?;
-        Ok(LapsedHolder {
-            subject: col(row, "subject")?,
-            lapsed: u64::try_from(lapsed).unwrap_or(0),
-            last_lapsed_at: Timestamp(col(row, "last_at")?),
-            accounts,
-        })
-    };
-    let accounts = accounts
+    found
         .iter()
         .map(|row| {
-            let user: String = col(row, "subject")?;
-            holder(row, UserId::parse(&user).into_iter().collect())
-        })
-        .collect::<PortResult<_>>()?;
-    let devices = devices
-        .iter()
-        .map(|row| {
+            let lapsed: i64 = col(row, "lapsed")?;
             let users: String = col(row, "users")?;
-            holder(row, users.split(',').filter_map(UserId::parse).collect())
+            Ok(LapsedHolder {
+                subject: col(row, "subject")?,
+                lapsed: u64::try_from(lapsed).unwrap_or(0),
+                last_lapsed_at: Timestamp(col(row, "last_at")?),
+                accounts: users.split(',').filter_map(UserId::parse).collect(),
+            })
         })
-        .collect::<PortResult<_>>()?;
-    Ok((accounts, devices))
+        .collect()
 }

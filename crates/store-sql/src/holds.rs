@@ -22,19 +22,11 @@ use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
-use crate::judging::{lock_own, Judging};
+use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
 use crate::rows;
 use crate::txstock::TxStock;
 use crate::{hold_cols, hold_from, internal};
-
-/// The buyer's hold with this id, with its order's status.
-const SELECT_HOLD: &str = concat!(
-    "SELECT ",
-    hold_cols!(),
-    hold_from!(),
-    "WHERE h.user_id = $1 AND h.id = $2"
-);
 
 /// The buyer's hold with this id, with its order's status, read without a lock.
 pub async fn find_unlocked<DB: Judging>(
@@ -42,7 +34,13 @@ pub async fn find_unlocked<DB: Judging>(
     user: &UserId,
     id: &HoldId,
 ) -> PortResult<Option<FoundHold>> {
-    let row = statement::<DB>(SELECT_HOLD)
+    let sql = concat!(
+        "SELECT ",
+        hold_cols!(),
+        hold_from!(),
+        "WHERE h.user_id = $1 AND h.id = $2"
+    );
+    let row = statement::<DB>(sql)
         .text(user.as_str())
         .text(id.as_str())
         .first(conn)
@@ -87,9 +85,7 @@ pub async fn end<DB: Judging>(
     .text(id.as_str())
     .run(conn)
     .await?;
-    if done != 1 {
-        return Err(internal(format!("hold {id} was not active")));
-    }
+    exactly_one(done, format_args!("hold {id} was not active"))?;
     Ok(state)
 }
 
@@ -156,12 +152,11 @@ async fn own_changeable<DB: Judging>(
     id: &HoldId,
     now: Timestamp,
 ) -> PortResult<Result<Hold, HoldError>> {
-    let Some(row) = find(conn, user, id).await? else {
+    let found = find(conn, user, id).await?;
+    let Some(row) = found.filter(|r| &r.hold.user_id == user && r.hold.state == HoldState::Active)
+    else {
         return Ok(Err(HoldError::NotFound));
     };
-    if &row.hold.user_id != user || row.hold.state != HoldState::Active {
-        return Ok(Err(HoldError::NotFound));
-    }
     if !row.hold.is_live_at(now) {
         return Ok(Err(HoldError::Expired));
     }
@@ -220,19 +215,12 @@ pub async fn resize<DB: Judging>(
             .lock_sales_with_drops(&mut tx, &[&hold.sale_id])
             .await?;
         let more = quantity - hold.quantity;
-        match stock
-            .judge_more(&mut tx, &hold.sale_id, user, more, now)
-            .await?
-        {
-            None => {
-                return Err(internal(format!(
-                    "sale {} of hold {id} missing",
-                    hold.sale_id
-                )))
-            }
-            Some(Err(refusal)) => return Ok(Err(HoldError::Refused(refusal))),
-            Some(Ok(())) => stock.reserve(&hold.sale_id, user, more)?,
+        let verdict = stock.judge_more(&mut tx, &hold.sale_id, user, more, now);
+        let missing = || internal(format!("sale {} of hold {id} missing", hold.sale_id));
+        if let Err(refusal) = verdict.await?.ok_or_else(missing)? {
+            return Ok(Err(HoldError::Refused(refusal)));
         }
+        stock.reserve(&hold.sale_id, user, more)?;
     } else {
         stock.touch(&mut tx, &hold.sale_id, user).await?;
         stock.unhold(&hold.sale_id, user, hold.quantity - quantity)?;
@@ -245,13 +233,41 @@ pub async fn resize<DB: Judging>(
     .text(id.as_str())
     .run(&mut tx)
     .await?;
-    if done != 1 {
-        return Err(internal(format!("hold {id} was not active")));
-    }
+    exactly_one(done, format_args!("hold {id} was not active"))?;
     hold.quantity = quantity;
     stock.flush(&mut tx).await?;
     tx.commit().await.port()?;
     Ok(Ok(hold))
+}
+
+/// Active holds matching `cond`, earliest due first, locked for the rest of the transaction;
+/// `ints` bind `$1`, `$2`, …, the last one the limit. On PostgreSQL, holds another transaction
+/// has locked are skipped, not waited for.
+async fn lock_due<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    cond: &str,
+    ints: &[i64],
+) -> PortResult<Vec<Hold>> {
+    let sql = format!(
+        concat!(
+            "SELECT ",
+            hold_cols!(),
+            hold_from!(),
+            "WHERE h.state = 'active' AND {} ORDER BY h.expires_at, h.id LIMIT ${}{}"
+        ),
+        cond,
+        ints.len(),
+        DB::SKIP_LOCKED_HOLDS
+    );
+    let mut q = statement::<DB>(&sql);
+    for v in ints {
+        q = q.int(*v);
+    }
+    let found = q.all(conn).await?;
+    found
+        .iter()
+        .map(|r| rows::hold_row(r).map(|h| h.hold))
+        .collect()
 }
 
 /// The sweeper: ends up to `limit` due active holds as expired (earliest due first) and
@@ -265,42 +281,21 @@ pub async fn expire_due<DB: Judging>(
     limit: u32,
 ) -> PortResult<Vec<Hold>> {
     let mut tx = begin_write(writer).await?;
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            hold_cols!(),
-            hold_from!(),
-            "WHERE h.state = 'active' AND h.expires_at <= $1 ORDER BY h.expires_at, h.id \
-             LIMIT $2{}"
-        ),
-        DB::SKIP_LOCKED_HOLDS
-    );
-    let due = statement::<DB>(&sql)
-        .int(now.0)
-        .int(i64::from(limit))
-        .all(&mut tx)
-        .await?;
-    if due.is_empty() {
-        return Ok(Vec::new());
-    }
-    let due = due
-        .iter()
-        .map(|r| rows::hold_row(r).map(|h| h.hold))
-        .collect::<PortResult<Vec<_>>>()?;
+    let due = lock_due(&mut tx, "h.expires_at <= $1", &[now.0, i64::from(limit)]).await?;
     let mut stock = TxStock::default();
     let sales: Vec<&SaleId> = due.iter().map(|h| &h.sale_id).collect();
     stock.lock_sales(&mut tx, &sales).await?;
     let mut out = Vec::with_capacity(due.len());
     for mut hold in due {
         stock.touch(&mut tx, &hold.sale_id, &hold.user_id).await?;
-        hold.state = end(
+        let ended = end(
             &mut tx,
             &hold.user_id,
             &hold.id,
             hold.state,
             HoldState::Expired,
-        )
-        .await?;
+        );
+        hold.state = ended.await?;
         stock.unhold(&hold.sale_id, &hold.user_id, hold.quantity)?;
         out.push(hold);
     }
@@ -319,30 +314,16 @@ pub async fn warn_expiring<DB: Judging>(
     limit: u32,
 ) -> PortResult<usize> {
     let mut tx = begin_write(writer).await?;
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            hold_cols!(),
-            hold_from!(),
-            "WHERE h.state = 'active' AND NOT h.expiry_warned AND h.expires_at > $1 \
-             AND h.expires_at <= $2 ORDER BY h.expires_at, h.id LIMIT $3{}"
-        ),
-        DB::SKIP_LOCKED_HOLDS
-    );
-    let due = statement::<DB>(&sql)
-        .int(now.0)
-        .int(now.0.saturating_add(within_ms))
-        .int(i64::from(limit))
-        .all(&mut tx)
-        .await?;
-    for row in &due {
-        let hold = rows::hold_row(row)?.hold;
+    let cond = "NOT h.expiry_warned AND h.expires_at > $1 AND h.expires_at <= $2";
+    let until = now.0.saturating_add(within_ms);
+    let due = lock_due(&mut tx, cond, &[now.0, until, i64::from(limit)]).await?;
+    for hold in &due {
         statement::<DB>("UPDATE holds SET expiry_warned = TRUE WHERE user_id = $1 AND id = $2")
             .text(hold.user_id.as_str())
             .text(hold.id.as_str())
             .run(&mut tx)
             .await?;
-        write_event(&mut tx, &OutboxEvent::hold_expiring(&hold, now)).await?;
+        write_event(&mut tx, &OutboxEvent::hold_expiring(hold, now)).await?;
     }
     tx.commit().await.port()?;
     Ok(due.len())

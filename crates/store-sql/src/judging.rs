@@ -91,17 +91,11 @@ impl Judging for sqlx::Sqlite {
             let mut found = Vec::new();
             for chunk in pairs.chunks(PAIRS_PER_STATEMENT) {
                 let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "SELECT sale_id, user_id, units FROM user_units \
-                     WHERE (sale_id, user_id) IN (VALUES ",
+                    "SELECT sale_id, user_id, units FROM user_units WHERE (sale_id, user_id) IN (",
                 );
-                let mut list = qb.separated(", ");
-                for (sale, user) in chunk {
-                    list.push("(")
-                        .push_bind_unseparated(sale.clone())
-                        .push_unseparated(", ")
-                        .push_bind_unseparated(user.clone())
-                        .push_unseparated(")");
-                }
+                qb.push_values(chunk, |mut row, (sale, user)| {
+                    row.push_bind(sale.clone()).push_bind(user.clone());
+                });
                 qb.push(")");
                 found.extend(
                     qb.build_query_as::<(String, String, i64)>()
@@ -178,6 +172,16 @@ impl Judging for sqlx::Postgres {
             .port()
         })
     }
+}
+
+/// A guarded write (a status move, a hold still active, a sale's counters) must change exactly
+/// one row, or what `broken` names changed meanwhile (a race lost, or a bug): the transaction
+/// must not commit.
+pub(crate) fn exactly_one(done: u64, broken: impl std::fmt::Display) -> PortResult<()> {
+    if done != 1 {
+        return Err(crate::internal(broken));
+    }
+    Ok(())
 }
 
 /// Locks the buyer's row `id` of `table` (`holds` or `orders`, keyed by buyer) for the rest of

@@ -22,10 +22,10 @@ use sqlx::Pool;
 
 use stampede_app::ports::{
     Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortError, PortResult,
+    PaymentResult, PortResult,
 };
 use stampede_core::checkout::{
-    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, PlanError, Settlement,
+    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, Settlement,
 };
 use stampede_core::{
     HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
@@ -33,7 +33,7 @@ use stampede_core::{
 
 use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
-use crate::judging::{lock_own, Judging};
+use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
 use crate::rows::{self, col, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
@@ -45,11 +45,6 @@ fn payment_of(order: &Order) -> PortResult<&Payment> {
         .payment
         .as_ref()
         .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
-}
-
-/// A broken money rule in what this transaction read: a bug or a corrupt row.
-fn broken(e: PlanError) -> PortError {
-    internal(e)
 }
 
 /// The buyer's order with its items (in checkout order) and its payment.
@@ -95,16 +90,6 @@ async fn load_existing<DB: Judging>(
         .ok_or_else(|| internal(format!("order {id} vanished inside its transaction")))
 }
 
-/// The buyer who placed an order ([`Judging::ORDER_OWNER`]).
-async fn owner<DB: Judging>(conn: &mut impl Conn<DB>, id: &OrderId) -> PortResult<Option<UserId>> {
-    let row = statement::<DB>(DB::ORDER_OWNER)
-        .text(id.as_str())
-        .first(conn)
-        .await?;
-    row.map(|r| col(&r, "user_id").map(UserId::from_trusted))
-        .transpose()
-}
-
 /// Locks the buyer's order row for the rest of the transaction, then loads it: two answers
 /// for one order (a webhook and the synchronous reply, on two nodes) are applied one after
 /// the other, the second seeing the first's outcome.
@@ -117,15 +102,6 @@ async fn lock_and_load<DB: Judging>(
         return Ok(None);
     }
     load(conn, user, id).await
-}
-
-/// A guarded status move must change exactly one row, or `what` changed meanwhile (a race
-/// lost, or a bug): the transaction must not commit.
-fn moved_one(done: u64, what: impl std::fmt::Display) -> PortResult<()> {
-    if done != 1 {
-        return Err(internal(format!("{what} changed status meanwhile")));
-    }
-    Ok(())
 }
 
 /// Carries out a settlement the core planned for `order`: both status moves, each guarded by
@@ -149,7 +125,10 @@ async fn settle<DB: Judging>(
     .text(order.status.as_str())
     .run(conn)
     .await?;
-    moved_one(done, format_args!("order {}", order.id))?;
+    exactly_one(
+        done,
+        format_args!("order {} changed status meanwhile", order.id),
+    )?;
     let done = statement::<DB>(
         "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
          failure_reason = $3, updated_at = $4, gateway_owed = $7 \
@@ -164,7 +143,10 @@ async fn settle<DB: Judging>(
     .opt_text(plan.owed.map(GatewayOwed::as_str))
     .run(conn)
     .await?;
-    moved_one(done, format_args!("payment {}", payment.id))?;
+    exactly_one(
+        done,
+        format_args!("payment {} changed status meanwhile", payment.id),
+    )?;
     if plan.release_holds {
         statement::<DB>("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
             .text(order.user_id.as_str())
@@ -182,77 +164,6 @@ async fn settle<DB: Judging>(
     write_event(conn, &event).await
 }
 
-/// An answer that comes later: records the gateway's reference, and the time.
-async fn await_answer<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    order: &Order,
-    reference: &str,
-    now: Timestamp,
-) -> PortResult<()> {
-    statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
-        .text(reference)
-        .int(now.0)
-        .text(payment_of(order)?.id.as_str())
-        .run(conn)
-        .await?;
-    statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
-        .int(now.0)
-        .text(order.user_id.as_str())
-        .text(order.id.as_str())
-        .run(conn)
-        .await?;
-    Ok(())
-}
-
-/// Writes a new order: the order row, each hold taken into it, its lines (with their
-/// position, the checkout order) and its payment.
-async fn insert_order<DB: Judging>(conn: &mut impl Conn<DB>, order: &Order) -> PortResult<()> {
-    let payment = payment_of(order)?;
-    statement::<DB>(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .text(order.id.as_str())
-    .text(order.user_id.as_str())
-    .text(order.status.as_str())
-    .int(order.total.0)
-    .text(order.currency.as_str())
-    .int(order.created_at.0)
-    .run(conn)
-    .await?;
-    for item in &order.items {
-        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
-            .text(order.id.as_str())
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .run(conn)
-            .await?;
-    }
-    for (position, item) in (0_i64..).zip(&order.items) {
-        statement::<DB>(DB::INSERT_ORDER_ITEM)
-            .text(order.id.as_str())
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .text(item.sale_id.as_str())
-            .int(position)
-            .int(i64::from(item.quantity))
-            .int(item.unit_price.0)
-            .run(conn)
-            .await?;
-    }
-    statement::<DB>(DB::INSERT_PAYMENT)
-        .text(payment.id.as_str())
-        .text(order.id.as_str())
-        .text(order.user_id.as_str())
-        .text(payment.status.as_str())
-        .text(&payment.method)
-        .int(payment.amount.0)
-        .int(payment.updated_at.0)
-        .run(conn)
-        .await?;
-    Ok(())
-}
-
 /// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
 /// as the core's [`checkout::plan_checkout`] makes it of the holds found (each locked).
 pub async fn create<DB: Judging>(
@@ -268,49 +179,86 @@ pub async fn create<DB: Judging>(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    insert_order(&mut tx, &order).await?;
+    // The order row, each hold taken into it, its lines (with their position, the checkout
+    // order) and its payment.
+    let payment = payment_of(&order)?;
+    statement::<DB>(
+        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .text(order.id.as_str())
+    .text(order.user_id.as_str())
+    .text(order.status.as_str())
+    .int(order.total.0)
+    .text(order.currency.as_str())
+    .int(order.created_at.0)
+    .run(&mut tx)
+    .await?;
+    for (position, item) in (0_i64..).zip(&order.items) {
+        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .run(&mut tx)
+            .await?;
+        statement::<DB>(DB::INSERT_ORDER_ITEM)
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .text(item.sale_id.as_str())
+            .int(position)
+            .int(i64::from(item.quantity))
+            .int(item.unit_price.0)
+            .run(&mut tx)
+            .await?;
+    }
+    statement::<DB>(DB::INSERT_PAYMENT)
+        .text(payment.id.as_str())
+        .text(order.id.as_str())
+        .text(order.user_id.as_str())
+        .text(payment.status.as_str())
+        .text(&payment.method)
+        .int(payment.amount.0)
+        .int(payment.updated_at.0)
+        .run(&mut tx)
+        .await?;
     tx.commit().await.port()?;
     Ok(Ok(order))
 }
 
-/// The order's lines in checkout order, their holds locked for the rest of the transaction.
-async fn lines<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    user: &UserId,
-    order: &OrderId,
-) -> PortResult<Vec<OrderLine>> {
-    statement::<DB>(DB::ORDER_LINES)
-        .text(user.as_str())
-        .text(order.as_str())
-        .all(conn)
-        .await?
-        .iter()
-        .map(rows::order_line)
-        .collect()
-}
-
 /// Carries out, in memory, what the core's [`checkout::convert_line`] decides for each line of
-/// an authorization. Returns the hold endings to write, or `None` if some hold cannot be
-/// honoured (then `stock` must be discarded).
+/// the buyer's order `id` on an authorization. Returns the hold endings to write, or `None` if
+/// some hold cannot be honoured (then `stock` must be discarded).
 async fn convert<DB: Judging>(
     conn: &mut impl Conn<DB>,
     stock: &mut TxStock,
-    lines: &[OrderLine],
+    user: &UserId,
+    id: &OrderId,
     retake: bool,
     now: Timestamp,
 ) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
+    // The order's lines in checkout order, their holds locked for the rest of the transaction.
+    let found = statement::<DB>(DB::ORDER_LINES)
+        .text(user.as_str())
+        .text(id.as_str())
+        .all(conn)
+        .await?;
+    let lines = found
+        .iter()
+        .map(rows::order_line)
+        .collect::<PortResult<Vec<OrderLine>>>()?;
     let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
     // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
     // too, which needs the drop's other sales locked; a plain conversion does not.
-    if checkout::may_retake(lines, retake, now) {
+    if checkout::may_retake(&lines, retake, now) {
         stock.lock_sales_with_drops(conn, &sales).await?;
     } else {
         stock.lock_sales(conn, &sales).await?;
     }
     let mut endings = Vec::new();
-    for line in lines {
+    for line in &lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
-        let step = checkout::convert_line(line, retake, now).map_err(broken)?;
+        let step = checkout::convert_line(line, retake, now).map_err(internal)?;
         if let Some(to) = step.hold_ending() {
             endings.push((line.hold_id.clone(), line.state, to));
         }
@@ -343,48 +291,65 @@ pub async fn apply_payment<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<Option<PaymentApplied>> {
     let mut tx = begin_write(writer).await?;
-    let Some(user) = owner(&mut tx, id).await? else {
+    let owner = statement::<DB>(DB::ORDER_OWNER)
+        .text(id.as_str())
+        .first(&mut tx)
+        .await?;
+    let Some(user) = owner
+        .map(|r| col(&r, "user_id").map(UserId::from_trusted))
+        .transpose()?
+    else {
         return Ok(None);
     };
     let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
         return Ok(None);
     };
-    let applied = match checkout::plan_answer(&order, result).map_err(broken)? {
+    let lapsed = match checkout::plan_answer(&order, result).map_err(internal)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
-            await_answer(&mut tx, &order, &reference, now).await?;
-            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+            // An answer that comes later: records the gateway's reference, and the time.
+            statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
+                .text(&reference)
+                .int(now.0)
+                .text(payment_of(&order)?.id.as_str())
+                .run(&mut tx)
+                .await?;
+            statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
+                .int(now.0)
+                .text(user.as_str())
+                .text(id.as_str())
+                .run(&mut tx)
+                .await?;
+            false
         }
         AnswerPlan::Settle(plan) => {
             settle(&mut tx, &order, &plan, now).await?;
-            PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+            false
         }
         AnswerPlan::Convert { reference, retake } => {
-            let lines = lines(&mut tx, &user, id).await?;
             let mut stock = TxStock::default();
-            let endings = convert(&mut tx, &mut stock, &lines, retake, now).await?;
-            let plan =
-                checkout::plan_authorized(&order, &reference, endings.is_some()).map_err(broken)?;
-            match endings {
-                Some(endings) => {
-                    for (hold, from, to) in &endings {
-                        holds::end(&mut tx, &user, hold, *from, *to).await?;
-                    }
-                    stock.flush(&mut tx).await?;
-                    settle(&mut tx, &order, &plan, now).await?;
-                    PaymentApplied::Done(load_existing(&mut tx, &user, id).await?)
+            let endings = convert(&mut tx, &mut stock, &user, id, retake, now).await?;
+            let plan = checkout::plan_authorized(&order, &reference, endings.is_some())
+                .map_err(internal)?;
+            // All or nothing: without endings `stock` is dropped unflushed and no stock moves;
+            // the money must go back at the gateway.
+            if let Some(endings) = &endings {
+                for (hold, from, to) in endings {
+                    holds::end(&mut tx, &user, hold, *from, *to).await?;
                 }
-                None => {
-                    // All or nothing: no stock moved. The money must go back at the gateway.
-                    drop(stock);
-                    settle(&mut tx, &order, &plan, now).await?;
-                    PaymentApplied::HoldLapsed(load_existing(&mut tx, &user, id).await?)
-                }
+                stock.flush(&mut tx).await?;
             }
+            settle(&mut tx, &order, &plan, now).await?;
+            endings.is_none()
         }
     };
+    let order = load_existing(&mut tx, &user, id).await?;
     tx.commit().await.port()?;
-    Ok(Some(applied))
+    Ok(Some(if lapsed {
+        PaymentApplied::HoldLapsed(order)
+    } else {
+        PaymentApplied::Done(order)
+    }))
 }
 
 /// The order paid with this gateway reference.
@@ -446,52 +411,42 @@ pub async fn cancel<DB: Judging>(
     let Some(order) = lock_and_load(&mut tx, user, id).await? else {
         return Ok(None);
     };
-    let owed_now = owed_of(&mut tx, &order).await?;
-    let cancelled = match checkout::plan_cancel(&order, owed_now).map_err(broken)? {
+    // The money move still owed to the gateway for this order's payment.
+    let owed_now = statement::<DB>("SELECT gateway_owed FROM payments WHERE id = $1")
+        .text(payment_of(&order)?.id.as_str())
+        .first(&mut tx)
+        .await?;
+    let owed_now: Option<Option<String>> = owed_now.map(|r| col(&r, "gateway_owed")).transpose()?;
+    let owed_now = owed_now.flatten().as_deref().map(owed_word).transpose()?;
+    let (settlement, refunded) = match checkout::plan_cancel(&order, owed_now).map_err(internal)? {
         CancelPlan::Refund {
             settlement,
             reference,
             owed,
-        } => {
-            let mut stock = TxStock::default();
-            let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
-            stock.lock_sales(&mut tx, &sales).await?;
-            for (sale, quantity) in &settlement.stock_returned {
-                stock.touch(&mut tx, sale, user).await?;
-                stock.refund(sale, user, *quantity)?;
-            }
-            stock.flush(&mut tx).await?;
-            settle(&mut tx, &order, &settlement, now).await?;
-            Cancelled::Refunded {
-                order: load_existing(&mut tx, user, id).await?,
-                reference,
-                owed,
-            }
-        }
-        CancelPlan::Cancel(settlement) => {
-            settle(&mut tx, &order, &settlement, now).await?;
-            Cancelled::Cancelled(load_existing(&mut tx, user, id).await?)
-        }
+        } => (settlement, Some((reference, owed))),
+        CancelPlan::Cancel(settlement) => (settlement, None),
         CancelPlan::Refused(status) => return Ok(Some(Err(status))),
     };
+    // The stock the settlement returns (a refund's; none when a pending order is cancelled).
+    let mut stock = TxStock::default();
+    let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
+    stock.lock_sales(&mut tx, &sales).await?;
+    for (sale, quantity) in &settlement.stock_returned {
+        stock.touch(&mut tx, sale, user).await?;
+        stock.refund(sale, user, *quantity)?;
+    }
+    stock.flush(&mut tx).await?;
+    settle(&mut tx, &order, &settlement, now).await?;
+    let order = load_existing(&mut tx, user, id).await?;
     tx.commit().await.port()?;
-    Ok(Some(Ok(cancelled)))
-}
-
-/// The money move still owed to the gateway for this order's payment.
-async fn owed_of<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    order: &Order,
-) -> PortResult<Option<GatewayOwed>> {
-    let row = statement::<DB>("SELECT gateway_owed FROM payments WHERE id = $1")
-        .text(payment_of(order)?.id.as_str())
-        .first(conn)
-        .await?;
-    let word: Option<String> = match row {
-        Some(r) => col(&r, "gateway_owed")?,
-        None => None,
-    };
-    word.as_deref().map(owed_word).transpose()
+    Ok(Some(Ok(match refunded {
+        Some((reference, owed)) => Cancelled::Refunded {
+            order,
+            reference,
+            owed,
+        },
+        None => Cancelled::Cancelled(order),
+    })))
 }
 
 /// Reads a stored `gateway_owed` word.

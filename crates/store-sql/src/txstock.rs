@@ -27,33 +27,33 @@ use stampede_core::judge::{judge_reserve_in_drop, DropUnits, Refusal};
 use stampede_core::{DropId, Sale, SaleId, StockLevels, Timestamp, UserId};
 
 use crate::engine::{statement, Bind, Conn, Run};
-use crate::judging::Judging;
+use crate::judging::{exactly_one, Judging};
 use crate::rows::{self, col};
 use crate::{internal, sale_cols};
 
-struct CachedSale {
-    sale: Sale,
+/// A value read in this transaction; `dirty` once changed in memory.
+struct Cached<T> {
+    value: T,
     dirty: bool,
 }
 
-struct CachedUnits {
-    units: i64,
-    dirty: bool,
-}
-
-/// A drop's limit and its sales, as this transaction read them.
-struct CachedDrop {
-    per_user_limit: Option<u32>,
-    sales: Vec<SaleId>,
+impl<T> Cached<T> {
+    fn clean(value: T) -> Self {
+        Self {
+            value,
+            dirty: false,
+        }
+    }
 }
 
 /// The sales and per-buyer units one transaction has read, with its pending changes.
 #[derive(Default)]
 pub struct TxStock {
     /// `None`: looked up and not found (so a batch does not look again).
-    sales: BTreeMap<SaleId, Option<CachedSale>>,
-    units: BTreeMap<(SaleId, UserId), CachedUnits>,
-    drops: BTreeMap<DropId, Option<CachedDrop>>,
+    sales: BTreeMap<SaleId, Option<Cached<Sale>>>,
+    units: BTreeMap<(SaleId, UserId), Cached<i64>>,
+    /// A drop's per-buyer limit and its sales; `None`: missing, or without a limit.
+    drops: BTreeMap<DropId, Option<(u32, Vec<SaleId>)>>,
 }
 
 /// Rows per multi-row `user_units` write: well under SQLite's limit on bound parameters.
@@ -84,7 +84,7 @@ impl TxStock {
         for row in &DB::lock_sales(conn.conn(), strings).await? {
             let sale = rows::sale(row)?;
             self.sales
-                .insert(sale.id.clone(), Some(CachedSale { sale, dirty: false }));
+                .insert(sale.id.clone(), Some(Cached::clean(sale)));
         }
         for id in wanted {
             self.sales.entry(id.clone()).or_insert(None);
@@ -102,9 +102,6 @@ impl TxStock {
         conn: &mut impl Conn<DB>,
         ids: &[&SaleId],
     ) -> PortResult<()> {
-        if !DB::locks_rows() {
-            return Ok(());
-        }
         let wanted = ids.iter().map(|id| id.as_str().to_owned()).collect();
         let siblings: Vec<SaleId> = DB::drop_siblings(conn.conn(), wanted)
             .await?
@@ -127,18 +124,9 @@ impl TxStock {
         sale: &SaleId,
         user: &UserId,
     ) -> PortResult<Option<DropUnits>> {
-        let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
+        let Some((drop, limit, sales)) = self.limited_drop(conn, sale).await? else {
             return Ok(None);
         };
-        self.load_drop(conn, &drop).await?;
-        let Some(Some(CachedDrop {
-            per_user_limit: Some(limit),
-            sales,
-        })) = self.drops.get(&drop)
-        else {
-            return Ok(None);
-        };
-        let (limit, sales) = (*limit, sales.clone());
         if DB::locks_rows() {
             if let Some(unlocked) = sales.iter().find(|s| !self.sales.contains_key(*s)) {
                 return Err(internal(format!(
@@ -167,48 +155,44 @@ impl TxStock {
     ) -> PortResult<()> {
         let mut wanted: Vec<(SaleId, UserId)> = Vec::new();
         for (sale, user) in pairs {
-            let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
-                continue;
-            };
-            self.load_drop(conn, &drop).await?;
-            if let Some(Some(d)) = self.drops.get(&drop) {
-                if d.per_user_limit.is_some() {
-                    wanted.extend(d.sales.iter().map(|s| (s.clone(), (*user).clone())));
-                }
+            if let Some((_, _, sales)) = self.limited_drop(conn, sale).await? {
+                wanted.extend(sales.into_iter().map(|s| (s, (*user).clone())));
             }
         }
         let refs: Vec<(&SaleId, &UserId)> = wanted.iter().map(|(s, u)| (s, u)).collect();
         self.load_units(conn, &refs).await
     }
 
-    async fn load_drop<DB: Judging>(
+    /// The drop `sale` belongs to, its per-buyer limit and its sales (each drop read once per
+    /// transaction); `None` if the sale is in no drop or its drop has no limit.
+    async fn limited_drop<DB: Judging>(
         &mut self,
         conn: &mut impl Conn<DB>,
-        drop: &DropId,
-    ) -> PortResult<()> {
-        if self.drops.contains_key(drop) {
-            return Ok(());
-        }
-        let limit: Option<Option<i64>> =
-            statement::<DB>("SELECT per_user_limit FROM drops WHERE id = $1")
+        sale: &SaleId,
+    ) -> PortResult<Option<(DropId, u32, Vec<SaleId>)>> {
+        let Some(drop) = self.sale(conn, sale).await?.and_then(|s| s.drop_id.clone()) else {
+            return Ok(None);
+        };
+        if !self.drops.contains_key(&drop) {
+            let limit: Option<Option<i64>> =
+                statement::<DB>("SELECT per_user_limit FROM drops WHERE id = $1")
+                    .text(drop.as_str())
+                    .first(conn)
+                    .await?
+                    .map(|r| col(&r, "per_user_limit"))
+                    .transpose()?;
+            let sales = statement::<DB>("SELECT id FROM sales WHERE drop_id = $1 ORDER BY id")
                 .text(drop.as_str())
-                .first(conn)
+                .all(conn)
                 .await?
-                .map(|r| col(&r, "per_user_limit"))
-                .transpose()?;
-        let sales = statement::<DB>("SELECT id FROM sales WHERE drop_id = $1 ORDER BY id")
-            .text(drop.as_str())
-            .all(conn)
-            .await?
-            .iter()
-            .map(|r| col(r, "id").map(SaleId::from_trusted))
-            .collect::<PortResult<Vec<_>>>()?;
-        let cached = limit.map(|limit| CachedDrop {
-            per_user_limit: limit.and_then(|l| u32::try_from(l).ok()),
-            sales,
-        });
-        self.drops.insert(drop.clone(), cached);
-        Ok(())
+                .iter()
+                .map(|r| col(r, "id").map(SaleId::from_trusted))
+                .collect::<PortResult<Vec<_>>>()?;
+            let limit = limit.flatten().and_then(|l| u32::try_from(l).ok());
+            self.drops.insert(drop.clone(), limit.map(|l| (l, sales)));
+        }
+        let found = self.drops.get(&drop).cloned().flatten();
+        Ok(found.map(|(limit, sales)| (drop, limit, sales)))
     }
 
     /// Loads the units of many `(sale, user)` pairs not yet cached, in a constant number of
@@ -223,10 +207,7 @@ impl TxStock {
         for (sale, user) in pairs {
             let key = ((*sale).clone(), (*user).clone());
             if let Entry::Vacant(slot) = self.units.entry(key) {
-                slot.insert(CachedUnits {
-                    units: 0,
-                    dirty: false,
-                });
+                slot.insert(Cached::clean(0));
                 wanted.push((sale.as_str().to_owned(), user.as_str().to_owned()));
             }
         }
@@ -236,7 +217,7 @@ impl TxStock {
         for (sale, user, units) in DB::units_of(conn.conn(), wanted).await? {
             let key = (SaleId::from_trusted(sale), UserId::from_trusted(user));
             if let Some(c) = self.units.get_mut(&key) {
-                c.units = units;
+                c.value = units;
             }
         }
         Ok(())
@@ -256,12 +237,13 @@ impl TxStock {
             );
             let row = statement::<DB>(&sql).text(id.as_str()).first(conn).await?;
             let loaded = row.map(|r| rows::sale(&r)).transpose()?;
-            self.sales.insert(
-                id.clone(),
-                loaded.map(|sale| CachedSale { sale, dirty: false }),
-            );
+            self.sales.insert(id.clone(), loaded.map(Cached::clean));
         }
-        Ok(self.sales.get(id).and_then(Option::as_ref).map(|c| &c.sale))
+        Ok(self
+            .sales
+            .get(id)
+            .and_then(Option::as_ref)
+            .map(|c| &c.value))
     }
 
     /// Units `user` holds or owns in `sale`, as this transaction sees them.
@@ -274,7 +256,7 @@ impl TxStock {
         self.load_units(conn, &[(sale, user)]).await?;
         self.units
             .get(&(sale.clone(), user.clone()))
-            .map(|c| c.units)
+            .map(|c| c.value)
             .ok_or_else(|| internal(format!("units of {user} in {sale} not loaded")))
     }
 
@@ -315,28 +297,24 @@ impl TxStock {
     }
 
     fn stock_mut(&mut self, sale: &SaleId) -> PortResult<&mut StockLevels> {
-        match self.sales.get_mut(sale) {
-            Some(Some(c)) => {
-                c.dirty = true;
-                Ok(&mut c.sale.stock)
-            }
-            _ => Err(internal(format!(
-                "sale {sale} not loaded in this transaction"
-            ))),
-        }
+        let c = self.sales.get_mut(sale).and_then(Option::as_mut);
+        let c = c.ok_or_else(|| internal(format!("sale {sale} not loaded in this transaction")))?;
+        c.dirty = true;
+        Ok(&mut c.value.stock)
     }
 
     fn add_units(&mut self, sale: &SaleId, user: &UserId, delta: i64) -> PortResult<()> {
-        match self.units.get_mut(&(sale.clone(), user.clone())) {
-            Some(c) => {
-                c.dirty = true;
-                c.units += delta;
-                Ok(())
-            }
-            None => Err(internal(format!(
-                "units of {user} in {sale} not loaded in this transaction"
-            ))),
-        }
+        let c = self
+            .units
+            .get_mut(&(sale.clone(), user.clone()))
+            .ok_or_else(|| {
+                internal(format!(
+                    "units of {user} in {sale} not loaded in this transaction"
+                ))
+            })?;
+        c.dirty = true;
+        c.value += delta;
+        Ok(())
     }
 
     /// A new or grown hold: available → held, the buyer's units up.
@@ -379,7 +357,7 @@ impl TxStock {
             let Some(c) = cached.filter(|c| c.dirty) else {
                 continue;
             };
-            let s = c.sale.stock;
+            let s = c.value.stock;
             s.check()
                 .map_err(|v| internal(format!("refusing to write sale {id}: {v}")))?;
             let done = statement::<DB>(
@@ -393,15 +371,16 @@ impl TxStock {
             .int(s.total)
             .run(conn)
             .await?;
-            if done != 1 {
-                return Err(internal(format!("sale {id} changed under its transaction")));
-            }
+            exactly_one(
+                done,
+                format_args!("sale {id} changed under its transaction"),
+            )?;
         }
         let dirty: Vec<((SaleId, UserId), i64)> = self
             .units
             .into_iter()
             .filter(|(_, c)| c.dirty)
-            .map(|(k, c)| (k, c.units))
+            .map(|(k, c)| (k, c.value))
             .collect();
         if let Some(((sale, user), units)) = dirty.iter().find(|(_, n)| *n < 0) {
             return Err(internal(format!(

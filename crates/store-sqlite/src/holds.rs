@@ -10,9 +10,8 @@ use std::collections::HashSet;
 use sqlx::{SqliteConnection, SqlitePool};
 
 use stampede_app::ports::{PortResult, ReserveRequest};
-use stampede_core::checkout::FoundHold;
 use stampede_core::judge::Refusal;
-use stampede_core::{Hold, HoldId, SaleId, UserId};
+use stampede_core::{Hold, SaleId, UserId};
 use stampede_store_sql::engine::begin_write;
 use stampede_store_sql::holds::judge_request;
 use stampede_store_sql::rows::hold_row;
@@ -21,19 +20,6 @@ use stampede_store_sql::{hold_cols, hold_from};
 
 use crate::error::{internal, OrPort};
 use crate::hold_cap::OpenHolds;
-
-const SELECT_HOLD: &str = concat!("SELECT ", hold_cols!(), hold_from!(), "WHERE h.id = $1");
-
-/// The hold with this id, whoever's it is, with its order's status: a retried request's id
-/// may have been taken by another buyer or sale.
-async fn find(conn: &mut SqliteConnection, id: &HoldId) -> PortResult<Option<FoundHold>> {
-    let row = sqlx::query(SELECT_HOLD)
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .port()?;
-    row.map(|r| hold_row(&r)).transpose()
-}
 
 /// The group commit: judges every request in order inside one transaction.
 ///
@@ -75,7 +61,7 @@ pub(crate) async fn reserve(
         match judged {
             Ok(hold) => {
                 stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
-                open.opened(req);
+                open.opened(req, 1);
                 accepted.push((i, hold));
                 verdicts.push(None);
             }
@@ -85,20 +71,14 @@ pub(crate) async fn reserve(
 
     // The common case is fresh ids: insert them all, and look only at the ones that collided
     // (a retry of a request whose hold exists; its stock was taken by the first try).
-    let inserted = insert_many(
-        &mut tx,
-        accepted
-            .iter()
-            .map(|(i, h)| (h, batch[*i].device_id.as_deref())),
-    )
-    .await?;
+    let inserted = insert_many(&mut tx, batch, &accepted).await?;
     for (i, hold) in accepted {
         if inserted.contains(hold.id.as_str()) {
             verdicts[i] = Some(Ok(hold));
         } else {
             let req = &batch[i];
             stock.unhold(&req.sale_id, &req.user_id, req.quantity)?;
-            open.not_opened(req);
+            open.opened(req, -1);
             verdicts[i] = Some(already_held_or(&mut tx, req, Refusal::SaleNotLive).await?);
         }
     }
@@ -113,19 +93,20 @@ pub(crate) async fn reserve(
         .collect()
 }
 
-/// Inserts holds in multi-row statements, skipping ids that exist; returns the ids written.
-async fn insert_many<'h>(
+/// Inserts the accepted holds (each with its request's index in `batch`) in multi-row
+/// statements, skipping ids that exist; returns the ids written.
+async fn insert_many(
     conn: &mut SqliteConnection,
-    holds: impl Iterator<Item = (&'h Hold, Option<&'h str>)>,
+    batch: &[ReserveRequest],
+    accepted: &[(usize, Hold)],
 ) -> PortResult<HashSet<String>> {
-    let holds: Vec<(&Hold, Option<&str>)> = holds.collect();
-    let mut written = HashSet::with_capacity(holds.len());
-    for chunk in holds.chunks(HOLDS_PER_STATEMENT) {
+    let mut written = HashSet::with_capacity(accepted.len());
+    for chunk in accepted.chunks(HOLDS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
              created_at, expires_at, device_id) ",
         );
-        qb.push_values(chunk, |mut row, (h, device)| {
+        qb.push_values(chunk, |mut row, (i, h)| {
             row.push_bind(h.id.as_str().to_owned())
                 .push_bind(h.sale_id.as_str().to_owned())
                 .push_bind(h.user_id.as_str().to_owned())
@@ -135,7 +116,7 @@ async fn insert_many<'h>(
                 .push_bind(h.state.as_str())
                 .push_bind(h.created_at.0)
                 .push_bind(h.expires_at.0)
-                .push_bind(device.map(str::to_owned));
+                .push_bind(batch[*i].device_id.clone());
         });
         qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
         let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *conn).await.port()?;
@@ -148,14 +129,20 @@ async fn insert_many<'h>(
 const HOLDS_PER_STATEMENT: usize = 200;
 
 /// A retried request whose hold already exists gets that hold (its stock was taken once, by
-/// the first try); any other request gets `refusal`. Someone else's hold under the same id is
-/// never shown.
+/// the first try); any other request gets `refusal`. The hold is looked up by id alone, whoever's
+/// it is: someone else's hold under the same id is never shown.
 async fn already_held_or(
     conn: &mut SqliteConnection,
     req: &ReserveRequest,
     refusal: Refusal,
 ) -> PortResult<Result<Hold, Refusal>> {
-    match find(conn, &req.hold_id).await? {
+    let sql = concat!("SELECT ", hold_cols!(), hold_from!(), "WHERE h.id = $1");
+    let row = sqlx::query(sql)
+        .bind(req.hold_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .port()?;
+    match row.map(|r| hold_row(&r)).transpose()? {
         Some(existing)
             if existing.hold.user_id == req.user_id && existing.hold.sale_id == req.sale_id =>
         {
