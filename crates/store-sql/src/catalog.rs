@@ -12,7 +12,7 @@ use sqlx::Pool;
 use stampede_app::ports::{Browse, PortResult};
 use stampede_core::{DropEvent, DropId, Product, ProductId, ProductStatus, Sale, SaleStatus};
 
-use crate::engine::{statement, Bind, Engine, Run, Statement};
+use crate::engine::{find, statement, Bind, Engine, Run};
 use crate::rows::{self, col, col_money, col_ts, col_word, DbRow};
 use crate::{internal, sale_cols};
 
@@ -23,25 +23,6 @@ pub const PRODUCT_COLS: &str = "p.id, p.name, p.description, p.category, p.image
 /// Columns of [`drop_event`], from `drops d`.
 pub const DROP_COLS: &str = "d.id, d.name, d.description, d.category, d.starts_at, d.ends_at, \
      d.per_user_limit, d.created_at, d.updated_at";
-
-/// A new product; bind with [`bind_product`].
-pub const INSERT_PRODUCT: &str =
-    "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
-     currency, status, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-
-/// A product's new fields; bind with [`bind_product`] (`$9` is the update time).
-pub const UPDATE_PRODUCT: &str =
-    "UPDATE products SET name = $2, description = $3, category = $4, image_urls = $5, \
-     regular_price = $6, currency = $7, status = $8, updated_at = $9 WHERE id = $1";
-
-/// A new drop; bind with [`bind_drop`].
-pub const INSERT_DROP: &str = "INSERT INTO drops (id, name, description, category, starts_at, \
-     ends_at, per_user_limit, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
-/// A drop's new fields; bind with [`bind_drop`] (`$8` is the update time).
-pub const UPDATE_DROP: &str = "UPDATE drops SET name = $2, description = $3, category = $4, \
-     starts_at = $5, ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1";
 
 /// A `products` row.
 pub fn product<R: DbRow>(row: &R) -> PortResult<Product> {
@@ -79,15 +60,29 @@ pub fn drop_event<R: DbRow>(row: &R) -> PortResult<DropEvent> {
     })
 }
 
-/// Binds a product to [`INSERT_PRODUCT`] (`created_at` then `updated_at` last) or, with
-/// `insert` false, to [`UPDATE_PRODUCT`] (`updated_at` last).
-pub fn bind_product<'q, DB: Engine>(
-    q: Statement<'q, DB>,
-    p: &'q Product,
-    insert: bool,
-) -> PortResult<Statement<'q, DB>> {
+/// Stores a new product.
+pub async fn insert_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<()> {
+    put_product(writer, p, true).await.map(|_| ())
+}
+
+/// Writes a product's fields; `false` if it does not exist.
+pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<bool> {
+    put_product(writer, p, false).await
+}
+
+/// Inserts a product, or (`insert` false) writes an existing one's fields but its creation
+/// time; whether a row changed.
+async fn put_product<DB: Engine>(writer: &Pool<DB>, p: &Product, insert: bool) -> PortResult<bool> {
+    let sql = if insert {
+        "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
+         currency, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    } else {
+        "UPDATE products SET name = $2, description = $3, category = $4, image_urls = $5, \
+         regular_price = $6, currency = $7, status = $8, updated_at = $9 WHERE id = $1"
+    };
     let urls = serde_json::to_string(&p.image_urls).map_err(internal)?;
-    let q = q
+    let q = statement::<DB>(sql)
         .text(p.id.as_str())
         .text(&p.name)
         .text(&p.description)
@@ -97,41 +92,7 @@ pub fn bind_product<'q, DB: Engine>(
         .text(p.currency.as_str())
         .text(p.status.as_str());
     let q = if insert { q.int(p.created_at.0) } else { q };
-    Ok(q.int(p.updated_at.0))
-}
-
-/// Binds a drop to [`INSERT_DROP`] or, with `insert` false, to [`UPDATE_DROP`].
-pub fn bind_drop<'q, DB: Engine>(
-    q: Statement<'q, DB>,
-    d: &'q DropEvent,
-    insert: bool,
-) -> Statement<'q, DB> {
-    let q = q
-        .text(d.id.as_str())
-        .text(&d.name)
-        .text(&d.description)
-        .text(&d.category)
-        .int(d.starts_at.0)
-        .int(d.ends_at.0)
-        .opt_int(d.per_user_limit.map(i64::from));
-    let q = if insert { q.int(d.created_at.0) } else { q };
-    q.int(d.updated_at.0)
-}
-
-/// Stores a new product.
-pub async fn insert_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<()> {
-    bind_product(statement::<DB>(INSERT_PRODUCT), p, true)?
-        .run_in(writer)
-        .await?;
-    Ok(())
-}
-
-/// Writes a product's fields; `false` if it does not exist.
-pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<bool> {
-    let changed = bind_product(statement::<DB>(UPDATE_PRODUCT), p, false)?
-        .run_in(writer)
-        .await?;
-    Ok(changed == 1)
+    Ok(q.int(p.updated_at.0).run_in(writer).await? == 1)
 }
 
 /// One product.
@@ -140,27 +101,39 @@ pub async fn product_by_id<DB: Engine>(
     id: &ProductId,
 ) -> PortResult<Option<Product>> {
     let sql = format!("SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1");
-    let row = statement::<DB>(&sql)
-        .text(id.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| product(&r)).transpose()
+    find(reader, &sql, id.as_str(), product).await
 }
 
 /// Stores a new drop.
 pub async fn insert_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<()> {
-    bind_drop(statement::<DB>(INSERT_DROP), d, true)
-        .run_in(writer)
-        .await?;
-    Ok(())
+    put_drop(writer, d, true).await.map(|_| ())
 }
 
 /// Writes a drop's fields; `false` if it does not exist.
 pub async fn update_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<bool> {
-    let changed = bind_drop(statement::<DB>(UPDATE_DROP), d, false)
-        .run_in(writer)
-        .await?;
-    Ok(changed == 1)
+    put_drop(writer, d, false).await
+}
+
+/// Inserts a drop, or (`insert` false) writes an existing one's fields but its creation time;
+/// whether a row changed.
+async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, insert: bool) -> PortResult<bool> {
+    let sql = if insert {
+        "INSERT INTO drops (id, name, description, category, starts_at, ends_at, \
+         per_user_limit, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    } else {
+        "UPDATE drops SET name = $2, description = $3, category = $4, starts_at = $5, \
+         ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1"
+    };
+    let q = statement::<DB>(sql)
+        .text(d.id.as_str())
+        .text(&d.name)
+        .text(&d.description)
+        .text(&d.category)
+        .int(d.starts_at.0)
+        .int(d.ends_at.0)
+        .opt_int(d.per_user_limit.map(i64::from));
+    let q = if insert { q.int(d.created_at.0) } else { q };
+    Ok(q.int(d.updated_at.0).run_in(writer).await? == 1)
 }
 
 /// One drop.
@@ -169,11 +142,7 @@ pub async fn drop_by_id<DB: Engine>(
     id: &DropId,
 ) -> PortResult<Option<DropEvent>> {
     let sql = format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1");
-    let row = statement::<DB>(&sql)
-        .text(id.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| drop_event(&r)).transpose()
+    find(reader, &sql, id.as_str(), drop_event).await
 }
 
 /// A page of sales matching the browse.
@@ -210,14 +179,12 @@ pub async fn browse_products<DB: Engine>(
     let mut q = Browsing::new(format!("SELECT {PRODUCT_COLS} FROM products p WHERE 1 = 1"));
     q.common::<DB>("products", "p", b);
     if !b.product_statuses.is_empty() {
-        q.push(" AND p.status IN (");
-        for (i, status) in b.product_statuses.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.text(status.as_str());
-        }
-        q.push(")");
+        let statuses: Vec<String> = b
+            .product_statuses
+            .iter()
+            .map(|s| q.arg(Arg::Text(s.as_str().to_owned())))
+            .collect();
+        q.push(&format!(" AND p.status IN ({})", statuses.join(", ")));
     }
     q.page("p", b);
     q.rows(reader).await?.iter().map(product).collect()

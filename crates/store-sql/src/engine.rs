@@ -95,7 +95,7 @@ pub trait Engine: Database<Row: DbRow> {
 }
 
 macro_rules! engine {
-    ($db:ty, $begin:literal, { $($own:tt)* }) => {
+    ($db:ty, $conn:ty, $begin:literal, { $($own:tt)* }) => {
         impl Engine for $db {
             const BEGIN_WRITE: &'static str = $begin;
             fn execute<'c, 'q: 'c>(
@@ -137,10 +137,15 @@ macro_rules! engine {
             // The engine's own items.
             $($own)*
         }
+        impl Conn<$db> for $conn {
+            fn conn(&mut self) -> &mut Self {
+                self
+            }
+        }
     };
 }
 
-engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
+engine!(sqlx::Sqlite, sqlx::SqliteConnection, "BEGIN IMMEDIATE", {
     // Accounts, feeds, outbox, webhooks and the stock audit.
     const SKIP_LOCKED: &'static str = "";
     const FOR_UPDATE: &'static str = "";
@@ -168,7 +173,7 @@ engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
     const JSON_ARRAY_AGG: &'static str = "json_group_array";
     const DISTINCT_USER_IDS: &'static str = "group_concat(DISTINCT user_id)";
 });
-engine!(sqlx::Postgres, "BEGIN", {
+engine!(sqlx::Postgres, sqlx::PgConnection, "BEGIN", {
     // Accounts, feeds, outbox, webhooks and the stock audit.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
@@ -198,18 +203,6 @@ engine!(sqlx::Postgres, "BEGIN", {
     const JSON_ARRAY_AGG: &'static str = "json_agg";
     const DISTINCT_USER_IDS: &'static str = "string_agg(DISTINCT user_id, ',')";
 });
-
-impl Conn<sqlx::Sqlite> for sqlx::SqliteConnection {
-    fn conn(&mut self) -> &mut Self {
-        self
-    }
-}
-
-impl Conn<sqlx::Postgres> for sqlx::PgConnection {
-    fn conn(&mut self) -> &mut Self {
-        self
-    }
-}
 
 /// [`Engine`]'s binds as methods of the statement, so shared code reads like sqlx's own.
 pub trait Bind<'q>: Sized {
@@ -251,14 +244,6 @@ impl<'q, DB: Engine> Bind<'q> for Statement<'q, DB> {
 /// A new statement of engine `DB`.
 pub fn statement<DB: Engine>(sql: &str) -> Statement<'_, DB> {
     sqlx::query::<DB>(sql)
-}
-
-/// A statement of a plan, with what it must change.
-pub struct Write<'q, DB: Database> {
-    pub statement: Statement<'q, DB>,
-    /// `Some(what)`: it must change exactly one row, or `what` changed meanwhile (a race lost,
-    /// or a bug): the transaction must not commit.
-    pub exactly_one: Option<String>,
 }
 
 /// Where a statement can run: a connection of the engine, borrowed for the statement.
@@ -338,4 +323,25 @@ impl<'q, DB: Engine> Run<'q, DB> for Statement<'q, DB> {
 /// Starts a transaction that writes ([`Engine::BEGIN_WRITE`]).
 pub async fn begin_write<DB: Engine>(pool: &Pool<DB>) -> PortResult<Transaction<'static, DB>> {
     pool.begin_with(DB::BEGIN_WRITE).await.port()
+}
+
+/// The row a query finds by the text argument `key`, if any, read by `read`.
+pub async fn find<DB: Engine, T>(
+    pool: &Pool<DB>,
+    sql: &str,
+    key: &str,
+    read: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Option<T>> {
+    let row = statement::<DB>(sql).text(key).first_in(pool).await?;
+    row.map(|r| read(&r)).transpose()
+}
+
+/// The first row of a query that always yields one; an `Internal` error saying `missing` if
+/// it does not.
+pub async fn one<DB: Engine>(
+    q: Statement<'_, DB>,
+    on: &mut impl Conn<DB>,
+    missing: impl FnOnce() -> String,
+) -> PortResult<DB::Row> {
+    q.first(on).await?.ok_or_else(|| crate::internal(missing()))
 }

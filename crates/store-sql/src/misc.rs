@@ -12,7 +12,7 @@ use stampede_app::ports::{
 };
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -48,12 +48,11 @@ pub async fn idempotency_start<DB: Engine>(
          WHERE user_id = $1 AND key = $2{}",
         DB::FOR_UPDATE
     );
-    let row = statement::<DB>(&sql)
-        .text(user.as_str())
-        .text(key)
-        .first(&mut tx)
-        .await?
-        .ok_or_else(|| internal(format!("idempotency key {key} of {user} vanished")))?;
+    let q = statement::<DB>(&sql).text(user.as_str()).text(key);
+    let row = one(q, &mut tx, || {
+        format!("idempotency key {key} of {user} vanished")
+    })
+    .await?;
     let stored_hash: String = col(&row, "request_hash")?;
     let status: Option<i64> = col(&row, "status")?;
     let started_at = col_ts(&row, "started_at")?;

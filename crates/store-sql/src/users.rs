@@ -6,7 +6,7 @@ use sqlx::Pool;
 use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Conn, Engine, Run};
+use crate::engine::{begin_write, find, one, statement, Bind, Conn, Engine, Run};
 use crate::error::OrPort;
 use crate::rows::{self, col, col_ts, col_word, DbRow};
 use crate::user_cols;
@@ -48,12 +48,8 @@ pub async fn upsert_admin<DB: Engine>(
     .run(&mut tx)
     .await?;
     let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
-    let row = statement::<DB>(sql)
-        .text(&user.email)
-        .first(&mut tx)
-        .await?
-        .ok_or_else(|| crate::internal(format!("admin {} vanished", user.email)))?;
-    let stored = rows::user(&row)?;
+    let q = statement::<DB>(sql).text(&user.email);
+    let stored = rows::user(&one(q, &mut tx, || format!("admin {} vanished", user.email)).await?)?;
     tx.commit().await.port()?;
     Ok(stored)
 }
@@ -68,24 +64,19 @@ pub async fn credentials<DB: Engine>(
         user_cols!(),
         ", password_hash FROM users WHERE email = $1"
     );
-    let row = statement::<DB>(sql).text(email).first_in(reader).await?;
-    row.map(|r| {
+    find(reader, sql, email, |r| {
         Ok(Credentials {
-            user: rows::user(&r)?,
-            password_hash: col(&r, "password_hash")?,
+            user: rows::user(r)?,
+            password_hash: col(r, "password_hash")?,
         })
     })
-    .transpose()
+    .await
 }
 
 /// A user by id.
 pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &UserId) -> PortResult<Option<User>> {
     let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1");
-    let row = statement::<DB>(sql)
-        .text(id.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| rows::user(&r)).transpose()
+    find(reader, sql, id.as_str(), rows::user).await
 }
 
 /// Stores a new session if the account is active (`false` if not). The check and the insert are
@@ -119,22 +110,17 @@ pub async fn session<DB: Engine>(
     reader: &Pool<DB>,
     session_id: &str,
 ) -> PortResult<Option<Session>> {
-    let row = statement::<DB>(
-        "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
-         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'",
-    )
-    .text(session_id)
-    .first_in(reader)
-    .await?;
-    row.map(|r| {
+    let sql = "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
+         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'";
+    find(reader, sql, session_id, |r| {
         Ok(Session {
-            session_id: col(&r, "token_hash")?,
-            user_id: UserId::from_trusted(col(&r, "user_id")?),
-            role: col_word(&r, "role", Role::parse)?,
-            expires_at: col_ts(&r, "expires_at")?,
+            session_id: col(r, "token_hash")?,
+            user_id: UserId::from_trusted(col(r, "user_id")?),
+            role: col_word(r, "role", Role::parse)?,
+            expires_at: col_ts(r, "expires_at")?,
         })
     })
-    .transpose()
+    .await
 }
 
 /// Logs out: deletes the session and records its revocation until its expiry, in one
@@ -167,9 +153,7 @@ async fn end_sessions<DB: Engine>(
     let delete =
         format!("DELETE FROM sessions WHERE {column} = $1 RETURNING token_hash, expires_at");
     let rows = statement::<DB>(&delete).text(value).all(tx).await?;
-    rows.iter()
-        .map(|r| Ok((col(r, "token_hash")?, col_ts(r, "expires_at")?)))
-        .collect()
+    tokens(&rows, "token_hash")
 }
 
 /// Sessions ended early that would still be valid at `now`.
@@ -183,8 +167,13 @@ pub async fn revoked_sessions<DB: Engine>(
     .int(now.0)
     .all_in(reader)
     .await?;
+    tokens(&rows, "session_id")
+}
+
+/// Each row's session (its column `id`) with its expiry.
+fn tokens<R: DbRow>(rows: &[R], id: &str) -> PortResult<Vec<(String, Timestamp)>> {
     rows.iter()
-        .map(|r| Ok((col(r, "session_id")?, col_ts(r, "expires_at")?)))
+        .map(|r| Ok((col(r, id)?, col_ts(r, "expires_at")?)))
         .collect()
 }
 
@@ -201,20 +190,14 @@ pub async fn shared_secret<DB: Engine>(
     .text(candidate)
     .run_in(writer)
     .await?;
-    let row = statement::<DB>("SELECT value FROM settings WHERE name = $1")
-        .text(name)
-        .first_in(writer)
-        .await?
-        .ok_or_else(|| crate::internal(format!("setting {name} vanished")))?;
-    col(&row, "value")
-}
-
-fn account<R: DbRow>(row: &R) -> PortResult<UserAccount> {
-    Ok(UserAccount {
-        user: rows::user(row)?,
-        status: col_word(row, "status", UserStatus::parse)?,
-        status_reason: col(row, "status_reason")?,
-    })
+    find(
+        writer,
+        "SELECT value FROM settings WHERE name = $1",
+        name,
+        |r| col(r, "value"),
+    )
+    .await?
+    .ok_or_else(|| crate::internal(format!("setting {name} vanished")))
 }
 
 /// Sets the status; ends the sessions of an account that is no longer active, in one
@@ -255,11 +238,16 @@ pub async fn account_by_id<DB: Engine>(
         user_cols!(),
         ", status, status_reason FROM users WHERE id = $1"
     );
-    let row = statement::<DB>(sql)
-        .text(user.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| account(&r)).transpose()
+    find(reader, sql, user.as_str(), account).await
+}
+
+/// A `users` row with its status.
+fn account<R: DbRow>(row: &R) -> PortResult<UserAccount> {
+    Ok(UserAccount {
+        user: rows::user(row)?,
+        status: col_word(row, "status", UserStatus::parse)?,
+        status_reason: col(row, "status_reason")?,
+    })
 }
 
 /// Accounts matching `query` in email or name, by id, after `after`.
