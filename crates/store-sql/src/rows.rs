@@ -77,11 +77,6 @@ pub fn col_word<T, R: Column<String>>(
     parse(&s).ok_or_else(|| internal(format!("column {name}: unknown word {s:?}")))
 }
 
-/// Parses a payment status word.
-pub fn payment_status<R: Column<String>>(row: &R, name: &str) -> PortResult<PaymentStatus> {
-    col_word(row, name, PaymentStatus::parse)
-}
-
 /// Columns of [`user`].
 #[macro_export]
 macro_rules! user_cols {
@@ -217,7 +212,7 @@ pub fn payment<R: DbRow>(row: &R) -> PortResult<Payment> {
     Ok(Payment {
         id: PaymentId::from_trusted(col(row, "id")?),
         order_id: OrderId::from_trusted(col(row, "order_id")?),
-        status: payment_status(row, "status")?,
+        status: col_word(row, "status", PaymentStatus::parse)?,
         method: col(row, "method")?,
         reference: col(row, "reference")?,
         amount: col_money(row, "amount")?,
