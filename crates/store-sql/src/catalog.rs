@@ -12,7 +12,7 @@ use sqlx::Pool;
 use stampede_app::ports::{Browse, PortResult};
 use stampede_core::{DropEvent, DropId, Product, ProductId, ProductStatus, Sale, SaleStatus};
 
-use crate::engine::{find, statement, Bind, Engine, Run};
+use crate::engine::{find, statement, Arg, Bind, Engine, Run};
 use crate::rows::{self, col, col_money, col_ts, col_word, DbRow};
 use crate::{internal, sale_cols};
 
@@ -147,15 +147,10 @@ pub async fn drop_by_id<DB: Engine>(
 
 /// A page of sales matching the browse.
 pub async fn browse_sales<DB: Engine>(reader: &Pool<DB>, b: &Browse) -> PortResult<Vec<Sale>> {
-    let cols = sale_cols!()
-        .split(", ")
-        .map(|c| format!("s.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut q = Browsing::new(format!("SELECT {cols} FROM sales s WHERE 1 = 1"));
+    let mut q = Browsing::new(concat!("SELECT ", sale_cols!(), " FROM sales s WHERE 1 = 1").into());
     q.common::<DB>("sales", "s", b);
     if let Some(drop) = &b.drop_id {
-        q.push(" AND s.drop_id = ").text(drop.as_str());
+        q.and("s.drop_id =", Arg::String(drop.as_str().to_owned()));
     }
     q.statuses("s", true, b);
     q.page("s", b);
@@ -182,24 +177,18 @@ pub async fn browse_products<DB: Engine>(
         let statuses: Vec<String> = b
             .product_statuses
             .iter()
-            .map(|s| q.arg(Arg::Text(s.as_str().to_owned())))
+            .map(|s| q.arg(Arg::String(s.as_str().to_owned())))
             .collect();
-        q.push(&format!(" AND p.status IN ({})", statuses.join(", ")));
+        let _ = write!(q.sql, " AND p.status IN ({})", statuses.join(", "));
     }
     q.page("p", b);
     q.rows(reader).await?.iter().map(product).collect()
 }
 
-/// An argument of a browse statement.
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
 /// A browse statement as it is built: its text, and its arguments in placeholder order.
 struct Browsing {
     sql: String,
-    args: Vec<Arg>,
+    args: Vec<Arg<'static>>,
 }
 
 impl Browsing {
@@ -210,37 +199,28 @@ impl Browsing {
         }
     }
 
-    fn push(&mut self, sql: &str) -> &mut Self {
-        self.sql.push_str(sql);
-        self
-    }
-
     /// Takes an argument; its placeholder (`$N`).
-    fn arg(&mut self, arg: Arg) -> String {
+    fn arg(&mut self, arg: Arg<'static>) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
 
-    /// A text argument, in place.
-    fn text(&mut self, v: &str) -> &mut Self {
-        let p = self.arg(Arg::Text(v.to_owned()));
-        self.push(&p)
-    }
-
-    /// An integer argument, in place.
-    fn int(&mut self, v: i64) -> &mut Self {
-        let p = self.arg(Arg::Int(v));
-        self.push(&p)
+    /// `AND` the condition `left` followed by the argument `arg`.
+    fn and(&mut self, left: &str, arg: Arg<'static>) {
+        let p = self.arg(arg);
+        let _ = write!(self.sql, " AND {left} {p}");
     }
 
     /// `AND` the conditions every browse shares: category, name, cursor.
     fn common<DB: Engine>(&mut self, table: &str, alias: &str, b: &Browse) {
         if let Some(category) = &b.category {
-            self.push(&format!(" AND {alias}.category = "))
-                .text(category);
+            self.and(
+                &format!("{alias}.category ="),
+                Arg::String(category.clone()),
+            );
         }
         if !b.words.is_empty() {
-            let param = self.arg(Arg::Text(DB::search_query(&b.words)));
+            let param = self.arg(Arg::String(DB::search_query(&b.words)));
             let _ = write!(
                 self.sql,
                 " AND {}",
@@ -248,83 +228,56 @@ impl Browsing {
             );
         }
         if let Some(after) = &b.after {
-            self.push(&format!(" AND {alias}.id > ")).text(after);
+            self.and(&format!("{alias}.id >"), Arg::String(after.clone()));
         }
     }
 
     /// `ORDER BY` the id and `LIMIT` the page.
     fn page(&mut self, alias: &str, b: &Browse) {
-        self.push(&format!(" ORDER BY {alias}.id LIMIT "))
-            .int(i64::from(b.limit));
+        let p = self.arg(Arg::Int(i64::from(b.limit)));
+        let _ = write!(self.sql, " ORDER BY {alias}.id LIMIT {p}");
     }
 
     /// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of
     /// the statuses at `b.now`; nothing when any status will do. Written to agree with
     /// `Sale::status_at` and `DropEvent::status_at`.
-    fn statuses(&mut self, alias: &str, with_control: bool, b: &Browse) {
+    fn statuses(&mut self, a: &str, with_control: bool, b: &Browse) {
         if b.statuses.is_empty() {
             return;
         }
-        let now = b.now.0;
-        let control = |word: &str| {
-            if with_control {
-                format!("{alias}.control = '{word}' AND ")
-            } else {
-                String::new()
-            }
+        // A drop is never paused: that condition alone takes no time argument.
+        let now = if with_control || b.statuses.iter().any(|s| *s != SaleStatus::Paused) {
+            self.arg(Arg::Int(b.now.0))
+        } else {
+            String::new()
         };
-        self.push(" AND (");
-        for (i, status) in b.statuses.iter().enumerate() {
-            if i > 0 {
-                self.push(" OR ");
-            }
-            match status {
-                SaleStatus::Ended => {
-                    if with_control {
-                        self.push(&format!("{alias}.control = 'stopped' OR "));
-                    }
-                    self.push(&format!("{alias}.ends_at <= ")).int(now);
-                }
-                SaleStatus::Scheduled => {
-                    if with_control {
-                        self.push(&format!("{alias}.control <> 'stopped' AND "));
-                    }
-                    self.push(&format!("{alias}.starts_at > "))
-                        .int(now)
-                        .push(&format!(" AND {alias}.ends_at > "))
-                        .int(now);
-                }
-                SaleStatus::Paused | SaleStatus::Live => {
-                    if !with_control && *status == SaleStatus::Paused {
-                        self.push("1 = 0");
-                        continue;
-                    }
-                    let word = if *status == SaleStatus::Paused {
-                        "paused"
-                    } else {
-                        "running"
-                    };
-                    self.push("(")
-                        .push(&control(word))
-                        .push(&format!("{alias}.starts_at <= "))
-                        .int(now)
-                        .push(&format!(" AND {alias}.ends_at > "))
-                        .int(now)
-                        .push(")");
-                }
-            }
-        }
-        self.push(")");
+        let control = |condition: &str| match with_control {
+            true => format!("{a}.control {condition} "),
+            false => String::new(),
+        };
+        let live = format!("{a}.starts_at <= {now} AND {a}.ends_at > {now}");
+        let conditions: Vec<String> = b
+            .statuses
+            .iter()
+            .map(|status| match status {
+                SaleStatus::Ended => format!("{}{a}.ends_at <= {now}", control("= 'stopped' OR")),
+                SaleStatus::Scheduled => format!(
+                    "{}{a}.starts_at > {now} AND {a}.ends_at > {now}",
+                    control("<> 'stopped' AND")
+                ),
+                SaleStatus::Paused if !with_control => "1 = 0".to_owned(),
+                SaleStatus::Paused => format!("({}{live})", control("= 'paused' AND")),
+                SaleStatus::Live => format!("({}{live})", control("= 'running' AND")),
+            })
+            .collect();
+        let _ = write!(self.sql, " AND ({})", conditions.join(" OR "));
     }
 
     /// Runs the statement on a connection of `reader`; every row.
-    async fn rows<DB: Engine>(&self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
+    async fn rows<DB: Engine>(self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
         let mut q = statement::<DB>(&self.sql);
-        for arg in &self.args {
-            q = match arg {
-                Arg::Text(v) => q.text(v),
-                Arg::Int(v) => q.int(*v),
-            };
+        for arg in self.args {
+            q = q.arg(arg);
         }
         q.all_in(reader).await
     }

@@ -74,17 +74,21 @@ pub async fn update<DB: Engine>(writer: &Pool<DB>, sale: &Sale) -> PortResult<bo
 
 /// One sale with its current counters.
 pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &SaleId) -> PortResult<Option<Sale>> {
-    let sql = concat!("SELECT ", sale_cols!(), " FROM sales WHERE id = $1");
-    find(reader, sql, id.as_str(), rows::sale).await
+    find(
+        reader,
+        &format!("{SALES} WHERE id = $1"),
+        id.as_str(),
+        rows::sale,
+    )
+    .await
 }
 
 /// Every sale, oldest first.
 pub async fn all<DB: Engine>(reader: &Pool<DB>) -> PortResult<Vec<Sale>> {
-    let sql = concat!(
-        "SELECT ",
-        sale_cols!(),
-        " FROM sales ORDER BY created_at, id"
-    );
-    let rows = statement::<DB>(sql).all_in(reader).await?;
+    let sql = format!("{SALES} ORDER BY created_at, id");
+    let rows = statement::<DB>(&sql).all_in(reader).await?;
     rows.iter().map(rows::sale).collect()
 }
+
+/// Columns and table of [`rows::sale`].
+const SALES: &str = concat!("SELECT ", sale_cols!(), " FROM sales");
