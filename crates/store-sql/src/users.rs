@@ -6,26 +6,39 @@ use sqlx::Pool;
 use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, find, one, statement, Bind, Conn, Engine, Run};
+use crate::engine::{begin_write, find, one, statement, Bind, Conn, Engine, Run, Statement};
 use crate::error::OrPort;
 use crate::rows::{self, col, col_ts, col_word, DbRow};
 use crate::user_cols;
 
+/// The `SELECT` of [`rows::user`]'s columns.
+const USERS: &str = concat!("SELECT ", user_cols!());
+
 /// Inserts a user; `false` if the email is taken.
 pub async fn insert<DB: Engine>(writer: &Pool<DB>, user: &User, hash: &str) -> PortResult<bool> {
-    let done = statement::<DB>(
-        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING",
-    )
-    .text(user.id.as_str())
-    .text(&user.email)
-    .text(&user.name)
-    .text(user.role.as_str())
-    .text(hash)
-    .int(user.created_at.0)
-    .run_in(writer)
-    .await?;
-    Ok(done == 1)
+    let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING";
+    Ok(new_user::<DB>(sql, user, user.role, hash)
+        .run_in(writer)
+        .await?
+        == 1)
+}
+
+/// `sql` (an insert into `users`: id, email, name, role, password hash, creation time) bound
+/// to `user` with role `role` and password hash `hash`.
+fn new_user<'q, DB: Engine>(
+    sql: &'q str,
+    user: &'q User,
+    role: Role,
+    hash: &'q str,
+) -> Statement<'q, DB> {
+    statement::<DB>(sql)
+        .text(user.id.as_str())
+        .text(&user.email)
+        .text(&user.name)
+        .text(role.as_str())
+        .text(hash)
+        .int(user.created_at.0)
 }
 
 /// Creates the admin, or promotes the user with this email and sets the password.
@@ -35,18 +48,12 @@ pub async fn upsert_admin<DB: Engine>(
     hash: &str,
 ) -> PortResult<User> {
     let mut tx = begin_write(writer).await?;
-    statement::<DB>(
-        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
-         VALUES ($1, $2, $3, 'admin', $4, $5) \
-         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash",
-    )
-    .text(user.id.as_str())
-    .text(&user.email)
-    .text(&user.name)
-    .text(hash)
-    .int(user.created_at.0)
-    .run(&mut tx)
-    .await?;
+    let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash";
+    new_user::<DB>(sql, user, Role::Admin, hash)
+        .run(&mut tx)
+        .await?;
     let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
     let q = statement::<DB>(sql).text(&user.email);
     let stored = rows::user(&one(q, &mut tx, || format!("admin {} vanished", user.email)).await?)?;
@@ -59,12 +66,8 @@ pub async fn credentials<DB: Engine>(
     reader: &Pool<DB>,
     email: &str,
 ) -> PortResult<Option<Credentials>> {
-    let sql = concat!(
-        "SELECT ",
-        user_cols!(),
-        ", password_hash FROM users WHERE email = $1"
-    );
-    find(reader, sql, email, |r| {
+    let sql = format!("{USERS}, password_hash FROM users WHERE email = $1");
+    find(reader, &sql, email, |r| {
         Ok(Credentials {
             user: rows::user(r)?,
             password_hash: col(r, "password_hash")?,
@@ -128,11 +131,8 @@ pub async fn session<DB: Engine>(
 pub async fn delete_session<DB: Engine>(writer: &Pool<DB>, session_id: &str) -> PortResult<bool> {
     let mut tx = begin_write(writer).await?;
     let ended = end_sessions(&mut tx, "token_hash", session_id).await?;
-    if ended.is_empty() {
-        return Ok(false);
-    }
     tx.commit().await.port()?;
-    Ok(true)
+    Ok(!ended.is_empty())
 }
 
 /// Deletes the sessions whose `column` is `value` and records their revocations (until each
@@ -233,12 +233,8 @@ pub async fn account_by_id<DB: Engine>(
     reader: &Pool<DB>,
     user: &UserId,
 ) -> PortResult<Option<UserAccount>> {
-    let sql = concat!(
-        "SELECT ",
-        user_cols!(),
-        ", status, status_reason FROM users WHERE id = $1"
-    );
-    find(reader, sql, user.as_str(), account).await
+    let sql = format!("{USERS}, status, status_reason FROM users WHERE id = $1");
+    find(reader, &sql, user.as_str(), account).await
 }
 
 /// A `users` row with its status.
@@ -258,14 +254,12 @@ pub async fn accounts<DB: Engine>(
     limit: u32,
 ) -> PortResult<Vec<UserAccount>> {
     let pattern = stampede_app::ports::contains_pattern(query);
-    let sql = concat!(
-        "SELECT ",
-        user_cols!(),
-        ", status, status_reason FROM users \
+    let sql = format!(
+        "{USERS}, status, status_reason FROM users \
          WHERE (lower(email) LIKE $1 ESCAPE '\\' OR lower(name) LIKE $1 ESCAPE '\\') \
          AND id > $2 ORDER BY id LIMIT $3"
     );
-    let rows = statement::<DB>(sql)
+    let rows = statement::<DB>(&sql)
         .string(pattern)
         .text(after.map(|a| a.as_str()).unwrap_or(""))
         .int(i64::from(limit))
