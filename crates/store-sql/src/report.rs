@@ -14,7 +14,7 @@ use stampede_core::{SaleId, StockLevels, UserId};
 use crate::engine::{one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
-use crate::rows::col;
+use crate::rows::{self, col};
 
 /// The judge's accounting of one sale, recomputed from holds and orders.
 pub async fn stock_audit<DB: Engine>(
@@ -31,12 +31,7 @@ pub async fn stock_audit<DB: Engine>(
     else {
         return Ok(None);
     };
-    let counters = StockLevels {
-        total: col(&row, "total_stock")?,
-        available: col(&row, "available")?,
-        held: col(&row, "held")?,
-        sold: col(&row, "sold")?,
-    };
+    let counters = rows::stock(&row)?;
     let limit: i64 = col(&row, "per_user_limit")?;
     let q = statement::<DB>(
         "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'active' THEN quantity END), 0) AS BIGINT) \

@@ -121,17 +121,22 @@ pub fn sale<R: DbRow>(row: &R) -> PortResult<Sale> {
         queue_required: col(row, "queue_required")?,
         hold_seconds: col_u32(row, "hold_seconds")?,
         control: col_word(row, "control", SaleControl::parse)?,
-        stock: StockLevels {
-            total: col(row, "total_stock")?,
-            available: col(row, "available")?,
-            held: col(row, "held")?,
-            sold: col(row, "sold")?,
-        },
+        stock: stock(row)?,
         product_id: col::<Option<String>>(row, "product_id")?.map(ProductId::from_trusted),
         drop_id: col::<Option<String>>(row, "drop_id")?.map(DropId::from_trusted),
         category: col(row, "category")?,
         created_at: col_ts(row, "created_at")?,
         updated_at: col_ts(row, "updated_at")?,
+    })
+}
+
+/// A sale's counters (`total_stock`, `available`, `held`, `sold`).
+pub fn stock<R: DbRow>(row: &R) -> PortResult<StockLevels> {
+    Ok(StockLevels {
+        total: col(row, "total_stock")?,
+        available: col(row, "available")?,
+        held: col(row, "held")?,
+        sold: col(row, "sold")?,
     })
 }
 
