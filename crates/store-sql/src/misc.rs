@@ -12,7 +12,7 @@ use stampede_app::ports::{
 };
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, one, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, find, one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -122,11 +122,8 @@ pub async fn idempotency_abandon<DB: Engine>(
 
 /// Whether a webhook event id has been recorded.
 pub async fn webhook_event_seen<DB: Engine>(reader: &Pool<DB>, event_id: &str) -> PortResult<bool> {
-    let row = statement::<DB>("SELECT 1 FROM webhook_events WHERE event_id = $1")
-        .text(event_id)
-        .first_in(reader)
-        .await?;
-    Ok(row.is_some())
+    let sql = "SELECT 1 FROM webhook_events WHERE event_id = $1";
+    Ok(find(reader, sql, event_id, |_| Ok(())).await?.is_some())
 }
 
 /// Records a webhook event id; `false` if it was already seen.
