@@ -16,19 +16,6 @@ use crate::error::OrPort;
 pub(crate) async fn append(pool: &PgPool, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
     // One row per buyer per statement: ON CONFLICT may not touch a row twice.
     let batch = stampede_app::durable_room::fold_batch(batch);
-    let sales: Vec<&str> = batch.iter().map(|(s, _)| s.as_str()).collect();
-    let users: Vec<&str> = batch.iter().map(|(_, e)| e.user_id.as_str()).collect();
-    let devices: Vec<&str> = batch.iter().map(|(_, e)| e.device_id.as_str()).collect();
-    let ranks: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.rank.map(to_i64)).collect();
-    let pre_seqs: Vec<Option<i64>> = batch.iter().map(|(_, e)| e.pre_seq.map(to_i64)).collect();
-    let stages: Vec<i64> = batch.iter().map(|(_, e)| i64::from(e.stage())).collect();
-    let states: Vec<&str> = batch.iter().map(|(_, e)| e.state_word()).collect();
-    let untils: Vec<i64> = batch.iter().map(|(_, e)| e.until_ms).collect();
-    let won: Vec<i64> = batch
-        .iter()
-        .map(|(_, e)| i64::from(e.lottery_won))
-        .collect();
-    let units: Vec<i64> = batch.iter().map(|(_, e)| to_i64(e.units)).collect();
     let sql = format!(
         "INSERT INTO room_log AS l ({ENTRY_COLS}) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
@@ -36,18 +23,26 @@ pub(crate) async fn append(pool: &PgPool, batch: &[(SaleId, LoggedEntry)]) -> Po
         room_log::upsert_tail::<Postgres>()
     );
     sqlx::query(&sql)
-        .bind(&sales)
-        .bind(&users)
-        .bind(&devices)
-        .bind(&ranks)
-        .bind(&pre_seqs)
-        .bind(&stages)
-        .bind(&states)
-        .bind(&untils)
-        .bind(&won)
-        .bind(&units)
+        .bind(column(&batch, |(s, _)| s.as_str()))
+        .bind(column(&batch, |(_, e)| e.user_id.as_str()))
+        .bind(column(&batch, |(_, e)| e.device_id.as_str()))
+        .bind(column(&batch, |(_, e)| e.rank.map(to_i64)))
+        .bind(column(&batch, |(_, e)| e.pre_seq.map(to_i64)))
+        .bind(column(&batch, |(_, e)| i64::from(e.stage())))
+        .bind(column(&batch, |(_, e)| e.state_word()))
+        .bind(column(&batch, |(_, e)| e.until_ms))
+        .bind(column(&batch, |(_, e)| i64::from(e.lottery_won)))
+        .bind(column(&batch, |(_, e)| to_i64(e.units)))
         .execute(pool)
         .await
         .port()
         .map(|_| ())
+}
+
+/// One column of the batch, as an array for `UNNEST`.
+fn column<'a, T>(
+    batch: &'a [(SaleId, LoggedEntry)],
+    value: impl Fn(&'a (SaleId, LoggedEntry)) -> T,
+) -> Vec<T> {
+    batch.iter().map(value).collect()
 }

@@ -12,7 +12,7 @@ use sqlx::Pool;
 use stampede_app::ports::{Browse, PortResult};
 use stampede_core::{DropEvent, DropId, Product, ProductId, ProductStatus, Sale, SaleStatus};
 
-use crate::engine::{statement, Bind, Engine, Run, Statement};
+use crate::engine::{find, statement, Arg, Bind, Engine, Run};
 use crate::rows::{self, col, col_money, col_ts, col_word, DbRow};
 use crate::{internal, sale_cols};
 
@@ -23,25 +23,6 @@ pub const PRODUCT_COLS: &str = "p.id, p.name, p.description, p.category, p.image
 /// Columns of [`drop_event`], from `drops d`.
 pub const DROP_COLS: &str = "d.id, d.name, d.description, d.category, d.starts_at, d.ends_at, \
      d.per_user_limit, d.created_at, d.updated_at";
-
-/// A new product; bind with [`bind_product`].
-pub const INSERT_PRODUCT: &str =
-    "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
-     currency, status, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-
-/// A product's new fields; bind with [`bind_product`] (`$9` is the update time).
-pub const UPDATE_PRODUCT: &str =
-    "UPDATE products SET name = $2, description = $3, category = $4, image_urls = $5, \
-     regular_price = $6, currency = $7, status = $8, updated_at = $9 WHERE id = $1";
-
-/// A new drop; bind with [`bind_drop`].
-pub const INSERT_DROP: &str = "INSERT INTO drops (id, name, description, category, starts_at, \
-     ends_at, per_user_limit, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
-/// A drop's new fields; bind with [`bind_drop`] (`$8` is the update time).
-pub const UPDATE_DROP: &str = "UPDATE drops SET name = $2, description = $3, category = $4, \
-     starts_at = $5, ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1";
 
 /// A `products` row.
 pub fn product<R: DbRow>(row: &R) -> PortResult<Product> {
@@ -79,15 +60,29 @@ pub fn drop_event<R: DbRow>(row: &R) -> PortResult<DropEvent> {
     })
 }
 
-/// Binds a product to [`INSERT_PRODUCT`] (`created_at` then `updated_at` last) or, with
-/// `insert` false, to [`UPDATE_PRODUCT`] (`updated_at` last).
-pub fn bind_product<'q, DB: Engine>(
-    q: Statement<'q, DB>,
-    p: &'q Product,
-    insert: bool,
-) -> PortResult<Statement<'q, DB>> {
+/// Stores a new product.
+pub async fn insert_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<()> {
+    put_product(writer, p, true).await.map(|_| ())
+}
+
+/// Writes a product's fields; `false` if it does not exist.
+pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<bool> {
+    put_product(writer, p, false).await
+}
+
+/// Inserts a product, or (`insert` false) writes an existing one's fields but its creation
+/// time; whether a row changed.
+async fn put_product<DB: Engine>(writer: &Pool<DB>, p: &Product, insert: bool) -> PortResult<bool> {
+    let sql = if insert {
+        "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
+         currency, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    } else {
+        "UPDATE products SET name = $2, description = $3, category = $4, image_urls = $5, \
+         regular_price = $6, currency = $7, status = $8, updated_at = $9 WHERE id = $1"
+    };
     let urls = serde_json::to_string(&p.image_urls).map_err(internal)?;
-    let q = q
+    let q = statement::<DB>(sql)
         .text(p.id.as_str())
         .text(&p.name)
         .text(&p.description)
@@ -97,41 +92,7 @@ pub fn bind_product<'q, DB: Engine>(
         .text(p.currency.as_str())
         .text(p.status.as_str());
     let q = if insert { q.int(p.created_at.0) } else { q };
-    Ok(q.int(p.updated_at.0))
-}
-
-/// Binds a drop to [`INSERT_DROP`] or, with `insert` false, to [`UPDATE_DROP`].
-pub fn bind_drop<'q, DB: Engine>(
-    q: Statement<'q, DB>,
-    d: &'q DropEvent,
-    insert: bool,
-) -> Statement<'q, DB> {
-    let q = q
-        .text(d.id.as_str())
-        .text(&d.name)
-        .text(&d.description)
-        .text(&d.category)
-        .int(d.starts_at.0)
-        .int(d.ends_at.0)
-        .opt_int(d.per_user_limit.map(i64::from));
-    let q = if insert { q.int(d.created_at.0) } else { q };
-    q.int(d.updated_at.0)
-}
-
-/// Stores a new product.
-pub async fn insert_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<()> {
-    bind_product(statement::<DB>(INSERT_PRODUCT), p, true)?
-        .run_in(writer)
-        .await?;
-    Ok(())
-}
-
-/// Writes a product's fields; `false` if it does not exist.
-pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<bool> {
-    let changed = bind_product(statement::<DB>(UPDATE_PRODUCT), p, false)?
-        .run_in(writer)
-        .await?;
-    Ok(changed == 1)
+    Ok(q.int(p.updated_at.0).run_in(writer).await? == 1)
 }
 
 /// One product.
@@ -140,27 +101,39 @@ pub async fn product_by_id<DB: Engine>(
     id: &ProductId,
 ) -> PortResult<Option<Product>> {
     let sql = format!("SELECT {PRODUCT_COLS} FROM products p WHERE p.id = $1");
-    let row = statement::<DB>(&sql)
-        .text(id.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| product(&r)).transpose()
+    find(reader, &sql, id.as_str(), product).await
 }
 
 /// Stores a new drop.
 pub async fn insert_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<()> {
-    bind_drop(statement::<DB>(INSERT_DROP), d, true)
-        .run_in(writer)
-        .await?;
-    Ok(())
+    put_drop(writer, d, true).await.map(|_| ())
 }
 
 /// Writes a drop's fields; `false` if it does not exist.
 pub async fn update_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<bool> {
-    let changed = bind_drop(statement::<DB>(UPDATE_DROP), d, false)
-        .run_in(writer)
-        .await?;
-    Ok(changed == 1)
+    put_drop(writer, d, false).await
+}
+
+/// Inserts a drop, or (`insert` false) writes an existing one's fields but its creation time;
+/// whether a row changed.
+async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, insert: bool) -> PortResult<bool> {
+    let sql = if insert {
+        "INSERT INTO drops (id, name, description, category, starts_at, ends_at, \
+         per_user_limit, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    } else {
+        "UPDATE drops SET name = $2, description = $3, category = $4, starts_at = $5, \
+         ends_at = $6, per_user_limit = $7, updated_at = $8 WHERE id = $1"
+    };
+    let q = statement::<DB>(sql)
+        .text(d.id.as_str())
+        .text(&d.name)
+        .text(&d.description)
+        .text(&d.category)
+        .int(d.starts_at.0)
+        .int(d.ends_at.0)
+        .opt_int(d.per_user_limit.map(i64::from));
+    let q = if insert { q.int(d.created_at.0) } else { q };
+    Ok(q.int(d.updated_at.0).run_in(writer).await? == 1)
 }
 
 /// One drop.
@@ -169,24 +142,15 @@ pub async fn drop_by_id<DB: Engine>(
     id: &DropId,
 ) -> PortResult<Option<DropEvent>> {
     let sql = format!("SELECT {DROP_COLS} FROM drops d WHERE d.id = $1");
-    let row = statement::<DB>(&sql)
-        .text(id.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| drop_event(&r)).transpose()
+    find(reader, &sql, id.as_str(), drop_event).await
 }
 
 /// A page of sales matching the browse.
 pub async fn browse_sales<DB: Engine>(reader: &Pool<DB>, b: &Browse) -> PortResult<Vec<Sale>> {
-    let cols = sale_cols!()
-        .split(", ")
-        .map(|c| format!("s.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut q = Browsing::new(format!("SELECT {cols} FROM sales s WHERE 1 = 1"));
+    let mut q = Browsing::new(concat!("SELECT ", sale_cols!(), " FROM sales s WHERE 1 = 1").into());
     q.common::<DB>("sales", "s", b);
     if let Some(drop) = &b.drop_id {
-        q.push(" AND s.drop_id = ").text(drop.as_str());
+        q.and("s.drop_id =", Arg::String(drop.as_str().to_owned()));
     }
     q.statuses("s", true, b);
     q.page("s", b);
@@ -210,29 +174,21 @@ pub async fn browse_products<DB: Engine>(
     let mut q = Browsing::new(format!("SELECT {PRODUCT_COLS} FROM products p WHERE 1 = 1"));
     q.common::<DB>("products", "p", b);
     if !b.product_statuses.is_empty() {
-        q.push(" AND p.status IN (");
-        for (i, status) in b.product_statuses.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.text(status.as_str());
-        }
-        q.push(")");
+        let statuses: Vec<String> = b
+            .product_statuses
+            .iter()
+            .map(|s| q.arg(Arg::String(s.as_str().to_owned())))
+            .collect();
+        let _ = write!(q.sql, " AND p.status IN ({})", statuses.join(", "));
     }
     q.page("p", b);
     q.rows(reader).await?.iter().map(product).collect()
 }
 
-/// An argument of a browse statement.
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
 /// A browse statement as it is built: its text, and its arguments in placeholder order.
 struct Browsing {
     sql: String,
-    args: Vec<Arg>,
+    args: Vec<Arg<'static>>,
 }
 
 impl Browsing {
@@ -243,37 +199,28 @@ impl Browsing {
         }
     }
 
-    fn push(&mut self, sql: &str) -> &mut Self {
-        self.sql.push_str(sql);
-        self
-    }
-
     /// Takes an argument; its placeholder (`$N`).
-    fn arg(&mut self, arg: Arg) -> String {
+    fn arg(&mut self, arg: Arg<'static>) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
 
-    /// A text argument, in place.
-    fn text(&mut self, v: &str) -> &mut Self {
-        let p = self.arg(Arg::Text(v.to_owned()));
-        self.push(&p)
-    }
-
-    /// An integer argument, in place.
-    fn int(&mut self, v: i64) -> &mut Self {
-        let p = self.arg(Arg::Int(v));
-        self.push(&p)
+    /// `AND` the condition `left` followed by the argument `arg`.
+    fn and(&mut self, left: &str, arg: Arg<'static>) {
+        let p = self.arg(arg);
+        let _ = write!(self.sql, " AND {left} {p}");
     }
 
     /// `AND` the conditions every browse shares: category, name, cursor.
     fn common<DB: Engine>(&mut self, table: &str, alias: &str, b: &Browse) {
         if let Some(category) = &b.category {
-            self.push(&format!(" AND {alias}.category = "))
-                .text(category);
+            self.and(
+                &format!("{alias}.category ="),
+                Arg::String(category.clone()),
+            );
         }
         if !b.words.is_empty() {
-            let param = self.arg(Arg::Text(DB::search_query(&b.words)));
+            let param = self.arg(Arg::String(DB::search_query(&b.words)));
             let _ = write!(
                 self.sql,
                 " AND {}",
@@ -281,83 +228,56 @@ impl Browsing {
             );
         }
         if let Some(after) = &b.after {
-            self.push(&format!(" AND {alias}.id > ")).text(after);
+            self.and(&format!("{alias}.id >"), Arg::String(after.clone()));
         }
     }
 
     /// `ORDER BY` the id and `LIMIT` the page.
     fn page(&mut self, alias: &str, b: &Browse) {
-        self.push(&format!(" ORDER BY {alias}.id LIMIT "))
-            .int(i64::from(b.limit));
+        let p = self.arg(Arg::Int(i64::from(b.limit)));
+        let _ = write!(self.sql, " ORDER BY {alias}.id LIMIT {p}");
     }
 
     /// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of
     /// the statuses at `b.now`; nothing when any status will do. Written to agree with
     /// `Sale::status_at` and `DropEvent::status_at`.
-    fn statuses(&mut self, alias: &str, with_control: bool, b: &Browse) {
+    fn statuses(&mut self, a: &str, with_control: bool, b: &Browse) {
         if b.statuses.is_empty() {
             return;
         }
-        let now = b.now.0;
-        let control = |word: &str| {
-            if with_control {
-                format!("{alias}.control = '{word}' AND ")
-            } else {
-                String::new()
-            }
+        // A drop is never paused: that condition alone takes no time argument.
+        let now = if with_control || b.statuses.iter().any(|s| *s != SaleStatus::Paused) {
+            self.arg(Arg::Int(b.now.0))
+        } else {
+            String::new()
         };
-        self.push(" AND (");
-        for (i, status) in b.statuses.iter().enumerate() {
-            if i > 0 {
-                self.push(" OR ");
-            }
-            match status {
-                SaleStatus::Ended => {
-                    if with_control {
-                        self.push(&format!("{alias}.control = 'stopped' OR "));
-                    }
-                    self.push(&format!("{alias}.ends_at <= ")).int(now);
-                }
-                SaleStatus::Scheduled => {
-                    if with_control {
-                        self.push(&format!("{alias}.control <> 'stopped' AND "));
-                    }
-                    self.push(&format!("{alias}.starts_at > "))
-                        .int(now)
-                        .push(&format!(" AND {alias}.ends_at > "))
-                        .int(now);
-                }
-                SaleStatus::Paused | SaleStatus::Live => {
-                    if !with_control && *status == SaleStatus::Paused {
-                        self.push("1 = 0");
-                        continue;
-                    }
-                    let word = if *status == SaleStatus::Paused {
-                        "paused"
-                    } else {
-                        "running"
-                    };
-                    self.push("(")
-                        .push(&control(word))
-                        .push(&format!("{alias}.starts_at <= "))
-                        .int(now)
-                        .push(&format!(" AND {alias}.ends_at > "))
-                        .int(now)
-                        .push(")");
-                }
-            }
-        }
-        self.push(")");
+        let control = |condition: &str| match with_control {
+            true => format!("{a}.control {condition} "),
+            false => String::new(),
+        };
+        let live = format!("{a}.starts_at <= {now} AND {a}.ends_at > {now}");
+        let conditions: Vec<String> = b
+            .statuses
+            .iter()
+            .map(|status| match status {
+                SaleStatus::Ended => format!("{}{a}.ends_at <= {now}", control("= 'stopped' OR")),
+                SaleStatus::Scheduled => format!(
+                    "{}{a}.starts_at > {now} AND {a}.ends_at > {now}",
+                    control("<> 'stopped' AND")
+                ),
+                SaleStatus::Paused if !with_control => "1 = 0".to_owned(),
+                SaleStatus::Paused => format!("({}{live})", control("= 'paused' AND")),
+                SaleStatus::Live => format!("({}{live})", control("= 'running' AND")),
+            })
+            .collect();
+        let _ = write!(self.sql, " AND ({})", conditions.join(" OR "));
     }
 
     /// Runs the statement on a connection of `reader`; every row.
-    async fn rows<DB: Engine>(&self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
+    async fn rows<DB: Engine>(self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
         let mut q = statement::<DB>(&self.sql);
-        for arg in &self.args {
-            q = match arg {
-                Arg::Text(v) => q.text(v),
-                Arg::Int(v) => q.int(*v),
-            };
+        for arg in self.args {
+            q = q.arg(arg);
         }
         q.all_in(reader).await
     }

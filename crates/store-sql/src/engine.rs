@@ -43,19 +43,8 @@ pub trait Engine: Database<Row: DbRow> {
         conn: &'c mut Self::Connection,
         q: Statement<'q, Self>,
     ) -> Pending<'c, Option<Self::Row>>;
-    /// Binds a text argument.
-    fn text<'q>(q: Statement<'q, Self>, v: &'q str) -> Statement<'q, Self>;
-    /// Binds a text argument or NULL.
-    fn opt_text<'q>(q: Statement<'q, Self>, v: Option<&'q str>) -> Statement<'q, Self>;
-    /// Binds an owned text argument.
-    fn string<'q>(q: Statement<'q, Self>, v: String) -> Statement<'q, Self>;
-    /// Binds a 64-bit integer.
-    fn int<'q>(q: Statement<'q, Self>, v: i64) -> Statement<'q, Self>;
-    /// Binds a 64-bit integer or NULL.
-    fn opt_int<'q>(q: Statement<'q, Self>, v: Option<i64>) -> Statement<'q, Self>;
-    /// Binds a boolean.
-    fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self>;
-
+    /// Binds an argument.
+    fn bind<'q>(q: Statement<'q, Self>, v: Arg<'q>) -> Statement<'q, Self>;
     // Accounts, feeds, outbox, webhooks and the stock audit.
     /// Appended to the `SELECT` a claim leases from: several PostgreSQL nodes claim at once,
     /// each skipping the rows another has locked; SQLite's single writer needs nothing.
@@ -95,7 +84,7 @@ pub trait Engine: Database<Row: DbRow> {
 }
 
 macro_rules! engine {
-    ($db:ty, $begin:literal, { $($own:tt)* }) => {
+    ($db:ty, $conn:ty, $begin:literal, { $($own:tt)* }) => {
         impl Engine for $db {
             const BEGIN_WRITE: &'static str = $begin;
             fn execute<'c, 'q: 'c>(
@@ -116,32 +105,27 @@ macro_rules! engine {
             ) -> Pending<'c, Option<Self::Row>> {
                 Box::pin(async move { q.fetch_optional(conn).await.port() })
             }
-            fn text<'q>(q: Statement<'q, Self>, v: &'q str) -> Statement<'q, Self> {
-                q.bind(v)
+            fn bind<'q>(q: Statement<'q, Self>, v: Arg<'q>) -> Statement<'q, Self> {
+                match v {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::OptText(v) => q.bind(v),
+                    Arg::String(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                    Arg::OptInt(v) => q.bind(v),
+                    Arg::Flag(v) => q.bind(v),
+                }
             }
-            fn opt_text<'q>(q: Statement<'q, Self>, v: Option<&'q str>) -> Statement<'q, Self> {
-                q.bind(v)
-            }
-            fn string<'q>(q: Statement<'q, Self>, v: String) -> Statement<'q, Self> {
-                q.bind(v)
-            }
-            fn int<'q>(q: Statement<'q, Self>, v: i64) -> Statement<'q, Self> {
-                q.bind(v)
-            }
-            fn opt_int<'q>(q: Statement<'q, Self>, v: Option<i64>) -> Statement<'q, Self> {
-                q.bind(v)
-            }
-            fn flag<'q>(q: Statement<'q, Self>, v: bool) -> Statement<'q, Self> {
-                q.bind(v)
-            }
-            // The engine's own items.
             $($own)*
+        }
+        impl Conn<$db> for $conn {
+            fn conn(&mut self) -> &mut Self {
+                self
+            }
         }
     };
 }
 
-engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
-    // Accounts, feeds, outbox, webhooks and the stock audit.
+engine!(sqlx::Sqlite, sqlx::SqliteConnection, "BEGIN IMMEDIATE", {
     const SKIP_LOCKED: &'static str = "";
     const FOR_UPDATE: &'static str = "";
     const FOR_SHARE: &'static str = "";
@@ -153,7 +137,6 @@ engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
     // Notifications are never deleted, so rowid grows as they are added.
     const NOTIFICATION_SEQ: &'static str = "rowid";
     const ITEM_ORDER_KEY: &'static str = "";
-    // Catalog, room log, hold cap.
     /// FTS5, the search tables kept in step by the triggers of migration 0008.
     fn search_condition(table: &str, alias: &str, param: &str) -> String {
         format!("{alias}.id IN (SELECT id FROM {table}_search WHERE {table}_search MATCH {param})")
@@ -168,8 +151,7 @@ engine!(sqlx::Sqlite, "BEGIN IMMEDIATE", {
     const JSON_ARRAY_AGG: &'static str = "json_group_array";
     const DISTINCT_USER_IDS: &'static str = "group_concat(DISTINCT user_id)";
 });
-engine!(sqlx::Postgres, "BEGIN", {
-    // Accounts, feeds, outbox, webhooks and the stock audit.
+engine!(sqlx::Postgres, sqlx::PgConnection, "BEGIN", {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_SHARE: &'static str = " FOR SHARE";
@@ -179,7 +161,6 @@ engine!(sqlx::Postgres, "BEGIN", {
     const NOW_MS: &'static str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
     const NOTIFICATION_SEQ: &'static str = "seq";
     const ITEM_ORDER_KEY: &'static str = " AND o.user_id = i.user_id";
-    // Catalog, room log, hold cap.
     /// Full-text search over the letters-and-digits of names, 'simple' configuration: the
     /// expression of the GIN indexes of migration 0007, so they serve it.
     fn search_condition(_table: &str, alias: &str, param: &str) -> String {
@@ -199,66 +180,55 @@ engine!(sqlx::Postgres, "BEGIN", {
     const DISTINCT_USER_IDS: &'static str = "string_agg(DISTINCT user_id, ',')";
 });
 
-impl Conn<sqlx::Sqlite> for sqlx::SqliteConnection {
-    fn conn(&mut self) -> &mut Self {
-        self
-    }
+/// An argument of a statement: the types the stores' tables use.
+pub enum Arg<'q> {
+    Text(&'q str),
+    OptText(Option<&'q str>),
+    String(String),
+    Int(i64),
+    OptInt(Option<i64>),
+    Flag(bool),
 }
 
-impl Conn<sqlx::Postgres> for sqlx::PgConnection {
-    fn conn(&mut self) -> &mut Self {
-        self
-    }
-}
-
-/// [`Engine`]'s binds as methods of the statement, so shared code reads like sqlx's own.
+/// [`Engine::bind`] as methods of the statement, so shared code reads like sqlx's own.
 pub trait Bind<'q>: Sized {
+    /// Binds an argument.
+    fn arg(self, v: Arg<'q>) -> Self;
     /// Binds a text argument.
-    fn text(self, v: &'q str) -> Self;
+    fn text(self, v: &'q str) -> Self {
+        self.arg(Arg::Text(v))
+    }
     /// Binds a text argument or NULL.
-    fn opt_text(self, v: Option<&'q str>) -> Self;
+    fn opt_text(self, v: Option<&'q str>) -> Self {
+        self.arg(Arg::OptText(v))
+    }
     /// Binds an owned text argument.
-    fn string(self, v: String) -> Self;
+    fn string(self, v: String) -> Self {
+        self.arg(Arg::String(v))
+    }
     /// Binds a 64-bit integer.
-    fn int(self, v: i64) -> Self;
+    fn int(self, v: i64) -> Self {
+        self.arg(Arg::Int(v))
+    }
     /// Binds a 64-bit integer or NULL.
-    fn opt_int(self, v: Option<i64>) -> Self;
+    fn opt_int(self, v: Option<i64>) -> Self {
+        self.arg(Arg::OptInt(v))
+    }
     /// Binds a boolean.
-    fn flag(self, v: bool) -> Self;
+    fn flag(self, v: bool) -> Self {
+        self.arg(Arg::Flag(v))
+    }
 }
 
 impl<'q, DB: Engine> Bind<'q> for Statement<'q, DB> {
-    fn text(self, v: &'q str) -> Self {
-        DB::text(self, v)
-    }
-    fn opt_text(self, v: Option<&'q str>) -> Self {
-        DB::opt_text(self, v)
-    }
-    fn string(self, v: String) -> Self {
-        DB::string(self, v)
-    }
-    fn int(self, v: i64) -> Self {
-        DB::int(self, v)
-    }
-    fn opt_int(self, v: Option<i64>) -> Self {
-        DB::opt_int(self, v)
-    }
-    fn flag(self, v: bool) -> Self {
-        DB::flag(self, v)
+    fn arg(self, v: Arg<'q>) -> Self {
+        DB::bind(self, v)
     }
 }
 
 /// A new statement of engine `DB`.
 pub fn statement<DB: Engine>(sql: &str) -> Statement<'_, DB> {
     sqlx::query::<DB>(sql)
-}
-
-/// A statement of a plan, with what it must change.
-pub struct Write<'q, DB: Database> {
-    pub statement: Statement<'q, DB>,
-    /// `Some(what)`: it must change exactly one row, or `what` changed meanwhile (a race lost,
-    /// or a bug): the transaction must not commit.
-    pub exactly_one: Option<String>,
 }
 
 /// Where a statement can run: a connection of the engine, borrowed for the statement.
@@ -283,17 +253,14 @@ impl<DB: Engine> Conn<DB> for Transaction<'_, DB> {
 /// error classified ([`crate::error`]).
 pub trait Run<'q, DB: Engine>: Sized {
     /// Runs on a connection or transaction; the rows changed.
-    fn run<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, u64>
-    where
-        'q: 'c;
+    fn run(self, on: &mut impl Conn<DB>) -> impl Future<Output = PortResult<u64>> + Send;
     /// Runs a query on a connection or transaction; every row.
-    fn all<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Vec<DB::Row>>
-    where
-        'q: 'c;
+    fn all(self, on: &mut impl Conn<DB>) -> impl Future<Output = PortResult<Vec<DB::Row>>> + Send;
     /// Runs a query on a connection or transaction; the first row, if any.
-    fn first<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Option<DB::Row>>
-    where
-        'q: 'c;
+    fn first(
+        self,
+        on: &mut impl Conn<DB>,
+    ) -> impl Future<Output = PortResult<Option<DB::Row>>> + Send;
     /// Runs on a connection of `pool`; the rows changed.
     fn run_in(self, pool: &Pool<DB>) -> impl Future<Output = PortResult<u64>> + Send;
     /// Runs a query on a connection of `pool`; every row.
@@ -303,39 +270,48 @@ pub trait Run<'q, DB: Engine>: Sized {
 }
 
 impl<'q, DB: Engine> Run<'q, DB> for Statement<'q, DB> {
-    fn run<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, u64>
-    where
-        'q: 'c,
-    {
-        DB::execute(on.conn(), self)
+    async fn run(self, on: &mut impl Conn<DB>) -> PortResult<u64> {
+        DB::execute(on.conn(), self).await
     }
-    fn all<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Vec<DB::Row>>
-    where
-        'q: 'c,
-    {
-        DB::fetch_all(on.conn(), self)
+    async fn all(self, on: &mut impl Conn<DB>) -> PortResult<Vec<DB::Row>> {
+        DB::fetch_all(on.conn(), self).await
     }
-    fn first<'c>(self, on: &'c mut impl Conn<DB>) -> Pending<'c, Option<DB::Row>>
-    where
-        'q: 'c,
-    {
-        DB::fetch_optional(on.conn(), self)
+    async fn first(self, on: &mut impl Conn<DB>) -> PortResult<Option<DB::Row>> {
+        DB::fetch_optional(on.conn(), self).await
     }
     async fn run_in(self, pool: &Pool<DB>) -> PortResult<u64> {
-        let mut conn = pool.acquire().await.port()?;
-        DB::execute(&mut conn, self).await
+        self.run(&mut pool.acquire().await.port()?).await
     }
     async fn all_in(self, pool: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
-        let mut conn = pool.acquire().await.port()?;
-        DB::fetch_all(&mut conn, self).await
+        self.all(&mut pool.acquire().await.port()?).await
     }
     async fn first_in(self, pool: &Pool<DB>) -> PortResult<Option<DB::Row>> {
-        let mut conn = pool.acquire().await.port()?;
-        DB::fetch_optional(&mut conn, self).await
+        self.first(&mut pool.acquire().await.port()?).await
     }
 }
 
 /// Starts a transaction that writes ([`Engine::BEGIN_WRITE`]).
 pub async fn begin_write<DB: Engine>(pool: &Pool<DB>) -> PortResult<Transaction<'static, DB>> {
     pool.begin_with(DB::BEGIN_WRITE).await.port()
+}
+
+/// The row a query finds by the text argument `key`, if any, read by `read`.
+pub async fn find<DB: Engine, T>(
+    pool: &Pool<DB>,
+    sql: &str,
+    key: &str,
+    read: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Option<T>> {
+    let row = statement::<DB>(sql).text(key).first_in(pool).await?;
+    row.map(|r| read(&r)).transpose()
+}
+
+/// The first row of a query that always yields one; an `Internal` error saying `missing` if
+/// it does not.
+pub async fn one<DB: Engine>(
+    q: Statement<'_, DB>,
+    on: &mut impl Conn<DB>,
+    missing: impl FnOnce() -> String,
+) -> PortResult<DB::Row> {
+    q.first(on).await?.ok_or_else(|| crate::internal(missing()))
 }

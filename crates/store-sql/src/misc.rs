@@ -12,7 +12,7 @@ use stampede_app::ports::{
 };
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, find, one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -28,15 +28,19 @@ pub async fn idempotency_start<DB: Engine>(
     now: Timestamp,
     lease_ms: i64,
 ) -> PortResult<IdempotencyStart> {
+    // `$1` the user, `$2` the key, `$3` the request's hash, `$4` now.
+    let claim = |sql| {
+        statement::<DB>(sql)
+            .text(user.as_str())
+            .text(key)
+            .text(request_hash)
+            .int(now.0)
+    };
     let mut tx = begin_write(writer).await?;
-    let claimed = statement::<DB>(
+    let claimed = claim(
         "INSERT INTO idempotency (user_id, key, request_hash, status, body, started_at) \
          VALUES ($1, $2, $3, NULL, NULL, $4) ON CONFLICT (user_id, key) DO NOTHING",
     )
-    .text(user.as_str())
-    .text(key)
-    .text(request_hash)
-    .int(now.0)
     .run(&mut tx)
     .await?;
     if claimed == 1 {
@@ -48,12 +52,11 @@ pub async fn idempotency_start<DB: Engine>(
          WHERE user_id = $1 AND key = $2{}",
         DB::FOR_UPDATE
     );
-    let row = statement::<DB>(&sql)
-        .text(user.as_str())
-        .text(key)
-        .first(&mut tx)
-        .await?
-        .ok_or_else(|| internal(format!("idempotency key {key} of {user} vanished")))?;
+    let q = statement::<DB>(&sql).text(user.as_str()).text(key);
+    let row = one(q, &mut tx, || {
+        format!("idempotency key {key} of {user} vanished")
+    })
+    .await?;
     let stored_hash: String = col(&row, "request_hash")?;
     let status: Option<i64> = col(&row, "status")?;
     let started_at = col_ts(&row, "started_at")?;
@@ -65,14 +68,10 @@ pub async fn idempotency_start<DB: Engine>(
         },
         Some(_) => IdempotencyStart::Mismatch,
         None if started_at.plus_millis(lease_ms) <= now => {
-            statement::<DB>(
+            claim(
                 "UPDATE idempotency SET request_hash = $3, started_at = $4 \
                  WHERE user_id = $1 AND key = $2 AND status IS NULL",
             )
-            .text(user.as_str())
-            .text(key)
-            .text(request_hash)
-            .int(now.0)
             .run(&mut tx)
             .await?;
             IdempotencyStart::Proceed
@@ -123,11 +122,8 @@ pub async fn idempotency_abandon<DB: Engine>(
 
 /// Whether a webhook event id has been recorded.
 pub async fn webhook_event_seen<DB: Engine>(reader: &Pool<DB>, event_id: &str) -> PortResult<bool> {
-    let row = statement::<DB>("SELECT 1 FROM webhook_events WHERE event_id = $1")
-        .text(event_id)
-        .first_in(reader)
-        .await?;
-    Ok(row.is_some())
+    let sql = "SELECT 1 FROM webhook_events WHERE event_id = $1";
+    Ok(find(reader, sql, event_id, |_| Ok(())).await?.is_some())
 }
 
 /// Records a webhook event id; `false` if it was already seen.
@@ -147,10 +143,6 @@ pub async fn record_webhook_event<DB: Engine>(
     Ok(done == 1)
 }
 
-fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
-    v.as_ref().map(serde_json::Value::to_string)
-}
-
 fn json_value(text: Option<String>) -> PortResult<Option<serde_json::Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| internal(format!("audit json: {e}"))))
         .transpose()
@@ -163,7 +155,7 @@ pub async fn append_audit<DB: Engine>(writer: &Pool<DB>, e: &AuditEntry) -> Port
          VALUES ($1, $2, $3, $4, $5, CAST($6 AS {json}), CAST($7 AS {json}))",
         json = DB::JSON
     );
-    let (before, after) = (json_text(&e.before), json_text(&e.after));
+    let [before, after] = [&e.before, &e.after].map(|v| v.as_ref().map(|v| v.to_string()));
     statement::<DB>(&sql)
         .text(&e.id)
         .int(e.at.0)
@@ -179,11 +171,7 @@ pub async fn append_audit<DB: Engine>(writer: &Pool<DB>, e: &AuditEntry) -> Port
 
 /// Entries matching the filter, oldest first. A `limit` of 0 means no limit.
 pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
-    let limit = if f.limit == 0 {
-        i64::MAX
-    } else {
-        i64::from(f.limit)
-    };
+    let limit = Some(f.limit).filter(|l| *l > 0).map_or(i64::MAX, i64::from);
     statement::<DB>(
         "SELECT id, at, actor, action, target, CAST(before_json AS TEXT) AS before_json, \
          CAST(after_json AS TEXT) AS after_json FROM audit \

@@ -15,7 +15,7 @@ use sqlx::Pool;
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Conn, Engine, Run};
+use crate::engine::{begin_write, one, statement, Bind, Conn, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -137,10 +137,11 @@ pub(crate) async fn waiting<DB: Engine>(
     let sql = format!(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM {table} WHERE delivered_at IS NULL"
     );
-    let row = statement::<DB>(&sql)
-        .first_in(reader)
-        .await?
-        .ok_or_else(|| internal(format!("{table} backlog: no row")))?;
+    let mut conn = reader.acquire().await.port()?;
+    let row = one(statement::<DB>(&sql), &mut conn, || {
+        format!("{table} backlog: no row")
+    })
+    .await?;
     let oldest: Option<i64> = col(&row, "oldest")?;
     Ok((col(&row, "n")?, oldest.map(Timestamp)))
 }

@@ -11,10 +11,10 @@ use sqlx::Pool;
 use stampede_app::ports::{GateSeed, PortResult, StockAudit};
 use stampede_core::{SaleId, StockLevels, UserId};
 
-use crate::engine::{statement, Bind, Engine, Run};
+use crate::engine::{one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
-use crate::rows::col;
+use crate::rows::{self, col};
 
 /// The judge's accounting of one sale, recomputed from holds and orders.
 pub async fn stock_audit<DB: Engine>(
@@ -31,22 +31,17 @@ pub async fn stock_audit<DB: Engine>(
     else {
         return Ok(None);
     };
-    let counters = StockLevels {
-        total: col(&row, "total_stock")?,
-        available: col(&row, "available")?,
-        held: col(&row, "held")?,
-        sold: col(&row, "sold")?,
-    };
+    let counters = rows::stock(&row)?;
     let limit: i64 = col(&row, "per_user_limit")?;
-    let holds = statement::<DB>(
+    let q = statement::<DB>(
         "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'active' THEN quantity END), 0) AS BIGINT) \
          AS held, COUNT(CASE WHEN state = 'expired' THEN 1 END) AS expired \
          FROM holds WHERE sale_id = $1",
-    )
-    .text(sale.as_str())
-    .first(&mut tx)
-    .await?
-    .ok_or_else(|| internal("stock audit: no holds row"))?;
+    );
+    let holds = one(q.text(sale.as_str()), &mut tx, || {
+        "stock audit: no holds row".into()
+    })
+    .await?;
     let (held, holds_expired): (i64, i64) = (col(&holds, "held")?, col(&holds, "expired")?);
     let sql = format!(
         "SELECT CAST(COALESCE(SUM(i.quantity), 0) AS BIGINT) AS sold, \
@@ -55,11 +50,8 @@ pub async fn stock_audit<DB: Engine>(
          WHERE i.sale_id = $1 AND o.status = 'confirmed'",
         DB::ITEM_ORDER_KEY
     );
-    let sales = statement::<DB>(&sql)
-        .text(sale.as_str())
-        .first(&mut tx)
-        .await?
-        .ok_or_else(|| internal("stock audit: no orders row"))?;
+    let q = statement::<DB>(&sql).text(sale.as_str());
+    let sales = one(q, &mut tx, || "stock audit: no orders row".into()).await?;
     let (sold, orders): (i64, i64) = (col(&sales, "sold")?, col(&sales, "orders")?);
     let sql = format!(
         "SELECT COUNT(*) AS n FROM ( \
@@ -73,12 +65,8 @@ pub async fn stock_audit<DB: Engine>(
          ) AS over_limit",
         DB::ITEM_ORDER_KEY
     );
-    let over = statement::<DB>(&sql)
-        .text(sale.as_str())
-        .int(limit)
-        .first(&mut tx)
-        .await?
-        .ok_or_else(|| internal("stock audit: no over-limit row"))?;
+    let q = statement::<DB>(&sql).text(sale.as_str()).int(limit);
+    let over = one(q, &mut tx, || "stock audit: no over-limit row".into()).await?;
     let users_over_limit: i64 = col(&over, "n")?;
     tx.commit().await.port()?;
     Ok(Some(StockAudit {

@@ -64,10 +64,7 @@ pub async fn entries<DB: Engine>(
         .int(i64::from(limit))
         .first_in(reader)
         .await?;
-    let page: Option<String> = match row {
-        Some(row) => col(&row, "page")?,
-        None => None,
-    };
+    let page: Option<String> = row.map(|r| col(&r, "page")).transpose()?.flatten();
     type Row = (
         i64,
         String,
@@ -79,12 +76,11 @@ pub async fn entries<DB: Engine>(
         i64,
         u64,
     );
-    let mut rows: Vec<Row> = match page {
-        Some(json) => {
-            serde_json::from_str(&json).map_err(|e| internal(format!("room_log page: {e}")))?
-        }
-        None => Vec::new(),
-    };
+    let mut rows: Vec<Row> = page
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|e| internal(format!("room_log page: {e}")))?
+        .unwrap_or_default();
     // An aggregate need not keep the subquery's order.
     rows.sort_unstable_by_key(|r| r.0);
     let next = rows.last().map_or(cursor, |r| r.0);

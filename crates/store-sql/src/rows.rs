@@ -77,11 +77,6 @@ pub fn col_word<T, R: Column<String>>(
     parse(&s).ok_or_else(|| internal(format!("column {name}: unknown word {s:?}")))
 }
 
-/// Parses a payment status word.
-pub fn payment_status<R: Column<String>>(row: &R, name: &str) -> PortResult<PaymentStatus> {
-    col_word(row, name, PaymentStatus::parse)
-}
-
 /// Columns of [`user`].
 #[macro_export]
 macro_rules! user_cols {
@@ -126,17 +121,22 @@ pub fn sale<R: DbRow>(row: &R) -> PortResult<Sale> {
         queue_required: col(row, "queue_required")?,
         hold_seconds: col_u32(row, "hold_seconds")?,
         control: col_word(row, "control", SaleControl::parse)?,
-        stock: StockLevels {
-            total: col(row, "total_stock")?,
-            available: col(row, "available")?,
-            held: col(row, "held")?,
-            sold: col(row, "sold")?,
-        },
+        stock: stock(row)?,
         product_id: col::<Option<String>>(row, "product_id")?.map(ProductId::from_trusted),
         drop_id: col::<Option<String>>(row, "drop_id")?.map(DropId::from_trusted),
         category: col(row, "category")?,
         created_at: col_ts(row, "created_at")?,
         updated_at: col_ts(row, "updated_at")?,
+    })
+}
+
+/// A sale's counters (`total_stock`, `available`, `held`, `sold`).
+pub fn stock<R: DbRow>(row: &R) -> PortResult<StockLevels> {
+    Ok(StockLevels {
+        total: col(row, "total_stock")?,
+        available: col(row, "available")?,
+        held: col(row, "held")?,
+        sold: col(row, "sold")?,
     })
 }
 
@@ -217,7 +217,7 @@ pub fn payment<R: DbRow>(row: &R) -> PortResult<Payment> {
     Ok(Payment {
         id: PaymentId::from_trusted(col(row, "id")?),
         order_id: OrderId::from_trusted(col(row, "order_id")?),
-        status: payment_status(row, "status")?,
+        status: col_word(row, "status", PaymentStatus::parse)?,
         method: col(row, "method")?,
         reference: col(row, "reference")?,
         amount: col_money(row, "amount")?,

@@ -6,26 +6,39 @@ use sqlx::Pool;
 use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Conn, Engine, Run};
+use crate::engine::{begin_write, find, one, statement, Bind, Conn, Engine, Run, Statement};
 use crate::error::OrPort;
 use crate::rows::{self, col, col_ts, col_word, DbRow};
 use crate::user_cols;
 
+/// The `SELECT` of [`rows::user`]'s columns.
+const USERS: &str = concat!("SELECT ", user_cols!());
+
 /// Inserts a user; `false` if the email is taken.
 pub async fn insert<DB: Engine>(writer: &Pool<DB>, user: &User, hash: &str) -> PortResult<bool> {
-    let done = statement::<DB>(
-        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING",
-    )
-    .text(user.id.as_str())
-    .text(&user.email)
-    .text(&user.name)
-    .text(user.role.as_str())
-    .text(hash)
-    .int(user.created_at.0)
-    .run_in(writer)
-    .await?;
-    Ok(done == 1)
+    let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING";
+    Ok(new_user::<DB>(sql, user, user.role, hash)
+        .run_in(writer)
+        .await?
+        == 1)
+}
+
+/// `sql` (an insert into `users`: id, email, name, role, password hash, creation time) bound
+/// to `user` with role `role` and password hash `hash`.
+fn new_user<'q, DB: Engine>(
+    sql: &'q str,
+    user: &'q User,
+    role: Role,
+    hash: &'q str,
+) -> Statement<'q, DB> {
+    statement::<DB>(sql)
+        .text(user.id.as_str())
+        .text(&user.email)
+        .text(&user.name)
+        .text(role.as_str())
+        .text(hash)
+        .int(user.created_at.0)
 }
 
 /// Creates the admin, or promotes the user with this email and sets the password.
@@ -35,25 +48,15 @@ pub async fn upsert_admin<DB: Engine>(
     hash: &str,
 ) -> PortResult<User> {
     let mut tx = begin_write(writer).await?;
-    statement::<DB>(
-        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
-         VALUES ($1, $2, $3, 'admin', $4, $5) \
-         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash",
-    )
-    .text(user.id.as_str())
-    .text(&user.email)
-    .text(&user.name)
-    .text(hash)
-    .int(user.created_at.0)
-    .run(&mut tx)
-    .await?;
+    let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash";
+    new_user::<DB>(sql, user, Role::Admin, hash)
+        .run(&mut tx)
+        .await?;
     let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
-    let row = statement::<DB>(sql)
-        .text(&user.email)
-        .first(&mut tx)
-        .await?
-        .ok_or_else(|| crate::internal(format!("admin {} vanished", user.email)))?;
-    let stored = rows::user(&row)?;
+    let q = statement::<DB>(sql).text(&user.email);
+    let stored = rows::user(&one(q, &mut tx, || format!("admin {} vanished", user.email)).await?)?;
     tx.commit().await.port()?;
     Ok(stored)
 }
@@ -63,29 +66,20 @@ pub async fn credentials<DB: Engine>(
     reader: &Pool<DB>,
     email: &str,
 ) -> PortResult<Option<Credentials>> {
-    let sql = concat!(
-        "SELECT ",
-        user_cols!(),
-        ", password_hash FROM users WHERE email = $1"
-    );
-    let row = statement::<DB>(sql).text(email).first_in(reader).await?;
-    row.map(|r| {
+    let sql = format!("{USERS}, password_hash FROM users WHERE email = $1");
+    find(reader, &sql, email, |r| {
         Ok(Credentials {
-            user: rows::user(&r)?,
-            password_hash: col(&r, "password_hash")?,
+            user: rows::user(r)?,
+            password_hash: col(r, "password_hash")?,
         })
     })
-    .transpose()
+    .await
 }
 
 /// A user by id.
 pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &UserId) -> PortResult<Option<User>> {
     let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1");
-    let row = statement::<DB>(sql)
-        .text(id.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| rows::user(&r)).transpose()
+    find(reader, sql, id.as_str(), rows::user).await
 }
 
 /// Stores a new session if the account is active (`false` if not). The check and the insert are
@@ -119,22 +113,17 @@ pub async fn session<DB: Engine>(
     reader: &Pool<DB>,
     session_id: &str,
 ) -> PortResult<Option<Session>> {
-    let row = statement::<DB>(
-        "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
-         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'",
-    )
-    .text(session_id)
-    .first_in(reader)
-    .await?;
-    row.map(|r| {
+    let sql = "SELECT s.token_hash, s.user_id, s.expires_at, u.role FROM sessions s \
+         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.status = 'active'";
+    find(reader, sql, session_id, |r| {
         Ok(Session {
-            session_id: col(&r, "token_hash")?,
-            user_id: UserId::from_trusted(col(&r, "user_id")?),
-            role: col_word(&r, "role", Role::parse)?,
-            expires_at: col_ts(&r, "expires_at")?,
+            session_id: col(r, "token_hash")?,
+            user_id: UserId::from_trusted(col(r, "user_id")?),
+            role: col_word(r, "role", Role::parse)?,
+            expires_at: col_ts(r, "expires_at")?,
         })
     })
-    .transpose()
+    .await
 }
 
 /// Logs out: deletes the session and records its revocation until its expiry, in one
@@ -142,11 +131,8 @@ pub async fn session<DB: Engine>(
 pub async fn delete_session<DB: Engine>(writer: &Pool<DB>, session_id: &str) -> PortResult<bool> {
     let mut tx = begin_write(writer).await?;
     let ended = end_sessions(&mut tx, "token_hash", session_id).await?;
-    if ended.is_empty() {
-        return Ok(false);
-    }
     tx.commit().await.port()?;
-    Ok(true)
+    Ok(!ended.is_empty())
 }
 
 /// Deletes the sessions whose `column` is `value` and records their revocations (until each
@@ -167,9 +153,7 @@ async fn end_sessions<DB: Engine>(
     let delete =
         format!("DELETE FROM sessions WHERE {column} = $1 RETURNING token_hash, expires_at");
     let rows = statement::<DB>(&delete).text(value).all(tx).await?;
-    rows.iter()
-        .map(|r| Ok((col(r, "token_hash")?, col_ts(r, "expires_at")?)))
-        .collect()
+    tokens(&rows, "token_hash")
 }
 
 /// Sessions ended early that would still be valid at `now`.
@@ -183,8 +167,13 @@ pub async fn revoked_sessions<DB: Engine>(
     .int(now.0)
     .all_in(reader)
     .await?;
+    tokens(&rows, "session_id")
+}
+
+/// Each row's session (its column `id`) with its expiry.
+fn tokens<R: DbRow>(rows: &[R], id: &str) -> PortResult<Vec<(String, Timestamp)>> {
     rows.iter()
-        .map(|r| Ok((col(r, "session_id")?, col_ts(r, "expires_at")?)))
+        .map(|r| Ok((col(r, id)?, col_ts(r, "expires_at")?)))
         .collect()
 }
 
@@ -201,20 +190,14 @@ pub async fn shared_secret<DB: Engine>(
     .text(candidate)
     .run_in(writer)
     .await?;
-    let row = statement::<DB>("SELECT value FROM settings WHERE name = $1")
-        .text(name)
-        .first_in(writer)
-        .await?
-        .ok_or_else(|| crate::internal(format!("setting {name} vanished")))?;
-    col(&row, "value")
-}
-
-fn account<R: DbRow>(row: &R) -> PortResult<UserAccount> {
-    Ok(UserAccount {
-        user: rows::user(row)?,
-        status: col_word(row, "status", UserStatus::parse)?,
-        status_reason: col(row, "status_reason")?,
-    })
+    find(
+        writer,
+        "SELECT value FROM settings WHERE name = $1",
+        name,
+        |r| col(r, "value"),
+    )
+    .await?
+    .ok_or_else(|| crate::internal(format!("setting {name} vanished")))
 }
 
 /// Sets the status; ends the sessions of an account that is no longer active, in one
@@ -250,16 +233,17 @@ pub async fn account_by_id<DB: Engine>(
     reader: &Pool<DB>,
     user: &UserId,
 ) -> PortResult<Option<UserAccount>> {
-    let sql = concat!(
-        "SELECT ",
-        user_cols!(),
-        ", status, status_reason FROM users WHERE id = $1"
-    );
-    let row = statement::<DB>(sql)
-        .text(user.as_str())
-        .first_in(reader)
-        .await?;
-    row.map(|r| account(&r)).transpose()
+    let sql = format!("{USERS}, status, status_reason FROM users WHERE id = $1");
+    find(reader, &sql, user.as_str(), account).await
+}
+
+/// A `users` row with its status.
+fn account<R: DbRow>(row: &R) -> PortResult<UserAccount> {
+    Ok(UserAccount {
+        user: rows::user(row)?,
+        status: col_word(row, "status", UserStatus::parse)?,
+        status_reason: col(row, "status_reason")?,
+    })
 }
 
 /// Accounts matching `query` in email or name, by id, after `after`.
@@ -270,14 +254,12 @@ pub async fn accounts<DB: Engine>(
     limit: u32,
 ) -> PortResult<Vec<UserAccount>> {
     let pattern = stampede_app::ports::contains_pattern(query);
-    let sql = concat!(
-        "SELECT ",
-        user_cols!(),
-        ", status, status_reason FROM users \
+    let sql = format!(
+        "{USERS}, status, status_reason FROM users \
          WHERE (lower(email) LIKE $1 ESCAPE '\\' OR lower(name) LIKE $1 ESCAPE '\\') \
          AND id > $2 ORDER BY id LIMIT $3"
     );
-    let rows = statement::<DB>(sql)
+    let rows = statement::<DB>(&sql)
         .string(pattern)
         .text(after.map(|a| a.as_str()).unwrap_or(""))
         .int(i64::from(limit))
