@@ -1,6 +1,9 @@
 //! The SQLite store's own settings, seen from outside: the pools really run as documented, and
 //! the schema itself refuses what `TxStock` must never write.
 
+// A test crate: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use sqlx::SqlitePool;
 
 use stampede_app::ports::Store;
