@@ -22,8 +22,6 @@
 //! failure is `PortError::Unavailable` (worth a retry); anything else `Internal`.
 
 mod error;
-mod hold_cap;
-mod holds;
 mod room_log;
 
 use std::str::FromStr;
@@ -34,10 +32,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use stampede_app::ports::{PortError, PortResult, ReserveRequest};
-use stampede_core::judge::Refusal;
+use stampede_app::ports::{PortError, PortResult};
 use stampede_core::waiting_line::LoggedEntry;
-use stampede_core::{Hold, SaleId};
+use stampede_core::SaleId;
 pub use stampede_store_sql::store::{Backend, SqlStore};
 
 use crate::error::OrPort;
@@ -124,10 +121,6 @@ impl Backend for PgBackend {
             sqlx::migrate::MigrateError::Execute(e) => error::port_error(e),
             other => PortError::internal(format!("migrate: {other}")),
         })
-    }
-
-    async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {
-        holds::reserve(&self.pool, batch).await
     }
 
     async fn append_room_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {

@@ -1,9 +1,16 @@
-//! The denial-of-inventory guard at the judge, written once for both engines: unpaid holds
-//! open at once per account and per device, across every sale, counted inside the group
-//! commit's transaction, then kept up to date as the batch accepts holds; and the accounts and
-//! devices whose holds keep lapsing unpaid. What makes the counts exact under concurrency is
-//! each engine's own (SQLite's single writer; PostgreSQL's advisory locks): see the backends'
-//! `hold_cap` modules.
+//! The denial-of-inventory guard at the judge: unpaid holds open at once per account and per
+//! device, across every sale, counted inside the group commit's transaction, then kept up to
+//! date as the batch accepts holds; and the accounts and devices whose holds keep lapsing
+//! unpaid.
+//!
+//! The counts are exact because no other transaction can open a hold for these buyers before
+//! the batch commits. SQLite: one writer, and the batch is `BEGIN IMMEDIATE`. PostgreSQL: the
+//! batch's sale locks do not cover this (two nodes judging two sales for one buyer lock
+//! different rows), so before counting the batch takes one transaction advisory lock per
+//! account and per device it will judge ([`Judging::lock_hold_cap`]: keys from
+//! `hashtextextended`, in key order, after the sale locks and nowhere else, so batches cannot
+//! deadlock). A second batch for the same buyer waits for the first to commit, and its count
+//! (a fresh statement under READ COMMITTED) then sees the first batch's holds.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,6 +21,7 @@ use stampede_core::judge::{judge_hold_cap, Refusal};
 use stampede_core::{Timestamp, UserId};
 
 use crate::engine::{statement, Bind, Conn, Engine, Run};
+use crate::judging::Judging;
 use crate::rows::col;
 
 /// Ids per `IN (…)` list: well under SQLite's parameter limit.
@@ -23,25 +31,25 @@ const IDS_PER_STATEMENT: usize = 400;
 #[derive(Debug, Default)]
 pub struct OpenHolds {
     /// Open holds per user id.
-    pub accounts: HashMap<String, i64>,
+    accounts: HashMap<String, i64>,
     /// Open holds per device id.
-    pub devices: HashMap<String, i64>,
+    devices: HashMap<String, i64>,
 }
 
 /// The accounts and devices of a batch's requests that carry a cap, and the batch's earliest
 /// clock reading: what the counts are taken of.
-pub struct Capped {
+struct Capped {
     /// The earliest `now` of the capped requests.
-    pub now: Timestamp,
+    now: Timestamp,
     /// Their user ids, in order (the order PostgreSQL's locks are taken in).
-    pub users: BTreeSet<String>,
+    users: BTreeSet<String>,
     /// Their device ids, in order.
-    pub devices: BTreeSet<String>,
+    devices: BTreeSet<String>,
 }
 
 impl Capped {
     /// `None` when no request of the batch carries a cap: nothing to lock or count.
-    pub fn of(batch: &[ReserveRequest]) -> Option<Self> {
+    fn of(batch: &[ReserveRequest]) -> Option<Self> {
         let capped: Vec<&ReserveRequest> = batch.iter().filter(|r| !r.hold_cap.is_off()).collect();
         let now = capped.iter().map(|r| r.now).min()?;
         Some(Self {
@@ -53,17 +61,19 @@ impl Capped {
 }
 
 impl OpenHolds {
-    /// Counts, at the batch's earliest clock reading, the open holds of every account and
-    /// device the batch names. Nothing is read when no request carries a cap. The counts are
-    /// exact only if no other transaction can open a hold for these buyers before the batch
-    /// commits (the caller's business).
-    pub async fn load<DB: Engine>(
+    /// Locks every account and device the batch names (see the module's doc), then counts
+    /// their open holds at the batch's earliest clock reading. Nothing is locked or read when
+    /// no request carries a cap. Call after the batch's sale locks.
+    pub async fn lock_and_load<DB: Judging>(
         conn: &mut impl Conn<DB>,
         batch: &[ReserveRequest],
     ) -> PortResult<Self> {
         let Some(capped) = Capped::of(batch) else {
             return Ok(Self::default());
         };
+        let users = capped.users.iter().map(|u| format!("hold-cap:u:{u}"));
+        let devices = capped.devices.iter().map(|d| format!("hold-cap:d:{d}"));
+        DB::lock_hold_cap(conn.conn(), users.chain(devices).collect()).await?;
         Ok(Self {
             accounts: count(conn, "user_id", &capped.users, capped.now).await?,
             devices: count(conn, "device_id", &capped.devices, capped.now).await?,

@@ -1,6 +1,5 @@
-//! Holds: the judge's side of reserving, releasing, resizing and expiring, for both engines.
-//! The group commit itself (`reserve`) is each backend's: SQLite inserts a batch's holds in
-//! multi-row statements, PostgreSQL claims each id in the unpartitioned `hold_ids` first.
+//! Holds: the judge's side of reserving (the group commit's batch), releasing, resizing and
+//! expiring, for both engines.
 //!
 //! Every function here is one write transaction, and every stock movement goes through
 //! [`TxStock`], so the `sales` counters and `user_units` change in the same transaction as the
@@ -13,6 +12,8 @@
 //! by their buyer too, which PostgreSQL's partitions need and SQLite accepts as one more
 //! condition.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Pool;
 
 use stampede_app::ports::{HoldError, OutboxEvent, PortResult, ReserveRequest};
@@ -22,9 +23,10 @@ use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
 use crate::engine::{begin_write, statement, Bind, Conn, Run};
 use crate::error::OrPort;
+use crate::hold_cap::OpenHolds;
 use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
-use crate::rows;
+use crate::rows::{self, col};
 use crate::txstock::TxStock;
 use crate::{hold_cols, hold_from, internal};
 
@@ -87,6 +89,127 @@ pub async fn end<DB: Judging>(
     .await?;
     exactly_one(done, format_args!("hold {id} was not active"))?;
     Ok(state)
+}
+
+/// The group commit: judges a batch of reservations in order inside one write transaction,
+/// in a constant number of statements whatever its size (retries of issued ids aside).
+///
+/// Every sale the batch touches is locked once, up front and in id order (so batches on
+/// several nodes queue instead of deadlocking), the buyers' units, open holds and already
+/// issued ids are read in one statement each, every decision is made in memory, the accepted
+/// holds are written by one multi-row insert, and each sale's counters and the buyers' units
+/// once at the end. A second request with an id seen before (in this batch or an earlier one)
+/// is a retry: it gets the hold its first try made, if the buyer and sale match, and never
+/// takes stock itself.
+pub async fn reserve<DB: Judging>(
+    writer: &Pool<DB>,
+    batch: &[ReserveRequest],
+) -> PortResult<Vec<Result<Hold, Refusal>>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = begin_write(writer).await?;
+    let mut stock = TxStock::default();
+    let sales: Vec<&SaleId> = batch.iter().map(|r| &r.sale_id).collect();
+    stock.lock_sales_with_drops(&mut tx, &sales).await?;
+    let pairs: Vec<(&SaleId, &UserId)> = batch.iter().map(|r| (&r.sale_id, &r.user_id)).collect();
+    stock.load_units(&mut tx, &pairs).await?;
+    stock.load_drop_units(&mut tx, &pairs).await?;
+    let mut open = OpenHolds::lock_and_load(&mut tx, batch).await?;
+    // Read after the sale locks: a retry of a hold in a sale this batch holds locked cannot be
+    // in flight elsewhere.
+    let ids: Vec<&str> = batch.iter().map(|r| r.hold_id.as_str()).collect();
+    let sql = format!(
+        "SELECT id, user_id, sale_id FROM {} WHERE id IN ({})",
+        DB::HOLD_IDS,
+        DB::JSON_TEXTS
+    );
+    let issued: HashMap<String, (String, String)> = statement::<DB>(&sql)
+        .string(serde_json::to_string(&ids).map_err(internal)?)
+        .all(&mut tx)
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, "id")?, (col(r, "user_id")?, col(r, "sale_id")?))))
+        .collect::<PortResult<_>>()?;
+
+    let mut verdicts: Vec<Result<Hold, Refusal>> = Vec::with_capacity(batch.len());
+    // The request (by index) whose accepted hold each new id of this batch stands for.
+    let mut fresh: HashMap<&str, usize> = HashMap::new();
+    for (i, req) in batch.iter().enumerate() {
+        let verdict = if let Some(&f) = fresh.get(req.hold_id.as_str()) {
+            let first = &batch[f];
+            if first.user_id == req.user_id && first.sale_id == req.sale_id {
+                verdicts[f].clone()
+            } else {
+                Err(reused(req))
+            }
+        } else if let Some((user, sale)) = issued.get(req.hold_id.as_str()) {
+            retried(&mut tx, req, user, sale).await?
+        } else {
+            // The hold cap is judged last, after liveness, the buyer's limit and stock.
+            let judged = judge_request(&mut tx, &mut stock, req)
+                .await?
+                .and_then(|hold| open.judge(req).map(|()| hold));
+            if judged.is_ok() {
+                stock.reserve(&req.sale_id, &req.user_id, req.quantity)?;
+                open.opened(req, 1);
+                fresh.insert(req.hold_id.as_str(), i);
+            }
+            judged
+        };
+        verdicts.push(verdict);
+    }
+
+    let new: Vec<(&Hold, Option<&str>)> = fresh
+        .values()
+        .filter_map(|&i| Some((verdicts[i].as_ref().ok()?, batch[i].device_id.as_deref())))
+        .collect();
+    let written: HashSet<String> = DB::insert_holds(tx.conn(), &new)
+        .await?
+        .into_iter()
+        .collect();
+    for (&id, &i) in &fresh {
+        if written.contains(id) {
+            continue;
+        }
+        // Claimed meanwhile by a transaction on another sale: not this buyer's hold.
+        let req = &batch[i];
+        stock.unhold(&req.sale_id, &req.user_id, req.quantity)?;
+        open.opened(req, -1);
+        for (v, r) in verdicts.iter_mut().zip(batch) {
+            if r.hold_id.as_str() == id {
+                *v = Err(reused(r));
+            }
+        }
+    }
+    stock.flush(&mut tx).await?;
+    tx.commit().await.port()?;
+    Ok(verdicts)
+}
+
+/// A hold id that is someone else's (another buyer's or sale's): never shown; only this
+/// request is refused.
+fn reused(req: &ReserveRequest) -> Refusal {
+    tracing::warn!(hold = %req.hold_id, "hold id reused by another buyer or sale");
+    Refusal::SaleNotLive
+}
+
+/// A retried request whose id was issued before this batch gets that hold if it is this
+/// buyer's in this sale (its stock was taken once, by the first try).
+async fn retried<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    req: &ReserveRequest,
+    user: &str,
+    sale: &str,
+) -> PortResult<Result<Hold, Refusal>> {
+    if user == req.user_id.as_str() && sale == req.sale_id.as_str() {
+        // Read without a row lock: the batch holds sale locks, and waiting here for a hold
+        // lock (a checkout in progress) would invert the hold-then-sale order.
+        if let Some(row) = find_unlocked(conn, &req.user_id, &req.hold_id).await? {
+            return Ok(Ok(row.hold));
+        }
+    }
+    Ok(Err(reused(req)))
 }
 
 /// The judge's decision on one request of a batch against the batch's in-memory state: the

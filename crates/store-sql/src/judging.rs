@@ -10,6 +10,7 @@
 //! writers, yet foreign-key checks (`FOR KEY SHARE`) still pass.
 
 use stampede_app::ports::PortResult;
+use stampede_core::Hold;
 
 use crate::engine::{statement, Bind, Conn, Engine, Pending, Run};
 use crate::error::OrPort;
@@ -47,6 +48,21 @@ pub trait Judging: Engine {
         pairs: Vec<(String, String)>,
     ) -> Pending<'_, Vec<(String, String, i64)>>;
 
+    /// Where a hold id is issued once across every buyer (`id`, `user_id`, `sale_id`): `holds`
+    /// itself on SQLite; on PostgreSQL the unpartitioned `hold_ids`, since the partitioned
+    /// `holds` is unique per buyer only.
+    const HOLD_IDS: &'static str;
+    /// Inserts a batch's new holds, each with its device, in a constant number of statements
+    /// whatever the batch's size; the ids written (an id already issued is skipped, never
+    /// overwritten; on PostgreSQL a concurrent claim of the same id is waited for).
+    fn insert_holds<'c>(
+        conn: &'c mut Self::Connection,
+        holds: &'c [(&'c Hold, Option<&'c str>)],
+    ) -> Pending<'c, Vec<String>>;
+    /// Takes what keeps the hold cap's counts of these accounts and devices exact until the
+    /// commit (see [`crate::hold_cap`]); nothing on SQLite, whose one writer excludes the rest.
+    fn lock_hold_cap(conn: &mut Self::Connection, subjects: Vec<String>) -> Pending<'_, ()>;
+
     /// Whether this engine takes row locks (so `lock_*` steps are needed at all).
     fn locks_rows() -> bool {
         !Self::LOCK.is_empty()
@@ -55,6 +71,11 @@ pub trait Judging: Engine {
 
 /// Pairs per multi-row statement on SQLite: well under its limit on bound parameters.
 const PAIRS_PER_STATEMENT: usize = 300;
+/// Holds per multi-row insert on SQLite: 10 parameters each, well under its limit.
+const HOLDS_PER_STATEMENT: usize = 200;
+/// The columns a new hold is inserted with, in the order both engines bind them.
+const INSERT_HOLDS: &str = "INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, \
+     currency, state, created_at, expires_at, device_id) ";
 
 impl Judging for sqlx::Sqlite {
     const LOCK: &'static str = "";
@@ -75,8 +96,42 @@ impl Judging for sqlx::Sqlite {
     const ORDER_OF_REFERENCE: &'static str = "SELECT o.user_id, p.order_id FROM payments p \
          JOIN orders o ON o.id = p.order_id WHERE p.reference = $1";
 
+    const HOLD_IDS: &'static str = "holds";
+
     fn lock_sales(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, Vec<Self::Row>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn insert_holds<'c>(
+        conn: &'c mut Self::Connection,
+        holds: &'c [(&'c Hold, Option<&'c str>)],
+    ) -> Pending<'c, Vec<String>> {
+        Box::pin(async move {
+            let mut written = Vec::with_capacity(holds.len());
+            for chunk in holds.chunks(HOLDS_PER_STATEMENT) {
+                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(INSERT_HOLDS);
+                qb.push_values(chunk, |mut row, (h, device)| {
+                    row.push_bind(h.id.as_str())
+                        .push_bind(h.sale_id.as_str())
+                        .push_bind(h.user_id.as_str())
+                        .push_bind(i64::from(h.quantity))
+                        .push_bind(h.unit_price.0)
+                        .push_bind(h.currency.as_str())
+                        .push_bind(h.state.as_str())
+                        .push_bind(h.created_at.0)
+                        .push_bind(h.expires_at.0)
+                        .push_bind(*device);
+                });
+                qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                let query = qb.build_query_scalar::<String>();
+                written.extend(query.fetch_all(&mut *conn).await.port()?);
+            }
+            Ok(written)
+        })
+    }
+
+    fn lock_hold_cap(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 
     fn drop_siblings(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, Vec<String>> {
@@ -129,6 +184,51 @@ impl Judging for sqlx::Postgres {
     const ORDER_OWNER: &'static str = "SELECT user_id FROM payments WHERE order_id = $1";
     const ORDER_OF_REFERENCE: &'static str =
         "SELECT user_id, order_id FROM payments WHERE reference = $1";
+
+    const HOLD_IDS: &'static str = "hold_ids";
+
+    fn insert_holds<'c>(
+        conn: &'c mut Self::Connection,
+        holds: &'c [(&'c Hold, Option<&'c str>)],
+    ) -> Pending<'c, Vec<String>> {
+        let column = |f: fn(&Hold) -> &str| holds.iter().map(|(h, _)| f(h)).collect::<Vec<_>>();
+        let number = |f: fn(&Hold) -> i64| holds.iter().map(|(h, _)| f(h)).collect::<Vec<_>>();
+        // Each id is claimed in `hold_ids` first; only the claimed ones are inserted.
+        let query = sqlx::query_scalar(
+            "WITH new AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
+               $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[]) \
+               AS n(id, sale_id, user_id, quantity, unit_price, currency, state, created_at, \
+               expires_at, device_id)), \
+             claimed AS (INSERT INTO hold_ids (id, user_id, sale_id) \
+               SELECT id, user_id, sale_id FROM new ON CONFLICT (id) DO NOTHING RETURNING id) \
+             INSERT INTO holds (id, sale_id, user_id, quantity, unit_price, currency, state, \
+               created_at, expires_at, device_id) \
+             SELECT new.* FROM new JOIN claimed USING (id) RETURNING id",
+        )
+        .bind(column(|h| h.id.as_str()))
+        .bind(column(|h| h.sale_id.as_str()))
+        .bind(column(|h| h.user_id.as_str()))
+        .bind(number(|h| i64::from(h.quantity)))
+        .bind(number(|h| h.unit_price.0))
+        .bind(column(|h| h.currency.as_str()))
+        .bind(column(|h| h.state.as_str()))
+        .bind(number(|h| h.created_at.0))
+        .bind(number(|h| h.expires_at.0))
+        .bind(holds.iter().map(|(_, d)| *d).collect::<Vec<_>>());
+        Box::pin(async move { query.fetch_all(conn).await.port() })
+    }
+
+    fn lock_hold_cap(conn: &mut Self::Connection, subjects: Vec<String>) -> Pending<'_, ()> {
+        // Volatile functions in the select list run after the sort: the locks are taken in
+        // key order.
+        let query = sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM \
+             (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s) AS keys \
+             ORDER BY k",
+        )
+        .bind(subjects);
+        Box::pin(async move { query.fetch_all(conn).await.port().map(|_| ()) })
+    }
 
     fn lock_sales(conn: &mut Self::Connection, ids: Vec<String>) -> Pending<'_, Vec<Self::Row>> {
         Box::pin(async move {

@@ -1,4 +1,3 @@
 //! Errors are classified once for both engines, in `stampede_store_sql::error`.
 
 pub(crate) use stampede_store_sql::error::OrPort;
-pub(crate) use stampede_store_sql::internal;

@@ -19,8 +19,6 @@
 //! from the rows.
 
 mod error;
-mod hold_cap;
-mod holds;
 mod room_log;
 
 use std::path::Path;
@@ -30,17 +28,12 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use stampede_app::ports::{PortError, PortResult, ReserveRequest};
-use stampede_core::judge::Refusal;
+use stampede_app::ports::{PortError, PortResult};
 use stampede_core::waiting_line::LoggedEntry;
-use stampede_core::{Hold, SaleId};
+use stampede_core::SaleId;
 pub use stampede_store_sql::store::{Backend, SqlStore};
 
 use crate::error::OrPort;
-
-/// How every write transaction starts: take the write lock up front, so a transaction that
-/// reads before it writes can never fail to upgrade its lock half-way.
-pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// Connections in the reader pool: enough for the HTTP reads beside the one writer on a small
 /// machine.
@@ -117,10 +110,6 @@ impl Backend for SqliteBackend {
             .run(&self.writer)
             .await
             .map_err(|e| PortError::internal_because("migrate", e))
-    }
-
-    async fn reserve(&self, batch: &[ReserveRequest]) -> PortResult<Vec<Result<Hold, Refusal>>> {
-        holds::reserve(&self.writer, batch).await
     }
 
     async fn append_room_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {

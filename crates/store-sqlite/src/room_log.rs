@@ -7,10 +7,10 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use stampede_app::ports::PortResult;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
+use stampede_store_sql::engine::begin_write;
 use stampede_store_sql::room_log::{self, to_i64, ENTRY_COLS};
 
 use crate::error::OrPort;
-use crate::BEGIN_WRITE;
 
 /// Rows per INSERT: 10 parameters each, well under SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -19,7 +19,7 @@ const ROWS_PER_STATEMENT: usize = 1000;
 pub(crate) async fn append(writer: &SqlitePool, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
     let batch = stampede_app::durable_room::fold_batch(batch);
     let tail = room_log::upsert_tail::<Sqlite>();
-    let mut tx = writer.begin_with(BEGIN_WRITE).await.port()?;
+    let mut tx = begin_write(writer).await?;
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
         let mut qb: QueryBuilder<'_, Sqlite> =
             QueryBuilder::new(format!("INSERT INTO room_log AS l ({ENTRY_COLS}) "));
