@@ -21,7 +21,6 @@
 //! Errors: a lost connection, a timeout, a server shutting down, a deadlock or serialization
 //! failure is `PortError::Unavailable` (worth a retry); anything else `Internal`.
 
-mod error;
 mod room_log;
 
 use std::str::FromStr;
@@ -37,7 +36,7 @@ use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 pub use stampede_store_sql::store::{Backend, SqlStore};
 
-use crate::error::OrPort;
+use stampede_store_sql::error::OrPort;
 
 /// The schema, embedded in the binary so a node needs nothing beside it.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -63,7 +62,7 @@ const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 pub type PgStore = SqlStore<PgBackend>;
 
 /// What the PostgreSQL store does its own way: one pool with durable, bounded sessions, its
-/// migrations (applied under an advisory lock), and the batch paths of `holds` and `room_log`.
+/// migrations (applied under an advisory lock), and the batch path of `room_log`.
 #[derive(Debug, Clone)]
 pub struct PgBackend {
     pool: PgPool,
@@ -118,7 +117,7 @@ impl Backend for PgBackend {
         // sqlx's migrator holds a PostgreSQL advisory lock (keyed on the database) while it
         // checks and applies migrations, so nodes starting together apply each one once.
         MIGRATOR.run(&self.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => error::port_error(e),
+            sqlx::migrate::MigrateError::Execute(e) => stampede_store_sql::error::port_error(e),
             other => PortError::internal(format!("migrate: {other}")),
         })
     }

@@ -10,7 +10,7 @@ use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 use stampede_store_sql::room_log::{self, to_i64, ENTRY_COLS};
 
-use crate::error::OrPort;
+use stampede_store_sql::error::OrPort;
 
 /// Writes a batch of entries (never empty) in one transaction.
 pub(crate) async fn append(pool: &PgPool, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {

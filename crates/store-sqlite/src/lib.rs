@@ -18,7 +18,6 @@
 //! transaction instead of committing an oversell. `AdminReads::stock_audit` recomputes the counters
 //! from the rows.
 
-mod error;
 mod room_log;
 
 use std::path::Path;
@@ -33,7 +32,7 @@ use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 pub use stampede_store_sql::store::{Backend, SqlStore};
 
-use crate::error::OrPort;
+use stampede_store_sql::error::OrPort;
 
 /// Connections in the reader pool: enough for the HTTP reads beside the one writer on a small
 /// machine.
@@ -49,7 +48,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub type SqliteStore = SqlStore<SqliteBackend>;
 
 /// What the SQLite store does its own way: two pools on one file, its migrations, and the
-/// batch paths of `holds` and `room_log`.
+/// batch path of `room_log`.
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
     /// Exactly one connection: all writes, in order.

@@ -10,7 +10,7 @@ use stampede_core::SaleId;
 use stampede_store_sql::engine::begin_write;
 use stampede_store_sql::room_log::{self, to_i64, ENTRY_COLS};
 
-use crate::error::OrPort;
+use stampede_store_sql::error::OrPort;
 
 /// Rows per INSERT: 10 parameters each, well under SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 1000;
