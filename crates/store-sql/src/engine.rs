@@ -315,3 +315,14 @@ pub async fn one<DB: Engine>(
 ) -> PortResult<DB::Row> {
     q.first(on).await?.ok_or_else(|| crate::internal(missing()))
 }
+
+/// [`find`] inside a connection or transaction the caller holds.
+pub async fn find_on<DB: Engine, T>(
+    on: &mut impl Conn<DB>,
+    sql: &str,
+    key: &str,
+    read: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Option<T>> {
+    let row = statement::<DB>(sql).text(key).first(on).await?;
+    row.map(|r| read(&r)).transpose()
+}
