@@ -47,18 +47,15 @@ pub async fn upsert_admin<DB: Engine>(
     user: &User,
     hash: &str,
 ) -> PortResult<User> {
-    let mut tx = begin_write(writer).await?;
-    let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash";
-    new_user::<DB>(sql, user, Role::Admin, hash)
-        .run(&mut tx)
-        .await?;
-    let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
-    let q = statement::<DB>(sql).text(&user.email);
-    let stored = rows::user(&one(q, &mut tx, || format!("admin {} vanished", user.email)).await?)?;
-    tx.commit().await.port()?;
-    Ok(stored)
+    let sql = concat!(
+        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) \
+         DO UPDATE SET role = 'admin', password_hash = excluded.password_hash RETURNING ",
+        user_cols!()
+    );
+    let q = new_user::<DB>(sql, user, Role::Admin, hash);
+    let conn = &mut writer.acquire().await.port()?;
+    rows::user(&one(q, conn, || format!("admin {} vanished", user.email)).await?)
 }
 
 /// The login path's view of a user.
@@ -183,21 +180,16 @@ pub async fn shared_secret<DB: Engine>(
     name: &str,
     candidate: &str,
 ) -> PortResult<String> {
-    statement::<DB>(
-        "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-    )
-    .text(name)
-    .text(candidate)
-    .run_in(writer)
-    .await?;
-    find(
-        writer,
-        "SELECT value FROM settings WHERE name = $1",
-        name,
-        |r| col(r, "value"),
-    )
-    .await?
-    .ok_or_else(|| crate::internal(format!("setting {name} vanished")))
+    // Setting a stored value to itself returns it: the first writer's, in one statement.
+    let q = statement::<DB>(
+        "INSERT INTO settings (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = settings.value RETURNING value",
+    );
+    let conn = &mut writer.acquire().await.port()?;
+    let row = one(q.text(name).text(candidate), conn, || {
+        format!("setting {name} vanished")
+    });
+    col(&row.await?, "value")
 }
 
 /// Sets the status; ends the sessions of an account that is no longer active, in one
