@@ -150,7 +150,7 @@ pub async fn browse_sales<DB: Engine>(reader: &Pool<DB>, b: &Browse) -> PortResu
     let mut q = Browsing::new(concat!("SELECT ", sale_cols!(), " FROM sales s WHERE 1 = 1").into());
     q.common::<DB>("sales", "s", b);
     if let Some(drop) = &b.drop_id {
-        q.and("s.drop_id =", Arg::String(drop.as_str().to_owned()));
+        q.and("s", "drop_id =", Arg::String(drop.as_str().to_owned()));
     }
     q.statuses("s", true, b);
     q.page("s", b);
@@ -177,7 +177,7 @@ pub async fn browse_products<DB: Engine>(
         let statuses: Vec<String> = b
             .product_statuses
             .iter()
-            .map(|s| q.arg(Arg::String(s.as_str().to_owned())))
+            .map(|s| q.arg(Arg::Text(s.as_str())))
             .collect();
         let _ = write!(q.sql, " AND p.status IN ({})", statuses.join(", "));
     }
@@ -205,19 +205,16 @@ impl Browsing {
         format!("${}", self.args.len())
     }
 
-    /// `AND` the condition `left` followed by the argument `arg`.
-    fn and(&mut self, left: &str, arg: Arg<'static>) {
+    /// `AND` the condition `left` on the row `alias`, followed by the argument `arg`.
+    fn and(&mut self, alias: &str, left: &str, arg: Arg<'static>) {
         let p = self.arg(arg);
-        let _ = write!(self.sql, " AND {left} {p}");
+        let _ = write!(self.sql, " AND {alias}.{left} {p}");
     }
 
     /// `AND` the conditions every browse shares: category, name, cursor.
     fn common<DB: Engine>(&mut self, table: &str, alias: &str, b: &Browse) {
         if let Some(category) = &b.category {
-            self.and(
-                &format!("{alias}.category ="),
-                Arg::String(category.clone()),
-            );
+            self.and(alias, "category =", Arg::String(category.clone()));
         }
         if !b.words.is_empty() {
             let param = self.arg(Arg::String(DB::search_query(&b.words)));
@@ -228,7 +225,7 @@ impl Browsing {
             );
         }
         if let Some(after) = &b.after {
-            self.and(&format!("{alias}.id >"), Arg::String(after.clone()));
+            self.and(alias, "id >", Arg::String(after.clone()));
         }
     }
 

@@ -74,13 +74,8 @@ pub async fn update<DB: Engine>(writer: &Pool<DB>, sale: &Sale) -> PortResult<bo
 
 /// One sale with its current counters.
 pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &SaleId) -> PortResult<Option<Sale>> {
-    find(
-        reader,
-        &format!("{SALES} WHERE id = $1"),
-        id.as_str(),
-        rows::sale,
-    )
-    .await
+    let sql = format!("{SALES} WHERE id = $1");
+    find(reader, &sql, id.as_str(), rows::sale).await
 }
 
 /// Every sale, oldest first.
