@@ -272,10 +272,10 @@ impl Browsing {
 
     /// Runs the statement on a connection of `reader`; every row.
     async fn rows<DB: Engine>(self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
-        let mut q = statement::<DB>(&self.sql);
-        for arg in self.args {
-            q = q.arg(arg);
-        }
+        let q = self
+            .args
+            .into_iter()
+            .fold(statement::<DB>(&self.sql), Bind::arg);
         q.all_in(reader).await
     }
 }

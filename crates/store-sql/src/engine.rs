@@ -326,3 +326,12 @@ pub async fn find_on<DB: Engine, T>(
     let row = statement::<DB>(sql).text(key).first(on).await?;
     row.map(|r| read(&r)).transpose()
 }
+
+/// Every row of a query run on a connection of `pool`, each read by `read`.
+pub async fn list<DB: Engine, T>(
+    q: Statement<'_, DB>,
+    pool: &Pool<DB>,
+    read: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Vec<T>> {
+    q.all_in(pool).await?.iter().map(read).collect()
+}

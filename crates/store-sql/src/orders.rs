@@ -31,7 +31,7 @@ use stampede_core::{
     HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
 };
 
-use crate::engine::{begin_write, find_on, statement, Bind, Conn, Run, Statement};
+use crate::engine::{begin_write, find_on, list, statement, Bind, Conn, Run, Statement};
 use crate::error::OrPort;
 use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
@@ -430,25 +430,20 @@ pub async fn cancel<DB: Judging>(
 
 /// Payments with a money move owed to the gateway, oldest change first.
 pub async fn owed<DB: Judging>(reader: &Pool<DB>, limit: u32) -> PortResult<Vec<OwedPayment>> {
-    let found = statement::<DB>(
+    let q = statement::<DB>(
         "SELECT id, order_id, reference, gateway_owed FROM payments \
          WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
          ORDER BY updated_at, id LIMIT $1",
-    )
-    .int(i64::from(limit))
-    .all_in(reader)
-    .await?;
-    found
-        .iter()
-        .map(|r| {
-            Ok(OwedPayment {
-                payment_id: PaymentId::from_trusted(col(r, "id")?),
-                order_id: OrderId::from_trusted(col(r, "order_id")?),
-                reference: col(r, "reference")?,
-                owed: col_word(r, "gateway_owed", GatewayOwed::parse)?,
-            })
+    );
+    list(q.int(i64::from(limit)), reader, |r| {
+        Ok(OwedPayment {
+            payment_id: PaymentId::from_trusted(col(r, "id")?),
+            order_id: OrderId::from_trusted(col(r, "order_id")?),
+            reference: col(r, "reference")?,
+            owed: col_word(r, "gateway_owed", GatewayOwed::parse)?,
         })
-        .collect()
+    })
+    .await
 }
 
 /// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.

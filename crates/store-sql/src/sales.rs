@@ -8,7 +8,7 @@ use sqlx::Pool;
 use stampede_app::ports::PortResult;
 use stampede_core::{Sale, SaleId};
 
-use crate::engine::{find, statement, Bind, Engine, Run, Statement};
+use crate::engine::{find, list, statement, Bind, Engine, Run, Statement};
 use crate::rows;
 use crate::sale_cols;
 
@@ -81,8 +81,7 @@ pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &SaleId) -> PortResult<Opt
 /// Every sale, oldest first.
 pub async fn all<DB: Engine>(reader: &Pool<DB>) -> PortResult<Vec<Sale>> {
     let sql = format!("{SALES} ORDER BY created_at, id");
-    let rows = statement::<DB>(&sql).all_in(reader).await?;
-    rows.iter().map(rows::sale).collect()
+    list(statement::<DB>(&sql), reader, rows::sale).await
 }
 
 /// Columns and table of [`rows::sale`].

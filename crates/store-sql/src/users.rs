@@ -6,7 +6,7 @@ use sqlx::Pool;
 use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, find, one, statement, Bind, Conn, Engine, Run, Statement};
+use crate::engine::{begin_write, find, list, one, statement, Bind, Conn, Engine, Run, Statement};
 use crate::error::OrPort;
 use crate::rows::{self, col, col_ts, col_word, DbRow};
 use crate::user_cols;
@@ -251,11 +251,9 @@ pub async fn accounts<DB: Engine>(
          WHERE (lower(email) LIKE $1 ESCAPE '\\' OR lower(name) LIKE $1 ESCAPE '\\') \
          AND id > $2 ORDER BY id LIMIT $3"
     );
-    let rows = statement::<DB>(&sql)
+    let q = statement::<DB>(&sql)
         .string(pattern)
         .text(after.map(|a| a.as_str()).unwrap_or(""))
-        .int(i64::from(limit))
-        .all_in(reader)
-        .await?;
-    rows.iter().map(account).collect()
+        .int(i64::from(limit));
+    list(q, reader, account).await
 }
