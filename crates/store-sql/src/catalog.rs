@@ -70,8 +70,7 @@ pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortR
     put_product(writer, p, false).await
 }
 
-/// Inserts a product, or (`insert` false) writes an existing one's fields but its creation
-/// time; whether a row changed.
+/// Inserts a product, or (`insert` false) writes all its fields but the creation time.
 async fn put_product<DB: Engine>(writer: &Pool<DB>, p: &Product, insert: bool) -> PortResult<bool> {
     let sql = if insert {
         "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
@@ -114,8 +113,7 @@ pub async fn update_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortRe
     put_drop(writer, d, false).await
 }
 
-/// Inserts a drop, or (`insert` false) writes an existing one's fields but its creation time;
-/// whether a row changed.
+/// Inserts a drop, or (`insert` false) writes all its fields but the creation time.
 async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, insert: bool) -> PortResult<bool> {
     let sql = if insert {
         "INSERT INTO drops (id, name, description, category, starts_at, ends_at, \
@@ -236,8 +234,7 @@ impl Browsing {
     }
 
     /// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of
-    /// the statuses at `b.now`; nothing when any status will do. Written to agree with
-    /// `Sale::status_at` and `DropEvent::status_at`.
+    /// the statuses at `b.now` (see the module documentation); nothing when any will do.
     fn statuses(&mut self, a: &str, with_control: bool, b: &Browse) {
         if b.statuses.is_empty() {
             return;

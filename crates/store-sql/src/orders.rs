@@ -13,10 +13,9 @@
 //!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
 //!   or pending answer writes none.
 //!
-//! Orders, holds and order lines are keyed by their buyer too, which PostgreSQL's partitions
-//! need and SQLite accepts as one more condition; the statements whose columns differ are
-//! [`Judging`]'s. On PostgreSQL a transaction locks the order row, then its holds, then its
-//! sales (in id order): the lock order of [`crate::judging`].
+//! Order rows are keyed by their buyer too (`keyed`: PostgreSQL's partitions need it); the
+//! statements whose columns differ are [`Judging`]'s. A transaction locks the order row, then
+//! its holds, then its sales in id order: the lock order of [`crate::judging`].
 
 use sqlx::Pool;
 
@@ -184,8 +183,8 @@ pub async fn create<DB: Judging>(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    // The order row, each hold taken into it, its lines (with their position, the checkout
-    // order) and its payment.
+    // The order row, each hold taken into it with its line (positioned in checkout order),
+    // and the payment.
     let payment = payment_of(&order)?;
     statement::<DB>(
         "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
