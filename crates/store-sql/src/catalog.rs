@@ -1,9 +1,8 @@
-//! The catalog, written once for both engines: products, drops, and browsing sales, drops and
-//! products by category, status and name. Only the full-text search condition differs (FTS5
-//! on SQLite, `tsvector` on PostgreSQL): it comes from [`Engine::search_condition`]. Statuses
-//! of sales and drops are derived from the clock, so a status filter is a condition on the
-//! schedule at the browse's `now`, written to agree with `Sale::status_at` and
-//! `DropEvent::status_at`.
+//! The catalog: products, drops, and browsing sales, drops and products by category, status
+//! and name. Only the full-text search condition differs between the engines (FTS5, or
+//! `tsvector`: [`Engine::search_condition`]). Statuses of sales and drops are derived from the
+//! clock, so a status filter is a condition on the schedule at the browse's `now`, written to
+//! agree with `Sale::status_at` and `DropEvent::status_at`.
 
 use std::fmt::Write as _;
 

@@ -186,18 +186,15 @@ pub async fn create<DB: Judging>(
     // The order row, each hold taken into it with its line (positioned in checkout order),
     // and the payment.
     let payment = payment_of(&order)?;
-    statement::<DB>(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .text(order.id.as_str())
-    .text(order.user_id.as_str())
-    .text(order.status.as_str())
-    .int(order.total.0)
-    .text(order.currency.as_str())
-    .int(order.created_at.0)
-    .run(&mut tx)
-    .await?;
+    let sql = "INSERT INTO orders (user_id, id, status, total, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)";
+    keyed::<DB>(sql, &order.user_id, &order.id)
+        .text(order.status.as_str())
+        .int(order.total.0)
+        .text(order.currency.as_str())
+        .int(order.created_at.0)
+        .run(&mut tx)
+        .await?;
     for (position, item) in (0_i64..).zip(&order.items) {
         let sql = "UPDATE holds SET order_id = $2 WHERE user_id = $1 AND id = $3";
         let q = keyed::<DB>(sql, &order.user_id, &order.id);

@@ -66,10 +66,9 @@ pub async fn claim<DB: Engine>(
 }
 
 /// Runs a claim (`sql`: `$1` the lease's end, `$2` now, `$3` the limit) in one write
-/// transaction; the rows it leased, each read by `row`, in the order of their `key` (RETURNING
-/// promises none). The rows are locked as they are chosen, and rows locked by a concurrent
-/// claim are skipped (a row whose lease a concurrent claim has just renewed is re-checked and
-/// dropped).
+/// transaction; the rows leased, read by `row`, in `key` order (RETURNING promises none). Rows
+/// are locked as they are chosen and those a concurrent claim locked are skipped (a row whose
+/// lease a concurrent claim has just renewed is re-checked and dropped).
 pub(crate) async fn lease<DB: Engine, T>(
     writer: &Pool<DB>,
     sql: &str,

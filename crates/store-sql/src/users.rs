@@ -24,8 +24,7 @@ pub async fn insert<DB: Engine>(writer: &Pool<DB>, user: &User, hash: &str) -> P
         == 1)
 }
 
-/// `sql` (an insert into `users`: id, email, name, role, password hash, creation time) bound
-/// to `user` with role `role` and password hash `hash`.
+/// `sql`, an insert into `users` (id, email, name, role, password hash, creation time), bound.
 fn new_user<'q, DB: Engine>(
     sql: &'q str,
     user: &'q User,
@@ -132,10 +131,9 @@ pub async fn delete_session<DB: Engine>(writer: &Pool<DB>, session_id: &str) -> 
     Ok(!ended.is_empty())
 }
 
-/// Deletes the sessions whose `column` is `value` and records their revocations (until each
-/// would have expired anyway), inside the caller's transaction; the sessions ended. The
-/// revocations are copied before the sessions go, since SQLite cannot feed one statement's
-/// `DELETE ... RETURNING` into another's `INSERT`.
+/// Deletes the sessions whose `column` is `value`, inside the caller's transaction, and records
+/// their revocations until their expiry; the sessions ended. The revocations are copied first:
+/// SQLite cannot feed one statement's `DELETE ... RETURNING` into another's `INSERT`.
 async fn end_sessions<DB: Engine>(
     tx: &mut impl Conn<DB>,
     column: &str,
