@@ -1,9 +1,8 @@
-//! The catalog, written once for both engines: products, drops, and browsing sales, drops and
-//! products by category, status and name. Only the full-text search condition differs (FTS5
-//! on SQLite, `tsvector` on PostgreSQL): it comes from [`Engine::search_condition`]. Statuses
-//! of sales and drops are derived from the clock, so a status filter is a condition on the
-//! schedule at the browse's `now`, written to agree with `Sale::status_at` and
-//! `DropEvent::status_at`.
+//! The catalog: products, drops, and browsing sales, drops and products by category, status
+//! and name. Only the full-text search condition differs between the engines (FTS5, or
+//! `tsvector`: [`Engine::search_condition`]). Statuses of sales and drops are derived from the
+//! clock, so a status filter is a condition on the schedule at the browse's `now`, written to
+//! agree with `Sale::status_at` and `DropEvent::status_at`.
 
 use std::fmt::Write as _;
 
@@ -70,8 +69,7 @@ pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortR
     put_product(writer, p, false).await
 }
 
-/// Inserts a product, or (`insert` false) writes an existing one's fields but its creation
-/// time; whether a row changed.
+/// Inserts a product, or (`insert` false) writes all its fields but the creation time.
 async fn put_product<DB: Engine>(writer: &Pool<DB>, p: &Product, insert: bool) -> PortResult<bool> {
     let sql = if insert {
         "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
@@ -114,8 +112,7 @@ pub async fn update_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortRe
     put_drop(writer, d, false).await
 }
 
-/// Inserts a drop, or (`insert` false) writes an existing one's fields but its creation time;
-/// whether a row changed.
+/// Inserts a drop, or (`insert` false) writes all its fields but the creation time.
 async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, insert: bool) -> PortResult<bool> {
     let sql = if insert {
         "INSERT INTO drops (id, name, description, category, starts_at, ends_at, \
@@ -150,7 +147,7 @@ pub async fn browse_sales<DB: Engine>(reader: &Pool<DB>, b: &Browse) -> PortResu
     let mut q = Browsing::new(concat!("SELECT ", sale_cols!(), " FROM sales s WHERE 1 = 1").into());
     q.common::<DB>("sales", "s", b);
     if let Some(drop) = &b.drop_id {
-        q.and("s.drop_id =", Arg::String(drop.as_str().to_owned()));
+        q.and("s", "drop_id =", Arg::String(drop.as_str().to_owned()));
     }
     q.statuses("s", true, b);
     q.page("s", b);
@@ -177,7 +174,7 @@ pub async fn browse_products<DB: Engine>(
         let statuses: Vec<String> = b
             .product_statuses
             .iter()
-            .map(|s| q.arg(Arg::String(s.as_str().to_owned())))
+            .map(|s| q.arg(Arg::Text(s.as_str())))
             .collect();
         let _ = write!(q.sql, " AND p.status IN ({})", statuses.join(", "));
     }
@@ -205,19 +202,16 @@ impl Browsing {
         format!("${}", self.args.len())
     }
 
-    /// `AND` the condition `left` followed by the argument `arg`.
-    fn and(&mut self, left: &str, arg: Arg<'static>) {
+    /// `AND` the condition `left` on the row `alias`, followed by the argument `arg`.
+    fn and(&mut self, alias: &str, left: &str, arg: Arg<'static>) {
         let p = self.arg(arg);
-        let _ = write!(self.sql, " AND {left} {p}");
+        let _ = write!(self.sql, " AND {alias}.{left} {p}");
     }
 
     /// `AND` the conditions every browse shares: category, name, cursor.
     fn common<DB: Engine>(&mut self, table: &str, alias: &str, b: &Browse) {
         if let Some(category) = &b.category {
-            self.and(
-                &format!("{alias}.category ="),
-                Arg::String(category.clone()),
-            );
+            self.and(alias, "category =", Arg::String(category.clone()));
         }
         if !b.words.is_empty() {
             let param = self.arg(Arg::String(DB::search_query(&b.words)));
@@ -228,7 +222,7 @@ impl Browsing {
             );
         }
         if let Some(after) = &b.after {
-            self.and(&format!("{alias}.id >"), Arg::String(after.clone()));
+            self.and(alias, "id >", Arg::String(after.clone()));
         }
     }
 
@@ -239,8 +233,7 @@ impl Browsing {
     }
 
     /// `AND (…)` true when the schedule (and, for sales, the admin's control) gives one of
-    /// the statuses at `b.now`; nothing when any status will do. Written to agree with
-    /// `Sale::status_at` and `DropEvent::status_at`.
+    /// the statuses at `b.now` (see the module documentation); nothing when any will do.
     fn statuses(&mut self, a: &str, with_control: bool, b: &Browse) {
         if b.statuses.is_empty() {
             return;
@@ -275,10 +268,10 @@ impl Browsing {
 
     /// Runs the statement on a connection of `reader`; every row.
     async fn rows<DB: Engine>(self, reader: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
-        let mut q = statement::<DB>(&self.sql);
-        for arg in self.args {
-            q = q.arg(arg);
-        }
+        let q = self
+            .args
+            .into_iter()
+            .fold(statement::<DB>(&self.sql), Bind::arg);
         q.all_in(reader).await
     }
 }

@@ -315,3 +315,23 @@ pub async fn one<DB: Engine>(
 ) -> PortResult<DB::Row> {
     q.first(on).await?.ok_or_else(|| crate::internal(missing()))
 }
+
+/// [`find`] inside a connection or transaction the caller holds.
+pub async fn find_on<DB: Engine, T>(
+    on: &mut impl Conn<DB>,
+    sql: &str,
+    key: &str,
+    read: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Option<T>> {
+    let row = statement::<DB>(sql).text(key).first(on).await?;
+    row.map(|r| read(&r)).transpose()
+}
+
+/// Every row of a query run on a connection of `pool`, each read by `read`.
+pub async fn list<DB: Engine, T>(
+    q: Statement<'_, DB>,
+    pool: &Pool<DB>,
+    read: impl Fn(&DB::Row) -> PortResult<T>,
+) -> PortResult<Vec<T>> {
+    q.all_in(pool).await?.iter().map(read).collect()
+}

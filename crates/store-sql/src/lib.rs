@@ -1,10 +1,7 @@
-//! What the SQLite and PostgreSQL stores share, written once and generic over the sqlx row
-//! type: decoding rows into domain types ([`rows`]) and the column lists and statement texts
-//! both engines accept (sqlx's SQLite driver takes the same `$N` placeholders as PostgreSQL).
-//!
-//! Each backend crate keeps only what really differs: locking (`FOR NO KEY UPDATE`,
-//! `SKIP LOCKED`), the partition keys PostgreSQL's tables carry, the group-commit batch path,
-//! full-text search, migrations and pool settings.
+//! The store written once for SQLite and PostgreSQL, generic over the sqlx database
+//! ([`store::SqlStore`]); sqlx's SQLite driver takes PostgreSQL's `$N` placeholders, so one
+//! statement text serves both. What the engines do differently is named in [`engine`] and
+//! [`judging`]; each backend crate keeps only its pools, migrations and batch paths.
 
 use std::fmt::Display;
 

@@ -12,7 +12,7 @@ use stampede_app::ports::{
 };
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, find, one, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, find, list, one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -172,7 +172,7 @@ pub async fn append_audit<DB: Engine>(writer: &Pool<DB>, e: &AuditEntry) -> Port
 /// Entries matching the filter, oldest first. A `limit` of 0 means no limit.
 pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult<Vec<AuditEntry>> {
     let limit = Some(f.limit).filter(|l| *l > 0).map_or(i64::MAX, i64::from);
-    statement::<DB>(
+    let q = statement::<DB>(
         "SELECT id, at, actor, action, target, CAST(before_json AS TEXT) AS before_json, \
          CAST(after_json AS TEXT) AS after_json FROM audit \
          WHERE (CAST($1 AS TEXT) IS NULL OR actor = $1) \
@@ -182,11 +182,8 @@ pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult
     .opt_text(f.actor.as_deref())
     .opt_text(f.action.as_deref())
     .opt_text(f.after.as_deref())
-    .int(limit)
-    .all_in(reader)
-    .await?
-    .iter()
-    .map(|r| {
+    .int(limit);
+    list(q, reader, |r| {
         Ok(AuditEntry {
             id: col(r, "id")?,
             at: col_ts(r, "at")?,
@@ -197,7 +194,7 @@ pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult
             after: json_value(col(r, "after_json")?)?,
         })
     })
-    .collect()
+    .await
 }
 
 /// Adds one notification to a buyer's feed; `false` (nothing written) if its id is there
@@ -239,23 +236,20 @@ pub async fn notifications<DB: Engine>(
          ORDER BY {seq} LIMIT $3",
         seq = DB::NOTIFICATION_SEQ
     );
-    statement::<DB>(&sql)
+    let q = statement::<DB>(&sql)
         .text(user.as_str())
         .opt_text(after)
-        .int(i64::from(limit))
-        .all_in(reader)
-        .await?
-        .iter()
-        .map(|r| {
-            let data: String = col(r, "data_json")?;
-            Ok(Notification {
-                id: col(r, "id")?,
-                user_id: UserId::from_trusted(col(r, "user_id")?),
-                kind: col_word(r, "kind", EventKind::parse)?,
-                created_at: col_ts(r, "created_at")?,
-                data: serde_json::from_str(&data)
-                    .map_err(|e| internal(format!("notification json: {e}")))?,
-            })
+        .int(i64::from(limit));
+    list(q, reader, |r| {
+        let data: String = col(r, "data_json")?;
+        Ok(Notification {
+            id: col(r, "id")?,
+            user_id: UserId::from_trusted(col(r, "user_id")?),
+            kind: col_word(r, "kind", EventKind::parse)?,
+            created_at: col_ts(r, "created_at")?,
+            data: serde_json::from_str(&data)
+                .map_err(|e| internal(format!("notification json: {e}")))?,
         })
-        .collect()
+    })
+    .await
 }

@@ -13,10 +13,9 @@
 //!   outbox event (`order_confirmed` / `payment_failed`) in the same transaction; a replayed
 //!   or pending answer writes none.
 //!
-//! Orders, holds and order lines are keyed by their buyer too, which PostgreSQL's partitions
-//! need and SQLite accepts as one more condition; the statements whose columns differ are
-//! [`Judging`]'s. On PostgreSQL a transaction locks the order row, then its holds, then its
-//! sales (in id order): the lock order of [`crate::judging`].
+//! Order rows are keyed by their buyer too (`keyed`: PostgreSQL's partitions need it); the
+//! statements whose columns differ are [`Judging`]'s. A transaction locks the order row, then
+//! its holds, then its sales in id order: the lock order of [`crate::judging`].
 
 use sqlx::Pool;
 
@@ -31,11 +30,11 @@ use stampede_core::{
     HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
 };
 
-use crate::engine::{begin_write, statement, Bind, Conn, Run};
+use crate::engine::{begin_write, find_on, list, statement, Bind, Conn, Run, Statement};
 use crate::error::OrPort;
 use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
-use crate::rows::{self, col, ORDER_COLS, PAYMENT_COLS};
+use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
 use crate::{holds, internal};
 
@@ -47,6 +46,11 @@ fn payment_of(order: &Order) -> PortResult<&Payment> {
         .ok_or_else(|| internal(format!("order {} has no payment", order.id)))
 }
 
+/// `sql` with the buyer bound as `$1` and the order as `$2`: the key of the buyer's order rows.
+fn keyed<'q, DB: Judging>(sql: &'q str, user: &'q UserId, id: &'q OrderId) -> Statement<'q, DB> {
+    statement::<DB>(sql).text(user.as_str()).text(id.as_str())
+}
+
 /// The buyer's order with its items (in checkout order) and its payment.
 async fn load<DB: Judging>(
     conn: &mut impl Conn<DB>,
@@ -54,32 +58,21 @@ async fn load<DB: Judging>(
     id: &OrderId,
 ) -> PortResult<Option<Order>> {
     let sql = format!("SELECT {ORDER_COLS} FROM orders WHERE user_id = $1 AND id = $2");
-    let Some(row) = statement::<DB>(&sql)
-        .text(user.as_str())
-        .text(id.as_str())
-        .first(conn)
-        .await?
-    else {
+    let Some(row) = keyed::<DB>(&sql, user, id).first(conn).await? else {
         return Ok(None);
     };
-    let items = statement::<DB>(DB::ORDER_ITEMS)
-        .text(user.as_str())
-        .text(id.as_str())
+    let items = keyed::<DB>(DB::ORDER_ITEMS, user, id)
         .all(conn)
         .await?
         .iter()
         .map(rows::order_item)
         .collect::<PortResult<Vec<_>>>()?;
     let sql = format!("SELECT {PAYMENT_COLS} FROM payments WHERE order_id = $1");
-    let payment = statement::<DB>(&sql)
-        .text(id.as_str())
-        .first(conn)
-        .await?
-        .map(|r| rows::payment(&r))
-        .transpose()?;
+    let payment = find_on(conn, &sql, id.as_str(), rows::payment).await?;
     rows::order(&row, items, payment).map(Some)
 }
 
+/// [`load`] of an order known to exist (orders are never deleted).
 async fn load_existing<DB: Judging>(
     conn: &mut impl Conn<DB>,
     user: &UserId,
@@ -87,7 +80,22 @@ async fn load_existing<DB: Judging>(
 ) -> PortResult<Order> {
     load(conn, user, id)
         .await?
-        .ok_or_else(|| internal(format!("order {id} vanished inside its transaction")))
+        .ok_or_else(|| internal(format!("order {id} vanished")))
+}
+
+/// The orders of `found`, in row order: rows of the buyer (`user_id`) and the order (column
+/// `id`), each an order that exists.
+async fn load_each<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    found: &[DB::Row],
+    id: &str,
+) -> PortResult<Vec<Order>> {
+    let mut out = Vec::with_capacity(found.len());
+    for row in found {
+        let user = UserId::from_trusted(col(row, "user_id")?);
+        out.push(load_existing(conn, &user, &OrderId::from_trusted(col(row, id)?)).await?);
+    }
+    Ok(out)
 }
 
 /// Locks the buyer's order row for the rest of the transaction, then loads it: two answers
@@ -114,17 +122,14 @@ async fn settle<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<()> {
     let payment = payment_of(order)?;
-    let done = statement::<DB>(
-        "UPDATE orders SET status = $1, updated_at = $2 \
-         WHERE user_id = $3 AND id = $4 AND status = $5",
-    )
-    .text(plan.order.as_str())
-    .int(now.0)
-    .text(order.user_id.as_str())
-    .text(order.id.as_str())
-    .text(order.status.as_str())
-    .run(conn)
-    .await?;
+    let sql = "UPDATE orders SET status = $3, updated_at = $4 \
+         WHERE user_id = $1 AND id = $2 AND status = $5";
+    let done = keyed::<DB>(sql, &order.user_id, &order.id)
+        .text(plan.order.as_str())
+        .int(now.0)
+        .text(order.status.as_str())
+        .run(conn)
+        .await?;
     exactly_one(
         done,
         format_args!("order {} changed status meanwhile", order.id),
@@ -148,9 +153,8 @@ async fn settle<DB: Judging>(
         format_args!("payment {} changed status meanwhile", payment.id),
     )?;
     if plan.release_holds {
-        statement::<DB>("UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2")
-            .text(order.user_id.as_str())
-            .text(order.id.as_str())
+        let sql = "UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2";
+        keyed::<DB>(sql, &order.user_id, &order.id)
             .run(conn)
             .await?;
     }
@@ -179,28 +183,22 @@ pub async fn create<DB: Judging>(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    // The order row, each hold taken into it, its lines (with their position, the checkout
-    // order) and its payment.
+    // The order row, each hold taken into it with its line (positioned in checkout order),
+    // and the payment.
     let payment = payment_of(&order)?;
-    statement::<DB>(
-        "INSERT INTO orders (id, user_id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .text(order.id.as_str())
-    .text(order.user_id.as_str())
-    .text(order.status.as_str())
-    .int(order.total.0)
-    .text(order.currency.as_str())
-    .int(order.created_at.0)
-    .run(&mut tx)
-    .await?;
+    let sql = "INSERT INTO orders (user_id, id, status, total, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)";
+    keyed::<DB>(sql, &order.user_id, &order.id)
+        .text(order.status.as_str())
+        .int(order.total.0)
+        .text(order.currency.as_str())
+        .int(order.created_at.0)
+        .run(&mut tx)
+        .await?;
     for (position, item) in (0_i64..).zip(&order.items) {
-        statement::<DB>("UPDATE holds SET order_id = $1 WHERE user_id = $2 AND id = $3")
-            .text(order.id.as_str())
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .run(&mut tx)
-            .await?;
+        let sql = "UPDATE holds SET order_id = $2 WHERE user_id = $1 AND id = $3";
+        let q = keyed::<DB>(sql, &order.user_id, &order.id);
+        q.text(item.hold_id.as_str()).run(&mut tx).await?;
         statement::<DB>(DB::INSERT_ORDER_ITEM)
             .text(order.id.as_str())
             .text(order.user_id.as_str())
@@ -238,12 +236,9 @@ async fn convert<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
     // The order's lines in checkout order, their holds locked for the rest of the transaction.
-    let found = statement::<DB>(DB::ORDER_LINES)
-        .text(user.as_str())
-        .text(id.as_str())
+    let lines = keyed::<DB>(DB::ORDER_LINES, user, id)
         .all(conn)
-        .await?;
-    let lines = found
+        .await?
         .iter()
         .map(rows::order_line)
         .collect::<PortResult<Vec<OrderLine>>>()?;
@@ -291,14 +286,8 @@ pub async fn apply_payment<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<Option<PaymentApplied>> {
     let mut tx = begin_write(writer).await?;
-    let owner = statement::<DB>(DB::ORDER_OWNER)
-        .text(id.as_str())
-        .first(&mut tx)
-        .await?;
-    let Some(user) = owner
-        .map(|r| col(&r, "user_id").map(UserId::from_trusted))
-        .transpose()?
-    else {
+    let owner = find_on(&mut tx, DB::ORDER_OWNER, id.as_str(), |r| col(r, "user_id")).await?;
+    let Some(user) = owner.map(UserId::from_trusted) else {
         return Ok(None);
     };
     let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
@@ -314,12 +303,8 @@ pub async fn apply_payment<DB: Judging>(
                 .text(payment_of(&order)?.id.as_str())
                 .run(&mut tx)
                 .await?;
-            statement::<DB>("UPDATE orders SET updated_at = $1 WHERE user_id = $2 AND id = $3")
-                .int(now.0)
-                .text(user.as_str())
-                .text(id.as_str())
-                .run(&mut tx)
-                .await?;
+            let sql = "UPDATE orders SET updated_at = $3 WHERE user_id = $1 AND id = $2";
+            keyed::<DB>(sql, &user, id).int(now.0).run(&mut tx).await?;
             false
         }
         AnswerPlan::Settle(plan) => {
@@ -358,16 +343,10 @@ pub async fn by_payment_reference<DB: Judging>(
     reference: &str,
 ) -> PortResult<Option<Order>> {
     let mut conn = reader.acquire().await.port()?;
-    let Some(row) = statement::<DB>(DB::ORDER_OF_REFERENCE)
-        .text(reference)
-        .first(&mut conn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let user = UserId::from_trusted(col(&row, "user_id")?);
-    let id = OrderId::from_trusted(col(&row, "order_id")?);
-    load(&mut conn, &user, &id).await
+    let q = statement::<DB>(DB::ORDER_OF_REFERENCE).text(reference);
+    // References are unique: one row at most.
+    let found = q.all(&mut conn).await?;
+    Ok(load_each(&mut conn, &found, "order_id").await?.pop())
 }
 
 /// The buyer's own order (another buyer's is "not found").
@@ -383,17 +362,12 @@ pub async fn own<DB: Judging>(
 /// The buyer's orders, newest first.
 pub async fn of_user<DB: Judging>(reader: &Pool<DB>, user: &UserId) -> PortResult<Vec<Order>> {
     let mut tx = reader.begin().await.port()?;
-    let ids = statement::<DB>(
-        "SELECT id FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
-    )
-    .text(user.as_str())
-    .all(&mut tx)
-    .await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for row in &ids {
-        let id = OrderId::from_trusted(col(row, "id")?);
-        out.push(load_existing(&mut tx, user, &id).await?);
-    }
+    let sql = "SELECT user_id, id FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC";
+    let found = statement::<DB>(sql)
+        .text(user.as_str())
+        .all(&mut tx)
+        .await?;
+    let out = load_each(&mut tx, &found, "id").await?;
     tx.commit().await.port()?;
     Ok(out)
 }
@@ -412,12 +386,13 @@ pub async fn cancel<DB: Judging>(
         return Ok(None);
     };
     // The money move still owed to the gateway for this order's payment.
-    let owed_now = statement::<DB>("SELECT gateway_owed FROM payments WHERE id = $1")
-        .text(payment_of(&order)?.id.as_str())
-        .first(&mut tx)
-        .await?;
-    let owed_now: Option<Option<String>> = owed_now.map(|r| col(&r, "gateway_owed")).transpose()?;
-    let owed_now = owed_now.flatten().as_deref().map(owed_word).transpose()?;
+    let sql = "SELECT gateway_owed FROM payments WHERE id = $1";
+    let payment = payment_of(&order)?.id.as_str();
+    let owed_now = find_on(&mut tx, sql, payment, |r| {
+        col_opt_word(r, "gateway_owed", GatewayOwed::parse)
+    })
+    .await?
+    .flatten();
     let (settlement, refunded) = match checkout::plan_cancel(&order, owed_now).map_err(internal)? {
         CancelPlan::Refund {
             settlement,
@@ -449,32 +424,22 @@ pub async fn cancel<DB: Judging>(
     })))
 }
 
-/// Reads a stored `gateway_owed` word.
-fn owed_word(word: &str) -> PortResult<GatewayOwed> {
-    GatewayOwed::parse(word).ok_or_else(|| internal(format!("unknown gateway_owed {word:?}")))
-}
-
 /// Payments with a money move owed to the gateway, oldest change first.
 pub async fn owed<DB: Judging>(reader: &Pool<DB>, limit: u32) -> PortResult<Vec<OwedPayment>> {
-    let found = statement::<DB>(
+    let q = statement::<DB>(
         "SELECT id, order_id, reference, gateway_owed FROM payments \
          WHERE gateway_owed IS NOT NULL AND reference IS NOT NULL \
          ORDER BY updated_at, id LIMIT $1",
-    )
-    .int(i64::from(limit))
-    .all_in(reader)
-    .await?;
-    found
-        .iter()
-        .map(|r| {
-            Ok(OwedPayment {
-                payment_id: PaymentId::from_trusted(col(r, "id")?),
-                order_id: OrderId::from_trusted(col(r, "order_id")?),
-                reference: col(r, "reference")?,
-                owed: owed_word(&col::<String>(r, "gateway_owed")?)?,
-            })
+    );
+    list(q.int(i64::from(limit)), reader, |r| {
+        Ok(OwedPayment {
+            payment_id: PaymentId::from_trusted(col(r, "id")?),
+            order_id: OrderId::from_trusted(col(r, "order_id")?),
+            reference: col(r, "reference")?,
+            owed: col_word(r, "gateway_owed", GatewayOwed::parse)?,
         })
-        .collect()
+    })
+    .await
 }
 
 /// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
@@ -517,13 +482,5 @@ pub async fn stuck<DB: Judging>(
     .int(i64::from(limit))
     .all(&mut conn)
     .await?;
-    let mut out = Vec::with_capacity(found.len());
-    for row in &found {
-        let user = UserId::from_trusted(col(row, "user_id")?);
-        let id = OrderId::from_trusted(col(row, "id")?);
-        if let Some(order) = load(&mut conn, &user, &id).await? {
-            out.push(order);
-        }
-    }
-    Ok(out)
+    load_each(&mut conn, &found, "id").await
 }

@@ -52,7 +52,7 @@ pub async fn claim<DB: Engine>(
          RETURNING id, user_id, kind, created_at, CAST(data_json AS TEXT) AS data_json",
         DB::SKIP_LOCKED
     );
-    let mut events = lease(writer, &sql, now, lease_ms, limit, |r| {
+    let event = |r: &DB::Row| {
         let data: String = col(r, "data_json")?;
         Ok(OutboxEvent {
             id: col(r, "id")?,
@@ -61,24 +61,20 @@ pub async fn claim<DB: Engine>(
             created_at: col_ts(r, "created_at")?,
             data: serde_json::from_str(&data).map_err(|e| internal(format!("outbox json: {e}")))?,
         })
-    })
-    .await?;
-    // RETURNING comes in no promised order.
-    events.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(events)
+    };
+    lease(writer, &sql, (now, lease_ms, limit), event, |e| &e.id).await
 }
 
 /// Runs a claim (`sql`: `$1` the lease's end, `$2` now, `$3` the limit) in one write
-/// transaction; the rows it leased, each read by `row`. The rows are locked as they are
-/// chosen, and rows locked by a concurrent claim are skipped (a row whose lease a concurrent
-/// claim has just renewed is re-checked and dropped).
+/// transaction; the rows leased, read by `row`, in `key` order (RETURNING promises none). Rows
+/// are locked as they are chosen and those a concurrent claim locked are skipped (a row whose
+/// lease a concurrent claim has just renewed is re-checked and dropped).
 pub(crate) async fn lease<DB: Engine, T>(
     writer: &Pool<DB>,
     sql: &str,
-    now: Timestamp,
-    lease_ms: i64,
-    limit: u32,
+    (now, lease_ms, limit): (Timestamp, i64, u32),
     row: impl Fn(&DB::Row) -> PortResult<T>,
+    key: impl Fn(&T) -> &String,
 ) -> PortResult<Vec<T>> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -90,8 +86,9 @@ pub(crate) async fn lease<DB: Engine, T>(
         .int(i64::from(limit))
         .all(&mut tx)
         .await?;
-    let leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
+    let mut leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
     tx.commit().await.port()?;
+    leased.sort_by(|a, b| key(a).cmp(key(b)));
     Ok(leased)
 }
 

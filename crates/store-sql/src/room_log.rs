@@ -9,7 +9,7 @@ use stampede_app::ports::PortResult;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 
-use crate::engine::{statement, Bind, Engine, Run};
+use crate::engine::{list, statement, Bind, Engine, Run};
 use crate::internal;
 use crate::rows::col;
 
@@ -129,11 +129,9 @@ pub async fn values<DB: Engine>(
     reader: &Pool<DB>,
     scope: &str,
 ) -> PortResult<Vec<(String, String)>> {
-    let rows = statement::<DB>("SELECT key, value FROM room_values WHERE scope = $1 ORDER BY key")
-        .text(scope)
-        .all_in(reader)
-        .await?;
-    rows.iter()
-        .map(|r| Ok((col(r, "key")?, col(r, "value")?)))
-        .collect()
+    let q = statement::<DB>("SELECT key, value FROM room_values WHERE scope = $1 ORDER BY key");
+    list(q.text(scope), reader, |r| {
+        Ok((col(r, "key")?, col(r, "value")?))
+    })
+    .await
 }

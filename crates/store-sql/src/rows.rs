@@ -68,13 +68,23 @@ pub fn col_money<R: Column<i64>>(row: &R, name: &str) -> PortResult<Money> {
 }
 
 /// A stored word parsed by one of the domain's `parse` functions.
-pub fn col_word<T, R: Column<String>>(
+pub fn col_word<T, R: Column<Option<String>>>(
     row: &R,
     name: &str,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> PortResult<T> {
-    let s: String = row.column(name)?;
-    parse(&s).ok_or_else(|| internal(format!("column {name}: unknown word {s:?}")))
+    col_opt_word(row, name, parse)?.ok_or_else(|| internal(format!("column {name}: NULL")))
+}
+
+/// A stored word or NULL, parsed like [`col_word`].
+pub fn col_opt_word<T, R: Column<Option<String>>>(
+    row: &R,
+    name: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> PortResult<Option<T>> {
+    let s: Option<String> = row.column(name)?;
+    s.map(|s| parse(&s).ok_or_else(|| internal(format!("column {name}: unknown word {s:?}"))))
+        .transpose()
 }
 
 /// Columns of [`user`].
@@ -161,7 +171,7 @@ macro_rules! hold_from {
 
 /// A `holds` row joined with its order's status.
 pub fn hold_row<R: DbRow>(row: &R) -> PortResult<FoundHold> {
-    let order_status: Option<String> = col(row, "order_status")?;
+    let order_status = col_opt_word(row, "order_status", OrderStatus::parse)?;
     Ok(FoundHold {
         hold: Hold {
             id: HoldId::from_trusted(col(row, "id")?),
@@ -174,7 +184,7 @@ pub fn hold_row<R: DbRow>(row: &R) -> PortResult<FoundHold> {
             created_at: col_ts(row, "created_at")?,
             expires_at: col_ts(row, "expires_at")?,
         },
-        in_pending_order: order_status.as_deref() == Some(OrderStatus::PendingPayment.as_str()),
+        in_pending_order: order_status == Some(OrderStatus::PendingPayment),
     })
 }
 
@@ -194,9 +204,6 @@ pub fn order_line<R: DbRow>(row: &R) -> PortResult<OrderLine> {
 
 /// Columns of [`order`] (from `orders`).
 pub const ORDER_COLS: &str = "id, user_id, status, total, currency, created_at";
-
-/// Columns of [`order_item`] (from `order_items`).
-pub const ORDER_ITEM_COLS: &str = "sale_id, hold_id, quantity, unit_price";
 
 /// Columns of [`payment`] (from `payments`).
 pub const PAYMENT_COLS: &str =

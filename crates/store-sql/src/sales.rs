@@ -8,7 +8,7 @@ use sqlx::Pool;
 use stampede_app::ports::PortResult;
 use stampede_core::{Sale, SaleId};
 
-use crate::engine::{find, statement, Bind, Engine, Run, Statement};
+use crate::engine::{find, list, statement, Bind, Engine, Run, Statement};
 use crate::rows;
 use crate::sale_cols;
 
@@ -74,20 +74,14 @@ pub async fn update<DB: Engine>(writer: &Pool<DB>, sale: &Sale) -> PortResult<bo
 
 /// One sale with its current counters.
 pub async fn by_id<DB: Engine>(reader: &Pool<DB>, id: &SaleId) -> PortResult<Option<Sale>> {
-    find(
-        reader,
-        &format!("{SALES} WHERE id = $1"),
-        id.as_str(),
-        rows::sale,
-    )
-    .await
+    let sql = format!("{SALES} WHERE id = $1");
+    find(reader, &sql, id.as_str(), rows::sale).await
 }
 
 /// Every sale, oldest first.
 pub async fn all<DB: Engine>(reader: &Pool<DB>) -> PortResult<Vec<Sale>> {
     let sql = format!("{SALES} ORDER BY created_at, id");
-    let rows = statement::<DB>(&sql).all_in(reader).await?;
-    rows.iter().map(rows::sale).collect()
+    list(statement::<DB>(&sql), reader, rows::sale).await
 }
 
 /// Columns and table of [`rows::sale`].

@@ -6,7 +6,7 @@ use sqlx::Pool;
 use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, find, one, statement, Bind, Conn, Engine, Run, Statement};
+use crate::engine::{begin_write, find, list, one, statement, Bind, Conn, Engine, Run, Statement};
 use crate::error::OrPort;
 use crate::rows::{self, col, col_ts, col_word, DbRow};
 use crate::user_cols;
@@ -24,8 +24,7 @@ pub async fn insert<DB: Engine>(writer: &Pool<DB>, user: &User, hash: &str) -> P
         == 1)
 }
 
-/// `sql` (an insert into `users`: id, email, name, role, password hash, creation time) bound
-/// to `user` with role `role` and password hash `hash`.
+/// `sql`, an insert into `users` (id, email, name, role, password hash, creation time), bound.
 fn new_user<'q, DB: Engine>(
     sql: &'q str,
     user: &'q User,
@@ -47,18 +46,15 @@ pub async fn upsert_admin<DB: Engine>(
     user: &User,
     hash: &str,
 ) -> PortResult<User> {
-    let mut tx = begin_write(writer).await?;
-    let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = excluded.password_hash";
-    new_user::<DB>(sql, user, Role::Admin, hash)
-        .run(&mut tx)
-        .await?;
-    let sql = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
-    let q = statement::<DB>(sql).text(&user.email);
-    let stored = rows::user(&one(q, &mut tx, || format!("admin {} vanished", user.email)).await?)?;
-    tx.commit().await.port()?;
-    Ok(stored)
+    let sql = concat!(
+        "INSERT INTO users (id, email, name, role, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) \
+         DO UPDATE SET role = 'admin', password_hash = excluded.password_hash RETURNING ",
+        user_cols!()
+    );
+    let q = new_user::<DB>(sql, user, Role::Admin, hash);
+    let conn = &mut writer.acquire().await.port()?;
+    rows::user(&one(q, conn, || format!("admin {} vanished", user.email)).await?)
 }
 
 /// The login path's view of a user.
@@ -135,10 +131,9 @@ pub async fn delete_session<DB: Engine>(writer: &Pool<DB>, session_id: &str) -> 
     Ok(!ended.is_empty())
 }
 
-/// Deletes the sessions whose `column` is `value` and records their revocations (until each
-/// would have expired anyway), inside the caller's transaction; the sessions ended. The
-/// revocations are copied before the sessions go, since SQLite cannot feed one statement's
-/// `DELETE ... RETURNING` into another's `INSERT`.
+/// Deletes the sessions whose `column` is `value`, inside the caller's transaction, and records
+/// their revocations until their expiry; the sessions ended. The revocations are copied first:
+/// SQLite cannot feed one statement's `DELETE ... RETURNING` into another's `INSERT`.
 async fn end_sessions<DB: Engine>(
     tx: &mut impl Conn<DB>,
     column: &str,
@@ -183,21 +178,16 @@ pub async fn shared_secret<DB: Engine>(
     name: &str,
     candidate: &str,
 ) -> PortResult<String> {
-    statement::<DB>(
-        "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-    )
-    .text(name)
-    .text(candidate)
-    .run_in(writer)
-    .await?;
-    find(
-        writer,
-        "SELECT value FROM settings WHERE name = $1",
-        name,
-        |r| col(r, "value"),
-    )
-    .await?
-    .ok_or_else(|| crate::internal(format!("setting {name} vanished")))
+    // Setting a stored value to itself returns it: the first writer's, in one statement.
+    let q = statement::<DB>(
+        "INSERT INTO settings (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = settings.value RETURNING value",
+    );
+    let conn = &mut writer.acquire().await.port()?;
+    let row = one(q.text(name).text(candidate), conn, || {
+        format!("setting {name} vanished")
+    });
+    col(&row.await?, "value")
 }
 
 /// Sets the status; ends the sessions of an account that is no longer active, in one
@@ -259,11 +249,9 @@ pub async fn accounts<DB: Engine>(
          WHERE (lower(email) LIKE $1 ESCAPE '\\' OR lower(name) LIKE $1 ESCAPE '\\') \
          AND id > $2 ORDER BY id LIMIT $3"
     );
-    let rows = statement::<DB>(&sql)
+    let q = statement::<DB>(&sql)
         .string(pattern)
         .text(after.map(|a| a.as_str()).unwrap_or(""))
-        .int(i64::from(limit))
-        .all_in(reader)
-        .await?;
-    rows.iter().map(account).collect()
+        .int(i64::from(limit));
+    list(q, reader, account).await
 }

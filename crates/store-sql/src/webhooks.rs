@@ -4,11 +4,8 @@
 //! Invariants:
 //! * one row per event id: queueing again is a no-op (`ON CONFLICT DO NOTHING`), whichever
 //!   node applies a redelivered event;
-//! * a claimed delivery is leased (`lease_until`): no other claim returns it before the lease
-//!   lapses. On SQLite claims run on the single writer connection, so two claims never
-//!   interleave; on PostgreSQL senders on several nodes claim at once: each locks the rows it
-//!   leases and skips rows another claim has locked ([`Engine::SKIP_LOCKED`]), so no delivery
-//!   goes to two;
+//! * a claimed delivery is leased (`lease_until`) as outbox events are ([`crate::outbox`]): no
+//!   other claim, on any node, returns it before the lease lapses, so no delivery goes to two;
 //! * a delivery is due only once `next_attempt_at <= now` (the backoff);
 //! * a delivered row (`delivered_at` set) is never claimed again.
 
@@ -75,10 +72,8 @@ pub async fn claim<DB: Engine>(
              next_attempt_at, last_error",
         DB::SKIP_LOCKED
     );
-    let mut due = crate::outbox::lease(writer, &sql, now, lease_ms, limit, delivery).await?;
-    // RETURNING comes in no promised order.
-    due.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-    Ok(due)
+    let claim = (now, lease_ms, limit);
+    crate::outbox::lease(writer, &sql, claim, delivery, |d| &d.event_id).await
 }
 
 /// Marks a delivery done (the first delivery time is kept) and lets go of its lease.
