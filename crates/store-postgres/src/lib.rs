@@ -21,8 +21,6 @@
 //! Errors: a lost connection, a timeout, a server shutting down, a deadlock or serialization
 //! failure is `PortError::Unavailable` (worth a retry); anything else `Internal`.
 
-mod room_log;
-
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,8 +30,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use stampede_app::ports::{PortError, PortResult};
-use stampede_core::waiting_line::LoggedEntry;
-use stampede_core::SaleId;
 pub use stampede_store_sql::store::{Backend, SqlStore};
 
 use stampede_store_sql::error::OrPort;
@@ -61,8 +57,8 @@ const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 /// every node.
 pub type PgStore = SqlStore<PgBackend>;
 
-/// What the PostgreSQL store does its own way: one pool with durable, bounded sessions, its
-/// migrations (applied under an advisory lock), and the batch path of `room_log`.
+/// What the PostgreSQL store does its own way: one pool with durable, bounded sessions, and
+/// its migrations (applied under an advisory lock).
 #[derive(Debug, Clone)]
 pub struct PgBackend {
     pool: PgPool,
@@ -120,10 +116,6 @@ impl Backend for PgBackend {
             sqlx::migrate::MigrateError::Execute(e) => stampede_store_sql::error::port_error(e),
             other => PortError::internal(format!("migrate: {other}")),
         })
-    }
-
-    async fn append_room_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
-        room_log::append(&self.pool, batch).await
     }
 
     async fn close(&self) {

@@ -24,9 +24,6 @@ use crate::engine::{statement, Bind, Conn, Engine, Run};
 use crate::judging::Judging;
 use crate::rows::col;
 
-/// Ids per `IN (…)` list: well under SQLite's parameter limit.
-const IDS_PER_STATEMENT: usize = 400;
-
 /// Open unpaid holds per account and per device of one batch.
 #[derive(Debug, Default)]
 pub struct OpenHolds {
@@ -107,31 +104,27 @@ impl OpenHolds {
     }
 }
 
-/// Open holds per value of `column` (`user_id` or `device_id`) among `ids`.
+/// Open holds per value of `column` (`user_id` or `device_id`) among `ids`, in one statement.
 async fn count<DB: Engine>(
     conn: &mut impl Conn<DB>,
     column: &'static str,
     ids: &BTreeSet<String>,
     now: Timestamp,
 ) -> PortResult<HashMap<String, i64>> {
-    let ids: Vec<&String> = ids.iter().collect();
-    let mut out = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT {column} AS id, COUNT(*) AS n FROM holds \
-             WHERE state = 'active' AND expires_at > $1 AND {column} IN ({}) GROUP BY {column}",
-            list.join(", ")
-        );
-        let mut q = statement::<DB>(&sql).int(now.0);
-        for id in chunk {
-            q = q.text(id);
-        }
-        for row in q.all(&mut *conn).await? {
-            out.insert(col(&row, "id")?, col(&row, "n")?);
-        }
-    }
-    Ok(out)
+    let sql = format!(
+        "SELECT {column} AS id, COUNT(*) AS n FROM holds \
+         WHERE {column} IN ({}) AND state = 'active' AND expires_at > $2 GROUP BY {column}",
+        DB::JSON_TEXTS
+    );
+    let ids = serde_json::to_string(ids).map_err(crate::internal)?;
+    let rows = statement::<DB>(&sql)
+        .string(ids)
+        .int(now.0)
+        .all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((col(row, "id")?, col(row, "n")?)))
+        .collect()
 }
 
 /// Accounts and devices with at least `min_lapsed` holds that lapsed unpaid, most first, at

@@ -1,7 +1,7 @@
 //! The waiting room's durable log ([`stampede_app::ports::RoomLog`]), written once for both
-//! engines: the upsert's rule, the pages a rebuild reads and the room's values. How a batch of
-//! entries is written stays in each backend (SQLite: multi-row `VALUES` in one transaction;
-//! PostgreSQL: one `UNNEST` statement, whatever the batch's size).
+//! engines: a batch of entries is one transaction (one fsync for every join waiting for it)
+//! of multi-row upserts whose rule is `LoggedEntry::supersedes`; a rebuild reads a sale's
+//! rows in pages by their id; and the room's values.
 
 use sqlx::Pool;
 
@@ -9,22 +9,72 @@ use stampede_app::ports::PortResult;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 
-use crate::engine::{list, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, list, statement, Bind, Engine, Run};
+use crate::error::OrPort;
 use crate::internal;
 use crate::rows::col;
 
-/// The columns a batch of entries writes, in the order each backend binds them.
-pub const ENTRY_COLS: &str =
+/// The columns a batch of entries writes, in the order they are bound.
+const ENTRY_COLS: &str =
     "sale_id, user_id, device_id, rank, pre_seq, stage, state, until_ms, lottery_won, units";
 
+/// Entries per multi-row statement: 10 parameters each, well under SQLite's limit.
+const ENTRIES_PER_STATEMENT: usize = 1000;
+
+/// `rows` rows of `width` parameters each, numbered from `$1`: the `VALUES` list of a
+/// multi-row statement.
+pub fn values_list(rows: usize, width: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// Writes a batch of entries in one transaction.
+pub async fn append<DB: Engine>(
+    writer: &Pool<DB>,
+    batch: &[(SaleId, LoggedEntry)],
+) -> PortResult<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    // One row per buyer per statement: ON CONFLICT may not touch a row twice.
+    let batch = stampede_app::durable_room::fold_batch(batch);
+    let mut tx = begin_write(writer).await?;
+    for chunk in batch.chunks(ENTRIES_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO room_log AS l ({ENTRY_COLS}) VALUES {}{}",
+            values_list(chunk.len(), 10),
+            upsert_tail::<DB>()
+        );
+        let mut q = statement::<DB>(&sql);
+        for (sale, e) in chunk {
+            q = q
+                .text(sale.as_str())
+                .text(e.user_id.as_str())
+                .text(e.device_id.as_str())
+                .opt_int(e.rank.map(to_i64))
+                .opt_int(e.pre_seq.map(to_i64))
+                .int(i64::from(e.stage()))
+                .text(e.state_word())
+                .int(e.until_ms)
+                .int(i64::from(e.lottery_won))
+                .int(to_i64(e.units));
+        }
+        q.run(&mut tx).await?;
+    }
+    tx.commit().await.port()
+}
+
 /// A logged counter as the column's BIGINT (a value past `i64::MAX` saturates).
-pub fn to_i64(v: u64) -> i64 {
+fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// What follows `INSERT INTO room_log AS l (…) VALUES/SELECT …`: the upsert's rule is
+/// What follows `INSERT INTO room_log AS l (…) VALUES …`: the upsert's rule is
 /// `LoggedEntry::supersedes`, in SQL.
-pub fn upsert_tail<DB: Engine>() -> String {
+fn upsert_tail<DB: Engine>() -> String {
     let greatest = DB::GREATEST;
     format!(
         " ON CONFLICT (sale_id, user_id) DO UPDATE SET \

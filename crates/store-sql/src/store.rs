@@ -36,8 +36,6 @@ pub trait Backend: Send + Sync + 'static {
     fn reader(&self) -> &Pool<Self::DB>;
     /// Applies the engine's schema migrations. Idempotent.
     async fn migrate(&self) -> PortResult<()>;
-    /// Writes a batch of waiting-room entries in one transaction (see `RoomLog`).
-    async fn append_room_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()>;
     /// Closes the pools, waiting for connections in use to come back.
     async fn close(&self);
 }
@@ -194,15 +192,9 @@ forward!(Store {}
 );
 
 forward!(RoomLog {
+    writer append_entries(batch: &[(SaleId, LoggedEntry)]) -> () = room_log::append;
     reader entries(sale: &SaleId, cursor: i64, limit: u32) -> (Vec<LoggedEntry>, i64)
         = room_log::entries;
     writer put_value(scope: &str, key: &str, value: &str) -> () = room_log::put_value;
     reader values(scope: &str) -> Vec<(String, String)> = room_log::values;
-}
-    async fn append_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.0.append_room_entries(batch).await
-    }
-);
+});

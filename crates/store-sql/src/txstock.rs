@@ -28,6 +28,7 @@ use stampede_core::{DropId, Sale, SaleId, StockLevels, Timestamp, UserId};
 
 use crate::engine::{statement, Bind, Conn, Run};
 use crate::judging::{exactly_one, Judging};
+use crate::room_log::values_list;
 use crate::rows::{self, col};
 use crate::{internal, sale_cols};
 
@@ -388,13 +389,10 @@ impl TxStock {
             )));
         }
         for chunk in dirty.chunks(UNITS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
             let sql = format!(
                 "INSERT INTO user_units (sale_id, user_id, units) VALUES {} \
                  ON CONFLICT (sale_id, user_id) DO UPDATE SET units = excluded.units",
-                values.join(", ")
+                values_list(chunk.len(), 3)
             );
             let mut q = statement::<DB>(&sql);
             for ((sale, user), units) in chunk {

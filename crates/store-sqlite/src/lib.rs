@@ -18,8 +18,6 @@
 //! transaction instead of committing an oversell. `AdminReads::stock_audit` recomputes the counters
 //! from the rows.
 
-mod room_log;
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,8 +26,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use stampede_app::ports::{PortError, PortResult};
-use stampede_core::waiting_line::LoggedEntry;
-use stampede_core::SaleId;
 pub use stampede_store_sql::store::{Backend, SqlStore};
 
 use stampede_store_sql::error::OrPort;
@@ -47,8 +43,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The system of record on one SQLite file: the single-node deployment's judge.
 pub type SqliteStore = SqlStore<SqliteBackend>;
 
-/// What the SQLite store does its own way: two pools on one file, its migrations, and the
-/// batch path of `room_log`.
+/// What the SQLite store does its own way: two pools on one file, and its migrations.
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
     /// Exactly one connection: all writes, in order.
@@ -109,10 +104,6 @@ impl Backend for SqliteBackend {
             .run(&self.writer)
             .await
             .map_err(|e| PortError::internal_because("migrate", e))
-    }
-
-    async fn append_room_entries(&self, batch: &[(SaleId, LoggedEntry)]) -> PortResult<()> {
-        room_log::append(&self.writer, batch).await
     }
 
     async fn close(&self) {
