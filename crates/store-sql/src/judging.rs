@@ -1,7 +1,7 @@
 //! What the judge's path (holds, orders, the stock they move) needs of an engine beyond
 //! [`Engine`]: the row locks PostgreSQL takes and SQLite does not need (one writer connection,
-//! `BEGIN IMMEDIATE`), the statements that bind arrays, and the few statements whose columns
-//! differ because PostgreSQL's `holds`, `orders` and `order_items` are partitioned by buyer.
+//! `BEGIN IMMEDIATE`), the statements that bind arrays, and where hold ids are issued
+//! (PostgreSQL's `holds` is partitioned by buyer, so unique per buyer only).
 //!
 //! Lock order on PostgreSQL, the same everywhere so that nodes cannot deadlock: the order row,
 //! then the hold rows a transaction changes, then the sale rows (in sale id order, several at
@@ -20,22 +20,11 @@ pub trait Judging: Engine {
     /// Appended to a `SELECT` of rows the transaction will write: "" on SQLite (its one
     /// writer excludes every other), `FOR NO KEY UPDATE` on PostgreSQL.
     const LOCK: &'static str;
+    /// Appended to a `SELECT` that locks the holds it joins (`holds h`), on PostgreSQL.
+    const LOCK_HOLDS: &'static str;
     /// Appended to the sweeper's `SELECT` of due holds (`holds h`): rows another transaction
     /// has locked are skipped, not waited for, on PostgreSQL.
     const SKIP_LOCKED_HOLDS: &'static str;
-    /// An order's items in checkout order; binds the buyer, the order.
-    const ORDER_ITEMS: &'static str;
-    /// An order's lines joined with their holds (locked on PostgreSQL), in checkout order;
-    /// binds the buyer, the order.
-    const ORDER_LINES: &'static str;
-    /// Inserts an order item; binds the order, buyer, hold, sale, position, quantity, price.
-    const INSERT_ORDER_ITEM: &'static str;
-    /// Inserts a payment; binds the id, order, buyer, status, method, amount, time.
-    const INSERT_PAYMENT: &'static str;
-    /// The buyer of an order (`user_id`); binds the order.
-    const ORDER_OWNER: &'static str;
-    /// The buyer and order (`user_id`, `order_id`) of a payment reference; binds it.
-    const ORDER_OF_REFERENCE: &'static str;
     /// Locks and reads the given sales (every column of [`crate::sale_cols`]) in one
     /// statement, in id order; nothing on an engine without row locks.
     fn lock_sales(conn: &mut Self::Connection, ids: Vec<String>) -> Pending<'_, Vec<Self::Row>>;
@@ -79,22 +68,8 @@ const INSERT_HOLDS: &str = "INSERT INTO holds (id, sale_id, user_id, quantity, u
 
 impl Judging for sqlx::Sqlite {
     const LOCK: &'static str = "";
+    const LOCK_HOLDS: &'static str = "";
     const SKIP_LOCKED_HOLDS: &'static str = "";
-    const ORDER_ITEMS: &'static str = "SELECT sale_id, hold_id, quantity, unit_price \
-         FROM order_items WHERE order_id = $2 ORDER BY rowid";
-    const ORDER_LINES: &'static str =
-        "SELECT i.hold_id, i.sale_id, i.quantity, h.user_id, h.quantity AS hold_quantity, \
-         h.state, h.expires_at FROM order_items i JOIN holds h ON h.id = i.hold_id \
-         WHERE i.order_id = $2 ORDER BY i.rowid";
-    const INSERT_ORDER_ITEM: &'static str =
-        "INSERT INTO order_items (order_id, hold_id, sale_id, quantity, unit_price) \
-         VALUES ($1, $3, $4, $6, $7)";
-    const INSERT_PAYMENT: &'static str =
-        "INSERT INTO payments (id, order_id, status, method, reference, amount, \
-         failure_reason, updated_at) VALUES ($1, $2, $4, $5, NULL, $6, NULL, $7)";
-    const ORDER_OWNER: &'static str = "SELECT user_id FROM orders WHERE id = $1";
-    const ORDER_OF_REFERENCE: &'static str = "SELECT o.user_id, p.order_id FROM payments p \
-         JOIN orders o ON o.id = p.order_id WHERE p.reference = $1";
 
     const HOLD_IDS: &'static str = "holds";
 
@@ -166,24 +141,8 @@ impl Judging for sqlx::Sqlite {
 
 impl Judging for sqlx::Postgres {
     const LOCK: &'static str = " FOR NO KEY UPDATE";
+    const LOCK_HOLDS: &'static str = " FOR NO KEY UPDATE OF h";
     const SKIP_LOCKED_HOLDS: &'static str = " FOR NO KEY UPDATE OF h SKIP LOCKED";
-    const ORDER_ITEMS: &'static str = "SELECT sale_id, hold_id, quantity, unit_price \
-         FROM order_items WHERE user_id = $1 AND order_id = $2 ORDER BY position";
-    const ORDER_LINES: &'static str =
-        "SELECT i.hold_id, i.sale_id, i.quantity, h.user_id, h.quantity AS hold_quantity, \
-         h.state, h.expires_at FROM order_items i \
-         JOIN holds h ON h.user_id = i.user_id AND h.id = i.hold_id \
-         WHERE i.user_id = $1 AND i.order_id = $2 ORDER BY i.position FOR NO KEY UPDATE OF h";
-    const INSERT_ORDER_ITEM: &'static str =
-        "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
-         unit_price) VALUES ($1, $2, $3, $4, $5, $6, $7)";
-    const INSERT_PAYMENT: &'static str =
-        "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
-         failure_reason, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7)";
-    /// Through the payment (unpartitioned, one per order): `orders` is keyed by buyer.
-    const ORDER_OWNER: &'static str = "SELECT user_id FROM payments WHERE order_id = $1";
-    const ORDER_OF_REFERENCE: &'static str =
-        "SELECT user_id, order_id FROM payments WHERE reference = $1";
 
     const HOLD_IDS: &'static str = "hold_ids";
 

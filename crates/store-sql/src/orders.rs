@@ -34,6 +34,7 @@ use crate::engine::{begin_write, find_on, list, statement, Bind, Conn, Run, Stat
 use crate::error::OrPort;
 use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
+use crate::room_log::values_list;
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
 use crate::{holds, internal};
@@ -61,7 +62,9 @@ async fn load<DB: Judging>(
     let Some(row) = keyed::<DB>(&sql, user, id).first(conn).await? else {
         return Ok(None);
     };
-    let items = keyed::<DB>(DB::ORDER_ITEMS, user, id)
+    let sql = "SELECT sale_id, hold_id, quantity, unit_price FROM order_items \
+         WHERE user_id = $1 AND order_id = $2 ORDER BY position";
+    let items = keyed::<DB>(sql, user, id)
         .all(conn)
         .await?
         .iter()
@@ -183,8 +186,8 @@ pub async fn create<DB: Judging>(
         Ok(order) => order,
         Err(refused) => return Ok(Err(refused)),
     };
-    // The order row, each hold taken into it with its line (positioned in checkout order),
-    // and the payment.
+    // The order row, its holds taken into it, its lines (positioned in checkout order) and
+    // the payment: a statement each.
     let payment = payment_of(&order)?;
     let sql = "INSERT INTO orders (user_id, id, status, total, currency, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6)";
@@ -195,31 +198,47 @@ pub async fn create<DB: Judging>(
         .int(order.created_at.0)
         .run(&mut tx)
         .await?;
+    let ids: Vec<&str> = order.items.iter().map(|i| i.hold_id.as_str()).collect();
+    let sql = format!(
+        "UPDATE holds SET order_id = $3 WHERE id IN ({}) AND user_id = $2",
+        DB::JSON_TEXTS
+    );
+    statement::<DB>(&sql)
+        .string(serde_json::to_string(&ids).map_err(internal)?)
+        .text(order.user_id.as_str())
+        .text(order.id.as_str())
+        .run(&mut tx)
+        .await?;
+    let sql = format!(
+        "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
+         unit_price) VALUES {}",
+        values_list(order.items.len(), 7)
+    );
+    let mut q = statement::<DB>(&sql);
     for (position, item) in (0_i64..).zip(&order.items) {
-        let sql = "UPDATE holds SET order_id = $2 WHERE user_id = $1 AND id = $3";
-        let q = keyed::<DB>(sql, &order.user_id, &order.id);
-        q.text(item.hold_id.as_str()).run(&mut tx).await?;
-        statement::<DB>(DB::INSERT_ORDER_ITEM)
+        q = q
             .text(order.id.as_str())
             .text(order.user_id.as_str())
             .text(item.hold_id.as_str())
             .text(item.sale_id.as_str())
             .int(position)
             .int(i64::from(item.quantity))
-            .int(item.unit_price.0)
-            .run(&mut tx)
-            .await?;
+            .int(item.unit_price.0);
     }
-    statement::<DB>(DB::INSERT_PAYMENT)
-        .text(payment.id.as_str())
-        .text(order.id.as_str())
-        .text(order.user_id.as_str())
-        .text(payment.status.as_str())
-        .text(&payment.method)
-        .int(payment.amount.0)
-        .int(payment.updated_at.0)
-        .run(&mut tx)
-        .await?;
+    q.run(&mut tx).await?;
+    statement::<DB>(
+        "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
+         failure_reason, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7)",
+    )
+    .text(payment.id.as_str())
+    .text(order.id.as_str())
+    .text(order.user_id.as_str())
+    .text(payment.status.as_str())
+    .text(&payment.method)
+    .int(payment.amount.0)
+    .int(payment.updated_at.0)
+    .run(&mut tx)
+    .await?;
     tx.commit().await.port()?;
     Ok(Ok(order))
 }
@@ -236,7 +255,14 @@ async fn convert<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
     // The order's lines in checkout order, their holds locked for the rest of the transaction.
-    let lines = keyed::<DB>(DB::ORDER_LINES, user, id)
+    let sql = format!(
+        "SELECT i.hold_id, i.sale_id, i.quantity, h.user_id, h.quantity AS hold_quantity, \
+         h.state, h.expires_at FROM order_items i \
+         JOIN holds h ON h.user_id = i.user_id AND h.id = i.hold_id \
+         WHERE i.user_id = $1 AND i.order_id = $2 ORDER BY i.position{}",
+        DB::LOCK_HOLDS
+    );
+    let lines = keyed::<DB>(&sql, user, id)
         .all(conn)
         .await?
         .iter()
@@ -286,7 +312,9 @@ pub async fn apply_payment<DB: Judging>(
     now: Timestamp,
 ) -> PortResult<Option<PaymentApplied>> {
     let mut tx = begin_write(writer).await?;
-    let owner = find_on(&mut tx, DB::ORDER_OWNER, id.as_str(), |r| col(r, "user_id")).await?;
+    // Through the payment (one per order): `orders` is keyed by buyer.
+    let sql = "SELECT user_id FROM payments WHERE order_id = $1";
+    let owner = find_on(&mut tx, sql, id.as_str(), |r| col(r, "user_id")).await?;
     let Some(user) = owner.map(UserId::from_trusted) else {
         return Ok(None);
     };
@@ -343,7 +371,8 @@ pub async fn by_payment_reference<DB: Judging>(
     reference: &str,
 ) -> PortResult<Option<Order>> {
     let mut conn = reader.acquire().await.port()?;
-    let q = statement::<DB>(DB::ORDER_OF_REFERENCE).text(reference);
+    let sql = "SELECT user_id, order_id FROM payments WHERE reference = $1";
+    let q = statement::<DB>(sql).text(reference);
     // References are unique: one row at most.
     let found = q.all(&mut conn).await?;
     Ok(load_each(&mut conn, &found, "order_id").await?.pop())
