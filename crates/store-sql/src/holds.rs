@@ -21,7 +21,7 @@ use stampede_core::checkout::FoundHold;
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
-use crate::engine::{begin_write, statement, Bind, Conn, Run};
+use crate::engine::{begin_write, list, statement, Bind, Conn, Run};
 use crate::error::OrPort;
 use crate::hold_cap::OpenHolds;
 use crate::judging::{exactly_one, lock_own, Judging};
@@ -30,28 +30,15 @@ use crate::rows::{self, col};
 use crate::txstock::TxStock;
 use crate::{hold_cols, hold_from, internal};
 
-/// The buyer's hold with this id, with its order's status, read without a lock.
-pub async fn find_unlocked<DB: Judging>(
-    conn: &mut impl Conn<DB>,
-    user: &UserId,
-    id: &HoldId,
-) -> PortResult<Option<FoundHold>> {
-    let sql = concat!(
-        "SELECT ",
-        hold_cols!(),
-        hold_from!(),
-        "WHERE h.user_id = $1 AND h.id = $2"
-    );
-    let row = statement::<DB>(sql)
-        .text(user.as_str())
-        .text(id.as_str())
-        .first(conn)
-        .await?;
-    row.map(|r| rows::hold_row(&r)).transpose()
+/// `SELECT` of [`rows::hold_row`]'s columns, then `$cond`.
+macro_rules! select_holds {
+    ($cond:literal) => {
+        concat!("SELECT ", hold_cols!(), hold_from!(), $cond)
+    };
 }
 
-/// The buyer's hold with this id, with its order's status, locked for the rest of the
-/// transaction.
+/// The buyer's hold with this id, with its order's status; if `lock`, locked for the rest of
+/// the transaction.
 ///
 /// Locks first, then reads in a second statement: under PostgreSQL's READ COMMITTED that read
 /// sees everything committed before the lock was granted, including the order a concurrent
@@ -61,11 +48,18 @@ pub async fn find<DB: Judging>(
     conn: &mut impl Conn<DB>,
     user: &UserId,
     id: &HoldId,
+    lock: bool,
 ) -> PortResult<Option<FoundHold>> {
-    if !lock_own(conn, "holds", user.as_str(), id.as_str()).await? {
+    if lock && !lock_own(conn, "holds", user.as_str(), id.as_str()).await? {
         return Ok(None);
     }
-    find_unlocked(conn, user, id).await
+    let sql = select_holds!("WHERE h.user_id = $1 AND h.id = $2");
+    let row = statement::<DB>(sql)
+        .text(user.as_str())
+        .text(id.as_str())
+        .first(conn)
+        .await?;
+    row.map(|r| rows::hold_row(&r)).transpose()
 }
 
 /// Moves an active hold to its final state and returns it; refuses (as `Internal`) if it was
@@ -205,7 +199,7 @@ async fn retried<DB: Judging>(
     if user == req.user_id.as_str() && sale == req.sale_id.as_str() {
         // Read without a row lock: the batch holds sale locks, and waiting here for a hold
         // lock (a checkout in progress) would invert the hold-then-sale order.
-        if let Some(row) = find_unlocked(conn, &req.user_id, &req.hold_id).await? {
+        if let Some(row) = find(conn, &req.user_id, &req.hold_id, false).await? {
             return Ok(Ok(row.hold));
         }
     }
@@ -251,21 +245,12 @@ pub async fn live<DB: Judging>(
     user: &UserId,
     now: Timestamp,
 ) -> PortResult<Vec<Hold>> {
-    let found = statement::<DB>(concat!(
-        "SELECT ",
-        hold_cols!(),
-        hold_from!(),
+    let sql = select_holds!(
         "WHERE h.user_id = $1 AND h.state = 'active' AND h.expires_at > $2 \
          ORDER BY h.created_at, h.id"
-    ))
-    .text(user.as_str())
-    .int(now.0)
-    .all_in(reader)
-    .await?;
-    found
-        .iter()
-        .map(|r| rows::hold_row(r).map(|h| h.hold))
-        .collect()
+    );
+    let q = statement::<DB>(sql).text(user.as_str()).int(now.0);
+    list(q, reader, |r| rows::hold_row(r).map(|h| h.hold)).await
 }
 
 /// A hold of this user that may be changed at `now` (locked), or why not.
@@ -275,7 +260,7 @@ async fn own_changeable<DB: Judging>(
     id: &HoldId,
     now: Timestamp,
 ) -> PortResult<Result<Hold, HoldError>> {
-    let found = find(conn, user, id).await?;
+    let found = find(conn, user, id, true).await?;
     let Some(row) = found.filter(|r| &r.hold.user_id == user && r.hold.state == HoldState::Active)
     else {
         return Ok(Err(HoldError::NotFound));
@@ -372,12 +357,7 @@ async fn lock_due<DB: Judging>(
     ints: &[i64],
 ) -> PortResult<Vec<Hold>> {
     let sql = format!(
-        concat!(
-            "SELECT ",
-            hold_cols!(),
-            hold_from!(),
-            "WHERE h.state = 'active' AND {} ORDER BY h.expires_at, h.id LIMIT ${}{}"
-        ),
+        select_holds!("WHERE h.state = 'active' AND {} ORDER BY h.expires_at, h.id LIMIT ${}{}"),
         cond,
         ints.len(),
         DB::SKIP_LOCKED_HOLDS

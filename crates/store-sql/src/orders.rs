@@ -180,7 +180,7 @@ pub async fn create<DB: Judging>(
     let mut tx = begin_write(writer).await?;
     let mut found = Vec::with_capacity(new.hold_ids.len());
     for id in new.distinct_holds() {
-        found.push(holds::find(&mut tx, &new.user_id, id).await?);
+        found.push(holds::find(&mut tx, &new.user_id, id, true).await?);
     }
     let order = match checkout::plan_checkout(new, &found) {
         Ok(order) => order,
