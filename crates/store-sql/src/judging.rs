@@ -25,17 +25,9 @@ pub trait Judging: Engine {
     /// Appended to the sweeper's `SELECT` of due holds (`holds h`): rows another transaction
     /// has locked are skipped, not waited for, on PostgreSQL.
     const SKIP_LOCKED_HOLDS: &'static str;
-    /// Locks and reads the given sales (every column of [`crate::sale_cols`]) in one
-    /// statement, in id order; nothing on an engine without row locks.
-    fn lock_sales(conn: &mut Self::Connection, ids: Vec<String>) -> Pending<'_, Vec<Self::Row>>;
-    /// The ids of every sale in the drops the given sales belong to.
-    fn drop_siblings(conn: &mut Self::Connection, ids: Vec<String>) -> Pending<'_, Vec<String>>;
-    /// The stored `user_units` of the given distinct `(sale, buyer)` pairs: missing rows are
-    /// not returned. A constant number of statements per batch, whatever its size.
-    fn units_of(
-        conn: &mut Self::Connection,
-        pairs: Vec<(String, String)>,
-    ) -> Pending<'_, Vec<(String, String, i64)>>;
+    /// The pairs of a JSON array of `[text, text]` parameter `$1`, as a subquery (`(a, b) IN
+    /// (...)`): a batch's lookups in one statement, whatever its size.
+    const JSON_PAIRS: &'static str;
 
     /// Where a hold id is issued once across every buyer (`id`, `user_id`, `sale_id`): `holds`
     /// itself on SQLite; on PostgreSQL the unpartitioned `hold_ids`, since the partitioned
@@ -58,8 +50,6 @@ pub trait Judging: Engine {
     }
 }
 
-/// Pairs per multi-row statement on SQLite: well under its limit on bound parameters.
-const PAIRS_PER_STATEMENT: usize = 300;
 /// Holds per multi-row insert on SQLite: 10 parameters each, well under its limit.
 const HOLDS_PER_STATEMENT: usize = 200;
 /// The columns a new hold is inserted with, in the order both engines bind them.
@@ -71,11 +61,9 @@ impl Judging for sqlx::Sqlite {
     const LOCK_HOLDS: &'static str = "";
     const SKIP_LOCKED_HOLDS: &'static str = "";
 
+    const JSON_PAIRS: &'static str =
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)";
     const HOLD_IDS: &'static str = "holds";
-
-    fn lock_sales(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, Vec<Self::Row>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
 
     fn insert_holds<'c>(
         conn: &'c mut Self::Connection,
@@ -108,35 +96,6 @@ impl Judging for sqlx::Sqlite {
     fn lock_hold_cap(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, ()> {
         Box::pin(async { Ok(()) })
     }
-
-    fn drop_siblings(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, Vec<String>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn units_of(
-        conn: &mut Self::Connection,
-        pairs: Vec<(String, String)>,
-    ) -> Pending<'_, Vec<(String, String, i64)>> {
-        Box::pin(async move {
-            let mut found = Vec::new();
-            for chunk in pairs.chunks(PAIRS_PER_STATEMENT) {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "SELECT sale_id, user_id, units FROM user_units WHERE (sale_id, user_id) IN (",
-                );
-                qb.push_values(chunk, |mut row, (sale, user)| {
-                    row.push_bind(sale.clone()).push_bind(user.clone());
-                });
-                qb.push(")");
-                found.extend(
-                    qb.build_query_as::<(String, String, i64)>()
-                        .fetch_all(&mut *conn)
-                        .await
-                        .port()?,
-                );
-            }
-            Ok(found)
-        })
-    }
 }
 
 impl Judging for sqlx::Postgres {
@@ -144,6 +103,7 @@ impl Judging for sqlx::Postgres {
     const LOCK_HOLDS: &'static str = " FOR NO KEY UPDATE OF h";
     const SKIP_LOCKED_HOLDS: &'static str = " FOR NO KEY UPDATE OF h SKIP LOCKED";
 
+    const JSON_PAIRS: &'static str = "SELECT e->>0, e->>1 FROM json_array_elements($1::json) e";
     const HOLD_IDS: &'static str = "hold_ids";
 
     fn insert_holds<'c>(
@@ -187,49 +147,6 @@ impl Judging for sqlx::Postgres {
         )
         .bind(subjects);
         Box::pin(async move { query.fetch_all(conn).await.port().map(|_| ()) })
-    }
-
-    fn lock_sales(conn: &mut Self::Connection, ids: Vec<String>) -> Pending<'_, Vec<Self::Row>> {
-        Box::pin(async move {
-            let sql = concat!(
-                "SELECT ",
-                crate::sale_cols!(),
-                " FROM sales WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
-            );
-            sqlx::query(sql).bind(ids).fetch_all(conn).await.port()
-        })
-    }
-
-    fn drop_siblings(conn: &mut Self::Connection, ids: Vec<String>) -> Pending<'_, Vec<String>> {
-        Box::pin(async move {
-            sqlx::query_scalar(
-                "SELECT id FROM sales WHERE drop_id IN \
-                 (SELECT drop_id FROM sales WHERE id = ANY($1) AND drop_id IS NOT NULL)",
-            )
-            .bind(ids)
-            .fetch_all(conn)
-            .await
-            .port()
-        })
-    }
-
-    fn units_of(
-        conn: &mut Self::Connection,
-        pairs: Vec<(String, String)>,
-    ) -> Pending<'_, Vec<(String, String, i64)>> {
-        Box::pin(async move {
-            let (sales, users): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
-            sqlx::query_as(
-                "SELECT u.sale_id, u.user_id, u.units FROM user_units u \
-                 JOIN UNNEST($1::text[], $2::text[]) AS k(sale_id, user_id) \
-                 ON u.sale_id = k.sale_id AND u.user_id = k.user_id",
-            )
-            .bind(sales)
-            .bind(users)
-            .fetch_all(conn)
-            .await
-            .port()
-        })
     }
 }
 

@@ -81,8 +81,18 @@ impl TxStock {
         if wanted.is_empty() {
             return Ok(());
         }
-        let strings = wanted.iter().map(|id| id.as_str().to_owned()).collect();
-        for row in &DB::lock_sales(conn.conn(), strings).await? {
+        let ids: Vec<&str> = wanted.iter().map(|id| id.as_str()).collect();
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                sale_cols!(),
+                " FROM sales WHERE id IN ({}) ORDER BY id{}"
+            ),
+            DB::JSON_TEXTS,
+            DB::LOCK
+        );
+        let json = serde_json::to_string(&ids).map_err(internal)?;
+        for row in &statement::<DB>(&sql).string(json).all(conn).await? {
             let sale = rows::sale(row)?;
             self.sales
                 .insert(sale.id.clone(), Some(Cached::clean(sale)));
@@ -103,12 +113,21 @@ impl TxStock {
         conn: &mut impl Conn<DB>,
         ids: &[&SaleId],
     ) -> PortResult<()> {
-        let wanted = ids.iter().map(|id| id.as_str().to_owned()).collect();
-        let siblings: Vec<SaleId> = DB::drop_siblings(conn.conn(), wanted)
-            .await?
-            .into_iter()
-            .map(SaleId::from_trusted)
-            .collect();
+        if !DB::locks_rows() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT id FROM sales WHERE drop_id IN \
+             (SELECT drop_id FROM sales WHERE id IN ({}) AND drop_id IS NOT NULL)",
+            DB::JSON_TEXTS
+        );
+        let names: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let json = serde_json::to_string(&names).map_err(internal)?;
+        let siblings = statement::<DB>(&sql).string(json).all(conn).await?;
+        let siblings: Vec<SaleId> = siblings
+            .iter()
+            .map(|r| col(r, "id").map(SaleId::from_trusted))
+            .collect::<PortResult<_>>()?;
         let all: Vec<&SaleId> = ids.iter().copied().chain(siblings.iter()).collect();
         self.lock_sales(conn, &all).await
     }
@@ -215,10 +234,16 @@ impl TxStock {
         if wanted.is_empty() {
             return Ok(());
         }
-        for (sale, user, units) in DB::units_of(conn.conn(), wanted).await? {
-            let key = (SaleId::from_trusted(sale), UserId::from_trusted(user));
+        let sql = format!(
+            "SELECT sale_id, user_id, units FROM user_units WHERE (sale_id, user_id) IN ({})",
+            DB::JSON_PAIRS
+        );
+        let json = serde_json::to_string(&wanted).map_err(internal)?;
+        for row in statement::<DB>(&sql).string(json).all(conn).await? {
+            let sale = SaleId::from_trusted(col(&row, "sale_id")?);
+            let key = (sale, UserId::from_trusted(col(&row, "user_id")?));
             if let Some(c) = self.units.get_mut(&key) {
-                c.value = units;
+                c.value = col(&row, "units")?;
             }
         }
         Ok(())
