@@ -63,9 +63,6 @@ pub trait Engine: Database<Row: DbRow> {
     const NOW_MS: &'static str;
     /// The column that orders a buyer's notifications as they were added.
     const NOTIFICATION_SEQ: &'static str;
-    /// What joins `order_items i` to `orders o` besides `o.id = i.order_id`: PostgreSQL's
-    /// tables are partitioned by buyer, and the key says which partition.
-    const ITEM_ORDER_KEY: &'static str;
     // Catalog, room log, hold cap: where the engines' SQL really differs.
     /// The condition that the row `alias` of `table` (`sales`, `drops`, `products`) has a name
     /// matching the search query in the argument `param` (see [`Engine::search_query`]).
@@ -136,7 +133,6 @@ engine!(sqlx::Sqlite, sqlx::SqliteConnection, "BEGIN IMMEDIATE", {
     const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     // Notifications are never deleted, so rowid grows as they are added.
     const NOTIFICATION_SEQ: &'static str = "rowid";
-    const ITEM_ORDER_KEY: &'static str = "";
     /// FTS5, the search tables kept in step by the triggers of migration 0008.
     fn search_condition(table: &str, alias: &str, param: &str) -> String {
         format!("{alias}.id IN (SELECT id FROM {table}_search WHERE {table}_search MATCH {param})")
@@ -160,7 +156,6 @@ engine!(sqlx::Postgres, sqlx::PgConnection, "BEGIN", {
     const JSON_TEXTS: &'static str = "SELECT json_array_elements_text($1::json)";
     const NOW_MS: &'static str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
     const NOTIFICATION_SEQ: &'static str = "seq";
-    const ITEM_ORDER_KEY: &'static str = " AND o.user_id = i.user_id";
     /// Full-text search over the letters-and-digits of names, 'simple' configuration: the
     /// expression of the GIN indexes of migration 0007, so they serve it.
     fn search_condition(_table: &str, alias: &str, param: &str) -> String {

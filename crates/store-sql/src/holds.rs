@@ -24,16 +24,22 @@ use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 use crate::engine::{begin_write, list, statement, Bind, Conn, Run};
 use crate::error::OrPort;
 use crate::hold_cap::OpenHolds;
+use crate::internal;
 use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
 use crate::rows::{self, col};
 use crate::txstock::TxStock;
-use crate::{hold_cols, hold_from, internal};
 
-/// `SELECT` of [`rows::hold_row`]'s columns, then `$cond`.
+/// `SELECT` of [`rows::hold_row`]'s columns (the hold, and the status of the order it is in,
+/// joined by buyer too, which PostgreSQL's partitions need), then `$cond`.
 macro_rules! select_holds {
     ($cond:literal) => {
-        concat!("SELECT ", hold_cols!(), hold_from!(), $cond)
+        concat!(
+            "SELECT h.id, h.sale_id, h.user_id, h.quantity, h.unit_price, h.currency, h.state, \
+             h.created_at, h.expires_at, o.status AS order_status \
+             FROM holds h LEFT JOIN orders o ON o.user_id = h.user_id AND o.id = h.order_id ",
+            $cond
+        )
     };
 }
 
@@ -105,7 +111,7 @@ pub async fn reserve<DB: Judging>(
     let mut tx = begin_write(writer).await?;
     let mut stock = TxStock::default();
     let sales: Vec<&SaleId> = batch.iter().map(|r| &r.sale_id).collect();
-    stock.lock_sales_with_drops(&mut tx, &sales).await?;
+    stock.lock_sales(&mut tx, &sales, true).await?;
     let pairs: Vec<(&SaleId, &UserId)> = batch.iter().map(|r| (&r.sale_id, &r.user_id)).collect();
     stock.load_units(&mut tx, &pairs).await?;
     stock.load_drop_units(&mut tx, &pairs).await?;
@@ -319,9 +325,7 @@ pub async fn resize<DB: Judging>(
     if quantity > hold.quantity {
         // Growth is a reservation of the difference, judged under the drop's limit too: lock
         // the drop's other sales with it. Shrinking is always allowed.
-        stock
-            .lock_sales_with_drops(&mut tx, &[&hold.sale_id])
-            .await?;
+        stock.lock_sales(&mut tx, &[&hold.sale_id], true).await?;
         let more = quantity - hold.quantity;
         let verdict = stock.judge_more(&mut tx, &hold.sale_id, user, more, now);
         let missing = || internal(format!("sale {} of hold {id} missing", hold.sale_id));
@@ -387,7 +391,7 @@ pub async fn expire_due<DB: Judging>(
     let due = lock_due(&mut tx, "h.expires_at <= $1", &[now.0, i64::from(limit)]).await?;
     let mut stock = TxStock::default();
     let sales: Vec<&SaleId> = due.iter().map(|h| &h.sale_id).collect();
-    stock.lock_sales(&mut tx, &sales).await?;
+    stock.lock_sales(&mut tx, &sales, false).await?;
     let mut out = Vec::with_capacity(due.len());
     for mut hold in due {
         stock.touch(&mut tx, &hold.sale_id, &hold.user_id).await?;

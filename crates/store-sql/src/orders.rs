@@ -271,11 +271,8 @@ async fn convert<DB: Judging>(
     let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
     // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
     // too, which needs the drop's other sales locked; a plain conversion does not.
-    if checkout::may_retake(&lines, retake, now) {
-        stock.lock_sales_with_drops(conn, &sales).await?;
-    } else {
-        stock.lock_sales(conn, &sales).await?;
-    }
+    let with_drops = checkout::may_retake(&lines, retake, now);
+    stock.lock_sales(conn, &sales, with_drops).await?;
     let mut endings = Vec::new();
     for line in &lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
@@ -434,7 +431,7 @@ pub async fn cancel<DB: Judging>(
     // The stock the settlement returns (a refund's; none when a pending order is cancelled).
     let mut stock = TxStock::default();
     let sales: Vec<&SaleId> = settlement.stock_returned.iter().map(|(s, _)| s).collect();
-    stock.lock_sales(&mut tx, &sales).await?;
+    stock.lock_sales(&mut tx, &sales, false).await?;
     for (sale, quantity) in &settlement.stock_returned {
         stock.touch(&mut tx, sale, user).await?;
         stock.refund(sale, user, *quantity)?;

@@ -37,11 +37,8 @@ pub async fn stock_audit<DB: Engine>(
          (SELECT CAST(COALESCE(SUM(i.quantity), 0) AS BIGINT) AS sold_rows, \
            COUNT(DISTINCT o.id) AS orders {confirmed}) c \
          WHERE s.id = $1",
-        confirmed = format_args!(
-            "FROM order_items i JOIN orders o ON o.id = i.order_id{} \
-             WHERE i.sale_id = $1 AND o.status = 'confirmed'",
-            DB::ITEM_ORDER_KEY
-        )
+        confirmed = "FROM order_items i JOIN orders o ON o.user_id = i.user_id \
+             AND o.id = i.order_id WHERE i.sale_id = $1 AND o.status = 'confirmed'"
     );
     let q = statement::<DB>(&sql).text(sale.as_str());
     let Some(row) = q.first_in(reader).await? else {

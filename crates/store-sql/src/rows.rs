@@ -150,25 +150,6 @@ pub fn stock<R: DbRow>(row: &R) -> PortResult<StockLevels> {
     })
 }
 
-/// Columns of [`hold_row`]: the hold, plus the status of the order it is in (if any), from
-/// `holds h` joined to `orders o` by [`hold_from`].
-#[macro_export]
-macro_rules! hold_cols {
-    () => {
-        "h.id, h.sale_id, h.user_id, h.quantity, h.unit_price, h.currency, h.state, \
-         h.created_at, h.expires_at, o.status AS order_status"
-    };
-}
-
-/// The `FROM` clause that goes with [`hold_cols`]: the hold and the order it is in, if any
-/// (orders are keyed by their buyer too, which PostgreSQL's partitions need).
-#[macro_export]
-macro_rules! hold_from {
-    () => {
-        " FROM holds h LEFT JOIN orders o ON o.user_id = h.user_id AND o.id = h.order_id "
-    };
-}
-
 /// A `holds` row joined with its order's status.
 pub fn hold_row<R: DbRow>(row: &R) -> PortResult<FoundHold> {
     let order_status = col_opt_word(row, "order_status", OrderStatus::parse)?;

@@ -61,41 +61,49 @@ pub struct TxStock {
 const UNITS_PER_STATEMENT: usize = 300;
 
 impl TxStock {
-    /// Locks and loads every sale in `ids` not loaded yet, in one statement and in id order
-    /// (the deadlock-free order every multi-sale transaction uses). Missing sales are
-    /// remembered as missing. Nothing to do on an engine without row locks: sales are read
-    /// when first needed.
+    /// Locks and loads every sale in `ids` not loaded yet and, if `with_drops`, every other
+    /// sale of the drops they belong to, in one statement and in id order (the deadlock-free
+    /// order every multi-sale transaction uses). Missing sales are remembered as missing. A
+    /// drop's limit spans its sales, so judging a reservation needs the buyer's units in all
+    /// of them to stay put until the commit (call it as the transaction's first lock on sales
+    /// then). Nothing to do on an engine without row locks: sales are read when first needed.
     pub async fn lock_sales<DB: Judging>(
         &mut self,
         conn: &mut impl Conn<DB>,
         ids: &[&SaleId],
+        with_drops: bool,
     ) -> PortResult<()> {
-        if !DB::locks_rows() {
-            return Ok(());
-        }
         let wanted: BTreeSet<&SaleId> = ids
             .iter()
             .copied()
             .filter(|id| !self.sales.contains_key(*id))
             .collect();
-        if wanted.is_empty() {
+        if !DB::locks_rows() || (wanted.is_empty() && !with_drops) {
             return Ok(());
         }
-        let ids: Vec<&str> = wanted.iter().map(|id| id.as_str()).collect();
+        let ids_in = format!("id IN ({})", DB::JSON_TEXTS);
+        let siblings = match with_drops {
+            true => format!(" OR drop_id IN (SELECT drop_id FROM sales WHERE {ids_in})"),
+            false => String::new(),
+        };
         let sql = format!(
             concat!(
                 "SELECT ",
                 sale_cols!(),
-                " FROM sales WHERE id IN ({}) ORDER BY id{}"
+                " FROM sales WHERE {}{} ORDER BY id{}"
             ),
-            DB::JSON_TEXTS,
+            ids_in,
+            siblings,
             DB::LOCK
         );
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let json = serde_json::to_string(&ids).map_err(internal)?;
         for row in &statement::<DB>(&sql).string(json).all(conn).await? {
             let sale = rows::sale(row)?;
+            // A sale loaded before may carry changes not yet flushed: keep those.
             self.sales
-                .insert(sale.id.clone(), Some(Cached::clean(sale)));
+                .entry(sale.id.clone())
+                .or_insert(Some(Cached::clean(sale)));
         }
         for id in wanted {
             self.sales.entry(id.clone()).or_insert(None);
@@ -103,39 +111,10 @@ impl TxStock {
         Ok(())
     }
 
-    /// [`TxStock::lock_sales`] for `ids` and every other sale of the drops they belong to, in
-    /// the same one id-ordered statement: a drop's limit spans its sales, so judging one needs
-    /// the buyer's units in all of them to stay put until the commit. A sale's drop never
-    /// changes after creation, so finding the siblings before locking is safe. Call it as the
-    /// transaction's first lock on sales.
-    pub async fn lock_sales_with_drops<DB: Judging>(
-        &mut self,
-        conn: &mut impl Conn<DB>,
-        ids: &[&SaleId],
-    ) -> PortResult<()> {
-        if !DB::locks_rows() {
-            return Ok(());
-        }
-        let sql = format!(
-            "SELECT id FROM sales WHERE drop_id IN \
-             (SELECT drop_id FROM sales WHERE id IN ({}) AND drop_id IS NOT NULL)",
-            DB::JSON_TEXTS
-        );
-        let names: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-        let json = serde_json::to_string(&names).map_err(internal)?;
-        let siblings = statement::<DB>(&sql).string(json).all(conn).await?;
-        let siblings: Vec<SaleId> = siblings
-            .iter()
-            .map(|r| col(r, "id").map(SaleId::from_trusted))
-            .collect::<PortResult<_>>()?;
-        let all: Vec<&SaleId> = ids.iter().copied().chain(siblings.iter()).collect();
-        self.lock_sales(conn, &all).await
-    }
-
     /// What `user` holds or owns across the drop `sale` belongs to, with the drop's limit, as
     /// this transaction sees it (pending changes included); `None` if the sale is in no drop
     /// or its drop has no limit. With row locks, every sale of the drop must be locked by this
-    /// transaction ([`TxStock::lock_sales_with_drops`]); if one is not, this refuses
+    /// transaction ([`TxStock::lock_sales`] with its drops); if one is not, this refuses
     /// (`Internal`) rather than judge on units another node could be changing. SQLite's one
     /// writer connection: nobody else can change these units before the commit.
     pub async fn drop_units<DB: Judging>(
