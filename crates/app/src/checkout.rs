@@ -6,12 +6,13 @@
 
 use serde::Deserialize;
 
-use stampede_core::{HoldId, Order, OrderId, PaymentId, SaleId};
+use stampede_core::checkout::HOLD_EXPIRED;
+use stampede_core::{HoldId, Order, OrderId, OrderStatus, PaymentId, SaleId, Timestamp};
 
 use crate::auth::Principal;
 use crate::ports::{
-    Authorization, AuthorizeRequest, Cancelled, Event, GatewayOwed, IdempotencyStart, NewOrder,
-    OwedPayment, PaymentApplied, PaymentResult,
+    Authorization, AuthorizeRequest, Cancelled, CheckoutIds, Event, GatewayOwed, IdempotencyStart,
+    NewOrder, OwedPayment, PaymentApplied, PaymentResult,
 };
 use crate::{webhook, App, AppError};
 
@@ -47,6 +48,14 @@ pub struct WebhookData {
     pub reason: Option<String>,
 }
 
+/// New ids for a checkout's order and payment.
+fn fresh_ids(now: Timestamp) -> CheckoutIds {
+    CheckoutIds {
+        order_id: OrderId::generate(now.millis(), rand::random()),
+        payment_id: PaymentId::generate(now.millis(), rand::random()),
+    }
+}
+
 fn check_checkout(req: &CheckoutRequest) -> Result<Vec<HoldId>, AppError> {
     if req.hold_ids.is_empty() || req.hold_ids.len() > MAX_HOLDS_PER_ORDER {
         return Err(AppError::invalid(format!(
@@ -74,77 +83,161 @@ fn check_checkout(req: &CheckoutRequest) -> Result<Vec<HoldId>, AppError> {
     Ok(ids)
 }
 
+/// What a gateway failure leaves as the order's failure reason.
+const GATEWAY_UNAVAILABLE: &str = "gateway_unavailable";
+
+/// The answer to a checkout under an `Idempotency-Key`.
+#[derive(Debug)]
+pub enum KeyedCheckout {
+    /// It ran now: its result, and the answer stored for the key (what the client gets).
+    Ran {
+        result: Box<Result<Order, AppError>>,
+        status: u16,
+        body: String,
+    },
+    /// The key's first answer, as it was stored.
+    Replay { status: u16, body: String },
+}
+
 impl App {
-    /// Claims an `Idempotency-Key` for the caller's request (hashed body).
-    pub async fn idempotency_start(
+    /// A checkout under an `Idempotency-Key`, the whole protocol: the key is claimed with the
+    /// ids its order will have; the checkout runs, or resumes if the key's earlier claim died
+    /// unanswered (a crash at any step: its order, if committed, is found under the same ids,
+    /// and the gateway answers an order once); `render` turns the result into the answer the
+    /// client gets, which is stored for replays, unless it is a 5xx (nothing was decided: the
+    /// claim is dropped so a retry runs afresh).
+    pub async fn checkout_keyed(
         &self,
         who: &Principal,
+        req: CheckoutRequest,
         key: &str,
         request_hash: &str,
-    ) -> Result<IdempotencyStart, AppError> {
+        render: impl FnOnce(&Result<Order, AppError>) -> (u16, String) + Send,
+    ) -> Result<KeyedCheckout, AppError> {
         if key.is_empty() || key.len() > 255 || !key.is_ascii() {
             return Err(AppError::invalid(
                 "Idempotency-Key must be 1 to 255 ASCII characters",
             ));
         }
-        Ok(self
+        let now = self.clock.now();
+        let (user, lease) = (&who.user_id, self.config.idempotency_lease_ms);
+        let ids = fresh_ids(now);
+        let claim = self
             .store
-            .idempotency_start(
-                &who.user_id,
-                key,
-                request_hash,
-                self.clock.now(),
-                self.config.idempotency_lease_ms,
-            )
-            .await?)
-    }
-
-    /// Stores the answer sent for a claimed key.
-    pub async fn idempotency_finish(
-        &self,
-        who: &Principal,
-        key: &str,
-        status: u16,
-        body: &str,
-    ) -> Result<(), AppError> {
-        Ok(self
-            .store
-            .idempotency_finish(&who.user_id, key, status, body)
-            .await?)
-    }
-
-    /// Lets go of a claimed key whose request had no effect (so a retry may proceed).
-    pub async fn idempotency_abandon(&self, who: &Principal, key: &str) -> Result<(), AppError> {
-        Ok(self.store.idempotency_abandon(&who.user_id, key).await?)
+            .idempotency_start(user, key, request_hash, now, lease, &ids);
+        let (ids, resumed) = match claim.await? {
+            IdempotencyStart::Replay { status, body } => {
+                return Ok(KeyedCheckout::Replay { status, body })
+            }
+            IdempotencyStart::Mismatch => return Err(AppError::IdempotencyKeyReused),
+            IdempotencyStart::InProgress => return Err(AppError::IdempotencyInProgress),
+            IdempotencyStart::Proceed { ids, resumed } => (ids, resumed),
+        };
+        let result = if resumed {
+            self.resume_checkout(who, req, ids).await
+        } else {
+            self.checkout_as(who, req, ids).await
+        };
+        let (status, body) = render(&result);
+        if status >= 500 {
+            self.store.idempotency_abandon(user, key).await?;
+        } else {
+            self.store
+                .idempotency_finish(user, key, status, &body)
+                .await?;
+        }
+        fail::fail_point!("checkout.before_respond");
+        Ok(KeyedCheckout::Ran {
+            result: Box::new(result),
+            status,
+            body,
+        })
     }
 
     /// Turns the caller's holds into an order and pays for it.
     pub async fn checkout(&self, who: &Principal, req: CheckoutRequest) -> Result<Order, AppError> {
+        self.checkout_as(who, req, fresh_ids(self.clock.now()))
+            .await
+    }
+
+    /// [`App::checkout`] creating its order and payment under `ids`.
+    async fn checkout_as(
+        &self,
+        who: &Principal,
+        req: CheckoutRequest,
+        ids: CheckoutIds,
+    ) -> Result<Order, AppError> {
         let hold_ids = check_checkout(&req)?;
-        let now = self.clock.now();
         let new = NewOrder {
-            order_id: OrderId::generate(now.millis(), rand::random()),
-            payment_id: PaymentId::generate(now.millis(), rand::random()),
+            order_id: ids.order_id,
+            payment_id: ids.payment_id.clone(),
             user_id: who.user_id.clone(),
             hold_ids,
             method: req.method.clone(),
-            now,
+            now: self.clock.now(),
         };
         let order = self.store.create_order(&new).await??;
+        self.pay(who, order, ids.payment_id, req).await
+    }
+
+    /// Picks up a keyed checkout whose first attempt died unanswered, under its ids: runs it if
+    /// its order never committed, asks the gateway again if the order is still unpaid (the
+    /// gateway answers an order once, so nobody is charged twice), and otherwise answers from
+    /// what the order became.
+    async fn resume_checkout(
+        &self,
+        who: &Principal,
+        req: CheckoutRequest,
+        ids: CheckoutIds,
+    ) -> Result<Order, AppError> {
+        let Some(order) = self.store.order(&who.user_id, &ids.order_id).await? else {
+            return self.checkout_as(who, req, ids).await;
+        };
+        metrics::counter!("stampede_checkouts_resumed_total").increment(1);
+        let reason = order
+            .payment
+            .as_ref()
+            .and_then(|p| p.failure_reason.clone());
+        match (order.status, reason) {
+            (OrderStatus::PendingPayment, _) => self.pay(who, order, ids.payment_id, req).await,
+            (OrderStatus::PaymentFailed, Some(r)) if r == HOLD_EXPIRED => {
+                Err(AppError::HoldExpired)
+            }
+            // The first attempt answered 5xx for this: so does its retry, which drops the claim.
+            (OrderStatus::PaymentFailed, Some(r)) if r == GATEWAY_UNAVAILABLE => Err(
+                AppError::Unavailable("the payment gateway did not answer".into()),
+            ),
+            (OrderStatus::PaymentFailed, reason) => Err(AppError::PaymentDeclined {
+                order_id: order.id.to_string(),
+                reason: reason.unwrap_or_default(),
+            }),
+            _ => Ok(order),
+        }
+    }
+
+    /// Authorizes an order's payment at the gateway and records the answer.
+    async fn pay(
+        &self,
+        who: &Principal,
+        order: Order,
+        payment_id: PaymentId,
+        req: CheckoutRequest,
+    ) -> Result<Order, AppError> {
         let auth_req = AuthorizeRequest {
-            payment_id: new.payment_id.clone(),
+            payment_id,
             order_id: order.id.clone(),
             amount: order.total,
             currency: order.currency.clone(),
             method: req.method,
             token: req.token,
         };
+        fail::fail_point!("checkout.before_authorize");
         let authorization = match self.gateway.authorize(&auth_req).await {
             Ok(a) => a,
             Err(e) => {
                 let failed = PaymentResult::Declined {
                     reference: None,
-                    reason: "gateway_unavailable".into(),
+                    reason: GATEWAY_UNAVAILABLE.into(),
                 };
                 self.store
                     .apply_payment(&order.id, &failed, self.clock.now())
@@ -152,6 +245,7 @@ impl App {
                 return Err(e.into());
             }
         };
+        fail::fail_point!("checkout.after_authorize");
         self.audit(
             who,
             "payment.authorize",
@@ -222,6 +316,7 @@ impl App {
             .ok_or(AppError::NotFound)?;
         match applied {
             PaymentApplied::Done(order) => {
+                fail::fail_point!("checkout.after_commit");
                 // The judge recorded the capture as owed with the confirmation: if this call
                 // fails or the process dies first, the money reconciliation finishes it.
                 if !self
@@ -230,6 +325,7 @@ impl App {
                 {
                     metrics::counter!("stampede_capture_failures_total").increment(1);
                 }
+                fail::fail_point!("checkout.after_capture");
                 metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
                 metrics::counter!("stampede_orders_confirmed_total").increment(1);
                 self.audit_as(

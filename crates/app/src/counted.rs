@@ -307,10 +307,11 @@ impl Orders for CountedStore {
         request_hash: &str,
         now: Timestamp,
         lease_ms: i64,
+        ids: &CheckoutIds,
     ) -> PortResult<IdempotencyStart> {
         self.count("idempotency_start");
         self.inner
-            .idempotency_start(user, key, request_hash, now, lease_ms)
+            .idempotency_start(user, key, request_hash, now, lease_ms, ids)
             .await
     }
 

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod checkout;
 pub mod config;
 pub mod counted;
+pub mod crash_points;
 pub mod durable_room;
 pub mod error;
 pub mod group_commit;

@@ -335,11 +335,22 @@ pub enum Cancelled {
     Cancelled(Order),
 }
 
+/// The ids a keyed checkout creates its order and payment under, fixed by the key's first
+/// claim: a retry after a crash finds the order the first attempt made (if it committed) and
+/// asks the gateway again under the same order, so nobody is charged twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutIds {
+    pub order_id: OrderId,
+    pub payment_id: PaymentId,
+}
+
 /// Result of starting an idempotent request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyStart {
-    /// First time (or a lapsed in-progress claim): go ahead, then call `idempotency_finish`.
-    Proceed,
+    /// Go ahead under `ids`, then call `idempotency_finish`. `resumed`: the key's earlier
+    /// claim lapsed unanswered (its process died, or outlived the lease), so its work may be
+    /// partly done under these same ids.
+    Proceed { ids: CheckoutIds, resumed: bool },
     /// Same key, same request, already answered: replay this.
     Replay { status: u16, body: String },
     /// Same key, another request body.
@@ -671,8 +682,9 @@ pub trait Orders: Send + Sync + 'static {
         order: &OrderId,
         now: Timestamp,
     ) -> PortResult<Option<Result<Cancelled, OrderStatus>>>;
-    /// Claims `(user, key)` for a request whose body hashes to `request_hash`; an in-progress
-    /// claim older than `lease_ms` counts as abandoned and is taken over.
+    /// Claims `(user, key)` for a request whose body hashes to `request_hash`, under `ids` if
+    /// the key is new; an in-progress claim of the same request older than `lease_ms` counts as
+    /// abandoned and is taken over under the ids it was first claimed with.
     async fn idempotency_start(
         &self,
         user: &UserId,
@@ -680,6 +692,7 @@ pub trait Orders: Send + Sync + 'static {
         request_hash: &str,
         now: Timestamp,
         lease_ms: i64,
+        ids: &CheckoutIds,
     ) -> PortResult<IdempotencyStart>;
     /// Stores the answer for a claimed key.
     async fn idempotency_finish(

@@ -222,6 +222,10 @@ fn nullable(mut schema: Value) -> Value {
     {
         schema["type"] = json!([t, "null"]);
     }
+    // An enum lists every value allowed: `null` too, or the type's null is forbidden anyway.
+    if let Some(values) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+        values.push(Value::Null);
+    }
     schema
 }
 

@@ -192,33 +192,40 @@ impl ApiError {
 }
 
 impl From<AppError> for ApiError {
-    /// Status, code and title come from the one table, [`AppError::class`]; what follows adds
-    /// the few fields some problems carry, and keeps a 5xx's cause in the log only.
     fn from(e: AppError) -> Self {
+        ApiError::from_ref(&e)
+    }
+}
+
+impl ApiError {
+    /// The problem an error is answered with. Status, code and title come from the one table,
+    /// [`AppError::class`]; what follows adds the few fields some problems carry, and keeps a
+    /// 5xx's cause in the log only.
+    pub fn from_ref(e: &AppError) -> Self {
         let class = e.class();
         let status =
             StatusCode::from_u16(class.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut out = ApiError::new(status, class.code, class.title, e.to_string());
         match e {
             AppError::PaymentDeclined { order_id, reason } => {
-                out.0.order_id = Some(order_id);
-                out.0.reason = Some(reason);
+                out.0.order_id = Some(order_id.clone());
+                out.0.reason = Some(reason.clone());
             }
             AppError::RateLimited { retry_after_secs } => {
-                out.0.retry_after = Some(retry_after_secs)
+                out.0.retry_after = Some(*retry_after_secs)
             }
             AppError::Unavailable(cause) => {
                 tracing::warn!(cause, "unavailable");
                 out.0.detail = "temporarily unavailable; retry shortly".to_owned();
                 out.0.retry_after = Some(1);
             }
-            AppError::Internal(cause) => return ApiError::internal(&cause),
+            AppError::Internal(cause) => return ApiError::internal(cause),
             AppError::Port(e) if class.status == 503 => {
-                tracing::warn!(cause = %chain(&e), "unavailable");
+                tracing::warn!(cause = %chain(e), "unavailable");
                 out.0.detail = "temporarily unavailable; retry shortly".to_owned();
                 out.0.retry_after = Some(1);
             }
-            AppError::Port(e) => return ApiError::internal(&chain(&e)),
+            AppError::Port(e) => return ApiError::internal(&chain(e)),
             AppError::InvalidInput(_)
             | AppError::Unauthenticated
             | AppError::BadCredentials

@@ -44,6 +44,9 @@ pub struct Charge {
     pub state: ChargeState,
     /// How many captures actually moved money (must never exceed 1).
     pub captures: u32,
+    /// Why it was declined, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A signed webhook the sandbox wants delivered to the shop.
@@ -173,6 +176,36 @@ impl SandboxGateway {
             .unwrap_or_default()
     }
 
+    /// The answer the order's authorization got, if it has one: a charge that has moved on
+    /// since (captured, voided, refunded) was authorized.
+    fn first_answer(&self, order: &OrderId) -> PortResult<Option<Authorization>> {
+        let poisoned = || PortError::internal("sandbox ledger poisoned");
+        let Some(reference) = self
+            .by_order
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(order.as_str())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let ledger = self.ledger.lock().map_err(|_| poisoned())?;
+        let Some(charge) = ledger.get(&reference) else {
+            return Ok(None);
+        };
+        Ok(Some(match charge.state {
+            ChargeState::Pending => Authorization::Pending { reference },
+            ChargeState::Declined => Authorization::Declined {
+                reference,
+                reason: charge
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "card_declined".into()),
+            },
+            _ => Authorization::Authorized { reference },
+        }))
+    }
+
     fn record(&self, charge: Charge) -> PortResult<()> {
         self.journal(&charge)?;
         if let Ok(mut l) = self.ledger.lock() {
@@ -240,13 +273,19 @@ impl SandboxGateway {
 #[async_trait]
 impl PaymentGateway for SandboxGateway {
     async fn authorize(&self, req: &AuthorizeRequest) -> PortResult<Authorization> {
+        // One authorization per order: asking again (a checkout resumed after a crash) gets
+        // the first answer, as a provider's idempotency key does; nobody is charged twice.
+        if let Some(first) = self.first_answer(&req.order_id)? {
+            return Ok(first);
+        }
         let reference = format!("pay_{}", ulid::Ulid::new());
-        let charge = |state| Charge {
+        let charge = |state, reason: Option<&String>| Charge {
             reference: reference.clone(),
             order_id: req.order_id.to_string(),
             amount: req.amount,
             state,
             captures: 0,
+            reason: reason.cloned(),
         };
         let answer = match req.token.as_str() {
             "tok_ok" => Authorization::Authorized {
@@ -270,11 +309,11 @@ impl PaymentGateway for SandboxGateway {
                 reason: "invalid_token".into(),
             },
         };
-        self.record(charge(match &answer {
-            Authorization::Authorized { .. } => ChargeState::Authorized,
-            Authorization::Pending { .. } => ChargeState::Pending,
-            Authorization::Declined { .. } => ChargeState::Declined,
-        }))?;
+        self.record(match &answer {
+            Authorization::Authorized { .. } => charge(ChargeState::Authorized, None),
+            Authorization::Pending { .. } => charge(ChargeState::Pending, None),
+            Authorization::Declined { reason, .. } => charge(ChargeState::Declined, Some(reason)),
+        })?;
         if let Ok(mut orders) = self.by_order.lock() {
             orders.insert(req.order_id.to_string(), reference.clone());
         }
@@ -320,15 +359,38 @@ mod tests {
         (SandboxGateway::new("secret".into(), clock, timings, tx), rx)
     }
 
-    fn req(token: &str) -> AuthorizeRequest {
+    /// A request for order number `order`.
+    fn req_for(order: u8, token: &str) -> AuthorizeRequest {
         AuthorizeRequest {
-            payment_id: PaymentId::generate(1, 1),
-            order_id: OrderId::generate(1, 1),
+            payment_id: PaymentId::generate(1, order.into()),
+            order_id: OrderId::generate(1, order.into()),
             amount: Money(500),
             currency: Currency::parse("EUR").unwrap(),
             method: "card".into(),
             token: token.into(),
         }
+    }
+
+    /// A request for an order of its own per token.
+    fn req(token: &str) -> AuthorizeRequest {
+        req_for(token.len() as u8, token)
+    }
+
+    #[tokio::test]
+    async fn an_order_is_authorized_once_however_often_it_asks() {
+        let (g, _rx) = gateway();
+        for token in ["tok_ok", "tok_decline", "tok_async"] {
+            let first = g.authorize(&req(token)).await.unwrap();
+            let again = g.authorize(&req(token)).await.unwrap();
+            assert_eq!(first, again, "{token}: a retry gets the first answer");
+        }
+        // Even with another card: the order's authorization is settled.
+        let declined = g.authorize(&req_for(200, "tok_decline")).await.unwrap();
+        assert_eq!(
+            g.authorize(&req_for(200, "tok_ok")).await.unwrap(),
+            declined
+        );
+        assert_eq!(g.charges().len(), 4, "one charge per order");
     }
 
     #[tokio::test]

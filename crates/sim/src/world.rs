@@ -12,9 +12,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sqlx::SqlitePool;
 
-use stampede_app::checkout::CheckoutRequest;
+use stampede_app::checkout::{CheckoutRequest, KeyedCheckout};
 use stampede_app::config::Argon2Cost;
-use stampede_app::ports::{Gate, GateSeed, IdempotencyStart, Role};
+use stampede_app::ports::{Gate, GateSeed, Role};
 use stampede_app::sales::SaleDraft;
 use stampede_app::{Adapters, App, AppConfig, AppError, Principal};
 use stampede_core::{
@@ -1014,30 +1014,22 @@ impl World {
         }
     }
 
-    /// A keyed checkout as the HTTP layer runs it: claim the key, run, store the answer (or
-    /// drop the claim after a 5xx).
+    /// A keyed checkout through the use case the HTTP layer calls: claim the key, run (or
+    /// resume), store the answer (or drop the claim after a 5xx).
     async fn send_keyed(&self, k: &Keyed) -> Result<Answer, String> {
         let app = self.app()?;
         let who = &self.users[k.user];
-        match app.idempotency_start(who, &k.key, &k.hash).await {
-            Ok(IdempotencyStart::Replay { status, body }) => Ok(Answer::Replay(status, body)),
-            Ok(IdempotencyStart::Mismatch) => Ok(Answer::Mismatch),
-            Ok(IdempotencyStart::InProgress) => Ok(Answer::InProgress),
-            Ok(IdempotencyStart::Proceed) => {
-                let result = app.checkout(who, Self::request(&k.holds, k.token)).await;
-                let (status, body) = render(&result);
-                if status >= 500 {
-                    app.idempotency_abandon(who, &k.key)
-                        .await
-                        .map_err(|e| app_err("idempotency_abandon", e))?;
-                } else {
-                    app.idempotency_finish(who, &k.key, status, &body)
-                        .await
-                        .map_err(|e| app_err("idempotency_finish", e))?;
-                }
-                Ok(Answer::Fresh(status, body, Box::new(result)))
-            }
-            Err(e) => Err(app_err("idempotency_start", e)),
+        let req = Self::request(&k.holds, k.token);
+        match app.checkout_keyed(who, req, &k.key, &k.hash, render).await {
+            Ok(KeyedCheckout::Replay { status, body }) => Ok(Answer::Replay(status, body)),
+            Ok(KeyedCheckout::Ran {
+                result,
+                status,
+                body,
+            }) => Ok(Answer::Fresh(status, body, result)),
+            Err(AppError::IdempotencyKeyReused) => Ok(Answer::Mismatch),
+            Err(AppError::IdempotencyInProgress) => Ok(Answer::InProgress),
+            Err(e) => Err(app_err("checkout_keyed", e)),
         }
     }
 

@@ -102,6 +102,12 @@ pub struct ServeArgs {
     /// gateway (and stuck pending orders resolved), in ms. Also done at start. Default 5000.
     #[arg(long, env = "STAMPEDE_PAYMENT_RECONCILE_INTERVAL_MS")]
     pub payment_reconcile_interval_ms: Option<u64>,
+    /// How long an unanswered `Idempotency-Key` claim holds off retries (409
+    /// `idempotency_in_progress`) before a retry takes it over and resumes the checkout, in ms.
+    /// Embedded mode lets go of every claim at start anyway (one process owns the data).
+    /// Default 60000.
+    #[arg(long, env = "STAMPEDE_IDEMPOTENCY_LEASE_MS")]
+    pub idempotency_lease_ms: Option<i64>,
     /// A pending order whose authorization's answer was never recorded (its checkout died
     /// with its process) is failed and any authorization voided after this many seconds.
     /// Default 120.

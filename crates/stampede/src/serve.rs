@@ -249,6 +249,7 @@ fn admission_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
 /// `stampede serve` (with `http`) and `stampede worker` (background jobs only).
 pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     init_logs(args.log_format.unwrap_or(LogFormat::Text));
+    stampede_app::crash_points::arm_from_env();
     if !http && args.mode()? == Mode::Embedded {
         anyhow::bail!(
             "stampede worker runs the background jobs of a cluster: give --postgres, --redis \
@@ -309,6 +310,9 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
         payment_reconcile_interval_ms: args
             .payment_reconcile_interval_ms
             .unwrap_or(defaults.payment_reconcile_interval_ms),
+        idempotency_lease_ms: args
+            .idempotency_lease_ms
+            .unwrap_or(defaults.idempotency_lease_ms),
         payment_answer_timeout_secs: args
             .payment_answer_timeout_secs
             .unwrap_or(defaults.payment_answer_timeout_secs),

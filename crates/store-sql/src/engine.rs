@@ -297,8 +297,7 @@ pub async fn find<DB: Engine, T>(
     key: &str,
     read: impl Fn(&DB::Row) -> PortResult<T>,
 ) -> PortResult<Option<T>> {
-    let row = statement::<DB>(sql).text(key).first_in(pool).await?;
-    row.map(|r| read(&r)).transpose()
+    find_on(&mut pool.acquire().await.port()?, sql, key, read).await
 }
 
 /// The first row of a query that always yields one; an `Internal` error saying `missing` if
@@ -329,4 +328,14 @@ pub async fn list<DB: Engine, T>(
     read: impl Fn(&DB::Row) -> PortResult<T>,
 ) -> PortResult<Vec<T>> {
     q.all_in(pool).await?.iter().map(read).collect()
+}
+
+/// `rows` rows of `width` parameters each, numbered from `$1`: the `VALUES` list of a
+/// multi-row statement.
+pub fn values_list(rows: usize, width: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }

@@ -1,16 +1,17 @@
 //! Idempotency keys, webhook de-duplication, the append-only audit log and buyers'
 //! notification feeds.
 //!
-//! Idempotency: one row per `(user, key)`; `status` is NULL while the first request is being
-//! worked on. A claim older than the caller's lease counts as abandoned (its request died) and
-//! is taken over by the next request with that key, which then owns the row.
+//! Idempotency: one row per `(user, key)`, with the ids of the order its checkout creates;
+//! `status` is NULL while the first request is being worked on. A claim older than the
+//! caller's lease counts as abandoned (its request died) and is taken over, ids and all, by the
+//! next request with that key and body, which then owns the row.
 
 use sqlx::Pool;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, EventKind, IdempotencyStart, Notification, PortResult,
+    AuditEntry, AuditFilter, CheckoutIds, EventKind, IdempotencyStart, Notification, PortResult,
 };
-use stampede_core::{Timestamp, UserId};
+use stampede_core::{OrderId, PaymentId, Timestamp, UserId};
 
 use crate::engine::{begin_write, find, list, one, statement, Bind, Engine, Run};
 use crate::error::OrPort;
@@ -27,28 +28,34 @@ pub async fn idempotency_start<DB: Engine>(
     request_hash: &str,
     now: Timestamp,
     lease_ms: i64,
+    ids: &CheckoutIds,
 ) -> PortResult<IdempotencyStart> {
-    // `$1` the user, `$2` the key, `$3` the request's hash, `$4` now.
+    // `$1` the user, `$2` the key, `$3` the request's hash, `$4` now, `$5`/`$6` the ids.
     let claim = |sql| {
-        statement::<DB>(sql)
+        let q = statement::<DB>(sql)
             .text(user.as_str())
             .text(key)
-            .text(request_hash)
-            .int(now.0)
+            .text(request_hash);
+        q.int(now.0)
+            .text(ids.order_id.as_str())
+            .text(ids.payment_id.as_str())
     };
     let mut tx = begin_write(writer).await?;
     let claimed = claim(
-        "INSERT INTO idempotency (user_id, key, request_hash, status, body, started_at) \
-         VALUES ($1, $2, $3, NULL, NULL, $4) ON CONFLICT (user_id, key) DO NOTHING",
-    )
-    .run(&mut tx)
-    .await?;
-    if claimed == 1 {
+        "INSERT INTO idempotency (user_id, key, request_hash, status, body, started_at, \
+         order_id, payment_id) VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6) \
+         ON CONFLICT (user_id, key) DO NOTHING",
+    );
+    if claimed.run(&mut tx).await? == 1 {
         tx.commit().await.port()?;
-        return Ok(IdempotencyStart::Proceed);
+        let ids = ids.clone();
+        return Ok(IdempotencyStart::Proceed {
+            ids,
+            resumed: false,
+        });
     }
     let sql = format!(
-        "SELECT request_hash, status, body, started_at FROM idempotency \
+        "SELECT request_hash, status, body, started_at, order_id, payment_id FROM idempotency \
          WHERE user_id = $1 AND key = $2{}",
         DB::FOR_UPDATE
     );
@@ -57,27 +64,30 @@ pub async fn idempotency_start<DB: Engine>(
         format!("idempotency key {key} of {user} vanished")
     })
     .await?;
-    let stored_hash: String = col(&row, "request_hash")?;
     let status: Option<i64> = col(&row, "status")?;
-    let started_at = col_ts(&row, "started_at")?;
     let verdict = match status {
-        Some(status) if stored_hash == request_hash => IdempotencyStart::Replay {
+        _ if col::<String>(&row, "request_hash")? != request_hash => IdempotencyStart::Mismatch,
+        Some(status) => IdempotencyStart::Replay {
             status: u16::try_from(status)
                 .map_err(|_| internal(format!("stored status {status}")))?,
             body: col::<Option<String>>(&row, "body")?.unwrap_or_default(),
         },
-        Some(_) => IdempotencyStart::Mismatch,
-        None if started_at.plus_millis(lease_ms) <= now => {
-            claim(
-                "UPDATE idempotency SET request_hash = $3, started_at = $4 \
-                 WHERE user_id = $1 AND key = $2 AND status IS NULL",
-            )
-            .run(&mut tx)
-            .await?;
-            IdempotencyStart::Proceed
+        None if col_ts(&row, "started_at")?.plus_millis(lease_ms) <= now => {
+            // Taken over under the ids of the first claim (one from before ids were kept
+            // takes the new ones): the lapsed attempt's order, if it committed, is found.
+            let q = claim(
+                "UPDATE idempotency SET request_hash = $3, started_at = $4, \
+                 order_id = COALESCE(order_id, $5), payment_id = COALESCE(payment_id, $6) \
+                 WHERE user_id = $1 AND key = $2 RETURNING order_id, payment_id",
+            );
+            let row = one(q, &mut tx, || format!("idempotency key {key} vanished")).await?;
+            let ids = CheckoutIds {
+                order_id: OrderId::from_trusted(col(&row, "order_id")?),
+                payment_id: PaymentId::from_trusted(col(&row, "payment_id")?),
+            };
+            IdempotencyStart::Proceed { ids, resumed: true }
         }
-        None if stored_hash == request_hash => IdempotencyStart::InProgress,
-        None => IdempotencyStart::Mismatch,
+        None => IdempotencyStart::InProgress,
     };
     tx.commit().await.port()?;
     Ok(verdict)

@@ -34,7 +34,6 @@ use crate::engine::{begin_write, find_on, list, statement, Bind, Conn, Run, Stat
 use crate::error::OrPort;
 use crate::judging::{exactly_one, lock_own, Judging};
 use crate::outbox::insert as write_event;
-use crate::room_log::values_list;
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
 use crate::{holds, internal};
@@ -212,7 +211,7 @@ pub async fn create<DB: Judging>(
     let sql = format!(
         "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
          unit_price) VALUES {}",
-        values_list(order.items.len(), 7)
+        crate::engine::values_list(order.items.len(), 7)
     );
     let mut q = statement::<DB>(&sql);
     for (position, item) in (0_i64..).zip(&order.items) {

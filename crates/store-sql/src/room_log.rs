@@ -9,7 +9,7 @@ use stampede_app::ports::PortResult;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 
-use crate::engine::{begin_write, list, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, list, statement, values_list, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::col;
@@ -20,16 +20,6 @@ const ENTRY_COLS: &str =
 
 /// Entries per multi-row statement: 10 parameters each, well under SQLite's limit.
 const ENTRIES_PER_STATEMENT: usize = 1000;
-
-/// `rows` rows of `width` parameters each, numbered from `$1`: the `VALUES` list of a
-/// multi-row statement.
-pub fn values_list(rows: usize, width: usize) -> String {
-    let row = |r: usize| {
-        let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-        format!("({})", params.join(", "))
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
-}
 
 /// Writes a batch of entries in one transaction.
 pub async fn append<DB: Engine>(

@@ -8,10 +8,10 @@ use sqlx::Pool;
 
 use stampede_app::ports::{
     Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled, Catalog,
-    CheckoutError, Credentials, GateSeed, GatewayOwed, HoldError, Holds, IdempotencyStart,
-    LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortResult, ReserveRequest, RoomLog, Session, StockAudit, Store, User,
-    UserAccount, UserStatus, WebhookDelivery,
+    CheckoutError, CheckoutIds, Credentials, GateSeed, GatewayOwed, HoldError, Holds,
+    IdempotencyStart, LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent,
+    OwedPayment, PaymentApplied, PaymentResult, PortResult, ReserveRequest, RoomLog, Session,
+    StockAudit, Store, User, UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::LoggedEntry;
@@ -143,7 +143,7 @@ forward!(Orders {
     writer cancel_order(user: &UserId, order: &OrderId, now: Timestamp)
         -> Option<Result<Cancelled, OrderStatus>> = orders::cancel;
     writer idempotency_start(user: &UserId, key: &str, request_hash: &str, now: Timestamp,
-        lease_ms: i64) -> IdempotencyStart = misc::idempotency_start;
+        lease_ms: i64, ids: &CheckoutIds) -> IdempotencyStart = misc::idempotency_start;
     writer idempotency_finish(user: &UserId, key: &str, status: u16, body: &str) -> ()
         = misc::idempotency_finish;
     writer idempotency_abandon(user: &UserId, key: &str) -> () = misc::idempotency_abandon;

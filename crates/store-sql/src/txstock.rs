@@ -26,9 +26,8 @@ use stampede_app::ports::PortResult;
 use stampede_core::judge::{judge_reserve_in_drop, DropUnits, Refusal};
 use stampede_core::{DropId, Sale, SaleId, StockLevels, Timestamp, UserId};
 
-use crate::engine::{statement, Bind, Conn, Run};
+use crate::engine::{statement, values_list, Bind, Conn, Run};
 use crate::judging::{exactly_one, Judging};
-use crate::room_log::values_list;
 use crate::rows::{self, col};
 use crate::{internal, sale_cols};
 

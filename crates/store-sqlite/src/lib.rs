@@ -99,11 +99,19 @@ impl Backend for SqliteBackend {
         &self.reader
     }
 
+    /// Also lets go of every unanswered idempotency claim: one process owns the file, so a
+    /// claim left at start belongs to a process that died, and its key's retry should resume
+    /// now rather than wait out the lease.
     async fn migrate(&self) -> PortResult<()> {
         sqlx::migrate!("./migrations")
             .run(&self.writer)
             .await
-            .map_err(|e| PortError::internal_because("migrate", e))
+            .map_err(|e| PortError::internal_because("migrate", e))?;
+        sqlx::query("UPDATE idempotency SET started_at = 0 WHERE status IS NULL")
+            .execute(&self.writer)
+            .await
+            .map(|_| ())
+            .map_err(|e| PortError::internal_because("release idempotency claims", e))
     }
 
     async fn close(&self) {

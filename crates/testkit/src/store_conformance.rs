@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Cancelled, CheckoutError, EventKind, GatewayOwed, HoldError,
-    IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
+    AuditEntry, AuditFilter, Cancelled, CheckoutError, CheckoutIds, EventKind, GatewayOwed,
+    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
     PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::{HoldCap, LedgerError, Refusal, SaleLedger};
@@ -1422,46 +1422,46 @@ pub async fn update_sale_moves_available_with_total(store: Arc<dyn Store>) {
 
 // --- idempotency, webhooks, audit --------------------------------------------------------
 
-/// Idempotency keys: proceed, in progress, mismatch, lease takeover, replay, abandon; keys are per
-/// user.
+/// Idempotency keys: proceed, in progress, mismatch, lease takeover under the first claim's ids,
+/// replay, abandon; keys are per user.
 pub async fn idempotency_keys(store: Arc<dyn Store>) {
     let f = Fx { store };
     let (a, b) = (user(1), user(2));
     let s = &*f.store;
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h1", T0, 1_000).await.unwrap(),
-        IdempotencyStart::Proceed
-    );
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h1", T0.plus_millis(10), 1_000)
-            .await
-            .unwrap(),
-        IdempotencyStart::InProgress
-    );
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h2", T0.plus_millis(10), 1_000)
-            .await
-            .unwrap(),
-        IdempotencyStart::Mismatch
-    );
+    let ids = |n: u128| CheckoutIds {
+        order_id: OrderId::generate(T0.0, n),
+        payment_id: PaymentId::generate(T0.0, n),
+    };
+    let fresh = |n| IdempotencyStart::Proceed {
+        ids: ids(n),
+        resumed: false,
+    };
+    let start = |u: &UserId, hash: &str, ms: i64, n: u128| {
+        let (u, hash) = (u.clone(), hash.to_owned());
+        async move {
+            s.idempotency_start(&u, "k", &hash, T0.plus_millis(ms), 1_000, &ids(n))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(start(&a, "h1", 0, 1).await, fresh(1));
+    assert_eq!(start(&a, "h1", 10, 2).await, IdempotencyStart::InProgress);
+    assert_eq!(start(&a, "h2", 10, 3).await, IdempotencyStart::Mismatch);
     // Keys are per user.
+    assert_eq!(start(&b, "h9", 0, 4).await, fresh(4));
+    // The lease lapses: another body still may not use the key; the same request takes the
+    // claim over under the ids it was first made with, and then owns it.
+    assert_eq!(start(&a, "h2", 1_000, 5).await, IdempotencyStart::Mismatch);
+    let resumed = IdempotencyStart::Proceed {
+        ids: ids(1),
+        resumed: true,
+    };
+    assert_eq!(start(&a, "h1", 1_000, 6).await, resumed);
     assert_eq!(
-        s.idempotency_start(&b, "k", "h9", T0, 1_000).await.unwrap(),
-        IdempotencyStart::Proceed
-    );
-    // The lease lapses: the claim is taken over, and the new claimant owns it.
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h1", T0.plus_millis(1_000), 1_000)
-            .await
-            .unwrap(),
-        IdempotencyStart::Proceed
-    );
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h1", T0.plus_millis(1_500), 1_000)
-            .await
-            .unwrap(),
+        start(&a, "h1", 1_500, 7).await,
         IdempotencyStart::InProgress
     );
+    assert_eq!(start(&a, "h1", 2_000, 8).await, resumed, "lapsed again");
     s.idempotency_finish(&a, "k", 201, "{\"ok\":true}")
         .await
         .unwrap();
@@ -1469,30 +1469,19 @@ pub async fn idempotency_keys(store: Arc<dyn Store>) {
         status: 201,
         body: "{\"ok\":true}".into(),
     };
+    assert_eq!(start(&a, "h1", 99_000, 9).await, replay);
     assert_eq!(
-        s.idempotency_start(&a, "k", "h1", T0.plus_secs(99), 1_000)
-            .await
-            .unwrap(),
-        replay
-    );
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h2", T0.plus_secs(99), 1_000)
-            .await
-            .unwrap(),
+        start(&a, "h2", 99_000, 10).await,
         IdempotencyStart::Mismatch
     );
     // Abandon only drops unanswered claims.
     s.idempotency_abandon(&a, "k").await.unwrap();
-    assert_eq!(
-        s.idempotency_start(&a, "k", "h1", T0.plus_secs(99), 1_000)
-            .await
-            .unwrap(),
-        replay
-    );
+    assert_eq!(start(&a, "h1", 99_000, 11).await, replay);
     s.idempotency_abandon(&b, "k").await.unwrap();
     assert_eq!(
-        s.idempotency_start(&b, "k", "h9", T0, 1_000).await.unwrap(),
-        IdempotencyStart::Proceed
+        start(&b, "h9", 0, 12).await,
+        fresh(12),
+        "a dropped claim starts afresh"
     );
 }
 

@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
 
-use stampede_app::checkout::CheckoutRequest;
-use stampede_app::ports::IdempotencyStart;
+use stampede_app::checkout::{CheckoutRequest, KeyedCheckout};
 use stampede_app::{AppError, Principal};
+use stampede_core::Order;
 
 use crate::dto::{OrderBody, OrderDto, OrdersDto};
 use crate::extract::{parse_json, ApiBytes, Auth};
@@ -48,9 +48,7 @@ pub async fn create(
         ),
     };
     let Some(key) = key else {
-        let (status, bytes) = checkout_response(&s, &who, parsed)
-            .await
-            .into_response_pair();
+        let (status, bytes) = render(&checkout(&s, &who, parsed).await);
         return Ok(json_response(status, bytes, false));
     };
     // The same order in other whitespace or field order is the same request.
@@ -58,61 +56,52 @@ pub async fn create(
         .map(|v| v.to_string())
         .unwrap_or_default();
     let request_hash = hex::encode(Sha256::digest(canonical.as_bytes()));
-    match s.app.idempotency_start(&who, &key, &request_hash).await? {
-        IdempotencyStart::Replay { status, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            Ok(json_response(status, body.into_bytes(), true))
-        }
-        IdempotencyStart::Mismatch => Err(AppError::IdempotencyKeyReused.into()),
-        IdempotencyStart::InProgress => Err(AppError::IdempotencyInProgress.into()),
-        IdempotencyStart::Proceed => {
-            let (status, bytes) = checkout_response(&s, &who, parsed)
-                .await
-                .into_response_pair();
-            if status.is_server_error() {
-                // Nothing was decided: let a retry run the request again.
-                s.app.idempotency_abandon(&who, &key).await?;
-            } else {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                s.app
-                    .idempotency_finish(&who, &key, status.as_u16(), &text)
-                    .await?;
-            }
-            Ok(json_response(status, bytes, false))
-        }
-    }
+    let render_text = |result: &Result<Order, AppError>| {
+        let (status, bytes) = render(result);
+        (
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    };
+    let answer = s
+        .app
+        .checkout_keyed(&who, request(parsed), &key, &request_hash, render_text)
+        .await?;
+    let (status, body, replayed) = match answer {
+        KeyedCheckout::Ran { status, body, .. } => (status, body, false),
+        KeyedCheckout::Replay { status, body } => (status, body, true),
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok(json_response(status, body.into_bytes(), replayed))
 }
 
-struct Rendered(Result<OrderDto, ApiError>);
-
-impl Rendered {
-    fn into_response_pair(self) -> (StatusCode, Vec<u8>) {
-        match self.0 {
-            Ok(dto) => (
-                StatusCode::CREATED,
-                serde_json::to_vec(&dto).unwrap_or_default(),
-            ),
-            Err(e) => (
+/// The answer a checkout's result gets: 201 and the order, or the problem.
+fn render(result: &Result<Order, AppError>) -> (StatusCode, Vec<u8>) {
+    match result {
+        Ok(order) => (
+            StatusCode::CREATED,
+            serde_json::to_vec(&OrderDto::from(order)).unwrap_or_default(),
+        ),
+        Err(e) => {
+            let e = ApiError::from_ref(e);
+            (
                 e.status(),
                 serde_json::to_vec(&e.problem()).unwrap_or_default(),
-            ),
+            )
         }
     }
 }
 
-async fn checkout_response(s: &AppState, who: &Principal, body: OrderBody) -> Rendered {
-    let req = CheckoutRequest {
+fn request(body: OrderBody) -> CheckoutRequest {
+    CheckoutRequest {
         hold_ids: body.hold_ids,
         method: body.payment.method,
         token: body.payment.token,
-    };
-    Rendered(
-        s.app
-            .checkout(who, req)
-            .await
-            .map(|o| OrderDto::from(&o))
-            .map_err(ApiError::from),
-    )
+    }
+}
+
+async fn checkout(s: &AppState, who: &Principal, body: OrderBody) -> Result<Order, AppError> {
+    s.app.checkout(who, request(body)).await
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response {
