@@ -64,24 +64,38 @@ impl App {
     /// is not paused at all: it repairs only what it saw twice, unchanged (see
     /// [`crate::ports::Gate::is_shared`]).
     pub async fn reconcile(&self) -> Result<u64, AppError> {
-        let mut drift = 0;
-        {
-            let _quiet = if self.gate.is_shared() {
-                None
-            } else {
-                Some(self.gate_sync.write().await)
-            };
-            for seed in self.store.gate_seeds().await? {
-                let repaired = self.gate.rebuild(std::slice::from_ref(&seed)).await?;
-                self.record_drift(&seed.sale_id, repaired);
-                drift += repaired;
-            }
-        }
+        let drift = self.rebuild_gate(self.store.gate_seeds().await?).await?;
         metrics::gauge!("stampede_gate_last_drift_units").set(drift as f64);
         if drift > 0 {
             tracing::warn!(drift, "gate drift repaired from the judge");
         }
         self.check_invariants().await?;
+        Ok(drift)
+    }
+
+    /// [`App::reconcile`] of these sales only: after a late payment took their stock again.
+    pub(crate) async fn reconcile_sales(
+        &self,
+        sales: &[stampede_core::SaleId],
+    ) -> Result<u64, AppError> {
+        let seeds = self.store.gate_seeds().await?;
+        let seeds = seeds.into_iter().filter(|s| sales.contains(&s.sale_id));
+        self.rebuild_gate(seeds.collect()).await
+    }
+
+    /// Rebuilds the gate's counts of these sales from the judge's; the units of drift repaired.
+    async fn rebuild_gate(&self, seeds: Vec<crate::ports::GateSeed>) -> Result<u64, AppError> {
+        let _quiet = if self.gate.is_shared() {
+            None
+        } else {
+            Some(self.gate_sync.write().await)
+        };
+        let mut drift = 0;
+        for seed in seeds {
+            let repaired = self.gate.rebuild(std::slice::from_ref(&seed)).await?;
+            self.record_drift(&seed.sale_id, repaired);
+            drift += repaired;
+        }
         Ok(drift)
     }
 

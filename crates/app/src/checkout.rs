@@ -287,6 +287,7 @@ impl App {
                 {
                     Some(
                         PaymentApplied::Done(o)
+                        | PaymentApplied::Retook { order: o, .. }
                         | PaymentApplied::AlreadySettled(o)
                         | PaymentApplied::HoldLapsed(o),
                     ) => Ok(o),
@@ -315,41 +316,9 @@ impl App {
             .await?
             .ok_or(AppError::NotFound)?;
         match applied {
-            PaymentApplied::Done(order) => {
-                fail::fail_point!("checkout.after_commit");
-                // The judge recorded the capture as owed with the confirmation: if this call
-                // fails or the process dies first, the money reconciliation finishes it.
-                if !self
-                    .finish_owed(&owed(&order, &reference, GatewayOwed::Capture)?)
-                    .await
-                {
-                    metrics::counter!("stampede_capture_failures_total").increment(1);
-                }
-                fail::fail_point!("checkout.after_capture");
-                metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
-                metrics::counter!("stampede_orders_confirmed_total").increment(1);
-                self.audit_as(
-                    actor,
-                    "payment.capture",
-                    order.id.as_str(),
-                    None::<&()>,
-                    Some(&reference),
-                )
-                .await;
-                for sale_id in sales_of(&order) {
-                    self.stock_changed(&sale_id);
-                    self.shopping_ended(&sale_id, &order.user_id).await;
-                }
-                if retake {
-                    // Stock may have been taken again straight into "sold": bring the gate in line.
-                    self.reconcile().await?;
-                }
-                self.bus.publish(Event::OrderConfirmed {
-                    order_id: order.id.clone(),
-                    user_id: order.user_id.clone(),
-                });
-                self.outbox_kick.notify_one();
-                Ok(order)
+            PaymentApplied::Done(order) => self.confirmed(actor, order, &reference, &[]).await,
+            PaymentApplied::Retook { order, sales } => {
+                self.confirmed(actor, order, &reference, &sales).await
             }
             PaymentApplied::HoldLapsed(order) => {
                 if !self
@@ -372,6 +341,52 @@ impl App {
             }
             PaymentApplied::AlreadySettled(order) => Ok(order),
         }
+    }
+
+    /// A payment's confirmation committed: capture (or leave it owed), count, tell; and if
+    /// stock was `retaken` after a hold lapsed, bring those sales' gate counts in line.
+    async fn confirmed(
+        &self,
+        actor: &str,
+        order: Order,
+        reference: &str,
+        retaken: &[SaleId],
+    ) -> Result<Order, AppError> {
+        fail::fail_point!("checkout.after_commit");
+        // The judge recorded the capture as owed with the confirmation: if this call
+        // fails or the process dies first, the money reconciliation finishes it.
+        if !self
+            .finish_owed(&owed(&order, reference, GatewayOwed::Capture)?)
+            .await
+        {
+            metrics::counter!("stampede_capture_failures_total").increment(1);
+        }
+        fail::fail_point!("checkout.after_capture");
+        metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
+        metrics::counter!("stampede_orders_confirmed_total").increment(1);
+        self.audit_as(
+            actor,
+            "payment.capture",
+            order.id.as_str(),
+            None::<&()>,
+            Some(&reference),
+        )
+        .await;
+        for sale_id in sales_of(&order) {
+            self.stock_changed(&sale_id);
+            self.shopping_ended(&sale_id, &order.user_id).await;
+        }
+        if !retaken.is_empty() {
+            // Stock was taken again straight into "sold": bring those sales' gate
+            // counts in line (nothing else moved).
+            self.reconcile_sales(retaken).await?;
+        }
+        self.bus.publish(Event::OrderConfirmed {
+            order_id: order.id.clone(),
+            user_id: order.user_id.clone(),
+        });
+        self.outbox_kick.notify_one();
+        Ok(order)
     }
 
     /// The caller's orders, newest first.

@@ -314,6 +314,10 @@ pub struct OwedPayment {
 pub enum PaymentApplied {
     /// The order is now as returned.
     Done(Order),
+    /// Authorized after a hold had lapsed, and its stock was still there and taken again: the
+    /// order is confirmed, and the gate's counts of these sales must follow the judge (only
+    /// these: nothing else moved).
+    Retook { order: Order, sales: Vec<SaleId> },
     /// Authorized, but a hold had lapsed and its stock was gone: the order is `payment_failed`
     /// with reason `hold_expired` and the payment must be voided (or refunded) at the gateway.
     HoldLapsed(Order),

@@ -252,7 +252,7 @@ async fn convert<DB: Judging>(
     id: &OrderId,
     retake: bool,
     now: Timestamp,
-) -> PortResult<Option<Vec<(HoldId, HoldState, HoldState)>>> {
+) -> PortResult<Option<Converted>> {
     // The order's lines in checkout order, their holds locked for the rest of the transaction.
     let sql = format!(
         "SELECT i.hold_id, i.sale_id, i.quantity, h.user_id, h.quantity AS hold_quantity, \
@@ -272,7 +272,7 @@ async fn convert<DB: Judging>(
     // too, which needs the drop's other sales locked; a plain conversion does not.
     let with_drops = checkout::may_retake(&lines, retake, now);
     stock.lock_sales(conn, &sales, with_drops).await?;
-    let mut endings = Vec::new();
+    let (mut endings, mut retaken) = (Vec::new(), Vec::new());
     for line in &lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
         let step = checkout::convert_line(line, retake, now).map_err(internal)?;
@@ -293,11 +293,16 @@ async fn convert<DB: Judging>(
                     return Ok(None);
                 }
                 stock.retake(&line.sale_id, &line.user_id, line.quantity)?;
+                retaken.push(line.sale_id.clone());
             }
         }
     }
-    Ok(Some(endings))
+    Ok(Some((endings, retaken)))
 }
+
+/// What an authorization did to an order's holds: each hold's ending (from, to), and the
+/// sales whose stock it took again after a hold had lapsed.
+type Converted = (Vec<(HoldId, HoldState, HoldState)>, Vec<SaleId>);
 
 /// Records the gateway's answer for a pending order, with its effect on holds and stock, as
 /// the core's [`checkout::plan_answer`] plans it.
@@ -317,7 +322,8 @@ pub async fn apply_payment<DB: Judging>(
     let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
         return Ok(None);
     };
-    let lapsed = match checkout::plan_answer(&order, result).map_err(internal)? {
+    // `None`: a hold lapsed; else the sales whose stock was taken again.
+    let retaken = match checkout::plan_answer(&order, result).map_err(internal)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
             // An answer that comes later: records the gateway's reference, and the time.
@@ -329,35 +335,39 @@ pub async fn apply_payment<DB: Judging>(
                 .await?;
             let sql = "UPDATE orders SET updated_at = $3 WHERE user_id = $1 AND id = $2";
             keyed::<DB>(sql, &user, id).int(now.0).run(&mut tx).await?;
-            false
+            Some(Vec::new())
         }
         AnswerPlan::Settle(plan) => {
             settle(&mut tx, &order, &plan, now).await?;
-            false
+            Some(Vec::new())
         }
         AnswerPlan::Convert { reference, retake } => {
             let mut stock = TxStock::default();
-            let endings = convert(&mut tx, &mut stock, &user, id, retake, now).await?;
-            let plan = checkout::plan_authorized(&order, &reference, endings.is_some())
+            let converted = convert(&mut tx, &mut stock, &user, id, retake, now).await?;
+            let plan = checkout::plan_authorized(&order, &reference, converted.is_some())
                 .map_err(internal)?;
             // All or nothing: without endings `stock` is dropped unflushed and no stock moves;
             // the money must go back at the gateway.
-            if let Some(endings) = &endings {
+            if let Some((endings, _)) = &converted {
                 for (hold, from, to) in endings {
                     holds::end(&mut tx, &user, hold, *from, *to).await?;
                 }
                 stock.flush(&mut tx).await?;
             }
             settle(&mut tx, &order, &plan, now).await?;
-            endings.is_none()
+            converted.map(|(_, retaken)| retaken)
         }
     };
     let order = load_existing(&mut tx, &user, id).await?;
     tx.commit().await.port()?;
-    Ok(Some(if lapsed {
-        PaymentApplied::HoldLapsed(order)
-    } else {
-        PaymentApplied::Done(order)
+    Ok(Some(match retaken {
+        None => PaymentApplied::HoldLapsed(order),
+        Some(sales) if sales.is_empty() => PaymentApplied::Done(order),
+        Some(mut sales) => {
+            sales.sort();
+            sales.dedup();
+            PaymentApplied::Retook { order, sales }
+        }
     }))
 }
 

@@ -73,6 +73,7 @@ macro_rules! store_conformance_tests {
             declined_payment_leaves_holds_for_another_try,
             late_authorization_without_retake_lapses_and_moves_no_stock,
             late_authorization_with_retake_takes_the_stock_again,
+            a_retake_with_live_holds_is_a_plain_confirmation,
             retake_of_an_unswept_hold_expires_it_first,
             authorization_is_all_or_nothing_across_holds,
             users_sessions_and_admins,

@@ -1131,14 +1131,32 @@ pub async fn late_authorization_with_retake_takes_the_stock_again(store: Arc<dyn
     let late = h.expires_at.plus_secs(1);
     assert_eq!(f.store.expire_due_holds(late, 10).await.unwrap().len(), 1);
     let out = pay(&*f.store, &order, authorized("ref-late", true), late).await;
-    let PaymentApplied::Done(paid) = out else {
+    // The store says which sales' stock it took again: only theirs need the gate's repair.
+    let PaymentApplied::Retook { order: paid, sales } = out else {
         panic!("{out:?}")
     };
+    assert_eq!(sales, vec![sale.id.clone()]);
     assert_eq!(paid.status, OrderStatus::Confirmed);
     assert_eq!(checked(&*f.store, &sale.id).await, levels(3, 1, 0, 2));
     // The retaken units count against the buyer's limit.
     let more = f.store.reserve(&[req(&sale, &a, 1, late)]).await.unwrap();
     assert_eq!(more, vec![Err(Refusal::LimitExceeded)]);
+}
+
+/// An authorization that may retake stock but finds every hold live takes nothing again: a plain
+/// confirmation, so nothing of the gate needs repair.
+pub async fn a_retake_with_live_holds_is_a_plain_confirmation(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let sale = new_sale(&*f.store, 3, 2).await;
+    let a = user(1);
+    let h = reserve_one(&*f.store, &sale, &a, 2, T0).await;
+    let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
+    let out = pay(&*f.store, &order, authorized("ref", true), T0.plus_secs(1)).await;
+    assert!(
+        matches!(out, PaymentApplied::Done(ref o) if o.status == OrderStatus::Confirmed),
+        "{out:?}"
+    );
+    assert_eq!(checked(&*f.store, &sale.id).await, levels(3, 1, 0, 2));
 }
 
 /// A retake of a due but unswept hold expires it first, so the outcome does not depend on the
@@ -1151,7 +1169,11 @@ pub async fn retake_of_an_unswept_hold_expires_it_first(store: Arc<dyn Store>) {
     let order = checkout(&*f.store, &a, &[&h], T0).await.unwrap();
     let late = h.expires_at;
     let out = pay(&*f.store, &order, authorized("ref", true), late).await;
-    assert!(matches!(out, PaymentApplied::Done(ref o) if o.status == OrderStatus::Confirmed));
+    assert!(
+        matches!(out, PaymentApplied::Retook { ref order, ref sales }
+            if order.status == OrderStatus::Confirmed && *sales == vec![sale.id.clone()]),
+        "{out:?}"
+    );
     let audit = f.store.stock_audit(&sale.id).await.unwrap().unwrap();
     assert!(audit.invariant_ok(), "{audit:?}");
     assert_eq!(audit.counters, levels(3, 1, 0, 2));
