@@ -64,14 +64,13 @@ pub async fn insert_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortR
     put_product(writer, p, true).await.map(|_| ())
 }
 
-/// Writes a product's fields; `false` if it does not exist.
-pub async fn update_product<DB: Engine>(writer: &Pool<DB>, p: &Product) -> PortResult<bool> {
-    put_product(writer, p, false).await
-}
-
-/// Inserts a product, or (`insert` false) writes all its fields but the creation time.
-async fn put_product<DB: Engine>(writer: &Pool<DB>, p: &Product, insert: bool) -> PortResult<bool> {
-    let sql = if insert {
+/// Inserts a `new` product, or writes all its fields but the creation time (`false`: none such).
+pub async fn put_product<DB: Engine>(
+    writer: &Pool<DB>,
+    p: &Product,
+    new: bool,
+) -> PortResult<bool> {
+    let sql = if new {
         "INSERT INTO products (id, name, description, category, image_urls, regular_price, \
          currency, status, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -89,7 +88,7 @@ async fn put_product<DB: Engine>(writer: &Pool<DB>, p: &Product, insert: bool) -
         .int(p.regular_price.0)
         .text(p.currency.as_str())
         .text(p.status.as_str());
-    let q = if insert { q.int(p.created_at.0) } else { q };
+    let q = if new { q.int(p.created_at.0) } else { q };
     Ok(q.int(p.updated_at.0).run_in(writer).await? == 1)
 }
 
@@ -107,14 +106,9 @@ pub async fn insert_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortRe
     put_drop(writer, d, true).await.map(|_| ())
 }
 
-/// Writes a drop's fields; `false` if it does not exist.
-pub async fn update_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent) -> PortResult<bool> {
-    put_drop(writer, d, false).await
-}
-
-/// Inserts a drop, or (`insert` false) writes all its fields but the creation time.
-async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, insert: bool) -> PortResult<bool> {
-    let sql = if insert {
+/// Inserts a `new` drop, or writes all its fields but the creation time (`false`: none such).
+pub async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, new: bool) -> PortResult<bool> {
+    let sql = if new {
         "INSERT INTO drops (id, name, description, category, starts_at, ends_at, \
          per_user_limit, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     } else {
@@ -129,7 +123,7 @@ async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, insert: bool) ->
         .int(d.starts_at.0)
         .int(d.ends_at.0)
         .opt_int(d.per_user_limit.map(i64::from));
-    let q = if insert { q.int(d.created_at.0) } else { q };
+    let q = if new { q.int(d.created_at.0) } else { q };
     Ok(q.int(d.updated_at.0).run_in(writer).await? == 1)
 }
 

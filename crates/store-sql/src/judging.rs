@@ -42,7 +42,9 @@ pub trait Judging: Engine {
     ) -> Pending<'c, Vec<String>>;
     /// Takes what keeps the hold cap's counts of these accounts and devices exact until the
     /// commit (see [`crate::hold_cap`]); nothing on SQLite, whose one writer excludes the rest.
-    fn lock_hold_cap(conn: &mut Self::Connection, subjects: Vec<String>) -> Pending<'_, ()>;
+    fn lock_hold_cap(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Whether this engine takes row locks (so `lock_*` steps are needed at all).
     fn locks_rows() -> bool {
@@ -91,10 +93,6 @@ impl Judging for sqlx::Sqlite {
             }
             Ok(written)
         })
-    }
-
-    fn lock_hold_cap(_: &mut Self::Connection, _: Vec<String>) -> Pending<'_, ()> {
-        Box::pin(async { Ok(()) })
     }
 }
 
@@ -154,10 +152,9 @@ impl Judging for sqlx::Postgres {
 /// one row, or what `broken` names changed meanwhile (a race lost, or a bug): the transaction
 /// must not commit.
 pub(crate) fn exactly_one(done: u64, broken: impl std::fmt::Display) -> PortResult<()> {
-    if done != 1 {
-        return Err(crate::internal(broken));
-    }
-    Ok(())
+    (done == 1)
+        .then_some(())
+        .ok_or_else(|| crate::internal(broken))
 }
 
 /// Locks the buyer's row `id` of `table` (`holds` or `orders`, keyed by buyer) for the rest of

@@ -293,7 +293,9 @@ async fn convert<DB: Judging>(
                     return Ok(None);
                 }
                 stock.retake(&line.sale_id, &line.user_id, line.quantity)?;
-                retaken.push(line.sale_id.clone());
+                if !retaken.contains(&line.sale_id) {
+                    retaken.push(line.sale_id.clone());
+                }
             }
         }
     }
@@ -363,11 +365,7 @@ pub async fn apply_payment<DB: Judging>(
     Ok(Some(match retaken {
         None => PaymentApplied::HoldLapsed(order),
         Some(sales) if sales.is_empty() => PaymentApplied::Done(order),
-        Some(mut sales) => {
-            sales.sort();
-            sales.dedup();
-            PaymentApplied::Retook { order, sales }
-        }
+        Some(sales) => PaymentApplied::Retook { order, sales },
     }))
 }
 

@@ -121,13 +121,9 @@ async fn undelivered<DB: Engine>(writer: &Pool<DB>, set: &str, ids: &[String]) -
     Ok(())
 }
 
-/// How many events wait, and when the oldest of them was written.
-pub async fn backlog<DB: Engine>(reader: &Pool<DB>) -> PortResult<(i64, Option<Timestamp>)> {
-    waiting(reader, "outbox").await
-}
-
-/// How many rows of `table` are not delivered yet, and the oldest `created_at` among them.
-pub(crate) async fn waiting<DB: Engine>(
+/// How many rows of `table` (`outbox`, `webhook_deliveries`) are not delivered yet, and the
+/// oldest `created_at` among them: the backlog of events, or of deliveries.
+pub async fn waiting<DB: Engine>(
     reader: &Pool<DB>,
     table: &str,
 ) -> PortResult<(i64, Option<Timestamp>)> {

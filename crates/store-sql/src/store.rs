@@ -64,16 +64,17 @@ impl<B: Backend> SqlStore<B> {
 
 /// Implements a role of the store as calls of the shared SQL: each line names the pool a
 /// method runs on (`writer` for writes and read-modify-write transactions, `reader` for pure
-/// reads), its signature, and the function that does the work. Anything else is written out
-/// after the table.
+/// reads), its signature, and the function that does the work (with any arguments of its own
+/// after the method's). Anything else is written out after the table.
 macro_rules! forward {
     ($role:ident {
-        $($pool:ident $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $f:path;)*
+        $($pool:ident $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty
+            = $f:path $(, $own_arg:expr)*;)*
     } $($own:tt)*) => {
         #[async_trait]
         impl<B: Backend> $role for SqlStore<B> {
             $(async fn $name(&self, $($arg: $ty),*) -> PortResult<$ret> {
-                $f(self.0.$pool(), $($arg),*).await
+                $f(self.0.$pool() $(, $arg)* $(, $own_arg)*).await
             })*
             $($own)*
         }
@@ -104,11 +105,11 @@ forward!(Catalog {
     reader sales() -> Vec<Sale> = sales::all;
     reader browse_sales(browse: &Browse) -> Vec<Sale> = catalog::browse_sales;
     writer insert_product(product: &Product) -> () = catalog::insert_product;
-    writer update_product(product: &Product) -> bool = catalog::update_product;
+    writer update_product(product: &Product) -> bool = catalog::put_product, false;
     reader product(id: &ProductId) -> Option<Product> = catalog::product_by_id;
     reader products(browse: &Browse) -> Vec<Product> = catalog::browse_products;
     writer insert_drop(drop: &DropEvent) -> () = catalog::insert_drop;
-    writer update_drop(drop: &DropEvent) -> bool = catalog::update_drop;
+    writer update_drop(drop: &DropEvent) -> bool = catalog::put_drop, false;
     reader drop_event(id: &DropId) -> Option<DropEvent> = catalog::drop_by_id;
     reader drops(browse: &Browse) -> Vec<DropEvent> = catalog::browse_drops;
 });
@@ -160,14 +161,14 @@ forward!(Outbox {
         = outbox::claim;
     writer outbox_delivered(ids: &[String]) -> () = outbox::delivered;
     writer outbox_release(ids: &[String]) -> () = outbox::release;
-    reader outbox_backlog() -> (i64, Option<Timestamp>) = outbox::backlog;
+    reader outbox_backlog() -> (i64, Option<Timestamp>) = outbox::waiting, "outbox";
     writer webhook_enqueue(event: &OutboxEvent, now: Timestamp) -> bool = webhooks::enqueue;
     writer webhook_claim(now: Timestamp, lease_ms: i64, limit: u32) -> Vec<WebhookDelivery>
         = webhooks::claim;
     writer webhook_delivered(event_id: &str, now: Timestamp) -> () = webhooks::delivered;
     writer webhook_failed(event_id: &str, next_attempt_at: Timestamp, error: &str) -> ()
         = webhooks::failed;
-    reader webhook_backlog() -> (i64, Option<Timestamp>) = webhooks::backlog;
+    reader webhook_backlog() -> (i64, Option<Timestamp>) = outbox::waiting, "webhook_deliveries";
 });
 
 forward!(Audit {

@@ -112,8 +112,3 @@ pub async fn failed<DB: Engine>(
     .await?;
     Ok(())
 }
-
-/// How many deliveries wait, and when the oldest of their events happened.
-pub async fn backlog<DB: Engine>(reader: &Pool<DB>) -> PortResult<(i64, Option<Timestamp>)> {
-    crate::outbox::waiting(reader, "webhook_deliveries").await
-}

@@ -107,11 +107,9 @@ impl Backend for SqliteBackend {
             .run(&self.writer)
             .await
             .map_err(|e| PortError::internal_because("migrate", e))?;
-        sqlx::query("UPDATE idempotency SET started_at = 0 WHERE status IS NULL")
-            .execute(&self.writer)
-            .await
-            .map(|_| ())
-            .map_err(|e| PortError::internal_because("release idempotency claims", e))
+        let release = "UPDATE idempotency SET started_at = 0 WHERE status IS NULL";
+        let released = sqlx::query(release).execute(&self.writer).await;
+        released.port().map(drop)
     }
 
     async fn close(&self) {
