@@ -424,9 +424,9 @@ impl Outbox for CountedStore {
 
 #[async_trait]
 impl Audit for CountedStore {
-    async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()> {
-        self.count("append_audit");
-        self.inner.append_audit(entry).await
+    async fn append_audits(&self, entries: &[AuditEntry]) -> PortResult<()> {
+        self.count("append_audits");
+        self.inner.append_audits(entries).await
     }
 
     async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>> {

@@ -1,7 +1,8 @@
-//! Group commit for reservations. One writer task drains every reservation waiting for it into
-//! one store transaction, then takes the next batch. There is no fixed wait: an idle system
-//! commits a lone request at once, a busy one batches by itself, and one fsync serves hundreds
-//! of buyers. A hold is acknowledged only after its batch has committed.
+//! Group commit. One writer task drains every reservation waiting for it into one store
+//! transaction, then takes the next batch. There is no fixed wait: an idle system commits a
+//! lone request at once, a busy one batches by itself, and one fsync serves hundreds of buyers.
+//! A hold is acknowledged only after its batch has committed. [`WriteBatcher`] is the same loop
+//! for writes whose callers wait only until they are durable (audit entries).
 
 use std::sync::Arc;
 
@@ -96,18 +97,133 @@ async fn write_loop(store: Arc<dyn Holds>, mut rx: mpsc::Receiver<Pending>, max_
             }
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "group commit failed");
-                let message = e.to_string();
-                let unavailable = matches!(e, PortError::Unavailable { .. });
                 for pending in batch.drain(..) {
-                    let err = if unavailable {
-                        PortError::unavailable(message.clone())
-                    } else {
-                        PortError::internal(message.clone())
-                    };
-                    let _ = pending.reply.send(Err(err));
+                    let _ = pending.reply.send(Err(same_class(&e)));
                 }
             }
         }
     }
     tracing::debug!("group commit writer drained and stopped");
+}
+
+/// A batch's failure, told to each of its callers: the same words and the same class (worth
+/// a retry, or not).
+fn same_class(e: &PortError) -> PortError {
+    match e {
+        PortError::Unavailable { .. } => PortError::unavailable(e.to_string()),
+        _ => PortError::internal(e.to_string()),
+    }
+}
+
+/// Writes a batch in one store transaction.
+pub type BatchWrite<T> =
+    Box<dyn Fn(Vec<T>) -> futures::future::BoxFuture<'static, PortResult<()>> + Send + Sync>;
+
+type Waiting<T> = (T, oneshot::Sender<PortResult<()>>);
+
+/// Group commit for writes a caller waits on only until they are durable: whatever is waiting
+/// when the writer is free goes in one transaction. Dropping every clone lets the writer finish
+/// the queue and stop.
+pub struct WriteBatcher<T> {
+    queue: mpsc::Sender<Waiting<T>>,
+}
+
+impl<T> Clone for WriteBatcher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> WriteBatcher<T> {
+    /// Starts the writer over `write`, at most `max_batch` items per transaction. Returns the
+    /// handle and the writer's task, which ends once every handle is dropped and the queue is
+    /// drained.
+    pub fn start(write: BatchWrite<T>, max_batch: usize) -> (Self, tokio::task::JoinHandle<()>) {
+        let max_batch = max_batch.max(1);
+        let (tx, mut rx) = mpsc::channel::<Waiting<T>>(max_batch * 4);
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while rx.recv_many(&mut batch, max_batch).await > 0 {
+                let (items, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
+                let outcome = write(items).await;
+                for reply in replies {
+                    let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(same_class));
+                }
+            }
+        });
+        (Self { queue: tx }, task)
+    }
+
+    /// Writes `item` with whatever else is waiting; returns once its transaction committed.
+    /// Waits for room in the queue rather than dropping the write.
+    pub async fn write(&self, item: T) -> PortResult<()> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || PortError::unavailable("the writer has stopped");
+        self.queue
+            .send((item, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A writer that records each batch, and fails when told to.
+    fn recording(fail: bool) -> (BatchWrite<u32>, Batches) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let write: BatchWrite<u32> = Box::new(move |items| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                seen.lock()
+                    .map_err(|_| PortError::internal("poisoned"))?
+                    .push(items);
+                if fail {
+                    return Err(PortError::unavailable("disk gone"));
+                }
+                Ok(())
+            })
+        });
+        (write, batches)
+    }
+
+    #[tokio::test]
+    async fn writes_waiting_together_share_one_transaction() {
+        let (write, batches) = recording(false);
+        let (batcher, task) = WriteBatcher::start(write, 1_000);
+        let writes = (0..100).map(|i| batcher.write(i));
+        let results = futures::future::join_all(writes).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        drop(batcher);
+        task.await.unwrap();
+        let batches = batches.lock().unwrap().clone();
+        assert_eq!(
+            batches,
+            vec![(0..100).collect::<Vec<u32>>()],
+            "one batch, in order"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_cap_splits_and_a_failure_reaches_every_caller_with_its_class() {
+        let (write, batches) = recording(true);
+        let (batcher, task) = WriteBatcher::start(write, 30);
+        let results = futures::future::join_all((0..100).map(|i| batcher.write(i))).await;
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Err(PortError::Unavailable { .. }))));
+        drop(batcher);
+        task.await.unwrap();
+        let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![30, 30, 30, 10]);
+    }
 }

@@ -36,7 +36,7 @@ pub use config::AppConfig;
 pub use error::AppError;
 
 use auth::{PasswordHashing, Revocations};
-use group_commit::ReserveBatcher;
+use group_commit::{ReserveBatcher, WriteBatcher};
 use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store, WaitingRoom};
 use sales::SaleCache;
 
@@ -56,6 +56,9 @@ pub struct Adapters {
     /// the shop configured no URL: then no delivery is queued at all.
     pub shop_webhooks: Option<Arc<dyn ShopWebhooks>>,
 }
+
+/// Most audit entries written in one transaction.
+const AUDITS_PER_COMMIT: usize = 1_000;
 
 /// The application: every use case is a method on it.
 pub struct App {
@@ -98,6 +101,9 @@ pub struct App {
     /// Sessions ended early, refused until their tokens expire (see [`auth`]).
     revoked: Revocations,
     batcher: ReserveBatcher,
+    /// Group commit of audit entries: an entry is written before the action answers, many
+    /// actions' entries in one transaction.
+    audits: WriteBatcher<ports::AuditEntry>,
     sales: SaleCache,
     /// The waiting room's lines.
     pub room: Arc<dyn WaitingRoom>,
@@ -158,6 +164,14 @@ impl App {
             config.max_batch,
             config.reserve_queue_depth,
         );
+        let store = adapters.store.clone();
+        let write_audits: group_commit::BatchWrite<ports::AuditEntry> = Box::new(move |entries| {
+            let store = store.clone();
+            Box::pin(async move { store.append_audits(&entries).await })
+        });
+        // Detached: every entry's writer waits for its commit, so by the time the requests
+        // have drained on shutdown the audit queue has too; it stops with the app.
+        let (audits, _) = WriteBatcher::start(write_audits, AUDITS_PER_COMMIT);
         let app = Arc::new(App {
             store: adapters.store,
             gate: adapters.gate,
@@ -168,6 +182,7 @@ impl App {
             session_key,
             revoked: Revocations::default(),
             batcher,
+            audits,
             sales: SaleCache::default(),
             room: adapters.room,
             admission_key: tokio::sync::OnceCell::new(),

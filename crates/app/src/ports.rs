@@ -779,7 +779,8 @@ pub trait Outbox: Send + Sync + 'static {
 /// Audit: who changed what, kept for operators.
 #[async_trait]
 pub trait Audit: Send + Sync + 'static {
-    async fn append_audit(&self, entry: &AuditEntry) -> PortResult<()>;
+    /// Appends entries in one transaction (a group commit of whatever was waiting).
+    async fn append_audits(&self, entries: &[AuditEntry]) -> PortResult<()>;
     async fn audit(&self, filter: &AuditFilter) -> PortResult<Vec<AuditEntry>>;
 }
 

@@ -583,7 +583,7 @@ impl App {
             before: before.and_then(|b| serde_json::to_value(b).ok()),
             after: after.and_then(|a| serde_json::to_value(a).ok()),
         };
-        if let Err(e) = self.store.append_audit(&entry).await {
+        if let Err(e) = self.audits.write(entry).await {
             metrics::counter!("stampede_audit_write_failures_total").increment(1);
             tracing::error!(error = %e, action, target, "audit entry not written");
         }

@@ -13,7 +13,7 @@ use stampede_app::ports::{
 };
 use stampede_core::{OrderId, PaymentId, Timestamp, UserId};
 
-use crate::engine::{begin_write, find, list, one, statement, Bind, Engine, Run};
+use crate::engine::{begin_write, find, list, one, statement, values_list, Bind, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -158,25 +158,40 @@ fn json_value(text: Option<String>) -> PortResult<Option<serde_json::Value>> {
         .transpose()
 }
 
-/// Appends one entry (the table refuses updates and deletes).
-pub async fn append_audit<DB: Engine>(writer: &Pool<DB>, e: &AuditEntry) -> PortResult<()> {
-    let sql = format!(
-        "INSERT INTO audit (id, at, actor, action, target, before_json, after_json) \
-         VALUES ($1, $2, $3, $4, $5, CAST($6 AS {json}), CAST($7 AS {json}))",
-        json = DB::JSON
-    );
-    let [before, after] = [&e.before, &e.after].map(|v| v.as_ref().map(|v| v.to_string()));
-    statement::<DB>(&sql)
-        .text(&e.id)
-        .int(e.at.0)
-        .text(&e.actor)
-        .text(&e.action)
-        .text(&e.target)
-        .opt_text(before.as_deref())
-        .opt_text(after.as_deref())
-        .run_in(writer)
-        .await?;
-    Ok(())
+/// Appends entries in one transaction, 500 per statement (3,500 parameters, well under
+/// SQLite's limit). The table refuses updates and deletes.
+pub async fn append_audits<DB: Engine>(
+    writer: &Pool<DB>,
+    entries: &[AuditEntry],
+) -> PortResult<()> {
+    let mut tx = begin_write(writer).await?;
+    for chunk in entries.chunks(500) {
+        // `VALUES` names its columns `column1`… on both engines.
+        let sql = format!(
+            "INSERT INTO audit (id, at, actor, action, target, before_json, after_json) \
+             SELECT column1, column2, column3, column4, column5, CAST(column6 AS {json}), \
+             CAST(column7 AS {json}) FROM (VALUES {}) AS v",
+            values_list(chunk.len(), 7),
+            json = DB::JSON
+        );
+        let text = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        let json: Vec<_> = chunk
+            .iter()
+            .map(|e| [text(&e.before), text(&e.after)])
+            .collect();
+        let mut q = statement::<DB>(&sql);
+        for (e, [before, after]) in chunk.iter().zip(&json) {
+            q = q
+                .text(&e.id)
+                .int(e.at.0)
+                .text(&e.actor)
+                .text(&e.action)
+                .text(&e.target);
+            q = q.opt_text(before.as_deref()).opt_text(after.as_deref());
+        }
+        q.run(&mut tx).await?;
+    }
+    tx.commit().await.port()
 }
 
 /// Entries matching the filter, oldest first. A `limit` of 0 means no limit.

@@ -172,7 +172,7 @@ forward!(Outbox {
 });
 
 forward!(Audit {
-    writer append_audit(entry: &AuditEntry) -> () = misc::append_audit;
+    writer append_audits(entries: &[AuditEntry]) -> () = misc::append_audits;
     reader audit(filter: &AuditFilter) -> Vec<AuditEntry> = misc::audit;
 });
 

@@ -172,21 +172,14 @@ impl TxStock {
             return Ok(None);
         };
         if !self.drops.contains_key(&drop) {
+            let sql = "SELECT d.per_user_limit, s.id FROM drops d JOIN sales s \
+                 ON s.drop_id = d.id WHERE d.id = $1 ORDER BY s.id";
+            let rows = statement::<DB>(sql).text(drop.as_str()).all(conn).await?;
             let limit: Option<Option<i64>> =
-                statement::<DB>("SELECT per_user_limit FROM drops WHERE id = $1")
-                    .text(drop.as_str())
-                    .first(conn)
-                    .await?
-                    .map(|r| col(&r, "per_user_limit"))
-                    .transpose()?;
-            let sales = statement::<DB>("SELECT id FROM sales WHERE drop_id = $1 ORDER BY id")
-                .text(drop.as_str())
-                .all(conn)
-                .await?
-                .iter()
-                .map(|r| col(r, "id").map(SaleId::from_trusted))
-                .collect::<PortResult<Vec<_>>>()?;
+                rows.first().map(|r| col(r, "per_user_limit")).transpose()?;
             let limit = limit.flatten().and_then(|l| u32::try_from(l).ok());
+            let sales = rows.iter().map(|r| col(r, "id").map(SaleId::from_trusted));
+            let sales = sales.collect::<PortResult<Vec<_>>>()?;
             self.drops.insert(drop.clone(), limit.map(|l| (l, sales)));
         }
         let found = self.drops.get(&drop).cloned().flatten();

@@ -1522,7 +1522,7 @@ pub async fn webhook_events_are_seen_once(store: Arc<dyn Store>) {
 /// The audit log filters by actor and action and pages by id, oldest first.
 pub async fn audit_log_filters_and_pages(store: Arc<dyn Store>) {
     let f = Fx { store };
-    for (i, (actor, action)) in [
+    let entries: Vec<AuditEntry> = [
         ("admin1", "sale.create"),
         ("system", "payment.capture"),
         ("admin1", "sale.pause"),
@@ -1530,18 +1530,20 @@ pub async fn audit_log_filters_and_pages(store: Arc<dyn Store>) {
     ]
     .into_iter()
     .enumerate()
-    {
-        let entry = AuditEntry {
-            id: format!("01J000000000000000000000{i:02}"),
-            at: T0.plus_secs(i64::try_from(i).unwrap()),
-            actor: actor.into(),
-            action: action.into(),
-            target: "sale-x".into(),
-            before: (i == 2).then(|| serde_json::json!({"control": "running"})),
-            after: Some(serde_json::json!({"i": i})),
-        };
-        f.store.append_audit(&entry).await.unwrap();
-    }
+    .map(|(i, (actor, action))| AuditEntry {
+        id: format!("01J000000000000000000000{i:02}"),
+        at: T0.plus_secs(i64::try_from(i).unwrap()),
+        actor: actor.into(),
+        action: action.into(),
+        target: "sale-x".into(),
+        before: (i == 2).then(|| serde_json::json!({"control": "running"})),
+        after: Some(serde_json::json!({"i": i})),
+    })
+    .collect();
+    // One entry alone, then a group-committed batch of the rest; nothing to write is no error.
+    f.store.append_audits(&entries[..1]).await.unwrap();
+    f.store.append_audits(&entries[1..]).await.unwrap();
+    f.store.append_audits(&[]).await.unwrap();
     let all = f
         .store
         .audit(&AuditFilter {
