@@ -11,8 +11,9 @@ use stampede_core::{HoldId, Order, OrderId, OrderStatus, PaymentId, SaleId, Time
 
 use crate::auth::Principal;
 use crate::ports::{
-    Authorization, AuthorizeRequest, Cancelled, CheckoutIds, Event, GatewayOwed, IdempotencyStart,
-    NewOrder, OwedPayment, PaymentApplied, PaymentResult,
+    AuditEntry, Authorization, AuthorizeRequest, Cancelled, CheckoutIds, Event, GatewayOwed,
+    IdempotencyStart, NewOrder, OwedDone, OwedPayment, PaymentAnswer, PaymentApplied,
+    PaymentResult, PortError,
 };
 use crate::{webhook, App, AppError};
 
@@ -100,6 +101,58 @@ pub enum KeyedCheckout {
 }
 
 impl App {
+    /// Records a gateway's answer for an order, sharing a commit with other checkouts'.
+    pub(crate) async fn apply_payment(
+        &self,
+        order: &OrderId,
+        result: &PaymentResult,
+        now: Timestamp,
+    ) -> Result<Option<PaymentApplied>, PortError> {
+        let answer = PaymentAnswer {
+            order: order.clone(),
+            result: result.clone(),
+            now,
+            audit: Vec::new(),
+        };
+        self.payment_answers.write(answer).await
+    }
+
+    /// [`App::apply_payment`] now, with `audit` written in the same transaction.
+    async fn apply_payment_noting(
+        &self,
+        order: &OrderId,
+        result: PaymentResult,
+        audit: Vec<AuditEntry>,
+    ) -> Result<Option<PaymentApplied>, PortError> {
+        let answer = PaymentAnswer {
+            order: order.clone(),
+            result,
+            now: self.clock.now(),
+            audit,
+        };
+        self.payment_answers.write(answer).await
+    }
+
+    /// Records that the gateway did a payment's owed move, sharing a commit with others'.
+    pub(crate) async fn payment_owed_done(
+        &self,
+        payment: &PaymentId,
+        done: GatewayOwed,
+        next: Option<GatewayOwed>,
+        now: Timestamp,
+        audit: Vec<AuditEntry>,
+    ) -> Result<bool, PortError> {
+        let payment = payment.clone();
+        let moved = OwedDone {
+            payment,
+            done,
+            next,
+            now,
+            audit,
+        };
+        self.owed_moves.write(moved).await
+    }
+
     /// A checkout under an `Idempotency-Key`, the whole protocol: the key is claimed with the
     /// ids its order will have; the checkout runs, or resumes if the key's earlier claim died
     /// unanswered (a crash at any step: its order, if committed, is found under the same ids,
@@ -176,7 +229,7 @@ impl App {
             method: req.method.clone(),
             now: self.clock.now(),
         };
-        let order = self.store.create_order(&new).await??;
+        let order = self.checkouts.write(new).await??;
         self.pay(who, order, ids.payment_id, req).await
     }
 
@@ -239,24 +292,23 @@ impl App {
                     reference: None,
                     reason: GATEWAY_UNAVAILABLE.into(),
                 };
-                self.store
-                    .apply_payment(&order.id, &failed, self.clock.now())
+                self.apply_payment(&order.id, &failed, self.clock.now())
                     .await?;
                 return Err(e.into());
             }
         };
         fail::fail_point!("checkout.after_authorize");
-        self.audit(
-            who,
+        // Written with the answer, in its transaction.
+        let noted = vec![self.audit_entry(
+            who.user_id.as_str(),
             "payment.authorize",
             order.id.as_str(),
             None::<&()>,
             Some(&authorization_word(&authorization)),
-        )
-        .await;
+        )];
         match authorization {
             Authorization::Authorized { reference } => {
-                self.settle(who.user_id.as_str(), &order.id, reference, false)
+                self.settle(who.user_id.as_str(), &order.id, reference, false, noted)
                     .await
             }
             Authorization::Declined { reference, reason } => {
@@ -264,9 +316,7 @@ impl App {
                     reference: Some(reference),
                     reason: reason.clone(),
                 };
-                self.store
-                    .apply_payment(&order.id, &result, self.clock.now())
-                    .await?;
+                self.apply_payment_noting(&order.id, result, noted).await?;
                 metrics::counter!("stampede_payments_total", "outcome" => "declined").increment(1);
                 self.bus.publish(Event::PaymentFailed {
                     order_id: order.id.clone(),
@@ -280,11 +330,7 @@ impl App {
             }
             Authorization::Pending { reference } => {
                 let result = PaymentResult::Pending { reference };
-                match self
-                    .store
-                    .apply_payment(&order.id, &result, self.clock.now())
-                    .await?
-                {
+                match self.apply_payment_noting(&order.id, result, noted).await? {
                     Some(
                         PaymentApplied::Done(o)
                         | PaymentApplied::Retook { order: o, .. }
@@ -305,14 +351,14 @@ impl App {
         order_id: &OrderId,
         reference: String,
         retake: bool,
+        noted: Vec<AuditEntry>,
     ) -> Result<Order, AppError> {
         let result = PaymentResult::Authorized {
             reference: reference.clone(),
             retake,
         };
         let applied = self
-            .store
-            .apply_payment(order_id, &result, self.clock.now())
+            .apply_payment_noting(order_id, result, noted)
             .await?
             .ok_or(AppError::NotFound)?;
         match applied {
@@ -321,21 +367,14 @@ impl App {
                 self.confirmed(actor, order, &reference, &sales).await
             }
             PaymentApplied::HoldLapsed(order) => {
-                if !self
-                    .finish_owed(&owed(&order, &reference, GatewayOwed::Void)?)
-                    .await
-                {
+                let id = order.id.as_str();
+                let noted =
+                    self.audit_entry(actor, "payment.void", id, None::<&()>, Some(&reference));
+                let void = owed(&order, &reference, GatewayOwed::Void)?;
+                if !self.finish_owed_noting(&void, vec![noted]).await {
                     metrics::counter!("stampede_void_failures_total").increment(1);
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "voided").increment(1);
-                self.audit_as(
-                    actor,
-                    "payment.void",
-                    order.id.as_str(),
-                    None::<&()>,
-                    Some(&reference),
-                )
-                .await;
                 self.outbox_kick.notify_one();
                 Err(AppError::HoldExpired)
             }
@@ -355,23 +394,15 @@ impl App {
         fail::fail_point!("checkout.after_commit");
         // The judge recorded the capture as owed with the confirmation: if this call
         // fails or the process dies first, the money reconciliation finishes it.
-        if !self
-            .finish_owed(&owed(&order, reference, GatewayOwed::Capture)?)
-            .await
-        {
+        let id = order.id.as_str();
+        let noted = self.audit_entry(actor, "payment.capture", id, None::<&()>, Some(&reference));
+        let capture = owed(&order, reference, GatewayOwed::Capture)?;
+        if !self.finish_owed_noting(&capture, vec![noted]).await {
             metrics::counter!("stampede_capture_failures_total").increment(1);
         }
         fail::fail_point!("checkout.after_capture");
         metrics::counter!("stampede_payments_total", "outcome" => "captured").increment(1);
         metrics::counter!("stampede_orders_confirmed_total").increment(1);
-        self.audit_as(
-            actor,
-            "payment.capture",
-            order.id.as_str(),
-            None::<&()>,
-            Some(&reference),
-        )
-        .await;
         for sale_id in sales_of(&order) {
             self.stock_changed(&sale_id);
             self.shopping_ended(&sale_id, &order.user_id).await;
@@ -517,7 +548,13 @@ impl App {
             }
             ("payment.succeeded", Some(order)) => {
                 match self
-                    .settle("gateway", &order.id, event.data.reference.clone(), true)
+                    .settle(
+                        "gateway",
+                        &order.id,
+                        event.data.reference.clone(),
+                        true,
+                        Vec::new(),
+                    )
                     .await
                 {
                     Ok(_) | Err(AppError::HoldExpired) => {}
@@ -534,7 +571,7 @@ impl App {
                         .unwrap_or_else(|| "declined".into()),
                 };
                 if let Some(PaymentApplied::Done(o)) =
-                    self.store.apply_payment(&order.id, &result, now).await?
+                    self.apply_payment(&order.id, &result, now).await?
                 {
                     self.outbox_kick.notify_one();
                     self.bus.publish(Event::PaymentFailed {

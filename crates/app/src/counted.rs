@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use stampede_core::judge::Refusal;
 use stampede_core::{
-    DropEvent, DropId, Hold, HoldId, Order, OrderId, OrderStatus, PaymentId, Product, ProductId,
-    Sale, SaleId, Timestamp, UserId,
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, OrderStatus, Product, ProductId, Sale, SaleId,
+    Timestamp, UserId,
 };
 
 use crate::ports::*;
@@ -232,19 +232,20 @@ impl Holds for CountedStore {
 
 #[async_trait]
 impl Orders for CountedStore {
-    async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
-        self.count("create_order");
-        self.inner.create_order(order).await
+    async fn create_orders(
+        &self,
+        orders: &[NewOrder],
+    ) -> Vec<PortResult<Result<Order, CheckoutError>>> {
+        self.count("create_orders");
+        self.inner.create_orders(orders).await
     }
 
-    async fn apply_payment(
+    async fn apply_payments(
         &self,
-        order: &OrderId,
-        result: &PaymentResult,
-        now: Timestamp,
-    ) -> PortResult<Option<PaymentApplied>> {
-        self.count("apply_payment");
-        self.inner.apply_payment(order, result, now).await
+        answers: &[PaymentAnswer],
+    ) -> Vec<PortResult<Option<PaymentApplied>>> {
+        self.count("apply_payments");
+        self.inner.apply_payments(answers).await
     }
 
     async fn payments_owed(&self, limit: u32) -> PortResult<Vec<OwedPayment>> {
@@ -252,15 +253,9 @@ impl Orders for CountedStore {
         self.inner.payments_owed(limit).await
     }
 
-    async fn payment_owed_done(
-        &self,
-        payment: &PaymentId,
-        done: GatewayOwed,
-        next: Option<GatewayOwed>,
-        now: Timestamp,
-    ) -> PortResult<bool> {
-        self.count("payment_owed_done");
-        self.inner.payment_owed_done(payment, done, next, now).await
+    async fn payments_owed_done(&self, moves: &[OwedDone]) -> Vec<PortResult<bool>> {
+        self.count("payments_owed_done");
+        self.inner.payments_owed_done(moves).await
     }
 
     async fn stuck_orders(
@@ -344,9 +339,9 @@ impl Orders for CountedStore {
 
 #[async_trait]
 impl Outbox for CountedStore {
-    async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
-        self.count("append_notification");
-        self.inner.append_notification(notification).await
+    async fn append_notifications(&self, notifications: &[Notification]) -> Vec<PortResult<bool>> {
+        self.count("append_notifications");
+        self.inner.append_notifications(notifications).await
     }
 
     async fn notifications(

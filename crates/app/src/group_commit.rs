@@ -115,20 +115,20 @@ fn same_class(e: &PortError) -> PortError {
     }
 }
 
-/// Writes a batch in one store transaction.
-pub type BatchWrite<T> =
-    Box<dyn Fn(Vec<T>) -> futures::future::BoxFuture<'static, PortResult<()>> + Send + Sync>;
+/// Writes a batch in one store transaction: an answer per item, in order.
+pub type BatchWrite<T, R = ()> =
+    Box<dyn Fn(Vec<T>) -> futures::future::BoxFuture<'static, Vec<PortResult<R>>> + Send + Sync>;
 
-type Waiting<T> = (T, oneshot::Sender<PortResult<()>>);
+type Waiting<T, R> = (T, oneshot::Sender<PortResult<R>>);
 
-/// Group commit for writes a caller waits on only until they are durable: whatever is waiting
-/// when the writer is free goes in one transaction. Dropping every clone lets the writer finish
-/// the queue and stop.
-pub struct WriteBatcher<T> {
-    queue: mpsc::Sender<Waiting<T>>,
+/// Group commit for writes a caller waits on only until they are durable (and for their
+/// answer): whatever is waiting when the writer is free goes in one transaction. Dropping
+/// every clone lets the writer finish the queue and stop.
+pub struct WriteBatcher<T, R = ()> {
+    queue: mpsc::Sender<Waiting<T, R>>,
 }
 
-impl<T> Clone for WriteBatcher<T> {
+impl<T, R> Clone for WriteBatcher<T, R> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
@@ -136,29 +136,35 @@ impl<T> Clone for WriteBatcher<T> {
     }
 }
 
-impl<T: Send + 'static> WriteBatcher<T> {
+impl<T: Send + 'static, R: Send + 'static> WriteBatcher<T, R> {
     /// Starts the writer over `write`, at most `max_batch` items per transaction. Returns the
     /// handle and the writer's task, which ends once every handle is dropped and the queue is
     /// drained.
-    pub fn start(write: BatchWrite<T>, max_batch: usize) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(write: BatchWrite<T, R>, max_batch: usize) -> (Self, tokio::task::JoinHandle<()>) {
         let max_batch = max_batch.max(1);
-        let (tx, mut rx) = mpsc::channel::<Waiting<T>>(max_batch * 4);
+        let (tx, mut rx) = mpsc::channel::<Waiting<T, R>>(max_batch * 4);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while rx.recv_many(&mut batch, max_batch).await > 0 {
                 let (items, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
-                let outcome = write(items).await;
+                let size = items.len();
+                let mut answers = write(items).await.into_iter();
                 for reply in replies {
-                    let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(same_class));
+                    let answer = answers.next().unwrap_or_else(|| {
+                        Err(PortError::internal(format!(
+                            "a batch of {size} lacked answers"
+                        )))
+                    });
+                    let _ = reply.send(answer);
                 }
             }
         });
         (Self { queue: tx }, task)
     }
 
-    /// Writes `item` with whatever else is waiting; returns once its transaction committed.
-    /// Waits for room in the queue rather than dropping the write.
-    pub async fn write(&self, item: T) -> PortResult<()> {
+    /// Writes `item` with whatever else is waiting; returns its answer once its transaction
+    /// committed. Waits for room in the queue rather than dropping the write.
+    pub async fn write(&self, item: T) -> PortResult<R> {
         let (reply, answer) = oneshot::channel();
         let stopped = || PortError::unavailable("the writer has stopped");
         self.queue
@@ -167,6 +173,13 @@ impl<T: Send + 'static> WriteBatcher<T> {
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+/// The answer of a batch written as a whole, given to each of its `n` items.
+pub fn for_each_of(n: usize, outcome: PortResult<()>) -> Vec<PortResult<()>> {
+    (0..n)
+        .map(|_| outcome.as_ref().map(|_| ()).map_err(same_class))
+        .collect()
 }
 
 #[cfg(test)]
@@ -184,13 +197,13 @@ mod tests {
         let write: BatchWrite<u32> = Box::new(move |items| {
             let seen = seen.clone();
             Box::pin(async move {
-                seen.lock()
-                    .map_err(|_| PortError::internal("poisoned"))?
-                    .push(items);
-                if fail {
-                    return Err(PortError::unavailable("disk gone"));
-                }
-                Ok(())
+                let n = items.len();
+                seen.lock().unwrap().push(items);
+                let outcome = match fail {
+                    true => Err(PortError::unavailable("disk gone")),
+                    false => Ok(()),
+                };
+                for_each_of(n, outcome)
             })
         });
         (write, batches)

@@ -59,6 +59,23 @@ pub struct Adapters {
 
 /// Most audit entries written in one transaction.
 const AUDITS_PER_COMMIT: usize = 1_000;
+/// Most checkouts' writes of one kind (orders, gateway answers, money moves done) in one
+/// transaction: enough to share an fsync among a crowd, few enough that a batch holds the
+/// writer for tens of milliseconds at most.
+const CHECKOUTS_PER_COMMIT: usize = 256;
+
+/// A group-commit writer over one of the store's batch calls; its task is detached (every
+/// caller waits for its own commit, so the queue is empty once the requests have drained).
+macro_rules! batch_writer {
+    ($store:expr, $call:ident) => {{
+        let store = $store.clone();
+        let write: group_commit::BatchWrite<_, _> = Box::new(move |items| {
+            let store = store.clone();
+            Box::pin(async move { store.$call(&items).await })
+        });
+        WriteBatcher::start(write, CHECKOUTS_PER_COMMIT).0
+    }};
+}
 
 /// The application: every use case is a method on it.
 pub struct App {
@@ -104,6 +121,13 @@ pub struct App {
     /// Group commit of audit entries: an entry is written before the action answers, many
     /// actions' entries in one transaction.
     audits: WriteBatcher<ports::AuditEntry>,
+    /// Group commit of checkouts: new orders, then the gateway's answers, then the money
+    /// moves the gateway did, each kind many buyers' to a transaction.
+    checkouts: WriteBatcher<ports::NewOrder, Result<stampede_core::Order, ports::CheckoutError>>,
+    payment_answers: WriteBatcher<ports::PaymentAnswer, Option<ports::PaymentApplied>>,
+    owed_moves: WriteBatcher<ports::OwedDone, bool>,
+    /// Group commit of notifications: events applied together share a commit.
+    notices: WriteBatcher<ports::Notification, bool>,
     sales: SaleCache,
     /// The waiting room's lines.
     pub room: Arc<dyn WaitingRoom>,
@@ -167,11 +191,18 @@ impl App {
         let store = adapters.store.clone();
         let write_audits: group_commit::BatchWrite<ports::AuditEntry> = Box::new(move |entries| {
             let store = store.clone();
-            Box::pin(async move { store.append_audits(&entries).await })
+            Box::pin(async move {
+                let n = entries.len();
+                group_commit::for_each_of(n, store.append_audits(&entries).await)
+            })
         });
         // Detached: every entry's writer waits for its commit, so by the time the requests
         // have drained on shutdown the audit queue has too; it stops with the app.
         let (audits, _) = WriteBatcher::start(write_audits, AUDITS_PER_COMMIT);
+        let checkouts = batch_writer!(adapters.store, create_orders);
+        let payment_answers = batch_writer!(adapters.store, apply_payments);
+        let owed_moves = batch_writer!(adapters.store, payments_owed_done);
+        let notices = batch_writer!(adapters.store, append_notifications);
         let app = Arc::new(App {
             store: adapters.store,
             gate: adapters.gate,
@@ -183,6 +214,10 @@ impl App {
             revoked: Revocations::default(),
             batcher,
             audits,
+            checkouts,
+            payment_answers,
+            owed_moves,
+            notices,
             sales: SaleCache::default(),
             room: adapters.room,
             admission_key: tokio::sync::OnceCell::new(),

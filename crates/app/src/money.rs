@@ -15,7 +15,7 @@
 //! fails (its holds let go of it and lapse as usual) and the authorization is voided. An
 //! asynchronous payment still unsettled after `payment_deadline_secs` is ended the same way.
 
-use crate::ports::{Event, GatewayOwed, OwedPayment, PaymentApplied, PaymentResult};
+use crate::ports::{AuditEntry, Event, GatewayOwed, OwedPayment, PaymentApplied, PaymentResult};
 use crate::{App, AppError};
 
 /// Most owed moves or stuck orders handled in one run (the next run takes the rest).
@@ -83,7 +83,6 @@ impl App {
                 reason: reason.into(),
             };
             if let Some(PaymentApplied::Done(o)) = self
-                .store
                 .apply_payment(&order.id, &result, self.clock.now())
                 .await?
             {
@@ -128,8 +127,18 @@ impl App {
     /// Does the owed move at the gateway and records it done. Returns whether it is all done;
     /// a failure is logged and counted and left owed for the next run.
     pub(crate) async fn finish_owed(&self, payment: &OwedPayment) -> bool {
+        self.finish_owed_noting(payment, Vec::new()).await
+    }
+
+    /// [`App::finish_owed`], writing `audit` in the transaction that records the first move
+    /// (or by itself if no move gets recorded).
+    pub(crate) async fn finish_owed_noting(
+        &self,
+        payment: &OwedPayment,
+        mut audit: Vec<AuditEntry>,
+    ) -> bool {
         let mut owed = payment.owed;
-        loop {
+        let done = loop {
             let reference = payment.reference.as_str();
             // The capture first; the refund only once the judge knows it was done, so a retry
             // never captures after a refund.
@@ -145,26 +154,31 @@ impl App {
                 metrics::counter!("stampede_payment_moves_failed_total", "move" => owed.as_str())
                     .increment(1);
                 tracing::error!(error = %e, order = %payment.order_id, owed = owed.as_str(), "gateway move failed; it stays owed");
-                return false;
+                break false;
             }
-            match self
-                .store
-                .payment_owed_done(&payment.payment_id, owed, next, self.clock.now())
-                .await
-            {
+            let now = self.clock.now();
+            let recorded = self
+                .payment_owed_done(&payment.payment_id, owed, next, now, audit.clone())
+                .await;
+            if recorded.is_ok() {
+                audit.clear();
+            }
+            match recorded {
                 Ok(true) => {}
                 // Someone else (a racing request or node) recorded it, or the judge decided
                 // something later: what is owed now is theirs to finish.
-                Ok(false) => return true,
+                Ok(false) => break true,
                 Err(e) => {
                     tracing::warn!(error = %e, order = %payment.order_id, "could not record a finished money move; it will be repeated (idempotent)");
-                    return false;
+                    break false;
                 }
             }
             match next {
                 Some(n) => owed = n,
-                None => return true,
+                None => break true,
             }
-        }
+        };
+        self.write_audits(audit).await;
+        done
     }
 }

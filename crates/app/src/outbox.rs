@@ -114,15 +114,13 @@ impl App {
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             let sent = match &self.outbox {
                 Some(sink) => sink.deliver(&events).await.map_err(AppError::from),
+                // Applied together, so their notifications share commits; in order, so each
+                // buyer's feed keeps the order the events were written in.
                 None => {
-                    let mut applied = Ok(());
-                    for event in &events {
-                        applied = self.apply_outbox_event(event).await;
-                        if applied.is_err() {
-                            break;
-                        }
-                    }
-                    applied
+                    futures::future::join_all(events.iter().map(|e| self.apply_outbox_event(e)))
+                        .await
+                        .into_iter()
+                        .collect()
                 }
             };
             if let Err(e) = sent {
@@ -160,12 +158,10 @@ impl App {
     ///
     /// Both writes are idempotent, so a failure between them is healed by the redelivery the
     /// error causes.
+    ///
+    /// The notification is written first, group-committed with other events' (its queue is
+    /// entered on the first poll, so events applied together keep their order in a feed).
     pub async fn apply_outbox_event(&self, event: &OutboxEvent) -> Result<(), AppError> {
-        if self.shop_webhooks.is_some()
-            && self.store.webhook_enqueue(event, self.clock.now()).await?
-        {
-            self.webhook_kick.notify_one();
-        }
         let notification = Notification {
             id: event.id.clone(),
             user_id: event.user_id.clone(),
@@ -173,12 +169,17 @@ impl App {
             created_at: event.created_at,
             data: event.data.clone(),
         };
-        if self.store.append_notification(&notification).await? {
+        if self.notices.write(notification.clone()).await? {
             metrics::counter!("stampede_notifications_total", "kind" => event.kind.as_str())
                 .increment(1);
             self.bus.publish(Event::Notified { notification });
         } else {
             metrics::counter!("stampede_outbox_redelivered_total").increment(1);
+        }
+        if self.shop_webhooks.is_some()
+            && self.store.webhook_enqueue(event, self.clock.now()).await?
+        {
+            self.webhook_kick.notify_one();
         }
         Ok(())
     }

@@ -309,6 +309,37 @@ pub struct OwedPayment {
     pub owed: GatewayOwed,
 }
 
+/// A gateway's answer for an order, as [`Orders::apply_payments`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentAnswer {
+    pub order: OrderId,
+    pub result: PaymentResult,
+    pub now: Timestamp,
+    /// Audit entries written in the same transaction (the authorization's).
+    pub audit: Vec<AuditEntry>,
+}
+
+/// A money move the gateway acknowledged ([`Orders::payment_owed_done`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedDone {
+    pub payment: PaymentId,
+    pub done: GatewayOwed,
+    pub next: Option<GatewayOwed>,
+    pub now: Timestamp,
+    /// Audit entries written in the same transaction (the move's).
+    pub audit: Vec<AuditEntry>,
+}
+
+/// The one answer a batch call of one item gives.
+pub fn only<R>(mut answers: Vec<PortResult<R>>) -> PortResult<R> {
+    match (answers.pop(), answers.is_empty()) {
+        (Some(answer), true) => answer,
+        _ => Err(PortError::internal(
+            "a batch of one gave other than one answer",
+        )),
+    }
+}
+
 /// What recording a payment result did to the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentApplied {
@@ -638,16 +669,37 @@ pub trait Holds: Send + Sync + 'static {
 /// Orders and payments: checkout, the payment's outcome, cancellation, the money moves still owed to the gateway, and the keys that make retries safe.
 #[async_trait]
 pub trait Orders: Send + Sync + 'static {
-    /// Creates a `pending_payment` order over live holds of this user and marks them as in it.
-    async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>>;
-    /// Records the gateway's answer for a `pending_payment` order, in one transaction with its
-    /// effect on holds and stock.
+    /// Creates `pending_payment` orders over live holds of their buyers and marks the holds
+    /// as in them: many checkouts share one commit (group commit), each answered on its own.
+    async fn create_orders(
+        &self,
+        orders: &[NewOrder],
+    ) -> Vec<PortResult<Result<Order, CheckoutError>>>;
+    /// One order of [`Orders::create_orders`].
+    async fn create_order(&self, order: &NewOrder) -> PortResult<Result<Order, CheckoutError>> {
+        only(self.create_orders(std::slice::from_ref(order)).await)
+    }
+    /// Records the gateway's answers for `pending_payment` orders, each with its effect on
+    /// holds and stock, many in one commit.
+    async fn apply_payments(
+        &self,
+        answers: &[PaymentAnswer],
+    ) -> Vec<PortResult<Option<PaymentApplied>>>;
+    /// One answer of [`Orders::apply_payments`].
     async fn apply_payment(
         &self,
         order: &OrderId,
         result: &PaymentResult,
         now: Timestamp,
-    ) -> PortResult<Option<PaymentApplied>>;
+    ) -> PortResult<Option<PaymentApplied>> {
+        let answer = PaymentAnswer {
+            order: order.clone(),
+            result: result.clone(),
+            now,
+            audit: Vec::new(),
+        };
+        only(self.apply_payments(std::slice::from_ref(&answer)).await)
+    }
     /// Payments whose decided money move the gateway has not acknowledged yet (see
     /// [`GatewayOwed`]), oldest change first, at most `limit`. A payment without a reference
     /// owes nothing (there is nothing to move).
@@ -661,7 +713,18 @@ pub trait Orders: Send + Sync + 'static {
         done: GatewayOwed,
         next: Option<GatewayOwed>,
         now: Timestamp,
-    ) -> PortResult<bool>;
+    ) -> PortResult<bool> {
+        let done = OwedDone {
+            payment: payment.clone(),
+            done,
+            next,
+            now,
+            audit: Vec::new(),
+        };
+        only(self.payments_owed_done(std::slice::from_ref(&done)).await)
+    }
+    /// [`Orders::payment_owed_done`] for many payments in one commit.
+    async fn payments_owed_done(&self, moves: &[OwedDone]) -> Vec<PortResult<bool>>;
     /// `pending_payment` orders nobody will settle: those with no gateway reference created
     /// at or before `unanswered_before` (the authorization's answer was lost), and any created
     /// at or before `deadline_before`. Oldest first, at most `limit`.
@@ -719,7 +782,14 @@ pub trait Orders: Send + Sync + 'static {
 pub trait Outbox: Send + Sync + 'static {
     /// Adds a notification to the buyer's feed; `Ok(false)` (nothing written) if one with the
     /// same id exists, so a redelivered event takes effect once.
-    async fn append_notification(&self, notification: &Notification) -> PortResult<bool>;
+    async fn append_notification(&self, notification: &Notification) -> PortResult<bool> {
+        only(
+            self.append_notifications(std::slice::from_ref(notification))
+                .await,
+        )
+    }
+    /// [`Outbox::append_notification`] for many, in one commit.
+    async fn append_notifications(&self, notifications: &[Notification]) -> Vec<PortResult<bool>>;
     /// The buyer's notifications added after the one with id `after` (all if `None` or
     /// unknown), in the order they were added, at most `limit`. Not by id: an event applied
     /// late carries an older id and must not land behind a reader's cursor.

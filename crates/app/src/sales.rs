@@ -573,8 +573,21 @@ impl App {
         before: Option<&B>,
         after: Option<&A>,
     ) {
+        let entry = self.audit_entry(actor, action, target, before, after);
+        self.write_audits(vec![entry]).await;
+    }
+
+    /// An audit entry, for writing in the same transaction as the change it records.
+    pub(crate) fn audit_entry<B: Serialize, A: Serialize>(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: Option<&B>,
+        after: Option<&A>,
+    ) -> AuditEntry {
         let now = self.clock.now();
-        let entry = AuditEntry {
+        AuditEntry {
             id: self.audit_ids.next(now).to_string(),
             at: now,
             actor: actor.to_owned(),
@@ -582,10 +595,17 @@ impl App {
             target: target.to_owned(),
             before: before.and_then(|b| serde_json::to_value(b).ok()),
             after: after.and_then(|a| serde_json::to_value(a).ok()),
-        };
-        if let Err(e) = self.audits.write(entry).await {
-            metrics::counter!("stampede_audit_write_failures_total").increment(1);
-            tracing::error!(error = %e, action, target, "audit entry not written");
+        }
+    }
+
+    /// Writes entries by themselves (group-committed with other actions').
+    pub(crate) async fn write_audits(&self, entries: Vec<AuditEntry>) {
+        for entry in entries {
+            let (action, target) = (entry.action.clone(), entry.target.clone());
+            if let Err(e) = self.audits.write(entry).await {
+                metrics::counter!("stampede_audit_write_failures_total").increment(1);
+                tracing::error!(error = %e, action, target, "audit entry not written");
+            }
         }
     }
 

@@ -89,7 +89,7 @@ pub async fn put_product<DB: Engine>(
         .text(p.currency.as_str())
         .text(p.status.as_str());
     let q = if new { q.int(p.created_at.0) } else { q };
-    Ok(q.int(p.updated_at.0).run_in(writer).await? == 1)
+    Ok(q.int(p.updated_at.0).run_in(writer, "put_product").await? == 1)
 }
 
 /// One product.
@@ -124,7 +124,7 @@ pub async fn put_drop<DB: Engine>(writer: &Pool<DB>, d: &DropEvent, new: bool) -
         .int(d.ends_at.0)
         .opt_int(d.per_user_limit.map(i64::from));
     let q = if new { q.int(d.created_at.0) } else { q };
-    Ok(q.int(d.updated_at.0).run_in(writer).await? == 1)
+    Ok(q.int(d.updated_at.0).run_in(writer, "put_drop").await? == 1)
 }
 
 /// One drop.

@@ -256,8 +256,13 @@ pub trait Run<'q, DB: Engine>: Sized {
         self,
         on: &mut impl Conn<DB>,
     ) -> impl Future<Output = PortResult<Option<DB::Row>>> + Send;
-    /// Runs on a connection of `pool`; the rows changed.
-    fn run_in(self, pool: &Pool<DB>) -> impl Future<Output = PortResult<u64>> + Send;
+    /// Runs a write on a connection of `pool`, a commit of its own (counted as `op`); the rows
+    /// changed.
+    fn run_in(
+        self,
+        pool: &Pool<DB>,
+        op: &'static str,
+    ) -> impl Future<Output = PortResult<u64>> + Send;
     /// Runs a query on a connection of `pool`; every row.
     fn all_in(self, pool: &Pool<DB>) -> impl Future<Output = PortResult<Vec<DB::Row>>> + Send;
     /// Runs a query on a connection of `pool`; the first row, if any.
@@ -274,8 +279,10 @@ impl<'q, DB: Engine> Run<'q, DB> for Statement<'q, DB> {
     async fn first(self, on: &mut impl Conn<DB>) -> PortResult<Option<DB::Row>> {
         DB::fetch_optional(on.conn(), self).await
     }
-    async fn run_in(self, pool: &Pool<DB>) -> PortResult<u64> {
-        self.run(&mut pool.acquire().await.port()?).await
+    async fn run_in(self, pool: &Pool<DB>, op: &'static str) -> PortResult<u64> {
+        let changed = self.run(&mut pool.acquire().await.port()?).await?;
+        metrics::counter!("stampede_store_commits_total", "op" => op).increment(1);
+        Ok(changed)
     }
     async fn all_in(self, pool: &Pool<DB>) -> PortResult<Vec<DB::Row>> {
         self.all(&mut pool.acquire().await.port()?).await
@@ -288,6 +295,62 @@ impl<'q, DB: Engine> Run<'q, DB> for Statement<'q, DB> {
 /// Starts a transaction that writes ([`Engine::BEGIN_WRITE`]).
 pub async fn begin_write<DB: Engine>(pool: &Pool<DB>) -> PortResult<Transaction<'static, DB>> {
     pool.begin_with(DB::BEGIN_WRITE).await.port()
+}
+
+/// Commits a transaction that wrote, counted as `stampede_store_commits_total{op}` (`op`: the
+/// store operation): the figure group commit is judged by (one commit serves a batch).
+pub async fn commit<DB: Engine>(tx: Transaction<'_, DB>, op: &'static str) -> PortResult<()> {
+    tx.commit().await.port()?;
+    metrics::counter!("stampede_store_commits_total", "op" => op).increment(1);
+    Ok(())
+}
+
+/// A write that can share a transaction with others of its kind ([`each_in_one`]).
+pub trait InBatch<DB: Engine>: Sync {
+    /// The store operation, as the commit metric names it.
+    const OP: &'static str;
+    /// What the write tells its caller.
+    type Answer: Send;
+    /// Runs inside the batch's transaction; a refusal must come before the first write.
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer>;
+}
+
+/// Group commit for calls that each are a transaction of their own: the batch's items run one
+/// after another in one write transaction, so many buyers share a commit. An item's refusal
+/// writes nothing (every caller refuses before its first write), so items stay independent.
+/// If the batch fails as a whole (a deadlock with another transaction, a lost connection),
+/// every item runs again in a transaction of its own: one item's trouble never fails its
+/// neighbours, and nothing of the failed batch was committed.
+pub async fn each_in_one<DB: Engine, T: InBatch<DB>>(
+    writer: &Pool<DB>,
+    items: &[T],
+) -> Vec<PortResult<T::Answer>> {
+    if items.len() > 1 {
+        let batch = async {
+            let mut tx = begin_write(writer).await?;
+            let mut done = Vec::with_capacity(items.len());
+            for item in items {
+                done.push(item.run(&mut tx).await?);
+            }
+            commit(tx, T::OP).await.map(|()| done)
+        };
+        match batch.await {
+            Ok(done) => return done.into_iter().map(Ok).collect(),
+            Err(e) => tracing::warn!(error = %e, size = items.len(), "batch failed; one by one"),
+        }
+    }
+    let mut done = Vec::with_capacity(items.len());
+    for item in items {
+        done.push(
+            async {
+                let mut tx = begin_write(writer).await?;
+                let r = item.run(&mut tx).await?;
+                commit(tx, T::OP).await.map(|()| r)
+            }
+            .await,
+        );
+    }
+    done
 }
 
 /// The row a query finds by the text argument `key`, if any, read by `read`.

@@ -21,8 +21,7 @@ use stampede_core::checkout::FoundHold;
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
-use crate::engine::{begin_write, list, statement, Bind, Conn, Run};
-use crate::error::OrPort;
+use crate::engine::{begin_write, commit, list, statement, Bind, Conn, Run};
 use crate::hold_cap::OpenHolds;
 use crate::internal;
 use crate::judging::{exactly_one, lock_own, Judging};
@@ -183,7 +182,7 @@ pub async fn reserve<DB: Judging>(
         }
     }
     stock.flush(&mut tx).await?;
-    tx.commit().await.port()?;
+    commit(tx, "reserve").await?;
     Ok(verdicts)
 }
 
@@ -297,7 +296,7 @@ pub async fn release<DB: Judging>(
     hold.state = end(&mut tx, user, &hold.id, hold.state, HoldState::Released).await?;
     stock.unhold(&hold.sale_id, user, hold.quantity)?;
     stock.flush(&mut tx).await?;
-    tx.commit().await.port()?;
+    commit(tx, "release_hold").await?;
     Ok(Ok(hold))
 }
 
@@ -348,7 +347,7 @@ pub async fn resize<DB: Judging>(
     exactly_one(done, format_args!("hold {id} was not active"))?;
     hold.quantity = quantity;
     stock.flush(&mut tx).await?;
-    tx.commit().await.port()?;
+    commit(tx, "resize_hold").await?;
     Ok(Ok(hold))
 }
 
@@ -389,6 +388,9 @@ pub async fn expire_due<DB: Judging>(
 ) -> PortResult<Vec<Hold>> {
     let mut tx = begin_write(writer).await?;
     let due = lock_due(&mut tx, "h.expires_at <= $1", &[now.0, i64::from(limit)]).await?;
+    if due.is_empty() {
+        return Ok(Vec::new()); // An idle sweep commits nothing.
+    }
     let mut stock = TxStock::default();
     let sales: Vec<&SaleId> = due.iter().map(|h| &h.sale_id).collect();
     stock.lock_sales(&mut tx, &sales, false).await?;
@@ -407,7 +409,7 @@ pub async fn expire_due<DB: Judging>(
         out.push(hold);
     }
     stock.flush(&mut tx).await?;
-    tx.commit().await.port()?;
+    commit(tx, "expire_due_holds").await?;
     Ok(out)
 }
 
@@ -424,6 +426,9 @@ pub async fn warn_expiring<DB: Judging>(
     let cond = "NOT h.expiry_warned AND h.expires_at > $1 AND h.expires_at <= $2";
     let until = now.0.saturating_add(within_ms);
     let due = lock_due(&mut tx, cond, &[now.0, until, i64::from(limit)]).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
     for hold in &due {
         statement::<DB>("UPDATE holds SET expiry_warned = TRUE WHERE user_id = $1 AND id = $2")
             .text(hold.user_id.as_str())
@@ -432,6 +437,6 @@ pub async fn warn_expiring<DB: Judging>(
             .await?;
         write_event(&mut tx, &OutboxEvent::hold_expiring(hold, now)).await?;
     }
-    tx.commit().await.port()?;
+    commit(tx, "warn_expiring_holds").await?;
     Ok(due.len())
 }

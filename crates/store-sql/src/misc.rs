@@ -6,15 +6,17 @@
 //! caller's lease counts as abandoned (its request died) and is taken over, ids and all, by the
 //! next request with that key and body, which then owns the row.
 
-use sqlx::Pool;
+use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
     AuditEntry, AuditFilter, CheckoutIds, EventKind, IdempotencyStart, Notification, PortResult,
 };
 use stampede_core::{OrderId, PaymentId, Timestamp, UserId};
 
-use crate::engine::{begin_write, find, list, one, statement, values_list, Bind, Engine, Run};
-use crate::error::OrPort;
+use crate::engine::{
+    begin_write, commit, find, list, one, statement, values_list, Bind, Conn, Engine, InBatch,
+    Pending, Run,
+};
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
 
@@ -47,7 +49,7 @@ pub async fn idempotency_start<DB: Engine>(
          ON CONFLICT (user_id, key) DO NOTHING",
     );
     if claimed.run(&mut tx).await? == 1 {
-        tx.commit().await.port()?;
+        commit(tx, "idempotency_start").await?;
         let ids = ids.clone();
         return Ok(IdempotencyStart::Proceed {
             ids,
@@ -89,7 +91,7 @@ pub async fn idempotency_start<DB: Engine>(
         }
         None => IdempotencyStart::InProgress,
     };
-    tx.commit().await.port()?;
+    commit(tx, "idempotency_start").await?;
     Ok(verdict)
 }
 
@@ -108,7 +110,7 @@ pub async fn idempotency_finish<DB: Engine>(
     .text(key)
     .int(i64::from(status))
     .text(body)
-    .run_in(writer)
+    .run_in(writer, "idempotency_finish")
     .await?;
     if done == 0 {
         tracing::warn!(%user, key, "idempotency_finish for a key that was never claimed");
@@ -125,7 +127,7 @@ pub async fn idempotency_abandon<DB: Engine>(
     statement::<DB>("DELETE FROM idempotency WHERE user_id = $1 AND key = $2 AND status IS NULL")
         .text(user.as_str())
         .text(key)
-        .run_in(writer)
+        .run_in(writer, "idempotency_abandon")
         .await?;
     Ok(())
 }
@@ -148,7 +150,7 @@ pub async fn record_webhook_event<DB: Engine>(
     )
     .text(event_id)
     .int(now.0)
-    .run_in(writer)
+    .run_in(writer, "record_webhook_event")
     .await?;
     Ok(done == 1)
 }
@@ -165,6 +167,15 @@ pub async fn append_audits<DB: Engine>(
     entries: &[AuditEntry],
 ) -> PortResult<()> {
     let mut tx = begin_write(writer).await?;
+    insert_audits(&mut tx, entries).await?;
+    commit(tx, "append_audits").await
+}
+
+/// Writes audit entries inside the caller's transaction, a few hundred per statement.
+pub async fn insert_audits<DB: Engine>(
+    tx: &mut impl Conn<DB>,
+    entries: &[AuditEntry],
+) -> PortResult<()> {
     for chunk in entries.chunks(500) {
         // `VALUES` names its columns `column1`… on both engines.
         let sql = format!(
@@ -189,9 +200,9 @@ pub async fn append_audits<DB: Engine>(
                 .text(&e.target);
             q = q.opt_text(before.as_deref()).opt_text(after.as_deref());
         }
-        q.run(&mut tx).await?;
+        q.run(tx).await?;
     }
-    tx.commit().await.port()
+    Ok(())
 }
 
 /// Entries matching the filter, oldest first. A `limit` of 0 means no limit.
@@ -224,8 +235,17 @@ pub async fn audit<DB: Engine>(reader: &Pool<DB>, f: &AuditFilter) -> PortResult
 
 /// Adds one notification to a buyer's feed; `false` (nothing written) if its id is there
 /// already, so a redelivered event takes effect once.
-pub async fn append_notification<DB: Engine>(
-    writer: &Pool<DB>,
+impl<DB: Engine> InBatch<DB> for Notification {
+    const OP: &'static str = "append_notifications";
+    type Answer = bool;
+    /// Adds the notification to its buyer's feed unless one with its id is there.
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, bool> {
+        Box::pin(append_notification(tx, self))
+    }
+}
+
+async fn append_notification<DB: Engine>(
+    tx: &mut impl Conn<DB>,
     n: &Notification,
 ) -> PortResult<bool> {
     let sql = format!(
@@ -239,7 +259,7 @@ pub async fn append_notification<DB: Engine>(
         .text(n.kind.as_str())
         .int(n.created_at.0)
         .string(n.data.to_string())
-        .run_in(writer)
+        .run(tx)
         .await?;
     Ok(done == 1)
 }

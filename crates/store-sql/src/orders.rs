@@ -17,11 +17,11 @@
 //! statements whose columns differ are [`Judging`]'s. A transaction locks the order row, then
 //! its holds, then its sales in id order: the lock order of [`crate::judging`].
 
-use sqlx::Pool;
+use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
-    Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, PortResult,
+    Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedDone, OwedPayment,
+    PaymentAnswer, PaymentApplied, PaymentResult, PortResult,
 };
 use stampede_core::checkout::{
     self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, Settlement,
@@ -30,9 +30,13 @@ use stampede_core::{
     HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
 };
 
-use crate::engine::{begin_write, find_on, list, statement, Bind, Conn, Run, Statement};
+use crate::engine::{
+    begin_write, commit, each_in_one, find_on, list, statement, Bind, Conn, InBatch, Pending, Run,
+    Statement,
+};
 use crate::error::OrPort;
 use crate::judging::{exactly_one, lock_own, Judging};
+use crate::misc::insert_audits;
 use crate::outbox::insert as write_event;
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
@@ -170,16 +174,32 @@ async fn settle<DB: Judging>(
     write_event(conn, &event).await
 }
 
-/// Checkout: a `pending_payment` order over live holds of the buyer, with a `pending` payment,
-/// as the core's [`checkout::plan_checkout`] makes it of the holds found (each locked).
-pub async fn create<DB: Judging>(
+/// Checkouts, many buyers' in one transaction ([`each_in_one`]): each a `pending_payment` order
+/// over live holds of its buyer, with a `pending` payment, as the core's
+/// [`checkout::plan_checkout`] makes it of the holds found (each locked).
+pub async fn create_many<DB: Judging>(
     writer: &Pool<DB>,
+    news: &[NewOrder],
+) -> Vec<PortResult<Result<Order, CheckoutError>>> {
+    each_in_one(writer, news).await
+}
+
+impl<DB: Judging> InBatch<DB> for NewOrder {
+    const OP: &'static str = "create_orders";
+    type Answer = Result<Order, CheckoutError>;
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer> {
+        Box::pin(create(tx, self))
+    }
+}
+
+/// One checkout of [`create_many`], inside the batch's transaction; a refusal writes nothing.
+async fn create<DB: Judging>(
+    tx: &mut impl Conn<DB>,
     new: &NewOrder,
 ) -> PortResult<Result<Order, CheckoutError>> {
-    let mut tx = begin_write(writer).await?;
     let mut found = Vec::with_capacity(new.hold_ids.len());
     for id in new.distinct_holds() {
-        found.push(holds::find(&mut tx, &new.user_id, id, true).await?);
+        found.push(holds::find(tx, &new.user_id, id, true).await?);
     }
     let order = match checkout::plan_checkout(new, &found) {
         Ok(order) => order,
@@ -195,7 +215,7 @@ pub async fn create<DB: Judging>(
         .int(order.total.0)
         .text(order.currency.as_str())
         .int(order.created_at.0)
-        .run(&mut tx)
+        .run(tx)
         .await?;
     let ids: Vec<&str> = order.items.iter().map(|i| i.hold_id.as_str()).collect();
     let sql = format!(
@@ -206,7 +226,7 @@ pub async fn create<DB: Judging>(
         .string(serde_json::to_string(&ids).map_err(internal)?)
         .text(order.user_id.as_str())
         .text(order.id.as_str())
-        .run(&mut tx)
+        .run(tx)
         .await?;
     let sql = format!(
         "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
@@ -224,7 +244,7 @@ pub async fn create<DB: Judging>(
             .int(i64::from(item.quantity))
             .int(item.unit_price.0);
     }
-    q.run(&mut tx).await?;
+    q.run(tx).await?;
     statement::<DB>(
         "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
          failure_reason, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7)",
@@ -236,9 +256,8 @@ pub async fn create<DB: Judging>(
     .text(&payment.method)
     .int(payment.amount.0)
     .int(payment.updated_at.0)
-    .run(&mut tx)
+    .run(tx)
     .await?;
-    tx.commit().await.port()?;
     Ok(Ok(order))
 }
 
@@ -306,22 +325,42 @@ async fn convert<DB: Judging>(
 /// sales whose stock it took again after a hold had lapsed.
 type Converted = (Vec<(HoldId, HoldState, HoldState)>, Vec<SaleId>);
 
-/// Records the gateway's answer for a pending order, with its effect on holds and stock, as
-/// the core's [`checkout::plan_answer`] plans it.
-pub async fn apply_payment<DB: Judging>(
+/// Records the gateway's answers for pending orders, many in one transaction
+/// ([`each_in_one`]), each with its effect on holds and stock.
+pub async fn apply_payments<DB: Judging>(
     writer: &Pool<DB>,
+    answers: &[PaymentAnswer],
+) -> Vec<PortResult<Option<PaymentApplied>>> {
+    each_in_one(writer, answers).await
+}
+
+impl<DB: Judging> InBatch<DB> for PaymentAnswer {
+    const OP: &'static str = "apply_payments";
+    type Answer = Option<PaymentApplied>;
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer> {
+        Box::pin(async move {
+            let applied = apply_payment(tx, &self.order, &self.result, self.now).await?;
+            insert_audits(tx, &self.audit).await?;
+            Ok(applied)
+        })
+    }
+}
+
+/// One answer of [`apply_payments`], as the core's [`checkout::plan_answer`] plans it; an
+/// unknown or settled order writes nothing.
+async fn apply_payment<DB: Judging>(
+    tx: &mut impl Conn<DB>,
     id: &OrderId,
     result: &PaymentResult,
     now: Timestamp,
 ) -> PortResult<Option<PaymentApplied>> {
-    let mut tx = begin_write(writer).await?;
     // Through the payment (one per order): `orders` is keyed by buyer.
     let sql = "SELECT user_id FROM payments WHERE order_id = $1";
-    let owner = find_on(&mut tx, sql, id.as_str(), |r| col(r, "user_id")).await?;
+    let owner = find_on(tx, sql, id.as_str(), |r| col(r, "user_id")).await?;
     let Some(user) = owner.map(UserId::from_trusted) else {
         return Ok(None);
     };
-    let Some(order) = lock_and_load(&mut tx, &user, id).await? else {
+    let Some(order) = lock_and_load(tx, &user, id).await? else {
         return Ok(None);
     };
     // `None`: a hold lapsed; else the sales whose stock was taken again.
@@ -333,35 +372,34 @@ pub async fn apply_payment<DB: Judging>(
                 .text(&reference)
                 .int(now.0)
                 .text(payment_of(&order)?.id.as_str())
-                .run(&mut tx)
+                .run(tx)
                 .await?;
             let sql = "UPDATE orders SET updated_at = $3 WHERE user_id = $1 AND id = $2";
-            keyed::<DB>(sql, &user, id).int(now.0).run(&mut tx).await?;
+            keyed::<DB>(sql, &user, id).int(now.0).run(tx).await?;
             Some(Vec::new())
         }
         AnswerPlan::Settle(plan) => {
-            settle(&mut tx, &order, &plan, now).await?;
+            settle(tx, &order, &plan, now).await?;
             Some(Vec::new())
         }
         AnswerPlan::Convert { reference, retake } => {
             let mut stock = TxStock::default();
-            let converted = convert(&mut tx, &mut stock, &user, id, retake, now).await?;
+            let converted = convert(tx, &mut stock, &user, id, retake, now).await?;
             let plan = checkout::plan_authorized(&order, &reference, converted.is_some())
                 .map_err(internal)?;
             // All or nothing: without endings `stock` is dropped unflushed and no stock moves;
             // the money must go back at the gateway.
             if let Some((endings, _)) = &converted {
                 for (hold, from, to) in endings {
-                    holds::end(&mut tx, &user, hold, *from, *to).await?;
+                    holds::end(tx, &user, hold, *from, *to).await?;
                 }
-                stock.flush(&mut tx).await?;
+                stock.flush(tx).await?;
             }
-            settle(&mut tx, &order, &plan, now).await?;
+            settle(tx, &order, &plan, now).await?;
             converted.map(|(_, retaken)| retaken)
         }
     };
-    let order = load_existing(&mut tx, &user, id).await?;
-    tx.commit().await.port()?;
+    let order = load_existing(tx, &user, id).await?;
     Ok(Some(match retaken {
         None => PaymentApplied::HoldLapsed(order),
         Some(sales) if sales.is_empty() => PaymentApplied::Done(order),
@@ -446,7 +484,7 @@ pub async fn cancel<DB: Judging>(
     stock.flush(&mut tx).await?;
     settle(&mut tx, &order, &settlement, now).await?;
     let order = load_existing(&mut tx, user, id).await?;
-    tx.commit().await.port()?;
+    commit(tx, "cancel_order").await?;
     Ok(Some(Ok(match refunded {
         Some((reference, owed)) => Cancelled::Refunded {
             order,
@@ -475,25 +513,34 @@ pub async fn owed<DB: Judging>(reader: &Pool<DB>, limit: u32) -> PortResult<Vec<
     .await
 }
 
-/// The gateway acknowledged `done`: what is owed becomes `next`, if `done` is still owed.
-pub async fn owed_done<DB: Judging>(
+/// The gateway acknowledged moves: what each payment owes becomes its `next`, if its `done`
+/// is still owed (whether it changed), many in one transaction ([`each_in_one`]).
+pub async fn owed_done_many<DB: Judging>(
     writer: &Pool<DB>,
-    payment: &PaymentId,
-    done: GatewayOwed,
-    next: Option<GatewayOwed>,
-    now: Timestamp,
-) -> PortResult<bool> {
-    let changed = statement::<DB>(
-        "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
-         WHERE id = $3 AND gateway_owed = $4",
-    )
-    .opt_text(next.map(GatewayOwed::as_str))
-    .int(now.0)
-    .text(payment.as_str())
-    .text(done.as_str())
-    .run_in(writer)
-    .await?;
-    Ok(changed == 1)
+    moves: &[OwedDone],
+) -> Vec<PortResult<bool>> {
+    each_in_one(writer, moves).await
+}
+
+impl<DB: Judging> InBatch<DB> for OwedDone {
+    const OP: &'static str = "payments_owed_done";
+    type Answer = bool;
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, bool> {
+        Box::pin(async move {
+            let changed = statement::<DB>(
+                "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
+                 WHERE id = $3 AND gateway_owed = $4",
+            )
+            .opt_text(self.next.map(GatewayOwed::as_str))
+            .int(self.now.0)
+            .text(self.payment.as_str())
+            .text(self.done.as_str())
+            .run(tx)
+            .await?;
+            insert_audits(tx, &self.audit).await?;
+            Ok(changed == 1)
+        })
+    }
 }
 
 /// Pending orders nobody will settle (see `Store::stuck_orders`), oldest first.

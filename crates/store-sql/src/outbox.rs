@@ -15,7 +15,7 @@ use sqlx::Pool;
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, one, statement, Bind, Conn, Engine, Run};
+use crate::engine::{begin_write, commit, one, statement, Bind, Conn, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -62,7 +62,8 @@ pub async fn claim<DB: Engine>(
             data: serde_json::from_str(&data).map_err(|e| internal(format!("outbox json: {e}")))?,
         })
     };
-    lease(writer, &sql, (now, lease_ms, limit), event, |e| &e.id).await
+    let claim = (now, lease_ms, limit);
+    lease(writer, &sql, claim, event, |e| &e.id, "outbox_claim").await
 }
 
 /// Runs a claim (`sql`: `$1` the lease's end, `$2` now, `$3` the limit) in one write
@@ -75,6 +76,7 @@ pub(crate) async fn lease<DB: Engine, T>(
     (now, lease_ms, limit): (Timestamp, i64, u32),
     row: impl Fn(&DB::Row) -> PortResult<T>,
     key: impl Fn(&T) -> &String,
+    op: &'static str,
 ) -> PortResult<Vec<T>> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -87,7 +89,10 @@ pub(crate) async fn lease<DB: Engine, T>(
         .all(&mut tx)
         .await?;
     let mut leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
-    tx.commit().await.port()?;
+    if leased.is_empty() {
+        return Ok(leased); // Nothing waiting: nothing to commit.
+    }
+    commit(tx, op).await?;
     leased.sort_by(|a, b| key(a).cmp(key(b)));
     Ok(leased)
 }
@@ -97,16 +102,21 @@ pub async fn delivered<DB: Engine>(writer: &Pool<DB>, ids: &[String]) -> PortRes
     // When it was delivered is bookkeeping only (no decision depends on it): the database's
     // clock, in milliseconds since the epoch, is good enough.
     let set = format!("delivered_at = {}", DB::NOW_MS);
-    undelivered(writer, &set, ids).await
+    undelivered(writer, &set, ids, "outbox_delivered").await
 }
 
 /// Ends the lease of undelivered events, so the next claim takes them again.
 pub async fn release<DB: Engine>(writer: &Pool<DB>, ids: &[String]) -> PortResult<()> {
-    undelivered(writer, "lease_until = 0", ids).await
+    undelivered(writer, "lease_until = 0", ids, "outbox_release").await
 }
 
 /// Applies `set` to those of `ids` not delivered yet.
-async fn undelivered<DB: Engine>(writer: &Pool<DB>, set: &str, ids: &[String]) -> PortResult<()> {
+async fn undelivered<DB: Engine>(
+    writer: &Pool<DB>,
+    set: &str,
+    ids: &[String],
+    op: &'static str,
+) -> PortResult<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -116,7 +126,7 @@ async fn undelivered<DB: Engine>(writer: &Pool<DB>, set: &str, ids: &[String]) -
     );
     statement::<DB>(&sql)
         .string(serde_json::Value::from(ids.to_vec()).to_string())
-        .run_in(writer)
+        .run_in(writer, op)
         .await?;
     Ok(())
 }

@@ -9,8 +9,7 @@ use stampede_app::ports::PortResult;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::SaleId;
 
-use crate::engine::{begin_write, list, statement, values_list, Bind, Engine, Run};
-use crate::error::OrPort;
+use crate::engine::{begin_write, commit, list, statement, values_list, Bind, Engine, Run};
 use crate::internal;
 use crate::rows::col;
 
@@ -54,7 +53,7 @@ pub async fn append<DB: Engine>(
         }
         q.run(&mut tx).await?;
     }
-    tx.commit().await.port()
+    commit(tx, "append_entries").await
 }
 
 /// A logged counter as the column's BIGINT (a value past `i64::MAX` saturates).
@@ -159,7 +158,7 @@ pub async fn put_value<DB: Engine>(
     .text(scope)
     .text(key)
     .text(value)
-    .run_in(writer)
+    .run_in(writer, "put_value")
     .await?;
     Ok(())
 }

@@ -48,7 +48,7 @@ pub async fn insert<DB: Engine>(writer: &Pool<DB>, sale: &Sale) -> PortResult<()
         .text(&sale.category)
         .int(sale.created_at.0)
         .int(sale.updated_at.0)
-        .run_in(writer)
+        .run_in(writer, "insert_sale")
         .await?;
     Ok(())
 }
@@ -67,7 +67,7 @@ pub async fn update<DB: Engine>(writer: &Pool<DB>, sale: &Sale) -> PortResult<bo
         .int(sale.updated_at.0)
         .int(sale.stock.total)
         .text(&sale.category)
-        .run_in(writer)
+        .run_in(writer, "update_sale")
         .await?;
     Ok(changed == 1)
 }

@@ -8,19 +8,19 @@ use sqlx::Pool;
 
 use stampede_app::ports::{
     Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled, Catalog,
-    CheckoutError, CheckoutIds, Credentials, GateSeed, GatewayOwed, HoldError, Holds,
-    IdempotencyStart, LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent,
-    OwedPayment, PaymentApplied, PaymentResult, PortResult, ReserveRequest, RoomLog, Session,
-    StockAudit, Store, User, UserAccount, UserStatus, WebhookDelivery,
+    CheckoutError, CheckoutIds, Credentials, GateSeed, HoldError, Holds, IdempotencyStart,
+    LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedDone, OwedPayment,
+    PaymentAnswer, PaymentApplied, PortResult, ReserveRequest, RoomLog, Session, StockAudit, Store,
+    User, UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::LoggedEntry;
 use stampede_core::{
-    DropEvent, DropId, Hold, HoldId, Order, OrderId, OrderStatus, PaymentId, Product, ProductId,
-    Sale, SaleId, Timestamp, UserId,
+    DropEvent, DropId, Hold, HoldId, Order, OrderId, OrderStatus, Product, ProductId, Sale, SaleId,
+    Timestamp, UserId,
 };
 
-use crate::engine::{statement, Run};
+use crate::engine::{each_in_one, statement, Run};
 use crate::judging::Judging;
 use crate::webhooks;
 use crate::{catalog, hold_cap, holds, misc, orders, outbox, report, room_log, sales, users};
@@ -129,12 +129,7 @@ forward!(Holds {
 });
 
 forward!(Orders {
-    writer create_order(order: &NewOrder) -> Result<Order, CheckoutError> = orders::create;
-    writer apply_payment(order: &OrderId, result: &PaymentResult, now: Timestamp)
-        -> Option<PaymentApplied> = orders::apply_payment;
     reader payments_owed(limit: u32) -> Vec<OwedPayment> = orders::owed;
-    writer payment_owed_done(payment: &PaymentId, done: GatewayOwed, next: Option<GatewayOwed>,
-        now: Timestamp) -> bool = orders::owed_done;
     reader stuck_orders(unanswered_before: Timestamp, deadline_before: Timestamp, limit: u32)
         -> Vec<Order> = orders::stuck;
     reader order_by_payment_reference(reference: &str) -> Option<Order>
@@ -151,10 +146,27 @@ forward!(Orders {
     reader webhook_event_seen(event_id: &str) -> bool = misc::webhook_event_seen;
     writer record_webhook_event(event_id: &str, now: Timestamp) -> bool
         = misc::record_webhook_event;
-});
+}
+    async fn create_orders(
+        &self,
+        orders: &[NewOrder],
+    ) -> Vec<PortResult<Result<Order, CheckoutError>>> {
+        orders::create_many(self.0.writer(), orders).await
+    }
+
+    async fn apply_payments(
+        &self,
+        answers: &[PaymentAnswer],
+    ) -> Vec<PortResult<Option<PaymentApplied>>> {
+        orders::apply_payments(self.0.writer(), answers).await
+    }
+
+    async fn payments_owed_done(&self, moves: &[OwedDone]) -> Vec<PortResult<bool>> {
+        orders::owed_done_many(self.0.writer(), moves).await
+    }
+);
 
 forward!(Outbox {
-    writer append_notification(notification: &Notification) -> bool = misc::append_notification;
     reader notifications(user: &UserId, after: Option<&str>, limit: u32) -> Vec<Notification>
         = misc::notifications;
     writer outbox_claim(now: Timestamp, lease_ms: i64, limit: u32) -> Vec<OutboxEvent>
@@ -169,7 +181,11 @@ forward!(Outbox {
     writer webhook_failed(event_id: &str, next_attempt_at: Timestamp, error: &str) -> ()
         = webhooks::failed;
     reader webhook_backlog() -> (i64, Option<Timestamp>) = outbox::waiting, "webhook_deliveries";
-});
+}
+    async fn append_notifications(&self, notifications: &[Notification]) -> Vec<PortResult<bool>> {
+        each_in_one(self.0.writer(), notifications).await
+    }
+);
 
 forward!(Audit {
     writer append_audits(entries: &[AuditEntry]) -> () = misc::append_audits;
@@ -187,7 +203,7 @@ forward!(Store {}
     }
 
     async fn ping(&self) -> PortResult<()> {
-        let ping = statement::<B::DB>("SELECT 1").run_in(self.0.reader());
+        let ping = statement::<B::DB>("SELECT 1").first_in(self.0.reader());
         ping.await.map(|_| ())
     }
 );

@@ -6,7 +6,9 @@ use sqlx::Pool;
 use stampede_app::ports::{Credentials, PortResult, Role, Session, User, UserAccount, UserStatus};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, find, list, one, statement, Bind, Conn, Engine, Run, Statement};
+use crate::engine::{
+    begin_write, commit, find, list, one, statement, Bind, Conn, Engine, Run, Statement,
+};
 use crate::error::OrPort;
 use crate::rows::{self, col, col_ts, col_word, DbRow};
 use crate::user_cols;
@@ -19,7 +21,7 @@ pub async fn insert<DB: Engine>(writer: &Pool<DB>, user: &User, hash: &str) -> P
     let sql = "INSERT INTO users (id, email, name, role, password_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING";
     Ok(new_user::<DB>(sql, user, user.role, hash)
-        .run_in(writer)
+        .run_in(writer, "insert_user")
         .await?
         == 1)
 }
@@ -99,7 +101,7 @@ pub async fn insert_session<DB: Engine>(
         .text(session.user_id.as_str())
         .int(session.expires_at.0)
         .int(created_at.0)
-        .run_in(writer)
+        .run_in(writer, "insert_session")
         .await?;
     Ok(done > 0)
 }
@@ -127,7 +129,7 @@ pub async fn session<DB: Engine>(
 pub async fn delete_session<DB: Engine>(writer: &Pool<DB>, session_id: &str) -> PortResult<bool> {
     let mut tx = begin_write(writer).await?;
     let ended = end_sessions(&mut tx, "token_hash", session_id).await?;
-    tx.commit().await.port()?;
+    commit(tx, "delete_session").await?;
     Ok(!ended.is_empty())
 }
 
@@ -214,7 +216,7 @@ pub async fn set_status<DB: Engine>(
     if status != UserStatus::Active {
         ended = end_sessions(&mut tx, "user_id", user.as_str()).await?;
     }
-    tx.commit().await.port()?;
+    commit(tx, "set_user_status").await?;
     Ok(Some(ended))
 }
 

@@ -35,7 +35,7 @@ pub async fn enqueue<DB: Engine>(
     .string(event.data.to_string())
     .int(event.created_at.0)
     .int(now.0)
-    .run_in(writer)
+    .run_in(writer, "webhook_enqueue")
     .await?;
     Ok(done == 1)
 }
@@ -73,7 +73,15 @@ pub async fn claim<DB: Engine>(
         DB::SKIP_LOCKED
     );
     let claim = (now, lease_ms, limit);
-    crate::outbox::lease(writer, &sql, claim, delivery, |d| &d.event_id).await
+    crate::outbox::lease(
+        writer,
+        &sql,
+        claim,
+        delivery,
+        |d| &d.event_id,
+        "webhook_claim",
+    )
+    .await
 }
 
 /// Marks a delivery done (the first delivery time is kept) and lets go of its lease.
@@ -88,7 +96,7 @@ pub async fn delivered<DB: Engine>(
     )
     .text(event_id)
     .int(now.0)
-    .run_in(writer)
+    .run_in(writer, "webhook_delivered")
     .await?;
     Ok(())
 }
@@ -108,7 +116,7 @@ pub async fn failed<DB: Engine>(
     .text(event_id)
     .int(next_attempt_at.0)
     .text(error)
-    .run_in(writer)
+    .run_in(writer, "webhook_failed")
     .await?;
     Ok(())
 }
