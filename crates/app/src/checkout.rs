@@ -12,8 +12,8 @@ use stampede_core::{HoldId, Order, OrderId, OrderStatus, PaymentId, SaleId, Time
 use crate::auth::Principal;
 use crate::ports::{
     AuditEntry, Authorization, AuthorizeRequest, Cancelled, CheckoutIds, Event, GatewayOwed,
-    IdempotencyStart, NewOrder, OwedDone, OwedPayment, PaymentAnswer, PaymentApplied,
-    PaymentResult, PortError,
+    IdempotencyAnswer, IdempotencyClaim, IdempotencyStart, NewOrder, OwedDone, OwedPayment,
+    PaymentAnswer, PaymentApplied, PaymentResult, PortError,
 };
 use crate::{webhook, App, AppError};
 
@@ -175,10 +175,15 @@ impl App {
         let now = self.clock.now();
         let (user, lease) = (&who.user_id, self.config.idempotency_lease_ms);
         let ids = fresh_ids(now);
-        let claim = self
-            .store
-            .idempotency_start(user, key, request_hash, now, lease, &ids);
-        let (ids, resumed) = match claim.await? {
+        let claim = IdempotencyClaim {
+            user: user.clone(),
+            key: key.to_owned(),
+            request_hash: request_hash.to_owned(),
+            now,
+            lease_ms: lease,
+            ids,
+        };
+        let (ids, resumed) = match self.key_claims.write(claim).await? {
             IdempotencyStart::Replay { status, body } => {
                 return Ok(KeyedCheckout::Replay { status, body })
             }
@@ -195,9 +200,13 @@ impl App {
         if status >= 500 {
             self.store.idempotency_abandon(user, key).await?;
         } else {
-            self.store
-                .idempotency_finish(user, key, status, &body)
-                .await?;
+            let answer = IdempotencyAnswer {
+                user: user.clone(),
+                key: key.to_owned(),
+                status,
+                body: body.clone(),
+            };
+            self.key_answers.write(answer).await?;
         }
         fail::fail_point!("checkout.before_respond");
         Ok(KeyedCheckout::Ran {

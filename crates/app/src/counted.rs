@@ -295,30 +295,17 @@ impl Orders for CountedStore {
         self.inner.cancel_order(user, order, now).await
     }
 
-    async fn idempotency_start(
+    async fn idempotency_starts(
         &self,
-        user: &UserId,
-        key: &str,
-        request_hash: &str,
-        now: Timestamp,
-        lease_ms: i64,
-        ids: &CheckoutIds,
-    ) -> PortResult<IdempotencyStart> {
-        self.count("idempotency_start");
-        self.inner
-            .idempotency_start(user, key, request_hash, now, lease_ms, ids)
-            .await
+        claims: &[IdempotencyClaim],
+    ) -> Vec<PortResult<IdempotencyStart>> {
+        self.count("idempotency_starts");
+        self.inner.idempotency_starts(claims).await
     }
 
-    async fn idempotency_finish(
-        &self,
-        user: &UserId,
-        key: &str,
-        status: u16,
-        body: &str,
-    ) -> PortResult<()> {
-        self.count("idempotency_finish");
-        self.inner.idempotency_finish(user, key, status, body).await
+    async fn idempotency_finishes(&self, answers: &[IdempotencyAnswer]) -> Vec<PortResult<()>> {
+        self.count("idempotency_finishes");
+        self.inner.idempotency_finishes(answers).await
     }
 
     async fn idempotency_abandon(&self, user: &UserId, key: &str) -> PortResult<()> {

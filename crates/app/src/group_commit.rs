@@ -227,6 +227,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_caller_gets_its_own_answer_and_a_short_batch_fails_the_rest() {
+        // Doubles each item, but answers at most 5 per batch.
+        let write: BatchWrite<u32, u32> = Box::new(|items| {
+            Box::pin(async move { items.iter().take(5).map(|i| Ok(i * 2)).collect() })
+        });
+        let (batcher, task) = WriteBatcher::start(write, 8);
+        let answers = futures::future::join_all((0..8).map(|i| batcher.write(i))).await;
+        let doubled: Vec<u32> = answers[..5].iter().map(|a| *a.as_ref().unwrap()).collect();
+        assert_eq!(doubled, vec![0, 2, 4, 6, 8]);
+        assert!(answers[5..]
+            .iter()
+            .all(|a| matches!(a, Err(PortError::Internal { .. }))));
+        drop(batcher);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_batch_cap_splits_and_a_failure_reaches_every_caller_with_its_class() {
         let (write, batches) = recording(true);
         let (batcher, task) = WriteBatcher::start(write, 30);

@@ -126,6 +126,9 @@ pub struct App {
     checkouts: WriteBatcher<ports::NewOrder, Result<stampede_core::Order, ports::CheckoutError>>,
     payment_answers: WriteBatcher<ports::PaymentAnswer, Option<ports::PaymentApplied>>,
     owed_moves: WriteBatcher<ports::OwedDone, bool>,
+    /// Group commit of idempotency keys' claims and stored answers.
+    key_claims: WriteBatcher<ports::IdempotencyClaim, ports::IdempotencyStart>,
+    key_answers: WriteBatcher<ports::IdempotencyAnswer, ()>,
     /// Group commit of notifications: events applied together share a commit.
     notices: WriteBatcher<ports::Notification, bool>,
     sales: SaleCache,
@@ -203,6 +206,8 @@ impl App {
         let payment_answers = batch_writer!(adapters.store, apply_payments);
         let owed_moves = batch_writer!(adapters.store, payments_owed_done);
         let notices = batch_writer!(adapters.store, append_notifications);
+        let key_claims = batch_writer!(adapters.store, idempotency_starts);
+        let key_answers = batch_writer!(adapters.store, idempotency_finishes);
         let app = Arc::new(App {
             store: adapters.store,
             gate: adapters.gate,
@@ -218,6 +223,8 @@ impl App {
             payment_answers,
             owed_moves,
             notices,
+            key_claims,
+            key_answers,
             sales: SaleCache::default(),
             room: adapters.room,
             admission_key: tokio::sync::OnceCell::new(),

@@ -330,6 +330,26 @@ pub struct OwedDone {
     pub audit: Vec<AuditEntry>,
 }
 
+/// A claim of an idempotency key ([`Orders::idempotency_start`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    pub user: UserId,
+    pub key: String,
+    pub request_hash: String,
+    pub now: Timestamp,
+    pub lease_ms: i64,
+    pub ids: CheckoutIds,
+}
+
+/// The answer stored for a claimed key ([`Orders::idempotency_finish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyAnswer {
+    pub user: UserId,
+    pub key: String,
+    pub status: u16,
+    pub body: String,
+}
+
 /// The one answer a batch call of one item gives.
 pub fn only<R>(mut answers: Vec<PortResult<R>>) -> PortResult<R> {
     match (answers.pop(), answers.is_empty()) {
@@ -760,7 +780,22 @@ pub trait Orders: Send + Sync + 'static {
         now: Timestamp,
         lease_ms: i64,
         ids: &CheckoutIds,
-    ) -> PortResult<IdempotencyStart>;
+    ) -> PortResult<IdempotencyStart> {
+        let claim = IdempotencyClaim {
+            user: user.clone(),
+            key: key.to_owned(),
+            request_hash: request_hash.to_owned(),
+            now,
+            lease_ms,
+            ids: ids.clone(),
+        };
+        only(self.idempotency_starts(std::slice::from_ref(&claim)).await)
+    }
+    /// [`Orders::idempotency_start`] for many keys in one commit.
+    async fn idempotency_starts(
+        &self,
+        claims: &[IdempotencyClaim],
+    ) -> Vec<PortResult<IdempotencyStart>>;
     /// Stores the answer for a claimed key.
     async fn idempotency_finish(
         &self,
@@ -768,7 +803,20 @@ pub trait Orders: Send + Sync + 'static {
         key: &str,
         status: u16,
         body: &str,
-    ) -> PortResult<()>;
+    ) -> PortResult<()> {
+        let answer = IdempotencyAnswer {
+            user: user.clone(),
+            key: key.to_owned(),
+            status,
+            body: body.to_owned(),
+        };
+        only(
+            self.idempotency_finishes(std::slice::from_ref(&answer))
+                .await,
+        )
+    }
+    /// [`Orders::idempotency_finish`] for many keys in one commit.
+    async fn idempotency_finishes(&self, answers: &[IdempotencyAnswer]) -> Vec<PortResult<()>>;
     /// Drops a claim whose request failed before any effect, so a retry can proceed.
     async fn idempotency_abandon(&self, user: &UserId, key: &str) -> PortResult<()>;
     /// Whether a webhook event id has been recorded.

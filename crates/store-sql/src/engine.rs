@@ -318,14 +318,19 @@ pub trait InBatch<DB: Engine>: Sync {
 /// Group commit for calls that each are a transaction of their own: the batch's items run one
 /// after another in one write transaction, so many buyers share a commit. An item's refusal
 /// writes nothing (every caller refuses before its first write), so items stay independent.
-/// If the batch fails as a whole (a deadlock with another transaction, a lost connection),
-/// every item runs again in a transaction of its own: one item's trouble never fails its
-/// neighbours, and nothing of the failed batch was committed.
+/// If the batch fails as a whole (a deadlock with another transaction, a lost connection), it
+/// is tried once more, then every item runs in a transaction of its own: one item's trouble
+/// never fails its neighbours, and nothing of a failed batch was committed.
 pub async fn each_in_one<DB: Engine, T: InBatch<DB>>(
     writer: &Pool<DB>,
     items: &[T],
 ) -> Vec<PortResult<T::Answer>> {
-    if items.len() > 1 {
+    // A deadlock's victim usually gets through a second time; an item that fails the batch
+    // by itself fails it again, and then the items run one by one.
+    for attempt in 1..=2 {
+        if items.len() < 2 {
+            break;
+        }
         let batch = async {
             let mut tx = begin_write(writer).await?;
             let mut done = Vec::with_capacity(items.len());
@@ -336,7 +341,11 @@ pub async fn each_in_one<DB: Engine, T: InBatch<DB>>(
         };
         match batch.await {
             Ok(done) => return done.into_iter().map(Ok).collect(),
-            Err(e) => tracing::warn!(error = %e, size = items.len(), "batch failed; one by one"),
+            Err(e) => {
+                metrics::counter!("stampede_store_batch_failures_total", "op" => T::OP)
+                    .increment(1);
+                tracing::warn!(error = %e, op = T::OP, size = items.len(), attempt, "batch failed");
+            }
         }
     }
     let mut done = Vec::with_capacity(items.len());

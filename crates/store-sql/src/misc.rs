@@ -9,7 +9,8 @@
 use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, CheckoutIds, EventKind, IdempotencyStart, Notification, PortResult,
+    AuditEntry, AuditFilter, CheckoutIds, EventKind, IdempotencyAnswer, IdempotencyClaim,
+    IdempotencyStart, Notification, PortResult,
 };
 use stampede_core::{OrderId, PaymentId, Timestamp, UserId};
 
@@ -23,15 +24,20 @@ use crate::rows::{col, col_ts, col_word};
 /// Claims a key, or says why not (replay, mismatch, in progress). The claim is an insert
 /// first, so two nodes racing on one key cannot both proceed: the loser waits for the
 /// winner's insert to commit, then reads and locks the winner's row.
-pub async fn idempotency_start<DB: Engine>(
-    writer: &Pool<DB>,
-    user: &UserId,
-    key: &str,
-    request_hash: &str,
-    now: Timestamp,
-    lease_ms: i64,
-    ids: &CheckoutIds,
+impl<DB: Engine> InBatch<DB> for IdempotencyClaim {
+    const OP: &'static str = "idempotency_start";
+    type Answer = IdempotencyStart;
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, IdempotencyStart> {
+        Box::pin(idempotency_start(tx, self))
+    }
+}
+
+async fn idempotency_start<DB: Engine>(
+    tx: &mut impl Conn<DB>,
+    c: &IdempotencyClaim,
 ) -> PortResult<IdempotencyStart> {
+    let (user, key, request_hash, now) = (&c.user, c.key.as_str(), c.request_hash.as_str(), c.now);
+    let (lease_ms, ids) = (c.lease_ms, &c.ids);
     // `$1` the user, `$2` the key, `$3` the request's hash, `$4` now, `$5`/`$6` the ids.
     let claim = |sql| {
         let q = statement::<DB>(sql)
@@ -42,14 +48,12 @@ pub async fn idempotency_start<DB: Engine>(
             .text(ids.order_id.as_str())
             .text(ids.payment_id.as_str())
     };
-    let mut tx = begin_write(writer).await?;
     let claimed = claim(
         "INSERT INTO idempotency (user_id, key, request_hash, status, body, started_at, \
          order_id, payment_id) VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6) \
          ON CONFLICT (user_id, key) DO NOTHING",
     );
-    if claimed.run(&mut tx).await? == 1 {
-        commit(tx, "idempotency_start").await?;
+    if claimed.run(tx).await? == 1 {
         let ids = ids.clone();
         return Ok(IdempotencyStart::Proceed {
             ids,
@@ -62,7 +66,7 @@ pub async fn idempotency_start<DB: Engine>(
         DB::FOR_UPDATE
     );
     let q = statement::<DB>(&sql).text(user.as_str()).text(key);
-    let row = one(q, &mut tx, || {
+    let row = one(q, tx, || {
         format!("idempotency key {key} of {user} vanished")
     })
     .await?;
@@ -82,7 +86,7 @@ pub async fn idempotency_start<DB: Engine>(
                  order_id = COALESCE(order_id, $5), payment_id = COALESCE(payment_id, $6) \
                  WHERE user_id = $1 AND key = $2 RETURNING order_id, payment_id",
             );
-            let row = one(q, &mut tx, || format!("idempotency key {key} vanished")).await?;
+            let row = one(q, tx, || format!("idempotency key {key} vanished")).await?;
             let ids = CheckoutIds {
                 order_id: OrderId::from_trusted(col(&row, "order_id")?),
                 payment_id: PaymentId::from_trusted(col(&row, "payment_id")?),
@@ -91,31 +95,31 @@ pub async fn idempotency_start<DB: Engine>(
         }
         None => IdempotencyStart::InProgress,
     };
-    commit(tx, "idempotency_start").await?;
     Ok(verdict)
 }
 
-/// Stores the answer for a claimed key.
-pub async fn idempotency_finish<DB: Engine>(
-    writer: &Pool<DB>,
-    user: &UserId,
-    key: &str,
-    status: u16,
-    body: &str,
-) -> PortResult<()> {
-    let done = statement::<DB>(
-        "UPDATE idempotency SET status = $3, body = $4 WHERE user_id = $1 AND key = $2",
-    )
-    .text(user.as_str())
-    .text(key)
-    .int(i64::from(status))
-    .text(body)
-    .run_in(writer, "idempotency_finish")
-    .await?;
-    if done == 0 {
-        tracing::warn!(%user, key, "idempotency_finish for a key that was never claimed");
+impl<DB: Engine> InBatch<DB> for IdempotencyAnswer {
+    const OP: &'static str = "idempotency_finish";
+    type Answer = ();
+    /// Stores the answer for a claimed key.
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, ()> {
+        Box::pin(async move {
+            let (user, key) = (&self.user, self.key.as_str());
+            let done = statement::<DB>(
+                "UPDATE idempotency SET status = $3, body = $4 WHERE user_id = $1 AND key = $2",
+            )
+            .text(user.as_str())
+            .text(key)
+            .int(i64::from(self.status))
+            .text(&self.body)
+            .run(tx)
+            .await?;
+            if done == 0 {
+                tracing::warn!(%user, key, "idempotency_finish for a key that was never claimed");
+            }
+            Ok(())
+        })
     }
-    Ok(())
 }
 
 /// Drops an unanswered claim (an answered one stays, so it keeps replaying).

@@ -8,10 +8,10 @@ use sqlx::Pool;
 
 use stampede_app::ports::{
     Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled, Catalog,
-    CheckoutError, CheckoutIds, Credentials, GateSeed, HoldError, Holds, IdempotencyStart,
-    LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedDone, OwedPayment,
-    PaymentAnswer, PaymentApplied, PortResult, ReserveRequest, RoomLog, Session, StockAudit, Store,
-    User, UserAccount, UserStatus, WebhookDelivery,
+    CheckoutError, Credentials, GateSeed, HoldError, Holds, IdempotencyAnswer, IdempotencyClaim,
+    IdempotencyStart, LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedDone,
+    OwedPayment, PaymentAnswer, PaymentApplied, PortResult, ReserveRequest, RoomLog, Session,
+    StockAudit, Store, User, UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::LoggedEntry;
@@ -138,10 +138,6 @@ forward!(Orders {
     reader orders(user: &UserId) -> Vec<Order> = orders::of_user;
     writer cancel_order(user: &UserId, order: &OrderId, now: Timestamp)
         -> Option<Result<Cancelled, OrderStatus>> = orders::cancel;
-    writer idempotency_start(user: &UserId, key: &str, request_hash: &str, now: Timestamp,
-        lease_ms: i64, ids: &CheckoutIds) -> IdempotencyStart = misc::idempotency_start;
-    writer idempotency_finish(user: &UserId, key: &str, status: u16, body: &str) -> ()
-        = misc::idempotency_finish;
     writer idempotency_abandon(user: &UserId, key: &str) -> () = misc::idempotency_abandon;
     reader webhook_event_seen(event_id: &str) -> bool = misc::webhook_event_seen;
     writer record_webhook_event(event_id: &str, now: Timestamp) -> bool
@@ -163,6 +159,17 @@ forward!(Orders {
 
     async fn payments_owed_done(&self, moves: &[OwedDone]) -> Vec<PortResult<bool>> {
         orders::owed_done_many(self.0.writer(), moves).await
+    }
+
+    async fn idempotency_starts(
+        &self,
+        claims: &[IdempotencyClaim],
+    ) -> Vec<PortResult<IdempotencyStart>> {
+        each_in_one(self.0.writer(), claims).await
+    }
+
+    async fn idempotency_finishes(&self, answers: &[IdempotencyAnswer]) -> Vec<PortResult<()>> {
+        each_in_one(self.0.writer(), answers).await
     }
 );
 
