@@ -107,8 +107,11 @@ impl App {
         }
         let owed = self.store.payments_owed(BATCH).await?;
         metrics::gauge!("stampede_payments_owed").set(owed.len() as f64);
-        for payment in &owed {
-            if self.finish_owed(payment).await {
+        // Together, so their records share a commit (one by one, a run that finds the moves of
+        // a crowd's checkouts still in flight would commit once for each).
+        let finished = futures::future::join_all(owed.iter().map(|p| self.finish_owed(p))).await;
+        for done in finished {
+            if done {
                 report.finished += 1;
             } else {
                 report.failed += 1;

@@ -96,8 +96,8 @@ async fn pay_at_once(server: &TestServer, admin: &str, keyed: bool) -> u64 {
         .sum();
     eprintln!(
         "{BUYERS} checkouts (keyed: {keyed}) in {took:?}: {own} commits of their own; all: \
-         {used:?}; the server's last words:\n{}",
-        server.stderr_tail(5)
+         {used:?}; failed batches: {:?}",
+        server.log_lines("batch failed")
     );
     own
 }

@@ -499,6 +499,21 @@ impl TestServer {
     }
 
     /// The last `n` lines the current (or last) run wrote to stderr.
+    /// The server's log lines (both streams, this run) that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        ["stdout", "stderr"]
+            .iter()
+            .flat_map(|s| {
+                std::fs::read_to_string(self.log_path(s, self.runs))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub fn stderr_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(self.log_path("stderr", self.runs)).unwrap_or_default();
         let mut tail: VecDeque<&str> = VecDeque::with_capacity(n);
