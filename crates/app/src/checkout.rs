@@ -101,24 +101,9 @@ pub enum KeyedCheckout {
 }
 
 impl App {
-    /// Records a gateway's answer for an order, sharing a commit with other checkouts'.
+    /// Records a gateway's answer for an order now, with `audit` in the same transaction,
+    /// sharing a commit with other checkouts'.
     pub(crate) async fn apply_payment(
-        &self,
-        order: &OrderId,
-        result: &PaymentResult,
-        now: Timestamp,
-    ) -> Result<Option<PaymentApplied>, PortError> {
-        let answer = PaymentAnswer {
-            order: order.clone(),
-            result: result.clone(),
-            now,
-            audit: Vec::new(),
-        };
-        self.payment_answers.write(answer).await
-    }
-
-    /// [`App::apply_payment`] now, with `audit` written in the same transaction.
-    async fn apply_payment_noting(
         &self,
         order: &OrderId,
         result: PaymentResult,
@@ -301,8 +286,7 @@ impl App {
                     reference: None,
                     reason: GATEWAY_UNAVAILABLE.into(),
                 };
-                self.apply_payment(&order.id, &failed, self.clock.now())
-                    .await?;
+                self.apply_payment(&order.id, failed, Vec::new()).await?;
                 return Err(e.into());
             }
         };
@@ -325,7 +309,7 @@ impl App {
                     reference: Some(reference),
                     reason: reason.clone(),
                 };
-                self.apply_payment_noting(&order.id, result, noted).await?;
+                self.apply_payment(&order.id, result, noted).await?;
                 metrics::counter!("stampede_payments_total", "outcome" => "declined").increment(1);
                 self.bus.publish(Event::PaymentFailed {
                     order_id: order.id.clone(),
@@ -339,7 +323,7 @@ impl App {
             }
             Authorization::Pending { reference } => {
                 let result = PaymentResult::Pending { reference };
-                match self.apply_payment_noting(&order.id, result, noted).await? {
+                match self.apply_payment(&order.id, result, noted).await? {
                     Some(
                         PaymentApplied::Done(o)
                         | PaymentApplied::Retook { order: o, .. }
@@ -367,7 +351,7 @@ impl App {
             retake,
         };
         let applied = self
-            .apply_payment_noting(order_id, result, noted)
+            .apply_payment(order_id, result, noted)
             .await?
             .ok_or(AppError::NotFound)?;
         match applied {
@@ -580,7 +564,7 @@ impl App {
                         .unwrap_or_else(|| "declined".into()),
                 };
                 if let Some(PaymentApplied::Done(o)) =
-                    self.apply_payment(&order.id, &result, now).await?
+                    self.apply_payment(&order.id, result, Vec::new()).await?
                 {
                     self.outbox_kick.notify_one();
                     self.bus.publish(Event::PaymentFailed {

@@ -82,9 +82,8 @@ impl App {
                 reference: reference.clone(),
                 reason: reason.into(),
             };
-            if let Some(PaymentApplied::Done(o)) = self
-                .apply_payment(&order.id, &result, self.clock.now())
-                .await?
+            if let Some(PaymentApplied::Done(o)) =
+                self.apply_payment(&order.id, result, Vec::new()).await?
             {
                 report.stuck_orders += 1;
                 metrics::counter!("stampede_stuck_orders_failed_total", "reason" => reason)
