@@ -100,6 +100,15 @@ w() {
   taskset -c 1 wrk -t1 -c"$c" -d"$DURATION" --latency "$@" >"$work/$n.$r" 2>&1
   awk -v n="$n" '/Requests\/sec/ {print n, $2}' "$work/$n.$r" | tee -a "$work/rps"
 }
+# wcpu PID NAME RUN CONNS URL [wrk args…]: w, and the CPU the server PID spent on it (ticks of
+# 10 ms, user + system) with the requests it answered, appended to $work/cpu: what a request
+# costs the server's one core, the bound on its throughput there.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+wcpu() {
+  local pid=$1 t0; shift; t0=$(ticks "$pid")
+  w "$@"
+  echo "$1 $(($(ticks "$pid") - t0)) $(awk '/requests in/ {print $1}' "$work/$1.$2")" >>"$work/cpu"
+}
 metric() { curl -sf "$1/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {printf "%d\n", s}'; }
 # The sale limits: at most 10,000,000 units and 1,000 per buyer, so every accepted-reserve run
 # gets a fresh sale (BUYERS x 1,000 holds at most per sale).
@@ -116,16 +125,16 @@ for _ in $(seq 100); do grep -q listening "$work/out-bare" 2>/dev/null && break;
 BR=$(sed -n 's/^listening on //p' "$work/out-bare")
 
 # ---------------------------------------------------------------- embedded: R0 R1 R2 R5 R6
-start embedded STAMPEDE_SESSION_KEY="$SESSION_KEY"; E=$B; EA=$(admin_token "$E")
+start embedded STAMPEDE_SESSION_KEY="$SESSION_KEY"; E=$B; EA=$(admin_token "$E"); EP=${pids[-1]}
 gone=$(sale "$E" "$EA" gone 0 1)
 buyers "$E" "$work/tokens"
 start embedded1 STAMPEDE_MAX_BATCH=1; E1=$B; E1A=$(admin_token "$E1")
 buyers "$E1" "$work/tokens1"
 for r in $(seq "$RUNS"); do
-  w bare "$r" "$CONNS" "$BR/healthz"
-  w healthz "$r" "$CONNS" "$E/healthz"
-  TOKENS_FILE=$work/tokens SALE_ID=$gone w sold_out "$r" "$CONNS" -s bench/reserve.lua "$E"
-  big=$(fresh "$E" "$EA"); TOKENS_FILE=$work/tokens SALE_ID=$big w reserve "$r" "$CONNS" -s bench/reserve.lua "$E"
+  wcpu "${pids[0]}" bare "$r" "$CONNS" "$BR/healthz"
+  wcpu "$EP" healthz "$r" "$CONNS" "$E/healthz"
+  TOKENS_FILE=$work/tokens SALE_ID=$gone wcpu "$EP" sold_out "$r" "$CONNS" -s bench/reserve.lua "$E"
+  big=$(fresh "$E" "$EA"); TOKENS_FILE=$work/tokens SALE_ID=$big wcpu "$EP" reserve "$r" "$CONNS" -s bench/reserve.lua "$E"
   big1=$(fresh "$E1" "$E1A"); TOKENS_FILE=$work/tokens1 SALE_ID=$big1 w reserve_tx1 "$r" "$CONNS" -s bench/reserve.lua "$E1"
   TOKENS_FILE=$work/tokens SALE_ID=$gone w sold_out_c4096 "$r" 4096 -s bench/reserve.lua "$E"
 done
@@ -270,7 +279,13 @@ g = lambda k: med.get(k, float("nan"))
 print("\n== ratios")
 print(f"R0 healthz / bare axum            {g('healthz')/g('bare'):.2f}")
 print(f"R1 sold-out reserve / bare axum    {g('sold_out')/g('bare'):.2f}   (/ healthz {g('sold_out')/g('healthz'):.2f})")
-print(f"R2 accepted reserve / healthz      {g('reserve')/g('healthz'):.2f}")
+print(f"R2 accepted reserve / bare axum    {g('reserve')/g('bare'):.2f}   (/ healthz {g('reserve')/g('healthz'):.2f})")
+if os.path.exists(f"{w}/cpu"):
+    cpu = collections.defaultdict(list)
+    for line in open(f"{w}/cpu"):
+        name, ticks, reqs = line.split(); cpu[name].append(10_000 * int(ticks) / max(int(reqs), 1))
+    print("   server CPU per request (µs, its one core; 1e6/µs bounds req/s there): "
+          + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in sorted(cpu.items())))
 print(f"R4 cluster holds/s / textbook      {g('c_reserve')/g('textbook'):.1f}x   ({g('c_reserve'):.0f} vs {g('textbook'):.0f})")
 print(f"R5 SQLite group / 1 tx per hold    {g('reserve')/g('reserve_tx1'):.1f}x   ({g('reserve'):.0f} vs {g('reserve_tx1'):.0f})")
 print(f"R5 PostgreSQL group / 1 tx per hold {g('c_reserve')/g('c_reserve_tx1'):.1f}x   ({g('c_reserve'):.0f} vs {g('c_reserve_tx1'):.0f})")

@@ -4,12 +4,15 @@
 //! request could not. A hold that lapsed first means the
 //! authorization is voided and nothing is charged. Orders, cancellations and webhooks.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use stampede_core::checkout::HOLD_EXPIRED;
 use stampede_core::{HoldId, Order, OrderId, OrderStatus, PaymentId, SaleId, Timestamp};
 
 use crate::auth::Principal;
+use crate::money::Recording;
 use crate::ports::{
     AuditEntry, Authorization, AuthorizeRequest, Cancelled, CheckoutIds, Event, GatewayOwed,
     IdempotencyAnswer, IdempotencyClaim, IdempotencyStart, NewOrder, OwedDone, OwedPayment,
@@ -87,6 +90,14 @@ fn check_checkout(req: &CheckoutRequest) -> Result<Vec<HoldId>, AppError> {
 /// What a gateway failure leaves as the order's failure reason.
 const GATEWAY_UNAVAILABLE: &str = "gateway_unavailable";
 
+/// A keyed checkout's answer on its way to the store.
+#[derive(Debug, Clone)]
+pub(crate) struct AnswerInFlight {
+    request_hash: String,
+    status: u16,
+    body: String,
+}
+
 /// The answer to a checkout under an `Idempotency-Key`.
 #[derive(Debug)]
 pub enum KeyedCheckout {
@@ -115,7 +126,7 @@ impl App {
             now: self.clock.now(),
             audit,
         };
-        self.payment_answers.write(answer).await
+        self.checkout_writes.payment(answer).await
     }
 
     /// Records that the gateway did a payment's owed move, sharing a commit with others'.
@@ -135,7 +146,7 @@ impl App {
             now,
             audit,
         };
-        self.owed_moves.write(moved).await
+        self.checkout_writes.owed_done(moved).await
     }
 
     /// A checkout under an `Idempotency-Key`, the whole protocol: the key is claimed with the
@@ -145,7 +156,7 @@ impl App {
     /// client gets, which is stored for replays, unless it is a 5xx (nothing was decided: the
     /// claim is dropped so a retry runs afresh).
     pub async fn checkout_keyed(
-        &self,
+        self: &Arc<Self>,
         who: &Principal,
         req: CheckoutRequest,
         key: &str,
@@ -157,8 +168,18 @@ impl App {
                 "Idempotency-Key must be 1 to 255 ASCII characters",
             ));
         }
-        let now = self.clock.now();
         let (user, lease) = (&who.user_id, self.config.idempotency_lease_ms);
+        let in_flight_key = (user.clone(), key.to_owned());
+        if let Some(given) = self.answers_in_flight.get(&in_flight_key) {
+            return match given.request_hash == request_hash {
+                true => Ok(KeyedCheckout::Replay {
+                    status: given.status,
+                    body: given.body.clone(),
+                }),
+                false => Err(AppError::IdempotencyKeyReused),
+            };
+        }
+        let now = self.clock.now();
         let ids = fresh_ids(now);
         let claim = IdempotencyClaim {
             user: user.clone(),
@@ -168,7 +189,7 @@ impl App {
             lease_ms: lease,
             ids,
         };
-        let (ids, resumed) = match self.key_claims.write(claim).await? {
+        let (ids, resumed) = match self.checkout_writes.claim(claim).await? {
             IdempotencyStart::Replay { status, body } => {
                 return Ok(KeyedCheckout::Replay { status, body })
             }
@@ -191,7 +212,23 @@ impl App {
                 status,
                 body: body.clone(),
             };
-            self.key_answers.write(answer).await?;
+            // Stored behind the answer: until it commits, a replay on this node is answered
+            // from memory, and one elsewhere (or after a crash) finds the claim and resumes
+            // under its ids, which gives the same order and status.
+            let given = AnswerInFlight {
+                request_hash: request_hash.to_owned(),
+                status,
+                body: body.clone(),
+            };
+            self.answers_in_flight.insert(in_flight_key.clone(), given);
+            let (writes, app) = (self.checkout_writes.clone(), self.clone());
+            tokio::spawn(async move {
+                if let Err(e) = writes.answer(answer).await {
+                    metrics::counter!("stampede_idempotency_answer_failures_total").increment(1);
+                    tracing::warn!(error = %e, "an idempotency key's answer was not stored; a retry resumes instead");
+                }
+                app.answers_in_flight.remove(&in_flight_key);
+            });
         }
         fail::fail_point!("checkout.before_respond");
         Ok(KeyedCheckout::Ran {
@@ -223,7 +260,7 @@ impl App {
             method: req.method.clone(),
             now: self.clock.now(),
         };
-        let order = self.checkouts.write(new).await??;
+        let order = self.checkout_writes.order(new).await??;
         self.pay(who, order, ids.payment_id, req).await
     }
 
@@ -364,7 +401,10 @@ impl App {
                 let noted =
                     self.audit_entry(actor, "payment.void", id, None::<&()>, Some(&reference));
                 let void = owed(&order, &reference, GatewayOwed::Void)?;
-                if !self.finish_owed_noting(&void, vec![noted]).await {
+                if !self
+                    .finish_owed_noting(&void, vec![noted], Recording::Behind)
+                    .await
+                {
                     metrics::counter!("stampede_void_failures_total").increment(1);
                 }
                 metrics::counter!("stampede_payments_total", "outcome" => "voided").increment(1);
@@ -390,7 +430,10 @@ impl App {
         let id = order.id.as_str();
         let noted = self.audit_entry(actor, "payment.capture", id, None::<&()>, Some(&reference));
         let capture = owed(&order, reference, GatewayOwed::Capture)?;
-        if !self.finish_owed_noting(&capture, vec![noted]).await {
+        if !self
+            .finish_owed_noting(&capture, vec![noted], Recording::Behind)
+            .await
+        {
             metrics::counter!("stampede_capture_failures_total").increment(1);
         }
         fail::fail_point!("checkout.after_capture");

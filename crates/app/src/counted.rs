@@ -441,4 +441,9 @@ impl Store for CountedStore {
         self.count("ping");
         self.inner.ping().await
     }
+
+    async fn write_checkouts(&self, items: &[CheckoutWrite]) -> Vec<PortResult<CheckoutWritten>> {
+        self.count("write_checkouts");
+        self.inner.write_checkouts(items).await
+    }
 }

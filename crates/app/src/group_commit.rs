@@ -9,9 +9,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use stampede_core::judge::Refusal;
-use stampede_core::Hold;
+use stampede_core::{Hold, Order};
 
-use crate::ports::{Holds, PortError, PortResult, ReserveRequest};
+use crate::ports::{
+    CheckoutError, CheckoutWrite, CheckoutWritten, Holds, IdempotencyAnswer, IdempotencyClaim,
+    IdempotencyStart, NewOrder, Notification, OwedDone, PaymentAnswer, PaymentApplied, PortError,
+    PortResult, ReserveRequest, Store,
+};
 
 /// The judge's answer to one reservation, or why its batch failed.
 pub type Verdict = PortResult<Result<Hold, Refusal>>;
@@ -173,6 +177,70 @@ impl<T: Send + 'static, R: Send + 'static> WriteBatcher<T, R> {
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+/// Group commit of every step of a checkout: new orders, the gateway's answers, the money
+/// moves it did, idempotency keys' claims and answers, and the notifications they lead to.
+/// A checkout passes through several kinds in turn; with one writer (SQLite), a batcher per
+/// kind would queue its commits behind the others', so everything waiting, of every kind,
+/// shares one commit instead (see `Store::write_checkouts`).
+#[derive(Clone)]
+pub struct CheckoutWriter(WriteBatcher<CheckoutWrite, CheckoutWritten>);
+
+/// Takes the answer of the kind written, or says the store answered for another.
+macro_rules! step {
+    ($(#[$doc:meta])* $name:ident($item:ty) -> $answer:ty, $variant:ident, $answered:pat => $out:expr) => {
+        $(#[$doc])*
+        pub async fn $name(&self, item: $item) -> PortResult<$answer> {
+            match self.0.write(CheckoutWrite::$variant(item)).await? {
+                $answered => Ok($out),
+                _ => Err(PortError::internal(concat!(
+                    "a checkout write (",
+                    stringify!($variant),
+                    ") was answered for another kind"
+                ))),
+            }
+        }
+    };
+}
+
+impl CheckoutWriter {
+    /// Starts the writer over `store`, at most `max_batch` steps per transaction; its task is
+    /// detached (every caller waits for its own commit, so the queue is empty once the
+    /// requests have drained).
+    pub fn start(store: Arc<dyn Store>, max_batch: usize) -> Self {
+        let write: BatchWrite<CheckoutWrite, CheckoutWritten> = Box::new(move |items| {
+            let store = store.clone();
+            Box::pin(async move { store.write_checkouts(&items).await })
+        });
+        Self(WriteBatcher::start(write, max_batch).0)
+    }
+
+    step!(
+        /// A new order over the buyer's holds.
+        order(NewOrder) -> Result<Order, CheckoutError>, Order, CheckoutWritten::Order(r) => r
+    );
+    step!(
+        /// The gateway's answer for an order.
+        payment(PaymentAnswer) -> Option<PaymentApplied>, Payment,
+        CheckoutWritten::Payment(r) => r
+    );
+    step!(
+        /// A money move the gateway did.
+        owed_done(OwedDone) -> bool, OwedDone, CheckoutWritten::OwedDone(r) => r
+    );
+    step!(
+        /// An idempotency key's claim.
+        claim(IdempotencyClaim) -> IdempotencyStart, Claim, CheckoutWritten::Claim(r) => r
+    );
+    step!(
+        /// The answer stored for a claimed key.
+        answer(IdempotencyAnswer) -> (), Answer, CheckoutWritten::Answer => ()
+    );
+    step!(
+        /// A buyer's notification (false: it was there already).
+        notice(Notification) -> bool, Notice, CheckoutWritten::Notice(r) => r
+    );
 }
 
 /// The answer of a batch written as a whole, given to each of its `n` items.

@@ -36,7 +36,7 @@ pub use config::AppConfig;
 pub use error::AppError;
 
 use auth::{PasswordHashing, Revocations};
-use group_commit::{ReserveBatcher, WriteBatcher};
+use group_commit::{CheckoutWriter, ReserveBatcher, WriteBatcher};
 use ports::{EventBus, Gate, OutboxSink, PaymentGateway, ShopWebhooks, Store, WaitingRoom};
 use sales::SaleCache;
 
@@ -59,23 +59,9 @@ pub struct Adapters {
 
 /// Most audit entries written in one transaction.
 const AUDITS_PER_COMMIT: usize = 1_000;
-/// Most checkouts' writes of one kind (orders, gateway answers, money moves done) in one
-/// transaction: enough to share an fsync among a crowd, few enough that a batch holds the
+/// Most checkout steps (orders, gateway answers, money moves done, keys) in one transaction: enough to share an fsync among a crowd, few enough that a batch holds the
 /// writer for tens of milliseconds at most.
 const CHECKOUTS_PER_COMMIT: usize = 256;
-
-/// A group-commit writer over one of the store's batch calls; its task is detached (every
-/// caller waits for its own commit, so the queue is empty once the requests have drained).
-macro_rules! batch_writer {
-    ($store:expr, $call:ident) => {{
-        let store = $store.clone();
-        let write: group_commit::BatchWrite<_, _> = Box::new(move |items| {
-            let store = store.clone();
-            Box::pin(async move { store.$call(&items).await })
-        });
-        WriteBatcher::start(write, CHECKOUTS_PER_COMMIT).0
-    }};
-}
 
 /// The application: every use case is a method on it.
 pub struct App {
@@ -121,16 +107,9 @@ pub struct App {
     /// Group commit of audit entries: an entry is written before the action answers, many
     /// actions' entries in one transaction.
     audits: WriteBatcher<ports::AuditEntry>,
-    /// Group commit of checkouts: new orders, then the gateway's answers, then the money
-    /// moves the gateway did, each kind many buyers' to a transaction.
-    checkouts: WriteBatcher<ports::NewOrder, Result<stampede_core::Order, ports::CheckoutError>>,
-    payment_answers: WriteBatcher<ports::PaymentAnswer, Option<ports::PaymentApplied>>,
-    owed_moves: WriteBatcher<ports::OwedDone, bool>,
-    /// Group commit of idempotency keys' claims and stored answers.
-    key_claims: WriteBatcher<ports::IdempotencyClaim, ports::IdempotencyStart>,
-    key_answers: WriteBatcher<ports::IdempotencyAnswer, ()>,
-    /// Group commit of notifications: events applied together share a commit.
-    notices: WriteBatcher<ports::Notification, bool>,
+    /// Group commit of every checkout step (orders, gateway answers, money moves done,
+    /// idempotency keys) and of notifications.
+    checkout_writes: CheckoutWriter,
     sales: SaleCache,
     /// The waiting room's lines.
     pub room: Arc<dyn WaitingRoom>,
@@ -145,6 +124,10 @@ pub struct App {
         stampede_core::UserId,
         Arc<Mutex<std::collections::BTreeMap<&'static str, u64>>>,
     >,
+    /// Idempotency keys' answers given but not yet committed (they are stored behind the
+    /// answer): a replay on this node is answered from here meanwhile.
+    pub(crate) answers_in_flight:
+        dashmap::DashMap<(stampede_core::UserId, String), checkout::AnswerInFlight>,
     /// Rooms this node saw closed (final: all sold or the sale ended).
     pub(crate) closed_rooms: dashmap::DashSet<SaleId>,
     /// Draws this node knows are published (sale, purpose).
@@ -202,12 +185,7 @@ impl App {
         // Detached: every entry's writer waits for its commit, so by the time the requests
         // have drained on shutdown the audit queue has too; it stops with the app.
         let (audits, _) = WriteBatcher::start(write_audits, AUDITS_PER_COMMIT);
-        let checkouts = batch_writer!(adapters.store, create_orders);
-        let payment_answers = batch_writer!(adapters.store, apply_payments);
-        let owed_moves = batch_writer!(adapters.store, payments_owed_done);
-        let notices = batch_writer!(adapters.store, append_notifications);
-        let key_claims = batch_writer!(adapters.store, idempotency_starts);
-        let key_answers = batch_writer!(adapters.store, idempotency_finishes);
+        let checkout_writes = CheckoutWriter::start(adapters.store.clone(), CHECKOUTS_PER_COMMIT);
         let app = Arc::new(App {
             store: adapters.store,
             gate: adapters.gate,
@@ -219,12 +197,7 @@ impl App {
             revoked: Revocations::default(),
             batcher,
             audits,
-            checkouts,
-            payment_answers,
-            owed_moves,
-            notices,
-            key_claims,
-            key_answers,
+            checkout_writes,
             sales: SaleCache::default(),
             room: adapters.room,
             admission_key: tokio::sync::OnceCell::new(),
@@ -235,6 +208,7 @@ impl App {
             closed_rooms: dashmap::DashSet::new(),
             user_refusals: moka::sync::Cache::new(100_000),
             drawn_here: dashmap::DashSet::new(),
+            answers_in_flight: dashmap::DashMap::new(),
             queue_refusals: dashmap::DashMap::new(),
             dirty_stock: Mutex::new(HashSet::new()),
             ops: room_ops::RoomOps::default(),

@@ -15,7 +15,9 @@
 //! fails (its holds let go of it and lapse as usual) and the authorization is voided. An
 //! asynchronous payment still unsettled after `payment_deadline_secs` is ended the same way.
 
-use crate::ports::{AuditEntry, Event, GatewayOwed, OwedPayment, PaymentApplied, PaymentResult};
+use crate::ports::{
+    AuditEntry, Event, GatewayOwed, OwedDone, OwedPayment, PaymentApplied, PaymentResult,
+};
 use crate::{App, AppError};
 
 /// Most owed moves or stuck orders handled in one run (the next run takes the rest).
@@ -129,15 +131,18 @@ impl App {
     /// Does the owed move at the gateway and records it done. Returns whether it is all done;
     /// a failure is logged and counted and left owed for the next run.
     pub(crate) async fn finish_owed(&self, payment: &OwedPayment) -> bool {
-        self.finish_owed_noting(payment, Vec::new()).await
+        self.finish_owed_noting(payment, Vec::new(), Recording::Awaited)
+            .await
     }
 
     /// [`App::finish_owed`], writing `audit` in the transaction that records the first move
-    /// (or by itself if no move gets recorded).
+    /// (or by itself if no move gets recorded). With [`Recording::Behind`], the record of the
+    /// last move is written without waiting for its commit.
     pub(crate) async fn finish_owed_noting(
         &self,
         payment: &OwedPayment,
         mut audit: Vec<AuditEntry>,
+        recording: Recording,
     ) -> bool {
         let mut owed = payment.owed;
         let done = loop {
@@ -159,6 +164,25 @@ impl App {
                 break false;
             }
             let now = self.clock.now();
+            if next.is_none() && recording == Recording::Behind {
+                let writes = self.checkout_writes.clone();
+                let (order, done) = (
+                    payment.order_id.clone(),
+                    OwedDone {
+                        payment: payment.payment_id.clone(),
+                        done: owed,
+                        next,
+                        now,
+                        audit: std::mem::take(&mut audit),
+                    },
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = writes.owed_done(done).await {
+                        tracing::warn!(error = %e, %order, "could not record a finished money move; it will be repeated (idempotent)");
+                    }
+                });
+                break true;
+            }
             let recorded = self
                 .payment_owed_done(&payment.payment_id, owed, next, now, audit.clone())
                 .await;
@@ -183,4 +207,16 @@ impl App {
         self.write_audits(audit).await;
         done
     }
+}
+
+/// Whether a caller of [`App::finish_owed_noting`] waits for the record of the last move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recording {
+    /// Every record committed before it returns (the reconciliation counts what it finished).
+    Awaited,
+    /// The last record is written behind the caller: a buyer's answer waits for the capture at
+    /// the gateway, not for the judge to note it. If the process dies before that commit, the
+    /// move stays owed and the money reconciliation repeats it (the gateway answers a
+    /// reference's move once), so nothing is lost and nobody is charged twice.
+    Behind,
 }

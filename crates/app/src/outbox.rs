@@ -169,7 +169,7 @@ impl App {
             created_at: event.created_at,
             data: event.data.clone(),
         };
-        if self.notices.write(notification.clone()).await? {
+        if self.checkout_writes.notice(notification.clone()).await? {
             metrics::counter!("stampede_notifications_total", "kind" => event.kind.as_str())
                 .increment(1);
             self.bus.publish(Event::Notified { notification });

@@ -350,6 +350,112 @@ pub struct IdempotencyAnswer {
     pub body: String,
 }
 
+/// One write of a checkout's steps (or a notification the relay derives from one), as
+/// [`Store::write_checkouts`] takes them: a checkout passes through several of these kinds, and
+/// a store with one writer commits whatever is waiting, of every kind, together.
+#[derive(Debug, Clone)]
+pub enum CheckoutWrite {
+    Order(NewOrder),
+    Payment(PaymentAnswer),
+    OwedDone(OwedDone),
+    Claim(IdempotencyClaim),
+    Answer(IdempotencyAnswer),
+    Notice(Notification),
+}
+
+/// What a [`CheckoutWrite`] tells its caller: the answer its own batch call gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutWritten {
+    Order(Result<Order, CheckoutError>),
+    Payment(Option<PaymentApplied>),
+    OwedDone(bool),
+    Claim(IdempotencyStart),
+    Answer,
+    Notice(bool),
+}
+
+/// [`Store::write_checkouts`] as each kind's own batch call, the kinds side by side (for a
+/// store whose writers commit concurrently, such as PostgreSQL's pool): the answers in the
+/// order of `items`.
+pub async fn write_each_kind<S: Store + ?Sized>(
+    store: &S,
+    items: &[CheckoutWrite],
+) -> Vec<PortResult<CheckoutWritten>> {
+    use CheckoutWrite as W;
+    use CheckoutWritten as A;
+    macro_rules! kind {
+        ($variant:ident) => {
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    W::$variant(x) => Some(x.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+    }
+    let (orders, payments, owed) = (kind!(Order), kind!(Payment), kind!(OwedDone));
+    let (claims, answers, notices) = (kind!(Claim), kind!(Answer), kind!(Notice));
+    let (o, p, d, c, a, n) = futures::join!(
+        async {
+            if orders.is_empty() {
+                Vec::new()
+            } else {
+                store.create_orders(&orders).await
+            }
+        },
+        async {
+            if payments.is_empty() {
+                Vec::new()
+            } else {
+                store.apply_payments(&payments).await
+            }
+        },
+        async {
+            if owed.is_empty() {
+                Vec::new()
+            } else {
+                store.payments_owed_done(&owed).await
+            }
+        },
+        async {
+            if claims.is_empty() {
+                Vec::new()
+            } else {
+                store.idempotency_starts(&claims).await
+            }
+        },
+        async {
+            if answers.is_empty() {
+                Vec::new()
+            } else {
+                store.idempotency_finishes(&answers).await
+            }
+        },
+        async {
+            if notices.is_empty() {
+                Vec::new()
+            } else {
+                store.append_notifications(&notices).await
+            }
+        },
+    );
+    let (mut o, mut p, mut d) = (o.into_iter(), p.into_iter(), d.into_iter());
+    let (mut c, mut a, mut n) = (c.into_iter(), a.into_iter(), n.into_iter());
+    let missing = || Err(PortError::internal("a batch call gave too few answers"));
+    items
+        .iter()
+        .map(|item| match item {
+            W::Order(_) => o.next().map_or_else(missing, |r| r.map(A::Order)),
+            W::Payment(_) => p.next().map_or_else(missing, |r| r.map(A::Payment)),
+            W::OwedDone(_) => d.next().map_or_else(missing, |r| r.map(A::OwedDone)),
+            W::Claim(_) => c.next().map_or_else(missing, |r| r.map(A::Claim)),
+            W::Answer(_) => a.next().map_or_else(missing, |r| r.map(|()| A::Answer)),
+            W::Notice(_) => n.next().map_or_else(missing, |r| r.map(A::Notice)),
+        })
+        .collect()
+}
+
 /// The one answer a batch call of one item gives.
 pub fn only<R>(mut answers: Vec<PortResult<R>>) -> PortResult<R> {
     match (answers.pop(), answers.is_empty()) {
@@ -921,6 +1027,12 @@ pub trait Store:
     async fn migrate(&self) -> PortResult<()>;
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> PortResult<()>;
+    /// Checkout steps of many buyers, of every kind, answered in order. A store with a single
+    /// writer commits them in one transaction (one fsync for every step waiting, whatever its
+    /// kind); by default each kind is its own batch call, the kinds concurrently.
+    async fn write_checkouts(&self, items: &[CheckoutWrite]) -> Vec<PortResult<CheckoutWritten>> {
+        write_each_kind(self, items).await
+    }
 }
 
 /// The gate's answer: a cheap, possibly stale filter in front of the judge.

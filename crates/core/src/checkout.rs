@@ -293,6 +293,34 @@ fn settle(
     })
 }
 
+impl Settlement {
+    /// `order` as this settlement leaves it, `now`: what the store wrote, known without
+    /// reading it back.
+    pub fn applied_to(&self, order: &Order, now: Timestamp) -> Order {
+        let mut after = order.clone();
+        after.status = self.order;
+        if let Some(payment) = after.payment.as_mut() {
+            payment.status = self.payment;
+            if let Some(reference) = &self.reference {
+                payment.reference = Some(reference.clone());
+            }
+            payment.failure_reason = self.failure_reason.clone();
+            payment.updated_at = now;
+        }
+        after
+    }
+}
+
+/// `order` once a later answer's `reference` is recorded `now` ([`AnswerPlan::Await`]).
+pub fn awaiting(order: &Order, reference: &str, now: Timestamp) -> Order {
+    let mut after = order.clone();
+    if let Some(payment) = after.payment.as_mut() {
+        payment.reference = Some(reference.to_owned());
+        payment.updated_at = now;
+    }
+    after
+}
+
 /// Records the gateway's answer on an order read in its transaction.
 pub fn plan_answer(order: &Order, answer: &PaymentResult) -> Result<AnswerPlan, PlanError> {
     if order.status != OrderStatus::PendingPayment {

@@ -78,6 +78,9 @@ pub trait Engine: Database<Row: DbRow> {
     const JSON_ARRAY_AGG: &'static str;
     /// The aggregate of the distinct `user_id`s of a group, as one comma-separated text.
     const DISTINCT_USER_IDS: &'static str;
+    /// Whether every write goes through one connection (SQLite): then writes of different
+    /// kinds are best committed together, since they would queue for that writer anyway.
+    const ONE_WRITER: bool;
 }
 
 macro_rules! engine {
@@ -146,6 +149,7 @@ engine!(sqlx::Sqlite, sqlx::SqliteConnection, "BEGIN IMMEDIATE", {
     const JSON_ARRAY: &'static str = "json_array";
     const JSON_ARRAY_AGG: &'static str = "json_group_array";
     const DISTINCT_USER_IDS: &'static str = "group_concat(DISTINCT user_id)";
+    const ONE_WRITER: bool = true;
 });
 engine!(sqlx::Postgres, sqlx::PgConnection, "BEGIN", {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
@@ -173,6 +177,7 @@ engine!(sqlx::Postgres, sqlx::PgConnection, "BEGIN", {
     const JSON_ARRAY: &'static str = "json_build_array";
     const JSON_ARRAY_AGG: &'static str = "json_agg";
     const DISTINCT_USER_IDS: &'static str = "string_agg(DISTINCT user_id, ',')";
+    const ONE_WRITER: bool = false;
 });
 
 /// An argument of a statement: the types the stores' tables use.

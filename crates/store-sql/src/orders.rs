@@ -20,8 +20,8 @@
 use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
-    Cancelled, CheckoutError, GatewayOwed, NewOrder, OutboxEvent, OwedDone, OwedPayment,
-    PaymentAnswer, PaymentApplied, PaymentResult, PortResult,
+    Cancelled, CheckoutError, CheckoutWrite, CheckoutWritten, GatewayOwed, NewOrder, OutboxEvent,
+    OwedDone, OwedPayment, PaymentAnswer, PaymentApplied, PaymentResult, PortResult,
 };
 use stampede_core::checkout::{
     self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, Settlement,
@@ -189,6 +189,30 @@ impl<DB: Judging> InBatch<DB> for NewOrder {
     type Answer = Result<Order, CheckoutError>;
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer> {
         Box::pin(create(tx, self))
+    }
+}
+
+/// Any step of a checkout, in a batch of every kind ([`stampede_app::ports::Store::write_checkouts`]):
+/// each runs as its own kind's batch item would.
+impl<DB: Judging> InBatch<DB> for CheckoutWrite {
+    const OP: &'static str = "checkout_writes";
+    type Answer = CheckoutWritten;
+    fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, CheckoutWritten> {
+        use CheckoutWrite as W;
+        use CheckoutWritten as A;
+        Box::pin(async move {
+            Ok(match self {
+                W::Order(x) => A::Order(InBatch::<DB>::run(x, tx).await?),
+                W::Payment(x) => A::Payment(InBatch::<DB>::run(x, tx).await?),
+                W::OwedDone(x) => A::OwedDone(InBatch::<DB>::run(x, tx).await?),
+                W::Claim(x) => A::Claim(InBatch::<DB>::run(x, tx).await?),
+                W::Answer(x) => {
+                    InBatch::<DB>::run(x, tx).await?;
+                    A::Answer
+                }
+                W::Notice(x) => A::Notice(InBatch::<DB>::run(x, tx).await?),
+            })
+        })
     }
 }
 
@@ -363,8 +387,9 @@ async fn apply_payment<DB: Judging>(
     let Some(order) = lock_and_load(tx, &user, id).await? else {
         return Ok(None);
     };
-    // `None`: a hold lapsed; else the sales whose stock was taken again.
-    let retaken = match checkout::plan_answer(&order, result).map_err(internal)? {
+    // `None`: a hold lapsed; else the sales whose stock was taken again. With the order as
+    // written (built from what was read and written, not read back).
+    let (retaken, order) = match checkout::plan_answer(&order, result).map_err(internal)? {
         AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
         AnswerPlan::Await { reference } => {
             // An answer that comes later: records the gateway's reference, and the time.
@@ -376,11 +401,14 @@ async fn apply_payment<DB: Judging>(
                 .await?;
             let sql = "UPDATE orders SET updated_at = $3 WHERE user_id = $1 AND id = $2";
             keyed::<DB>(sql, &user, id).int(now.0).run(tx).await?;
-            Some(Vec::new())
+            (
+                Some(Vec::new()),
+                checkout::awaiting(&order, &reference, now),
+            )
         }
         AnswerPlan::Settle(plan) => {
             settle(tx, &order, &plan, now).await?;
-            Some(Vec::new())
+            (Some(Vec::new()), plan.applied_to(&order, now))
         }
         AnswerPlan::Convert { reference, retake } => {
             let mut stock = TxStock::default();
@@ -396,10 +424,15 @@ async fn apply_payment<DB: Judging>(
                 stock.flush(tx).await?;
             }
             settle(tx, &order, &plan, now).await?;
-            converted.map(|(_, retaken)| retaken)
+            let after = plan.applied_to(&order, now);
+            (converted.map(|(_, retaken)| retaken), after)
         }
     };
-    let order = load_existing(tx, &user, id).await?;
+    debug_assert_eq!(
+        Some(&order),
+        load(tx, &user, id).await.ok().flatten().as_ref(),
+        "the order as written is the order as stored"
+    );
     Ok(Some(match retaken {
         None => PaymentApplied::HoldLapsed(order),
         Some(sales) if sales.is_empty() => PaymentApplied::Done(order),

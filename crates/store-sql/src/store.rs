@@ -7,11 +7,12 @@ use async_trait::async_trait;
 use sqlx::Pool;
 
 use stampede_app::ports::{
-    Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled, Catalog,
-    CheckoutError, Credentials, GateSeed, HoldError, Holds, IdempotencyAnswer, IdempotencyClaim,
-    IdempotencyStart, LapsedHolder, NewOrder, Notification, Orders, Outbox, OutboxEvent, OwedDone,
-    OwedPayment, PaymentAnswer, PaymentApplied, PortResult, ReserveRequest, RoomLog, Session,
-    StockAudit, Store, User, UserAccount, UserStatus, WebhookDelivery,
+    write_each_kind, Accounts, AdminReads, Audit, AuditEntry, AuditFilter, Browse, Cancelled,
+    Catalog, CheckoutError, CheckoutWrite, CheckoutWritten, Credentials, GateSeed, HoldError,
+    Holds, IdempotencyAnswer, IdempotencyClaim, IdempotencyStart, LapsedHolder, NewOrder,
+    Notification, Orders, Outbox, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer,
+    PaymentApplied, PortResult, ReserveRequest, RoomLog, Session, StockAudit, Store, User,
+    UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::LoggedEntry;
@@ -20,7 +21,7 @@ use stampede_core::{
     Timestamp, UserId,
 };
 
-use crate::engine::{each_in_one, statement, Run};
+use crate::engine::{each_in_one, statement, Engine, Run};
 use crate::judging::Judging;
 use crate::webhooks;
 use crate::{catalog, hold_cap, holds, misc, orders, outbox, report, room_log, sales, users};
@@ -212,6 +213,14 @@ forward!(Store {}
     async fn ping(&self) -> PortResult<()> {
         let ping = statement::<B::DB>("SELECT 1").first_in(self.0.reader());
         ping.await.map(|_| ())
+    }
+
+    async fn write_checkouts(&self, items: &[CheckoutWrite]) -> Vec<PortResult<CheckoutWritten>> {
+        if <B::DB as Engine>::ONE_WRITER {
+            each_in_one(self.0.writer(), items).await
+        } else {
+            write_each_kind(self, items).await
+        }
     }
 );
 
