@@ -80,6 +80,7 @@ macro_rules! store_conformance_tests {
             account_status_ends_sessions_and_accounts_are_searchable,
             update_sale_moves_available_with_total,
             idempotency_keys,
+            checkout_steps_of_every_kind_share_a_batch,
             webhook_events_are_seen_once,
             audit_log_filters_and_pages,
             payment_outcomes_write_one_outbox_event_each,

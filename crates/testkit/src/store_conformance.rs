@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use stampede_app::ports::{
-    AuditEntry, AuditFilter, Cancelled, CheckoutError, CheckoutIds, EventKind, GatewayOwed,
-    HoldError, IdempotencyStart, NewOrder, Notification, OutboxEvent, OwedPayment, PaymentApplied,
-    PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
+    AuditEntry, AuditFilter, Cancelled, CheckoutError, CheckoutIds, CheckoutWrite, CheckoutWritten,
+    EventKind, GatewayOwed, HoldError, IdempotencyAnswer, IdempotencyClaim, IdempotencyStart,
+    NewOrder, Notification, OutboxEvent, OwedPayment, PaymentAnswer, PaymentApplied, PaymentResult,
+    ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::{HoldCap, LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -1505,6 +1506,125 @@ pub async fn idempotency_keys(store: Arc<dyn Store>) {
         fresh(12),
         "a dropped claim starts afresh"
     );
+}
+
+/// Checkout steps of every kind written together (`Store::write_checkouts`, one transaction
+/// with one writer): each answered in order as its own kind's call would answer it, later
+/// items seeing earlier ones (the same hold twice, the same key twice, the same notification
+/// twice), and a refusal leaving its neighbours' writes in place.
+pub async fn checkout_steps_of_every_kind_share_a_batch(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let s = &*f.store;
+    let sale = new_sale(s, 10, 10).await;
+    let (a, b) = (user(1), user(2));
+    let (ha, hb) = (
+        reserve_one(s, &sale, &a, 2, T0).await,
+        reserve_one(s, &sale, &b, 1, T0).await,
+    );
+    let order_of = |u: &UserId, h: &Hold| NewOrder {
+        order_id: OrderId::generate(T0.0, seq()),
+        payment_id: PaymentId::generate(T0.0, seq()),
+        user_id: u.clone(),
+        hold_ids: vec![h.id.clone()],
+        method: "card".into(),
+        now: T0,
+    };
+    let ids = CheckoutIds {
+        order_id: OrderId::generate(T0.0, seq()),
+        payment_id: PaymentId::generate(T0.0, seq()),
+    };
+    let claim = IdempotencyClaim {
+        user: a.clone(),
+        key: "k".into(),
+        request_hash: "h".into(),
+        now: T0,
+        lease_ms: 60_000,
+        ids: ids.clone(),
+    };
+    let notice = Notification {
+        id: UserId::generate(T0.0, seq()).to_string(),
+        user_id: b.clone(),
+        kind: EventKind::OrderConfirmed,
+        created_at: T0,
+        data: serde_json::json!({ "order_id": "o1" }),
+    };
+    let first = order_of(&a, &ha);
+    let batch = vec![
+        CheckoutWrite::Order(first.clone()),
+        CheckoutWrite::Claim(claim.clone()),
+        CheckoutWrite::Order(order_of(&a, &hb)),
+        CheckoutWrite::Notice(notice.clone()),
+        CheckoutWrite::Order(order_of(&a, &ha)),
+        CheckoutWrite::Claim(claim.clone()),
+        CheckoutWrite::Notice(notice.clone()),
+    ];
+    let answers: Vec<CheckoutWritten> = s
+        .write_checkouts(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let CheckoutWritten::Order(Ok(order)) = &answers[0] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(order.id, first.order_id);
+    assert_eq!(order.status, OrderStatus::PendingPayment);
+    assert_eq!(
+        answers[1..],
+        [
+            CheckoutWritten::Claim(IdempotencyStart::Proceed {
+                ids,
+                resumed: false
+            }),
+            CheckoutWritten::Order(Err(CheckoutError::HoldNotFound)),
+            CheckoutWritten::Notice(true),
+            CheckoutWritten::Order(Err(CheckoutError::HoldInPendingOrder)),
+            CheckoutWritten::Claim(IdempotencyStart::InProgress),
+            CheckoutWritten::Notice(false),
+        ]
+    );
+    // The gateway's answer and the key's stored answer, together.
+    let paid = vec![
+        CheckoutWrite::Payment(PaymentAnswer {
+            order: order.id.clone(),
+            result: authorized("ref-1", false),
+            now: T0,
+            audit: Vec::new(),
+        }),
+        CheckoutWrite::Answer(IdempotencyAnswer {
+            user: a.clone(),
+            key: "k".into(),
+            status: 201,
+            body: "{}".into(),
+        }),
+    ];
+    let answers: Vec<CheckoutWritten> = s
+        .write_checkouts(&paid)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let CheckoutWritten::Payment(Some(PaymentApplied::Done(confirmed))) = &answers[0] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(confirmed.status, OrderStatus::Confirmed);
+    assert_eq!(answers[1], CheckoutWritten::Answer);
+    assert_eq!(
+        s.order(&a, &order.id).await.unwrap().as_ref(),
+        Some(confirmed),
+        "the answer is the order as stored"
+    );
+    assert_eq!(
+        s.idempotency_start(&a, "k", "h", T0, 60_000, &claim.ids)
+            .await
+            .unwrap(),
+        IdempotencyStart::Replay {
+            status: 201,
+            body: "{}".into()
+        }
+    );
+    assert_eq!(s.notifications(&b, None, 10).await.unwrap(), vec![notice]);
+    assert_eq!(checked(s, &sale.id).await, levels(10, 7, 1, 2));
 }
 
 /// A webhook event id is recorded once.
