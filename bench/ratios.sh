@@ -6,7 +6,8 @@
 #
 #   R0  GET /healthz ÷ a bare axum handler with no middleware (crates/drill/src/bin/bare.rs)
 #   R1  sold-out reserve ÷ the bare handler (and ÷ GET /healthz) (embedded server, wrk, CONNS)
-#   R2  accepted reserve ÷ GET /healthz                       (embedded, huge stock)
+#   R2  accepted reserve ÷ the bare handler (and ÷ GET /healthz)   (embedded, huge stock);
+#       with R0–R2, the server CPU each request cost (µs of its one core: 1e6/µs bounds req/s)
 #   R3  gate reserve in process vs a bare CAS loop            (cargo bench -p stampede-drill)
 #   R4  accepted holds/s, Stampede cluster node ÷ textbook PostgreSQL row-lock server, 64 clients
 #   R5  group commit ÷ one transaction per hold (STAMPEDE_MAX_BATCH=1), SQLite and PostgreSQL;
