@@ -2,7 +2,8 @@
 //! transaction, then takes the next batch. There is no fixed wait: an idle system commits a
 //! lone request at once, a busy one batches by itself, and one fsync serves hundreds of buyers.
 //! A hold is acknowledged only after its batch has committed. [`WriteBatcher`] is the same loop
-//! for writes whose callers wait only until they are durable (audit entries).
+//! for writes whose callers wait only until they are durable (audit entries), and
+//! [`CheckoutWriter`] the one over every step of a checkout.
 
 use std::sync::Arc;
 
