@@ -396,49 +396,24 @@ pub async fn write_each_kind<S: Store + ?Sized>(
     }
     let (orders, payments, owed) = (kind!(Order), kind!(Payment), kind!(OwedDone));
     let (claims, answers, notices) = (kind!(Claim), kind!(Answer), kind!(Notice));
+    // Each kind's batch call, skipped when the batch has none of that kind.
+    macro_rules! call {
+        ($items:ident, $method:ident) => {
+            async {
+                match $items.is_empty() {
+                    true => Vec::new(),
+                    false => store.$method(&$items).await,
+                }
+            }
+        };
+    }
     let (o, p, d, c, a, n) = futures::join!(
-        async {
-            if orders.is_empty() {
-                Vec::new()
-            } else {
-                store.create_orders(&orders).await
-            }
-        },
-        async {
-            if payments.is_empty() {
-                Vec::new()
-            } else {
-                store.apply_payments(&payments).await
-            }
-        },
-        async {
-            if owed.is_empty() {
-                Vec::new()
-            } else {
-                store.payments_owed_done(&owed).await
-            }
-        },
-        async {
-            if claims.is_empty() {
-                Vec::new()
-            } else {
-                store.idempotency_starts(&claims).await
-            }
-        },
-        async {
-            if answers.is_empty() {
-                Vec::new()
-            } else {
-                store.idempotency_finishes(&answers).await
-            }
-        },
-        async {
-            if notices.is_empty() {
-                Vec::new()
-            } else {
-                store.append_notifications(&notices).await
-            }
-        },
+        call!(orders, create_orders),
+        call!(payments, apply_payments),
+        call!(owed, payments_owed_done),
+        call!(claims, idempotency_starts),
+        call!(answers, idempotency_finishes),
+        call!(notices, append_notifications),
     );
     let (mut o, mut p, mut d) = (o.into_iter(), p.into_iter(), d.into_iter());
     let (mut c, mut a, mut n) = (c.into_iter(), a.into_iter(), n.into_iter());

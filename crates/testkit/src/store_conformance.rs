@@ -1508,6 +1508,12 @@ pub async fn idempotency_keys(store: Arc<dyn Store>) {
     );
 }
 
+/// The answers to `batch` written with `Store::write_checkouts`, none of them failed.
+async fn written(store: &dyn Store, batch: &[CheckoutWrite]) -> Vec<CheckoutWritten> {
+    let answers = store.write_checkouts(batch).await;
+    answers.into_iter().map(Result::unwrap).collect()
+}
+
 /// Checkout steps of every kind written together (`Store::write_checkouts`, one transaction
 /// with one writer): each answered in order as its own kind's call would answer it, later
 /// items seeing earlier ones (the same hold twice, the same key twice, the same notification
@@ -1558,12 +1564,7 @@ pub async fn checkout_steps_of_every_kind_share_a_batch(store: Arc<dyn Store>) {
         CheckoutWrite::Claim(claim.clone()),
         CheckoutWrite::Notice(notice.clone()),
     ];
-    let answers: Vec<CheckoutWritten> = s
-        .write_checkouts(&batch)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let answers = written(s, &batch).await;
     let CheckoutWritten::Order(Ok(order)) = &answers[0] else {
         panic!("{answers:?}")
     };
@@ -1598,12 +1599,7 @@ pub async fn checkout_steps_of_every_kind_share_a_batch(store: Arc<dyn Store>) {
             body: "{}".into(),
         }),
     ];
-    let answers: Vec<CheckoutWritten> = s
-        .write_checkouts(&paid)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let answers = written(s, &paid).await;
     let CheckoutWritten::Payment(Some(PaymentApplied::Done(confirmed))) = &answers[0] else {
         panic!("{answers:?}")
     };
