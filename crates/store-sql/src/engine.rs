@@ -318,6 +318,25 @@ pub trait InBatch<DB: Engine>: Sync {
     type Answer: Send;
     /// Runs inside the batch's transaction; a refusal must come before the first write.
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer>;
+
+    /// Runs a batch's items in order inside its transaction, each seeing the writes of those
+    /// before it: one after another, unless the kind does them together in a constant number
+    /// of statements.
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<Self::Answer>>
+    where
+        Self: Sized,
+    {
+        Box::pin(async move {
+            let mut done = Vec::with_capacity(items.len());
+            for item in items {
+                done.push(item.run(tx).await?);
+            }
+            Ok(done)
+        })
+    }
 }
 
 /// Group commit for calls that each are a transaction of their own: the batch's items run one
@@ -338,10 +357,8 @@ pub async fn each_in_one<DB: Engine, T: InBatch<DB>>(
         }
         let batch = async {
             let mut tx = begin_write(writer).await?;
-            let mut done = Vec::with_capacity(items.len());
-            for item in items {
-                done.push(item.run(&mut tx).await?);
-            }
+            let done = T::run_all(items, &mut tx).await?;
+            debug_assert_eq!(done.len(), items.len(), "an answer for every item");
             commit(tx, T::OP).await.map(|()| done)
         };
         match batch.await {

@@ -21,10 +21,10 @@ use stampede_core::checkout::FoundHold;
 use stampede_core::judge::Refusal;
 use stampede_core::{Hold, HoldId, HoldState, SaleId, Timestamp, UserId};
 
-use crate::engine::{begin_write, commit, list, statement, Bind, Conn, Run};
+use crate::engine::{begin_write, commit, list, statement, values_list, Bind, Conn, Run};
 use crate::hold_cap::OpenHolds;
 use crate::internal;
-use crate::judging::{exactly_one, lock_own, Judging};
+use crate::judging::{exactly_one, lock_many, lock_own, Judging};
 use crate::outbox::insert as write_event;
 use crate::rows::{self, col};
 use crate::txstock::TxStock;
@@ -67,6 +67,35 @@ pub async fn find<DB: Judging>(
     row.map(|r| rows::hold_row(&r)).transpose()
 }
 
+/// The holds of many `(buyer, hold)` keys, by hold id, each with its order's status; if
+/// `lock`, locked first ([`lock_many`]: the caller sorts the keys). One statement each,
+/// whatever the number of keys; a key that names no hold of that buyer is absent. Reads after
+/// locking for the reason [`find`] does.
+pub async fn find_many<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    keys: &[(&str, &str)],
+    lock: bool,
+) -> PortResult<HashMap<HoldId, FoundHold>> {
+    let mut found = HashMap::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    if lock {
+        lock_many(conn, "holds", keys).await?;
+    }
+    let json = serde_json::to_string(keys).map_err(internal)?;
+    let sql = format!(
+        "{} WHERE (h.user_id, h.id) IN ({})",
+        select_holds!(""),
+        DB::JSON_PAIRS
+    );
+    for row in statement::<DB>(&sql).string(json).all(conn).await? {
+        let row = rows::hold_row(&row)?;
+        found.insert(row.hold.id.clone(), row);
+    }
+    Ok(found)
+}
+
 /// Moves an active hold to its final state and returns it; refuses (as `Internal`) if it was
 /// not active, which the callers have already checked, so this is the last line against a
 /// double end.
@@ -88,6 +117,41 @@ pub async fn end<DB: Judging>(
     .await?;
     exactly_one(done, format_args!("hold {id} was not active"))?;
     Ok(state)
+}
+
+/// A hold's ending to write: its buyer, its id, the state it was read in and where it goes.
+pub type HoldEnding = (UserId, HoldId, HoldState, HoldState);
+
+/// Holds ending per multi-row statement: well under either engine's limit on parameters.
+const ENDINGS_PER_STATEMENT: usize = 300;
+
+/// [`end`] of many holds, a statement for each few hundred; refuses (as `Internal`, failing
+/// the transaction) if one of them was not active.
+pub async fn end_many<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    endings: &[HoldEnding],
+) -> PortResult<()> {
+    for chunk in endings.chunks(ENDINGS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE holds SET state = v.column3 FROM (VALUES {}) AS v \
+             WHERE holds.user_id = v.column1 AND holds.id = v.column2 AND holds.state = 'active'",
+            values_list(chunk.len(), 3)
+        );
+        let mut q = statement::<DB>(&sql);
+        for (user, id, from, to) in chunk {
+            let state = from.end(*to).map_err(internal)?;
+            q = q.text(user.as_str()).text(id.as_str()).text(state.as_str());
+        }
+        let done = q.run(conn).await?;
+        if usize::try_from(done).ok() != Some(chunk.len()) {
+            return Err(internal(format!(
+                "{} of {} holds ending were active",
+                done,
+                chunk.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The group commit: judges a batch of reservations in order inside one write transaction,

@@ -180,3 +180,24 @@ pub async fn lock_own<DB: Judging>(
         .await?;
     Ok(locked.is_some())
 }
+
+/// Locks the buyer rows of many `(buyer, id)` keys of `table` (`orders` or `holds`) for the
+/// rest of the transaction, in key order (the caller sorts), so two transactions never wait
+/// on each other. Without row locks there is nothing to take.
+pub async fn lock_many<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    table: &str,
+    keys: &[(&str, &str)],
+) -> PortResult<()> {
+    if !DB::locks_rows() || keys.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT 1 FROM {table} WHERE (user_id, id) IN ({}) ORDER BY user_id, id{}",
+        DB::JSON_PAIRS,
+        DB::LOCK
+    );
+    let json = serde_json::to_string(keys).map_err(crate::internal)?;
+    statement::<DB>(&sql).string(json).all(conn).await?;
+    Ok(())
+}

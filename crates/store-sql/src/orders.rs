@@ -17,17 +17,19 @@
 //! statements whose columns differ are [`Judging`]'s. A transaction locks the order row, then
 //! its holds, then its sales in id order: the lock order of [`crate::judging`].
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
     Cancelled, CheckoutError, CheckoutWrite, CheckoutWritten, GatewayOwed, NewOrder, OutboxEvent,
-    OwedDone, OwedPayment, PaymentAnswer, PaymentApplied, PaymentResult, PortResult,
+    OwedDone, OwedPayment, PaymentAnswer, PaymentApplied, PortResult,
 };
 use stampede_core::checkout::{
-    self, AnswerPlan, CancelPlan, LineStep, MoneyEvent, OrderLine, Settlement,
+    self, AnswerPlan, CancelPlan, FoundHold, LineStep, MoneyEvent, OrderLine, Settlement,
 };
 use stampede_core::{
-    HoldId, HoldState, Order, OrderId, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
+    HoldId, Order, OrderId, OrderItem, OrderStatus, Payment, PaymentId, SaleId, Timestamp, UserId,
 };
 
 use crate::engine::{
@@ -35,12 +37,13 @@ use crate::engine::{
     Statement,
 };
 use crate::error::OrPort;
-use crate::judging::{exactly_one, lock_own, Judging};
+use crate::holds::{self, HoldEnding};
+use crate::internal;
+use crate::judging::{lock_many, lock_own, Judging};
 use crate::misc::insert_audits;
-use crate::outbox::insert as write_event;
+use crate::outbox::insert_many as write_events;
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
-use crate::{holds, internal};
 
 /// The order's payment; every order has one.
 fn payment_of(order: &Order) -> PortResult<&Payment> {
@@ -61,21 +64,62 @@ async fn load<DB: Judging>(
     user: &UserId,
     id: &OrderId,
 ) -> PortResult<Option<Order>> {
-    let sql = format!("SELECT {ORDER_COLS} FROM orders WHERE user_id = $1 AND id = $2");
-    let Some(row) = keyed::<DB>(&sql, user, id).first(conn).await? else {
-        return Ok(None);
-    };
-    let sql = "SELECT sale_id, hold_id, quantity, unit_price FROM order_items \
-         WHERE user_id = $1 AND order_id = $2 ORDER BY position";
-    let items = keyed::<DB>(sql, user, id)
+    Ok(load_many(conn, &[(user.as_str(), id.as_str())])
+        .await?
+        .remove(id))
+}
+
+/// The orders of many `(buyer, order)` keys, by id, with their items (in checkout order) and
+/// payments: three statements whatever their number. A key naming no order of that buyer is
+/// absent.
+async fn load_many<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    keys: &[(&str, &str)],
+) -> PortResult<HashMap<OrderId, Order>> {
+    let mut found = HashMap::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let pairs = serde_json::to_string(keys).map_err(internal)?;
+    let sql = format!(
+        "SELECT order_id, sale_id, hold_id, quantity, unit_price FROM order_items \
+         WHERE (user_id, order_id) IN ({}) ORDER BY order_id, position",
+        DB::JSON_PAIRS
+    );
+    let mut items: HashMap<OrderId, Vec<_>> = HashMap::with_capacity(keys.len());
+    for row in statement::<DB>(&sql)
+        .string(pairs.clone())
         .all(conn)
         .await?
-        .iter()
-        .map(rows::order_item)
-        .collect::<PortResult<Vec<_>>>()?;
-    let sql = format!("SELECT {PAYMENT_COLS} FROM payments WHERE order_id = $1");
-    let payment = find_on(conn, &sql, id.as_str(), rows::payment).await?;
-    rows::order(&row, items, payment).map(Some)
+    {
+        let order = OrderId::from_trusted(col(&row, "order_id")?);
+        items
+            .entry(order)
+            .or_default()
+            .push(rows::order_item(&row)?);
+    }
+    let ids: Vec<&str> = keys.iter().map(|(_, id)| *id).collect();
+    let sql = format!(
+        "SELECT {PAYMENT_COLS} FROM payments WHERE order_id IN ({})",
+        DB::JSON_TEXTS
+    );
+    let ids = serde_json::to_string(&ids).map_err(internal)?;
+    let mut payments = HashMap::with_capacity(keys.len());
+    for row in statement::<DB>(&sql).string(ids).all(conn).await? {
+        let payment = rows::payment(&row)?;
+        payments.insert(payment.order_id.clone(), payment);
+    }
+    let sql = format!(
+        "SELECT {ORDER_COLS} FROM orders WHERE (user_id, id) IN ({})",
+        DB::JSON_PAIRS
+    );
+    for row in statement::<DB>(&sql).string(pairs).all(conn).await? {
+        let id = OrderId::from_trusted(col(&row, "id")?);
+        let lines = items.remove(&id).unwrap_or_default();
+        let order = rows::order(&row, lines, payments.remove(&id))?;
+        found.insert(id, order);
+    }
+    Ok(found)
 }
 
 /// [`load`] of an order known to exist (orders are never deleted).
@@ -96,12 +140,20 @@ async fn load_each<DB: Judging>(
     found: &[DB::Row],
     id: &str,
 ) -> PortResult<Vec<Order>> {
-    let mut out = Vec::with_capacity(found.len());
+    let mut keys = Vec::with_capacity(found.len());
     for row in found {
-        let user = UserId::from_trusted(col(row, "user_id")?);
-        out.push(load_existing(conn, &user, &OrderId::from_trusted(col(row, id)?)).await?);
+        let (user, order): (String, String) = (col(row, "user_id")?, col(row, id)?);
+        keys.push((user, order));
     }
-    Ok(out)
+    let wanted: Vec<(&str, &str)> = keys.iter().map(|(u, o)| (u.as_str(), o.as_str())).collect();
+    let mut orders = load_many(conn, &wanted).await?;
+    keys.iter()
+        .map(|(_, id)| {
+            orders
+                .remove(&OrderId::from_trusted(id.clone()))
+                .ok_or_else(|| internal(format!("order {id} vanished")))
+        })
+        .collect()
 }
 
 /// Locks the buyer's order row for the rest of the transaction, then loads it: two answers
@@ -118,60 +170,112 @@ async fn lock_and_load<DB: Judging>(
     load(conn, user, id).await
 }
 
-/// Carries out a settlement the core planned for `order`: both status moves, each guarded by
-/// the status read, the money move now owed, the holds letting go of the order, and its
-/// outbox event (if any). Stock the settlement returns is the caller's to move first.
+/// Carries out a settlement the core planned for `order`: [`settle_all`] of one.
 async fn settle<DB: Judging>(
     conn: &mut impl Conn<DB>,
     order: &Order,
     plan: &Settlement,
     now: Timestamp,
 ) -> PortResult<()> {
-    let payment = payment_of(order)?;
-    let sql = "UPDATE orders SET status = $3, updated_at = $4 \
-         WHERE user_id = $1 AND id = $2 AND status = $5";
-    let done = keyed::<DB>(sql, &order.user_id, &order.id)
-        .text(plan.order.as_str())
-        .int(now.0)
-        .text(order.status.as_str())
-        .run(conn)
-        .await?;
-    exactly_one(
-        done,
-        format_args!("order {} changed status meanwhile", order.id),
-    )?;
-    let done = statement::<DB>(
-        "UPDATE payments SET status = $1, reference = COALESCE($2, reference), \
-         failure_reason = $3, updated_at = $4, gateway_owed = $7 \
-         WHERE id = $5 AND status = $6",
-    )
-    .text(plan.payment.as_str())
-    .opt_text(plan.reference.as_deref())
-    .opt_text(plan.failure_reason.as_deref())
-    .int(now.0)
-    .text(payment.id.as_str())
-    .text(payment.status.as_str())
-    .opt_text(plan.owed.map(GatewayOwed::as_str))
-    .run(conn)
-    .await?;
-    exactly_one(
-        done,
-        format_args!("payment {} changed status meanwhile", payment.id),
-    )?;
-    if plan.release_holds {
-        let sql = "UPDATE holds SET order_id = NULL WHERE user_id = $1 AND order_id = $2";
-        keyed::<DB>(sql, &order.user_id, &order.id)
-            .run(conn)
-            .await?;
-    }
-    let event = match &plan.event {
-        Some(MoneyEvent::OrderConfirmed) => OutboxEvent::order_confirmed(order, now),
-        Some(MoneyEvent::PaymentFailed { reason }) => {
-            OutboxEvent::payment_failed(order, reason, now)
+    settle_all(conn, &[(order, plan, now)]).await
+}
+
+/// Settlements per multi-row statement: well under either engine's limit on parameters.
+const SETTLEMENTS_PER_STATEMENT: usize = 200;
+
+/// Carries out settlements the core planned, each for its own order (at most one per order):
+/// both status moves, each guarded by the status read (all or the batch fails), the money
+/// move now owed, the holds letting go of the order, and its outbox event (if any); a
+/// statement each for all of them. Stock a settlement returns is the caller's to move first.
+async fn settle_all<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    settled: &[(&Order, &Settlement, Timestamp)],
+) -> PortResult<()> {
+    for chunk in settled.chunks(SETTLEMENTS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE orders SET status = v.column3, updated_at = v.column4 \
+             FROM (VALUES {}) AS v \
+             WHERE orders.user_id = v.column1 AND orders.id = v.column2 \
+             AND orders.status = v.column5",
+            crate::engine::values_list(chunk.len(), 5)
+        );
+        let mut q = statement::<DB>(&sql);
+        for (order, plan, now) in chunk {
+            q = q
+                .text(order.user_id.as_str())
+                .text(order.id.as_str())
+                .text(plan.order.as_str())
+                .int(now.0)
+                .text(order.status.as_str());
         }
-        None => return Ok(()),
-    };
-    write_event(conn, &event).await
+        all_changed(
+            q.run(conn).await?,
+            chunk.len(),
+            "an order changed status meanwhile",
+        )?;
+        let sql = format!(
+            "UPDATE payments SET status = v.column2, \
+             reference = COALESCE(v.column3, payments.reference), failure_reason = v.column4, \
+             updated_at = v.column5, gateway_owed = v.column6 FROM (VALUES {}) AS v \
+             WHERE payments.id = v.column1 AND payments.status = v.column7",
+            crate::engine::values_list(chunk.len(), 7)
+        );
+        let mut q = statement::<DB>(&sql);
+        for (order, plan, now) in chunk {
+            let payment = payment_of(order)?;
+            q = q
+                .text(payment.id.as_str())
+                .text(plan.payment.as_str())
+                .opt_text(plan.reference.as_deref())
+                .opt_text(plan.failure_reason.as_deref())
+                .int(now.0)
+                .opt_text(plan.owed.map(GatewayOwed::as_str))
+                .text(payment.status.as_str());
+        }
+        all_changed(
+            q.run(conn).await?,
+            chunk.len(),
+            "a payment changed status meanwhile",
+        )?;
+        let released: Vec<&Order> = chunk
+            .iter()
+            .filter(|(_, plan, _)| plan.release_holds)
+            .map(|(order, _, _)| *order)
+            .collect();
+        if !released.is_empty() {
+            let sql = format!(
+                "UPDATE holds SET order_id = NULL FROM (VALUES {}) AS v \
+                 WHERE holds.user_id = v.column1 AND holds.order_id = v.column2",
+                crate::engine::values_list(released.len(), 2)
+            );
+            let mut q = statement::<DB>(&sql);
+            for order in released {
+                q = q.text(order.user_id.as_str()).text(order.id.as_str());
+            }
+            q.run(conn).await?;
+        }
+        let events: Vec<OutboxEvent> = chunk
+            .iter()
+            .filter_map(|(order, plan, now)| match &plan.event {
+                Some(MoneyEvent::OrderConfirmed) => Some(OutboxEvent::order_confirmed(order, *now)),
+                Some(MoneyEvent::PaymentFailed { reason }) => {
+                    Some(OutboxEvent::payment_failed(order, reason, *now))
+                }
+                None => None,
+            })
+            .collect();
+        write_events(conn, &events).await?;
+    }
+    Ok(())
+}
+
+/// `Ok` if a guarded multi-row write changed every row it named, else `Internal` (`broken`):
+/// some row was not in the state it was read in.
+fn all_changed(done: u64, wanted: usize, broken: &str) -> PortResult<()> {
+    match usize::try_from(done) {
+        Ok(done) if done == wanted => Ok(()),
+        _ => Err(internal(format!("{broken} ({done} of {wanted} changed)"))),
+    }
 }
 
 /// Checkouts, many buyers' in one transaction ([`each_in_one`]): each a `pending_payment` order
@@ -188,7 +292,24 @@ impl<DB: Judging> InBatch<DB> for NewOrder {
     const OP: &'static str = "create_orders";
     type Answer = Result<Order, CheckoutError>;
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer> {
-        Box::pin(create(tx, self))
+        Box::pin(async move { Ok(one_answer(create_all(tx, &[self]).await?)?) })
+    }
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<Self::Answer>> {
+        Box::pin(async move {
+            let news: Vec<&NewOrder> = items.iter().collect();
+            create_all(tx, &news).await
+        })
+    }
+}
+
+/// The one answer of a batch of one.
+fn one_answer<T>(mut answers: Vec<T>) -> PortResult<T> {
+    match (answers.pop(), answers.is_empty()) {
+        (Some(answer), true) => Ok(answer),
+        _ => Err(internal("a batch of one gave other than one answer")),
     }
 }
 
@@ -214,113 +335,233 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
             })
         })
     }
+    /// Consecutive steps of one kind that can be done together are ([`create_all`],
+    /// [`apply_all`]); every other step runs by itself, in the batch's order.
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<CheckoutWritten>> {
+        use CheckoutWrite as W;
+        use CheckoutWritten as A;
+        Box::pin(async move {
+            let mut done = Vec::with_capacity(items.len());
+            let mut rest = items;
+            while let Some(first) = rest.first() {
+                let news: Vec<&NewOrder> = rest
+                    .iter()
+                    .map_while(|w| match w {
+                        W::Order(new) => Some(new),
+                        _ => None,
+                    })
+                    .collect();
+                let answers: Vec<&PaymentAnswer> = rest
+                    .iter()
+                    .map_while(|w| match w {
+                        W::Payment(answer) => Some(answer),
+                        _ => None,
+                    })
+                    .collect();
+                if !news.is_empty() {
+                    rest = &rest[news.len()..];
+                    done.extend(create_all(tx, &news).await?.into_iter().map(A::Order));
+                } else if !answers.is_empty() {
+                    rest = &rest[answers.len()..];
+                    done.extend(apply_all(tx, &answers).await?.into_iter().map(A::Payment));
+                } else {
+                    rest = &rest[1..];
+                    done.push(InBatch::<DB>::run(first, tx).await?);
+                }
+            }
+            Ok(done)
+        })
+    }
 }
 
-/// One checkout of [`create_many`], inside the batch's transaction; a refusal writes nothing.
-async fn create<DB: Judging>(
+/// Checkouts of [`create_many`] together, inside the batch's transaction, in a constant number
+/// of statements whatever their number: every hold they name is locked and read at once, the
+/// core plans each checkout in turn (a hold an earlier checkout of the batch took is in a
+/// pending order for the later ones, as if each had committed), and the accepted orders are
+/// written with one multi-row statement per table. A refusal writes nothing.
+async fn create_all<DB: Judging>(
     tx: &mut impl Conn<DB>,
-    new: &NewOrder,
-) -> PortResult<Result<Order, CheckoutError>> {
-    let mut found = Vec::with_capacity(new.hold_ids.len());
-    for id in new.distinct_holds() {
-        found.push(holds::find(tx, &new.user_id, id, true).await?);
+    news: &[&NewOrder],
+) -> PortResult<Vec<Result<Order, CheckoutError>>> {
+    let mut keys: Vec<(&str, &str)> = news
+        .iter()
+        .flat_map(|n| n.hold_ids.iter().map(|h| (n.user_id.as_str(), h.as_str())))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let found = holds::find_many(tx, &keys, true).await?;
+    let mut taken: HashSet<&HoldId> = HashSet::new();
+    let mut planned = Vec::with_capacity(news.len());
+    for new in news {
+        let seen: Vec<Option<FoundHold>> = new
+            .distinct_holds()
+            .into_iter()
+            .map(|id| {
+                found.get(id).map(|f| FoundHold {
+                    hold: f.hold.clone(),
+                    in_pending_order: f.in_pending_order || taken.contains(id),
+                })
+            })
+            .collect();
+        let plan = checkout::plan_checkout(new, &seen);
+        if plan.is_ok() {
+            taken.extend(new.distinct_holds());
+        }
+        planned.push(plan);
     }
-    let order = match checkout::plan_checkout(new, &found) {
-        Ok(order) => order,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    // The order row, its holds taken into it, its lines (positioned in checkout order) and
-    // the payment: a statement each.
-    let payment = payment_of(&order)?;
-    let sql = "INSERT INTO orders (user_id, id, status, total, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)";
-    keyed::<DB>(sql, &order.user_id, &order.id)
-        .text(order.status.as_str())
-        .int(order.total.0)
-        .text(order.currency.as_str())
-        .int(order.created_at.0)
-        .run(tx)
-        .await?;
-    let ids: Vec<&str> = order.items.iter().map(|i| i.hold_id.as_str()).collect();
+    let orders: Vec<&Order> = planned.iter().filter_map(|p| p.as_ref().ok()).collect();
+    for chunk in orders.chunks(ORDERS_PER_STATEMENT) {
+        write_orders(tx, chunk).await?;
+    }
+    Ok(planned)
+}
+
+/// Orders per multi-row write: their lines and payments bind well under either engine's limit
+/// on parameters (SQLite's 32,766) as long as an order has fewer than this many lines.
+const ORDERS_PER_STATEMENT: usize = 100;
+
+/// New `pending_payment` orders as the core planned them: the order rows, their holds taken
+/// into them, their lines (positioned in checkout order) and their payments, a statement each.
+async fn write_orders<DB: Judging>(tx: &mut impl Conn<DB>, orders: &[&Order]) -> PortResult<()> {
     let sql = format!(
-        "UPDATE holds SET order_id = $3 WHERE id IN ({}) AND user_id = $2",
-        DB::JSON_TEXTS
+        "INSERT INTO orders (user_id, id, status, total, currency, created_at, updated_at) \
+         VALUES {}",
+        crate::engine::values_list(orders.len(), 7)
     );
-    statement::<DB>(&sql)
-        .string(serde_json::to_string(&ids).map_err(internal)?)
-        .text(order.user_id.as_str())
-        .text(order.id.as_str())
-        .run(tx)
-        .await?;
+    let mut q = statement::<DB>(&sql);
+    for order in orders {
+        q = q
+            .text(order.user_id.as_str())
+            .text(order.id.as_str())
+            .text(order.status.as_str())
+            .int(order.total.0)
+            .text(order.currency.as_str())
+            .int(order.created_at.0)
+            .int(order.created_at.0);
+    }
+    q.run(tx).await?;
+    let lines: Vec<(&Order, i64, &OrderItem)> = orders
+        .iter()
+        .flat_map(|o| {
+            (0_i64..)
+                .zip(&o.items)
+                .map(move |(at, item)| (*o, at, item))
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE holds SET order_id = v.column3 FROM (VALUES {}) AS v \
+         WHERE holds.user_id = v.column1 AND holds.id = v.column2",
+        crate::engine::values_list(lines.len(), 3)
+    );
+    let mut q = statement::<DB>(&sql);
+    for (order, _, item) in &lines {
+        q = q
+            .text(order.user_id.as_str())
+            .text(item.hold_id.as_str())
+            .text(order.id.as_str());
+    }
+    let moved = q.run(tx).await?;
+    debug_assert_eq!(
+        moved,
+        lines.len() as u64,
+        "every line's hold joined its order"
+    );
     let sql = format!(
         "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
          unit_price) VALUES {}",
-        crate::engine::values_list(order.items.len(), 7)
+        crate::engine::values_list(lines.len(), 7)
     );
     let mut q = statement::<DB>(&sql);
-    for (position, item) in (0_i64..).zip(&order.items) {
+    for (order, position, item) in &lines {
         q = q
             .text(order.id.as_str())
             .text(order.user_id.as_str())
             .text(item.hold_id.as_str())
             .text(item.sale_id.as_str())
-            .int(position)
+            .int(*position)
             .int(i64::from(item.quantity))
             .int(item.unit_price.0);
     }
     q.run(tx).await?;
-    statement::<DB>(
+    let sql = format!(
         "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
-         failure_reason, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7)",
-    )
-    .text(payment.id.as_str())
-    .text(order.id.as_str())
-    .text(order.user_id.as_str())
-    .text(payment.status.as_str())
-    .text(&payment.method)
-    .int(payment.amount.0)
-    .int(payment.updated_at.0)
-    .run(tx)
-    .await?;
-    Ok(Ok(order))
+         failure_reason, updated_at) VALUES {}",
+        crate::engine::values_list(orders.len(), 9)
+    );
+    let mut q = statement::<DB>(&sql);
+    for order in orders {
+        let payment = payment_of(order)?;
+        q = q
+            .text(payment.id.as_str())
+            .text(order.id.as_str())
+            .text(order.user_id.as_str())
+            .text(payment.status.as_str())
+            .text(&payment.method)
+            .opt_text(payment.reference.as_deref())
+            .int(payment.amount.0)
+            .opt_text(payment.failure_reason.as_deref())
+            .int(payment.updated_at.0);
+    }
+    q.run(tx).await?;
+    Ok(())
 }
 
-/// Carries out, in memory, what the core's [`checkout::convert_line`] decides for each line of
-/// the buyer's order `id` on an authorization. Returns the hold endings to write, or `None` if
-/// some hold cannot be honoured (then `stock` must be discarded).
+/// The lines of many `(buyer, order)` keys, by order, in checkout order, their holds locked
+/// for the rest of the transaction (in key order): one statement.
+async fn lines_of<DB: Judging>(
+    conn: &mut impl Conn<DB>,
+    keys: &[(&str, &str)],
+) -> PortResult<HashMap<OrderId, Vec<OrderLine>>> {
+    let mut lines: HashMap<OrderId, Vec<(i64, OrderLine)>> = HashMap::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT i.order_id, i.position, i.hold_id, i.sale_id, i.quantity, h.user_id, \
+         h.quantity AS hold_quantity, h.state, h.expires_at FROM order_items i \
+         JOIN holds h ON h.user_id = i.user_id AND h.id = i.hold_id \
+         WHERE (i.user_id, i.order_id) IN ({}) ORDER BY h.user_id, h.id{}",
+        DB::JSON_PAIRS,
+        DB::LOCK_HOLDS
+    );
+    let json = serde_json::to_string(keys).map_err(internal)?;
+    for row in statement::<DB>(&sql).string(json).all(conn).await? {
+        let order = OrderId::from_trusted(col(&row, "order_id")?);
+        let at: i64 = col(&row, "position")?;
+        lines
+            .entry(order)
+            .or_default()
+            .push((at, rows::order_line(&row)?));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|(order, mut found)| {
+            found.sort_unstable_by_key(|(at, _)| *at);
+            (order, found.into_iter().map(|(_, line)| line).collect())
+        })
+        .collect())
+}
+
+/// Carries out, in `stock`, what the core's [`checkout::convert_line`] decides for each line
+/// of an order on an authorization (its sales loaded, and locked with their drops when a
+/// lapsed hold may be taken again). Returns the hold endings to write, or `None` if some hold
+/// cannot be honoured (then the caller discards what this did to `stock`).
 async fn convert<DB: Judging>(
     conn: &mut impl Conn<DB>,
     stock: &mut TxStock,
-    user: &UserId,
-    id: &OrderId,
+    lines: &[OrderLine],
     retake: bool,
     now: Timestamp,
 ) -> PortResult<Option<Converted>> {
-    // The order's lines in checkout order, their holds locked for the rest of the transaction.
-    let sql = format!(
-        "SELECT i.hold_id, i.sale_id, i.quantity, h.user_id, h.quantity AS hold_quantity, \
-         h.state, h.expires_at FROM order_items i \
-         JOIN holds h ON h.user_id = i.user_id AND h.id = i.hold_id \
-         WHERE i.user_id = $1 AND i.order_id = $2 ORDER BY i.position{}",
-        DB::LOCK_HOLDS
-    );
-    let lines = keyed::<DB>(&sql, user, id)
-        .all(conn)
-        .await?
-        .iter()
-        .map(rows::order_line)
-        .collect::<PortResult<Vec<OrderLine>>>()?;
-    let sales: Vec<&SaleId> = lines.iter().map(|l| &l.sale_id).collect();
-    // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
-    // too, which needs the drop's other sales locked; a plain conversion does not.
-    let with_drops = checkout::may_retake(&lines, retake, now);
-    stock.lock_sales(conn, &sales, with_drops).await?;
     let (mut endings, mut retaken) = (Vec::new(), Vec::new());
-    for line in &lines {
+    for line in lines {
         stock.touch(conn, &line.sale_id, &line.user_id).await?;
         let step = checkout::convert_line(line, retake, now).map_err(internal)?;
         if let Some(to) = step.hold_ending() {
-            endings.push((line.hold_id.clone(), line.state, to));
+            endings.push((line.user_id.clone(), line.hold_id.clone(), line.state, to));
         }
         match step {
             LineStep::Convert => stock.sell(&line.sale_id, line.quantity)?,
@@ -345,12 +586,12 @@ async fn convert<DB: Judging>(
     Ok(Some((endings, retaken)))
 }
 
-/// What an authorization did to an order's holds: each hold's ending (from, to), and the
-/// sales whose stock it took again after a hold had lapsed.
-type Converted = (Vec<(HoldId, HoldState, HoldState)>, Vec<SaleId>);
+/// What an authorization did to an order's holds: each hold's ending (buyer, hold, from, to),
+/// and the sales whose stock it took again after a hold had lapsed.
+type Converted = (Vec<HoldEnding>, Vec<SaleId>);
 
 /// Records the gateway's answers for pending orders, many in one transaction
-/// ([`each_in_one`]), each with its effect on holds and stock.
+/// ([`each_in_one`], [`apply_all`]), each with its effect on holds and stock.
 pub async fn apply_payments<DB: Judging>(
     writer: &Pool<DB>,
     answers: &[PaymentAnswer],
@@ -362,82 +603,189 @@ impl<DB: Judging> InBatch<DB> for PaymentAnswer {
     const OP: &'static str = "apply_payments";
     type Answer = Option<PaymentApplied>;
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer> {
+        Box::pin(async move { one_answer(apply_all(tx, &[self]).await?) })
+    }
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<Self::Answer>> {
         Box::pin(async move {
-            let applied = apply_payment(tx, &self.order, &self.result, self.now).await?;
-            insert_audits(tx, &self.audit).await?;
-            Ok(applied)
+            let answers: Vec<&PaymentAnswer> = items.iter().collect();
+            apply_all(tx, &answers).await
         })
     }
 }
 
-/// One answer of [`apply_payments`], as the core's [`checkout::plan_answer`] plans it; an
-/// unknown or settled order writes nothing.
-async fn apply_payment<DB: Judging>(
+/// Notes that the batch settles `order`: a settled order is final, so a second settlement in
+/// one batch is a bug, refused (`Internal`) so the batch fails before writing it.
+fn settle_once(settled: &mut HashSet<OrderId>, order: &OrderId) -> PortResult<()> {
+    match settled.insert(order.clone()) {
+        true => Ok(()),
+        false => Err(internal(format!(
+            "order {order} settled twice in one batch"
+        ))),
+    }
+}
+
+/// Gateway answers of [`apply_payments`] together, inside the batch's transaction, as the
+/// core's [`checkout::plan_answer`] plans each; an unknown or settled order writes nothing.
+///
+/// The common case (authorizations converting live holds) costs a constant number of
+/// statements whatever the number of answers: the orders are locked and read at once, then
+/// their lines (holds locked), sales and buyers' units; each answer is planned in turn
+/// against the orders as the earlier answers left them, its stock moved in memory; and the
+/// hold endings, counters, status moves, outbox events and audit entries are written at the
+/// end, a statement each (a counter row per sale). An authorization whose holds cannot all be
+/// honoured moves no stock: what it did in memory is undone before the next answer.
+async fn apply_all<DB: Judging>(
     tx: &mut impl Conn<DB>,
-    id: &OrderId,
-    result: &PaymentResult,
-    now: Timestamp,
-) -> PortResult<Option<PaymentApplied>> {
-    // Through the payment (one per order): `orders` is keyed by buyer.
-    let sql = "SELECT user_id FROM payments WHERE order_id = $1";
-    let owner = find_on(tx, sql, id.as_str(), |r| col(r, "user_id")).await?;
-    let Some(user) = owner.map(UserId::from_trusted) else {
-        return Ok(None);
-    };
-    let Some(order) = lock_and_load(tx, &user, id).await? else {
-        return Ok(None);
-    };
-    // `None`: a hold lapsed; else the sales whose stock was taken again. With the order as
-    // written (built from what was read and written, not read back).
-    let (retaken, order) = match checkout::plan_answer(&order, result).map_err(internal)? {
-        AnswerPlan::AlreadySettled => return Ok(Some(PaymentApplied::AlreadySettled(order))),
-        AnswerPlan::Await { reference } => {
-            // An answer that comes later: records the gateway's reference, and the time.
-            statement::<DB>("UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3")
-                .text(&reference)
-                .int(now.0)
-                .text(payment_of(&order)?.id.as_str())
-                .run(tx)
-                .await?;
-            let sql = "UPDATE orders SET updated_at = $3 WHERE user_id = $1 AND id = $2";
-            keyed::<DB>(sql, &user, id).int(now.0).run(tx).await?;
-            (
-                Some(Vec::new()),
-                checkout::awaiting(&order, &reference, now),
-            )
-        }
-        AnswerPlan::Settle(plan) => {
-            settle(tx, &order, &plan, now).await?;
-            (Some(Vec::new()), plan.applied_to(&order, now))
-        }
-        AnswerPlan::Convert { reference, retake } => {
-            let mut stock = TxStock::default();
-            let converted = convert(tx, &mut stock, &user, id, retake, now).await?;
-            let plan = checkout::plan_authorized(&order, &reference, converted.is_some())
-                .map_err(internal)?;
-            // All or nothing: without endings `stock` is dropped unflushed and no stock moves;
-            // the money must go back at the gateway.
-            if let Some((endings, _)) = &converted {
-                for (hold, from, to) in endings {
-                    holds::end(tx, &user, hold, *from, *to).await?;
-                }
-                stock.flush(tx).await?;
-            }
-            settle(tx, &order, &plan, now).await?;
-            let after = plan.applied_to(&order, now);
-            (converted.map(|(_, retaken)| retaken), after)
-        }
-    };
-    debug_assert_eq!(
-        Some(&order),
-        load(tx, &user, id).await.ok().flatten().as_ref(),
-        "the order as written is the order as stored"
+    answers: &[&PaymentAnswer],
+) -> PortResult<Vec<Option<PaymentApplied>>> {
+    // Whose orders: through the payments (one per order), as `orders` is keyed by buyer.
+    let mut ids: Vec<&str> = answers.iter().map(|a| a.order.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!(
+        "SELECT user_id, order_id FROM payments WHERE order_id IN ({})",
+        DB::JSON_TEXTS
     );
-    Ok(Some(match retaken {
-        None => PaymentApplied::HoldLapsed(order),
-        Some(sales) if sales.is_empty() => PaymentApplied::Done(order),
-        Some(sales) => PaymentApplied::Retook { order, sales },
-    }))
+    let json = serde_json::to_string(&ids).map_err(internal)?;
+    let mut owners: Vec<(String, String)> = Vec::with_capacity(ids.len());
+    for row in statement::<DB>(&sql).string(json).all(tx).await? {
+        owners.push((col(&row, "user_id")?, col(&row, "order_id")?));
+    }
+    owners.sort_unstable();
+    let keys: Vec<(&str, &str)> = owners
+        .iter()
+        .map(|(u, o)| (u.as_str(), o.as_str()))
+        .collect();
+    // Two answers for one order (a webhook and the synchronous reply, on two nodes) are
+    // applied one after the other: the order rows stay locked to the commit.
+    lock_many(tx, "orders", &keys).await?;
+    let mut orders = load_many(tx, &keys).await?;
+    let pending: Vec<(&str, &str)> = keys
+        .iter()
+        .filter(|(_, id)| {
+            let id = OrderId::from_trusted((*id).to_owned());
+            orders
+                .get(&id)
+                .is_some_and(|o| o.status == OrderStatus::PendingPayment)
+        })
+        .copied()
+        .collect();
+    let lines = lines_of(tx, &pending).await?;
+    // Taking stock again for a lapsed hold is a reservation, judged under its drop's limit
+    // too, which needs the drop's other sales locked; a plain conversion does not.
+    let with_drops = answers.iter().any(|a| {
+        let (Some(order), Some(lines)) = (orders.get(&a.order), lines.get(&a.order)) else {
+            return false;
+        };
+        matches!(checkout::plan_answer(order, &a.result),
+            Ok(AnswerPlan::Convert { retake, .. }) if checkout::may_retake(lines, retake, a.now))
+    });
+    let mut stock = TxStock::default();
+    let sales: Vec<&SaleId> = lines.values().flatten().map(|l| &l.sale_id).collect();
+    stock.lock_sales(tx, &sales, with_drops).await?;
+    let buyers: Vec<(&SaleId, &UserId)> = lines
+        .values()
+        .flatten()
+        .map(|l| (&l.sale_id, &l.user_id))
+        .collect();
+    stock.load_units(tx, &buyers).await?;
+
+    let mut endings: Vec<HoldEnding> = Vec::new();
+    let mut settled: Vec<(Order, Settlement, Timestamp)> = Vec::new();
+    let mut settled_ids: HashSet<OrderId> = HashSet::new();
+    let mut applied = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let now = answer.now;
+        let Some(order) = orders.get(&answer.order) else {
+            applied.push(None);
+            continue;
+        };
+        // `None`: a hold lapsed; else the sales whose stock was taken again. With the order
+        // as written (built from what was read and planned, not read back).
+        let (retaken, after) =
+            match checkout::plan_answer(order, &answer.result).map_err(internal)? {
+                AnswerPlan::AlreadySettled => {
+                    applied.push(Some(PaymentApplied::AlreadySettled(order.clone())));
+                    continue;
+                }
+                AnswerPlan::Await { reference } => {
+                    // An answer that comes later: records the gateway's reference, and the time.
+                    statement::<DB>(
+                        "UPDATE payments SET reference = $1, updated_at = $2 WHERE id = $3",
+                    )
+                    .text(&reference)
+                    .int(now.0)
+                    .text(payment_of(order)?.id.as_str())
+                    .run(tx)
+                    .await?;
+                    let sql = "UPDATE orders SET updated_at = $3 WHERE user_id = $1 AND id = $2";
+                    keyed::<DB>(sql, &order.user_id, &order.id)
+                        .int(now.0)
+                        .run(tx)
+                        .await?;
+                    (Some(Vec::new()), checkout::awaiting(order, &reference, now))
+                }
+                AnswerPlan::Settle(plan) => {
+                    let after = plan.applied_to(order, now);
+                    settle_once(&mut settled_ids, &order.id)?;
+                    settled.push((order.clone(), plan, now));
+                    (Some(Vec::new()), after)
+                }
+                AnswerPlan::Convert { reference, retake } => {
+                    let order_lines = lines.get(&answer.order).map_or(&[][..], Vec::as_slice);
+                    let before = stock.clone();
+                    let converted = convert(tx, &mut stock, order_lines, retake, now).await?;
+                    // All or nothing: without endings no stock moves; the money must go back at
+                    // the gateway.
+                    let plan = checkout::plan_authorized(order, &reference, converted.is_some())
+                        .map_err(internal)?;
+                    let after = plan.applied_to(order, now);
+                    settle_once(&mut settled_ids, &order.id)?;
+                    settled.push((order.clone(), plan, now));
+                    match converted {
+                        Some((ended, retaken)) => {
+                            endings.extend(ended);
+                            (Some(retaken), after)
+                        }
+                        None => {
+                            stock = before;
+                            (None, after)
+                        }
+                    }
+                }
+            };
+        orders.insert(after.id.clone(), after.clone());
+        applied.push(Some(match retaken {
+            None => PaymentApplied::HoldLapsed(after),
+            Some(sales) if sales.is_empty() => PaymentApplied::Done(after),
+            Some(sales) => PaymentApplied::Retook {
+                order: after,
+                sales,
+            },
+        }));
+    }
+    holds::end_many(tx, &endings).await?;
+    stock.flush(tx).await?;
+    let settled: Vec<(&Order, &Settlement, Timestamp)> =
+        settled.iter().map(|(o, p, now)| (o, p, *now)).collect();
+    settle_all(tx, &settled).await?;
+    let audit: Vec<_> = answers
+        .iter()
+        .flat_map(|a| a.audit.iter().cloned())
+        .collect();
+    insert_audits(tx, &audit).await?;
+    #[cfg(debug_assertions)]
+    for (id, order) in &orders {
+        debug_assert_eq!(
+            Some(order),
+            load(tx, &order.user_id, id).await.ok().flatten().as_ref(),
+            "the order as written is the order as stored"
+        );
+    }
+    Ok(applied)
 }
 
 /// The order paid with this gateway reference.

@@ -15,26 +15,41 @@ use sqlx::Pool;
 use stampede_app::ports::{EventKind, OutboxEvent, PortResult};
 use stampede_core::{Timestamp, UserId};
 
-use crate::engine::{begin_write, commit, one, statement, Bind, Conn, Engine, Run};
+use crate::engine::{begin_write, commit, one, statement, values_list, Bind, Conn, Engine, Run};
 use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
 
 /// Writes an event inside the caller's transaction.
 pub async fn insert<DB: Engine>(conn: &mut impl Conn<DB>, e: &OutboxEvent) -> PortResult<()> {
-    let sql = format!(
-        "INSERT INTO outbox (id, user_id, kind, created_at, data_json) \
-         VALUES ($1, $2, $3, $4, CAST($5 AS {}))",
-        DB::JSON
-    );
-    statement::<DB>(&sql)
-        .text(&e.id)
-        .text(e.user_id.as_str())
-        .text(e.kind.as_str())
-        .int(e.created_at.0)
-        .string(e.data.to_string())
-        .run(conn)
-        .await?;
+    insert_many(conn, std::slice::from_ref(e)).await
+}
+
+/// [`insert`] of many events, a statement for up to 500 of them.
+pub async fn insert_many<DB: Engine>(
+    conn: &mut impl Conn<DB>,
+    events: &[OutboxEvent],
+) -> PortResult<()> {
+    for chunk in events.chunks(500) {
+        // `VALUES` names its columns `column1`… on both engines.
+        let sql = format!(
+            "INSERT INTO outbox (id, user_id, kind, created_at, data_json) \
+             SELECT column1, column2, column3, column4, CAST(column5 AS {}) FROM (VALUES {}) AS v",
+            DB::JSON,
+            values_list(chunk.len(), 5)
+        );
+        let data: Vec<String> = chunk.iter().map(|e| e.data.to_string()).collect();
+        let mut q = statement::<DB>(&sql);
+        for (e, data) in chunk.iter().zip(&data) {
+            q = q
+                .text(&e.id)
+                .text(e.user_id.as_str())
+                .text(e.kind.as_str())
+                .int(e.created_at.0)
+                .text(data);
+        }
+        q.run(conn).await?;
+    }
     Ok(())
 }
 

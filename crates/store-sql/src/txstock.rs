@@ -32,6 +32,7 @@ use crate::rows::{self, col};
 use crate::{internal, sale_cols};
 
 /// A value read in this transaction; `dirty` once changed in memory.
+#[derive(Clone)]
 struct Cached<T> {
     value: T,
     dirty: bool,
@@ -46,8 +47,9 @@ impl<T> Cached<T> {
     }
 }
 
-/// The sales and per-buyer units one transaction has read, with its pending changes.
-#[derive(Default)]
+/// The sales and per-buyer units one transaction has read, with its pending changes. A clone
+/// is a checkpoint: putting it back undoes every change since.
+#[derive(Default, Clone)]
 pub struct TxStock {
     /// `None`: looked up and not found (so a batch does not look again).
     sales: BTreeMap<SaleId, Option<Cached<Sale>>>,

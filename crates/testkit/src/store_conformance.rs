@@ -1623,6 +1623,127 @@ pub async fn checkout_steps_of_every_kind_share_a_batch(store: Arc<dyn Store>) {
     assert_eq!(checked(s, &sale.id).await, levels(10, 7, 1, 2));
 }
 
+/// Checkouts written together each see the ones before them (a hold an earlier one took is in
+/// a pending order for a later one), and gateway answers written together are each all or
+/// nothing: an order whose holds cannot all be honoured moves no stock while its neighbours
+/// convert theirs, and a second answer for an order settled earlier in the batch finds it
+/// settled. The orders answered are the orders stored, and each outcome writes its one event.
+pub async fn checkouts_and_answers_together_each_see_the_earlier_ones(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let s = &*f.store;
+    let sale = new_sale(s, 10, 10).await;
+    let (a, b, d) = (user(1), user(2), user(4));
+    let ha = reserve_one(s, &sale, &a, 2, T0).await;
+    let hb = reserve_one(s, &sale, &b, 1, T0).await;
+    let hd_old = reserve_one(s, &sale, &d, 1, T0).await;
+    let t1 = T0.plus_secs(10);
+    assert!(hd_old.expires_at > t1, "holds outlive ten seconds");
+    let hd_new = reserve_one(s, &sale, &d, 1, t1).await;
+    let order_of = |u: &UserId, holds: &[&Hold]| NewOrder {
+        order_id: OrderId::generate(t1.0, seq()),
+        payment_id: PaymentId::generate(t1.0, seq()),
+        user_id: u.clone(),
+        hold_ids: holds.iter().map(|h| h.id.clone()).collect(),
+        method: "card".into(),
+        now: t1,
+    };
+    let batch: Vec<CheckoutWrite> = [
+        order_of(&a, &[&ha]),
+        order_of(&a, &[&ha]),
+        order_of(&b, &[&hb]),
+        order_of(&d, &[&hd_new, &hd_old]),
+    ]
+    .into_iter()
+    .map(CheckoutWrite::Order)
+    .collect();
+    let mut orders = Vec::new();
+    for (i, answer) in written(s, &batch).await.into_iter().enumerate() {
+        match (i, answer) {
+            (1, CheckoutWritten::Order(refused)) => {
+                assert_eq!(refused, Err(CheckoutError::HoldInPendingOrder))
+            }
+            (_, CheckoutWritten::Order(Ok(order))) => orders.push(order),
+            other => panic!("{other:?}"),
+        }
+    }
+    let [oa, ob, od] = &orders[..] else {
+        panic!("{orders:?}")
+    };
+    assert_eq!(s.order(&d, &od.id).await.unwrap().as_ref(), Some(od));
+    assert_eq!(checked(s, &sale.id).await, levels(10, 5, 5, 0));
+    // d's older hold has lapsed (unswept) by the time its money comes: d's other hold, first
+    // in its order, must not stay sold.
+    let late = hd_old.expires_at.plus_secs(1);
+    assert!(hd_new.expires_at > late);
+    let answer = |order: &Order, result: PaymentResult, now: Timestamp| {
+        CheckoutWrite::Payment(PaymentAnswer {
+            order: order.id.clone(),
+            result,
+            now,
+            audit: Vec::new(),
+        })
+    };
+    let declined = PaymentResult::Declined {
+        reference: Some("ref-b".into()),
+        reason: "card_declined".into(),
+    };
+    let batch = vec![
+        answer(od, authorized("ref-d", false), late),
+        answer(oa, authorized("ref-a", false), t1),
+        answer(oa, authorized("ref-a", false), t1),
+        answer(ob, declined, t1),
+    ];
+    let answers = written(s, &batch).await;
+    let applied: Vec<&PaymentApplied> = answers
+        .iter()
+        .map(|w| match w {
+            CheckoutWritten::Payment(Some(applied)) => applied,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let [PaymentApplied::HoldLapsed(d_failed), PaymentApplied::Done(a_paid), PaymentApplied::AlreadySettled(a_again), PaymentApplied::Done(b_failed)] =
+        &applied[..]
+    else {
+        panic!("{applied:?}")
+    };
+    assert_eq!(d_failed.status, OrderStatus::PaymentFailed);
+    assert_eq!(a_paid.status, OrderStatus::Confirmed);
+    assert_eq!(a_again, a_paid);
+    assert_eq!(b_failed.status, OrderStatus::PaymentFailed);
+    for (who, order) in [(&d, d_failed), (&a, a_paid), (&b, b_failed)] {
+        assert_eq!(
+            s.order(who, &order.id).await.unwrap().as_ref(),
+            Some(order),
+            "the answer is the order as stored"
+        );
+    }
+    // a's two units sold; b's declined hold and both of d's still held.
+    assert_eq!(checked(s, &sale.id).await, levels(10, 5, 3, 2));
+    let kinds: Vec<EventKind> = claim_all(s, late).await.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::OrderConfirmed)
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::PaymentFailed)
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+    // b's declined hold let go of its order: b can try again.
+    let again = written(s, &[CheckoutWrite::Order(order_of(&b, &[&hb]))]).await;
+    assert!(
+        matches!(&again[..], [CheckoutWritten::Order(Ok(_))]),
+        "{again:?}"
+    );
+}
+
 /// A webhook event id is recorded once.
 pub async fn webhook_events_are_seen_once(store: Arc<dyn Store>) {
     let f = Fx { store };
