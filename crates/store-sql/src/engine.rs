@@ -424,6 +424,17 @@ pub async fn list<DB: Engine, T>(
     q.all_in(pool).await?.iter().map(read).collect()
 }
 
+/// Whether no key comes twice: a batch whose items each touch a row of their own can be
+/// written with one multi-row statement; one where two items touch the same row runs them one
+/// after another, so the later sees the earlier.
+pub fn all_distinct<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
+    let mut keys: Vec<K> = keys.collect();
+    let n = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.len() == n
+}
+
 /// `rows` rows of `width` parameters each, numbered from `$1`: the `VALUES` list of a
 /// multi-row statement.
 pub fn values_list(rows: usize, width: usize) -> String {

@@ -6,6 +6,8 @@
 //! caller's lease counts as abandoned (its request died) and is taken over, ids and all, by the
 //! next request with that key and body, which then owns the row.
 
+use std::collections::HashSet;
+
 use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
@@ -15,8 +17,8 @@ use stampede_app::ports::{
 use stampede_core::{OrderId, PaymentId, Timestamp, UserId};
 
 use crate::engine::{
-    begin_write, commit, find, list, one, statement, values_list, Bind, Conn, Engine, InBatch,
-    Pending, Run,
+    all_distinct, begin_write, commit, find, list, one, statement, values_list, Bind, Conn, Engine,
+    InBatch, Pending, Run,
 };
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
@@ -30,7 +32,62 @@ impl<DB: Engine> InBatch<DB> for IdempotencyClaim {
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, IdempotencyStart> {
         Box::pin(idempotency_start(tx, self))
     }
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<IdempotencyStart>> {
+        Box::pin(async move { claim_all(tx, &items.iter().collect::<Vec<_>>()).await })
+    }
 }
+
+/// Claims of a batch together: new keys (the usual case) are inserted by one multi-row
+/// statement and proceed; a key already there, or named twice in the batch, is claimed as
+/// [`IdempotencyClaim`]'s own write does, in the batch's order.
+pub async fn claim_all<DB: Engine>(
+    tx: &mut impl Conn<DB>,
+    claims: &[&IdempotencyClaim],
+) -> PortResult<Vec<IdempotencyStart>> {
+    let mut inserted = HashSet::new();
+    if all_distinct(claims.iter().map(|c| (c.user.as_str(), c.key.as_str()))) {
+        for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO idempotency (user_id, key, request_hash, status, body, started_at, \
+                 order_id, payment_id) SELECT column1, column2, column3, NULL, NULL, column4, \
+                 column5, column6 FROM (VALUES {}) AS v WHERE TRUE \
+                 ON CONFLICT (user_id, key) DO NOTHING RETURNING user_id, key",
+                values_list(chunk.len(), 6)
+            );
+            let mut q = statement::<DB>(&sql);
+            for c in chunk {
+                q = q
+                    .text(c.user.as_str())
+                    .text(&c.key)
+                    .text(&c.request_hash)
+                    .int(c.now.0)
+                    .text(c.ids.order_id.as_str())
+                    .text(c.ids.payment_id.as_str());
+            }
+            for row in q.all(tx).await? {
+                inserted.insert((col::<String>(&row, "user_id")?, col::<String>(&row, "key")?));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(claims.len());
+    for c in claims {
+        let key = (c.user.as_str().to_owned(), c.key.clone());
+        out.push(match inserted.contains(&key) {
+            true => IdempotencyStart::Proceed {
+                ids: c.ids.clone(),
+                resumed: false,
+            },
+            false => idempotency_start(tx, c).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// Rows per multi-row statement here: well under either engine's limit on parameters.
+const ROWS_PER_STATEMENT: usize = 500;
 
 async fn idempotency_start<DB: Engine>(
     tx: &mut impl Conn<DB>,
@@ -103,23 +160,49 @@ impl<DB: Engine> InBatch<DB> for IdempotencyAnswer {
     type Answer = ();
     /// Stores the answer for a claimed key.
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, ()> {
-        Box::pin(async move {
-            let (user, key) = (&self.user, self.key.as_str());
-            let done = statement::<DB>(
-                "UPDATE idempotency SET status = $3, body = $4 WHERE user_id = $1 AND key = $2",
-            )
-            .text(user.as_str())
-            .text(key)
-            .int(i64::from(self.status))
-            .text(&self.body)
-            .run(tx)
-            .await?;
-            if done == 0 {
-                tracing::warn!(%user, key, "idempotency_finish for a key that was never claimed");
-            }
-            Ok(())
-        })
+        Box::pin(async move { answer_all(tx, &[self]).await.map(|_| ()) })
     }
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<()>> {
+        Box::pin(async move { answer_all(tx, &items.iter().collect::<Vec<_>>()).await })
+    }
+}
+
+/// Stores the answers for claimed keys, a statement for each few hundred (one by one when a
+/// key comes twice, so the last answer stays).
+pub async fn answer_all<DB: Engine>(
+    tx: &mut impl Conn<DB>,
+    answers: &[&IdempotencyAnswer],
+) -> PortResult<Vec<()>> {
+    let distinct = all_distinct(answers.iter().map(|a| (a.user.as_str(), a.key.as_str())));
+    let size = if distinct { ROWS_PER_STATEMENT } else { 1 };
+    for chunk in answers.chunks(size) {
+        let sql = format!(
+            "UPDATE idempotency SET status = v.column3, body = v.column4 FROM (VALUES {}) AS v \
+             WHERE idempotency.user_id = v.column1 AND idempotency.key = v.column2",
+            values_list(chunk.len(), 4)
+        );
+        let mut q = statement::<DB>(&sql);
+        for a in chunk {
+            q = q
+                .text(a.user.as_str())
+                .text(&a.key)
+                .int(i64::from(a.status))
+                .text(&a.body);
+        }
+        let done = q.run(tx).await?;
+        if usize::try_from(done).ok() != Some(chunk.len()) {
+            let keys: Vec<&str> = chunk.iter().map(|a| a.key.as_str()).collect();
+            tracing::warn!(
+                ?keys,
+                done,
+                "idempotency answers for keys that were never claimed"
+            );
+        }
+    }
+    Ok(vec![(); answers.len()])
 }
 
 /// Drops an unanswered claim (an answered one stays, so it keeps replaying).
@@ -244,28 +327,51 @@ impl<DB: Engine> InBatch<DB> for Notification {
     type Answer = bool;
     /// Adds the notification to its buyer's feed unless one with its id is there.
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, bool> {
-        Box::pin(append_notification(tx, self))
+        Box::pin(async move { Ok(notify_all(tx, &[self]).await?.first() == Some(&true)) })
+    }
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<bool>> {
+        Box::pin(async move { notify_all(tx, &items.iter().collect::<Vec<_>>()).await })
     }
 }
 
-async fn append_notification<DB: Engine>(
+/// Adds notifications to their buyers' feeds in the order given, a statement for each few
+/// hundred (one by one when an id comes twice); whether each was added.
+pub async fn notify_all<DB: Engine>(
     tx: &mut impl Conn<DB>,
-    n: &Notification,
-) -> PortResult<bool> {
-    let sql = format!(
-        "INSERT INTO notifications (id, user_id, kind, created_at, data_json) \
-         VALUES ($1, $2, $3, $4, CAST($5 AS {})) ON CONFLICT (id) DO NOTHING",
-        DB::JSON
-    );
-    let done = statement::<DB>(&sql)
-        .text(&n.id)
-        .text(n.user_id.as_str())
-        .text(n.kind.as_str())
-        .int(n.created_at.0)
-        .string(n.data.to_string())
-        .run(tx)
-        .await?;
-    Ok(done == 1)
+    notices: &[&Notification],
+) -> PortResult<Vec<bool>> {
+    let size = match all_distinct(notices.iter().map(|n| n.id.as_str())) {
+        true => ROWS_PER_STATEMENT,
+        false => 1,
+    };
+    let mut added = HashSet::new();
+    for chunk in notices.chunks(size) {
+        let sql = format!(
+            "INSERT INTO notifications (id, user_id, kind, created_at, data_json) \
+             SELECT column1, column2, column3, column4, CAST(column5 AS {}) \
+             FROM (VALUES {}) AS v WHERE TRUE ON CONFLICT (id) DO NOTHING RETURNING id",
+            DB::JSON,
+            values_list(chunk.len(), 5)
+        );
+        let data: Vec<String> = chunk.iter().map(|n| n.data.to_string()).collect();
+        let mut q = statement::<DB>(&sql);
+        for (n, data) in chunk.iter().zip(&data) {
+            q = q
+                .text(&n.id)
+                .text(n.user_id.as_str())
+                .text(n.kind.as_str())
+                .int(n.created_at.0)
+                .text(data);
+        }
+        for row in q.all(tx).await? {
+            added.insert(col::<String>(&row, "id")?);
+        }
+    }
+    // An id added by this call counts for its first notification only.
+    Ok(notices.iter().map(|n| added.remove(&n.id)).collect())
 }
 
 /// A buyer's notifications after a cursor, oldest first: in the order they were added

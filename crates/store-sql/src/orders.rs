@@ -40,7 +40,7 @@ use crate::error::OrPort;
 use crate::holds::{self, HoldEnding};
 use crate::internal;
 use crate::judging::{lock_many, lock_own, Judging};
-use crate::misc::insert_audits;
+use crate::misc::{answer_all, claim_all, insert_audits, notify_all};
 use crate::outbox::insert_many as write_events;
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
@@ -335,46 +335,62 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
             })
         })
     }
-    /// Consecutive steps of one kind that can be done together are ([`create_all`],
-    /// [`apply_all`]); every other step runs by itself, in the batch's order.
+    /// Consecutive steps of one kind are done together ([`create_all`], [`apply_all`] and
+    /// the others), in the batch's order.
     fn run_all<'c>(
         items: &'c [Self],
         tx: &'c mut Transaction<'static, DB>,
     ) -> Pending<'c, Vec<CheckoutWritten>> {
         use CheckoutWrite as W;
         use CheckoutWritten as A;
+        /// The steps of a run of one kind, as that kind.
+        macro_rules! run_of {
+            ($run:expr, $kind:ident) => {
+                $run.iter()
+                    .filter_map(|w| match w {
+                        W::$kind(x) => Some(x),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+        }
         Box::pin(async move {
             let mut done = Vec::with_capacity(items.len());
             let mut rest = items;
             while let Some(first) = rest.first() {
-                let news: Vec<&NewOrder> = rest
+                let kind = std::mem::discriminant(first);
+                let len = rest
                     .iter()
-                    .map_while(|w| match w {
-                        W::Order(new) => Some(new),
-                        _ => None,
-                    })
-                    .collect();
-                let answers: Vec<&PaymentAnswer> = rest
-                    .iter()
-                    .map_while(|w| match w {
-                        W::Payment(answer) => Some(answer),
-                        _ => None,
-                    })
-                    .collect();
-                if !news.is_empty() {
-                    rest = &rest[news.len()..];
-                    done.extend(create_all(tx, &news).await?.into_iter().map(A::Order));
-                } else if !answers.is_empty() {
-                    rest = &rest[answers.len()..];
-                    done.extend(apply_all(tx, &answers).await?.into_iter().map(A::Payment));
-                } else {
-                    rest = &rest[1..];
-                    done.push(InBatch::<DB>::run(first, tx).await?);
+                    .take_while(|w| std::mem::discriminant(*w) == kind)
+                    .count();
+                let (run, later) = rest.split_at(len);
+                rest = later;
+                let answers: Vec<CheckoutWritten> = match first {
+                    W::Order(_) => wrap(create_all(tx, &run_of!(run, Order)).await?, A::Order),
+                    W::Payment(_) => wrap(apply_all(tx, &run_of!(run, Payment)).await?, A::Payment),
+                    W::OwedDone(_) => wrap(
+                        owed_done_all(tx, &run_of!(run, OwedDone)).await?,
+                        A::OwedDone,
+                    ),
+                    W::Claim(_) => wrap(claim_all(tx, &run_of!(run, Claim)).await?, A::Claim),
+                    W::Answer(_) => {
+                        wrap(answer_all(tx, &run_of!(run, Answer)).await?, |()| A::Answer)
+                    }
+                    W::Notice(_) => wrap(notify_all(tx, &run_of!(run, Notice)).await?, A::Notice),
+                };
+                if answers.len() != run.len() {
+                    return Err(internal("a run of checkout steps lost an answer"));
                 }
+                done.extend(answers);
             }
             Ok(done)
         })
     }
+}
+
+/// Each answer of a run, as a step's answer.
+fn wrap<T>(answers: Vec<T>, as_step: impl Fn(T) -> CheckoutWritten) -> Vec<CheckoutWritten> {
+    answers.into_iter().map(as_step).collect()
 }
 
 /// Checkouts of [`create_many`] together, inside the batch's transaction, in a constant number
@@ -907,21 +923,51 @@ impl<DB: Judging> InBatch<DB> for OwedDone {
     const OP: &'static str = "payments_owed_done";
     type Answer = bool;
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, bool> {
-        Box::pin(async move {
-            let changed = statement::<DB>(
-                "UPDATE payments SET gateway_owed = $1, updated_at = $2 \
-                 WHERE id = $3 AND gateway_owed = $4",
-            )
-            .opt_text(self.next.map(GatewayOwed::as_str))
-            .int(self.now.0)
-            .text(self.payment.as_str())
-            .text(self.done.as_str())
-            .run(tx)
-            .await?;
-            insert_audits(tx, &self.audit).await?;
-            Ok(changed == 1)
-        })
+        Box::pin(async move { Ok(owed_done_all(tx, &[self]).await?.first() == Some(&true)) })
     }
+    fn run_all<'c>(
+        items: &'c [Self],
+        tx: &'c mut Transaction<'static, DB>,
+    ) -> Pending<'c, Vec<bool>> {
+        Box::pin(async move { owed_done_all(tx, &items.iter().collect::<Vec<_>>()).await })
+    }
+}
+
+/// Money moves recorded done together: a guarded multi-row update for each few hundred (one
+/// by one when a payment comes twice, so the later sees the earlier), and their audit entries
+/// in one insert; whether each changed its payment.
+async fn owed_done_all<DB: Judging>(
+    tx: &mut impl Conn<DB>,
+    moves: &[&OwedDone],
+) -> PortResult<Vec<bool>> {
+    let size = match crate::engine::all_distinct(moves.iter().map(|m| m.payment.as_str())) {
+        true => SETTLEMENTS_PER_STATEMENT,
+        false => 1,
+    };
+    let mut changed = HashSet::new();
+    for chunk in moves.chunks(size) {
+        let sql = format!(
+            "UPDATE payments SET gateway_owed = v.column2, updated_at = v.column3 \
+             FROM (VALUES {}) AS v \
+             WHERE payments.id = v.column1 AND payments.gateway_owed = v.column4 RETURNING id",
+            crate::engine::values_list(chunk.len(), 4)
+        );
+        let mut q = statement::<DB>(&sql);
+        for m in chunk {
+            q = q
+                .text(m.payment.as_str())
+                .opt_text(m.next.map(GatewayOwed::as_str))
+                .int(m.now.0)
+                .text(m.done.as_str());
+        }
+        for row in q.all(tx).await? {
+            changed.insert(PaymentId::from_trusted(col(&row, "id")?));
+        }
+    }
+    let audit: Vec<_> = moves.iter().flat_map(|m| m.audit.iter().cloned()).collect();
+    insert_audits(tx, &audit).await?;
+    // A payment changed by this call counts for its first move only.
+    Ok(moves.iter().map(|m| changed.remove(&m.payment)).collect())
 }
 
 /// Pending orders nobody will settle (see `Store::stuck_orders`), oldest first.
