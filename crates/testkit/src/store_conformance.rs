@@ -13,8 +13,8 @@ use std::sync::Arc;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, CheckoutIds, CheckoutWrite, CheckoutWritten,
     EventKind, GatewayOwed, HoldError, IdempotencyAnswer, IdempotencyClaim, IdempotencyStart,
-    NewOrder, Notification, OutboxEvent, OwedPayment, PaymentAnswer, PaymentApplied, PaymentResult,
-    ReserveRequest, Role, Session, Store, User, WebhookDelivery,
+    NewOrder, Notification, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer, PaymentApplied,
+    PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::{HoldCap, LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -1742,6 +1742,87 @@ pub async fn checkouts_and_answers_together_each_see_the_earlier_ones(store: Arc
         matches!(&again[..], [CheckoutWritten::Order(Ok(_))]),
         "{again:?}"
     );
+    // Finished money moves together: each changes its own payment once.
+    let done = |order: &Order, owed: GatewayOwed| {
+        CheckoutWrite::OwedDone(OwedDone {
+            payment: order.payment.as_ref().unwrap().id.clone(),
+            done: owed,
+            next: None,
+            now: late,
+            audit: Vec::new(),
+        })
+    };
+    let moves = [
+        done(a_paid, GatewayOwed::Capture),
+        done(d_failed, GatewayOwed::Void),
+    ];
+    let owed = s.payments_owed(100).await.unwrap();
+    assert_eq!(
+        [owed_of(&owed, a_paid), owed_of(&owed, d_failed)].map(|o| o.map(|o| o.owed)),
+        [Some(GatewayOwed::Capture), Some(GatewayOwed::Void)]
+    );
+    let outcome = written(s, &moves).await;
+    assert_eq!(outcome, vec![CheckoutWritten::OwedDone(true); 2]);
+    assert_eq!(s.payments_owed(100).await.unwrap(), Vec::new());
+    let outcome = written(s, &moves[..1]).await;
+    assert_eq!(outcome, [CheckoutWritten::OwedDone(false)]);
+    // Claims and notifications together: new ones each taken, a repeat in the same batch
+    // sees the one before it.
+    let claim = |who: &UserId, key: &str| {
+        CheckoutWrite::Claim(IdempotencyClaim {
+            user: who.clone(),
+            key: key.into(),
+            request_hash: "h".into(),
+            now: late,
+            lease_ms: 60_000,
+            ids: CheckoutIds {
+                order_id: OrderId::generate(late.0, seq()),
+                payment_id: PaymentId::generate(late.0, seq()),
+            },
+        })
+    };
+    let claims = [claim(&a, "k1"), claim(&b, "k1"), claim(&a, "k1")];
+    let outcome = written(s, &claims).await;
+    assert!(
+        matches!(
+            &outcome[..],
+            [
+                CheckoutWritten::Claim(IdempotencyStart::Proceed { resumed: false, .. }),
+                CheckoutWritten::Claim(IdempotencyStart::Proceed { resumed: false, .. }),
+                CheckoutWritten::Claim(IdempotencyStart::InProgress),
+            ]
+        ),
+        "{outcome:?}"
+    );
+    let outcome = written(s, &[claim(&a, "k2"), claim(&b, "k2")]).await;
+    assert!(
+        outcome.iter().all(|o| matches!(
+            o,
+            CheckoutWritten::Claim(IdempotencyStart::Proceed { resumed: false, .. })
+        )),
+        "{outcome:?}"
+    );
+    let notice = |n: u128, who: &UserId| Notification {
+        id: format!("n{n}"),
+        user_id: who.clone(),
+        kind: EventKind::OrderConfirmed,
+        created_at: late,
+        data: serde_json::json!({ "n": n.to_string() }),
+    };
+    let (n1, n2) = (notice(seq(), &a), notice(seq(), &a));
+    let notices = [
+        CheckoutWrite::Notice(n1.clone()),
+        CheckoutWrite::Notice(n2.clone()),
+    ];
+    assert_eq!(
+        written(s, &notices).await,
+        vec![CheckoutWritten::Notice(true); 2]
+    );
+    assert_eq!(
+        written(s, &notices[..1]).await,
+        [CheckoutWritten::Notice(false)]
+    );
+    assert_eq!(s.notifications(&a, None, 10).await.unwrap(), vec![n1, n2]);
 }
 
 /// A webhook event id is recorded once.
