@@ -292,7 +292,7 @@ impl<DB: Judging> InBatch<DB> for NewOrder {
     const OP: &'static str = "create_orders";
     type Answer = Result<Order, CheckoutError>;
     fn run<'c>(&'c self, tx: &'c mut Transaction<'static, DB>) -> Pending<'c, Self::Answer> {
-        Box::pin(async move { Ok(one_answer(create_all(tx, &[self]).await?)?) })
+        Box::pin(async move { one_answer(create_all(tx, &[self]).await?) })
     }
     fn run_all<'c>(
         items: &'c [Self],
