@@ -335,57 +335,105 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
             })
         })
     }
-    /// Consecutive steps of one kind are done together ([`create_all`], [`apply_all`] and
-    /// the others), in the batch's order.
+    /// Steps done together, a multi-row statement or so per run of one kind ([`create_all`],
+    /// [`apply_all`] and the others), as if one after another in the batch's order.
+    ///
+    /// Steps that touch different tables commute, so the batch is split into lanes that run
+    /// one after the other, each in the batch's order: orders with gateway answers (holds,
+    /// orders, payments, stock); finished money moves (a payment's `gateway_owed`, which is
+    /// only set by the settlement that ends a pending order: a move's guard cannot match a
+    /// payment an answer of the same batch still writes, and an answer for a settled order
+    /// writes nothing); idempotency claims and answers (in one lane, claims first when no key
+    /// comes twice, as rows of different keys commute); and notifications.
     fn run_all<'c>(
         items: &'c [Self],
         tx: &'c mut Transaction<'static, DB>,
     ) -> Pending<'c, Vec<CheckoutWritten>> {
         use CheckoutWrite as W;
-        use CheckoutWritten as A;
-        /// The steps of a run of one kind, as that kind.
-        macro_rules! run_of {
-            ($run:expr, $kind:ident) => {
-                $run.iter()
-                    .filter_map(|w| match w {
-                        W::$kind(x) => Some(x),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            };
-        }
+        let lane = |w: &CheckoutWrite| match w {
+            W::Order(_) | W::Payment(_) => 0,
+            W::OwedDone(_) => 1,
+            W::Claim(_) | W::Answer(_) => 2,
+            W::Notice(_) => 3,
+        };
         Box::pin(async move {
-            let mut done = Vec::with_capacity(items.len());
-            let mut rest = items;
-            while let Some(first) = rest.first() {
-                let kind = std::mem::discriminant(first);
-                let len = rest
+            let mut answers: Vec<Option<CheckoutWritten>> = vec![None; items.len()];
+            for n in 0..4 {
+                let mut steps: Vec<(usize, &CheckoutWrite)> = items
                     .iter()
-                    .take_while(|w| std::mem::discriminant(*w) == kind)
-                    .count();
-                let (run, later) = rest.split_at(len);
-                rest = later;
-                let answers: Vec<CheckoutWritten> = match first {
-                    W::Order(_) => wrap(create_all(tx, &run_of!(run, Order)).await?, A::Order),
-                    W::Payment(_) => wrap(apply_all(tx, &run_of!(run, Payment)).await?, A::Payment),
-                    W::OwedDone(_) => wrap(
-                        owed_done_all(tx, &run_of!(run, OwedDone)).await?,
-                        A::OwedDone,
-                    ),
-                    W::Claim(_) => wrap(claim_all(tx, &run_of!(run, Claim)).await?, A::Claim),
-                    W::Answer(_) => {
-                        wrap(answer_all(tx, &run_of!(run, Answer)).await?, |()| A::Answer)
-                    }
-                    W::Notice(_) => wrap(notify_all(tx, &run_of!(run, Notice)).await?, A::Notice),
-                };
-                if answers.len() != run.len() {
-                    return Err(internal("a run of checkout steps lost an answer"));
+                    .enumerate()
+                    .filter(|(_, w)| lane(w) == n)
+                    .collect();
+                let keys = steps.iter().filter_map(|(_, w)| match w {
+                    W::Claim(c) => Some((c.user.as_str(), c.key.as_str())),
+                    W::Answer(a) => Some((a.user.as_str(), a.key.as_str())),
+                    _ => None,
+                });
+                if n == 2 && crate::engine::all_distinct(keys) {
+                    steps.sort_by_key(|(_, w)| matches!(w, W::Answer(_)));
                 }
-                done.extend(answers);
+                let (at, lane_steps): (Vec<usize>, Vec<&CheckoutWrite>) = steps.into_iter().unzip();
+                let done = run_in_order(tx, &lane_steps).await?;
+                if done.len() != at.len() {
+                    return Err(internal("a lane of checkout steps lost an answer"));
+                }
+                for (i, answer) in at.into_iter().zip(done) {
+                    answers[i] = Some(answer);
+                }
             }
-            Ok(done)
+            answers
+                .into_iter()
+                .map(|a| a.ok_or_else(|| internal("a checkout step went unanswered")))
+                .collect()
         })
     }
+}
+
+/// Steps in order, each run of one kind done together.
+async fn run_in_order<DB: Judging>(
+    tx: &mut impl Conn<DB>,
+    steps: &[&CheckoutWrite],
+) -> PortResult<Vec<CheckoutWritten>> {
+    use CheckoutWrite as W;
+    use CheckoutWritten as A;
+    /// The steps of a run of one kind, as that kind.
+    macro_rules! run_of {
+        ($run:expr, $kind:ident) => {
+            $run.iter()
+                .filter_map(|w| match w {
+                    W::$kind(x) => Some(x),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+    }
+    let mut done = Vec::with_capacity(steps.len());
+    let mut rest = steps;
+    while let Some(first) = rest.first() {
+        let kind = std::mem::discriminant(*first);
+        let len = rest
+            .iter()
+            .take_while(|w| std::mem::discriminant(**w) == kind)
+            .count();
+        let (run, later) = rest.split_at(len);
+        rest = later;
+        let answers: Vec<CheckoutWritten> = match first {
+            W::Order(_) => wrap(create_all(tx, &run_of!(run, Order)).await?, A::Order),
+            W::Payment(_) => wrap(apply_all(tx, &run_of!(run, Payment)).await?, A::Payment),
+            W::OwedDone(_) => wrap(
+                owed_done_all(tx, &run_of!(run, OwedDone)).await?,
+                A::OwedDone,
+            ),
+            W::Claim(_) => wrap(claim_all(tx, &run_of!(run, Claim)).await?, A::Claim),
+            W::Answer(_) => wrap(answer_all(tx, &run_of!(run, Answer)).await?, |()| A::Answer),
+            W::Notice(_) => wrap(notify_all(tx, &run_of!(run, Notice)).await?, A::Notice),
+        };
+        if answers.len() != run.len() {
+            return Err(internal("a run of checkout steps lost an answer"));
+        }
+        done.extend(answers);
+    }
+    Ok(done)
 }
 
 /// Each answer of a run, as a step's answer.
