@@ -25,7 +25,7 @@ use crate::engine::{begin_write, commit, list, statement, values_list, Bind, Con
 use crate::hold_cap::OpenHolds;
 use crate::internal;
 use crate::judging::{exactly_one, lock_many, lock_own, Judging};
-use crate::outbox::insert as write_event;
+use crate::outbox::insert as write_events;
 use crate::rows::{self, col};
 use crate::txstock::TxStock;
 
@@ -493,14 +493,24 @@ pub async fn warn_expiring<DB: Judging>(
     if due.is_empty() {
         return Ok(0);
     }
-    for hold in &due {
-        statement::<DB>("UPDATE holds SET expiry_warned = TRUE WHERE user_id = $1 AND id = $2")
-            .text(hold.user_id.as_str())
-            .text(hold.id.as_str())
-            .run(&mut tx)
-            .await?;
-        write_event(&mut tx, &OutboxEvent::hold_expiring(hold, now)).await?;
+    // A statement for every few hundred holds, and one for their events.
+    for chunk in due.chunks(ENDINGS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE holds SET expiry_warned = TRUE FROM (VALUES {}) AS v \
+             WHERE holds.user_id = v.column1 AND holds.id = v.column2",
+            values_list(chunk.len(), 2)
+        );
+        let mut q = statement::<DB>(&sql);
+        for hold in chunk {
+            q = q.text(hold.user_id.as_str()).text(hold.id.as_str());
+        }
+        q.run(&mut tx).await?;
     }
+    let events: Vec<OutboxEvent> = due
+        .iter()
+        .map(|hold| OutboxEvent::hold_expiring(hold, now))
+        .collect();
+    write_events(&mut tx, &events).await?;
     commit(tx, "warn_expiring_holds").await?;
     Ok(due.len())
 }

@@ -41,7 +41,7 @@ use crate::holds::{self, HoldEnding};
 use crate::internal;
 use crate::judging::{lock_many, lock_own, Judging};
 use crate::misc::{answer_all, claim_all, insert_audits, notify_all};
-use crate::outbox::insert_many as write_events;
+use crate::outbox::insert as write_events;
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
 

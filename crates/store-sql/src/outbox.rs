@@ -1,4 +1,4 @@
-//! The transactional outbox: events about buyers' orders, written by `apply_payment` in the
+//! The transactional outbox: events about buyers' orders, written by the payment answers in the
 //! same transaction as the change they report, and handed to a relay at least once.
 //!
 //! Invariants:
@@ -20,13 +20,8 @@ use crate::error::OrPort;
 use crate::internal;
 use crate::rows::{col, col_ts, col_word};
 
-/// Writes an event inside the caller's transaction.
-pub async fn insert<DB: Engine>(conn: &mut impl Conn<DB>, e: &OutboxEvent) -> PortResult<()> {
-    insert_many(conn, std::slice::from_ref(e)).await
-}
-
-/// [`insert`] of many events, a statement for up to 500 of them.
-pub async fn insert_many<DB: Engine>(
+/// Writes events inside the caller's transaction, a statement for up to 500 of them.
+pub async fn insert<DB: Engine>(
     conn: &mut impl Conn<DB>,
     events: &[OutboxEvent],
 ) -> PortResult<()> {
