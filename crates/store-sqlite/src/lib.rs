@@ -52,6 +52,11 @@ pub struct SqliteBackend {
     reader: SqlitePool,
 }
 
+/// Prepared statements the writer keeps: the multi-row statements of group commits come in
+/// many batch sizes for a dozen or so statements; the least used are dropped first, which
+/// bounds the memory the compiled statements take.
+const WRITER_STATEMENTS: usize = 512;
+
 /// Opens (creating it and its directory if missing) the database at `path`. Does not
 /// migrate: call `Store::migrate` before use.
 pub async fn open(path: &Path) -> Result<SqliteStore, PortError> {
@@ -83,7 +88,10 @@ pub async fn open(path: &Path) -> Result<SqliteStore, PortError> {
                 // after commit: a larger page cache keeps them, and a checkpoint every 16 MB of
                 // WAL (not SQLite's 4 MB) copies each one back to the file less often.
                 .pragma("cache_size", "-65536")
-                .pragma("wal_autocheckpoint", "4096"),
+                .pragma("wal_autocheckpoint", "4096")
+                // A batch's multi-row statements differ by their row count: with room for
+                // every size, each is parsed once, not once per batch.
+                .statement_cache_capacity(WRITER_STATEMENTS),
         )
         .await
         .port()?;
