@@ -483,9 +483,11 @@ async fn create_all<DB: Judging>(
     Ok(planned)
 }
 
-/// Orders per multi-row write: their lines and payments bind well under either engine's limit
-/// on parameters (SQLite's 32,766) as long as an order has fewer than this many lines.
+/// Orders (and, below, lines) per multi-row write: well under either engine's limit on bound
+/// parameters (SQLite's 32,766), whatever the number of lines an order has.
 const ORDERS_PER_STATEMENT: usize = 100;
+/// Lines per multi-row write, as [`ORDERS_PER_STATEMENT`] orders.
+const LINES_PER_STATEMENT: usize = 1_000;
 
 /// New `pending_payment` orders as the core planned them: the order rows, their holds taken
 /// into them, their lines (positioned in checkout order) and their payments, a statement each.
@@ -515,41 +517,43 @@ async fn write_orders<DB: Judging>(tx: &mut impl Conn<DB>, orders: &[&Order]) ->
                 .map(move |(at, item)| (*o, at, item))
         })
         .collect();
-    let sql = format!(
-        "UPDATE holds SET order_id = v.column3 FROM (VALUES {}) AS v \
-         WHERE holds.user_id = v.column1 AND holds.id = v.column2",
-        crate::engine::values_list(lines.len(), 3)
-    );
-    let mut q = statement::<DB>(&sql);
-    for (order, _, item) in &lines {
-        q = q
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .text(order.id.as_str());
+    for chunk in lines.chunks(LINES_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE holds SET order_id = v.column3 FROM (VALUES {}) AS v \
+             WHERE holds.user_id = v.column1 AND holds.id = v.column2",
+            crate::engine::values_list(chunk.len(), 3)
+        );
+        let mut q = statement::<DB>(&sql);
+        for (order, _, item) in chunk {
+            q = q
+                .text(order.user_id.as_str())
+                .text(item.hold_id.as_str())
+                .text(order.id.as_str());
+        }
+        let moved = q.run(tx).await?;
+        debug_assert_eq!(
+            moved,
+            chunk.len() as u64,
+            "every line's hold joined its order"
+        );
+        let sql = format!(
+            "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
+             unit_price) VALUES {}",
+            crate::engine::values_list(chunk.len(), 7)
+        );
+        let mut q = statement::<DB>(&sql);
+        for (order, position, item) in chunk {
+            q = q
+                .text(order.id.as_str())
+                .text(order.user_id.as_str())
+                .text(item.hold_id.as_str())
+                .text(item.sale_id.as_str())
+                .int(*position)
+                .int(i64::from(item.quantity))
+                .int(item.unit_price.0);
+        }
+        q.run(tx).await?;
     }
-    let moved = q.run(tx).await?;
-    debug_assert_eq!(
-        moved,
-        lines.len() as u64,
-        "every line's hold joined its order"
-    );
-    let sql = format!(
-        "INSERT INTO order_items (order_id, user_id, hold_id, sale_id, position, quantity, \
-         unit_price) VALUES {}",
-        crate::engine::values_list(lines.len(), 7)
-    );
-    let mut q = statement::<DB>(&sql);
-    for (order, position, item) in &lines {
-        q = q
-            .text(order.id.as_str())
-            .text(order.user_id.as_str())
-            .text(item.hold_id.as_str())
-            .text(item.sale_id.as_str())
-            .int(*position)
-            .int(i64::from(item.quantity))
-            .int(item.unit_price.0);
-    }
-    q.run(tx).await?;
     let sql = format!(
         "INSERT INTO payments (id, order_id, user_id, status, method, reference, amount, \
          failure_reason, updated_at) VALUES {}",
