@@ -238,6 +238,21 @@ impl App {
         })
     }
 
+    /// Waits, up to `limit`, until every keyed checkout's answer written behind its response
+    /// is stored; whether they all were. A graceful stop calls it, so a retry after the
+    /// restart replays the answer the client got (after a kill -9 the retry resumes instead,
+    /// under the claim's ids). The in-flight answers are the ones still in the map.
+    pub async fn store_answers_in_flight(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.answers_in_flight.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        true
+    }
+
     /// Turns the caller's holds into an order and pays for it.
     pub async fn checkout(&self, who: &Principal, req: CheckoutRequest) -> Result<Order, AppError> {
         self.checkout_as(who, req, fresh_ids(self.clock.now()))

@@ -100,6 +100,9 @@ struct Keyed {
     answer: Option<(u16, String)>,
     /// A 5xx: the claim was dropped and a retry runs afresh.
     abandoned: bool,
+    /// [`World::kills`] when the key was first used: an answer stored behind its response
+    /// may be lost to a kill after that.
+    kills_at: u32,
 }
 
 /// How one checkout ended, as the HTTP layer would put it.
@@ -132,6 +135,8 @@ pub struct World {
     stalled_until: usize,
     /// The gate was made wrong and not rebuilt since.
     drifted: bool,
+    /// Crashes that killed the node without a graceful stop.
+    kills: u32,
     step_no: usize,
     /// Charges whose capture was hanging when the app crashed after their order was confirmed.
     /// The restart's money reconciliation must capture them before the next check; only with
@@ -224,6 +229,7 @@ impl World {
             prev: Snapshot::default(),
             stalled_until: 0,
             drifted: false,
+            kills: 0,
             step_no: 0,
             stats: BTreeMap::new(),
             lost_captures: BTreeSet::new(),
@@ -325,8 +331,9 @@ impl World {
         stampede_core::Clock::now(&self.clock)
     }
 
-    /// Drops the application and starts it again over the same file. `graceful` lets the
-    /// group-commit writer drain its queue; otherwise it dies with what it has queued.
+    /// Drops the application and starts it again over the same file. `graceful` stores the
+    /// keyed answers written behind their responses and lets the group-commit writer drain its
+    /// queue; otherwise it dies with what it has queued.
     async fn crash(&mut self, graceful: bool) -> Result<(), String> {
         if let Some(node) = self.node.take() {
             let Node {
@@ -337,6 +344,11 @@ impl World {
             } = node;
             if !graceful {
                 writer.abort();
+            } else if !app
+                .store_answers_in_flight(std::time::Duration::from_secs(10))
+                .await
+            {
+                return Err("keyed answers were still unstored 10 s into a graceful stop".into());
             }
             drop(app);
             drop(gate);
@@ -353,6 +365,7 @@ impl World {
         }
         self.node = Some(self.start().await?);
         self.drifted = false;
+        self.kills += u32::from(!graceful);
         self.count(if graceful {
             "crash (writer drained)"
         } else {
@@ -647,6 +660,13 @@ impl World {
                             self.keyed[i].abandoned = s >= 500;
                             self.keyed[i].answer = (s < 500).then_some((s, b));
                         }
+                        // Its answer was stored behind the response and a kill came first: the
+                        // retry resumed under the claim's ids and must tell the same.
+                        (Answer::Fresh(s, b, _), Some(told))
+                            if self.kills > k.kills_at && (s, &b) == (told.0, &told.1) =>
+                        {
+                            self.count("checkout: resumed after a lost answer");
+                        }
                         (Answer::Fresh(..), _) => {
                             return Err(format!("retry of key {} ran the checkout again", k.key))
                         }
@@ -699,6 +719,7 @@ impl World {
                     token,
                     answer: None,
                     abandoned: false,
+                    kills_at: self.kills,
                 };
                 let before = self.gateway.charges().len();
                 let (a, b) = futures::join!(self.send_keyed(&k), self.send_keyed(&k));
@@ -1057,6 +1078,7 @@ impl World {
                     token,
                     answer: None,
                     abandoned: false,
+                    kills_at: self.kills,
                 };
                 match self.send_keyed(&k).await? {
                     Answer::Fresh(status, body, result) => {

@@ -446,6 +446,10 @@ pub async fn serve(args: ServeArgs, http: bool) -> anyhow::Result<()> {
     for job in jobs {
         let _ = job.await;
     }
+    // A retry after the restart then replays what its client was told.
+    if !app.store_answers_in_flight(Duration::from_secs(10)).await {
+        tracing::warn!("keyed checkout answers still unstored after 10 s; retries will resume");
+    }
     drop(app);
     // The writer ends once the last handle to the app is gone and its queue is drained.
     if tokio::time::timeout(Duration::from_secs(10), writer)
