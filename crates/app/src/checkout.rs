@@ -15,8 +15,8 @@ use crate::auth::Principal;
 use crate::money::Recording;
 use crate::ports::{
     AuditEntry, Authorization, AuthorizeRequest, Cancelled, CheckoutIds, Event, GatewayOwed,
-    IdempotencyAnswer, IdempotencyClaim, IdempotencyStart, NewOrder, OwedDone, OwedPayment,
-    PaymentAnswer, PaymentApplied, PaymentResult, PortError,
+    IdempotencyAnswer, IdempotencyClaim, IdempotencyStart, KeyedOrder, NewOrder, OwedDone,
+    OwedPayment, PaymentAnswer, PaymentApplied, PaymentResult, PortError,
 };
 use crate::{webhook, App, AppError};
 
@@ -189,7 +189,24 @@ impl App {
             lease_ms: lease,
             ids,
         };
-        let (ids, resumed) = match self.checkout_writes.claim(claim).await? {
+        // A well-formed checkout's order is written with its claim (one commit); a malformed
+        // one claims alone and is refused by `checkout_as`, an answer stored like any other.
+        let (start, created) = match check_checkout(&req) {
+            Ok(hold_ids) => {
+                let order = NewOrder {
+                    order_id: claim.ids.order_id.clone(),
+                    payment_id: claim.ids.payment_id.clone(),
+                    user_id: user.clone(),
+                    hold_ids,
+                    method: req.method.clone(),
+                    now,
+                };
+                let keyed = Box::new(KeyedOrder { claim, order });
+                self.checkout_writes.keyed_order(keyed).await?
+            }
+            Err(_) => (self.checkout_writes.claim(claim).await?, None),
+        };
+        let (ids, resumed) = match start {
             IdempotencyStart::Replay { status, body } => {
                 return Ok(KeyedCheckout::Replay { status, body })
             }
@@ -197,10 +214,11 @@ impl App {
             IdempotencyStart::InProgress => return Err(AppError::IdempotencyInProgress),
             IdempotencyStart::Proceed { ids, resumed } => (ids, resumed),
         };
-        let result = if resumed {
-            self.resume_checkout(who, req, ids).await
-        } else {
-            self.checkout_as(who, req, ids).await
+        let result = match (resumed, created) {
+            (true, _) => self.resume_checkout(who, req, ids).await,
+            (false, Some(Ok(order))) => self.pay(who, order, ids.payment_id, req).await,
+            (false, Some(Err(refused))) => Err(refused.into()),
+            (false, None) => self.checkout_as(who, req, ids).await,
         };
         let (status, body) = render(&result);
         if status >= 500 {

@@ -14,8 +14,8 @@ use stampede_core::{Hold, Order};
 
 use crate::ports::{
     CheckoutError, CheckoutWrite, CheckoutWritten, Holds, IdempotencyAnswer, IdempotencyClaim,
-    IdempotencyStart, NewOrder, Notification, OwedDone, PaymentAnswer, PaymentApplied, PortError,
-    PortResult, ReserveRequest, Store,
+    IdempotencyStart, KeyedOrder, NewOrder, Notification, OwedDone, PaymentAnswer, PaymentApplied,
+    PortError, PortResult, ReserveRequest, Store,
 };
 
 /// The judge's answer to one reservation, or why its batch failed.
@@ -237,6 +237,12 @@ impl CheckoutWriter {
     step!(
         /// The answer stored for a claimed key.
         answer(IdempotencyAnswer) -> (), Answer, CheckoutWritten::Answer => ()
+    );
+    step!(
+        /// An idempotency key's claim and, if the claim is new, its order, in one commit where
+        /// the store can.
+        keyed_order(Box<KeyedOrder>) -> (IdempotencyStart, Option<Result<Order, CheckoutError>>),
+        KeyedOrder, CheckoutWritten::KeyedOrder(start, order) => (start, order)
     );
     step!(
         /// A buyer's notification (false: it was there already).

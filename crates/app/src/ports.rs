@@ -361,6 +361,35 @@ pub enum CheckoutWrite {
     Claim(IdempotencyClaim),
     Answer(IdempotencyAnswer),
     Notice(Notification),
+    KeyedOrder(Box<KeyedOrder>),
+}
+
+/// A keyed checkout's first two steps as one write: the key's claim and, only if the claim is
+/// new, the order it stands for, created under the claim's ids. A store that can commits both
+/// at once, so a keyed checkout waits on one commit before the gateway instead of two, and a
+/// crash leaves both or neither.
+#[derive(Debug, Clone)]
+pub struct KeyedOrder {
+    pub claim: IdempotencyClaim,
+    pub order: NewOrder,
+}
+
+impl KeyedOrder {
+    /// The order to create after the claim answered `start`: only for a new claim (a resumed
+    /// one may have its order already; the caller looks), under the claim's ids.
+    pub fn order_after(&self, start: &IdempotencyStart) -> Option<NewOrder> {
+        match start {
+            IdempotencyStart::Proceed {
+                ids,
+                resumed: false,
+            } => Some(NewOrder {
+                order_id: ids.order_id.clone(),
+                payment_id: ids.payment_id.clone(),
+                ..self.order.clone()
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a [`CheckoutWrite`] tells its caller: the answer its own batch call gives.
@@ -372,6 +401,8 @@ pub enum CheckoutWritten {
     Claim(IdempotencyStart),
     Answer,
     Notice(bool),
+    /// The claim's answer, and the order's if the claim was new.
+    KeyedOrder(IdempotencyStart, Option<Result<Order, CheckoutError>>),
 }
 
 /// [`Store::write_checkouts`] as each kind's own batch call, the kinds side by side (for a
@@ -396,6 +427,7 @@ pub async fn write_each_kind<S: Store + ?Sized>(
     }
     let (orders, payments, owed) = (kind!(Order), kind!(Payment), kind!(OwedDone));
     let (claims, answers, notices) = (kind!(Claim), kind!(Answer), kind!(Notice));
+    let keyed = kind!(KeyedOrder);
     // Each kind's batch call, skipped when the batch has none of that kind.
     macro_rules! call {
         ($items:ident, $method:ident) => {
@@ -407,14 +439,16 @@ pub async fn write_each_kind<S: Store + ?Sized>(
             }
         };
     }
-    let (o, p, d, c, a, n) = futures::join!(
+    let (o, p, d, c, a, n, k) = futures::join!(
         call!(orders, create_orders),
         call!(payments, apply_payments),
         call!(owed, payments_owed_done),
         call!(claims, idempotency_starts),
         call!(answers, idempotency_finishes),
         call!(notices, append_notifications),
+        claims_then_orders(store, &keyed),
     );
+    let mut k = k.into_iter();
     let (mut o, mut p, mut d) = (o.into_iter(), p.into_iter(), d.into_iter());
     let (mut c, mut a, mut n) = (c.into_iter(), a.into_iter(), n.into_iter());
     let missing = || Err(PortError::internal("a batch call gave too few answers"));
@@ -427,6 +461,44 @@ pub async fn write_each_kind<S: Store + ?Sized>(
             W::Claim(_) => c.next().map_or_else(missing, |r| r.map(A::Claim)),
             W::Answer(_) => a.next().map_or_else(missing, |r| r.map(|()| A::Answer)),
             W::Notice(_) => n.next().map_or_else(missing, |r| r.map(A::Notice)),
+            W::KeyedOrder(_) => k.next().unwrap_or_else(missing),
+        })
+        .collect()
+}
+
+/// Keyed orders as two batch calls, one after the other: the claims, then the orders of the
+/// new ones (two commits; a store with one transaction for both overrides
+/// [`Store::write_checkouts`]).
+async fn claims_then_orders<S: Store + ?Sized>(
+    store: &S,
+    keyed: &[Box<KeyedOrder>],
+) -> Vec<PortResult<CheckoutWritten>> {
+    if keyed.is_empty() {
+        return Vec::new();
+    }
+    let claims: Vec<IdempotencyClaim> = keyed.iter().map(|k| k.claim.clone()).collect();
+    let starts = store.idempotency_starts(&claims).await;
+    let orders: Vec<NewOrder> = keyed
+        .iter()
+        .zip(&starts)
+        .filter_map(|(k, start)| k.order_after(start.as_ref().ok()?))
+        .collect();
+    let mut created = match orders.is_empty() {
+        true => Vec::new(),
+        false => store.create_orders(&orders).await,
+    }
+    .into_iter();
+    let missing = || Err(PortError::internal("a batch call gave too few answers"));
+    keyed
+        .iter()
+        .zip(starts)
+        .map(|(k, start)| {
+            let start = start?;
+            let order = match k.order_after(&start) {
+                Some(_) => Some(created.next().unwrap_or_else(missing)?),
+                None => None,
+            };
+            Ok(CheckoutWritten::KeyedOrder(start, order))
         })
         .collect()
 }

@@ -22,8 +22,8 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Pool, Transaction};
 
 use stampede_app::ports::{
-    Cancelled, CheckoutError, CheckoutWrite, CheckoutWritten, GatewayOwed, NewOrder, OutboxEvent,
-    OwedDone, OwedPayment, PaymentAnswer, PaymentApplied, PortResult,
+    Cancelled, CheckoutError, CheckoutWrite, CheckoutWritten, GatewayOwed, IdempotencyStart,
+    NewOrder, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer, PaymentApplied, PortResult,
 };
 use stampede_core::checkout::{
     self, AnswerPlan, CancelPlan, FoundHold, LineStep, MoneyEvent, OrderLine, Settlement,
@@ -332,6 +332,14 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                     A::Answer
                 }
                 W::Notice(x) => A::Notice(InBatch::<DB>::run(x, tx).await?),
+                W::KeyedOrder(k) => {
+                    let start = one_answer(claim_all(tx, &[&k.claim]).await?)?;
+                    let order = match k.order_after(&start) {
+                        Some(new) => Some(one_answer(create_all(tx, &[&new]).await?)?),
+                        None => None,
+                    };
+                    A::KeyedOrder(start, order)
+                }
             })
         })
     }
@@ -339,45 +347,87 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
     /// [`apply_all`] and the others), as if one after another in the batch's order.
     ///
     /// Steps that touch different tables commute, so the batch is split into lanes that run
-    /// one after the other, each in the batch's order: orders with gateway answers (holds,
-    /// orders, payments, stock); finished money moves (a payment's `gateway_owed`, which is
-    /// only set by the settlement that ends a pending order: a move's guard cannot match a
-    /// payment an answer of the same batch still writes, and an answer for a settled order
-    /// writes nothing); idempotency claims and answers (in one lane, claims first when no key
-    /// comes twice, as rows of different keys commute); and notifications.
+    /// one after the other, each in the batch's order: idempotency claims and answers (in one
+    /// lane, claims first when no key comes twice, as rows of different keys commute); orders
+    /// with gateway answers (holds, orders, payments, stock); finished money moves (a
+    /// payment's `gateway_owed`, which is only set by the settlement that ends a pending order:
+    /// a move's guard cannot match a payment an answer of the same batch still writes, and an
+    /// answer for a settled order writes nothing); and notifications. A keyed order is a claim
+    /// in the first lane and, if the claim was new, an order in the second, at its place.
     fn run_all<'c>(
         items: &'c [Self],
         tx: &'c mut Transaction<'static, DB>,
     ) -> Pending<'c, Vec<CheckoutWritten>> {
         use CheckoutWrite as W;
-        let lane = |w: &CheckoutWrite| match w {
-            W::Order(_) | W::Payment(_) => 0,
-            W::OwedDone(_) => 1,
-            W::Claim(_) | W::Answer(_) => 2,
-            W::Notice(_) => 3,
-        };
+        use CheckoutWritten as A;
         Box::pin(async move {
             let mut answers: Vec<Option<CheckoutWritten>> = vec![None; items.len()];
-            for n in 0..4 {
-                let mut steps: Vec<(usize, &CheckoutWrite)> = items
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, w)| lane(w) == n)
-                    .collect();
-                let keys = steps.iter().filter_map(|(_, w)| match w {
-                    W::Claim(c) => Some((c.user.as_str(), c.key.as_str())),
-                    W::Answer(a) => Some((a.user.as_str(), a.key.as_str())),
+            let keyed_claims: Vec<(usize, CheckoutWrite)> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| match w {
+                    W::KeyedOrder(k) => Some((i, W::Claim(k.claim.clone()))),
                     _ => None,
-                });
-                if n == 2 && crate::engine::all_distinct(keys) {
-                    steps.sort_by_key(|(_, w)| matches!(w, W::Answer(_)));
+                })
+                .collect();
+            let mut steps: Vec<(usize, &CheckoutWrite)> = items
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w, W::Claim(_) | W::Answer(_)))
+                .chain(keyed_claims.iter().map(|(i, w)| (*i, w)))
+                .collect();
+            steps.sort_by_key(|(i, _)| *i);
+            let keys = steps.iter().filter_map(|(_, w)| match w {
+                W::Claim(c) => Some((c.user.as_str(), c.key.as_str())),
+                W::Answer(a) => Some((a.user.as_str(), a.key.as_str())),
+                _ => None,
+            });
+            if crate::engine::all_distinct(keys) {
+                steps.sort_by_key(|(_, w)| matches!(w, W::Answer(_)));
+            }
+            let mut starts: Vec<(usize, IdempotencyStart)> = Vec::new();
+            for (i, answer) in run_lane(tx, steps).await? {
+                match (&items[i], answer) {
+                    (W::KeyedOrder(_), A::Claim(start)) => starts.push((i, start)),
+                    (_, answer) => answers[i] = Some(answer),
                 }
-                let (at, lane_steps): (Vec<usize>, Vec<&CheckoutWrite>) = steps.into_iter().unzip();
-                let done = run_in_order(tx, &lane_steps).await?;
-                if done.len() != at.len() {
-                    return Err(internal("a lane of checkout steps lost an answer"));
+            }
+            let keyed_orders: Vec<(usize, CheckoutWrite)> = starts
+                .iter()
+                .filter_map(|(i, start)| match &items[*i] {
+                    W::KeyedOrder(k) => Some((*i, W::Order(k.order_after(start)?))),
+                    _ => None,
+                })
+                .collect();
+            let mut steps: Vec<(usize, &CheckoutWrite)> = items
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w, W::Order(_) | W::Payment(_)))
+                .chain(keyed_orders.iter().map(|(i, w)| (*i, w)))
+                .collect();
+            steps.sort_by_key(|(i, _)| *i);
+            let mut created: HashMap<usize, Result<Order, CheckoutError>> = HashMap::new();
+            for (i, answer) in run_lane(tx, steps).await? {
+                match (&items[i], answer) {
+                    (W::KeyedOrder(_), A::Order(order)) => {
+                        created.insert(i, order);
+                    }
+                    (_, answer) => answers[i] = Some(answer),
                 }
-                for (i, answer) in at.into_iter().zip(done) {
+            }
+            for (i, start) in starts {
+                answers[i] = Some(A::KeyedOrder(start, created.remove(&i)));
+            }
+            let owed = items
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w, W::OwedDone(_)));
+            let notices = items
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w, W::Notice(_)));
+            for steps in [owed.collect(), notices.collect()] {
+                for (i, answer) in run_lane(tx, steps).await? {
                     answers[i] = Some(answer);
                 }
             }
@@ -387,6 +437,20 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                 .collect()
         })
     }
+}
+
+/// One lane's steps (each with its item's place in the batch) in the order given, each run of
+/// one kind done together; the answers with their places.
+async fn run_lane<DB: Judging>(
+    tx: &mut impl Conn<DB>,
+    steps: Vec<(usize, &CheckoutWrite)>,
+) -> PortResult<Vec<(usize, CheckoutWritten)>> {
+    let (at, steps): (Vec<usize>, Vec<&CheckoutWrite>) = steps.into_iter().unzip();
+    let done = run_in_order(tx, &steps).await?;
+    if done.len() != at.len() {
+        return Err(internal("a lane of checkout steps lost an answer"));
+    }
+    Ok(at.into_iter().zip(done).collect())
 }
 
 /// Steps in order, each run of one kind done together.
@@ -427,6 +491,7 @@ async fn run_in_order<DB: Judging>(
             W::Claim(_) => wrap(claim_all(tx, &run_of!(run, Claim)).await?, A::Claim),
             W::Answer(_) => wrap(answer_all(tx, &run_of!(run, Answer)).await?, |()| A::Answer),
             W::Notice(_) => wrap(notify_all(tx, &run_of!(run, Notice)).await?, A::Notice),
+            W::KeyedOrder(_) => return Err(internal("a keyed order outside its lanes")),
         };
         if answers.len() != run.len() {
             return Err(internal("a run of checkout steps lost an answer"));

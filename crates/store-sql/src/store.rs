@@ -11,8 +11,8 @@ use stampede_app::ports::{
     Catalog, CheckoutError, CheckoutWrite, CheckoutWritten, Credentials, GateSeed, HoldError,
     Holds, IdempotencyAnswer, IdempotencyClaim, IdempotencyStart, LapsedHolder, NewOrder,
     Notification, Orders, Outbox, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer,
-    PaymentApplied, PortResult, ReserveRequest, RoomLog, Session, StockAudit, Store, User,
-    UserAccount, UserStatus, WebhookDelivery,
+    PaymentApplied, PortError, PortResult, ReserveRequest, RoomLog, Session, StockAudit, Store,
+    User, UserAccount, UserStatus, WebhookDelivery,
 };
 use stampede_core::judge::Refusal;
 use stampede_core::waiting_line::LoggedEntry;
@@ -215,12 +215,35 @@ forward!(Store {}
         ping.await.map(|_| ())
     }
 
+    /// With one writer, every step waiting shares a transaction. With a pool, each kind is its
+    /// own batch call and the kinds commit side by side, except the keyed orders: a claim and
+    /// its order share a transaction of their own (one commit for both, both or neither).
     async fn write_checkouts(&self, items: &[CheckoutWrite]) -> Vec<PortResult<CheckoutWritten>> {
         if <B::DB as Engine>::ONE_WRITER {
-            each_in_one(self.0.writer(), items).await
-        } else {
-            write_each_kind(self, items).await
+            return each_in_one(self.0.writer(), items).await;
         }
+        let (keyed, rest): (Vec<_>, Vec<_>) = items
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(_, w)| matches!(w, CheckoutWrite::KeyedOrder(_)));
+        if keyed.is_empty() {
+            return write_each_kind(self, items).await;
+        }
+        let (keyed_at, keyed): (Vec<usize>, Vec<CheckoutWrite>) = keyed.into_iter().unzip();
+        let (rest_at, rest): (Vec<usize>, Vec<CheckoutWrite>) = rest.into_iter().unzip();
+        let (keyed_done, rest_done) = futures::join!(
+            each_in_one(self.0.writer(), &keyed),
+            write_each_kind(self, &rest)
+        );
+        let mut answers: Vec<Option<PortResult<CheckoutWritten>>> =
+            std::iter::repeat_with(|| None).take(items.len()).collect();
+        let placed = keyed_at.into_iter().zip(keyed_done);
+        for (i, answer) in placed.chain(rest_at.into_iter().zip(rest_done)) {
+            answers[i] = Some(answer);
+        }
+        let lost = || Err(PortError::internal("a checkout write went unanswered"));
+        answers.into_iter().map(|a| a.unwrap_or_else(lost)).collect()
     }
 );
 

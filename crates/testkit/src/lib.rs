@@ -81,6 +81,7 @@ macro_rules! store_conformance_tests {
             update_sale_moves_available_with_total,
             idempotency_keys,
             checkout_steps_of_every_kind_share_a_batch,
+            keyed_orders_create_their_order_only_under_a_new_claim,
             checkouts_and_answers_together_each_see_the_earlier_ones,
             webhook_events_are_seen_once,
             audit_log_filters_and_pages,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, CheckoutIds, CheckoutWrite, CheckoutWritten,
     EventKind, GatewayOwed, HoldError, IdempotencyAnswer, IdempotencyClaim, IdempotencyStart,
-    NewOrder, Notification, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer, PaymentApplied,
-    PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
+    KeyedOrder, NewOrder, Notification, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer,
+    PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
 };
 use stampede_core::judge::{HoldCap, LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -1621,6 +1621,123 @@ pub async fn checkout_steps_of_every_kind_share_a_batch(store: Arc<dyn Store>) {
     );
     assert_eq!(s.notifications(&b, None, 10).await.unwrap(), vec![notice]);
     assert_eq!(checked(s, &sale.id).await, levels(10, 7, 1, 2));
+}
+
+/// A keyed order (`CheckoutWrite::KeyedOrder`) claims its key and, only if the claim is new,
+/// creates its order under the claim's ids: a second claim of the key in progress creates
+/// nothing, a refused order leaves its claim (the refusal is the answer), a lapsed claim taken
+/// over creates nothing (its order may exist), and keyed orders share a batch with plain ones.
+pub async fn keyed_orders_create_their_order_only_under_a_new_claim(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let s = &*f.store;
+    let sale = new_sale(s, 10, 10).await;
+    let (a, b) = (user(1), user(2));
+    let ha = reserve_one(s, &sale, &a, 2, T0).await;
+    let hb = reserve_one(s, &sale, &b, 1, T0).await;
+    let ids = || CheckoutIds {
+        order_id: OrderId::generate(T0.0, seq()),
+        payment_id: PaymentId::generate(T0.0, seq()),
+    };
+    let keyed = |u: &UserId, key: &str, h: &Hold, now: Timestamp| {
+        let claim = IdempotencyClaim {
+            user: u.clone(),
+            key: key.into(),
+            request_hash: "h".into(),
+            now,
+            lease_ms: 60_000,
+            ids: ids(),
+        };
+        // Other ids than the claim's: the order must be made under the claim's.
+        let other = ids();
+        let order = NewOrder {
+            order_id: other.order_id,
+            payment_id: other.payment_id,
+            user_id: u.clone(),
+            hold_ids: vec![h.id.clone()],
+            method: "card".into(),
+            now,
+        };
+        Box::new(KeyedOrder { claim, order })
+    };
+    let first = keyed(&a, "k", &ha, T0);
+    let foreign = keyed(&b, "k", &ha, T0);
+    let plain = NewOrder {
+        order_id: OrderId::generate(T0.0, seq()),
+        payment_id: PaymentId::generate(T0.0, seq()),
+        user_id: b.clone(),
+        hold_ids: vec![hb.id.clone()],
+        method: "card".into(),
+        now: T0,
+    };
+    let batch = vec![
+        CheckoutWrite::KeyedOrder(first.clone()),
+        CheckoutWrite::KeyedOrder(keyed(&a, "k", &ha, T0)),
+        CheckoutWrite::KeyedOrder(foreign.clone()),
+        CheckoutWrite::Order(plain.clone()),
+    ];
+    let answers = written(s, &batch).await;
+    let CheckoutWritten::KeyedOrder(start, Some(Ok(order))) = &answers[0] else {
+        panic!("{answers:?}")
+    };
+    let fresh = |c: &KeyedOrder| IdempotencyStart::Proceed {
+        ids: c.claim.ids.clone(),
+        resumed: false,
+    };
+    assert_eq!(*start, fresh(&first));
+    assert_eq!(
+        order.id, first.claim.ids.order_id,
+        "made under the claim's ids"
+    );
+    assert_eq!(order.status, OrderStatus::PendingPayment);
+    assert_eq!(
+        answers[1..3],
+        [
+            CheckoutWritten::KeyedOrder(IdempotencyStart::InProgress, None),
+            CheckoutWritten::KeyedOrder(fresh(&foreign), Some(Err(CheckoutError::HoldNotFound))),
+        ]
+    );
+    let CheckoutWritten::Order(Ok(plain_order)) = &answers[3] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(plain_order.id, plain.order_id);
+    assert_eq!(
+        s.order(&a, &first.claim.ids.order_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(order),
+        "the order answered is the order stored"
+    );
+    // The refused order's claim stands: the same key again is in progress.
+    let again = written(s, &[CheckoutWrite::KeyedOrder(keyed(&b, "k", &hb, T0))]).await;
+    assert_eq!(
+        again,
+        [CheckoutWritten::KeyedOrder(
+            IdempotencyStart::InProgress,
+            None
+        )]
+    );
+    // Once the lease lapses, a retry takes the claim over under its first ids and creates no
+    // order of its own.
+    let late = keyed(&a, "k", &ha, T0.plus_secs(61));
+    let answers = written(s, &[CheckoutWrite::KeyedOrder(late)]).await;
+    assert_eq!(
+        answers,
+        [CheckoutWritten::KeyedOrder(
+            IdempotencyStart::Proceed {
+                ids: first.claim.ids.clone(),
+                resumed: true
+            },
+            None
+        )]
+    );
+    assert_eq!(
+        s.orders(&a).await.unwrap().len(),
+        1,
+        "one order for the key"
+    );
+    assert_eq!(s.orders(&b).await.unwrap().len(), 1);
+    assert_eq!(checked(s, &sale.id).await, levels(10, 7, 3, 0));
 }
 
 /// Checkouts written together each see the ones before them (a hold an earlier one took is in
