@@ -14,8 +14,8 @@ use stampede_core::{Hold, Order};
 
 use crate::ports::{
     CheckoutError, CheckoutWrite, CheckoutWritten, Holds, IdempotencyAnswer, IdempotencyClaim,
-    IdempotencyStart, KeyedOrder, NewOrder, Notification, OwedDone, PaymentAnswer, PaymentApplied,
-    PortError, PortResult, ReserveRequest, Store,
+    IdempotencyStart, KeyedOrder, NewOrder, Notification, OutboxEvent, OutboxLease, OwedDone,
+    PaymentAnswer, PaymentApplied, PortError, PortResult, ReserveRequest, Store,
 };
 
 /// The judge's answer to one reservation, or why its batch failed.
@@ -243,6 +243,16 @@ impl CheckoutWriter {
         /// the store can.
         keyed_order(Box<KeyedOrder>) -> (IdempotencyStart, Option<Result<Order, CheckoutError>>),
         KeyedOrder, CheckoutWritten::KeyedOrder(start, order) => (start, order)
+    );
+    step!(
+        /// The outbox relay's lease of waiting events, sharing the checkouts' commit.
+        outbox_claim(OutboxLease) -> Vec<OutboxEvent>, OutboxClaim,
+        CheckoutWritten::OutboxClaimed(events) => events
+    );
+    step!(
+        /// Events the outbox relay delivered, sharing the checkouts' commit.
+        outbox_delivered(Vec<String>) -> (), OutboxDelivered,
+        CheckoutWritten::OutboxDelivered => ()
     );
     step!(
         /// A buyer's notification (false: it was there already).

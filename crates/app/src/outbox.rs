@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use stampede_core::{Hold, Order, Timestamp};
 
-use crate::ports::{Event, EventKind, Notification, OutboxEvent};
+use crate::ports::{Event, EventKind, Notification, OutboxEvent, OutboxLease};
 use crate::{App, AppError};
 
 /// Events one relay pass leases at a time.
@@ -104,10 +104,14 @@ impl App {
     pub async fn relay_outbox(&self) -> Result<usize, AppError> {
         let mut total = 0;
         loop {
-            let events = self
-                .store
-                .outbox_claim(self.clock.now(), LEASE_MS, BATCH)
-                .await?;
+            // The lease and the delivery marks go through the checkout writer: with one
+            // writer (SQLite) they share the checkouts' commits instead of adding two a pass.
+            let lease = OutboxLease {
+                now: self.clock.now(),
+                lease_ms: LEASE_MS,
+                limit: BATCH,
+            };
+            let events = self.checkout_writes.outbox_claim(lease).await?;
             if events.is_empty() {
                 break;
             }
@@ -131,9 +135,10 @@ impl App {
                 }
                 return Err(e);
             }
-            self.store.outbox_delivered(&ids).await?;
-            metrics::counter!("stampede_outbox_delivered_total").increment(ids.len() as u64);
-            total += ids.len();
+            let delivered = ids.len();
+            self.checkout_writes.outbox_delivered(ids).await?;
+            metrics::counter!("stampede_outbox_delivered_total").increment(delivered as u64);
+            total += delivered;
             if events.len() < BATCH as usize {
                 break;
             }

@@ -362,6 +362,19 @@ pub enum CheckoutWrite {
     Answer(IdempotencyAnswer),
     Notice(Notification),
     KeyedOrder(Box<KeyedOrder>),
+    /// The outbox relay's lease of waiting events ([`Outbox::outbox_claim`]).
+    OutboxClaim(OutboxLease),
+    /// Events the relay delivered ([`Outbox::outbox_delivered`]).
+    OutboxDelivered(Vec<String>),
+}
+
+/// A lease the outbox relay asks for: up to `limit` waiting events whose lease has lapsed at
+/// `now`, each leased for `lease_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLease {
+    pub now: Timestamp,
+    pub lease_ms: i64,
+    pub limit: u32,
 }
 
 /// A keyed checkout's first two steps as one write: the key's claim and, only if the claim is
@@ -403,6 +416,9 @@ pub enum CheckoutWritten {
     Notice(bool),
     /// The claim's answer, and the order's if the claim was new.
     KeyedOrder(IdempotencyStart, Option<Result<Order, CheckoutError>>),
+    /// The events leased, oldest first.
+    OutboxClaimed(Vec<OutboxEvent>),
+    OutboxDelivered,
 }
 
 /// [`Store::write_checkouts`] as each kind's own batch call, the kinds side by side (for a
@@ -439,7 +455,7 @@ pub async fn write_each_kind<S: Store + ?Sized>(
             }
         };
     }
-    let (o, p, d, c, a, n, k) = futures::join!(
+    let (o, p, d, c, a, n, k, r) = futures::join!(
         call!(orders, create_orders),
         call!(payments, apply_payments),
         call!(owed, payments_owed_done),
@@ -447,8 +463,9 @@ pub async fn write_each_kind<S: Store + ?Sized>(
         call!(answers, idempotency_finishes),
         call!(notices, append_notifications),
         claims_then_orders(store, &keyed),
+        outbox_steps(store, items),
     );
-    let mut k = k.into_iter();
+    let (mut k, mut r) = (k.into_iter(), r.into_iter());
     let (mut o, mut p, mut d) = (o.into_iter(), p.into_iter(), d.into_iter());
     let (mut c, mut a, mut n) = (c.into_iter(), a.into_iter(), n.into_iter());
     let missing = || Err(PortError::internal("a batch call gave too few answers"));
@@ -462,8 +479,32 @@ pub async fn write_each_kind<S: Store + ?Sized>(
             W::Answer(_) => a.next().map_or_else(missing, |r| r.map(|()| A::Answer)),
             W::Notice(_) => n.next().map_or_else(missing, |r| r.map(A::Notice)),
             W::KeyedOrder(_) => k.next().unwrap_or_else(missing),
+            W::OutboxClaim(_) | W::OutboxDelivered(_) => r.next().unwrap_or_else(missing),
         })
         .collect()
+}
+
+/// The outbox relay's steps among `items`, one after another in their order (a relay makes one
+/// at a time).
+async fn outbox_steps<S: Store + ?Sized>(
+    store: &S,
+    items: &[CheckoutWrite],
+) -> Vec<PortResult<CheckoutWritten>> {
+    let mut done = Vec::new();
+    for item in items {
+        done.push(match item {
+            CheckoutWrite::OutboxClaim(l) => store
+                .outbox_claim(l.now, l.lease_ms, l.limit)
+                .await
+                .map(CheckoutWritten::OutboxClaimed),
+            CheckoutWrite::OutboxDelivered(ids) => store
+                .outbox_delivered(ids)
+                .await
+                .map(|()| CheckoutWritten::OutboxDelivered),
+            _ => continue,
+        });
+    }
+    done
 }
 
 /// Keyed orders as two batch calls, one after the other: the claims, then the orders of the

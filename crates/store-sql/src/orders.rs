@@ -41,7 +41,7 @@ use crate::holds::{self, HoldEnding};
 use crate::internal;
 use crate::judging::{lock_many, lock_own, Judging};
 use crate::misc::{answer_all, claim_all, insert_audits, notify_all};
-use crate::outbox::insert as write_events;
+use crate::outbox::{self, insert as write_events};
 use crate::rows::{self, col, col_opt_word, col_word, ORDER_COLS, PAYMENT_COLS};
 use crate::txstock::TxStock;
 
@@ -340,6 +340,13 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                     };
                     A::KeyedOrder(start, order)
                 }
+                W::OutboxClaim(l) => {
+                    A::OutboxClaimed(outbox::claim_in(tx, l.now, l.lease_ms, l.limit).await?)
+                }
+                W::OutboxDelivered(ids) => {
+                    outbox::delivered_in(tx, ids).await?;
+                    A::OutboxDelivered
+                }
             })
         })
     }
@@ -352,8 +359,14 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
     /// with gateway answers (holds, orders, payments, stock); finished money moves (a
     /// payment's `gateway_owed`, which is only set by the settlement that ends a pending order:
     /// a move's guard cannot match a payment an answer of the same batch still writes, and an
-    /// answer for a settled order writes nothing); and notifications. A keyed order is a claim
-    /// in the first lane and, if the claim was new, an order in the second, at its place.
+    /// answer for a settled order writes nothing); notifications; and last the outbox relay's
+    /// leases and delivery marks. A keyed order is a claim in the first lane and, if the claim
+    /// was new, an order in the second, at its place.
+    ///
+    /// The relay's steps touch only the outbox, to which the gateway answers of the second lane
+    /// add events: a lease taken last also sees the events of answers after it in the batch, as
+    /// if it had come after them, an order its caller (the relay, which waits for each step)
+    /// could have had just as well; a delivery mark names events leased before.
     fn run_all<'c>(
         items: &'c [Self],
         tx: &'c mut Transaction<'static, DB>,
@@ -426,7 +439,11 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| matches!(w, W::Notice(_)));
-            for steps in [owed.collect(), notices.collect()] {
+            let relay = items
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w, W::OutboxClaim(_) | W::OutboxDelivered(_)));
+            for steps in [owed.collect(), notices.collect(), relay.collect()] {
                 for (i, answer) in run_lane(tx, steps).await? {
                     answers[i] = Some(answer);
                 }
@@ -492,6 +509,23 @@ async fn run_in_order<DB: Judging>(
             W::Answer(_) => wrap(answer_all(tx, &run_of!(run, Answer)).await?, |()| A::Answer),
             W::Notice(_) => wrap(notify_all(tx, &run_of!(run, Notice)).await?, A::Notice),
             W::KeyedOrder(_) => return Err(internal("a keyed order outside its lanes")),
+            W::OutboxClaim(_) => {
+                let mut claimed = Vec::with_capacity(run.len());
+                for l in run_of!(run, OutboxClaim) {
+                    let events = outbox::claim_in(tx, l.now, l.lease_ms, l.limit).await?;
+                    claimed.push(A::OutboxClaimed(events));
+                }
+                claimed
+            }
+            W::OutboxDelivered(_) => {
+                let ids: Vec<String> = run_of!(run, OutboxDelivered)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                outbox::delivered_in(tx, &ids).await?;
+                vec![A::OutboxDelivered; run.len()]
+            }
         };
         if answers.len() != run.len() {
             return Err(internal("a run of checkout steps lost an answer"));

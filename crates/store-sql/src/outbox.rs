@@ -55,25 +55,55 @@ pub async fn claim<DB: Engine>(
     lease_ms: i64,
     limit: u32,
 ) -> PortResult<Vec<OutboxEvent>> {
-    let sql = format!(
+    let claim = (now, lease_ms, limit);
+    let sql = claim_sql::<DB>();
+    lease(
+        writer,
+        &sql,
+        claim,
+        event_row::<DB>,
+        |e| &e.id,
+        "outbox_claim",
+    )
+    .await
+}
+
+/// [`claim`] inside the caller's transaction: the relay's claim shares the checkout writer's
+/// commit (on SQLite's one writer, claims never interleave).
+pub async fn claim_in<DB: Engine>(
+    conn: &mut impl Conn<DB>,
+    now: Timestamp,
+    lease_ms: i64,
+    limit: u32,
+) -> PortResult<Vec<OutboxEvent>> {
+    let sql = claim_sql::<DB>();
+    leased(conn, &sql, (now, lease_ms, limit), event_row::<DB>, |e| {
+        &e.id
+    })
+    .await
+}
+
+/// The claim: `$1` the lease's end, `$2` now, `$3` the limit.
+fn claim_sql<DB: Engine>() -> String {
+    format!(
         "UPDATE outbox SET lease_until = $1 WHERE id IN (\
              SELECT id FROM outbox WHERE delivered_at IS NULL AND lease_until <= $2 \
              ORDER BY id LIMIT $3{}) \
          RETURNING id, user_id, kind, created_at, CAST(data_json AS TEXT) AS data_json",
         DB::SKIP_LOCKED
-    );
-    let event = |r: &DB::Row| {
-        let data: String = col(r, "data_json")?;
-        Ok(OutboxEvent {
-            id: col(r, "id")?,
-            user_id: UserId::from_trusted(col(r, "user_id")?),
-            kind: col_word(r, "kind", EventKind::parse)?,
-            created_at: col_ts(r, "created_at")?,
-            data: serde_json::from_str(&data).map_err(|e| internal(format!("outbox json: {e}")))?,
-        })
-    };
-    let claim = (now, lease_ms, limit);
-    lease(writer, &sql, claim, event, |e| &e.id, "outbox_claim").await
+    )
+}
+
+/// An event as the claim returns it.
+fn event_row<DB: Engine>(r: &DB::Row) -> PortResult<OutboxEvent> {
+    let data: String = col(r, "data_json")?;
+    Ok(OutboxEvent {
+        id: col(r, "id")?,
+        user_id: UserId::from_trusted(col(r, "user_id")?),
+        kind: col_word(r, "kind", EventKind::parse)?,
+        created_at: col_ts(r, "created_at")?,
+        data: serde_json::from_str(&data).map_err(|e| internal(format!("outbox json: {e}")))?,
+    })
 }
 
 /// Runs a claim (`sql`: `$1` the lease's end, `$2` now, `$3` the limit) in one write
@@ -83,26 +113,41 @@ pub async fn claim<DB: Engine>(
 pub(crate) async fn lease<DB: Engine, T>(
     writer: &Pool<DB>,
     sql: &str,
-    (now, lease_ms, limit): (Timestamp, i64, u32),
+    claim: (Timestamp, i64, u32),
     row: impl Fn(&DB::Row) -> PortResult<T>,
     key: impl Fn(&T) -> &String,
     op: &'static str,
 ) -> PortResult<Vec<T>> {
-    if limit == 0 {
+    if claim.2 == 0 {
         return Ok(Vec::new());
     }
     let mut tx = begin_write(writer).await?;
-    let rows = statement::<DB>(sql)
-        .int(now.plus_millis(lease_ms).0)
-        .int(now.0)
-        .int(i64::from(limit))
-        .all(&mut tx)
-        .await?;
-    let mut leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
+    let leased = leased(&mut tx, sql, claim, row, key).await?;
     if leased.is_empty() {
         return Ok(leased); // Nothing waiting: nothing to commit.
     }
     commit(tx, op).await?;
+    Ok(leased)
+}
+
+/// [`lease`]'s statement inside the caller's transaction.
+async fn leased<DB: Engine, T>(
+    conn: &mut impl Conn<DB>,
+    sql: &str,
+    (now, lease_ms, limit): (Timestamp, i64, u32),
+    row: impl Fn(&DB::Row) -> PortResult<T>,
+    key: impl Fn(&T) -> &String,
+) -> PortResult<Vec<T>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = statement::<DB>(sql)
+        .int(now.plus_millis(lease_ms).0)
+        .int(now.0)
+        .int(i64::from(limit))
+        .all(conn)
+        .await?;
+    let mut leased = rows.iter().map(row).collect::<PortResult<Vec<_>>>()?;
     leased.sort_by(|a, b| key(a).cmp(key(b)));
     Ok(leased)
 }
@@ -113,6 +158,19 @@ pub async fn delivered<DB: Engine>(writer: &Pool<DB>, ids: &[String]) -> PortRes
     // clock, in milliseconds since the epoch, is good enough.
     let set = format!("delivered_at = {}", DB::NOW_MS);
     undelivered(writer, &set, ids, "outbox_delivered").await
+}
+
+/// [`delivered`] inside the caller's transaction (the checkout writer's batch).
+pub async fn delivered_in<DB: Engine>(conn: &mut impl Conn<DB>, ids: &[String]) -> PortResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = undelivered_sql::<DB>(&format!("delivered_at = {}", DB::NOW_MS));
+    statement::<DB>(&sql)
+        .string(serde_json::Value::from(ids.to_vec()).to_string())
+        .run(conn)
+        .await?;
+    Ok(())
 }
 
 /// Ends the lease of undelivered events, so the next claim takes them again.
@@ -130,15 +188,19 @@ async fn undelivered<DB: Engine>(
     if ids.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "UPDATE outbox SET {set} WHERE delivered_at IS NULL AND id IN ({})",
-        DB::JSON_TEXTS
-    );
-    statement::<DB>(&sql)
+    statement::<DB>(&undelivered_sql::<DB>(set))
         .string(serde_json::Value::from(ids.to_vec()).to_string())
         .run_in(writer, op)
         .await?;
     Ok(())
+}
+
+/// `set` on those of the events named by a JSON array of ids not delivered yet.
+fn undelivered_sql<DB: Engine>(set: &str) -> String {
+    format!(
+        "UPDATE outbox SET {set} WHERE delivered_at IS NULL AND id IN ({})",
+        DB::JSON_TEXTS
+    )
 }
 
 /// How many rows of `table` (`outbox`, `webhook_deliveries`) are not delivered yet, and the

@@ -89,6 +89,7 @@ macro_rules! store_conformance_tests {
             outbox_claims_lease_events_until_delivered,
             released_outbox_events_are_claimed_again_at_once,
             concurrent_outbox_claims_never_share_an_event,
+            relay_steps_among_checkout_steps_lease_and_deliver_in_order,
             notifications_are_appended_once_per_id,
             notifications_page_in_the_order_they_were_added,
             expiring_holds_are_warned_once_through_the_outbox,

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use stampede_app::ports::{
     AuditEntry, AuditFilter, Cancelled, CheckoutError, CheckoutIds, CheckoutWrite, CheckoutWritten,
     EventKind, GatewayOwed, HoldError, IdempotencyAnswer, IdempotencyClaim, IdempotencyStart,
-    KeyedOrder, NewOrder, Notification, OutboxEvent, OwedDone, OwedPayment, PaymentAnswer,
-    PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store, User, WebhookDelivery,
+    KeyedOrder, NewOrder, Notification, OutboxEvent, OutboxLease, OwedDone, OwedPayment,
+    PaymentAnswer, PaymentApplied, PaymentResult, ReserveRequest, Role, Session, Store, User,
+    WebhookDelivery,
 };
 use stampede_core::judge::{HoldCap, LedgerError, Refusal, SaleLedger};
 use stampede_core::{
@@ -2256,6 +2257,62 @@ pub async fn outbox_claims_lease_events_until_delivered(store: Arc<dyn Store>) {
     assert_eq!(f.store.outbox_backlog().await.unwrap(), (0, None));
     let much_later = t3.plus_secs(86_400);
     assert!(claim_all(&*f.store, much_later).await.is_empty());
+}
+
+/// The relay's leases and delivery marks written among checkout steps
+/// (`CheckoutWrite::OutboxClaim` / `OutboxDelivered`) do what `outbox_claim` and
+/// `outbox_delivered` do, in the batch's order: a second lease in the batch finds the events
+/// leased by the first, and a lease after the delivery mark of the same batch (its lease
+/// lapsed) finds the delivered events gone.
+pub async fn relay_steps_among_checkout_steps_lease_and_deliver_in_order(store: Arc<dyn Store>) {
+    let f = Fx { store };
+    let s = &*f.store;
+    let a = user(1);
+    let at = T0.plus_secs(1);
+    confirmed_orders(s, &a, 3, at).await;
+    let lease = |secs, limit| {
+        CheckoutWrite::OutboxClaim(OutboxLease {
+            now: T0.plus_secs(secs),
+            lease_ms: 30_000,
+            limit,
+        })
+    };
+    let notice = Notification {
+        id: UserId::generate(T0.0, seq()).to_string(),
+        user_id: a.clone(),
+        kind: EventKind::OrderConfirmed,
+        created_at: T0,
+        data: serde_json::json!({ "order_id": "o1" }),
+    };
+    let answers = written(
+        s,
+        &[lease(10, 2), CheckoutWrite::Notice(notice), lease(10, 10)],
+    )
+    .await;
+    let [CheckoutWritten::OutboxClaimed(first), CheckoutWritten::Notice(true), CheckoutWritten::OutboxClaimed(second)] =
+        &answers[..]
+    else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(
+        (first.len(), second.len()),
+        (2, 1),
+        "the second lease skips the first's"
+    );
+    let ids: Vec<String> = first.iter().map(|e| e.id.clone()).collect();
+    let answers = written(s, &[CheckoutWrite::OutboxDelivered(ids), lease(100, 10)]).await;
+    let [CheckoutWritten::OutboxDelivered, CheckoutWritten::OutboxClaimed(again)] = &answers[..]
+    else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(
+        again, second,
+        "only the undelivered event comes back once leases lapse"
+    );
+    assert_eq!(
+        s.outbox_backlog().await.unwrap(),
+        (1, Some(at.plus_millis(2)))
+    );
 }
 
 /// Two relays claiming at once never get the same event, and between them get every one.
