@@ -383,13 +383,8 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                     _ => None,
                 })
                 .collect();
-            let mut steps: Vec<(usize, &CheckoutWrite)> = items
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| matches!(w, W::Claim(_) | W::Answer(_)))
-                .chain(keyed_claims.iter().map(|(i, w)| (*i, w)))
-                .collect();
-            steps.sort_by_key(|(i, _)| *i);
+            let keys_lane = |w: &CheckoutWrite| matches!(w, W::Claim(_) | W::Answer(_));
+            let mut steps = lane_of(items, keys_lane, &keyed_claims);
             let keys = steps.iter().filter_map(|(_, w)| match w {
                 W::Claim(c) => Some((c.user.as_str(), c.key.as_str())),
                 W::Answer(a) => Some((a.user.as_str(), a.key.as_str())),
@@ -412,13 +407,8 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                     _ => None,
                 })
                 .collect();
-            let mut steps: Vec<(usize, &CheckoutWrite)> = items
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| matches!(w, W::Order(_) | W::Payment(_)))
-                .chain(keyed_orders.iter().map(|(i, w)| (*i, w)))
-                .collect();
-            steps.sort_by_key(|(i, _)| *i);
+            let orders_lane = |w: &CheckoutWrite| matches!(w, W::Order(_) | W::Payment(_));
+            let steps = lane_of(items, orders_lane, &keyed_orders);
             let mut created: HashMap<usize, Result<Order, CheckoutError>> = HashMap::new();
             for (i, answer) in run_lane(tx, steps).await? {
                 match (&items[i], answer) {
@@ -431,19 +421,10 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
             for (i, start) in starts {
                 answers[i] = Some(A::KeyedOrder(start, created.remove(&i)));
             }
-            let owed = items
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| matches!(w, W::OwedDone(_)));
-            let notices = items
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| matches!(w, W::Notice(_)));
-            let relay = items
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| matches!(w, W::OutboxClaim(_) | W::OutboxDelivered(_)));
-            for steps in [owed.collect(), notices.collect(), relay.collect()] {
+            let owed = lane_of(items, |w| matches!(w, W::OwedDone(_)), &[]);
+            let notices = lane_of(items, |w| matches!(w, W::Notice(_)), &[]);
+            let relay = |w: &CheckoutWrite| matches!(w, W::OutboxClaim(_) | W::OutboxDelivered(_));
+            for steps in [owed, notices, lane_of(items, relay, &[])] {
                 for (i, answer) in run_lane(tx, steps).await? {
                     answers[i] = Some(answer);
                 }
@@ -454,6 +435,23 @@ impl<DB: Judging> InBatch<DB> for CheckoutWrite {
                 .collect()
         })
     }
+}
+
+/// The items of a lane (those `in_lane` takes) with the steps `derived` from other items at
+/// those items' places, in the batch's order.
+fn lane_of<'a>(
+    items: &'a [CheckoutWrite],
+    in_lane: impl Fn(&CheckoutWrite) -> bool,
+    derived: &'a [(usize, CheckoutWrite)],
+) -> Vec<(usize, &'a CheckoutWrite)> {
+    let mut steps: Vec<(usize, &CheckoutWrite)> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| in_lane(w))
+        .chain(derived.iter().map(|(i, w)| (*i, w)))
+        .collect();
+    steps.sort_by_key(|(i, _)| *i);
+    steps
 }
 
 /// One lane's steps (each with its item's place in the batch) in the order given, each run of

@@ -222,14 +222,15 @@ forward!(Store {}
         if <B::DB as Engine>::ONE_WRITER {
             return each_in_one(self.0.writer(), items).await;
         }
+        let is_keyed = |w: &CheckoutWrite| matches!(w, CheckoutWrite::KeyedOrder(_));
+        if !items.iter().any(is_keyed) {
+            return write_each_kind(self, items).await;
+        }
         let (keyed, rest): (Vec<_>, Vec<_>) = items
             .iter()
             .cloned()
             .enumerate()
-            .partition(|(_, w)| matches!(w, CheckoutWrite::KeyedOrder(_)));
-        if keyed.is_empty() {
-            return write_each_kind(self, items).await;
-        }
+            .partition(|(_, w)| is_keyed(w));
         let (keyed_at, keyed): (Vec<usize>, Vec<CheckoutWrite>) = keyed.into_iter().unzip();
         let (rest_at, rest): (Vec<usize>, Vec<CheckoutWrite>) = rest.into_iter().unzip();
         let (keyed_done, rest_done) = futures::join!(
