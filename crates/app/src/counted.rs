@@ -442,8 +442,19 @@ impl Store for CountedStore {
         self.inner.ping().await
     }
 
+    /// A batch of the outbox relay's steps alone is background work, counted as the calls it
+    /// stands for; any other batch is one `write_checkouts`.
     async fn write_checkouts(&self, items: &[CheckoutWrite]) -> Vec<PortResult<CheckoutWritten>> {
-        self.count("write_checkouts");
+        let relay_step = |w: &CheckoutWrite| match w {
+            CheckoutWrite::OutboxClaim(_) => Some("outbox_claim"),
+            CheckoutWrite::OutboxDelivered(_) => Some("outbox_delivered"),
+            _ => None,
+        };
+        let relay: Option<Vec<&'static str>> = items.iter().map(relay_step).collect();
+        match relay {
+            Some(ops) if !ops.is_empty() => ops.into_iter().for_each(|op| self.count(op)),
+            _ => self.count("write_checkouts"),
+        }
         self.inner.write_checkouts(items).await
     }
 }
